@@ -1,0 +1,95 @@
+"""Multilingual text keyed by language, with deterministic non-overlapping splits.
+
+A corpus is a set of *segments* (a verse, a paragraph, an article...) per
+language. Each segment has an alignment key (the same key in every language
+for aligned corpora such as the Bible or the UDHR) and a *group* (a chapter,
+an article) used for splitting. Splits are decided per group by a stable hash
+of the group name, so that:
+
+- calibration and evaluation never share a segment (nor a group);
+- every language of an aligned corpus has the same groups in the same split;
+- the split does not depend on the order or the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+from babelprune.data.languages import Language, language_info
+from babelprune.errors import BabelpruneError
+
+Split = Literal["calib", "eval", "all"]
+SPLITS: tuple[str, ...] = ("calib", "eval", "all")
+
+# Share of groups that go to the evaluation split; the rest is calibration.
+EVAL_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One unit of text. `key` aligns it across languages; `group` decides its split."""
+
+    key: str
+    group: str
+    text: str
+
+
+def split_of(group: str, eval_share: float = EVAL_SHARE) -> str:
+    """'eval' or 'calib' for a group name, by a stable hash (same on every machine)."""
+    digest = hashlib.sha256(group.encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return "eval" if bucket < eval_share else "calib"
+
+
+class Corpus(ABC):
+    """Text per language. Subclasses implement `languages()` and `_segments(lang)`."""
+
+    name: str = "corpus"
+    eval_share: float = EVAL_SHARE
+
+    @abstractmethod
+    def languages(self) -> list[str]:
+        """Language keys this corpus has (BCP-47 style: 'en', 'zh-Hans', 'sr-Cyrl')."""
+
+    @abstractmethod
+    def _segments(self, lang: str) -> list[Segment]:
+        """All non-empty segments of one language, in a stable document order."""
+
+    def language(self, lang: str) -> Language:
+        """Metadata (name, script, resource level) of one of this corpus's languages."""
+        return language_info(lang)
+
+    def check_languages(self, langs: list[str]) -> list[str]:
+        """Return `langs` if the corpus has them all, else raise naming what it has."""
+        available = self.languages()
+        unknown = [lang for lang in langs if lang not in available]
+        if unknown:
+            raise BabelpruneError(
+                f"Corpus '{self.name}' has no language {', '.join(map(repr, unknown))}; "
+                f"it has: {', '.join(available)}."
+            )
+        if not langs:
+            raise BabelpruneError(f"No languages were given for corpus '{self.name}'.")
+        return list(langs)
+
+    def segments(self, lang: str, split: Split = "all") -> list[Segment]:
+        """Segments of `lang` in `split`; raises a clear error if the split has no text."""
+        if split not in SPLITS:
+            raise BabelpruneError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
+        self.check_languages([lang])
+        segments = [s for s in self._segments(lang) if s.text.strip()]
+        if split != "all":
+            segments = [s for s in segments if split_of(s.group, self.eval_share) == split]
+        if not segments:
+            raise BabelpruneError(
+                f"Corpus '{self.name}' has no text for language '{lang}' in the '{split}' split; "
+                "choose another language or add text for it."
+            )
+        return segments
+
+    def texts(self, lang: str, split: Split = "all") -> list[str]:
+        """The texts of `segments(lang, split)`."""
+        return [s.text for s in self.segments(lang, split)]

@@ -1,0 +1,30 @@
+"""The loaded-model record every other part of babelprune takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ModelKind = Literal["causal-lm", "encoder"]
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and how it was asked for.
+
+    `kind` decides how it is evaluated: a causal LM by perplexity and bits per
+    byte, an encoder by tasks (retrieval, classification).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str  # what the user asked for: an alias, a folder, a hub id
+    path: Path | None  # the local HF folder the weights came from, when there is one
+    kind: ModelKind
+
+    @property
+    def name(self) -> str:
+        return self.spec
