@@ -1,0 +1,89 @@
+"""Per-language perplexity and bits per byte for causal LMs.
+
+The model's body runs once per batch of windows; the LM head then runs only
+on real (non-padding) target positions, a chunk of rows at a time. With a
+262k-token vocabulary the head dominates the cost, and materialising the
+full (B, T, V) logits would take gigabytes, so skipping padding and chunking
+the head makes evaluation at least as fast as a plain forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from babelprune.evaluate.windows import Window
+
+# Rows of hidden states sent through the LM head at once: (HEAD_CHUNK, V) logits.
+HEAD_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class NLLTotals:
+    nll_nats: float
+    n_tokens: int
+    n_bytes: int
+    n_windows: int
+
+
+def _pad_batch(windows: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad windows into ids (B, T) and attention mask (B, T)."""
+    longest = max(len(w.ids) for w in windows)
+    ids = torch.full((len(windows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    for row, window in enumerate(windows):
+        ids[row, : len(window.ids)] = torch.tensor(window.ids)
+        mask[row, : len(window.ids)] = 1
+    return ids, mask
+
+
+def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head on hidden rows (N, H) -> logits (N, V), with the model's final soft-capping if it has one."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def batch_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """Summed negative log-likelihood (nats) of every non-first, non-padding token of a batch."""
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    # Position t predicts token t+1; keep pairs where the target is a real token.
+    valid = mask[:, 1:].bool()  # (B, T-1)
+    source = hidden[:, :-1][valid]  # (N, H)
+    targets = ids[:, 1:][valid]  # (N,)
+    total = 0.0
+    for start in range(0, source.shape[0], HEAD_CHUNK):
+        logits = head_logits(model, source[start : start + HEAD_CHUNK]).float()
+        total += F.cross_entropy(logits, targets[start : start + HEAD_CHUNK], reduction="sum").item()
+    return total
+
+
+def score_windows(
+    model: PreTrainedModel,
+    windows: list[Window],
+    pad_id: int,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> NLLTotals:
+    """Total NLL over windows, batched by similar length to limit padding."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = [windows[i] for i in order[start : start + batch_size]]
+            ids, mask = _pad_batch(batch, pad_id)
+            total += batch_nll(model, ids, mask)
+            if on_batch is not None:
+                on_batch(len(batch))
+    return NLLTotals(
+        nll_nats=total,
+        n_tokens=sum(w.n_targets for w in windows),
+        n_bytes=sum(w.n_bytes for w in windows),
+        n_windows=len(windows),
+    )

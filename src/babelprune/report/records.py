@@ -1,0 +1,191 @@
+"""Typed result records: what evaluation, the CLI, the store and reports exchange.
+
+An `EvalResult` is one evaluation of one model on one corpus: a header (which
+model, how it was pruned, on what text) and one score per language. Each
+result flattens into `MetricRecord` rows (model, method, config, language,
+metric, value, count), the long format that sweeps and stores append to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from babelprune.cache import atomic_write_text
+from babelprune.data.languages import ResourceLevel
+from babelprune.errors import BabelpruneError
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LanguageMeta(_Record):
+    language: str
+    name: str
+    script: str
+    resource: ResourceLevel
+
+
+class LMScore(LanguageMeta):
+    """Causal-LM quality on one language's text: perplexity and bits per byte."""
+
+    kind: Literal["lm"] = "lm"
+    n_windows: int
+    n_tokens: int  # predicted tokens (BOS excluded)
+    n_bytes: int  # UTF-8 bytes of the scored text
+    nll_nats: float  # total negative log-likelihood over the n_tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll_nats / self.n_tokens)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll_nats / math.log(2) / self.n_bytes
+
+    def metrics(self) -> dict[str, tuple[float, int]]:
+        return {"bits_per_byte": (self.bits_per_byte, self.n_bytes), "perplexity": (self.perplexity, self.n_tokens)}
+
+
+class RetrievalScore(LanguageMeta):
+    """Encoder quality: top-1 accuracy of retrieving the aligned segment from a source language."""
+
+    kind: Literal["retrieval"] = "retrieval"
+    source_language: str
+    n_queries: int
+    n_correct: int
+
+    @property
+    def top1(self) -> float:
+        return self.n_correct / self.n_queries
+
+    def metrics(self) -> dict[str, tuple[float, int]]:
+        return {"top1": (self.top1, self.n_queries)}
+
+
+LanguageScore = Annotated[Union[LMScore, RetrievalScore], Field(discriminator="kind")]
+
+# The metric a report sorts and compares by, and which direction is better.
+PRIMARY_METRIC = {"lm": ("bits_per_byte", False), "retrieval": ("top1", True)}
+
+
+class ModelInfo(_Record):
+    spec: str  # what was loaded: alias, folder or hub id
+    architecture: str  # e.g. Gemma3ForCausalLM
+    n_parameters: int
+    block_sparsity: float  # share of exact zeros in the blocks' linear weights
+
+
+class PruningInfo(_Record):
+    """How the evaluated model was obtained from its dense parent ('dense' if it was not pruned)."""
+
+    method: str = "dense"
+    sparsity: float = 0.0
+    setting: str | None = None  # 'shared' or 'per-language'
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricRecord(_Record):
+    """One row of the long results table."""
+
+    model: str
+    method: str
+    sparsity: float
+    setting: str | None
+    corpus: str
+    split: str
+    language: str
+    resource: ResourceLevel
+    metric: str
+    value: float
+    count: int  # what the metric was averaged over (bytes, tokens, queries)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class EvalResult(_Record):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelInfo
+    pruning: PruningInfo = Field(default_factory=PruningInfo)
+    corpus: str
+    split: str
+    settings: dict[str, Any] = Field(default_factory=dict)  # seq_len, max_tokens, batch_size...
+    created: str = Field(default_factory=_now)
+    seconds: float = 0.0
+    scores: list[LanguageScore]
+
+    @property
+    def kind(self) -> str:
+        return self.scores[0].kind if self.scores else "lm"
+
+    @property
+    def primary_metric(self) -> tuple[str, bool]:
+        """(metric name, higher is better)."""
+        return PRIMARY_METRIC[self.kind]
+
+    def value(self, language: str, metric: str | None = None) -> float:
+        metric = metric or self.primary_metric[0]
+        for score in self.scores:
+            if score.language == language:
+                return score.metrics()[metric][0]
+        raise KeyError(language)
+
+    def languages(self) -> list[str]:
+        return [s.language for s in self.scores]
+
+    def records(self) -> list[MetricRecord]:
+        rows = []
+        for score in self.scores:
+            for metric, (value, count) in score.metrics().items():
+                rows.append(
+                    MetricRecord(
+                        model=self.model.spec,
+                        method=self.pruning.method,
+                        sparsity=self.pruning.sparsity,
+                        setting=self.pruning.setting,
+                        corpus=self.corpus,
+                        split=self.split,
+                        language=score.language,
+                        resource=score.resource,
+                        metric=metric,
+                        value=value,
+                        count=count,
+                    )
+                )
+        return rows
+
+    def to_json(self) -> str:
+        payload = self.model_dump(mode="json")
+        # Derived metrics are written too, for readers that do not use this class.
+        for raw, score in zip(payload["scores"], self.scores):
+            raw["metrics"] = {name: value for name, (value, _) in score.metrics().items()}
+        return json.dumps(payload, indent=2, ensure_ascii=False)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> EvalResult:
+        path = Path(path)
+        if not path.is_file():
+            raise BabelpruneError(f"No result file at {path}; give the JSON written by `babelprune eval`.")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            for raw in payload.get("scores", []):
+                raw.pop("metrics", None)
+            return cls.model_validate(payload)
+        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BabelpruneError(
+                f"{path} is not a babelprune evaluation result ({first}); give the JSON written by `babelprune eval`."
+            ) from None
