@@ -1,0 +1,226 @@
+"""Pruning scores and masks: magnitude, Wanda, M-Wanda, unstructured and N:M.
+
+Conventions used throughout `babelprune.prune`:
+
+* A linear layer computes ``y = W x`` with ``W`` of shape ``(out, in)``.
+* A mask is always a boolean tensor named ``pruned`` with the shape of ``W``:
+  ``True`` means "this weight is set to zero". Its complement is ``keep``.
+* Scores are "importance": the LOWEST scores are pruned.
+* Per-row unstructured pruning removes exactly ``floor(s * in)`` weights from
+  every row (the rule of the Wanda reference implementation). A tiny epsilon
+  guards against ``0.3 * 10 == 3.0000000000000004``-style float noise.
+* Ties are broken deterministically by a stable sort: among equal scores the
+  weight with the lower index is pruned first.
+
+All functions are pure: tensors in, tensors out; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from babelprune.errors import BabelpruneError
+
+# Guards floor(s * n) against float noise such as 0.7 * 10 = 6.9999999.
+_FLOOR_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------
+# Validation and counting
+# --------------------------------------------------------------------------
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Return `sparsity` as a float if it lies in [0, 1), else raise BabelpruneError."""
+    if not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+        raise BabelpruneError(f"Sparsity {sparsity!r} is not a number; give a fraction such as 0.5.")
+    if not 0.0 <= sparsity < 1.0:
+        raise BabelpruneError(
+            f"Sparsity {sparsity} is outside [0, 1); give the fraction of weights to remove, e.g. 0.5."
+        )
+    return float(sparsity)
+
+
+def check_nm(n: int, m: int, width: int | None = None) -> None:
+    """Raise BabelpruneError unless N:M is a valid pattern for an input width of `width`."""
+    if n < 1:
+        raise BabelpruneError(f"N:M pattern {n}:{m} keeps fewer than one weight per group; use N >= 1, e.g. 2:4.")
+    if n >= m:
+        raise BabelpruneError(f"N:M pattern {n}:{m} prunes nothing because N >= M; use N < M, e.g. 2:4.")
+    if width is not None and width % m != 0:
+        raise BabelpruneError(
+            f"N:M pattern {n}:{m} needs an input width divisible by {m}, but the layer has {width} inputs; "
+            "choose another M or use unstructured sparsity."
+        )
+
+
+def pruned_count(width: int, sparsity: float) -> int:
+    """How many of `width` weights are pruned at `sparsity`: floor(sparsity * width)."""
+    check_sparsity(sparsity)
+    return int(math.floor(sparsity * width + _FLOOR_EPS))
+
+
+# --------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------
+
+
+def magnitude_scores(weight: Tensor) -> Tensor:
+    """|W| as float32, shape (out, in)."""
+    return weight.detach().float().abs()
+
+
+def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
+    """Wanda score S_ij = |W_ij| * f_j, shape (out, in).
+
+    `feature_weight` (in,) is Wanda's input norm ||X_j||_2 over the
+    calibration tokens (or M-Wanda's replacement for it, see
+    `mwanda_feature_weight`). Computed in float32.
+    """
+    if feature_weight.ndim != 1 or feature_weight.shape[0] != weight.shape[1]:
+        raise BabelpruneError(
+            f"Input statistics have shape {tuple(feature_weight.shape)} but the weight has "
+            f"{weight.shape[1]} inputs; collect statistics on this layer's own inputs."
+        )
+    return magnitude_scores(weight) * feature_weight.detach().float().unsqueeze(0)
+
+
+# --------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------
+
+
+def lowest_scores_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the k lowest scores along the last dim (stable: lower index first on ties)."""
+    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return pruned
+    order = torch.argsort(scores, dim=-1, stable=True)  # ascending
+    pruned.scatter_(-1, order[..., :k], True)
+    return pruned
+
+
+def unstructured_mask(scores: Tensor, sparsity: float, per_row: bool = True) -> Tensor:
+    """`pruned` mask removing the lowest-scoring fraction `sparsity` of weights.
+
+    per_row=True (Wanda's rule, and the default): exactly floor(s * in) weights
+    pruned in every output row. per_row=False: floor(s * out * in) weights
+    pruned over the whole layer (classic layer-wise magnitude pruning).
+    """
+    if scores.ndim != 2:
+        raise BabelpruneError(f"Scores must be a 2-D (out, in) matrix, got shape {tuple(scores.shape)}.")
+    if per_row:
+        return lowest_scores_mask(scores, pruned_count(scores.shape[1], sparsity))
+    flat = lowest_scores_mask(scores.reshape(-1), pruned_count(scores.numel(), sparsity))
+    return flat.reshape(scores.shape)
+
+
+def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
+    """`pruned` mask keeping the N highest scores in each group of M consecutive inputs of a row."""
+    out_features, in_features = scores.shape
+    check_nm(n, m, in_features)
+    groups = scores.reshape(out_features, in_features // m, m)  # (out, in/M, M)
+    return lowest_scores_mask(groups, m - n).reshape(out_features, in_features)
+
+
+def apply_mask(weight: Tensor, pruned: Tensor) -> Tensor:
+    """A copy of `weight` with the pruned entries set to zero."""
+    return weight.masked_fill(pruned, 0)
+
+
+# --------------------------------------------------------------------------
+# M-Wanda (Choenni & Titov 2025)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MWandaOptions:
+    """The switchable parts of M-Wanda. All parts off gives exactly Wanda.
+
+    * language_aware / alpha: score inputs by mu_j + alpha * sigma_j, the mean
+      and (population) standard deviation over languages of the per-language,
+      per-token-normalised input norms n_j^l = ||X_j^l||_2 / sqrt(T_l).
+      A feature strong in a single language has a large sigma, so alpha > 0
+      protects it. Off: Wanda's pooled norm ||X_j||_2 over all tokens.
+    * activation_prob / beta: multiply scores by
+      1 + beta * max(min_l p_j^l, max_l p_j^l - mean_l p_j^l), where p_j^l is the
+      share of language l's tokens on which input j is active (see
+      `LanguageStats`, which applies the threshold tau). The first term
+      protects features active in every language, the second features active
+      mainly in one language.
+    * cwl / lam: cross-lingual layer-wise sparsity (see `allocation.allocate_cwl`);
+      an allocation choice, it does not change the scores here.
+    * tau: activation threshold, used when collecting statistics (`LanguageStats`).
+    """
+
+    language_aware: bool = False
+    alpha: float = 0.0
+    activation_prob: bool = False
+    beta: float = 0.0
+    tau: float = 1e-2
+    cwl: bool = False
+    lam: float = 0.08
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "tau", "lam"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise BabelpruneError(f"M-Wanda option {name}={value} must be a non-negative number.")
+
+
+def activation_protection(activation_probability: Tensor, beta: float) -> Tensor:
+    """Per-input factor 1 + beta * max(shared, specific), shape (in,).
+
+    activation_probability: (L, in), p_j^l in [0, 1].
+    shared = min over languages; specific = max minus mean over languages.
+    """
+    p = activation_probability.double()
+    shared = p.min(dim=0).values
+    specific = p.max(dim=0).values - p.mean(dim=0)
+    return 1.0 + beta * torch.maximum(shared, specific)
+
+
+def mwanda_feature_weight(
+    pooled_norm: Tensor,
+    per_language_norm: Tensor | None = None,
+    activation_probability: Tensor | None = None,
+    options: MWandaOptions = MWandaOptions(),
+) -> Tensor:
+    """The per-input factor f_j that M-Wanda multiplies |W_ij| by, shape (in,).
+
+    pooled_norm: (in,) Wanda's ||X_j||_2 over all calibration tokens.
+    per_language_norm: (L, in) n_j^l, needed when options.language_aware.
+    activation_probability: (L, in) p_j^l, needed when options.activation_prob.
+    With every option off this returns `pooled_norm` itself, so the scores and
+    masks are exactly Wanda's.
+    """
+    if options.language_aware:
+        if per_language_norm is None:
+            raise BabelpruneError("Language-aware M-Wanda needs per-language input norms; collect them first.")
+        mu = per_language_norm.double().mean(dim=0)
+        # Population std: defined (zero) for a single language, where unbiased std is NaN.
+        sigma = per_language_norm.double().std(dim=0, unbiased=False)
+        weight = mu + options.alpha * sigma
+    else:
+        weight = pooled_norm
+    if options.activation_prob:
+        if activation_probability is None:
+            raise BabelpruneError("M-Wanda's activation-probability part needs activation statistics; collect them first.")
+        weight = weight.double() * activation_protection(activation_probability, options.beta)
+    return weight
+
+
+def mwanda_scores(
+    weight: Tensor,
+    pooled_norm: Tensor,
+    per_language_norm: Tensor | None = None,
+    activation_probability: Tensor | None = None,
+    options: MWandaOptions = MWandaOptions(),
+) -> Tensor:
+    """M-Wanda scores |W_ij| * f_j, shape (out, in); see `mwanda_feature_weight`."""
+    feature_weight = mwanda_feature_weight(pooled_norm, per_language_norm, activation_probability, options)
+    return wanda_scores(weight, feature_weight)

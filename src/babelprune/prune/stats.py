@@ -1,0 +1,122 @@
+"""Streaming per-language statistics of a linear layer's inputs.
+
+Feed calibration inputs batch by batch with `LanguageStats.update(x, lang)`;
+read the statistics the pruning kernels need:
+
+* `pooled_norm()` (in,): ||X_j||_2 over all tokens of all languages (Wanda).
+* `per_language_norm()` (L, in): n_j^l = ||X_j^l||_2 / sqrt(T_l); dividing by
+  the token count keeps languages with more calibration tokens from
+  dominating (M-Wanda).
+* `activation_probability()` (L, in): share of language l's tokens on which
+  input j is active (M-Wanda).
+* `hessian()` (in, in): X X^T pooled over all tokens (SparseGPT), only if
+  asked for at construction, since it costs in^2 memory.
+
+"Active" means |x_j| > tau by default (rule "abs"). The default tau = 0.01
+suits inputs that come out of a normalisation layer (values of order 1),
+where |x| <= 0.01 is effectively silent. For inputs taken after an
+activation function (e.g. an MLP's down-projection input) use the rule
+"positive" with tau = 0: active means x_j > 0, an open gate.
+
+Sums are kept in float64; each batch's products are computed in float32
+(fast matmul) and then added to the float64 totals, so accumulating many
+batches does not lose precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from babelprune.errors import BabelpruneError
+
+ActiveRule = Literal["abs", "positive"]
+DEFAULT_TAU = 1e-2
+
+
+class LanguageStats:
+    """Accumulates, per language, the input statistics of one linear layer."""
+
+    def __init__(
+        self,
+        in_features: int,
+        languages: Sequence[str],
+        track_hessian: bool = False,
+        tau: float = DEFAULT_TAU,
+        active_rule: ActiveRule = "abs",
+    ) -> None:
+        if in_features < 1:
+            raise BabelpruneError(f"A linear layer needs at least one input feature, got {in_features}.")
+        if len(languages) == 0 or len(set(languages)) != len(languages):
+            raise BabelpruneError("Give a non-empty list of distinct language codes for the statistics.")
+        if active_rule not in ("abs", "positive"):
+            raise BabelpruneError(f"Unknown activity rule {active_rule!r}; use 'abs' or 'positive'.")
+        if tau < 0:
+            raise BabelpruneError(f"The activity threshold tau={tau} must be non-negative.")
+        self.in_features = in_features
+        self.languages = list(languages)
+        self.tau = float(tau)
+        self.active_rule = active_rule
+        self._index = {lang: i for i, lang in enumerate(self.languages)}
+        n_lang = len(self.languages)
+        self._sum_squares = torch.zeros(n_lang, in_features, dtype=torch.float64)  # (L, in)
+        self._active = torch.zeros(n_lang, in_features, dtype=torch.int64)  # (L, in)
+        self._tokens = torch.zeros(n_lang, dtype=torch.int64)  # (L,)
+        self._hessian = torch.zeros(in_features, in_features, dtype=torch.float64) if track_hessian else None
+
+    @property
+    def token_counts(self) -> dict[str, int]:
+        """Calibration tokens seen so far, per language."""
+        return {lang: int(self._tokens[i]) for i, lang in enumerate(self.languages)}
+
+    def update(self, x: Tensor, lang: str) -> None:
+        """Add a batch of inputs x (..., in) — every leading position is one token — for `lang`."""
+        if lang not in self._index:
+            raise BabelpruneError(f"Language {lang!r} was not declared for these statistics; declare it first.")
+        if x.shape[-1] != self.in_features:
+            raise BabelpruneError(
+                f"Inputs have {x.shape[-1]} features but the layer has {self.in_features}; "
+                "feed this layer's own inputs."
+            )
+        tokens = x.detach().reshape(-1, self.in_features).float()  # (T, in)
+        if tokens.shape[0] == 0:
+            return
+        i = self._index[lang]
+        self._sum_squares[i] += tokens.square().sum(dim=0).double()
+        magnitude = tokens.abs() if self.active_rule == "abs" else tokens
+        self._active[i] += (magnitude > self.tau).sum(dim=0)
+        self._tokens[i] += tokens.shape[0]
+        if self._hessian is not None:
+            self._hessian += (tokens.T @ tokens).double()  # (in, in)
+
+    def _require_tokens(self) -> None:
+        missing = [lang for i, lang in enumerate(self.languages) if int(self._tokens[i]) == 0]
+        if missing:
+            raise BabelpruneError(
+                f"No calibration tokens were seen for {', '.join(missing)}; add calibration text for it or drop it."
+            )
+
+    def pooled_norm(self) -> Tensor:
+        """(in,) float64: ||X_j||_2 over every token of every language (Wanda's input norm)."""
+        if int(self._tokens.sum()) == 0:
+            raise BabelpruneError("No calibration tokens were seen; run calibration before pruning.")
+        return self._sum_squares.sum(dim=0).sqrt()
+
+    def per_language_norm(self) -> Tensor:
+        """(L, in) float64: ||X_j^l||_2 / sqrt(T_l), rows in the order of `languages`."""
+        self._require_tokens()
+        return (self._sum_squares / self._tokens.double().unsqueeze(1)).sqrt()
+
+    def activation_probability(self) -> Tensor:
+        """(L, in) float64: share of language l's tokens on which input j is active."""
+        self._require_tokens()
+        return self._active.double() / self._tokens.double().unsqueeze(1)
+
+    def hessian(self) -> Tensor:
+        """(in, in) float64: X X^T summed over all tokens of all languages."""
+        if self._hessian is None:
+            raise BabelpruneError("These statistics were collected without the Hessian; create them with track_hessian=True.")
+        return self._hessian.clone()
