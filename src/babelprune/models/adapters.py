@@ -107,6 +107,7 @@ class ArchAdapter:
     decoder: bool  # True: causal LM family; False: bidirectional encoder
     final_norm: str | None = None  # from the base model; None for post-norm encoders
     transposed_linears: bool = False  # GPT-2 Conv1D keeps weights as (in, out)
+    block_returns_tuple: bool = False  # a block returns (hidden, ...) rather than the hidden states
     # Config attribute names, read from the text config (see `text_config`).
     # Attribute maps in HF configs already alias num_attention_heads, hidden_size
     # and num_hidden_layers for GPT-2 and BLOOM.
@@ -293,6 +294,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         ),
         ffn=FFNParts(up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h"),
         decoder=True,
+        block_returns_tuple=True,
         n_kv_heads_attr=None,
         head_dim_attr=None,
         intermediate_attr=None,

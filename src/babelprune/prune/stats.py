@@ -85,7 +85,7 @@ class LanguageStats:
         if tokens.shape[0] == 0:
             return
         i = self._index[lang]
-        self._sum_squares[i] += tokens.square().sum(dim=0).double()
+        self._sum_squares[i] += tokens.double().square().sum(dim=0)  # float64: exact enough that ranks match
         magnitude = tokens.abs() if self.active_rule == "abs" else tokens
         self._active[i] += (magnitude > self.tau).sum(dim=0)
         self._tokens[i] += tokens.shape[0]

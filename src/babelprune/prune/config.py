@@ -1,0 +1,100 @@
+"""The one-shot pruning configuration: frozen, validated, serialisable to a dict."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from babelprune.errors import BabelpruneError
+from babelprune.prune.kernels import MWandaOptions, check_nm, check_sparsity
+
+Allocation = Literal["uniform", "owl", "cwl"]
+Setting = Literal["shared", "per-language"]
+Order = Literal["one-pass", "two-pass"]
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+class MWandaConfig(BaseModel):
+    """M-Wanda's switchable scoring parts (its third part, CWL, is `allocation='cwl'`).
+
+    Defaults were chosen by the sweep recorded in docs/methods.md.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    language_aware: bool = True  # score by mu_j + alpha * sigma_j over languages
+    alpha: float = Field(1.0, ge=0)  # weight of the cross-language spread
+    activation_prob: bool = True  # protect features active in all / mainly one language
+    beta: float = Field(1.0, ge=0)  # strength of that protection
+    tau: float = Field(1e-2, ge=0)  # |x| above tau counts as active
+
+    def options(self, cwl: bool, lam: float) -> MWandaOptions:
+        return MWandaOptions(
+            language_aware=self.language_aware, alpha=self.alpha, activation_prob=self.activation_prob,
+            beta=self.beta, tau=self.tau, cwl=cwl, lam=lam,
+        )
+
+
+class PruneConfig(BaseModel):
+    """Everything that decides a one-shot pruning run (the calibration data is separate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str = "wanda"  # a name in babelprune.prune.methods.METHODS
+    sparsity: float = 0.5  # target share of zeros in the blocks' linear weights
+    pattern: str = "unstructured"  # or "N:M", e.g. "2:4"
+    allocation: Allocation | None = None  # layer-wise sparsity; None: cwl for mwanda, else uniform
+    lam: float = Field(0.08, ge=0, lt=0.5)  # OWL/CWL spread: block sparsities lie in [s - lam, s + lam]
+    owl_m: float = Field(5.0, gt=0)  # OWL outlier threshold, in multiples of the block's mean score
+    allocation_samples: int = Field(2, ge=1)  # calibration samples per language for the allocation pre-pass
+    setting: Setting = "shared"
+    order: Order = "one-pass"
+    per_row: bool = True  # compare scores within each output row (Wanda); False: whole layer
+    damp: float = Field(0.01, gt=0)  # SparseGPT Hessian dampening
+    block_size: int = Field(128, ge=1)  # SparseGPT column block
+    mwanda: MWandaConfig = Field(default_factory=MWandaConfig)
+    seed: int = 0
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_in_range(cls, value: float) -> float:
+        return check_sparsity(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _known_pattern(cls, value: str) -> str:
+        if value == "unstructured":
+            return value
+        match = _NM.match(value)
+        if not match:
+            raise BabelpruneError(f"Unknown sparsity pattern '{value}'; use 'unstructured' or N:M such as 2:4 or 4:8.")
+        check_nm(int(match.group(1)), int(match.group(2)))
+        return value
+
+    @model_validator(mode="after")
+    def _method_exists(self) -> PruneConfig:
+        from babelprune.prune.methods import METHODS
+
+        if self.method not in METHODS:
+            raise BabelpruneError(f"Unknown pruning method '{self.method}'; choose one of: {', '.join(METHODS)}.")
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, None for unstructured."""
+        match = _NM.match(self.pattern)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    @property
+    def layer_allocation(self) -> Allocation:
+        if self.allocation is not None:
+            return self.allocation
+        return "cwl" if self.method == "mwanda" else "uniform"
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The share of weights an N:M pattern removes, or the unstructured target."""
+        return 1 - self.nm[0] / self.nm[1] if self.nm else self.sparsity
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")

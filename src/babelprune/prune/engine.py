@@ -1,0 +1,239 @@
+"""`prune()`: one-shot pruning of a model's blocks, shared or per language.
+
+The default order runs every block once: each linear layer's input
+statistics are gathered, and the layer pruned, just before it is applied,
+so later sublayers and later blocks already see pruned inputs. The classic
+order (`two-pass`, as in the Wanda and SparseGPT reference code) runs each
+block dense to gather statistics, prunes, then runs it again to feed the
+next block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from babelprune.errors import BabelpruneError
+from babelprune.models.adapters import ArchAdapter, adapter_for, linear_in_features, weight_matrix
+from babelprune.models.base import LoadedModel
+from babelprune.prune.allocation import (
+    allocate_cwl,
+    allocate_owl,
+    allocate_uniform,
+    block_cross_lingual_correlation,
+    owl_outlier_ratio,
+)
+from babelprune.prune.calibration import Calibration
+from babelprune.prune.config import PruneConfig
+from babelprune.prune.kernels import wanda_scores
+from babelprune.prune.methods import METHODS, LayerTask, Method
+from babelprune.prune.sequential import (
+    StatsCollector,
+    capture_block_inputs,
+    run_block,
+    run_block_with_hooks,
+    write_weight,
+)
+from babelprune.prune.stats import LanguageStats
+
+Masks = dict[str, torch.Tensor]  # "block.name" -> pruned mask (out, in), True = zero
+
+
+@dataclass
+class PruneResult:
+    """What a pruning run did. The model was changed in place (shared) or carries a mask bank (per-language)."""
+
+    config: PruneConfig
+    block_sparsity_targets: list[float]  # allocated sparsity of each block
+    layer_sparsity: dict[str, float]  # achieved share of zeros per linear, "block.name"
+    starting_sparsity: float  # share of zeros in the blocks' linears before pruning
+    achieved_sparsity: float  # share of zeros after pruning (shared) or mean over languages
+    calibration: dict | None
+    seconds: float
+    mask_bank: dict[str, Masks] | None = None  # per-language setting: language -> masks
+    allocation_stats: dict[str, list[float]] = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        return {
+            "method": self.config.method,
+            "config": self.config.to_dict(),
+            "allocation": self.config.layer_allocation if not self.config.nm else "uniform",
+            "block_sparsity_targets": self.block_sparsity_targets,
+            "allocation_stats": self.allocation_stats,
+            "starting_sparsity": self.starting_sparsity,
+            "achieved_sparsity": self.achieved_sparsity,
+            "layer_sparsity": self.layer_sparsity,
+            "calibration": self.calibration,
+            "seconds": self.seconds,
+        }
+
+
+def named_linears(model: nn.Module, adapter: ArchAdapter) -> dict[str, nn.Module]:
+    return {
+        f"{index}.{name}": linear
+        for index, block in enumerate(adapter.get_blocks(model))
+        for name, linear in adapter.block_linears(block).items()
+    }
+
+
+def zero_share(linears: dict[str, nn.Module]) -> float:
+    zeros = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
+    return zeros / sum(weight_matrix(m).numel() for m in linears.values())
+
+
+def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Method, calibration: Calibration | None) -> None:
+    """Every check that can fail, before any weight changes."""
+    if config.nm:
+        n, m = config.nm
+        for name, linear in linears.items():
+            if linear_in_features(linear) % m:
+                raise BabelpruneError(
+                    f"N:M pattern {config.pattern} needs input widths divisible by {m}, but layer {name} has "
+                    f"{linear_in_features(linear)} inputs; choose another M or use unstructured sparsity."
+                )
+        if config.allocation not in (None, "uniform"):
+            raise BabelpruneError(f"Allocation '{config.allocation}' varies sparsity per block, which an N:M pattern fixes; use --allocation uniform.")
+    needs_data = method.needs_calibration or (config.layer_allocation != "uniform" and not config.nm)
+    if needs_data and calibration is None:
+        raise BabelpruneError(f"Method '{config.method}' with allocation '{config.layer_allocation}' needs calibration text; give --calib.")
+    if config.layer_allocation == "cwl" and not config.nm and calibration is not None and len(calibration.language_set) < 2:
+        raise BabelpruneError("CWL allocation compares languages, so it needs calibration text in at least two languages.")
+    if config.setting == "per-language" and config.method == "sparsegpt":
+        raise BabelpruneError(
+            "The per-language setting stores masks over one set of dense weights, but sparsegpt also updates the weights; "
+            "use --setting shared, or another method."
+        )
+
+
+@torch.no_grad()
+def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig, calibration: Calibration | None) -> tuple[list[float], dict]:
+    """Per-block sparsity targets. OWL and CWL read statistics from a dense pre-pass on a few samples per language."""
+    n_blocks = len(adapter.get_blocks(model))
+    allocation = "uniform" if config.nm else config.layer_allocation
+    if allocation == "uniform":
+        return allocate_uniform(n_blocks, config.effective_sparsity), {}
+    subset = calibration.subset(per_language=config.allocation_samples)
+    inputs = capture_block_inputs(model, adapter, subset.ids)
+    collector_rows = subset.rows()
+    measures = []
+    for index, block in enumerate(adapter.get_blocks(model)):
+        seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
+        collector = StatsCollector(collector_rows, track_hessian=False, tau=config.mwanda.tau)
+        inputs.hidden = run_block_with_hooks(
+            block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
+        )
+        if allocation == "owl":
+            scores = [wanda_scores(weight_matrix(linear), stats.pooled_norm()) for linear, stats in seen.values()]
+            measures.append(owl_outlier_ratio(scores, config.owl_m))
+        else:
+            measures.append(block_cross_lingual_correlation([stats.per_language_norm() for _, stats in seen.values()]))
+    allocate = allocate_owl if allocation == "owl" else allocate_cwl
+    key = "outlier_ratio" if allocation == "owl" else "cross_lingual_correlation"
+    return allocate(measures, config.sparsity, config.lam), {key: measures}
+
+
+def _prune_linear(method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float) -> torch.Tensor:
+    new_weight, pruned = method.fn(LayerTask(weight_matrix(linear), stats, sparsity, config))
+    write_weight(linear, new_weight)
+    return pruned
+
+
+@torch.no_grad()
+def _prune_blocks(
+    model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
+    calibration: Calibration | None, targets: list[float], progress: Progress, label: str,
+) -> Masks:
+    """Prune every block in place, in order; returns the masks."""
+    masks: Masks = {}
+    blocks = adapter.get_blocks(model)
+    task = progress.add_task(label, total=len(blocks))
+    if not method.needs_calibration:
+        for index, block in enumerate(blocks):
+            for name, linear in adapter.block_linears(block).items():
+                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, None, targets[index])
+            progress.advance(task)
+        return masks
+    inputs = capture_block_inputs(model, adapter, calibration.ids)
+    rows = calibration.rows()
+    for index, block in enumerate(blocks):
+        collector = StatsCollector(rows, track_hessian=method.needs_hessian, tau=config.mwanda.tau)
+        if config.order == "one-pass":
+
+            def prune_now(name, linear, stats, index=index):
+                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, stats, targets[index])
+
+            inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector, prune_now)
+        else:
+            seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
+            run_block_with_hooks(block, adapter, inputs, index, collector, lambda n, lin, st: seen.__setitem__(n, (lin, st)))
+            for name, (linear, stats) in seen.items():
+                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, stats, targets[index])
+            inputs.hidden = run_block(block, adapter, inputs, index)
+        progress.advance(task)
+    return masks
+
+
+def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
+    """Prune `loaded.model` with `config`, calibrating on `calibration` (per-language windows)."""
+    started = time.perf_counter()
+    model = loaded.model
+    adapter = adapter_for(model)
+    method = METHODS[config.method]
+    linears = named_linears(model, adapter)
+    _check_model(config, linears, method, calibration)
+    if not method.needs_calibration and config.layer_allocation == "uniform":
+        calibration = None  # magnitude needs no data
+    starting = zero_share(linears)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
+    with bar, torch.no_grad():
+        targets, allocation_stats = allocate_blocks(model, adapter, config, calibration)
+        if config.setting == "shared":
+            _prune_blocks(model, adapter, config, method, calibration, targets, bar, f"{config.method}: pruning blocks")
+            layer_sparsity = {name: _share_of_zeros(linear) for name, linear in linears.items()}
+            achieved, bank = zero_share(linears), None
+        else:
+            bank, layer_sparsity, achieved = _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar)
+    return PruneResult(
+        config=config,
+        block_sparsity_targets=[round(t, 6) for t in targets],
+        layer_sparsity=layer_sparsity,
+        starting_sparsity=starting,
+        achieved_sparsity=achieved,
+        calibration=calibration.describe() if calibration is not None else None,
+        seconds=round(time.perf_counter() - started, 3),
+        mask_bank=bank,
+        allocation_stats=allocation_stats,
+    )
+
+
+def _share_of_zeros(linear: nn.Module) -> float:
+    weight = weight_matrix(linear)
+    return round(float((weight == 0).sum()) / weight.numel(), 6)
+
+
+def _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar):
+    """One mask per language from that language's data alone, over one set of dense weights."""
+    if calibration is None:
+        raise BabelpruneError("The per-language setting needs calibration text in each language; give --calib.")
+    dense = {name: weight_matrix(linear).clone() for name, linear in linears.items()}
+    bank: dict[str, Masks] = {}
+    shares = []
+    try:
+        for lang in calibration.language_set:
+            masks = _prune_blocks(model, adapter, config, method, calibration.subset([lang]), targets, bar, f"{config.method} [{lang}]")
+            bank[lang] = {name: weight_matrix(linears[name]) == 0 for name in masks}  # zeros, pre-existing ones included
+            shares.append(zero_share(linears))
+            for name, linear in linears.items():
+                write_weight(linear, dense[name])
+    except BaseException:
+        for name, linear in linears.items():
+            write_weight(linear, dense[name])
+        raise
+    layer_sparsity = {
+        name: round(sum(float(masks[name].float().mean()) for masks in bank.values()) / len(bank), 6) for name in linears
+    }
+    return bank, layer_sparsity, sum(shares) / len(shares)

@@ -1,0 +1,105 @@
+"""One registered function per pruning method: weight and statistics in, pruned weight and mask out.
+
+Adding a method is one decorated function here; the engine, the CLI and the
+tests pick it up from `METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from babelprune.prune.config import PruneConfig
+from babelprune.prune.kernels import (
+    apply_mask,
+    magnitude_scores,
+    mwanda_scores,
+    nm_mask,
+    unstructured_mask,
+    wanda_scores,
+)
+from babelprune.prune.sparsegpt import sparsegpt_prune
+from babelprune.prune.stats import LanguageStats
+
+
+@dataclass(frozen=True)
+class LayerTask:
+    """One linear layer to prune: its (out, in) weight, its input statistics and its target."""
+
+    weight: Tensor  # (out, in)
+    stats: LanguageStats | None  # None for methods that need no calibration
+    sparsity: float  # this layer's unstructured target (ignored for N:M)
+    config: PruneConfig
+
+
+PruneFn = Callable[[LayerTask], tuple[Tensor, Tensor]]  # -> (new weight (out, in), pruned mask (out, in))
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: PruneFn
+    needs_calibration: bool
+    needs_hessian: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, needs_calibration: bool = True, needs_hessian: bool = False) -> Callable[[PruneFn], PruneFn]:
+    def decorator(fn: PruneFn) -> PruneFn:
+        METHODS[name] = Method(name, fn, needs_calibration, needs_hessian)
+        return fn
+
+    return decorator
+
+
+def mask_from_scores(scores: Tensor, task: LayerTask) -> Tensor:
+    """The `pruned` mask for the task's pattern: N:M groups, or the lowest share per row (or layer)."""
+    if task.config.nm:
+        return nm_mask(scores, *task.config.nm)
+    return unstructured_mask(scores, task.sparsity, per_row=task.config.per_row)
+
+
+def _prune_by_scores(scores: Tensor, task: LayerTask) -> tuple[Tensor, Tensor]:
+    pruned = mask_from_scores(scores, task)
+    return apply_mask(task.weight, pruned), pruned
+
+
+@register("magnitude", needs_calibration=False)
+def magnitude(task: LayerTask) -> tuple[Tensor, Tensor]:
+    """|W_ij|: the classic baseline, no data needed."""
+    return _prune_by_scores(magnitude_scores(task.weight), task)
+
+
+@register("wanda")
+def wanda(task: LayerTask) -> tuple[Tensor, Tensor]:
+    """|W_ij| * ||X_j||_2 over all calibration tokens (Sun et al. 2023)."""
+    return _prune_by_scores(wanda_scores(task.weight, task.stats.pooled_norm()), task)
+
+
+@register("mwanda")
+def mwanda(task: LayerTask) -> tuple[Tensor, Tensor]:
+    """Wanda with language-aware statistics and activation probability (Choenni & Titov 2025)."""
+    options = task.config.mwanda.options(cwl=task.config.layer_allocation == "cwl", lam=task.config.lam)
+    stats = task.stats
+    scores = mwanda_scores(
+        task.weight,
+        stats.pooled_norm(),
+        stats.per_language_norm() if options.language_aware else None,
+        stats.activation_probability() if options.activation_prob else None,
+        options,
+    )
+    return _prune_by_scores(scores, task)
+
+
+@register("sparsegpt", needs_hessian=True)
+def sparsegpt(task: LayerTask) -> tuple[Tensor, Tensor]:
+    """Mask and weight update from the inverse Hessian (Frantar & Alistarh 2023)."""
+    n, m = task.config.nm or (0, 0)
+    return sparsegpt_prune(
+        task.weight, task.stats.hessian(), sparsity=task.sparsity, n=n, m=m,
+        block_size=task.config.block_size, damp=task.config.damp,
+    )

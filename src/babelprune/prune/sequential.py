@@ -1,0 +1,135 @@
+"""Run a model block by block over calibration data, with hooks on every linear layer.
+
+Only one block and its activations are live at a time. The inputs of block 0
+and the keyword arguments each block receives (attention masks, rotary
+position embeddings, which differ between Gemma 3's local and global layers)
+are captured once by temporarily replacing every block with a pass-through
+catcher and running the model's body: this costs only the embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from babelprune.models.adapters import ArchAdapter, weight_matrix
+from babelprune.prune.stats import LanguageStats
+
+
+@dataclass
+class BlockInputs:
+    hidden: torch.Tensor  # (N, T, H): the input of the next block to run
+    args: list[tuple]  # per block: positional arguments after the hidden states
+    kwargs: list[dict[str, Any]]  # per block: keyword arguments
+
+
+class _Catcher(nn.Module):
+    """Stands in for a block: records what the block would receive and passes the hidden states on."""
+
+    def __init__(self, block: nn.Module, returns_tuple: bool, store: list) -> None:
+        super().__init__()
+        self.block = block
+        self._returns_tuple = returns_tuple
+        self._store = store
+
+    def __getattr__(self, name: str):
+        # The model loop may read block attributes (e.g. attention_type): answer for the block.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        self._store.append((hidden, tuple(args[1:]), dict(kwargs)))
+        return (hidden,) if self._returns_tuple else hidden
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor) -> BlockInputs:
+    """Inputs of block 0 and the extra arguments of every block, for token ids (N, T)."""
+    blocks = adapter.get_blocks(model)
+    store: list = []
+    originals = list(blocks)
+    for index, block in enumerate(originals):
+        blocks[index] = _Catcher(block, adapter.block_returns_tuple, store)
+    try:
+        extra = {"use_cache": False} if adapter.decoder else {}
+        adapter.base_model(model)(input_ids=ids, **extra)
+    finally:
+        for index, block in enumerate(originals):
+            blocks[index] = block
+    return BlockInputs(hidden=store[0][0], args=[s[1] for s in store], kwargs=[s[2] for s in store])
+
+
+def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index: int) -> torch.Tensor:
+    """Block `index` on the current hidden states; returns its output hidden states (N, T, H)."""
+    out = block(inputs.hidden, *inputs.args[index], **inputs.kwargs[index])
+    return out[0] if isinstance(out, tuple) else out
+
+
+class StatsCollector:
+    """Per-language input statistics of a block's linears, computed once per distinct input.
+
+    q, k and v (and gate and up) read the same tensor: the statistics are
+    cached by the identity of the input tensor so they are computed once.
+    """
+
+    def __init__(self, rows: dict[str, torch.Tensor], track_hessian: bool, tau: float) -> None:
+        self.rows = rows
+        self.n_samples = sum(len(r) for r in rows.values())
+        self.track_hessian = track_hessian
+        self.tau = tau
+        # id(tensor) -> (tensor, stats). Holding the tensor keeps its id from being
+        # reused by a later, different tensor of the same block.
+        self._cache: dict[int, tuple[torch.Tensor, LanguageStats]] = {}
+
+    def __call__(self, x: torch.Tensor) -> LanguageStats:
+        if id(x) not in self._cache:
+            stats = LanguageStats(x.shape[-1], list(self.rows), track_hessian=self.track_hessian, tau=self.tau)
+            # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
+            per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
+            for lang, rows in self.rows.items():
+                stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
+            self._cache[id(x)] = (x, stats)
+        return self._cache[id(x)][1]
+
+
+LinearAction = Callable[[str, nn.Module, LanguageStats], None]
+
+
+@torch.no_grad()
+def run_block_with_hooks(
+    block: nn.Module,
+    adapter: ArchAdapter,
+    inputs: BlockInputs,
+    index: int,
+    collector: StatsCollector,
+    action: LinearAction,
+) -> torch.Tensor:
+    """Run one block; just before each linear is applied, call `action(name, linear, stats of its input)`.
+
+    When `action` prunes the linear in place, the linear is applied already
+    pruned, so later sublayers of the block see pruned inputs: one pass.
+    """
+    handles = []
+    for name, linear in adapter.block_linears(block).items():
+
+        def hook(module, args, name=name):
+            action(name, module, collector(args[0]))
+
+        handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        return run_block(block, adapter, inputs, index)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def write_weight(linear: nn.Module, new_weight: torch.Tensor) -> None:
+    """Copy an (out, in) weight into a linear layer, whatever its storage layout."""
+    weight_matrix(linear).copy_(new_weight)
