@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.base import LoadedModel, ModelKind
@@ -83,6 +84,7 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     adapter_for(config)  # fails early, naming supported families, for unknown architectures
     kind = model_kind(config)
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    hf_logging.disable_progress_bar()  # loading a local folder takes seconds; its bar is noise
     try:
         model = auto.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -41,7 +41,8 @@ def _title(result: EvalResult) -> str:
 def rich_table(result: EvalResult) -> Table:
     table = Table(title=_title(result))
     for name in _columns(result):
-        table.add_column(name, justify="right" if name in {"bits/byte", "perplexity", "tokens", "bytes", "top-1", "queries"} else "left")
+        numeric = name in {"bits/byte", "perplexity", "tokens", "bytes", "top-1", "queries"}
+        table.add_column(name, justify="right" if numeric else "left", min_width=len(name), no_wrap=True)
     for index, (_, members) in enumerate(grouped_scores(result)):
         if index:
             table.add_section()
