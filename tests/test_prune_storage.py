@@ -103,11 +103,11 @@ def test_load_pruned_of_an_encoder_with_tokenizer(tmp_path):
     loaded, result = pruned_shared("bert", tokenizer=char_tokenizer())
     out = save_pruned(loaded, result, tmp_path / "out")
     back = load_pruned(out)
-    assert type(back.loaded.model).__name__ == "BertModel" and back.loaded.kind == "encoder"
-    assert back.bank is None and back.metadata["parent"] == "tiny-bert"
-    assert back.loaded.tokenizer("abc")["input_ids"] == [4, 5, 6]  # char ids: 4 + alphabet position
+    assert type(back.model).__name__ == "BertModel" and back.kind == "encoder"
+    assert back.mask_bank is None and back.pruning["parent"] == "tiny-bert"
+    assert back.tokenizer("abc")["input_ids"] == [4, 5, 6]  # char ids: 4 + alphabet position
     inputs = tiny_inputs(loaded.model)
-    assert torch.equal(model_output(back.loaded.model, inputs), model_output(loaded.model, inputs))
+    assert torch.equal(model_output(back.model, inputs), model_output(loaded.model, inputs))
 
 
 def test_metadata_describes_the_run_and_lists_the_files(tmp_path):
@@ -144,7 +144,7 @@ def test_sparse_only_folder_rebuilds_a_tied_model(tmp_path, family):
     loaded, result = pruned_shared(family)
     out = save_pruned(loaded, result, tmp_path / "out", format="sparse")
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
-    model = load_pruned(out).loaded.model
+    model = load_pruned(out).model
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied again, as built
     inputs = tiny_inputs(loaded.model)
     assert torch.equal(model_output(model, inputs), model_output(loaded.model, inputs))
@@ -182,19 +182,19 @@ def test_mask_bank_round_trip_and_masks_apply_and_undo_exactly(tmp_path, family)
     out = save_pruned(loaded, result, tmp_path / "out")
     assert (out / "masks.safetensors").is_file() and not (out / "sparse").exists()
     back = load_pruned(out)
-    metadata = back.metadata
+    metadata = back.pruning
     assert metadata["mask_bank_languages"] == ["en", "fr", "sw"] and metadata["setting"] == "per-language"
     assert metadata["mask_overlap"]["fr"]["fr"] == 1.0
     assert metadata["mask_overlap"]["en"]["sw"] == metadata["mask_overlap"]["sw"]["en"] < 1.0
-    model = back.loaded.model
+    model = back.model
     for name, weight in dense_linears(model).items():
         assert torch.equal(weight, dense[name]), name  # the HF folder holds the dense weights
     for lang, masks in result.mask_bank.items():
         for name, mask in masks.items():
-            assert torch.equal(back.bank[lang][name], mask), (lang, name)
+            assert torch.equal(back.mask_bank[lang][name], mask), (lang, name)
     linears = named_linears(model, adapter_for(model))
-    with apply_language_mask(model, back.bank, "fr"):
-        for name, mask in back.bank["fr"].items():
+    with apply_language_mask(model, back.mask_bank, "fr"):
+        for name, mask in back.mask_bank["fr"].items():
             weight = weight_matrix(linears[name])
             assert torch.all(weight[mask] == 0) and torch.equal(weight[~mask], dense[name][~mask]), name
     for name, weight in dense_linears(model).items():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -15,9 +17,68 @@ from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
 from babelprune.models.loading import load_model
+from babelprune.prune.calibration import Calibration, build_calibration
+from babelprune.prune.config import PruneConfig
+from babelprune.prune.engine import PruneResult
+from babelprune.prune.engine import prune as _prune
+from babelprune.prune.storage import apply_language_mask, save_pruned
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
-__all__ = ["evaluate", "get_corpus", "load_model"]
+__all__ = ["calibrate", "evaluate", "get_corpus", "load_model", "prune", "save_pruned", "PruneConfig"]
+
+# Calibration languages when none are given: eight Bible languages over six
+# scripts and all three resource levels; the other fourteen stay unseen.
+DEFAULT_CALIBRATION_LANGUAGES = ("en", "es", "fr", "zh", "ru", "ar", "hi", "sw")
+
+
+def calibrate(
+    loaded: LoadedModel,
+    corpus: Corpus | str = "bible",
+    languages: Sequence[str] | None = None,
+    samples_per_language: int = 8,
+    seq_len: int = 256,
+    seed: int = 0,
+) -> Calibration:
+    """Balanced per-language calibration windows from a corpus's calibration split."""
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    if languages is None:
+        languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
+    return build_calibration(loaded.tokenizer, corpus, list(languages), samples_per_language, seq_len, seed)
+
+
+def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
+    """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`."""
+    result = _prune(loaded, config, calibration, progress)
+    loaded.pruning = result.metadata() | {"parent": loaded.spec, "setting": config.setting}
+    loaded.mask_bank = result.mask_bank
+    return result
+
+
+def pruning_info(loaded: LoadedModel) -> PruningInfo:
+    """The header of a result: how this model was pruned (dense if it was not)."""
+    if not loaded.pruning:
+        return PruningInfo()
+    config = loaded.pruning.get("config", {})
+    method = loaded.pruning.get("method", config.get("method", "dense"))
+    pattern = config.get("pattern", "unstructured")
+    sparsity = config.get("sparsity", 0.0)
+    if pattern != "unstructured":
+        n, m = (int(x) for x in pattern.split(":"))
+        sparsity = 1 - n / m
+    return PruningInfo(method=method, sparsity=sparsity, setting=config.get("setting"), config=config)
+
+
+def language_view(loaded: LoadedModel, lang: str):
+    """Context in which the model is the one to use for `lang`: its own mask in the per-language setting.
+
+    A language without a mask of its own (not calibrated) uses the English mask,
+    or the first language's if there is no English one.
+    """
+    if not loaded.mask_bank:
+        return contextlib.nullcontext(loaded.model)
+    bank = loaded.mask_bank
+    chosen = lang if lang in bank else ("en" if "en" in bank else next(iter(bank)))
+    return apply_language_mask(loaded.model, bank, chosen)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -33,11 +94,14 @@ def _progress(enabled: bool) -> Progress:
 
 def model_info(loaded: LoadedModel) -> ModelInfo:
     architectures = loaded.model.config.architectures or [type(loaded.model).__name__]
+    sparsity = block_sparsity(loaded.model)
+    if loaded.mask_bank:  # dense weights; the sparsity is that of the language masks
+        sparsity = (loaded.pruning or {}).get("achieved_sparsity", sparsity)
     return ModelInfo(
         spec=loaded.spec,
         architecture=architectures[0],
         n_parameters=count_parameters(loaded.model),
-        block_sparsity=round(block_sparsity(loaded.model), 6),
+        block_sparsity=round(sparsity, 6),
     )
 
 
@@ -73,7 +137,7 @@ def evaluate(
         scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress)
     return EvalResult(
         model=model_info(loaded),
-        pruning=pruning or PruningInfo(),
+        pruning=pruning or pruning_info(loaded),
         corpus=corpus.name,
         split=split,
         settings=settings,
@@ -92,7 +156,8 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))
         for lang in languages:
             bar.update(task, description=f"evaluating {lang}")
-            totals = score_windows(loaded.model, windows[lang], pad_id, batch_size, on_batch=lambda n: bar.advance(task, n))
+            with language_view(loaded, lang):
+                totals = score_windows(loaded.model, windows[lang], pad_id, batch_size, on_batch=lambda n: bar.advance(task, n))
             meta = corpus.language(lang)
             scores.append(
                 LMScore(

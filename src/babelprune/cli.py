@@ -15,8 +15,9 @@ from babelprune.errors import BabelpruneError
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: list languages, fetch corpora into the cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough for per-language tables when the output is a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _split_langs(langs: Optional[str]) -> list[str] | None:
@@ -57,6 +58,71 @@ def eval_command(
     if out is not None:
         result.save(out)
         console.print(f"Result written to {out}")
+
+
+@app.command("prune")
+def prune_command(
+    out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of the dense model.")] = "gemma3-270m",
+    method: Annotated[str, typer.Option(help="magnitude, wanda, mwanda or sparsegpt.")] = "wanda",
+    sparsity: Annotated[float, typer.Option(help="Share of block weights to zero, in [0, 1).")] = 0.5,
+    pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
+    allocation: Annotated[Optional[str], typer.Option(help="uniform, owl or cwl (default: cwl for mwanda, else uniform).")] = None,
+    setting: Annotated[str, typer.Option(help="shared (one mask) or per-language (a mask per calibration language).")] = "shared",
+    order: Annotated[str, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
+    calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
+    calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
+    samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Calibration window length in tokens.")] = 256,
+    alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
+    language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
+    activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = True,
+    save_format: Annotated[str, typer.Option("--format", help="hf, sparse or both (default: both when shared, hf when per-language).")] = "",
+    seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
+) -> None:
+    """One-shot pruning of a model's blocks, calibrated on several languages; saves an HF folder plus metadata."""
+    from babelprune.api import calibrate, load_model, prune, save_pruned
+    from babelprune.prune.config import MWandaConfig, PruneConfig
+    from babelprune.prune.methods import METHODS
+
+    if out.exists():
+        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    if save_format not in ("", "hf", "sparse", "both"):
+        raise BabelpruneError(f"Unknown format '{save_format}'; use hf, sparse or both.")
+    config = PruneConfig(
+        method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order, seed=seed,
+        mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta),
+    )
+    loaded = load_model(model)
+    needs_data = METHODS[config.method].needs_calibration or config.layer_allocation != "uniform"
+    calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
+    result = prune(loaded, config, calibration)
+    save_pruned(loaded, result, out, save_format or None)
+    console.print(
+        f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
+        f"in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
+    )
+
+
+@app.command("compare")
+def compare_command(
+    dense: Annotated[Path, typer.Argument(help="JSON result of the dense model (from babelprune eval --out).")],
+    pruned: Annotated[list[Path], typer.Argument(help="JSON results of pruned models.")],
+    chart: Annotated[Optional[Path], typer.Option(help="Also draw the per-language degradation chart (PNG).")] = None,
+) -> None:
+    """Per-language change from dense to each pruned model: relative change, worst language, mean by resource level."""
+    from babelprune.report.compare import compare
+    from babelprune.report.plots import degradation_chart
+    from babelprune.report.records import EvalResult
+    from babelprune.report.tables import comparison_table
+
+    dense_result = EvalResult.load(dense)
+    comparisons = [compare(dense_result, EvalResult.load(path)) for path in pruned]
+    console.print(comparison_table(comparisons))
+    if chart is not None:
+        degradation_chart(comparisons, chart)
+        console.print(f"Chart written to {chart}")
 
 
 @app.command("demo")

@@ -17,7 +17,7 @@ from babelprune.report.tables import markdown_table, rich_table
 
 # UDHR languages added to the demo when the UDHR is in the cache: languages the
 # Bible lacks, across scripts and resource levels (absent ones are skipped).
-DEMO_UDHR_LANGUAGES = ("nl", "el", "he", "th", "ta", "ka", "hy", "am", "yo", "zu", "ha", "cy", "eu", "is", "my", "quz")
+DEMO_UDHR_LANGUAGES = ("nl", "el-monoton", "he", "th", "ta", "ka", "hy", "am", "yo", "zu", "ha", "cy", "eu", "is", "my", "quy")
 
 
 @dataclass(frozen=True)

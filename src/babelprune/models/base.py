@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -24,6 +26,11 @@ class LoadedModel:
     spec: str  # what the user asked for: an alias, a folder, a hub id
     path: Path | None  # the local HF folder the weights came from, when there is one
     kind: ModelKind
+    # Set for folders written by `babelprune prune`: what was done to the dense parent, and,
+    # in the per-language setting, one pruning mask per language over the dense weights
+    # (language -> "<block>.<linear>" -> bool (out, in), True = zeroed).
+    pruning: dict[str, Any] | None = None
+    mask_bank: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def name(self) -> str:

@@ -76,9 +76,20 @@ def _load_config(source: Path | str, spec: str):
 
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model and its tokenizer in eval mode on the CPU."""
-    from babelprune.models.adapters import adapter_for
+    """Load a model and its tokenizer in eval mode on the CPU.
 
+    A folder written by `babelprune prune` loads with its pruning metadata and,
+    in the per-language setting, its mask bank.
+    """
+    from babelprune.models.adapters import adapter_for
+    from babelprune.prune.storage import METADATA_FILE, load_pruned
+
+    folder = Path(spec).expanduser()
+    if (folder / METADATA_FILE).is_file():
+        loaded = load_pruned(folder)
+        loaded.spec = spec
+        loaded.model.eval()
+        return loaded
     source = resolve_spec(spec)
     config = _load_config(source, spec)
     adapter_for(config)  # fails early, naming supported families, for unknown architectures

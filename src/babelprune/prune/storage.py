@@ -24,8 +24,8 @@ pattern, not numerically, so a -0.0 is kept as a value and every tensor
 reloads bit for bit. Tensors that share storage (an LM head tied to the
 embeddings) are stored once and listed as aliases.
 
-`load_pruned` returns a `PrunedModel(loaded, bank, metadata)`: the model,
-its per-language mask bank (None in the shared setting) and the metadata.
+`load_pruned` returns a `LoadedModel` whose `pruning` holds the metadata
+and whose `mask_bank` holds the per-language masks (None when shared).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import copy
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -72,15 +71,6 @@ _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # Bytes per element of the safetensors dtype names.
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
-
-@dataclass
-class PrunedModel:
-    """A pruned model read back from disk: the model, its mask bank (per-language setting) and its metadata."""
-
-    loaded: LoadedModel
-    bank: MaskBank | None
-    metadata: dict
 
 
 def _corrupt(path: Path) -> BabelpruneError:
@@ -422,7 +412,7 @@ def _has_hf_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
 
 
-def load_pruned(folder: Path) -> PrunedModel:
+def load_pruned(folder: Path) -> LoadedModel:
     """Load a folder written by `save_pruned`: the HF weights when present, else the sparse copy; plus the mask bank."""
     folder = Path(folder)
     metadata = read_pruning_metadata(folder)
@@ -431,5 +421,7 @@ def load_pruned(folder: Path) -> PrunedModel:
     model = _load_hf(folder) if _has_hf_weights(folder) else load_sparse(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
     bank = load_mask_bank(folder, model) if (folder / MASKS_FILE).is_file() else None
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, spec=str(folder), path=folder, kind=model_kind(model.config))
-    return PrunedModel(loaded=loaded, bank=bank, metadata=metadata)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, spec=str(folder), path=folder, kind=model_kind(model.config),
+        pruning=metadata, mask_bank=bank,
+    )

@@ -39,3 +39,39 @@ def language_bar_chart(result: EvalResult, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def degradation_chart(comparisons: list, path: Path) -> Path:
+    """Relative change of the metric per language (grouped by resource level), one bar per method."""
+    first = comparisons[0]
+    order = []
+    for level in RESOURCE_LEVELS:
+        members = [c for c in first.changes if c.resource == level]
+        members.sort(key=first.degradation)
+        order.extend(members)
+    languages = [c.language for c in order]
+    width = 0.8 / len(comparisons)
+    figure, axes = plt.subplots(figsize=(max(7.0, 0.5 * len(languages) + 2), 4.5))
+    colours = plt.get_cmap("tab10")
+    for index, comparison in enumerate(comparisons):
+        by_lang = {c.language: comparison.degradation(c) for c in comparison.changes}
+        xs = [i + (index - (len(comparisons) - 1) / 2) * width for i in range(len(languages))]
+        axes.bar(xs, [100 * by_lang.get(lang, float("nan")) for lang in languages], width, label=comparison.label, color=colours(index))
+    # Shade the resource groups so the eye finds them.
+    start = 0
+    for level in RESOURCE_LEVELS:
+        count = sum(1 for c in order if c.resource == level)
+        if count:
+            axes.axvspan(start - 0.5, start + count - 0.5, color=RESOURCE_COLOURS[level], alpha=0.08)
+            axes.text(start + count / 2 - 0.5, 1.0, f"{level} resource", transform=axes.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+            start += count
+    axes.set_xticks(range(len(languages)), languages, rotation=60, fontsize=8)
+    axes.set_ylabel(f"{first.metric.replace('_', ' ')}: % worse than dense")
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

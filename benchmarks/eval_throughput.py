@@ -1,0 +1,66 @@
+"""Throughput of `evaluate` against a plain forward pass over the same tokens.
+
+    python benchmarks/eval_throughput.py [--model gemma3-270m] [--langs en,fr,sw,zh] [--tokens 1024]
+
+Both sides see the same windows in the same batches. The plain pass is
+`model(input_ids, attention_mask)` with its full (B, T, V) logits and nothing
+else; evaluation runs the body, then the LM head on real target positions
+only, and sums the log-likelihoods. Prints tokens per second of each and
+their ratio (evaluate / plain; >= 0.9 means evaluation costs no more than a
+forward pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from babelprune.api import get_corpus, load_model
+from babelprune.evaluate.lm import _pad_batch, score_windows
+from babelprune.evaluate.windows import make_windows
+
+
+def plain_forward(model, windows, pad_id, batch_size) -> None:
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            ids, mask = _pad_batch([windows[i] for i in order[start : start + batch_size]], pad_id)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--langs", default="en,fr,sw,zh")
+    parser.add_argument("--tokens", type=int, default=1024, help="predicted tokens per language")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    corpus = get_corpus("bible")
+    windows = [w for lang in args.langs.split(",") for w in make_windows(loaded.tokenizer, corpus.texts(lang, "eval"), 256, args.tokens)]
+    n_tokens = sum(len(w.ids) for w in windows)
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    timings = {"evaluate": [], "plain forward": []}
+    for _ in range(args.repeats):  # alternate, so both sides see the same machine state
+        started = time.perf_counter()
+        score_windows(loaded.model, windows, pad_id, args.batch_size)
+        timings["evaluate"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        plain_forward(loaded.model, windows, pad_id, args.batch_size)
+        timings["plain forward"].append(time.perf_counter() - started)
+    print(f"{args.model}: {len(windows)} windows, {n_tokens} tokens, batch {args.batch_size}, {torch.get_num_threads()} threads")
+    rates = {}
+    for name, seconds in timings.items():
+        median = statistics.median(seconds)
+        rates[name] = n_tokens / median
+        print(f"  {name:14s} median {median:6.2f} s  {rates[name]:8.1f} tokens/s")
+    print(f"  ratio evaluate / plain forward (tokens per second): {rates['evaluate'] / rates['plain forward']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

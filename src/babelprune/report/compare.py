@@ -1,0 +1,128 @@
+"""How much each language lost: a pruned model's results against its dense parent's."""
+
+from __future__ import annotations
+
+import statistics
+
+from pydantic import BaseModel, ConfigDict
+
+from babelprune.data.languages import RESOURCE_LEVELS, ResourceLevel, language_info
+from babelprune.errors import BabelpruneError
+from babelprune.report.records import EvalResult
+
+
+class LanguageChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    language: str
+    name: str
+    resource: ResourceLevel
+    dense: float
+    pruned: float
+
+    @property
+    def relative(self) -> float:
+        """Relative change of the metric from dense: (pruned - dense) / dense."""
+        return (self.pruned - self.dense) / self.dense
+
+
+class Comparison(BaseModel):
+    """One pruned result against the dense result, over the languages both have."""
+
+    model_config = ConfigDict(frozen=True)
+    label: str  # e.g. "wanda @ 50%"
+    metric: str
+    higher_is_better: bool
+    changes: list[LanguageChange]
+
+    def degradation(self, change: LanguageChange) -> float:
+        """Relative loss of quality (> 0 is worse), whichever direction the metric goes."""
+        return -change.relative if self.higher_is_better else change.relative
+
+    @property
+    def mean_degradation(self) -> float:
+        return statistics.fmean(self.degradation(c) for c in self.changes)
+
+    @property
+    def spread(self) -> float:
+        values = [self.degradation(c) for c in self.changes]
+        return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+    @property
+    def worst(self) -> LanguageChange:
+        return max(self.changes, key=self.degradation)
+
+    def by_resource(self) -> dict[str, float]:
+        """Mean degradation per resource level (levels with no language are left out)."""
+        out = {}
+        for level in RESOURCE_LEVELS:
+            values = [self.degradation(c) for c in self.changes if c.resource == level]
+            if values:
+                out[level] = statistics.fmean(values)
+        return out
+
+    def resource_correlation(self) -> float | None:
+        """Spearman correlation between a language's resource class (Joshi et al.) and its degradation.
+
+        Negative: lower-resource languages lose more. None with fewer than 3 languages of known class.
+        """
+        pairs = [(language_info(c.language).joshi_class, self.degradation(c)) for c in self.changes]
+        pairs = [(cls, deg) for cls, deg in pairs if cls is not None]
+        if len(pairs) < 3:
+            return None
+        return spearman([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties getting the mean of their positions."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson on tie-averaged ranks); None if either side is constant."""
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var_x = sum((a - mx) ** 2 for a in rx)
+    var_y = sum((b - my) ** 2 for b in ry)
+    if var_x == 0 or var_y == 0:
+        return None
+    return cov / (var_x * var_y) ** 0.5
+
+
+def result_label(result: EvalResult) -> str:
+    pruning = result.pruning
+    if pruning.method == "dense":
+        return "dense"
+    pattern = pruning.config.get("pattern", "unstructured")
+    amount = pattern if pattern != "unstructured" else f"{pruning.sparsity:.0%}"
+    setting = f", {pruning.setting}" if pruning.setting and pruning.setting != "shared" else ""
+    return f"{pruning.method} @ {amount}{setting}"
+
+
+def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> Comparison:
+    """Per-language change of the primary metric (bits per byte for LMs) from `dense` to `pruned`."""
+    if dense.kind != pruned.kind:
+        raise BabelpruneError("These results measure different things (LM vs retrieval); compare results of one kind.")
+    metric, higher_is_better = dense.primary_metric
+    common = [lang for lang in dense.languages() if lang in set(pruned.languages())]
+    if not common:
+        raise BabelpruneError("The two results share no language; evaluate both on the same languages.")
+    meta = {s.language: s for s in dense.scores}
+    changes = [
+        LanguageChange(
+            language=lang, name=meta[lang].name, resource=meta[lang].resource,
+            dense=dense.value(lang, metric), pruned=pruned.value(lang, metric),
+        )
+        for lang in common
+    ]
+    return Comparison(label=label or result_label(pruned), metric=metric, higher_is_better=higher_is_better, changes=changes)
