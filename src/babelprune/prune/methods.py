@@ -13,7 +13,6 @@ from torch import Tensor
 
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import (
-    apply_mask,
     magnitude_scores,
     mwanda_scores,
     nm_mask,
@@ -34,7 +33,8 @@ class LayerTask:
     config: PruneConfig
 
 
-PruneFn = Callable[[LayerTask], tuple[Tensor, Tensor]]  # -> (new weight (out, in), pruned mask (out, in))
+# -> (new weight (out, in), or None to just zero the pruned entries in place; pruned mask (out, in))
+PruneFn = Callable[[LayerTask], tuple[Tensor | None, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,17 @@ class Method:
     fn: PruneFn
     needs_calibration: bool
     needs_hessian: bool = False
+    needs_activity: bool = False  # per-language activation probabilities
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, needs_calibration: bool = True, needs_hessian: bool = False) -> Callable[[PruneFn], PruneFn]:
+def register(
+    name: str, needs_calibration: bool = True, needs_hessian: bool = False, needs_activity: bool = False
+) -> Callable[[PruneFn], PruneFn]:
     def decorator(fn: PruneFn) -> PruneFn:
-        METHODS[name] = Method(name, fn, needs_calibration, needs_hessian)
+        METHODS[name] = Method(name, fn, needs_calibration, needs_hessian, needs_activity)
         return fn
 
     return decorator
@@ -63,25 +66,24 @@ def mask_from_scores(scores: Tensor, task: LayerTask) -> Tensor:
     return unstructured_mask(scores, task.sparsity, per_row=task.config.per_row)
 
 
-def _prune_by_scores(scores: Tensor, task: LayerTask) -> tuple[Tensor, Tensor]:
-    pruned = mask_from_scores(scores, task)
-    return apply_mask(task.weight, pruned), pruned
+def _prune_by_scores(scores: Tensor, task: LayerTask) -> tuple[None, Tensor]:
+    return None, mask_from_scores(scores, task)
 
 
 @register("magnitude", needs_calibration=False)
-def magnitude(task: LayerTask) -> tuple[Tensor, Tensor]:
+def magnitude(task: LayerTask) -> tuple[Tensor | None, Tensor]:
     """|W_ij|: the classic baseline, no data needed."""
     return _prune_by_scores(magnitude_scores(task.weight), task)
 
 
 @register("wanda")
-def wanda(task: LayerTask) -> tuple[Tensor, Tensor]:
+def wanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
     """|W_ij| * ||X_j||_2 over all calibration tokens (Sun et al. 2023)."""
     return _prune_by_scores(wanda_scores(task.weight, task.stats.pooled_norm()), task)
 
 
-@register("mwanda")
-def mwanda(task: LayerTask) -> tuple[Tensor, Tensor]:
+@register("mwanda", needs_activity=True)
+def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
     """Wanda with language-aware statistics and activation probability (Choenni & Titov 2025)."""
     options = task.config.mwanda.options(cwl=task.config.layer_allocation == "cwl", lam=task.config.lam)
     stats = task.stats

@@ -72,6 +72,13 @@ def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index
     return out[0] if isinstance(out, tuple) else out
 
 
+def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
+    """slice(a, b) when `index` is a, a+1, ..., b-1; the index itself otherwise."""
+    if len(index) and torch.equal(index, torch.arange(int(index[0]), int(index[0]) + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
+
+
 class StatsCollector:
     """Per-language input statistics of a block's linears, computed once per distinct input.
 
@@ -79,10 +86,12 @@ class StatsCollector:
     cached by the identity of the input tensor so they are computed once.
     """
 
-    def __init__(self, rows: dict[str, torch.Tensor], track_hessian: bool, tau: float) -> None:
-        self.rows = rows
+    def __init__(self, rows: dict[str, torch.Tensor], track_hessian: bool, tau: float, track_activity: bool = True) -> None:
+        # Contiguous row ranges become slices: views instead of copies of the activations.
+        self.rows = {lang: _as_slice(index) for lang, index in rows.items()}
         self.n_samples = sum(len(r) for r in rows.values())
         self.track_hessian = track_hessian
+        self.track_activity = track_activity
         self.tau = tau
         # id(tensor) -> (tensor, stats). Holding the tensor keeps its id from being
         # reused by a later, different tensor of the same block.
@@ -90,7 +99,9 @@ class StatsCollector:
 
     def __call__(self, x: torch.Tensor) -> LanguageStats:
         if id(x) not in self._cache:
-            stats = LanguageStats(x.shape[-1], list(self.rows), track_hessian=self.track_hessian, tau=self.tau)
+            stats = LanguageStats(
+                x.shape[-1], list(self.rows), track_hessian=self.track_hessian, tau=self.tau, track_activity=self.track_activity
+            )
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():

@@ -46,6 +46,7 @@ class LanguageStats:
         languages: Sequence[str],
         track_hessian: bool = False,
         tau: float = DEFAULT_TAU,
+        track_activity: bool = True,
         active_rule: ActiveRule = "abs",
     ) -> None:
         if in_features < 1:
@@ -63,7 +64,8 @@ class LanguageStats:
         self._index = {lang: i for i, lang in enumerate(self.languages)}
         n_lang = len(self.languages)
         self._sum_squares = torch.zeros(n_lang, in_features, dtype=torch.float64)  # (L, in)
-        self._active = torch.zeros(n_lang, in_features, dtype=torch.int64)  # (L, in)
+        # Activity counts cost a comparison per input; only M-Wanda reads them.
+        self._active = torch.zeros(n_lang, in_features, dtype=torch.int64) if track_activity else None  # (L, in)
         self._tokens = torch.zeros(n_lang, dtype=torch.int64)  # (L,)
         self._hessian = torch.zeros(in_features, in_features, dtype=torch.float64) if track_hessian else None
 
@@ -85,9 +87,10 @@ class LanguageStats:
         if tokens.shape[0] == 0:
             return
         i = self._index[lang]
-        self._sum_squares[i] += tokens.double().square().sum(dim=0)  # float64: exact enough that ranks match
-        magnitude = tokens.abs() if self.active_rule == "abs" else tokens
-        self._active[i] += (magnitude > self.tau).sum(dim=0)
+        self._sum_squares[i] += tokens.square().sum(dim=0).double()  # float32 per batch, float64 across batches
+        if self._active is not None:
+            magnitude = tokens.abs() if self.active_rule == "abs" else tokens
+            self._active[i] += (magnitude > self.tau).sum(dim=0)
         self._tokens[i] += tokens.shape[0]
         if self._hessian is not None:
             self._hessian += (tokens.T @ tokens).double()  # (in, in)
@@ -112,6 +115,8 @@ class LanguageStats:
 
     def activation_probability(self) -> Tensor:
         """(L, in) float64: share of language l's tokens on which input j is active."""
+        if self._active is None:
+            raise BabelpruneError("These statistics were collected without activity counts; create them with track_activity=True.")
         self._require_tokens()
         return self._active.double() / self._tokens.double().unsqueeze(1)
 
