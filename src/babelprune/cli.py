@@ -129,7 +129,7 @@ def compare_command(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (replaced if it exists).")] = Path("babelprune-report"),
     model: Annotated[str, typer.Option(help="Model alias, folder or hub id.")] = "gemma3-270m",
-    max_tokens: Annotated[int, typer.Option(help="Predicted tokens per language.")] = 1024,
+    max_tokens: Annotated[int, typer.Option(help="Predicted tokens per language.")] = 512,
 ) -> None:
     """The main job: evaluate a real multilingual model on every Bible language and write a report."""
     from babelprune.demo import DemoConfig, run_demo
