@@ -72,3 +72,11 @@ def test_errors():
         stats.per_language_norm()  # fr has no tokens
     with pytest.raises(BabelpruneError):
         LanguageStats(3, ["en", "en"])
+
+
+def test_pooled_hessian_is_x_transpose_x_over_all_tokens():
+    stats = LanguageStats(2, ["en", "sw"])
+    stats.add_hessian(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+    stats.add_hessian(torch.tensor([[0.0, 1.0]]))
+    # [[1+9+0, 2+0+0], [2, 4+0+1]]
+    assert torch.equal(stats.hessian(), torch.tensor([[10.0, 2.0], [2.0, 5.0]], dtype=torch.float64))

@@ -70,6 +70,31 @@ class FFNParts:
         return self.gate is not None
 
 
+@dataclass(frozen=True)
+class StructureParts:
+    """What structured pruning must update when heads, neurons or blocks are removed.
+
+    Paths are relative to one block. `*_attrs` name attributes of the attention
+    (or MLP) module that cache a width and must follow the new size:
+    `head_count_attrs` hold the number of query heads, `head_width_attrs` hold
+    heads * head_dim, `kv_groups_attr` holds query heads per key/value head.
+    `heads_in_config`: the config can state a uniform head count (it has an
+    explicit head_dim, so num_attention_heads does not also fix the head width).
+    `head_removal_blocker`: why heads cannot be removed in this family, if so.
+    `per_layer_lists`: config attributes holding one entry per block.
+    """
+
+    attention_module: str
+    mlp_module: str | None = None
+    head_count_attrs: tuple[str, ...] = ()
+    head_width_attrs: tuple[str, ...] = ()
+    kv_groups_attr: str | None = None
+    ffn_width_attrs: tuple[str, ...] = ()
+    heads_in_config: bool = False
+    head_removal_blocker: str | None = None
+    per_layer_lists: tuple[str, ...] = ("layer_types",)
+
+
 def fused_qkv_rows(layout: FusedLayout, n_heads: int, n_kv_heads: int, head_dim: int) -> dict[str, torch.Tensor]:
     """Row indices of q, k and v inside a fused qkv weight of shape (out, in).
 
@@ -114,6 +139,7 @@ class ArchAdapter:
     n_kv_heads_attr: str | None = "num_key_value_heads"  # None: as many as query heads
     head_dim_attr: str | None = "head_dim"  # None or unset: hidden_size // heads
     intermediate_attr: str | None = "intermediate_size"  # None or unset: 4 * hidden
+    structure: StructureParts | None = None  # None: no structured pruning for this family
 
     @property
     def kind(self) -> Literal["causal-lm", "encoder"]:
@@ -244,6 +270,13 @@ _BERT_ATTENTION = AttentionParts(
     q="attention.self.query", k="attention.self.key", v="attention.self.value", o="attention.output.dense"
 )
 _BERT_FFN = FFNParts(up="intermediate.dense", down="output.dense")
+_LLAMA_STRUCTURE = StructureParts(
+    attention_module="self_attn", mlp_module="mlp", kv_groups_attr="num_key_value_groups",
+    ffn_width_attrs=("intermediate_size",), heads_in_config=True,
+)
+_BERT_STRUCTURE = StructureParts(
+    attention_module="attention.self", head_count_attrs=("num_attention_heads",), head_width_attrs=("all_head_size",)
+)
 
 
 def _llama_like(family: str, model_types: tuple[str, ...], prefix: str = "") -> ArchAdapter:
@@ -257,6 +290,7 @@ def _llama_like(family: str, model_types: tuple[str, ...], prefix: str = "") -> 
         attention=_LLAMA_ATTENTION,
         ffn=_LLAMA_FFN,
         decoder=True,
+        structure=_LLAMA_STRUCTURE,
     )
 
 
@@ -282,6 +316,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         n_kv_heads_attr=None,
         head_dim_attr=None,
         intermediate_attr="n_inner",
+        structure=StructureParts(attention_module="attn", head_count_attrs=("num_heads",), head_width_attrs=("split_size",)),
     ),
     ArchAdapter(
         family="bloom",
@@ -298,6 +333,10 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         n_kv_heads_attr=None,
         head_dim_attr=None,
         intermediate_attr=None,
+        structure=StructureParts(
+            attention_module="self_attention",
+            head_removal_blocker="its ALiBi position biases are built for the model's full head count",
+        ),
     ),
     ArchAdapter(
         family="opt",
@@ -311,6 +350,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         n_kv_heads_attr=None,
         head_dim_attr=None,
         intermediate_attr="ffn_dim",
+        structure=StructureParts(attention_module="self_attn", head_count_attrs=("num_heads",)),
     ),
     ArchAdapter(
         family="bert",
@@ -322,6 +362,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         decoder=False,
         n_kv_heads_attr=None,
         head_dim_attr=None,
+        structure=_BERT_STRUCTURE,
     ),
     ArchAdapter(
         family="xlm-roberta",
@@ -333,6 +374,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         decoder=False,
         n_kv_heads_attr=None,
         head_dim_attr=None,
+        structure=_BERT_STRUCTURE,
     ),
 )
 

@@ -99,13 +99,14 @@ class StatsCollector:
 
     def __call__(self, x: torch.Tensor) -> LanguageStats:
         if id(x) not in self._cache:
-            stats = LanguageStats(
-                x.shape[-1], list(self.rows), track_hessian=self.track_hessian, tau=self.tau, track_activity=self.track_activity
-            )
+            # The Hessian is pooled over languages: one matrix product on all tokens, not one per language.
+            stats = LanguageStats(x.shape[-1], list(self.rows), tau=self.tau, track_activity=self.track_activity)
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():
                 stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
+            if self.track_hessian:
+                stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
             self._cache[id(x)] = (x, stats)
         return self._cache[id(x)][1]
 

@@ -95,6 +95,11 @@ class LanguageStats:
         if self._hessian is not None:
             self._hessian += (tokens.T @ tokens).double()  # (in, in)
 
+    def add_hessian(self, tokens: Tensor) -> None:
+        """Add X^T X of a batch of tokens (T, in) of any languages: one matrix product for all of them."""
+        product = (tokens.T @ tokens).double()  # (in, in)
+        self._hessian = product if self._hessian is None else self._hessian + product
+
     def _require_tokens(self) -> None:
         missing = [lang for i, lang in enumerate(self.languages) if int(self._tokens[i]) == 0]
         if missing:

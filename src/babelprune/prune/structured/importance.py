@@ -1,0 +1,290 @@
+"""Importance of heads, FFN neurons and blocks: magnitude, gradient and activation.
+
+Every method reduces an elementwise score over the weights a unit owns (see
+`units.head_unit_map` / `neuron_unit_map`):
+
+* magnitude: sqrt(sum w^2), the L2 norm of all of a unit's weights.
+* activation (Wanda): sum |w_ij| * ||X_j||_2, the input norm taken per
+  language (`LanguageStats.per_language_norm`).
+* gradient (Michel et al. 2019 for heads): each head's output, the slice of
+  the attention output projection's input, is multiplied by a gate xi = 1
+  through a forward pre-hook; importance is E_x |dL/dxi| over calibration
+  samples (one gate per sample), then divided by its L2 norm within each
+  block. Neurons and blocks take the first-order Taylor term
+  |sum w * dL/dw| over their weights, summed over a language's samples.
+
+The loss: decoders use the causal LM loss. Encoders use `loss_fn(model,
+batch)` when given, else a masked-token proxy: 15% of the positions after
+the first are replaced by the mask token (when the tokenizer has one) and
+predicted from the final hidden states by a dot product with the input
+embedding matrix, the tied decoder BERT's own MLM head ends with (an MLM
+model's own logits are used when it has them). It needs no labels and
+rewards units that keep token identity recoverable.
+
+Data-driven methods return one `Importance` per language: the "shared"
+setting sums them, "per-language" ranks each alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from babelprune.errors import BabelpruneError
+from babelprune.models.adapters import ArchAdapter, adapter_for, weight_matrix
+from babelprune.prune.calibration import Calibration
+from babelprune.prune.stats import LanguageStats
+from babelprune.prune.structured.selection import Importance
+from babelprune.prune.structured.units import (
+    GqaMode,
+    LayerLayout,
+    head_unit_map,
+    layer_layouts,
+    neuron_unit_map,
+    reduce_to_units,
+)
+
+Units = set[str]
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+MatrixFn = Callable[[int, str, nn.Module], torch.Tensor]  # (block, linear name, linear) -> scores (out, in)
+MASK_SHARE = 0.15
+UNIT_TYPES = ("heads", "ffn", "blocks")
+
+
+def check_units(units: Units) -> Units:
+    units = set(units)
+    if not units or not units <= set(UNIT_TYPES):
+        raise BabelpruneError(f"Unknown structured units {sorted(units)}; choose from {', '.join(UNIT_TYPES)}.")
+    if "blocks" in units and len(units) > 1:
+        raise BabelpruneError("Remove blocks in a run of their own, then heads or FFN neurons in a second run.")
+    return units
+
+
+def _reduce(model: nn.Module, adapter: ArchAdapter, units: Units, gqa: GqaMode, matrix_fn: MatrixFn,
+            finish: Callable[[torch.Tensor], torch.Tensor]) -> Importance:
+    """Per-unit sums of elementwise scores, then `finish` (sqrt, abs, identity) on each sum."""
+    layouts = layer_layouts(model, adapter)
+    heads, neurons, blocks = [], [], []
+    for i, block in enumerate(adapter.get_blocks(model)):
+        per_index, block_total = {}, torch.zeros((), dtype=torch.float64)
+        for name, linear in adapter.block_linears(block).items():
+            scores = matrix_fn(i, name, linear).double()  # (out, in)
+            per_index[name] = (scores.sum(dim=1), scores.sum(dim=0))
+            block_total += scores.sum()
+        layout = layouts[i]
+        if "heads" in units:
+            kind = layout.head_unit(gqa)
+            heads.append(finish(reduce_to_units(per_index, head_unit_map(adapter, layout, kind), layout.n_head_units(gqa))))
+        if "ffn" in units:
+            neurons.append(finish(reduce_to_units(per_index, neuron_unit_map(adapter, layout), layout.ffn)))
+        blocks.append(finish(block_total))
+    return Importance(
+        heads=heads if "heads" in units else None,
+        neurons=neurons if "ffn" in units else None,
+        blocks=torch.stack(blocks) if "blocks" in units else None,
+        gqa=gqa,
+    )
+
+
+# ----- magnitude -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def magnitude_importance(model: nn.Module, units: Units, gqa: GqaMode = "groups") -> Importance:
+    """L2 norm of each unit's weights (no data)."""
+    units = check_units(units)
+    return _reduce(model, adapter_for(model), units, gqa, lambda i, name, lin: weight_matrix(lin).double().square(), torch.sqrt)
+
+
+# ----- activation (Wanda) -------------------------------------------------------------
+
+
+def _batches(calibration: Calibration, lang: str, batch_size: int) -> Iterator[torch.Tensor]:
+    rows = calibration.rows()[lang]
+    for start in range(0, len(rows), batch_size):
+        yield calibration.ids[rows[start : start + batch_size]]
+
+
+def _model_inputs(ids: torch.Tensor, adapter: ArchAdapter) -> dict[str, torch.Tensor]:
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return batch | ({"use_cache": False} if adapter.decoder else {})
+
+
+@torch.no_grad()
+def activation_importance(model: nn.Module, calibration: Calibration, units: Units, gqa: GqaMode = "groups",
+                          batch_size: int = 4) -> dict[str, Importance]:
+    """Wanda importance sum |w| * ||X_j||, one `Importance` per calibration language."""
+    units = check_units(units)
+    adapter = adapter_for(model)
+    languages = calibration.language_set
+    stats: dict[tuple[int, str], LanguageStats] = {}
+    current = {"lang": languages[0]}
+    handles = []
+    for i, block in enumerate(adapter.get_blocks(model)):
+        for name, linear in adapter.block_linears(block).items():
+            stats[i, name] = LanguageStats(weight_matrix(linear).shape[1], languages, track_activity=False)
+
+            def hook(module, args, key=(i, name)):
+                stats[key].update(args[0], current["lang"])
+
+            handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        for lang in languages:
+            current["lang"] = lang
+            for ids in _batches(calibration, lang, batch_size):
+                model(**_model_inputs(ids, adapter))
+    finally:
+        for handle in handles:
+            handle.remove()
+    norms = {key: s.per_language_norm() for key, s in stats.items()}  # (L, in) each
+    result = {}
+    for li, lang in enumerate(languages):
+        def wanda(i, name, linear, li=li):
+            return weight_matrix(linear).double().abs() * norms[i, name][li].unsqueeze(0)
+
+        result[lang] = _reduce(model, adapter, units, gqa, wanda, lambda x: x)
+    return result
+
+
+# ----- head gates (shared with the L0 gates) ------------------------------------------
+
+
+def query_head_units(layout: LayerLayout, gqa: GqaMode) -> torch.Tensor:
+    """(n_heads,) the head unit of each query head of a block."""
+    heads = torch.arange(layout.n_heads)
+    return heads if layout.head_unit(gqa) == "query" else heads // layout.group_size
+
+
+@contextlib.contextmanager
+def head_gates(model: nn.Module, gqa: GqaMode, gate_of: Callable[[int], torch.Tensor | None]) -> Iterator[None]:
+    """Multiply each head's output by a gate while inside the block.
+
+    gate_of(block index) returns (G, n_head_units) with G = 1 (one gate for
+    every sample) or G = batch size, or None to leave the block alone. The
+    hook sits on the input of the attention output projection, (N, T, H*d),
+    where head h owns columns h*d .. h*d + d - 1.
+    """
+    adapter = adapter_for(model)
+    layouts = layer_layouts(model, adapter)
+    handles = []
+    for i, block in enumerate(adapter.get_blocks(model)):
+        unit_of_head = query_head_units(layouts[i], gqa)
+        d, n_heads = layouts[i].head_dim, layouts[i].n_heads
+
+        def hook(module, args, i=i, unit_of_head=unit_of_head, d=d, n_heads=n_heads):
+            gate = gate_of(i)
+            if gate is None:
+                return None
+            x = args[0]
+            per_head = gate[:, unit_of_head].to(x.dtype)  # (G, H)
+            gated = x.reshape(gate.shape[0], -1, n_heads, d) * per_head[:, None, :, None]
+            return (gated.reshape(x.shape), *args[1:])
+
+        handles.append(adapter.attention_linears(block)["o"].register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ----- losses --------------------------------------------------------------------------
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,) mean next-token cross-entropy of each sample."""
+    logits = model(**batch).logits[:, :-1].float()  # (N, T-1, V)
+    targets = batch["input_ids"][:, 1:]
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (N, T-1)
+    return losses.mean(dim=1)
+
+
+def masked_token_loss(mask_token_id: int | None, seed: int = 0) -> LossFn:
+    """The encoder proxy loss (see the module docstring), (N,) per sample; masking is seeded."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
+        chosen = torch.rand(ids.shape, generator=generator) < MASK_SHARE
+        chosen[:, 0] = False  # the start token ([CLS]) is never predicted
+        chosen[:, 1] |= ~chosen[:, 1:].any(dim=1)  # at least one position per sample
+        inputs = ids.masked_fill(chosen, mask_token_id) if mask_token_id is not None else ids
+        out = model(**{**batch, "input_ids": inputs})
+        logits = getattr(out, "logits", None)
+        if logits is None or logits.dim() != 3:
+            embedding = adapter_for(model).get_embeddings(model).weight  # (V, H)
+            logits = out.last_hidden_state @ embedding.t()
+        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+        return (per_token * chosen).sum(dim=1) / chosen.sum(dim=1)
+
+    return loss
+
+
+def default_loss(model: nn.Module, mask_token_id: int | None = None) -> LossFn:
+    return causal_lm_loss if adapter_for(model).decoder else masked_token_loss(mask_token_id)
+
+
+# ----- gradient ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _grads_on(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Only `params` require grad inside; the old flags and grads come back after."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _grad_matrix(adapter: ArchAdapter, linear: nn.Module) -> torch.Tensor:
+    grad = linear.weight.grad
+    if grad is None:
+        return torch.zeros_like(weight_matrix(linear))
+    return grad.t() if adapter.transposed_linears else grad  # (out, in)
+
+
+def _taylor(adapter: ArchAdapter, linear: nn.Module) -> torch.Tensor:
+    """w * dL/dw, (out, in)."""
+    return weight_matrix(linear).double() * _grad_matrix(adapter, linear).double()
+
+
+def gradient_importance(model: nn.Module, calibration: Calibration, units: Units, gqa: GqaMode = "groups",
+                        loss_fn: LossFn | None = None, batch_size: int = 1, mask_token_id: int | None = None) -> dict[str, Importance]:
+    """Head-mask gradients (heads) and Taylor scores (neurons, blocks), one `Importance` per language."""
+    units = check_units(units)
+    adapter = adapter_for(model)
+    loss_fn = loss_fn or default_loss(model, mask_token_id)
+    layouts = layer_layouts(model, adapter)
+    weights = [lin.weight for b in adapter.get_blocks(model) for lin in adapter.block_linears(b).values()] if units & {"ffn", "blocks"} else []
+    gates: dict[int, torch.Tensor] = {}
+    result = {}
+    with _grads_on(model, weights), head_gates(model, gqa, gates.get if "heads" in units else lambda i: None), torch.enable_grad():
+        for lang in calibration.language_set:
+            head_sums = [torch.zeros(lay.n_head_units(gqa), dtype=torch.float64) for lay in layouts]
+            for ids in _batches(calibration, lang, batch_size):
+                for i, lay in enumerate(layouts):
+                    gates[i] = torch.ones(ids.shape[0], lay.n_head_units(gqa), requires_grad="heads" in units)
+                loss = loss_fn(model, _model_inputs(ids, adapter))
+                loss.sum().backward()
+                for i in range(len(layouts)):
+                    if gates[i].grad is not None:
+                        head_sums[i] += gates[i].grad.abs().sum(dim=0).double()  # sum over samples of |dL/dxi|
+            taylor = Importance(gqa=gqa)
+            if weights:  # |sum over a unit's weights of w * dL/dw|, gradients summed over the language's samples
+                taylor = _reduce(model, adapter, units - {"heads"}, gqa, lambda i, name, lin: _taylor(adapter, lin), torch.abs)
+            for w in weights:
+                w.grad = None
+            heads = [s / s.norm() if s.norm() > 0 else s for s in head_sums] if "heads" in units else None
+            result[lang] = Importance(heads, taylor.neurons, taylor.blocks, gqa)
+    return result

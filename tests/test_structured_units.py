@@ -1,0 +1,205 @@
+"""Structured units: counting, costs, and physical removal that keeps models consistent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babelprune.errors import BabelpruneError
+from babelprune.models.adapters import adapter_for, weight_matrix
+from babelprune.prune.structured.units import (
+    STRUCTURE_KEY,
+    config_matches_weights,
+    head_unit_map,
+    layer_layouts,
+    neuron_unit_map,
+    record_structure,
+    remove_blocks,
+    remove_heads,
+    remove_neurons,
+    total_block_params,
+    unit_costs,
+)
+from tests.tiny_models import ALL_TINY_FAMILIES, model_output, tiny_inputs, tiny_model
+
+GQA_FAMILIES = ("llama", "qwen2", "mistral", "gemma3", "gemma", "gemma2", "gemma3-multimodal")
+HEAD_FAMILIES = tuple(f for f in ALL_TINY_FAMILIES if f != "bloom")
+
+
+def test_layouts_count_heads_and_neurons():
+    # Tiny configs: 4 query heads; 2 kv heads for GQA families; head_dim 8 (16 for Gemma); FFN 64 (128 for GPT-2/BLOOM).
+    expected = {"llama": (4, 2, 8, 64), "gemma3": (4, 2, 16, 64), "gpt2": (4, 4, 8, 128), "bloom": (4, 4, 8, 128),
+                "opt": (4, 4, 8, 64), "bert": (4, 4, 8, 64)}
+    for family, (heads, kv, d, ffn) in expected.items():
+        model = tiny_model(family)
+        layouts = layer_layouts(model, adapter_for(model))
+        assert len(layouts) == 2
+        assert {(lay.n_heads, lay.n_kv_heads, lay.head_dim, lay.ffn) for lay in layouts} == {(heads, kv, d, ffn)}
+
+
+def test_unit_costs_by_hand():
+    llama = tiny_model("llama")
+    adapter = adapter_for(llama)
+    block, layout = adapter.get_blocks(llama)[0], layer_layouts(llama, adapter)[0]
+    # A kv group: 2 query heads (2*8 rows of 32) + k and v (8 rows of 32 each) + o (2*8 columns of 32), no biases.
+    group = unit_costs(adapter, block, head_unit_map(adapter, layout, "group"), 2)
+    assert group.tolist() == [2 * 8 * 32 + 8 * 32 + 8 * 32 + 2 * 8 * 32] * 2
+    query = unit_costs(adapter, block, head_unit_map(adapter, layout, "query"), 4)
+    assert query.tolist() == [8 * 32 + 8 * 32] * 4
+    neurons = unit_costs(adapter, block, neuron_unit_map(adapter, layout), 64)
+    assert set(neurons.tolist()) == {32 + 32 + 32}
+    assert total_block_params(llama, adapter) == 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64)
+    bert = tiny_model("bert")
+    adapter = adapter_for(bert)
+    block, layout = adapter.get_blocks(bert)[0], layer_layouts(bert, adapter)[0]
+    # BERT has biases on q/k/v rows (o's bias is not per head, so it stays).
+    assert unit_costs(adapter, block, head_unit_map(adapter, layout, "head"), 4).tolist() == [3 * 8 * 33 + 8 * 32] * 4
+    assert set(unit_costs(adapter, block, neuron_unit_map(adapter, layout), 64).tolist()) == {33 + 32}
+
+
+def _zero_units(model, family_units: dict[int, tuple[str, set[int], set[int]]]) -> None:
+    """Zero the weights of some head units (by kind) and neurons in given blocks."""
+    adapter = adapter_for(model)
+    for index, (kind, heads, neurons) in family_units.items():
+        block = adapter.get_blocks(model)[index]
+        layout = layer_layouts(model, adapter)[index]
+        linears = adapter.block_linears(block)
+        maps = (head_unit_map(adapter, layout, kind), heads), (neuron_unit_map(adapter, layout), neurons)
+        for unit_map, chosen in maps:
+            for name, (axis, units) in unit_map.items():
+                hit = torch.tensor([int(u) in chosen for u in units])
+                weight = weight_matrix(linears[name])
+                if axis == 0:
+                    weight[hit] = 0
+                else:
+                    weight[:, hit] = 0
+
+
+def _keep_lists(layout, kind: str, removed: set[int]) -> tuple[list[int], list[int]]:
+    if kind == "query":
+        return [h for h in range(layout.n_heads) if h not in removed], list(range(layout.n_kv_heads))
+    kv = [g for g in range(layout.n_kv_heads) if g not in removed]
+    return [h for h in range(layout.n_heads) if h // layout.group_size in kv], kv
+
+
+# Without grouped-query attention both modes are the same, so "query" runs on the GQA families only.
+@pytest.mark.parametrize(("family", "gqa"), [(f, "groups") for f in HEAD_FAMILIES] + [(f, "query") for f in GQA_FAMILIES])
+def test_removing_zeroed_units_changes_no_output(family, gqa):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    layouts = layer_layouts(model, adapter)
+    kind = layouts[0].head_unit(gqa)
+    # Block 0 loses head unit 0 (query mode: one query head of each group), block 1 its last unit.
+    removed = {0: {0, 3} if kind == "query" else {0}, 1: {1, 2} if kind == "query" else {layouts[1].n_head_units(gqa) - 1}}
+    neurons = {0: {1, 5, 7}, 1: {0, 63}}
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        _zero_units(model, {i: (kind, removed[i], neurons[i]) for i in (0, 1)})
+        before = model_output(model, inputs)
+        for i, layout in enumerate(layouts):
+            remove_heads(model, adapter, i, *_keep_lists(layout, kind, removed[i]))
+            remove_neurons(model, adapter, i, [n for n in range(layout.ffn) if n not in neurons[i]])
+    record_structure(model, adapter)
+    after = model_output(model, inputs)
+    assert after.shape == before.shape
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    new = layer_layouts(model, adapter)
+    assert [lay.ffn for lay in new] == [layouts[0].ffn - 3, layouts[1].ffn - 2]
+    expected_heads = layouts[0].n_heads - (2 if kind == "query" else layouts[0].group_size)
+    assert [lay.n_heads for lay in new] == [expected_heads, expected_heads]
+    assert config_matches_weights(model, adapter)
+    o = adapter.attention_linears(adapter.get_blocks(model)[0])["o"]
+    assert weight_matrix(o).shape == (adapter.hidden_size(model.config), expected_heads * layouts[0].head_dim)
+
+
+def test_bloom_heads_are_refused_but_neurons_removed():
+    model = tiny_model("bloom")
+    adapter = adapter_for(model)
+    with pytest.raises(BabelpruneError, match="ALiBi"):
+        remove_heads(model, adapter, 0, [0, 1, 2], [0, 1, 2])
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        _zero_units(model, {0: ("head", set(), {3, 4})})
+        before = model_output(model, inputs)
+        remove_neurons(model, adapter, 0, [n for n in range(128) if n not in (3, 4)])
+    torch.testing.assert_close(model_output(model, inputs), before, atol=1e-5, rtol=1e-5)
+
+
+def test_uneven_query_heads_per_group_are_refused():
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    with pytest.raises(BabelpruneError, match="same number"):
+        remove_heads(model, adapter, 0, [0, 1, 2], [0, 1])  # group 0 keeps 2, group 1 keeps 1
+    with pytest.raises(BabelpruneError, match="key/value head"):
+        remove_heads(model, adapter, 0, [0, 2], [0])  # head 2 needs kv head 1
+
+
+def test_query_pruning_updates_kv_groups_and_eager_attention_agrees():
+    model = tiny_model("llama")
+    model.config._attn_implementation = "eager"
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        _zero_units(model, {0: ("query", {1, 2}, set())})
+        before = model_output(model, tiny_inputs(model))
+        remove_heads(model, adapter, 0, [0, 3], [0, 1])
+    attention = adapter.get_blocks(model)[0].self_attn
+    assert attention.num_key_value_groups == 1
+    torch.testing.assert_close(model_output(model, tiny_inputs(model)), before, atol=1e-5, rtol=1e-5)
+
+
+def test_uniform_widths_are_written_to_the_hf_config():
+    model = tiny_model("qwen2")  # no head_dim in its config: it must be stated once heads change
+    adapter = adapter_for(model)
+    for i in range(2):
+        remove_heads(model, adapter, i, [0, 1], [0])
+        remove_neurons(model, adapter, i, range(40))
+    structure = record_structure(model, adapter)
+    assert structure == {"head_dim": 8, "heads_per_layer": [2, 2], "kv_heads_per_layer": [1, 1], "ffn_per_layer": [40, 40]}
+    config = model.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.head_dim) == (2, 1, 40, 8)
+    assert getattr(config, STRUCTURE_KEY) == structure
+
+
+def test_non_uniform_or_inexpressible_widths_keep_the_dense_config():
+    model = tiny_model("bert")  # BERT's head width is hidden / heads: fewer heads cannot be stated
+    adapter = adapter_for(model)
+    remove_heads(model, adapter, 0, [0, 1, 2], [0, 1, 2])
+    remove_heads(model, adapter, 1, [0, 1, 2], [0, 1, 2])
+    remove_neurons(model, adapter, 0, range(10))
+    structure = record_structure(model, adapter)
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (4, 64)
+    assert structure["heads_per_layer"] == [3, 3] and structure["ffn_per_layer"] == [10, 64]
+    attention = adapter.get_blocks(model)[0].attention.self
+    assert (attention.num_attention_heads, attention.all_head_size) == (3, 24)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_removing_an_identity_block_changes_no_output(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    block = adapter.get_blocks(model)[0]
+    with torch.no_grad():  # no attention output and no FFN output: a pre-norm block passes its input on
+        weight_matrix(adapter.attention_linears(block)["o"]).zero_()
+        weight_matrix(adapter.ffn_linears(block)["down"]).zero_()
+        before = model_output(model, tiny_inputs(model))
+    remove_blocks(model, adapter, [1])
+    record_structure(model, adapter)
+    torch.testing.assert_close(model_output(model, tiny_inputs(model)), before, atol=1e-5, rtol=1e-5)
+    assert model.config.num_hidden_layers == 1 and len(adapter.get_blocks(model)) == 1
+    assert adapter.get_blocks(model)[0].self_attn.layer_idx == 0
+    if family == "gemma3":
+        assert model.config.layer_types == ["full_attention"]
+    generated = model.generate(tiny_inputs(model)["input_ids"], max_new_tokens=3, do_sample=False)  # uses the cache
+    assert generated.shape == (2, 11)
+    assert config_matches_weights(model, adapter)
+
+
+def test_block_removal_errors():
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    with pytest.raises(BabelpruneError, match="at least one block"):
+        remove_blocks(model, adapter, [])
+    with pytest.raises(BabelpruneError, match="does not exist"):
+        remove_blocks(model, adapter, [0, 5])
+    with pytest.raises(BabelpruneError, match="at least one FFN neuron"):
+        remove_neurons(model, adapter, 0, [])
