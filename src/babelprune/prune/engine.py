@@ -136,30 +136,28 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
     return allocate(measures, config.sparsity, config.lam), {key: measures}
 
 
-def _prune_linear(method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float) -> torch.Tensor:
+def _prune_linear(method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float) -> None:
     new_weight, pruned = method.fn(LayerTask(weight_matrix(linear), stats, sparsity, config))
     if new_weight is None:
         weight_matrix(linear).masked_fill_(pruned, 0)
     else:
         write_weight(linear, new_weight)
-    return pruned
 
 
 @torch.no_grad()
 def _prune_blocks(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
     calibration: Calibration | None, targets: list[float], progress: Progress, label: str,
-) -> Masks:
-    """Prune every block in place, in order; returns the masks."""
-    masks: Masks = {}
+) -> None:
+    """Prune every block in place, in order. The masks are the weights' zeros afterwards; none are kept here."""
     blocks = adapter.get_blocks(model)
     task = progress.add_task(label, total=len(blocks))
     if not method.needs_calibration:
         for index, block in enumerate(blocks):
             for name, linear in adapter.block_linears(block).items():
-                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, None, targets[index])
+                _prune_linear(method, config, linear, None, targets[index])
             progress.advance(task)
-        return masks
+        return
     inputs = capture_block_inputs(model, adapter, calibration.ids)
     rows = calibration.rows()
     for index, block in enumerate(blocks):
@@ -167,17 +165,16 @@ def _prune_blocks(
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats, index=index):
-                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, stats, targets[index])
+                _prune_linear(method, config, linear, stats, targets[index])
 
             inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector, prune_now)
         else:
             seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
             run_block_with_hooks(block, adapter, inputs, index, collector, lambda n, lin, st: seen.__setitem__(n, (lin, st)))
-            for name, (linear, stats) in seen.items():
-                masks[f"{index}.{name}"] = _prune_linear(method, config, linear, stats, targets[index])
+            for linear, stats in seen.values():
+                _prune_linear(method, config, linear, stats, targets[index])
             inputs.hidden = run_block(block, adapter, inputs, index)
         progress.advance(task)
-    return masks
 
 
 def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
@@ -227,8 +224,8 @@ def _prune_per_language(model, adapter, config, method, calibration, targets, li
     shares = []
     try:
         for lang in calibration.language_set:
-            masks = _prune_blocks(model, adapter, config, method, calibration.subset([lang]), targets, bar, f"{config.method} [{lang}]")
-            bank[lang] = {name: weight_matrix(linears[name]) == 0 for name in masks}  # zeros, pre-existing ones included
+            _prune_blocks(model, adapter, config, method, calibration.subset([lang]), targets, bar, f"{config.method} [{lang}]")
+            bank[lang] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
             shares.append(zero_share(linears))
             for name, linear in linears.items():
                 write_weight(linear, dense[name])

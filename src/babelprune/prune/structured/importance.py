@@ -194,9 +194,14 @@ def head_gates(model: nn.Module, gqa: GqaMode, gate_of: Callable[[int], torch.Te
 # ----- losses --------------------------------------------------------------------------
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are upcast for the loss; float64 stays float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N,) mean next-token cross-entropy of each sample."""
-    logits = model(**batch).logits[:, :-1].float()  # (N, T-1, V)
+    logits = _at_least_float32(model(**batch).logits[:, :-1])  # (N, T-1, V)
     targets = batch["input_ids"][:, 1:]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (N, T-1)
     return losses.mean(dim=1)
@@ -217,7 +222,7 @@ def masked_token_loss(mask_token_id: int | None, seed: int = 0) -> LossFn:
         if logits is None or logits.dim() != 3:
             embedding = adapter_for(model).get_embeddings(model).weight  # (V, H)
             logits = out.last_hidden_state @ embedding.t()
-        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+        per_token = torch.nn.functional.cross_entropy(_at_least_float32(logits).transpose(1, 2), ids, reduction="none")
         return (per_token * chosen).sum(dim=1) / chosen.sum(dim=1)
 
     return loss

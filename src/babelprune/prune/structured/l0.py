@@ -200,7 +200,7 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
             schedule.step()
             trace.expected_sparsity.append(float(expected.detach()))
             trace.loss.append(float(task.detach()))
-            trace.lambdas.append((float(lambdas[0]), float(lambdas[1])))
+            trace.lambdas.append(tuple(lambdas.detach().tolist()))
     with torch.no_grad():
         importance = Importance(
             heads=[prob_nonzero(a).double() for a in head_alpha] if head_alpha else None,

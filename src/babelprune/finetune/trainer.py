@@ -1,0 +1,286 @@
+"""`finetune()`: fine-tune an encoder on a task, optionally pruning it gradually, and score every language.
+
+The loop is plain PyTorch: AdamW (no weight decay on biases and norms),
+linear warm-up then linear decay of the learning rate, gradient clipping,
+and, with a `GMPConfig`, a `GradualPruner` that raises the sparsity on its
+cubic schedule and keeps pruned weights at exactly zero.
+
+Everything random comes from the seed: the classifier's initialisation,
+the order of the training examples (a permutation drawn per epoch from
+``seed`` and the epoch number, so the batch of any step is known without
+replaying the ones before it) and dropout (torch's global generator, seeded
+at the start and saved in checkpoints).
+
+Checkpoints (``checkpoint_every`` steps) hold the trainable weights, the
+optimizer, the scheduler, the pruning masks, the random state and the step,
+written atomically into ``<out>/runs/<run>/checkpoints/step-N``. Starting
+again with the same output folder and configuration resumes from the last
+one and gives the same final weights as an uninterrupted run. Frozen
+weights (by default the word-embedding matrix) are not saved: they are
+reloaded from the model. Checkpoints are deleted when a run finishes.
+
+After training, each evaluation language's test set is scored clean and
+under each perturbation (`babelprune.evaluate.perturb`); the gap is clean
+minus perturbed. Retrieval tasks are not trained: the encoder (magnitude-
+pruned at once to the final sparsity when a schedule is given) is scored
+by English-to-X top-1 retrieval.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from babelprune.data.tasks import Example, Task, TrainingRun, get_task, training_runs
+from babelprune.errors import BabelpruneError
+from babelprune.evaluate.perturb import PERTURBATION_KINDS
+from babelprune.finetune.checkpoint import load_checkpoint, save_checkpoint
+from babelprune.finetune.config import FinetuneConfig, default_perturbations, limit_examples, planned_steps
+from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
+from babelprune.finetune.heads import TaskHead, encode
+from babelprune.models.adapters import adapter_for
+from babelprune.models.loading import load_model
+from babelprune.prune.gradual import GradualPruner, gmp_targets
+from babelprune.report.finetune_records import FinetuneResult
+
+__all__ = ["FinetuneConfig", "finetune", "plan_runs", "planned_steps"]
+
+RESULT_FILE = "result.json"
+StepCallback = Callable[[int, float], None]  # (step just done, its loss)
+
+
+# --------------------------------------------------------------------------- planning and validation
+
+
+def check_examples(task: Task, examples: list[Example], where: str) -> None:
+    """Raise if an example's label or tags do not fit the task's labels."""
+    for example in examples:
+        place = f"{where} example '{example.key}' ({example.lang})"
+        if task.kind == "token-classification":
+            if example.tokens is None or example.tags is None or len(example.tokens) != len(example.tags):
+                raise BabelpruneError(f"The {place} does not have one tag per token; fix the task's data.")
+            for tag in example.tags:
+                task.label_id(tag, place)
+        elif task.kind != "retrieval":
+            if example.label is None or example.text is None:
+                raise BabelpruneError(f"The {place} has no text or no label; fix the task's data.")
+            if isinstance(example.label, str):
+                raise BabelpruneError(f"The {place} gives its label by name ('{example.label}'); tasks give label indices.")
+            task.label_id(example.label, place)
+
+
+def eval_languages(task: Task, config: FinetuneConfig) -> list[str]:
+    langs = list(dict.fromkeys(config.languages)) if config.languages is not None else task.languages()
+    if not langs:
+        raise BabelpruneError(f"Give at least one language to evaluate task '{task.name}' on.")
+    for lang in langs:
+        task.check_language(lang)
+    return langs
+
+
+def plan_runs(task: Task, config: FinetuneConfig) -> list[TrainingRun]:
+    """The training runs of `config`, after checking every input that could fail later (no training yet)."""
+    langs = eval_languages(task, config)
+    perturbations = config.perturbations if config.perturbations is not None else default_perturbations(task)
+    for kind in perturbations:
+        if kind not in PERTURBATION_KINDS:
+            raise BabelpruneError(f"Unknown perturbation '{kind}'; use one of {', '.join(PERTURBATION_KINDS)}.")
+        if kind == "entities" and task.kind != "token-classification":
+            raise BabelpruneError(f"Entity replacement needs a token-classification task, and '{task.name}' is {task.kind}; use 'words' or 'chars'.")
+    for lang in langs:
+        check_examples(task, task.examples(lang, "test"), "test")
+        if "words" in perturbations:
+            task.examples(lang, "train")  # the replacement vocabulary comes from it
+    if task.kind == "retrieval":
+        if config.source_lang not in task.languages():
+            raise BabelpruneError(f"Retrieval needs queries in '{config.source_lang}', which task '{task.name}' lacks.")
+        return []
+    if not task.labels or len(task.labels) < 2:
+        raise BabelpruneError(f"Task '{task.name}' has fewer than 2 labels, so there is nothing to classify.")
+    runs = [
+        TrainingRun(run.name, limit_examples(run.train, config.max_train_examples, f"train-{config.seed}"), run.eval_languages)
+        for run in training_runs(task, config.mode, langs, config.source_lang)
+    ]
+    for run in runs:
+        check_examples(task, run.train, "training")
+        steps = planned_steps(len(run.train), config)
+        if config.gmp is not None and config.gmp.end_step > steps:
+            raise BabelpruneError(
+                f"The pruning schedule ends at step {config.gmp.end_step} but run '{run.name}' has only {steps} "
+                "steps; end the schedule earlier or train longer."
+            )
+    return runs
+
+
+# --------------------------------------------------------------------------- training
+
+
+def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: rises linearly to 1 over `warmup_steps`, then falls linearly to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def build_head(model_spec: str, task: Task, config: FinetuneConfig) -> tuple[TaskHead, object]:
+    """The encoder of `model_spec` with a fresh head (initialised from the seed), and its tokenizer."""
+    loaded = load_model(model_spec)
+    if loaded.kind != "encoder":
+        raise BabelpruneError(f"Model '{model_spec}' is a {loaded.kind}, not an encoder; fine-tune an encoder such as e5-small.")
+    torch.manual_seed(config.seed)
+    head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
+    if not config.trains_embeddings():
+        adapter_for(loaded.model).get_embeddings(loaded.model).weight.requires_grad_(False)
+    return head, loaded.tokenizer
+
+
+def make_optimizer(head: TaskHead, config: FinetuneConfig, total_steps: int):
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},  # biases and norms
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    warmup_steps = max(1, round(config.warmup * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_schedule(step, warmup_steps, total_steps))
+    return optimizer, scheduler
+
+
+def batch_indices(step: int, n_examples: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of 1-based optimizer step `step`: a slice of the epoch's seeded permutation."""
+    per_epoch = math.ceil(n_examples / batch_size)
+    epoch, position = divmod(step - 1, per_epoch)
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size].tolist()
+
+
+def train_run(
+    head: TaskHead, tokenizer, run: TrainingRun, config: FinetuneConfig, folder: Path, fingerprint: str,
+    bar: Progress, on_step: StepCallback | None = None,
+) -> tuple[GradualPruner | None, int]:
+    """Train `head` on the run's examples (resuming from `folder`); return the pruner and the steps done."""
+    total = planned_steps(len(run.train), config)
+    optimizer, scheduler = make_optimizer(head, config, total)
+    pruner = GradualPruner(head.encoder, config.gmp) if config.gmp is not None else None
+    torch.manual_seed(config.seed)  # dropout
+    start = load_checkpoint(folder, head, optimizer, scheduler, pruner, fingerprint)
+    if pruner is not None and start == 0:
+        pruner.step(0)
+    task_id = bar.add_task(f"fine-tuning {run.name}", total=total, completed=start)
+    head.train()
+    for step in range(start + 1, total + 1):
+        chosen = batch_indices(step, len(run.train), config.batch_size, config.seed)
+        batch = encode(tokenizer, [run.train[i] for i in chosen], head.kind, config.max_length, config.text_prefix)
+        loss = head.loss(head(batch), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if pruner is not None:
+            pruner.mask_gradients()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in head.parameters() if p.requires_grad], config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if pruner is not None:
+            pruner.step(step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+            save_checkpoint(folder, step, head, optimizer, scheduler, pruner, fingerprint)
+        bar.update(task_id, advance=1)
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    bar.remove_task(task_id)
+    head.eval()
+    return pruner, total
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def _fingerprint(model_spec: str, task: Task, config: FinetuneConfig, run: TrainingRun) -> str:
+    return f"{model_spec}|{task.name}|{run.name}|{len(run.train)}|{config.model_dump_json()}"
+
+
+def _run_result(model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores) -> FinetuneResult:
+    if pruner is not None:
+        achieved = pruner.sparsity_report().overall
+    else:
+        targets = gmp_targets(head_encoder, bool(config.gmp and config.gmp.include_embeddings))
+        achieved = sum(int((p == 0).sum()) for p in targets.values()) / sum(p.numel() for p in targets.values())
+    return FinetuneResult(
+        model=model_spec, task=task.name, mode=mode, train_languages=train_langs, train_examples=train_counts,
+        seed=config.seed, sparsity=config.gmp.final_sparsity if config.gmp else 0.0, gmp=config.gmp,
+        achieved_sparsity=achieved, steps=steps, seconds=seconds, config=config.model_dump(mode="json"), scores=scores,
+    )
+
+
+def _combine(results: list[FinetuneResult], config: FinetuneConfig, seconds: float) -> FinetuneResult:
+    first = results[0]
+    counts: dict[str, int] = {}
+    for result in results:
+        counts.update(result.train_examples)
+    return first.model_copy(update={
+        "train_languages": list(counts), "train_examples": counts, "mode": config.mode,
+        "achieved_sparsity": sum(r.achieved_sparsity for r in results) / len(results),
+        "steps": sum(r.steps for r in results), "seconds": seconds,
+        "scores": [score for result in results for score in result.scores],
+    })
+
+
+def finetune(
+    model_spec: str, task: Task | str, config: FinetuneConfig, out: Path, progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune `model_spec` on `task` (pruning gradually if `config.gmp`), score every language.
+
+    Writes ``<out>/result.json`` (and one result per training run under
+    ``<out>/runs/``); a run whose result exists is not trained again, and an
+    interrupted run resumes from its last checkpoint. `on_step(step, loss)`
+    is called after every optimizer step. `task` is a `Task` or a built-in task name.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    task = get_task(task) if isinstance(task, str) else task
+    runs = plan_runs(task, config)  # every input check happens here, before any training
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
+    with bar:
+        if task.kind == "retrieval":
+            result = _retrieval_run(model_spec, task, config, started)
+        else:
+            results = [_train_and_score(model_spec, task, config, run, out / "runs" / run.name, bar, on_step) for run in runs]
+            result = _combine(results, config, time.perf_counter() - started)
+    result.save(out / RESULT_FILE)
+    return result
+
+
+def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float) -> FinetuneResult:
+    loaded = load_model(model_spec)
+    pruner = None
+    if config.gmp is not None:  # no training: prune at once to the final sparsity
+        pruner = GradualPruner(loaded.model, config.gmp)
+        pruner.update_masks(config.gmp.final_sparsity)
+    scores = evaluate_retrieval(loaded.model, loaded.tokenizer, task, eval_languages(task, config), config)
+    return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, time.perf_counter() - started, scores)
+
+
+def _train_and_score(model_spec, task, config, run: TrainingRun, folder: Path, bar: Progress, on_step) -> FinetuneResult:
+    if (folder / RESULT_FILE).is_file():
+        return FinetuneResult.load(folder / RESULT_FILE)
+    started = time.perf_counter()
+    head, tokenizer = build_head(model_spec, task, config)
+    checkpoints = folder / "checkpoints"
+    pruner, steps = train_run(head, tokenizer, run, config, checkpoints, _fingerprint(model_spec, task, config, run), bar, on_step)
+    eval_id = bar.add_task(f"scoring {len(run.eval_languages)} languages", total=None)
+    scores = evaluate_head(head, tokenizer, task, run.eval_languages, config)
+    bar.remove_task(eval_id)
+    counts: dict[str, int] = {}
+    for example in run.train:
+        counts[example.lang] = counts.get(example.lang, 0) + 1
+    result = _run_result(model_spec, task, config, config.mode, list(counts), counts, pruner, head.encoder, steps, time.perf_counter() - started, scores)
+    result.save(folder / RESULT_FILE)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return result

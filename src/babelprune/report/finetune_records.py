@@ -1,0 +1,125 @@
+"""Typed results of fine-tuning runs: one score per language and evaluation set.
+
+A `FinetuneResult` is one fine-tuning run (or, in the monolingual mode, the
+set of per-language runs of one configuration): its header (model, task,
+training mode, seed, pruning) and a `TaskScore` per language and per
+evaluation set, clean (``perturbation=None``) or perturbed (``"words"``,
+``"chars"``, ``"entities"``). Perturbed scores carry their ``gap``: the
+clean score minus the perturbed one (positive = the perturbation hurt).
+
+`FinetuneResult.records()` flattens it into the long `MetricRecord` rows the
+other reports read; perturbed sets get split ``"test+<kind>"`` and an extra
+``<metric>_gap`` row.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from babelprune.cache import atomic_write_text
+from babelprune.data.languages import ResourceLevel
+from babelprune.errors import BabelpruneError
+from babelprune.prune.gradual import GMPConfig
+from babelprune.report.records import MetricRecord
+
+FINETUNE_SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskScore(_Record):
+    """A task metric on one language's evaluation set, clean or perturbed."""
+
+    language: str
+    name: str
+    script: str
+    resource: ResourceLevel
+    metric: str  # "accuracy", "entity_f1" or "top1"
+    value: float
+    n_examples: int
+    perturbation: str | None = None  # None: the clean set
+    gap: float | None = None  # clean value - this value, for perturbed sets
+
+    @property
+    def split(self) -> str:
+        return "test" if self.perturbation is None else f"test+{self.perturbation}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class FinetuneResult(_Record):
+    schema_version: int = FINETUNE_SCHEMA_VERSION
+    model: str  # the model spec that was fine-tuned
+    task: str
+    mode: str  # "zero-shot", "multilingual", "monolingual" (or "none" for retrieval)
+    train_languages: list[str]
+    train_examples: dict[str, int] = Field(default_factory=dict)  # language -> training examples seen per epoch
+    seed: int
+    sparsity: float  # the final target sparsity (0 for dense)
+    gmp: GMPConfig | None = None
+    achieved_sparsity: float  # share of exact zeros in the targeted weights at the end
+    steps: int
+    seconds: float
+    config: dict[str, Any] = Field(default_factory=dict)  # the full fine-tuning configuration
+    created: str = Field(default_factory=_now)
+    scores: list[TaskScore]
+
+    @property
+    def method(self) -> str:
+        return "gmp" if self.gmp is not None else "dense"
+
+    def score(self, language: str, perturbation: str | None = None) -> TaskScore:
+        for score in self.scores:
+            if score.language == language and score.perturbation == perturbation:
+                return score
+        raise KeyError((language, perturbation))
+
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys(score.language for score in self.scores))
+
+    def perturbations(self) -> list[str]:
+        return list(dict.fromkeys(s.perturbation for s in self.scores if s.perturbation is not None))
+
+    def records(self) -> list[MetricRecord]:
+        rows = []
+        for score in self.scores:
+            values = [(score.metric, score.value)]
+            if score.gap is not None:
+                values.append((f"{score.metric}_gap", score.gap))
+            for metric, value in values:
+                rows.append(
+                    MetricRecord(
+                        model=self.model, method=self.method, sparsity=self.sparsity, setting=self.mode,
+                        corpus=self.task, split=score.split, language=score.language, resource=score.resource,
+                        metric=metric, value=value, count=score.n_examples,
+                    )
+                )
+        return rows
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> FinetuneResult:
+        path = Path(path)
+        if not path.is_file():
+            raise BabelpruneError(f"No fine-tuning result at {path}; give the JSON written by `babelprune finetune`.")
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BabelpruneError(
+                f"{path} is not a babelprune fine-tuning result ({first}); give the JSON written by `babelprune finetune`."
+            ) from None
