@@ -70,6 +70,7 @@ def prune_command(
     allocation: Annotated[Optional[str], typer.Option(help="uniform, owl or cwl (default: cwl for mwanda, else uniform).")] = None,
     setting: Annotated[str, typer.Option(help="shared (one mask) or per-language (a mask per calibration language).")] = "shared",
     order: Annotated[str, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
+    calib_batch: Annotated[Optional[int], typer.Option(help="two-pass only: windows per forward, to hold fewer activations.")] = None,
     calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,
@@ -91,7 +92,8 @@ def prune_command(
     if save_format not in ("", "hf", "sparse", "both"):
         raise BabelpruneError(f"Unknown format '{save_format}'; use hf, sparse or both.")
     config = PruneConfig(
-        method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order, seed=seed,
+        method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order,
+        calib_batch=calib_batch, seed=seed,
         mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta),
     )
     loaded = load_model(model)

@@ -49,6 +49,8 @@ class PruneConfig(BaseModel):
     allocation_samples: int = Field(2, ge=1)  # calibration samples per language for the allocation pre-pass
     setting: Setting = "shared"
     order: Order = "one-pass"
+    # two-pass only: windows per forward (None: all at once). Smaller batches hold fewer activations.
+    calib_batch: int | None = Field(None, ge=1)
     per_row: bool = True  # compare scores within each output row (Wanda); False: whole layer
     damp: float = Field(0.01, gt=0)  # SparseGPT Hessian dampening
     block_size: int = Field(128, ge=1)  # SparseGPT column block
@@ -77,6 +79,14 @@ class PruneConfig(BaseModel):
 
         if self.method not in METHODS:
             raise BabelpruneError(f"Unknown pruning method '{self.method}'; choose one of: {', '.join(METHODS)}.")
+        return self
+
+    @model_validator(mode="after")
+    def _batching_needs_two_passes(self) -> PruneConfig:
+        if self.calib_batch is not None and self.order != "two-pass":
+            raise BabelpruneError(
+                "--calib-batch needs --order two-pass: a single pass must see every calibration window at once."
+            )
         return self
 
     @property

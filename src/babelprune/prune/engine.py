@@ -33,9 +33,12 @@ from babelprune.prune.kernels import wanda_scores
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.sequential import (
     StatsCollector,
+    batch_spans,
     capture_block_inputs,
+    rows_in_span,
     run_block,
     run_block_with_hooks,
+    slice_inputs,
     write_weight,
 )
 from babelprune.prune.stats import LanguageStats
@@ -118,11 +121,10 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
         return allocate_uniform(n_blocks, config.effective_sparsity), {}
     subset = calibration.subset(per_language=config.allocation_samples)
     inputs = capture_block_inputs(model, adapter, subset.ids)
-    collector_rows = subset.rows()
     measures = []
     for index, block in enumerate(adapter.get_blocks(model)):
         seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
-        collector = StatsCollector(collector_rows, track_hessian=False, tau=config.mwanda.tau, track_activity=False)
+        collector = StatsCollector(subset.language_set, False, config.mwanda.tau, track_activity=False).begin(subset.rows())
         inputs.hidden = run_block_with_hooks(
             block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
         )
@@ -160,20 +162,25 @@ def _prune_blocks(
         return
     inputs = capture_block_inputs(model, adapter, calibration.ids)
     rows = calibration.rows()
+    spans = batch_spans(len(calibration.languages), config.calib_batch)
     for index, block in enumerate(blocks):
-        collector = StatsCollector(rows, method.needs_hessian, config.mwanda.tau, track_activity=method.needs_activity)
+        collector = StatsCollector(calibration.language_set, method.needs_hessian, config.mwanda.tau, method.needs_activity)
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats, index=index):
                 _prune_linear(method, config, linear, stats, targets[index])
 
-            inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector, prune_now)
+            inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
         else:
-            seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
-            run_block_with_hooks(block, adapter, inputs, index, collector, lambda n, lin, st: seen.__setitem__(n, (lin, st)))
-            for linear, stats in seen.values():
-                _prune_linear(method, config, linear, stats, targets[index])
-            inputs.hidden = run_block(block, adapter, inputs, index)
+            # Dense pass (in batches of calib_batch windows when memory is short), prune, pass again.
+            seen: dict[str, nn.Module] = {}
+            for start, end in spans:
+                collector.begin(rows_in_span(rows, start, end))
+                batch = slice_inputs(inputs, start, end)
+                run_block_with_hooks(block, adapter, batch, index, collector, lambda n, lin, st: seen.__setitem__(n, lin))
+            for name, linear in seen.items():
+                _prune_linear(method, config, linear, collector.by_name[name], targets[index])
+            inputs.hidden = torch.cat([run_block(block, adapter, slice_inputs(inputs, s, e), index) for s, e in spans])
         progress.advance(task)
 
 

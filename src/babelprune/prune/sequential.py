@@ -80,35 +80,79 @@ def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
 
 
 class StatsCollector:
-    """Per-language input statistics of a block's linears, computed once per distinct input.
+    """Per-language input statistics of a block's linears, accumulated over one or more batches.
 
-    q, k and v (and gate and up) read the same tensor: the statistics are
-    cached by the identity of the input tensor so they are computed once.
+    q, k and v (and gate and up) read the same tensor: within a batch the
+    statistics are cached by the identity of the input tensor, so they are
+    computed once and the linears sharing an input share one statistics object.
     """
 
-    def __init__(self, rows: dict[str, torch.Tensor], track_hessian: bool, tau: float, track_activity: bool = True) -> None:
-        # Contiguous row ranges become slices: views instead of copies of the activations.
-        self.rows = {lang: _as_slice(index) for lang, index in rows.items()}
-        self.n_samples = sum(len(r) for r in rows.values())
+    def __init__(self, languages: list[str], track_hessian: bool, tau: float, track_activity: bool = True) -> None:
+        self.languages = list(languages)
         self.track_hessian = track_hessian
         self.track_activity = track_activity
         self.tau = tau
+        self.by_name: dict[str, LanguageStats] = {}
+        self.rows: dict[str, slice | torch.Tensor] = {}
+        self.n_samples = 0
         # id(tensor) -> (tensor, stats). Holding the tensor keeps its id from being
         # reused by a later, different tensor of the same block.
         self._cache: dict[int, tuple[torch.Tensor, LanguageStats]] = {}
 
-    def __call__(self, x: torch.Tensor) -> LanguageStats:
+    def begin(self, rows: dict[str, torch.Tensor]) -> StatsCollector:
+        """Start a batch whose rows of each language are `rows` (indices into the batch)."""
+        # Contiguous row ranges become slices: views instead of copies of the activations.
+        self.rows = {lang: _as_slice(index) for lang, index in rows.items() if len(index)}
+        self.n_samples = sum(len(index) for index in rows.values())
+        self._cache = {}
+        return self
+
+    def __call__(self, name: str, x: torch.Tensor) -> LanguageStats:
         if id(x) not in self._cache:
-            # The Hessian is pooled over languages: one matrix product on all tokens, not one per language.
-            stats = LanguageStats(x.shape[-1], list(self.rows), tau=self.tau, track_activity=self.track_activity)
+            stats = self.by_name.get(name) or LanguageStats(
+                x.shape[-1], self.languages, tau=self.tau, track_activity=self.track_activity
+            )
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():
                 stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
-            if self.track_hessian:
+            if self.track_hessian:  # pooled over languages: one matrix product for all tokens
                 stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
             self._cache[id(x)] = (x, stats)
-        return self._cache[id(x)][1]
+        self.by_name[name] = self._cache[id(x)][1]
+        return self.by_name[name]
+
+
+def batch_spans(n: int, batch: int | None) -> list[tuple[int, int]]:
+    """[(start, end)] covering range(n) in pieces of at most `batch` (all at once when None)."""
+    step = batch or n
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def slice_inputs(inputs: BlockInputs, start: int, end: int) -> BlockInputs:
+    """The rows start:end of the hidden states and of every argument batched like them.
+
+    An argument whose first dimension is k * N is taken as batch-major with k
+    rows per window (BLOOM's ALiBi bias is (N * heads, 1, T)).
+    """
+    n = inputs.hidden.shape[0]
+
+    def cut(value):
+        if not isinstance(value, torch.Tensor) or not value.dim() or value.shape[0] % n:
+            return value
+        per_window = value.shape[0] // n
+        return value[start * per_window : end * per_window]
+
+    return BlockInputs(
+        hidden=inputs.hidden[start:end],
+        args=[tuple(cut(a) for a in args) for args in inputs.args],
+        kwargs=[{key: cut(value) for key, value in kwargs.items()} for kwargs in inputs.kwargs],
+    )
+
+
+def rows_in_span(rows: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
+    """Each language's rows that fall in start:end, renumbered from 0."""
+    return {lang: index[(index >= start) & (index < end)] - start for lang, index in rows.items()}
 
 
 LinearAction = Callable[[str, nn.Module, LanguageStats], None]
@@ -132,7 +176,7 @@ def run_block_with_hooks(
     for name, linear in adapter.block_linears(block).items():
 
         def hook(module, args, name=name):
-            action(name, module, collector(args[0]))
+            action(name, module, collector(name, args[0]))
 
         handles.append(linear.register_forward_pre_hook(hook))
     try:

@@ -142,7 +142,7 @@ def _check(loaded: LoadedModel, units: set[str], importance: str, sparsity: floa
 def compute_importance(
     loaded: LoadedModel, units: set[str], importance: ImportanceName, calibration: Calibration | None = None,
     gqa: GqaMode = "query", loss_fn: LossFn | None = None, batch_size: int = 1, sparsity: float = 0.5,
-    l0: L0Settings = L0Settings(),
+    l0: L0Settings | None = None,
 ) -> tuple[dict[str, Importance], dict[str, L0Trace]]:
     """Importance per calibration language ({"all": ...} for magnitude); L0 is trained toward `sparsity`."""
     model, units = loaded.model, check_units(units)
@@ -150,12 +150,12 @@ def compute_importance(
     if importance == "magnitude":
         return {"all": magnitude_importance(model, units, gqa)}, {}
     if importance == "activation":
-        return activation_importance(model, calibration, units, gqa, batch_size=max(batch_size, 4)), {}
+        return activation_importance(model, calibration, units, gqa, batch_size), {}
     if importance == "gradient":
         return gradient_importance(model, calibration, units, gqa, loss_fn, batch_size, mask_id), {}
     per_lang, traces = {}, {}
     for lang in calibration.language_set:
-        per_lang[lang], traces[lang] = train_l0(model, calibration.subset([lang]), units, sparsity, gqa, loss_fn, l0, mask_id)
+        per_lang[lang], traces[lang] = train_l0(model, calibration.subset([lang]), units, sparsity, gqa, loss_fn, l0 or L0Settings(), mask_id)
     return per_lang, traces
 
 
@@ -180,7 +180,7 @@ def structured_prune(
     ranking: Ranking = "global",
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 1,
-    l0: L0Settings = L0Settings(),
+    l0: L0Settings | None = None,
 ) -> StructuredResult:
     """Remove the least important heads / FFN neurons / blocks of `loaded.model` physically, in place (shared setting).
 
@@ -197,7 +197,8 @@ def structured_prune(
     with bar:
         task = bar.add_task(f"structured {importance}: scoring {', '.join(sorted(units))}")
         if importance == "l0" and setting == "shared":
-            pooled, trace = train_l0(model, calibration, units, sparsity, gqa, loss_fn, l0, getattr(loaded.tokenizer, "mask_token_id", None))
+            mask_id = getattr(loaded.tokenizer, "mask_token_id", None)
+            pooled, trace = train_l0(model, calibration, units, sparsity, gqa, loss_fn, l0 or L0Settings(), mask_id)
             per_lang, traces = {"all": pooled}, {"all": trace}
         else:
             per_lang, traces = compute_importance(loaded, units, importance, calibration, gqa, loss_fn, batch_size, sparsity, l0)

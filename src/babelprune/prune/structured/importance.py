@@ -135,7 +135,7 @@ def activation_importance(model: nn.Module, calibration: Calibration, units: Uni
         for lang in languages:
             current["lang"] = lang
             for ids in _batches(calibration, lang, batch_size):
-                model(**_model_inputs(ids, adapter))
+                adapter.base_model(model)(**_model_inputs(ids, adapter))  # no LM head: its logits are not needed
     finally:
         for handle in handles:
             handle.remove()

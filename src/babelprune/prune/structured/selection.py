@@ -204,6 +204,41 @@ def _attention_params(adapter: ArchAdapter, block: nn.Module) -> int:
     return sum(linear_params(m) for m in adapter.attention_linears(block).values())
 
 
+@dataclass
+class _Removed:
+    """Running tally of a selection: removed head units and neurons per block, parameters removed."""
+
+    heads: dict[int, set] = field(default_factory=dict)
+    neurons: dict[int, set] = field(default_factory=dict)
+    params: float = 0.0
+    counts: dict[str, int] = field(default_factory=lambda: {"heads": 0, "neurons": 0})
+
+
+def _select_in(model_parts, importance: Importance, sparsity: float, layer_ids: list[int], removed: _Removed) -> tuple[float, float, float | None]:
+    """Select among `layer_ids` (all blocks, or one); returns (parameters removed, their total, next unit's cost)."""
+    adapter, blocks, layouts, sizes = model_parts
+    group_total = float(sum(sizes[i] for i in layer_ids))
+    budget = sparsity * group_total
+    spent, next_cost = 0.0, None
+    if importance.heads is not None:
+        attention = sum(_attention_params(adapter, blocks[i]) for i in layer_ids)
+        head_budget = budget if importance.neurons is None else sparsity * attention
+        cands = _head_candidates(adapter, blocks, layouts, importance.heads, importance.gqa, layer_ids)
+        taken, spent, next_cost = _greedy(cands, head_budget)
+        for k in taken:
+            removed.heads.setdefault(cands.layers[k], set()).update(cands.members[k])
+            removed.counts["heads"] += len(cands.members[k])
+    if importance.neurons is not None:  # the FFN gets what the heads left of the budget
+        cands = _neuron_candidates(adapter, blocks, layouts, importance.neurons, layer_ids)
+        taken, ffn_spent, next_cost = _greedy(cands, budget - spent)
+        spent += ffn_spent
+        for k in taken:
+            removed.neurons.setdefault(cands.layers[k], set()).update(cands.members[k])
+        removed.counts["neurons"] += len(taken)
+    removed.params += spent
+    return spent, group_total, next_cost
+
+
 def select_units(
     model: nn.Module,
     importance: Importance,
@@ -218,7 +253,6 @@ def select_units(
     adapter = adapter_for(model)
     blocks, layouts = list(adapter.get_blocks(model)), layer_layouts(model, adapter)
     sizes = [block_params(adapter, b) for b in blocks]
-    total = float(sum(sizes))
     if importance.blocks is not None:
         if importance.heads is not None or importance.neurons is not None:
             raise BabelpruneError("Remove blocks in a run of their own, then heads or FFN neurons in a second run.")
@@ -226,37 +260,19 @@ def select_units(
             raise BabelpruneError("Blocks can only be ranked globally; use ranking 'global'.")
         return _select_blocks(importance, sparsity, layouts, sizes, tolerance)
     groups = [list(range(len(blocks)))] if ranking == "global" else [[i] for i in range(len(blocks))]
-    removed_heads: dict[int, set] = {}
-    removed_neurons: dict[int, set] = {}
-    removed_total, counts = 0.0, {"heads": 0, "neurons": 0}
+    what = "heads" if importance.neurons is None else "units"
+    removed = _Removed()
     for layer_ids in groups:
-        group_total = float(sum(sizes[i] for i in layer_ids))
-        budget = sparsity * group_total
-        spent, next_cost = 0.0, None
-        if importance.heads is not None:
-            head_budget = budget if importance.neurons is None else sparsity * sum(_attention_params(adapter, blocks[i]) for i in layer_ids)
-            cands = _head_candidates(adapter, blocks, layouts, importance.heads, importance.gqa, layer_ids)
-            taken, spent, next_cost = _greedy(cands, head_budget)
-            for k in taken:
-                removed_heads.setdefault(cands.layers[k], set()).update(cands.members[k])
-                counts["heads"] += len(cands.members[k])
-        if importance.neurons is not None:
-            cands = _neuron_candidates(adapter, blocks, layouts, importance.neurons, layer_ids)
-            taken, ffn_spent, next_cost = _greedy(cands, budget - spent)
-            spent += ffn_spent
-            for k in taken:
-                removed_neurons.setdefault(cands.layers[k], set()).update(cands.members[k])
-            counts["neurons"] += len(taken)
-        what = "heads" if importance.neurons is None else "units"
-        _check_tolerance(sparsity, spent, group_total, next_cost, tolerance, what if ranking == "global" else f"{what} in block {layer_ids[0]}")
-        removed_total += spent
+        spent, group_total, next_cost = _select_in((adapter, blocks, layouts, sizes), importance, sparsity, layer_ids, removed)
+        where = what if ranking == "global" else f"{what} in block {layer_ids[0]}"
+        _check_tolerance(sparsity, spent, group_total, next_cost, tolerance, where)
     return Selection(
-        layers=_layers_keep(layouts, importance.gqa, removed_heads, removed_neurons),
+        layers=_layers_keep(layouts, importance.gqa, removed.heads, removed.neurons),
         blocks=list(range(len(blocks))),
-        removed_params=int(round(removed_total)),
-        total_params=int(total),
+        removed_params=round(removed.params),
+        total_params=sum(sizes),
         gqa=importance.gqa,
-        removed=counts,
+        removed=removed.counts,
     )
 
 
@@ -269,7 +285,7 @@ def _select_blocks(importance: Importance, sparsity: float, layouts: list[LayerL
     _check_tolerance(sparsity, spent, float(sum(sizes)), next_cost, tolerance, "blocks")
     dropped = {cands.members[k][0] for k in taken}
     keeps = [LayerKeep(list(range(lay.n_heads)), list(range(lay.n_kv_heads)), list(range(lay.ffn))) for lay in layouts]
-    return Selection(keeps, [i for i in range(n) if i not in dropped], int(spent), int(sum(sizes)), importance.gqa, {"blocks": len(dropped)})
+    return Selection(keeps, [i for i in range(n) if i not in dropped], int(spent), sum(sizes), importance.gqa, {"blocks": len(dropped)})
 
 
 def apply_selection(model: nn.Module, selection: Selection) -> nn.Module:

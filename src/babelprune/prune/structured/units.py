@@ -30,7 +30,12 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from babelprune.errors import BabelpruneError
-from babelprune.models.adapters import ArchAdapter, StructureParts, fused_qkv_rows, weight_matrix
+from babelprune.models.adapters import (
+    ArchAdapter,
+    StructureParts,
+    fused_qkv_rows,
+    weight_matrix,
+)
 
 HeadUnit = Literal["head", "group", "query"]
 GqaMode = Literal["groups", "query"]
