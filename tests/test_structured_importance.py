@@ -90,7 +90,7 @@ def test_gradient_head_importance_matches_finite_differences():
     adapter = adapter_for(model)
     calibration = _calibration(rows_per_language=1, languages=("en",))
     o_linear = adapter.attention_linears(adapter.get_blocks(model)[0])["o"]
-    eps = 1e-4
+    eps = 1e-3  # parts of the forward (rotary tables) stay float32, so smaller steps hit rounding noise
     slopes = torch.tensor([
         abs(_loss_with_head_scale(model, calibration.ids, o_linear, h, 1 + eps)
             - _loss_with_head_scale(model, calibration.ids, o_linear, h, 1 - eps)) / (2 * eps)

@@ -7,7 +7,11 @@ import torch
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for
-from babelprune.prune.structured.selection import Importance, apply_selection, select_units
+from babelprune.prune.structured.selection import (
+    Importance,
+    apply_selection,
+    select_units,
+)
 from babelprune.prune.structured.units import layer_layouts, total_block_params
 from tests.tiny_models import model_output, tiny_inputs, tiny_model
 
