@@ -57,14 +57,16 @@ def pruning_info(loaded: LoadedModel) -> PruningInfo:
     """The header of a result: how this model was pruned (dense if it was not)."""
     if not loaded.pruning:
         return PruningInfo()
-    config = loaded.pruning.get("config", {})
+    # One-shot results keep their settings under "config"; structured ones at the top level.
+    config = loaded.pruning.get("config") or {k: v for k, v in loaded.pruning.items() if isinstance(v, (str, int, float, list))}
     method = loaded.pruning.get("method", config.get("method", "dense"))
     pattern = config.get("pattern", "unstructured")
-    sparsity = config.get("sparsity", 0.0)
+    sparsity = config.get("sparsity", loaded.pruning.get("sparsity", 0.0))
     if pattern != "unstructured":
         n, m = (int(x) for x in pattern.split(":"))
         sparsity = 1 - n / m
-    return PruningInfo(method=method, sparsity=sparsity, setting=config.get("setting"), config=config)
+    setting = config.get("setting", loaded.pruning.get("setting"))
+    return PruningInfo(method=method, sparsity=sparsity, setting=setting, config=config)
 
 
 def language_view(loaded: LoadedModel, lang: str):

@@ -81,14 +81,21 @@ def prune_command(
     activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = True,
     save_format: Annotated[str, typer.Option("--format", help="hf, sparse or both (default: both when shared, hf when per-language).")] = "",
     seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
+    structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
+    importance: Annotated[str, typer.Option(help="Structured: magnitude, gradient, activation or l0.")] = "gradient",
+    gqa: Annotated[str, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
+    ranking: Annotated[str, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
 ) -> None:
-    """One-shot pruning of a model's blocks, calibrated on several languages; saves an HF folder plus metadata."""
+    """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
     from babelprune.prune.config import MWandaConfig, PruneConfig
     from babelprune.prune.methods import METHODS
 
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    if structured is not None:
+        _prune_structured(out, model, structured, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed)
+        return
     if save_format not in ("", "hf", "sparse", "both"):
         raise BabelpruneError(f"Unknown format '{save_format}'; use hf, sparse or both.")
     config = PruneConfig(
@@ -104,6 +111,32 @@ def prune_command(
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
+    )
+
+
+def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed) -> None:
+    """Structured pruning: physically remove heads / FFN neurons / blocks; per-language writes one model per language."""
+    from babelprune.api import calibrate, load_model
+    from babelprune.cache import atomic_dir
+    from babelprune.prune.kernels import check_sparsity
+    from babelprune.prune.structured import prune_copy, structured_prune
+    from babelprune.prune.structured.storage import save_structured
+
+    check_sparsity(sparsity)
+    unit_set = {unit.strip() for unit in units.split(",") if unit.strip()}
+    loaded = load_model(model)
+    calibration = None if importance == "magnitude" else calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed)
+    result = structured_prune(loaded, unit_set, importance, sparsity, calibration, setting=setting, gqa=gqa, ranking=ranking)  # type: ignore[arg-type]
+    if result.per_language:
+        with atomic_dir(out) as folder:
+            for lang, selection in result.per_language.items():
+                pruned = prune_copy(loaded, selection)
+                save_structured(pruned.model, loaded.tokenizer, folder / lang, result.metadata() | {"language": lang})
+    else:
+        save_structured(loaded.model, loaded.tokenizer, out, result.metadata())
+    console.print(
+        f"{importance} structured ({', '.join(sorted(unit_set))}): block parameters {result.params_before:,} -> "
+        f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
     )
 
 

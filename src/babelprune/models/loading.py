@@ -83,13 +83,16 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.storage import METADATA_FILE, load_pruned
+    from babelprune.prune.structured.storage import STRUCTURE_FILE, load_structured
 
     folder = Path(spec).expanduser()
-    if (folder / METADATA_FILE).is_file():
-        loaded = load_pruned(folder)
-        loaded.spec = spec
-        loaded.model.eval()
-        return loaded
+    # Folders written by babelprune carry a marker file saying how to rebuild them.
+    for marker, loader in ((METADATA_FILE, load_pruned), (STRUCTURE_FILE, load_structured)):
+        if (folder / marker).is_file():
+            loaded = loader(folder)
+            loaded.spec = spec
+            loaded.model.eval()
+            return loaded
     source = resolve_spec(spec)
     config = _load_config(source, spec)
     adapter_for(config)  # fails early, naming supported families, for unknown architectures
