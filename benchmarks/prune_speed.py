@@ -18,13 +18,15 @@ import subprocess
 import sys
 import time
 
+# (method, order, allocation, windows per forward: 0 = all at once)
 RUNS = [
-    ("magnitude", "one-pass", "uniform"),
-    ("wanda", "one-pass", "uniform"),
-    ("wanda", "two-pass", "uniform"),
-    ("mwanda", "one-pass", "cwl"),
-    ("sparsegpt", "one-pass", "uniform"),
-    ("sparsegpt", "two-pass", "uniform"),
+    ("magnitude", "one-pass", "uniform", 0),
+    ("wanda", "one-pass", "uniform", 0),
+    ("wanda", "two-pass", "uniform", 0),
+    ("wanda", "two-pass", "uniform", 8),
+    ("mwanda", "one-pass", "cwl", 0),
+    ("sparsegpt", "one-pass", "uniform", 0),
+    ("sparsegpt", "two-pass", "uniform", 8),
 ]
 
 
@@ -51,13 +53,15 @@ def measure(args) -> dict:
             inputs.hidden = run_block(block, adapter, inputs, index)
         forward = time.perf_counter() - started
     del inputs
-    config = PruneConfig(method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation)
+    config = PruneConfig(
+        method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, calib_batch=args.calib_batch or None
+    )
     with PeakRSS() as peak:
         started = time.perf_counter()
         result = prune(loaded, config, calibration, progress=False)
         seconds = time.perf_counter() - started
     return {
-        "method": args.method, "order": args.order, "allocation": args.allocation,
+        "method": args.method, "order": args.order, "allocation": args.allocation, "calib_batch": args.calib_batch,
         "tokens": int(calibration.ids.numel()), "forward_s": forward, "prune_s": seconds,
         "time_ratio": seconds / forward, "memory_ratio": (peak.peak - before_model) / dense_bytes,
         "achieved": result.achieved_sparsity, "dense_gb": dense_bytes / 1e9,
@@ -73,18 +77,20 @@ def main() -> None:
     parser.add_argument("--method")
     parser.add_argument("--order", default="one-pass")
     parser.add_argument("--allocation", default="uniform")
+    parser.add_argument("--calib-batch", type=int, default=0, help="windows per forward in two-pass (0: all)")
     args = parser.parse_args()
     if args.method:  # child process: one measurement, as JSON
         print(json.dumps(measure(args)))
         return
     print(f"{args.model}: calibration {len(args.langs.split(','))} languages x {args.samples} x {args.seq_len} tokens, 50% sparsity")
-    print(f"{'method':10s} {'order':9s} {'alloc':8s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
-    for method, order, allocation in RUNS:
+    print(f"{'method':10s} {'order':9s} {'alloc':8s} {'batch':>5s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
+    for method, order, allocation, batch in RUNS:
         command = [sys.executable, __file__, "--model", args.model, "--langs", args.langs, "--samples", str(args.samples),
-                   "--seq-len", str(args.seq_len), "--method", method, "--order", order, "--allocation", allocation]
+                   "--seq-len", str(args.seq_len), "--method", method, "--order", order, "--allocation", allocation,
+                   "--calib-batch", str(batch)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         row = json.loads(output)
-        print(f"{method:10s} {order:9s} {allocation:8s} {row['forward_s']:9.1f} {row['prune_s']:8.1f} "
+        print(f"{method:10s} {order:9s} {allocation:8s} {batch or 'all':>5} {row['forward_s']:9.1f} {row['prune_s']:8.1f} "
               f"{row['time_ratio']:10.2f} {row['memory_ratio']:12.2f}", flush=True)
 
 
