@@ -185,7 +185,7 @@ def test_wanda_without_calibration_is_refused():
 def test_cwl_needs_two_languages():
     model = loaded("llama")
     with pytest.raises(BabelpruneError, match="two languages"):
-        prune(model, PruneConfig(method="mwanda"), calibration(model.model, languages=("en",)), progress=False)
+        prune(model, PruneConfig(method="mwanda", allocation="cwl"), calibration(model.model, languages=("en",)), progress=False)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "bert", "opt", "bloom"])

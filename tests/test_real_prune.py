@@ -18,7 +18,7 @@ def pruned_gemma():
     bible = get_corpus("bible")
     dense = evaluate(loaded, bible, ["en"], max_tokens=128, progress=False)
     calibration = calibrate(loaded, bible, ["en", "fr", "sw"], samples_per_language=2, seq_len=64)
-    result = prune(loaded, PruneConfig(method="mwanda", sparsity=0.5), calibration, progress=False)
+    result = prune(loaded, PruneConfig(method="mwanda", sparsity=0.5, allocation="cwl"), calibration, progress=False)
     return loaded, result, dense, bible
 
 

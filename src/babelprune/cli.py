@@ -67,7 +67,7 @@ def prune_command(
     method: Annotated[str, typer.Option(help="magnitude, wanda, mwanda or sparsegpt.")] = "wanda",
     sparsity: Annotated[float, typer.Option(help="Share of block weights to zero, in [0, 1).")] = 0.5,
     pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
-    allocation: Annotated[Optional[str], typer.Option(help="uniform, owl or cwl (default: cwl for mwanda, else uniform).")] = None,
+    allocation: Annotated[str, typer.Option(help="Layer-wise sparsity: uniform, owl or cwl (M-Wanda's cross-lingual allocation).")] = "uniform",
     setting: Annotated[str, typer.Option(help="shared (one mask) or per-language (a mask per calibration language).")] = "shared",
     order: Annotated[str, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
     calib_batch: Annotated[Optional[int], typer.Option(help="two-pass only: windows per forward, to hold fewer activations.")] = None,
@@ -75,10 +75,10 @@ def prune_command(
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,
     seq_len: Annotated[int, typer.Option(help="Calibration window length in tokens.")] = 256,
-    alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 0.5,
     beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
     language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
-    activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = True,
+    activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = False,
     save_format: Annotated[str, typer.Option("--format", help="hf, sparse or both (default: both when shared, hf when per-language).")] = "",
     seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
@@ -104,7 +104,7 @@ def prune_command(
         mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta),
     )
     loaded = load_model(model)
-    needs_data = METHODS[config.method].needs_calibration or config.layer_allocation != "uniform"
+    needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform"
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
     result = prune(loaded, config, calibration)
     save_pruned(loaded, result, out, save_format or None)

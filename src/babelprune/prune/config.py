@@ -24,8 +24,8 @@ class MWandaConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     language_aware: bool = True  # score by mu_j + alpha * sigma_j over languages
-    alpha: float = Field(1.0, ge=0)  # weight of the cross-language spread
-    activation_prob: bool = True  # protect features active in all / mainly one language
+    alpha: float = Field(0.5, ge=0)  # weight of the cross-language spread
+    activation_prob: bool = False  # protect features active in all / mainly one language (hurt in the sweep)
     beta: float = Field(1.0, ge=0)  # strength of that protection
     tau: float = Field(1e-2, ge=0)  # |x| above tau counts as active
 
@@ -43,7 +43,7 @@ class PruneConfig(BaseModel):
     method: str = "wanda"  # a name in babelprune.prune.methods.METHODS
     sparsity: float = 0.5  # target share of zeros in the blocks' linear weights
     pattern: str = "unstructured"  # or "N:M", e.g. "2:4"
-    allocation: Allocation | None = None  # layer-wise sparsity; None: cwl for mwanda, else uniform
+    allocation: Allocation = "uniform"  # layer-wise sparsity (cwl is M-Wanda's cross-lingual allocation)
     lam: float = Field(0.08, ge=0, lt=0.5)  # OWL/CWL spread: block sparsities lie in [s - lam, s + lam]
     owl_m: float = Field(5.0, gt=0)  # OWL outlier threshold, in multiples of the block's mean score
     allocation_samples: int = Field(2, ge=1)  # calibration samples per language for the allocation pre-pass
@@ -94,12 +94,6 @@ class PruneConfig(BaseModel):
         """(N, M) for an N:M pattern, None for unstructured."""
         match = _NM.match(self.pattern)
         return (int(match.group(1)), int(match.group(2))) if match else None
-
-    @property
-    def layer_allocation(self) -> Allocation:
-        if self.allocation is not None:
-            return self.allocation
-        return "cwl" if self.method == "mwanda" else "uniform"
 
     @property
     def effective_sparsity(self) -> float:

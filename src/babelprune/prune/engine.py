@@ -64,7 +64,7 @@ class PruneResult:
         return {
             "method": self.config.method,
             "config": self.config.to_dict(),
-            "allocation": self.config.layer_allocation if not self.config.nm else "uniform",
+            "allocation": self.config.allocation if not self.config.nm else "uniform",
             "block_sparsity_targets": self.block_sparsity_targets,
             "allocation_stats": self.allocation_stats,
             "starting_sparsity": self.starting_sparsity,
@@ -98,12 +98,12 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
                     f"N:M pattern {config.pattern} needs input widths divisible by {m}, but layer {name} has "
                     f"{linear_in_features(linear)} inputs; choose another M or use unstructured sparsity."
                 )
-        if config.allocation not in (None, "uniform"):
+        if config.allocation != "uniform":
             raise BabelpruneError(f"Allocation '{config.allocation}' varies sparsity per block, which an N:M pattern fixes; use --allocation uniform.")
-    needs_data = method.needs_calibration or (config.layer_allocation != "uniform" and not config.nm)
+    needs_data = method.needs_calibration or (config.allocation != "uniform" and not config.nm)
     if needs_data and calibration is None:
-        raise BabelpruneError(f"Method '{config.method}' with allocation '{config.layer_allocation}' needs calibration text; give --calib.")
-    if config.layer_allocation == "cwl" and not config.nm and calibration is not None and len(calibration.language_set) < 2:
+        raise BabelpruneError(f"Method '{config.method}' with allocation '{config.allocation}' needs calibration text; give --calib.")
+    if config.allocation == "cwl" and not config.nm and calibration is not None and len(calibration.language_set) < 2:
         raise BabelpruneError("CWL allocation compares languages, so it needs calibration text in at least two languages.")
     if config.setting == "per-language" and config.method == "sparsegpt":
         raise BabelpruneError(
@@ -116,7 +116,7 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
 def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig, calibration: Calibration | None) -> tuple[list[float], dict]:
     """Per-block sparsity targets. OWL and CWL read statistics from a dense pre-pass on a few samples per language."""
     n_blocks = len(adapter.get_blocks(model))
-    allocation = "uniform" if config.nm else config.layer_allocation
+    allocation = "uniform" if config.nm else config.allocation
     if allocation == "uniform":
         return allocate_uniform(n_blocks, config.effective_sparsity), {}
     subset = calibration.subset(per_language=config.allocation_samples)
@@ -192,7 +192,7 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
     method = METHODS[config.method]
     linears = named_linears(model, adapter)
     _check_model(config, linears, method, calibration)
-    if not method.needs_calibration and config.layer_allocation == "uniform":
+    if not method.needs_calibration and config.allocation == "uniform":
         calibration = None  # magnitude needs no data
     starting = zero_share(linears)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)

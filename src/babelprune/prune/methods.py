@@ -85,7 +85,7 @@ def wanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
 @register("mwanda", needs_activity=True)
 def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
     """Wanda with language-aware statistics and activation probability (Choenni & Titov 2025)."""
-    options = task.config.mwanda.options(cwl=task.config.layer_allocation == "cwl", lam=task.config.lam)
+    options = task.config.mwanda.options(cwl=task.config.allocation == "cwl", lam=task.config.lam)
     stats = task.stats
     scores = mwanda_scores(
         task.weight,
