@@ -160,6 +160,35 @@ def compare_command(
         console.print(f"Chart written to {chart}")
 
 
+@app.command("bench-speed")
+def bench_speed_command(
+    models: Annotated[list[str], typer.Argument(help="Models to compare (aliases, folders, hub ids); the first is the reference.")],
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
+    batch: Annotated[int, typer.Option(help="Sequences per batch for throughput.")] = 8,
+    runs: Annotated[int, typer.Option(help="Timed runs (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON.")] = None,
+) -> None:
+    """Latency (batch 1), throughput, parameters, bytes on disk and FLOPs per token, side by side."""
+    import json
+    import os
+
+    # Spinning OpenMP threads collapse on a busy machine; must be set before torch starts its pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from babelprune.api import load_model
+    from babelprune.cache import atomic_write_text
+    from babelprune.evaluate.speed import measure_speeds, speed_table
+
+    loaded = [load_model(spec) for spec in models]
+    reports = measure_speeds(loaded, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads)
+    console.print(speed_table(reports))
+    if reports[0].has_lm_head:
+        console.print(speed_table(reports, body=True))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps([r.model_dump(mode="json") for r in reports], indent=2) + "\n")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (replaced if it exists).")] = Path("babelprune-report"),
