@@ -7,7 +7,7 @@ gradually, then score it in every language, on clean and perturbed test sets.
     from babelprune.finetune import FinetuneConfig, finetune
     from babelprune.prune.gradual import GMPConfig
 
-    config = FinetuneConfig(gmp=GMPConfig.for_steps(0.7, total_steps=44))
+    config = FinetuneConfig(gmp=GMPConfig.for_steps(0.7, total_steps=16))  # the default run: 16 steps
     result = finetune("e5-small", "bible-genre", config, out=Path("runs/gmp70"))
 """
 

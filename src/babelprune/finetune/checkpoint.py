@@ -43,14 +43,20 @@ def save_checkpoint(folder: Path, step: int, head, optimizer, scheduler, pruner,
             shutil.rmtree(older, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, head, optimizer, scheduler, pruner, fingerprint: str) -> int:
-    """Restore the last checkpoint in `folder`; return its step (0 when there is none)."""
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The last complete checkpoint file in `folder`, None when there is none."""
     for partial in folder.glob(".step-*"):  # left by a process killed while writing
         shutil.rmtree(partial, ignore_errors=True)
     saved = sorted(folder.glob("step-*/state.pt"))
-    if not saved:
+    return saved[-1] if saved else None
+
+
+def load_checkpoint(folder: Path, head, optimizer, scheduler, pruner, fingerprint: str) -> int:
+    """Restore the last checkpoint in `folder` (random state included); return its step (0 when there is none)."""
+    path = latest_checkpoint(folder)
+    if path is None:
         return 0
-    state = torch.load(saved[-1], weights_only=False)
+    state = torch.load(path, weights_only=False)
     if state["fingerprint"] != fingerprint:
         raise BabelpruneError(
             f"{folder} holds a checkpoint of another configuration; use a new output folder or delete that one."

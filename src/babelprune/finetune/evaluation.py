@@ -9,6 +9,7 @@ set is the clean score minus its score.
 from __future__ import annotations
 
 from babelprune.data.tasks import Example, Task
+from babelprune.errors import BabelpruneError
 from babelprune.evaluate.perturb import perturbed_examples
 from babelprune.evaluate.retrieval import mean_pooled_embeddings, top1_correct
 from babelprune.evaluate.task_metrics import task_score
@@ -43,7 +44,10 @@ def evaluate_head(head: TaskHead, tokenizer, task: Task, langs, config: Finetune
         clean_value = None
         for kind, examples in evaluation_sets(task, lang, config).items():
             predicted = predict(head, tokenizer, examples, config.eval_batch_size, config.max_length, config.text_prefix)
-            references = [list(e.tags or ()) for e in examples] if task.kind == "token-classification" else [e.label for e in examples]
+            if task.kind == "token-classification":
+                references: list = [list(example.tags or ()) for example in examples]
+            else:
+                references = [example.label for example in examples]
             value = task_score(task.metric, predicted, references, task.labels)  # type: ignore[arg-type]
             scores.append(_score(lang, task, value, len(examples), kind, clean_value))
             clean_value = value if kind is None else clean_value
@@ -51,18 +55,29 @@ def evaluate_head(head: TaskHead, tokenizer, task: Task, langs, config: Finetune
 
 
 def evaluate_retrieval(model, tokenizer, task: Task, langs, config: FinetuneConfig) -> list[TaskScore]:
-    """English-to-X top-1 on each language's test verses, candidates clean or perturbed."""
+    """English-to-X top-1 on each language's test items, candidates clean or perturbed (queries always clean)."""
     source = limit_examples(task.examples(config.source_lang, "test"), config.max_eval_examples, "eval", by_key=True)
-    text_of = {example.key: example.text or "" for example in source}
+    source_text = {example.key: example.text or "" for example in source}
+
+    def embed(texts: list[str]):
+        return mean_pooled_embeddings(model, tokenizer, texts, config.text_prefix, config.eval_batch_size, config.max_length)
+
+    query_cache: dict[tuple[str, ...], object] = {}  # aligned tasks: the same keys, hence queries, in every language
     scores = []
     for lang in [lang for lang in langs if lang != config.source_lang]:
         clean_value = None
         for kind, examples in evaluation_sets(task, lang, config).items():
-            keys = [example.key for example in examples if example.key in text_of]
-            queries = mean_pooled_embeddings(model, tokenizer, [text_of[k] for k in keys], config.text_prefix, config.eval_batch_size, config.max_length)
-            by_key = {example.key: example.text or "" for example in examples}
-            candidates = mean_pooled_embeddings(model, tokenizer, [by_key[k] for k in keys], config.text_prefix, config.eval_batch_size, config.max_length)
-            value = top1_correct(queries, candidates) / len(keys)
+            keys = tuple(example.key for example in examples if example.key in source_text)
+            if not keys:
+                raise BabelpruneError(
+                    f"Task '{task.name}' has no '{lang}' test item aligned with '{config.source_lang}'; "
+                    "retrieval needs aligned items."
+                )
+            if keys not in query_cache:
+                query_cache[keys] = embed([source_text[key] for key in keys])
+            target_text = {example.key: example.text or "" for example in examples}
+            candidates = embed([target_text[key] for key in keys])
+            value = top1_correct(query_cache[keys], candidates) / len(keys)  # type: ignore[arg-type]
             scores.append(_score(lang, task, value, len(keys), kind, clean_value))
             clean_value = value if kind is None else clean_value
     return scores

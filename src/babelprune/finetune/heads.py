@@ -15,6 +15,11 @@
 
 A `prefix` is prepended to the (first) text of sequence tasks: e5 models
 expect ``"query: "`` before every input.
+
+`init_head_by_probe` starts the classifier as a linear probe fitted on the
+frozen encoder's features (the first stage of LP-FT, Kumar et al. 2022):
+a random classifier needs far more steps than a CPU budget allows before
+its gradients say anything useful to the encoder.
 """
 
 from __future__ import annotations
@@ -190,3 +195,68 @@ def _rough_length(example: Example) -> int:
     if example.tokens is not None:
         return sum(len(token) + 1 for token in example.tokens)
     return len(example.text or "") + len(example.text_pair or "")
+
+
+# --------------------------------------------------------------------------- linear-probe initialisation
+
+
+@torch.no_grad()  # not inference_mode: the features are then fitted with autograd
+def head_features(
+    head: TaskHead, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+    batch_size: int = 32, max_length: int = 128, prefix: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the classifier sees, without dropout: features (N, H) and labels (N,).
+
+    One row per example for sequence tasks (the pooled vector), one per
+    labelled word for token tasks (its first sub-token's hidden state).
+    """
+    head.eval()
+    features, labels = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = encode(tokenizer, examples[start : start + batch_size], head.kind, max_length, prefix)
+        hidden = head.encoder(**batch.inputs).last_hidden_state  # (B, T, H)
+        assert batch.labels is not None
+        if head.kind == "token-classification":
+            keep = batch.labels != IGNORE_INDEX  # (B, T)
+            features.append(hidden[keep])
+            labels.append(batch.labels[keep])
+        else:
+            pooled = hidden[:, 0] if head.pooling == "cls" else mean_pool(hidden, batch.inputs["attention_mask"])
+            features.append(pooled)
+            labels.append(batch.labels)
+    return torch.cat(features), torch.cat(labels)
+
+
+def fit_softmax_regression(
+    features: torch.Tensor, labels: torch.Tensor, num_labels: int,
+    steps: int = 100, lr: float = 1e-2, weight_decay: float = 1e-2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (L, H) and bias (L,) of a softmax classifier fitted by full-batch AdamW from zeros.
+
+    Deterministic (no sampling, zero start). Few steps and weight decay keep
+    the classifier from becoming over-confident, which would leave little
+    gradient for the fine-tuning that follows.
+    """
+    features = features.detach().float()
+    weight = torch.zeros(num_labels, features.shape[1], requires_grad=True)
+    bias = torch.zeros(num_labels, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(features @ weight.T + bias, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return weight.detach(), bias.detach()
+
+
+def init_head_by_probe(
+    head: TaskHead, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+    batch_size: int = 32, max_length: int = 128, prefix: str = "",
+) -> None:
+    """Set the classifier to a linear probe fitted on the frozen encoder's features (LP-FT's first stage)."""
+    features, labels = head_features(head, tokenizer, examples, batch_size, max_length, prefix)
+    weight, bias = fit_softmax_regression(features, labels, head.classifier.out_features)
+    with torch.no_grad():
+        head.classifier.weight.copy_(weight)
+        head.classifier.bias.copy_(bias)

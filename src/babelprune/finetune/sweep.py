@@ -15,13 +15,13 @@ sparsity.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from babelprune.data.tasks import Task, get_task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig, planned_steps
-from babelprune.finetune.trainer import RESULT_FILE, finetune, plan_runs
+from babelprune.finetune.trainer import RESULT_FILE, finetune, load_finished, plan_runs
 from babelprune.prune.gradual import GMPConfig
 from babelprune.prune.kernels import check_sparsity
 from babelprune.report.finetune_records import FinetuneResult
@@ -73,20 +73,19 @@ def run_sweep(
     *,
     out_dir: Path,
     progress: bool = True,
+    on_result: Callable[[str, FinetuneResult], None] | None = None,
 ) -> list[FinetuneResult]:
-    """Fine-tune `model` on `task` at every sparsity and seed; return the results (finished ones are reused)."""
+    """Fine-tune `model` on `task` at every sparsity and seed; return the results (finished ones are reused).
+
+    `on_result(folder name, result)` is called after each run, finished earlier or now.
+    """
     task = get_task(task) if isinstance(task, str) else task
     configs = sweep_configs(task, base_config or FinetuneConfig(), sparsities, seeds)
     results = []
     for name, config in configs.items():
         folder = Path(out_dir) / name
-        if (folder / RESULT_FILE).is_file():
-            done = FinetuneResult.load(folder / RESULT_FILE)
-            if done.config != config.model_dump(mode="json"):
-                raise BabelpruneError(
-                    f"{folder} holds a result of another configuration; use a new output folder or delete that run."
-                )
-            results.append(done)
-            continue
-        results.append(finetune(model, task, config, folder, progress=progress))
+        done = load_finished(folder / RESULT_FILE, config)
+        results.append(done if done is not None else finetune(model, task, config, folder, progress=progress))
+        if on_result is not None:
+            on_result(name, results[-1])
     return results

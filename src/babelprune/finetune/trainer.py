@@ -19,6 +19,10 @@ one and gives the same final weights as an uninterrupted run. Frozen
 weights (by default the word-embedding matrix) are not saved: they are
 reloaded from the model. Checkpoints are deleted when a run finishes.
 
+Before training, the classifier is fitted as a linear probe on the frozen
+encoder's features of the training examples (``head_init="probe"``, the
+first stage of LP-FT); the whole model is then fine-tuned from there.
+
 After training, each evaluation language's test set is scored clean and
 under each perturbation (`babelprune.evaluate.perturb`); the gap is clean
 minus perturbed. Retrieval tasks are not trained: the encoder (magnitude-
@@ -40,10 +44,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from babelprune.data.tasks import Example, Task, TrainingRun, get_task, training_runs
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.perturb import PERTURBATION_KINDS
-from babelprune.finetune.checkpoint import load_checkpoint, save_checkpoint
+from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from babelprune.finetune.config import FinetuneConfig, default_perturbations, limit_examples, planned_steps
 from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
-from babelprune.finetune.heads import TaskHead, encode
+from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe
 from babelprune.models.adapters import adapter_for
 from babelprune.models.loading import load_model
 from babelprune.prune.gradual import GradualPruner, gmp_targets
@@ -71,7 +75,9 @@ def check_examples(task: Task, examples: list[Example], where: str) -> None:
             if example.label is None or example.text is None:
                 raise BabelpruneError(f"The {place} has no text or no label; fix the task's data.")
             if isinstance(example.label, str):
-                raise BabelpruneError(f"The {place} gives its label by name ('{example.label}'); tasks give label indices.")
+                raise BabelpruneError(
+                    f"The {place} gives its label by name ('{example.label}'); tasks give label indices."
+                )
             task.label_id(example.label, place)
 
 
@@ -92,19 +98,27 @@ def plan_runs(task: Task, config: FinetuneConfig) -> list[TrainingRun]:
         if kind not in PERTURBATION_KINDS:
             raise BabelpruneError(f"Unknown perturbation '{kind}'; use one of {', '.join(PERTURBATION_KINDS)}.")
         if kind == "entities" and task.kind != "token-classification":
-            raise BabelpruneError(f"Entity replacement needs a token-classification task, and '{task.name}' is {task.kind}; use 'words' or 'chars'.")
+            raise BabelpruneError(
+                f"Entity replacement needs a token-classification task, and '{task.name}' is {task.kind}; "
+                "use 'words' or 'chars'."
+            )
     for lang in langs:
         check_examples(task, task.examples(lang, "test"), "test")
         if "words" in perturbations:
             task.examples(lang, "train")  # the replacement vocabulary comes from it
     if task.kind == "retrieval":
         if config.source_lang not in task.languages():
-            raise BabelpruneError(f"Retrieval needs queries in '{config.source_lang}', which task '{task.name}' lacks.")
+            raise BabelpruneError(
+                f"Retrieval needs queries in '{config.source_lang}', which task '{task.name}' lacks; "
+                "set the source language to one of its languages."
+            )
         return []
     if not task.labels or len(task.labels) < 2:
         raise BabelpruneError(f"Task '{task.name}' has fewer than 2 labels, so there is nothing to classify.")
     runs = [
-        TrainingRun(run.name, limit_examples(run.train, config.max_train_examples, f"train-{config.seed}"), run.eval_languages)
+        TrainingRun(
+            run.name, limit_examples(run.train, config.max_train_examples, f"train-{config.seed}"), run.eval_languages
+        )
         for run in training_runs(task, config.mode, langs, config.source_lang)
     ]
     for run in runs:
@@ -132,7 +146,9 @@ def build_head(model_spec: str, task: Task, config: FinetuneConfig) -> tuple[Tas
     """The encoder of `model_spec` with a fresh head (initialised from the seed), and its tokenizer."""
     loaded = load_model(model_spec)
     if loaded.kind != "encoder":
-        raise BabelpruneError(f"Model '{model_spec}' is a {loaded.kind}, not an encoder; fine-tune an encoder such as e5-small.")
+        raise BabelpruneError(
+            f"Model '{model_spec}' is a {loaded.kind}, not an encoder; fine-tune an encoder such as e5-small."
+        )
     torch.manual_seed(config.seed)
     head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
     if not config.trains_embeddings():
@@ -141,14 +157,23 @@ def build_head(model_spec: str, task: Task, config: FinetuneConfig) -> tuple[Tas
 
 
 def make_optimizer(head: TaskHead, config: FinetuneConfig, total_steps: int):
-    trainable = [p for p in head.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},  # biases and norms
-    ]
+    """AdamW with four groups: encoder / new classifier, each with and without weight decay.
+
+    The classifier starts from random weights and gets `head_lr`: with the
+    few hundred steps a CPU budget allows, the encoder's small learning rate
+    would leave it barely trained. Biases and norm weights (1-D) get no decay.
+    """
+    classifier = {id(p) for p in head.classifier.parameters()}
+    groups = []
+    for is_head, lr in ((False, config.lr), (True, config.head_lr or config.lr)):
+        params = [p for p in head.parameters() if p.requires_grad and (id(p) in classifier) == is_head]
+        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     warmup_steps = max(1, round(config.warmup * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_schedule(step, warmup_steps, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_schedule(step, warmup_steps, total_steps)
+    )
     return optimizer, scheduler
 
 
@@ -168,7 +193,9 @@ def train_run(
     total = planned_steps(len(run.train), config)
     optimizer, scheduler = make_optimizer(head, config, total)
     pruner = GradualPruner(head.encoder, config.gmp) if config.gmp is not None else None
-    torch.manual_seed(config.seed)  # dropout
+    if latest_checkpoint(folder) is None and config.head_init == "probe":  # deterministic: no random numbers
+        init_head_by_probe(head, tokenizer, run.train, config.eval_batch_size, config.max_length, config.text_prefix)
+    torch.manual_seed(config.seed)  # dropout; replaced by the saved state when resuming
     start = load_checkpoint(folder, head, optimizer, scheduler, pruner, fingerprint)
     if pruner is not None and start == 0:
         pruner.step(0)
@@ -205,7 +232,9 @@ def _fingerprint(model_spec: str, task: Task, config: FinetuneConfig, run: Train
     return f"{model_spec}|{task.name}|{run.name}|{len(run.train)}|{config.model_dump_json()}"
 
 
-def _run_result(model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores) -> FinetuneResult:
+def _run_result(
+    model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores
+) -> FinetuneResult:
     if pruner is not None:
         achieved = pruner.sparsity_report().overall
     else:
@@ -246,12 +275,17 @@ def finetune(
     out = Path(out)
     task = get_task(task) if isinstance(task, str) else task
     runs = plan_runs(task, config)  # every input check happens here, before any training
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not progress, transient=True,
+    )
     with bar:
         if task.kind == "retrieval":
             result = _retrieval_run(model_spec, task, config, started)
         else:
-            results = [_train_and_score(model_spec, task, config, run, out / "runs" / run.name, bar, on_step) for run in runs]
+            results = [
+                _train_and_score(model_spec, task, config, run, out / "runs" / run.name, bar, on_step) for run in runs
+            ]
             result = _combine(results, config, time.perf_counter() - started)
     result.save(out / RESULT_FILE)
     return result
@@ -264,23 +298,41 @@ def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started:
         pruner = GradualPruner(loaded.model, config.gmp)
         pruner.update_masks(config.gmp.final_sparsity)
     scores = evaluate_retrieval(loaded.model, loaded.tokenizer, task, eval_languages(task, config), config)
-    return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, time.perf_counter() - started, scores)
+    seconds = time.perf_counter() - started
+    return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, seconds, scores)
+
+
+def load_finished(path: Path, config: FinetuneConfig) -> FinetuneResult | None:
+    """The result at `path` if it exists (None otherwise); raise if it was made with another configuration."""
+    if not path.is_file():
+        return None
+    done = FinetuneResult.load(path)
+    if done.config != config.model_dump(mode="json"):
+        raise BabelpruneError(
+            f"{path.parent} holds a result of another configuration; use a new output folder or delete that run."
+        )
+    return done
 
 
 def _train_and_score(model_spec, task, config, run: TrainingRun, folder: Path, bar: Progress, on_step) -> FinetuneResult:
-    if (folder / RESULT_FILE).is_file():
-        return FinetuneResult.load(folder / RESULT_FILE)
+    done = load_finished(folder / RESULT_FILE, config)
+    if done is not None:
+        return done
     started = time.perf_counter()
     head, tokenizer = build_head(model_spec, task, config)
     checkpoints = folder / "checkpoints"
-    pruner, steps = train_run(head, tokenizer, run, config, checkpoints, _fingerprint(model_spec, task, config, run), bar, on_step)
+    fingerprint = _fingerprint(model_spec, task, config, run)
+    pruner, steps = train_run(head, tokenizer, run, config, checkpoints, fingerprint, bar, on_step)
     eval_id = bar.add_task(f"scoring {len(run.eval_languages)} languages", total=None)
     scores = evaluate_head(head, tokenizer, task, run.eval_languages, config)
     bar.remove_task(eval_id)
     counts: dict[str, int] = {}
     for example in run.train:
         counts[example.lang] = counts.get(example.lang, 0) + 1
-    result = _run_result(model_spec, task, config, config.mode, list(counts), counts, pruner, head.encoder, steps, time.perf_counter() - started, scores)
+    seconds = time.perf_counter() - started
+    result = _run_result(
+        model_spec, task, config, config.mode, list(counts), counts, pruner, head.encoder, steps, seconds, scores
+    )
     result.save(folder / RESULT_FILE)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
