@@ -189,6 +189,109 @@ def bench_speed_command(
         atomic_write_text(json_out, json.dumps([r.model_dump(mode="json") for r in reports], indent=2) + "\n")
 
 
+def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed, gmp_scope,
+                    gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every):
+    """The task and the base fine-tuning configuration shared by `finetune` and `finetune-sweep`."""
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.config import FinetuneConfig
+    from babelprune.prune.gradual import GMPConfig
+
+    options = {}
+    for item in task_option or []:
+        key, _, value = item.partition("=")
+        if not value:
+            raise BabelpruneError(f"Task option '{item}' is not of the form key=value.")
+        options[key] = int(value) if value.isdigit() else value
+    chosen = get_task(task, **options)
+    base = FinetuneConfig(
+        lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, mode=mode, source_lang=source_lang,
+        languages=_split_langs(langs), perturbations=_split_langs(perturbations), max_train_examples=max_train,
+        max_eval_examples=max_eval, checkpoint_every=checkpoint_every,
+        # A placeholder schedule carries scope and embedding choice; its steps are fitted to the run.
+        gmp=GMPConfig.for_steps(0.5, 100, scope=gmp_scope, include_embeddings=gmp_embeddings).model_dump(),
+    )
+    return chosen, base
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the built-in tasks and their options."""
+    from babelprune.data.tasks import task_names, task_options
+
+    for name in task_names():
+        console.print(f"[bold]{name}[/bold]  options: {', '.join(task_options(name))}")
+
+
+@app.command("finetune")
+def finetune_command(
+    out: Annotated[Path, typer.Option(help="Run folder (resumes from its last checkpoint if interrupted).")],
+    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
+    task: Annotated[str, typer.Option(help="bible-genre, bible-retrieval, wikiann, xnli (see `babelprune tasks`).")] = "bible-genre",
+    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
+    mode: Annotated[str, typer.Option(help="zero-shot (train on --source-lang), multilingual or monolingual.")] = "zero-shot",
+    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
+    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all the task has).")] = None,
+    gmp_final: Annotated[float, typer.Option(help="Final sparsity of gradual magnitude pruning (0: dense).")] = 0.0,
+    gmp_scope: Annotated[str, typer.Option(help="per-layer or global magnitude ranking.")] = "per-layer",
+    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,
+    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")] = None,
+    max_train: Annotated[Optional[int], typer.Option(help="At most this many training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(help="At most this many test examples per language.")] = 50,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = 10,
+) -> None:
+    """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed."""
+    from babelprune.finetune.sweep import config_for
+    from babelprune.finetune.trainer import finetune
+
+    chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed,
+                                   gmp_scope, gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every)
+    result = finetune(model, chosen, config_for(chosen, base, gmp_final, seed), out)
+    for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
+        gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
+        console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
+    console.print(f"Result written to {out}")
+
+
+@app.command("finetune-sweep")
+def finetune_sweep_command(
+    out: Annotated[Path, typer.Option(help="Sweep folder: one subfolder per run; finished runs are kept.")],
+    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
+    task: Annotated[str, typer.Option(help="Task name (see `babelprune tasks`).")] = "bible-genre",
+    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
+    sparsities: Annotated[str, typer.Option(help="Final GMP sparsities (0 = dense).")] = "0,0.5,0.7,0.9,0.98",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+    mode: Annotated[str, typer.Option(help="zero-shot, multilingual or monolingual.")] = "zero-shot",
+    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
+    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all).")] = None,
+    gmp_scope: Annotated[str, typer.Option(help="per-layer or global.")] = "per-layer",
+    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities.")] = None,
+    max_train: Annotated[Optional[int], typer.Option(help="Training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(help="Test examples per language.")] = 50,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = 10,
+) -> None:
+    """Fine-tune at several sparsities and seeds in one command; then write the per-language report."""
+    from babelprune.finetune.sweep import run_sweep
+    from babelprune.report.finetune_report import write_finetune_report
+
+    levels = [float(x) for x in sparsities.split(",")]
+    seed_list = [int(x) for x in seeds.split(",")]
+    chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps,
+                                   seed_list[0], gmp_scope, gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every)
+    results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out)
+    report = write_finetune_report(results, out / "report")
+    console.print(f"{len(results)} runs; report written to {report}")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (replaced if it exists).")] = Path("babelprune-report"),
