@@ -61,7 +61,7 @@ from babelprune.cache import atomic_dir
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
-from babelprune.finetune.trainer import batch_indices, linear_schedule
+from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
 from babelprune.models.adapters import ArchAdapter, adapter_for, fused_qkv_rows
 from babelprune.models.base import LoadedModel
 from babelprune.models.loading import load_model
@@ -192,8 +192,8 @@ def unit_orders(importance: Importance, layouts: Sequence[LayerLayout]) -> list[
 
     Query heads (scores (n_heads,) per block) are sorted over the block when
     each has its own key/value head (which moves with it), else within their
-    key/value group, which stays in place; neurons are sorted over the block. Unscored unit types keep their order. Ties keep the
-    original order (stable sort).
+    key/value group, which stays in place; neurons are sorted over the block.
+    Unscored unit types keep their order; ties keep it too (stable sort).
     """
     orders = []
     for i, layout in enumerate(layouts):
@@ -314,7 +314,7 @@ def width_masks(model: nn.Module, selection: Selection) -> Iterator[None]:
             mask[keep.neurons] = 1.0
 
             def hook(module, args, mask=mask):
-                return (args[0] * mask.to(args[0].dtype), *args[1:])
+                return (args[0] * mask.to(args[0]), *args[1:])  # mask (ffn,) on the last dim, input's dtype and device
 
             handles.append(adapter.ffn_linears(block)["down"].register_forward_pre_hook(hook))
     gates = head_gates(model, "query", head_masks.get) if head_masks else contextlib.nullcontext()
@@ -494,8 +494,6 @@ def train_dynamic(
     torch.manual_seed(config.seed)  # the classifier's initialisation and dropout
     head, info = None, None
     if task is not None:
-        from babelprune.finetune.trainer import check_examples
-
         langs = task.languages()
         examples = list(train_examples) if train_examples is not None else task.examples("en" if "en" in langs else langs[0], "train")
         check_examples(task, examples, "training")
