@@ -292,6 +292,56 @@ def finetune_sweep_command(
     console.print(f"{len(results)} runs; report written to {report}")
 
 
+@app.command("train-dynamic")
+def train_dynamic_command(
+    out: Annotated[Path, typer.Option(help="Folder for the dynamic model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, folder or hub id.")] = "e5-small",
+    task: Annotated[Optional[str], typer.Option(help="Encoders: task to fine-tune on (default bible-genre); LMs: none.")] = None,
+    levels: Annotated[str, typer.Option(help="Sparsity levels trained (0 is always added).")] = "0.3,0.5,0.7",
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
+    importance: Annotated[str, typer.Option(help="Unit ranking: magnitude, gradient or activation.")] = "magnitude",
+    samples_per_step: Annotated[int, typer.Option(help="Random levels per step besides the smallest and the full width.")] = 1,
+    distill: Annotated[bool, typer.Option(help="Distil every width from the full model.")] = True,
+    calib: Annotated[str, typer.Option(help="LMs: corpus of the distillation text.")] = "bible",
+    calib_langs: Annotated[Optional[str], typer.Option(help="LMs: languages of the distillation text.")] = None,
+    samples: Annotated[int, typer.Option(help="LMs: windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="LMs: window length.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
+    from babelprune.api import calibrate, load_model
+    from babelprune.data.tasks import get_task
+    from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
+
+    if out.exists():
+        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    config = DynamicConfig(
+        levels=tuple(float(x) for x in levels.split(",")), steps=steps, importance=importance,
+        samples_per_step=samples_per_step, distill=distill, seed=seed,
+    )
+    loaded = load_model(model)
+    if loaded.kind == "encoder":
+        result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
+    else:
+        result = train_dynamic(loaded, config, calibration=calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed))
+    result.model.save(out)
+    console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to [bold]{out}[/bold]; cut it with `babelprune slice`.")
+
+
+@app.command("slice")
+def slice_command(
+    model: Annotated[Path, typer.Argument(help="A folder written by `babelprune train-dynamic`.")],
+    out: Annotated[Path, typer.Option(help="Folder for the smaller model (must not exist).")],
+    sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
+) -> None:
+    """Cut a dynamically trained model to any size, without retraining."""
+    from babelprune.prune.structured.dynamic import slice_width
+
+    if out.exists():
+        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    console.print(f"Sliced model saved to [bold]{slice_width(model, sparsity, out)}[/bold]")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (replaced if it exists).")] = Path("babelprune-report"),
