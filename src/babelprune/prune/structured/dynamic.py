@@ -34,13 +34,10 @@ each group keeps the same number of them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import reduce
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,38 +51,23 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from babelprune.cache import atomic_dir
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
-from babelprune.models.adapters import ArchAdapter, adapter_for, fused_qkv_rows
+from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
-from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.kernels import check_sparsity
-from babelprune.prune.structured.importance import (
-    activation_importance,
-    gradient_importance,
-    head_gates,
-    magnitude_importance,
-)
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
-    Importance,
     Selection,
-    apply_selection,
-    select_units,
 )
-from babelprune.prune.structured.storage import save_structured
 from babelprune.prune.structured.units import (
-    LayerLayout,
     check_head_removal,
     layer_layouts,
-    shrink_linear,
     structure_of,
 )
 
@@ -94,7 +76,6 @@ HEAD_FILE = "babelprune_task_head.json"
 HEAD_WEIGHTS = "task_head.safetensors"
 FORMAT_VERSION = 1
 DYNAMIC_UNITS = ("heads", "ffn")
-Order = dict[str, list[int]]  # per block: "heads" / "neurons" -> original position of each new position
 
 
 class DynamicConfig(BaseModel):
@@ -185,168 +166,6 @@ class DynamicResult:
 
 
 # --------------------------------------------------------------------------- ranking and reordering
-
-
-def unit_orders(importance: Importance, layouts: Sequence[LayerLayout]) -> list[Order]:
-    """Per block, the original unit at each new position: most important first.
-
-    Query heads (scores (n_heads,) per block) are sorted over the block when
-    each has its own key/value head (which moves with it), else within their
-    key/value group, which stays in place; neurons are sorted over the block.
-    Unscored unit types keep their order; ties keep it too (stable sort).
-    """
-    orders = []
-    for i, layout in enumerate(layouts):
-        heads = list(range(layout.n_heads))
-        if importance.heads is not None and layout.group_size == 1:  # a head moves with its own key/value head
-            heads = torch.argsort(-importance.heads[i].double(), stable=True).tolist()
-        elif importance.heads is not None:
-            scores = importance.heads[i].double().view(layout.n_kv_heads, layout.group_size)  # (KV, r)
-            within = torch.argsort(-scores, dim=1, stable=True)  # (KV, r): positions inside each group, best first
-            heads = (within + torch.arange(layout.n_kv_heads).unsqueeze(1) * layout.group_size).reshape(-1).tolist()
-        neurons = list(range(layout.ffn))
-        if importance.neurons is not None:
-            neurons = torch.argsort(-importance.neurons[i].double(), stable=True).tolist()
-        orders.append({"heads": heads, "neurons": neurons})
-    return orders
-
-
-def _head_rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
-    """Row numbers of the given heads' slices, in the order given."""
-    heads = torch.as_tensor(list(heads), dtype=torch.long)
-    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).reshape(-1)
-
-
-def _permute_heads(adapter: ArchAdapter, block: nn.Module, layout: LayerLayout, order: list[int]) -> None:
-    parts, linears, d = adapter.attention, adapter.attention_linears(block), layout.head_dim
-    # Without grouping every query head has its own key/value head, which moves with it;
-    # with grouping heads move only inside their group, so key/value heads stay.
-    kv_order = order if layout.group_size == 1 else list(range(layout.n_kv_heads))
-    q_rows, kv_rows = _head_rows(order, d), _head_rows(kv_order, d)
-    if parts.is_fused:
-        rows = fused_qkv_rows(parts.fused_layout, layout.n_heads, layout.n_kv_heads, d)
-        index = torch.empty(sum(len(r) for r in rows.values()), dtype=torch.long)
-        for part, chosen in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
-            index[rows[part]] = rows[part][chosen]  # each part stays where the layout puts it
-        block.set_submodule(parts.fused_qkv, shrink_linear(linears["qkv"], rows=index))
-    else:
-        block.set_submodule(parts.q, shrink_linear(linears["q"], rows=q_rows))
-        block.set_submodule(parts.k, shrink_linear(linears["k"], rows=kv_rows))
-        block.set_submodule(parts.v, shrink_linear(linears["v"], rows=kv_rows))
-    block.set_submodule(parts.o, shrink_linear(linears["o"], cols=q_rows))
-
-
-def _permute_neurons(adapter: ArchAdapter, block: nn.Module, order: list[int]) -> None:
-    parts, linears, index = adapter.ffn, adapter.ffn_linears(block), torch.as_tensor(order, dtype=torch.long)
-    if parts.is_gated:
-        block.set_submodule(parts.gate, shrink_linear(linears["gate"], rows=index))
-    block.set_submodule(parts.up, shrink_linear(linears["up"], rows=index))
-    block.set_submodule(parts.down, shrink_linear(linears["down"], cols=index))
-
-
-@torch.no_grad()
-def permute_units(model: nn.Module, orders: Sequence[Order]) -> None:
-    """Reorder every block's heads and neurons in place (same function, new positions)."""
-    adapter = adapter_for(model)
-    for block, layout, order in zip(adapter.get_blocks(model), layer_layouts(model, adapter), orders, strict=True):
-        if order["heads"] != list(range(layout.n_heads)):
-            _permute_heads(adapter, block, layout, order["heads"])
-        if order["neurons"] != list(range(layout.ffn)):
-            _permute_neurons(adapter, block, order["neurons"])
-
-
-def rank_units(loaded: LoadedModel, units: Sequence[str], importance: str, calibration: Calibration | None) -> Importance:
-    """One importance for the model, summed over calibration languages."""
-    model, units = loaded.model, set(units)
-    if importance == "magnitude":
-        return magnitude_importance(model, units, "query")
-    if calibration is None:
-        raise BabelpruneError(f"Importance '{importance}' needs calibration text; give calibration windows or use 'magnitude'.")
-    if importance == "activation":
-        per_language = activation_importance(model, calibration, units, "query")
-    else:
-        mask_id = getattr(loaded.tokenizer, "mask_token_id", None)
-        per_language = gradient_importance(model, calibration, units, "query", mask_token_id=mask_id)
-    return reduce(lambda a, b: a + b, per_language.values())
-
-
-# --------------------------------------------------------------------------- widths and masks
-
-
-def level_selection(model: nn.Module, sparsity: float, units: Sequence[str], tolerance: float = DEFAULT_TOLERANCE) -> Selection:
-    """The units a width keeps: in every block, the first units up to a share `sparsity` of its parameters.
-
-    Scores that fall with the position make the structured selection remove
-    units from the end of each block ("per-layer" ranking: every block gets
-    the same target, heads the target share of attention, the FFN the rest).
-    """
-    layouts = layer_layouts(model, adapter_for(model))
-
-    def by_position(n: int) -> torch.Tensor:
-        return -torch.arange(n, dtype=torch.float64)  # earlier = more important
-
-    importance = Importance(
-        heads=[by_position(lay.n_heads) for lay in layouts] if "heads" in units else None,
-        neurons=[by_position(lay.ffn) for lay in layouts] if "ffn" in units else None,
-        gqa="query",
-    )
-    return select_units(model, importance, sparsity, "per-layer", tolerance)
-
-
-@contextlib.contextmanager
-def width_masks(model: nn.Module, selection: Selection) -> Iterator[None]:
-    """Inside, units `selection` does not keep output zeros (the model keeps its full width).
-
-    Heads: a 0/1 gate per query head on the input of the attention output
-    projection, (N, T, H*d). Neurons: a 0/1 mask on the input of the FFN down
-    projection, (N, T, ffn). Both equal removing the units: their rows feed
-    nothing else.
-    """
-    adapter = adapter_for(model)
-    head_masks: dict[int, torch.Tensor] = {}
-    handles = []
-    for i, (block, layout, keep) in enumerate(zip(adapter.get_blocks(model), layer_layouts(model, adapter), selection.layers, strict=True)):
-        if len(keep.query_heads) < layout.n_heads:
-            head_masks[i] = torch.zeros(1, layout.n_heads)  # (G=1, H)
-            head_masks[i][0, keep.query_heads] = 1.0
-        if len(keep.neurons) < layout.ffn:
-            mask = torch.zeros(layout.ffn)
-            mask[keep.neurons] = 1.0
-
-            def hook(module, args, mask=mask):
-                return (args[0] * mask.to(args[0]), *args[1:])  # mask (ffn,) on the last dim, input's dtype and device
-
-            handles.append(adapter.ffn_linears(block)["down"].register_forward_pre_hook(hook))
-    gates = head_gates(model, "query", head_masks.get) if head_masks else contextlib.nullcontext()
-    try:
-        with gates:
-            yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def sandwich_levels(levels: Sequence[float], samples: int, generator: torch.Generator) -> list[float]:
-    """The widths of one step: the full model, the smallest width, then `samples` random levels in between."""
-    middle = list(levels[1:-1])
-    picked = torch.randperm(len(middle), generator=generator)[: min(samples, len(middle))].sort().values.tolist()
-    return list(dict.fromkeys([levels[0], levels[-1], *(middle[i] for i in picked)]))
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over positions.
-
-    student, teacher: logits (..., C); valid: bool (...) positions to count (all when None).
-    """
-    t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    s = F.log_softmax(student.float() / temperature, dim=-1)
-    per_position = (t.exp() * (t - s)).sum(dim=-1)  # (...)
-    if valid is not None:
-        per_position = per_position[valid]
-    return per_position.mean() * temperature**2
-
-
-# --------------------------------------------------------------------------- training
 
 
 @dataclass
@@ -525,105 +344,27 @@ def train_dynamic(
 # --------------------------------------------------------------------------- saving and slicing
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+# The widths and the storage halves live in their own modules; their names are part of this module's API.
+from babelprune.prune.structured.dynamic_widths import (  # noqa: E402
+    Order,
+    distillation_loss,
+    level_selection,
+    permute_units,
+    rank_units,
+    sandwich_levels,
+    unit_orders,
+    width_masks,
+)
+from babelprune.prune.structured.dynamic_storage import (  # noqa: E402
+    load_dynamic,
+    load_task_head,
+    read_dynamic_metadata,
+    save_dynamic,
+    slice_width,
+)
 
-
-def _write_head(folder: Path, head: TaskHead, info: dict) -> None:
-    _write_json(folder / HEAD_FILE, info)
-    weights = {"weight": head.classifier.weight.detach().contiguous(), "bias": head.classifier.bias.detach().contiguous()}
-    save_file(weights, str(folder / HEAD_WEIGHTS))
-
-
-def _check_new(out: Path) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
-    return out
-
-
-def save_dynamic(dynamic: DynamicModel, out: Path) -> Path:
-    """A normal HF folder (full-width, reordered weights) + `babelprune_dynamic.json` (+ the task head)."""
-    out = _check_new(out)
-    with atomic_dir(out) as tmp:
-        dynamic.loaded.model.save_pretrained(tmp)
-        if dynamic.loaded.tokenizer is not None:
-            dynamic.loaded.tokenizer.save_pretrained(tmp)
-        _write_json(tmp / DYNAMIC_FILE, dynamic.metadata)
-        if dynamic.head is not None:
-            _write_head(tmp, dynamic.head, dynamic.metadata["task"])
-    return out
-
-
-def read_dynamic_metadata(folder: Path | str) -> dict:
-    """What `babelprune_dynamic.json` of a folder holds; BabelpruneError when the folder was not trained dynamically."""
-    file = Path(folder) / DYNAMIC_FILE
-    if not file.is_file():
-        raise BabelpruneError(f"{folder} was not trained dynamically (it has no {DYNAMIC_FILE}); give a folder saved after train-dynamic.")
-    try:
-        metadata = json.loads(file.read_text(encoding="utf-8"))
-        levels, units = metadata["levels"], metadata["units"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.") from exc
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
-    if not levels or not set(units) <= set(DYNAMIC_UNITS):
-        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.")
-    return metadata
-
-
-def load_task_head(folder: Path | str, encoder: nn.Module) -> TaskHead | None:
-    """The task head saved in a dynamic or sliced folder, around `encoder`, in eval mode; None when there is none."""
-    folder = Path(folder)
-    if not (folder / HEAD_FILE).is_file():
-        return None
-    try:
-        info = json.loads((folder / HEAD_FILE).read_text(encoding="utf-8"))
-        head = TaskHead(encoder, info["kind"], len(info["labels"]), info["pooling"], info["dropout"])
-        head.classifier.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
-    except Exception as exc:  # json, safetensors and shape errors all mean the same to the user
-        raise BabelpruneError(f"The task head in {folder} is corrupt or missing; re-run the dynamic training.") from exc
-    return head.eval()
-
-
-def load_dynamic(folder: Path | str) -> DynamicModel:
-    """Reload a folder written by `save_dynamic` (model in eval mode, metadata in `loaded.pruning`)."""
-    metadata = read_dynamic_metadata(folder)
-    loaded = load_model(str(folder))
-    loaded.pruning = metadata
-    return DynamicModel(loaded, load_task_head(folder, loaded.model), metadata)
-
-
-def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | str) -> Path:
-    """Cut a dynamic model to `sparsity` without training; save it as a normal smaller model in `out`.
-
-    Keeps the first units of every block (`level_selection`), removes the rest
-    physically and saves with `save_structured` (plus the task head, whose
-    input width does not change), so `load_structured` / `load_model` reload
-    it. A `DynamicModel` given in memory is left untouched.
-    """
-    out = _check_new(Path(out))
-    from_folder = not isinstance(source, DynamicModel)
-    dynamic = load_dynamic(source) if from_folder else source  # type: ignore[arg-type]
-    sparsity = check_sparsity(sparsity)
-    deepest = max(dynamic.levels)
-    if sparsity > deepest + 1e-9:
-        raise BabelpruneError(f"The model was trained down to sparsity {deepest}, not {sparsity}; slice at {deepest} or less, or train deeper levels.")
-    selection = dynamic.selection(sparsity)
-    model = dynamic.loaded.model if from_folder else copy.deepcopy(dynamic.loaded.model)
-    with torch.no_grad():
-        apply_selection(model, selection)
-    meta = dynamic.metadata
-    metadata = {
-        "method": "dynamic", "sparsity": sparsity, "setting": "shared", "achieved_sparsity": round(selection.sparsity, 6),
-        "parent": str(source) if from_folder else meta.get("parent"),
-        "dynamic": {"units": meta["units"], "importance": meta.get("importance"), "levels": meta["levels"]},
-    }
-    with atomic_dir(out) as tmp:
-        inner = save_structured(model, dynamic.loaded.tokenizer, tmp / "model", metadata)
-        for item in inner.iterdir():
-            item.rename(tmp / item.name)
-        inner.rmdir()
-        if dynamic.head is not None:
-            _write_head(tmp, dynamic.head, meta["task"])
-    return out
+__all__ = [
+    "DYNAMIC_FILE", "DYNAMIC_UNITS", "DynamicConfig", "DynamicModel", "DynamicResult", "Order", "distillation_loss",
+    "level_selection", "load_dynamic", "load_task_head", "permute_units", "rank_units", "read_dynamic_metadata",
+    "sandwich_levels", "save_dynamic", "slice_width", "train_dynamic", "unit_orders", "width_masks",
+]

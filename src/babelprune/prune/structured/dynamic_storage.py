@@ -1,0 +1,132 @@
+"""Dynamic Sparsification, on disk: save and load a dynamic model, and slice it to any size."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from babelprune.cache import atomic_dir
+from babelprune.errors import BabelpruneError
+from babelprune.finetune.heads import TaskHead
+from babelprune.models.loading import load_model
+from babelprune.prune.kernels import check_sparsity
+from babelprune.prune.structured.selection import (
+    apply_selection,
+)
+from babelprune.prune.structured.storage import save_structured
+from babelprune.prune.structured.dynamic import (
+    DYNAMIC_FILE,
+    DYNAMIC_UNITS,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    HEAD_WEIGHTS,
+    DynamicModel,
+)
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_head(folder: Path, head: TaskHead, info: dict) -> None:
+    _write_json(folder / HEAD_FILE, info)
+    weights = {"weight": head.classifier.weight.detach().contiguous(), "bias": head.classifier.bias.detach().contiguous()}
+    save_file(weights, str(folder / HEAD_WEIGHTS))
+
+
+def _check_new(out: Path) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    return out
+
+
+def save_dynamic(dynamic: DynamicModel, out: Path) -> Path:
+    """A normal HF folder (full-width, reordered weights) + `babelprune_dynamic.json` (+ the task head)."""
+    out = _check_new(out)
+    with atomic_dir(out) as tmp:
+        dynamic.loaded.model.save_pretrained(tmp)
+        if dynamic.loaded.tokenizer is not None:
+            dynamic.loaded.tokenizer.save_pretrained(tmp)
+        _write_json(tmp / DYNAMIC_FILE, dynamic.metadata)
+        if dynamic.head is not None:
+            _write_head(tmp, dynamic.head, dynamic.metadata["task"])
+    return out
+
+
+def read_dynamic_metadata(folder: Path | str) -> dict:
+    """What `babelprune_dynamic.json` of a folder holds; BabelpruneError when the folder was not trained dynamically."""
+    file = Path(folder) / DYNAMIC_FILE
+    if not file.is_file():
+        raise BabelpruneError(f"{folder} was not trained dynamically (it has no {DYNAMIC_FILE}); give a folder saved after train-dynamic.")
+    try:
+        metadata = json.loads(file.read_text(encoding="utf-8"))
+        levels, units = metadata["levels"], metadata["units"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.") from exc
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
+    if not levels or not set(units) <= set(DYNAMIC_UNITS):
+        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.")
+    return metadata
+
+
+def load_task_head(folder: Path | str, encoder: nn.Module) -> TaskHead | None:
+    """The task head saved in a dynamic or sliced folder, around `encoder`, in eval mode; None when there is none."""
+    folder = Path(folder)
+    if not (folder / HEAD_FILE).is_file():
+        return None
+    try:
+        info = json.loads((folder / HEAD_FILE).read_text(encoding="utf-8"))
+        head = TaskHead(encoder, info["kind"], len(info["labels"]), info["pooling"], info["dropout"])
+        head.classifier.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+    except Exception as exc:  # json, safetensors and shape errors all mean the same to the user
+        raise BabelpruneError(f"The task head in {folder} is corrupt or missing; re-run the dynamic training.") from exc
+    return head.eval()
+
+
+def load_dynamic(folder: Path | str) -> DynamicModel:
+    """Reload a folder written by `save_dynamic` (model in eval mode, metadata in `loaded.pruning`)."""
+    metadata = read_dynamic_metadata(folder)
+    loaded = load_model(str(folder))
+    loaded.pruning = metadata
+    return DynamicModel(loaded, load_task_head(folder, loaded.model), metadata)
+
+
+def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | str) -> Path:
+    """Cut a dynamic model to `sparsity` without training; save it as a normal smaller model in `out`.
+
+    Keeps the first units of every block (`level_selection`), removes the rest
+    physically and saves with `save_structured` (plus the task head, whose
+    input width does not change), so `load_structured` / `load_model` reload
+    it. A `DynamicModel` given in memory is left untouched.
+    """
+    out = _check_new(Path(out))
+    from_folder = not isinstance(source, DynamicModel)
+    dynamic = load_dynamic(source) if from_folder else source  # type: ignore[arg-type]
+    sparsity = check_sparsity(sparsity)
+    deepest = max(dynamic.levels)
+    if sparsity > deepest + 1e-9:
+        raise BabelpruneError(f"The model was trained down to sparsity {deepest}, not {sparsity}; slice at {deepest} or less, or train deeper levels.")
+    selection = dynamic.selection(sparsity)
+    model = dynamic.loaded.model if from_folder else copy.deepcopy(dynamic.loaded.model)
+    with torch.no_grad():
+        apply_selection(model, selection)
+    meta = dynamic.metadata
+    metadata = {
+        "method": "dynamic", "sparsity": sparsity, "setting": "shared", "achieved_sparsity": round(selection.sparsity, 6),
+        "parent": str(source) if from_folder else meta.get("parent"),
+        "dynamic": {"units": meta["units"], "importance": meta.get("importance"), "levels": meta["levels"]},
+    }
+    with atomic_dir(out) as tmp:
+        inner = save_structured(model, dynamic.loaded.tokenizer, tmp / "model", metadata)
+        for item in inner.iterdir():
+            item.rename(tmp / item.name)
+        inner.rmdir()
+        if dynamic.head is not None:
+            _write_head(tmp, dynamic.head, meta["task"])
+    return out
