@@ -341,7 +341,7 @@ def train_dynamic(
     return DynamicResult(DynamicModel(loaded, head, metadata), config, achieved, history, seconds)
 
 
-# --------------------------------------------------------------------------- saving and slicing
+
 
 
 # The widths and the storage halves live in their own modules; their names are part of this module's API.
