@@ -61,3 +61,28 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json_record(file: Path, newest_version: int, redo: str) -> dict | None:
+    """A JSON object written by babelprune next to a model (None if absent).
+
+    A file that is not a JSON object is corrupt; one with a newer
+    `format_version` than this babelprune knows needs an upgrade. `redo` is
+    the command that rewrites it, for the error message.
+    """
+    import json
+
+    from babelprune.errors import BabelpruneError
+
+    file = Path(file)
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        raise BabelpruneError(f"{file} is corrupt or does not match the model; re-run `{redo}`.")
+    if record.get("format_version", 0) > newest_version:
+        raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
+    return record

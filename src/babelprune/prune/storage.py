@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from babelprune.cache import atomic_dir
+from babelprune.cache import atomic_dir, read_json_record
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel
@@ -380,18 +380,7 @@ def save_pruned(loaded: LoadedModel, result: PruneResult, out: Path, format: Sto
 
 def read_pruning_metadata(folder: Path) -> dict | None:
     """The metadata of a pruned-model folder, None when it has none."""
-    file = Path(folder) / METADATA_FILE
-    if not file.is_file():
-        return None
-    try:
-        metadata = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _corrupt(file) from exc
-    if not isinstance(metadata, dict):
-        raise _corrupt(file)
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
-    return metadata
+    return read_json_record(Path(folder) / METADATA_FILE, FORMAT_VERSION, "babelprune prune")
 
 
 def _auto_class(config):

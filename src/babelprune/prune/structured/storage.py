@@ -33,7 +33,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from babelprune.cache import atomic_dir
+from babelprune.cache import atomic_dir, read_json_record
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import ArchAdapter, adapter_for
 from babelprune.models.base import LoadedModel
@@ -84,18 +84,7 @@ def save_structured(model: PreTrainedModel, tokenizer, out: Path, metadata: dict
 
 def read_structured_metadata(folder: Path) -> dict | None:
     """The metadata of a structured-pruned folder, None when it has none."""
-    file = Path(folder) / STRUCTURE_FILE
-    if not file.is_file():
-        return None
-    try:
-        metadata = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _corrupt(file) from exc
-    if not isinstance(metadata, dict):
-        raise _corrupt(file)
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
-    return metadata
+    return read_json_record(Path(folder) / STRUCTURE_FILE, FORMAT_VERSION, "babelprune prune --structured")
 
 
 def narrow_to_structure(model: nn.Module, structure: dict) -> None:
