@@ -50,3 +50,12 @@ def test_perplexity_and_bits_per_byte_from_totals():
                     n_windows=1, n_tokens=4, n_bytes=8, nll_nats=4 * math.log(16))
     assert score.perplexity == pytest.approx(16.0)
     assert score.bits_per_byte == pytest.approx(4 * 4 / 8)  # 4 tokens x 4 bits over 8 bytes
+
+
+def test_summed_nll_by_hand():
+    from babelprune.evaluate.lm import summed_nll
+
+    # Row 1: logits (0, ln 3) -> p(target 1) = 3 / 4; row 2: (ln 2, ln 2) -> p = 1 / 2.
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), math.log(2.0)]])
+    expected = -math.log(3 / 4) - math.log(1 / 2)
+    assert summed_nll(logits, torch.tensor([1, 0])) == pytest.approx(expected, rel=1e-6)
