@@ -49,3 +49,12 @@ def test_unknown_spec_lists_forms() -> None:
     assert message.startswith("Unknown corpus 'wikipedia'")
     assert "bible, udhr" in message
     assert ".jsonl" in message and "hf:<dataset>" in message
+
+
+def test_script_is_read_off_the_text():
+    from babelprune.data.languages import guess_script
+
+    assert guess_script("Kuyay wasi") == "Latn"
+    assert guess_script("Все люди рождаются свободными, 1948") == "Cyrl"
+    assert guess_script("ሁሉም ሰዎች") == "Ethi"
+    assert guess_script("12 34 !") is None

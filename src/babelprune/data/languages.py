@@ -132,6 +132,31 @@ _TABLE: dict[str, tuple[str, str, int]] = {
 _SCRIPT_SUBTAGS = {"Latn", "Cyrl", "Arab", "Hans", "Hant", "Deva", "Beng", "Grek", "Hebr", "Ethi"}
 
 
+# First word of a character's Unicode name -> ISO 15924 script code.
+_UNICODE_SCRIPTS = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "GREEK": "Grek", "ARABIC": "Arab", "HEBREW": "Hebr", "DEVANAGARI": "Deva",
+    "BENGALI": "Beng", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda", "MALAYALAM": "Mlym", "GUJARATI": "Gujr",
+    "GURMUKHI": "Guru", "ORIYA": "Orya", "SINHALA": "Sinh", "THAI": "Thai", "LAO": "Laoo", "TIBETAN": "Tibt",
+    "MYANMAR": "Mymr", "GEORGIAN": "Geor", "ARMENIAN": "Armn", "ETHIOPIC": "Ethi", "KHMER": "Khmr", "HANGUL": "Kore",
+    "HIRAGANA": "Jpan", "KATAKANA": "Jpan", "CJK": "Hani", "THAANA": "Thaa", "CHEROKEE": "Cher", "MONGOLIAN": "Mong",
+    "CANADIAN": "Cans", "TIFINAGH": "Tfng", "SYRIAC": "Syrc", "NKO": "Nkoo", "VAI": "Vaii", "YI": "Yiii",
+}
+
+
+def guess_script(text: str) -> str | None:
+    """The ISO 15924 code of the most common script among the letters of `text` (None if none is known)."""
+    import unicodedata
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for char in text[:2000]:
+        if char.isalpha():
+            script = _UNICODE_SCRIPTS.get(unicodedata.name(char, "").split(" ")[0])
+            if script:
+                counts[script] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def language_info(code: str, name: str | None = None, script: str | None = None) -> Language:
     """Metadata for a language key; `name`/`script` fill in what the table does not know."""
     if code in _TABLE:

