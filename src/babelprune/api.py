@@ -132,7 +132,10 @@ def evaluate(
     if loaded.kind == "encoder":
         from babelprune.evaluate.retrieval import retrieval_scores
 
-        scores = retrieval_scores(loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress)
+        scores = retrieval_scores(
+            loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress,
+            view=lambda lang: language_view(loaded, lang),
+        )
         settings = {"max_queries": max_tokens, "batch_size": batch_size}
     else:
         scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress)

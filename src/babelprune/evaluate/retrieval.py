@@ -8,6 +8,9 @@ mean-pooled embeddings) is its own translation.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -58,8 +61,14 @@ def retrieval_scores(
     max_queries: int = 200,
     batch_size: int = 32,
     progress: bool = True,
+    view: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> list[RetrievalScore]:
-    """English-to-X top-1 retrieval accuracy per target language."""
+    """English-to-X top-1 retrieval accuracy per target language.
+
+    `view(lang)` is a context in which the model is the one for `lang` (its own
+    mask in the per-language setting); queries are embedded in English's view.
+    """
+    view = view or (lambda lang: contextlib.nullcontext())
     if SOURCE_LANGUAGE not in corpus.languages():
         raise BabelpruneError(f"Retrieval needs English queries, but corpus '{corpus.name}' has no 'en'; use an aligned corpus such as bible.")
     source = {s.key: s.text for s in corpus.segments(SOURCE_LANGUAGE, split)}  # type: ignore[arg-type]
@@ -72,8 +81,10 @@ def retrieval_scores(
         keys = sorted(source.keys() & target.keys())[:max_queries]
         if not keys:
             raise BabelpruneError(f"Corpus '{corpus.name}' has no segment of '{lang}' aligned with English in the '{split}' split.")
-        queries = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [source[k] for k in keys], batch_size=batch_size)
-        candidates = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [target[k] for k in keys], batch_size=batch_size)
+        with view(SOURCE_LANGUAGE):
+            queries = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [source[k] for k in keys], batch_size=batch_size)
+        with view(lang):
+            candidates = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [target[k] for k in keys], batch_size=batch_size)
         meta = corpus.language(lang)
         scores.append(
             RetrievalScore(
