@@ -9,6 +9,7 @@ catcher and running the model's body: this costs only the embeddings.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,9 +96,9 @@ class StatsCollector:
         self.by_name: dict[str, LanguageStats] = {}
         self.rows: dict[str, slice | torch.Tensor] = {}
         self.n_samples = 0
-        # id(tensor) -> (tensor, stats). Holding the tensor keeps its id from being
-        # reused by a later, different tensor of the same block.
-        self._cache: dict[int, tuple[torch.Tensor, LanguageStats]] = {}
+        # id(tensor) -> (weak reference to it, stats). The weak reference tells a
+        # reused id from the same tensor without keeping large activations alive.
+        self._cache: dict[int, tuple[weakref.ref, LanguageStats]] = {}
 
     def begin(self, rows: dict[str, torch.Tensor]) -> StatsCollector:
         """Start a batch whose rows of each language are `rows` (indices into the batch)."""
@@ -108,7 +109,8 @@ class StatsCollector:
         return self
 
     def __call__(self, name: str, x: torch.Tensor) -> LanguageStats:
-        if id(x) not in self._cache:
+        cached = self._cache.get(id(x))
+        if cached is None or cached[0]() is not x:
             stats = self.by_name.get(name) or LanguageStats(
                 x.shape[-1], self.languages, tau=self.tau, track_activity=self.track_activity
             )
@@ -118,7 +120,7 @@ class StatsCollector:
                 stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
             if self.track_hessian:  # pooled over languages: one matrix product for all tokens
                 stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
-            self._cache[id(x)] = (x, stats)
+            self._cache[id(x)] = (weakref.ref(x), stats)
         self.by_name[name] = self._cache[id(x)][1]
         return self.by_name[name]
 
