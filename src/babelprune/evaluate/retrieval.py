@@ -25,26 +25,43 @@ SOURCE_LANGUAGE = "en"
 QUERY_PREFIX = "query: "
 
 
-@torch.inference_mode()
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states (B, T, H) over real tokens (attention_mask (B, T) == 1): (B, H)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 def mean_pooled_embeddings(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     prefix: str = QUERY_PREFIX,
     batch_size: int = 32,
-    max_length: int = 256,
+    max_length: int | None = None,
 ) -> torch.Tensor:
-    """L2-normalised mean of the last hidden states over real tokens: (N, H)."""
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            [prefix + text for text in texts[start : start + batch_size]],
-            padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-        )
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, H)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        rows.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(rows)
+    """L2-normalised mean of the last hidden states over real tokens: (N, H), float32.
+
+    Texts longer than the model's window (512 tokens for e5-small) are
+    truncated. The model runs in eval mode; its previous mode is restored.
+    """
+    limit = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    rows: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(
+                    [prefix + text for text in texts[start : start + batch_size]],
+                    padding=True, truncation=True, max_length=limit, return_tensors="pt",
+                )
+                hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                rows.append(mean_pool(hidden.float(), batch["attention_mask"]))  # (B, H)
+    finally:
+        model.train(was_training)
+    if not rows:
+        return torch.empty(0, model.config.hidden_size)
+    return F.normalize(torch.cat(rows), dim=-1)
 
 
 def top1_correct(queries: torch.Tensor, candidates: torch.Tensor) -> int:

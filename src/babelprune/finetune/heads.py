@@ -35,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from babelprune.data.tasks import Example, TaskKind
 from babelprune.errors import BabelpruneError
+from babelprune.evaluate.retrieval import mean_pool
 
 Pooling = Literal["mean", "cls"]
 IGNORE_INDEX = -100
@@ -109,12 +110,6 @@ def _encode_tokens(
                     labels[row, starts[word]] = tag
     inputs = {name: encoded[name] for name in _ENCODER_INPUTS if name in encoded}
     return Batch(inputs=inputs, labels=labels if with_labels else None, word_positions=positions)
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of hidden states (B, T, H) over real tokens (attention_mask (B, T) == 1): (B, H)."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class TaskHead(nn.Module):

