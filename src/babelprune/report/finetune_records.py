@@ -14,18 +14,13 @@ other reports read; perturbed sets get split ``"test+<kind>"`` and an extra
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from babelprune.cache import atomic_write_text
 from babelprune.data.languages import ResourceLevel
-from babelprune.errors import BabelpruneError
 from babelprune.prune.gradual import GMPConfig
-from babelprune.report.records import MetricRecord
+from babelprune.report.records import MetricRecord, SavedRecord, now
 
 FINETUNE_SCHEMA_VERSION = 1
 
@@ -52,11 +47,11 @@ class TaskScore(_Record):
         return "test" if self.perturbation is None else f"test+{self.perturbation}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class FinetuneResult(SavedRecord):
+    MISSING: ClassVar[str] = "fine-tuning result"
+    KIND: ClassVar[str] = "fine-tuning result"
+    COMMAND: ClassVar[str] = "babelprune finetune"
 
-
-class FinetuneResult(_Record):
     schema_version: int = FINETUNE_SCHEMA_VERSION
     model: str  # the model spec that was fine-tuned
     task: str
@@ -70,7 +65,7 @@ class FinetuneResult(_Record):
     steps: int
     seconds: float
     config: dict[str, Any] = Field(default_factory=dict)  # the full fine-tuning configuration
-    created: str = Field(default_factory=_now)
+    created: str = Field(default_factory=now)
     scores: list[TaskScore]
 
     @property
@@ -104,22 +99,3 @@ class FinetuneResult(_Record):
                     )
                 )
         return rows
-
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
-
-    def save(self, path: Path) -> None:
-        atomic_write_text(Path(path), self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> FinetuneResult:
-        path = Path(path)
-        if not path.is_file():
-            raise BabelpruneError(f"No fine-tuning result at {path}; give the JSON written by `babelprune finetune`.")
-        try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0]
-            raise BabelpruneError(
-                f"{path} is not a babelprune fine-tuning result ({first}); give the JSON written by `babelprune finetune`."
-            ) from None

@@ -12,7 +12,7 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -109,18 +109,55 @@ class MetricRecord(_Record):
     count: int  # what the metric was averaged over (bytes, tokens, queries)
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time, to the second, as ISO 8601 (the `created` field of saved results)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class EvalResult(_Record):
+class SavedRecord(_Record):
+    """A result saved as one JSON file: atomic save, and a load that explains what is wrong."""
+
+    # What a missing file is called, what the file is, and the command that writes it (for errors).
+    MISSING: ClassVar[str] = "result"
+    KIND: ClassVar[str] = "result"
+    COMMAND: ClassVar[str] = "babelprune"
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def _from_payload(cls, payload: Any):
+        return cls.model_validate(payload)
+
+    @classmethod
+    def load(cls, path: Path):
+        path = Path(path)
+        if not path.is_file():
+            raise BabelpruneError(f"No {cls.MISSING} at {path}; give the JSON written by `{cls.COMMAND}`.")
+        try:
+            return cls._from_payload(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BabelpruneError(
+                f"{path} is not a babelprune {cls.KIND} ({first}); give the JSON written by `{cls.COMMAND}`."
+            ) from None
+
+
+class EvalResult(SavedRecord):
+    MISSING: ClassVar[str] = "result file"
+    KIND: ClassVar[str] = "evaluation result"
+    COMMAND: ClassVar[str] = "babelprune eval"
+
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
     pruning: PruningInfo = Field(default_factory=PruningInfo)
     corpus: str
     split: str
     settings: dict[str, Any] = Field(default_factory=dict)  # seq_len, max_tokens, batch_size...
-    created: str = Field(default_factory=_now)
+    created: str = Field(default_factory=now)
     seconds: float = 0.0
     scores: list[LanguageScore]
 
@@ -171,21 +208,8 @@ class EvalResult(_Record):
             raw["metrics"] = {name: value for name, (value, _) in score.metrics().items()}
         return json.dumps(payload, indent=2, ensure_ascii=False)
 
-    def save(self, path: Path) -> None:
-        atomic_write_text(Path(path), self.to_json() + "\n")
-
     @classmethod
-    def load(cls, path: Path) -> EvalResult:
-        path = Path(path)
-        if not path.is_file():
-            raise BabelpruneError(f"No result file at {path}; give the JSON written by `babelprune eval`.")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            for raw in payload.get("scores", []):
-                raw.pop("metrics", None)
-            return cls.model_validate(payload)
-        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError, AttributeError) as exc:
-            first = str(exc).splitlines()[0]
-            raise BabelpruneError(
-                f"{path} is not a babelprune evaluation result ({first}); give the JSON written by `babelprune eval`."
-            ) from None
+    def _from_payload(cls, payload: Any) -> EvalResult:
+        for raw in payload.get("scores", []):
+            raw.pop("metrics", None)
+        return cls.model_validate(payload)
