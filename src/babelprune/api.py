@@ -6,11 +6,11 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from babelprune.data.corpus import Corpus, Split
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
+from babelprune.progress import progress_bar
 from babelprune.evaluate.lm import score_windows
 from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
@@ -82,17 +82,6 @@ def language_view(loaded: LoadedModel, lang: str):
     return apply_language_mask(loaded.model, bank, chosen)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def model_info(loaded: LoadedModel) -> ModelInfo:
     architectures = loaded.model.config.architectures or [type(loaded.model).__name__]
     sparsity = block_sparsity(loaded.model)
@@ -156,7 +145,7 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
     # Tokenize everything first: the bar then counts windows, the real unit of work.
     windows = {lang: make_windows(tokenizer, corpus.texts(lang, split), seq_len, max_tokens) for lang in languages}
     scores = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))
         for lang in languages:
             bar.update(task, description=f"evaluating {lang}")

@@ -21,9 +21,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _split_langs(langs: Optional[str]) -> list[str] | None:
-    if not langs:
-        return None
-    return [lang.strip() for lang in langs.split(",") if lang.strip()]
+    """A comma-separated --langs option as a list (None when not given)."""
+    from babelprune.data.tasks import language_list
+
+    return language_list(langs) or None
 
 
 @app.command("models")

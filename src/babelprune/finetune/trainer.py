@@ -39,10 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rich.progress import Progress
 
 from babelprune.data.tasks import Example, Task, TrainingRun, get_task, training_runs
 from babelprune.errors import BabelpruneError
+from babelprune.progress import progress_bar
 from babelprune.evaluate.perturb import PERTURBATION_KINDS
 from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from babelprune.finetune.config import FinetuneConfig, default_perturbations, limit_examples, planned_steps
@@ -275,10 +277,7 @@ def finetune(
     out = Path(out)
     task = get_task(task) if isinstance(task, str) else task
     runs = plan_runs(task, config)  # every input check happens here, before any training
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not progress, transient=True,
-    )
+    bar = progress_bar(progress)
     with bar:
         if task.kind == "retrieval":
             result = _retrieval_run(model_spec, task, config, started)

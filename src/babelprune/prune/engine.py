@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from torch import nn
 
 from babelprune.errors import BabelpruneError
+from babelprune.progress import progress_bar
 from babelprune.models.adapters import ArchAdapter, adapter_for, linear_in_features, weight_matrix
 from babelprune.models.base import LoadedModel
 from babelprune.prune.allocation import (
@@ -195,7 +196,7 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
     if not method.needs_calibration and config.allocation == "uniform":
         calibration = None  # magnitude needs no data
     starting = zero_share(linears)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
+    bar = progress_bar(progress)
     with bar, torch.no_grad():
         targets, allocation_stats = allocate_blocks(model, adapter, config, calibration)
         if config.setting == "shared":

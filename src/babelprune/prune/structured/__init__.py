@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from babelprune.errors import BabelpruneError
+from babelprune.progress import progress_bar
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
@@ -193,7 +192,7 @@ def structured_prune(
     _check(loaded, units, importance, sparsity, calibration, setting)
     model, adapter = loaded.model, adapter_for(loaded.model)
     before, model_before = total_block_params(model, adapter), model_params(model)
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=not progress, transient=True)
+    bar = progress_bar(progress, counted=False)
     with bar:
         task = bar.add_task(f"structured {importance}: scoring {', '.join(sorted(units))}")
         if importance == "l0" and setting == "shared":

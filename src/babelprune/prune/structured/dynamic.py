@@ -44,17 +44,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from torch import nn
 
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
+from babelprune.progress import progress_bar
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
 from babelprune.models.adapters import adapter_for
@@ -259,7 +253,7 @@ def _train_loop(trainee, model, head, objective, selections, dense_teacher, conf
     params = [p for p in trainee.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(config.seed)
     history: dict[float, list[tuple[int, float]]] = {level: [] for level in config.levels}
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
+    bar = progress_bar(progress)
     trainee.train()
     try:
         with bar:
