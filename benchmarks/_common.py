@@ -6,20 +6,13 @@ import threading
 import time
 
 import psutil
-import torch
 
-from babelprune.models.adapters import adapter_for, weight_matrix
-from babelprune.prune.engine import named_linears
+from babelprune.prune.engine import restore_linears, snapshot_linears
 
 
-def snapshot(model) -> dict[str, torch.Tensor]:
-    """A copy of every block linear's (out, in) weight."""
-    return {name: weight_matrix(m).clone() for name, m in named_linears(model, adapter_for(model)).items()}
-
-
-def restore(model, weights: dict[str, torch.Tensor]) -> None:
-    for name, module in named_linears(model, adapter_for(model)).items():
-        weight_matrix(module).copy_(weights[name])
+# The dense weights are saved and put back between methods by the engine's own helpers.
+snapshot = snapshot_linears
+restore = restore_linears
 
 
 def rss() -> int:

@@ -10,10 +10,9 @@ from rich.console import Console
 from babelprune.api import calibrate, evaluate, prune
 from babelprune.cache import atomic_dir
 from babelprune.data.registry import get_corpus
-from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.loading import load_model
 from babelprune.prune.config import PruneConfig
-from babelprune.prune.engine import named_linears
+from babelprune.prune.engine import restore_linears, snapshot_linears
 from babelprune.report.compare import Comparison, compare
 from babelprune.report.plots import degradation_chart, language_bar_chart
 from babelprune.report.records import EvalResult
@@ -75,12 +74,10 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), console: Console | No
             sections += [markdown_table(dense[name]), f"![dense {name}](dense_{name}_by_language.png)", ""]
 
         calibration = calibrate(loaded, "bible", None, config.calib_samples, config.seq_len)
-        linears = named_linears(loaded.model, adapter_for(loaded.model))
-        dense_weights = {name: weight_matrix(m).clone() for name, m in linears.items()}
+        dense_weights = snapshot_linears(loaded.model)
         comparisons: dict[str, list[Comparison]] = {name: [] for name, *_ in sets}
         for method in config.methods:
-            for name, module in linears.items():
-                weight_matrix(module).copy_(dense_weights[name])
+            restore_linears(loaded.model, dense_weights)
             result = prune(loaded, PruneConfig(method=method, sparsity=config.sparsity), calibration)
             console.print(f"{method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} in {result.seconds:.0f} s")
             for name, corpus, langs, split in sets:

@@ -84,6 +84,17 @@ def named_linears(model: nn.Module, adapter: ArchAdapter) -> dict[str, nn.Module
     }
 
 
+def snapshot_linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every block linear's (out, in) weight, to restore the dense model later."""
+    return {name: weight_matrix(m).clone() for name, m in named_linears(model, adapter_for(model)).items()}
+
+
+def restore_linears(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Put back the weights `snapshot_linears` copied."""
+    for name, module in named_linears(model, adapter_for(model)).items():
+        write_weight(module, snapshot[name])
+
+
 def zero_share(linears: dict[str, nn.Module]) -> float:
     zeros = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
     return zeros / sum(weight_matrix(m).numel() for m in linears.values())
@@ -227,20 +238,16 @@ def _prune_per_language(model, adapter, config, method, calibration, targets, li
     """One mask per language from that language's data alone, over one set of dense weights."""
     if calibration is None:
         raise BabelpruneError("The per-language setting needs calibration text in each language; give --calib.")
-    dense = {name: weight_matrix(linear).clone() for name, linear in linears.items()}
+    dense = snapshot_linears(model)
     bank: dict[str, Masks] = {}
     shares = []
-    try:
-        for lang in calibration.language_set:
+    for lang in calibration.language_set:
+        try:
             _prune_blocks(model, adapter, config, method, calibration.subset([lang]), targets, bar, f"{config.method} [{lang}]")
             bank[lang] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
             shares.append(zero_share(linears))
-            for name, linear in linears.items():
-                write_weight(linear, dense[name])
-    except BaseException:
-        for name, linear in linears.items():
-            write_weight(linear, dense[name])
-        raise
+        finally:
+            restore_linears(model, dense)
     layer_sparsity = {
         name: round(sum(float(masks[name].float().mean()) for masks in bank.values()) / len(bank), 6) for name in linears
     }
