@@ -48,7 +48,7 @@ def calibrate(
 def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
     """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`."""
     result = _prune(loaded, config, calibration, progress)
-    loaded.pruning = result.metadata() | {"parent": loaded.spec, "setting": config.setting}
+    loaded.pruning = result.metadata() | {"parent": loaded.spec}
     loaded.mask_bank = result.mask_bank
     return result
 
@@ -57,16 +57,11 @@ def pruning_info(loaded: LoadedModel) -> PruningInfo:
     """The header of a result: how this model was pruned (dense if it was not)."""
     if not loaded.pruning:
         return PruningInfo()
-    # One-shot results keep their settings under "config"; structured ones at the top level.
-    config = loaded.pruning.get("config") or {k: v for k, v in loaded.pruning.items() if isinstance(v, (str, int, float, list))}
-    method = loaded.pruning.get("method", config.get("method", "dense"))
-    pattern = config.get("pattern", "unstructured")
-    sparsity = config.get("sparsity", loaded.pruning.get("sparsity", 0.0))
-    if pattern != "unstructured":
-        n, m = (int(x) for x in pattern.split(":"))
-        sparsity = 1 - n / m
-    setting = config.get("setting", loaded.pruning.get("setting"))
-    return PruningInfo(method=method, sparsity=sparsity, setting=setting, config=config)
+    meta = loaded.pruning
+    return PruningInfo(
+        method=meta.get("method", "dense"), sparsity=meta.get("sparsity", 0.0), setting=meta.get("setting"),
+        config=meta.get("config", {}),
+    )
 
 
 def language_view(loaded: LoadedModel, lang: str):

@@ -62,8 +62,11 @@ class PruneResult:
     allocation_stats: dict[str, list[float]] = field(default_factory=dict)
 
     def metadata(self) -> dict:
+        # method / sparsity / setting at the top level, like every babelprune pruning record.
         return {
             "method": self.config.method,
+            "sparsity": self.config.effective_sparsity,
+            "setting": self.config.setting,
             "config": self.config.to_dict(),
             "allocation": self.config.allocation if not self.config.nm else "uniform",
             "block_sparsity_targets": self.block_sparsity_targets,

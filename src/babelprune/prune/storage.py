@@ -339,7 +339,6 @@ def _metadata(loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, file
         "format_version": FORMAT_VERSION,
         "parent": loaded.spec,
         "kind": loaded.kind,
-        "setting": result.config.setting,
         "format": fmt,
         "files": files,
     }
