@@ -15,6 +15,14 @@ from babelprune.prune.gradual import GMPConfig
 HeadInit = Literal["probe", "random"]
 
 
+# Field -> (accepted values, what the field is called in an error).
+_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "mode": (tuple(TRAINING_MODES), "training mode"),
+    "head_init": (("probe", "random"), "head initialisation"),
+    "pooling": (("mean", "cls"), "pooling"),
+}
+
+
 class FinetuneConfig(BaseModel):
     """Everything that decides a fine-tuning run.
 
@@ -54,25 +62,12 @@ class FinetuneConfig(BaseModel):
     dropout: float = 0.1
     text_prefix: str = "query: "  # e5 models expect it
 
-    @field_validator("mode", mode="before")
+    @field_validator("mode", "head_init", "pooling", mode="before")
     @classmethod
-    def _known_mode(cls, value: object) -> object:
-        if value not in TRAINING_MODES:
-            raise BabelpruneError(f"Unknown training mode {value!r}; use one of {', '.join(TRAINING_MODES)}.")
-        return value
-
-    @field_validator("head_init", mode="before")
-    @classmethod
-    def _known_head_init(cls, value: object) -> object:
-        if value not in ("probe", "random"):
-            raise BabelpruneError(f"Unknown head initialisation {value!r}; use 'probe' or 'random'.")
-        return value
-
-    @field_validator("pooling", mode="before")
-    @classmethod
-    def _known_pooling(cls, value: object) -> object:
-        if value not in ("mean", "cls"):
-            raise BabelpruneError(f"Unknown pooling {value!r}; use 'mean' or 'cls'.")
+    def _one_of_the_choices(cls, value: object, info) -> object:
+        choices, what = _CHOICES[info.field_name]
+        if value not in choices:
+            raise BabelpruneError(f"Unknown {what} {value!r}; use one of {', '.join(choices)}.")
         return value
 
     @model_validator(mode="after")
