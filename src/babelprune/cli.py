@@ -6,11 +6,22 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
-from babelprune.errors import BabelpruneError
+from babelprune.choices import (
+    Allocation,
+    DynamicImportance,
+    GqaMode,
+    Method,
+    Order,
+    Ranking,
+    Setting,
+    Split,
+    StorageFormat,
+    StructuredImportance,
+)
+from babelprune.errors import BabelpruneError, describe_validation_error, one_line
 
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: list languages, fetch corpora into the cache.", no_args_is_help=True)
@@ -41,7 +52,7 @@ def eval_command(
     model: Annotated[str, typer.Option(help="Alias (gemma3-270m, e5-small), HF folder, or hub id.")] = "gemma3-270m",
     corpus: Annotated[str, typer.Option(help="bible, udhr, a folder/JSONL of your text, or hf:<dataset>.")] = "bible",
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated language codes (default: all the corpus has).")] = None,
-    split: Annotated[str, typer.Option(help="eval, calib or all.")] = "eval",
+    split: Annotated[Split, typer.Option(help="Which part of the corpus: held-out text, calibration text, or all.")] = "eval",
     seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 256,
     max_tokens: Annotated[int, typer.Option(help="Predicted tokens per language (queries for encoders).")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
@@ -54,7 +65,7 @@ def eval_command(
     text = get_corpus(corpus)
     languages = text.check_languages(_split_langs(langs)) if langs else None
     loaded = load_model(model)
-    result = evaluate(loaded, text, languages, split, seq_len, max_tokens, batch_size)  # type: ignore[arg-type]
+    result = evaluate(loaded, text, languages, split, seq_len, max_tokens, batch_size)
     console.print(rich_table(result))
     if out is not None:
         result.save(out)
@@ -65,12 +76,12 @@ def eval_command(
 def prune_command(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist).")],
     model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of the dense model.")] = "gemma3-270m",
-    method: Annotated[str, typer.Option(help="magnitude, wanda, mwanda or sparsegpt.")] = "wanda",
+    method: Annotated[Method, typer.Option(help="One-shot pruning method.")] = "wanda",
     sparsity: Annotated[float, typer.Option(help="Share of block weights to zero, in [0, 1).")] = 0.5,
     pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
-    allocation: Annotated[str, typer.Option(help="Layer-wise sparsity: uniform, owl or cwl (M-Wanda's cross-lingual allocation).")] = "uniform",
-    setting: Annotated[str, typer.Option(help="shared (one mask) or per-language (a mask per calibration language).")] = "shared",
-    order: Annotated[str, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
+    allocation: Annotated[Allocation, typer.Option(help="Layer-wise sparsity (cwl: M-Wanda's cross-lingual allocation).")] = "uniform",
+    setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
+    order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
     calib_batch: Annotated[Optional[int], typer.Option(help="two-pass only: windows per forward, to hold fewer activations.")] = None,
     calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
@@ -80,12 +91,12 @@ def prune_command(
     beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
     language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
     activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = False,
-    save_format: Annotated[str, typer.Option("--format", help="hf, sparse or both (default: both when shared, hf when per-language).")] = "",
+    save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
-    importance: Annotated[str, typer.Option(help="Structured: magnitude, gradient, activation or l0.")] = "gradient",
-    gqa: Annotated[str, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
-    ranking: Annotated[str, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
+    importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
+    gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
+    ranking: Annotated[Ranking, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
@@ -97,8 +108,6 @@ def prune_command(
     if structured is not None:
         _prune_structured(out, model, structured, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed)
         return
-    if save_format not in ("", "hf", "sparse", "both"):
-        raise BabelpruneError(f"Unknown format '{save_format}'; use hf, sparse or both.")
     config = PruneConfig(
         method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order,
         calib_batch=calib_batch, seed=seed,
@@ -108,7 +117,7 @@ def prune_command(
     needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform"
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
     result = prune(loaded, config, calibration)
-    save_pruned(loaded, result, out, save_format or None)
+    save_pruned(loaded, result, out, save_format)
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
@@ -124,10 +133,10 @@ def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ran
     from babelprune.prune.structured.storage import save_structured
 
     check_sparsity(sparsity)
-    unit_set = {unit.strip() for unit in units.split(",") if unit.strip()}
+    unit_set = _structured_units(units)
     loaded = load_model(model)
     calibration = None if importance == "magnitude" else calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed)
-    result = structured_prune(loaded, unit_set, importance, sparsity, calibration, setting=setting, gqa=gqa, ranking=ranking)  # type: ignore[arg-type]
+    result = structured_prune(loaded, unit_set, importance, sparsity, calibration, setting=setting, gqa=gqa, ranking=ranking)
     if result.per_language:
         with atomic_dir(out) as folder:
             for lang, selection in result.per_language.items():
@@ -139,6 +148,22 @@ def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ran
         f"{importance} structured ({', '.join(sorted(unit_set))}): block parameters {result.params_before:,} -> "
         f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
     )
+
+
+def _structured_units(units: str) -> set[str]:
+    """The comma-separated --structured option as a set, every unit checked."""
+    from typing import get_args
+
+    from babelprune.choices import StructuredUnit
+
+    chosen = {unit.strip() for unit in units.split(",") if unit.strip()}
+    unknown = sorted(chosen - set(get_args(StructuredUnit)))
+    if unknown or not chosen:
+        raise BabelpruneError(
+            f"Unknown structured unit {', '.join(repr(u) for u in unknown) or 'list (empty)'}; "
+            f"give a comma-separated subset of {', '.join(get_args(StructuredUnit))}, e.g. --structured heads,ffn."
+        )
+    return chosen
 
 
 @app.command("compare")
@@ -300,7 +325,7 @@ def train_dynamic_command(
     task: Annotated[Optional[str], typer.Option(help="Encoders: task to fine-tune on (default bible-genre); LMs: none.")] = None,
     levels: Annotated[str, typer.Option(help="Sparsity levels trained (0 is always added).")] = "0.3,0.5,0.7",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
-    importance: Annotated[str, typer.Option(help="Unit ranking: magnitude, gradient or activation.")] = "magnitude",
+    importance: Annotated[DynamicImportance, typer.Option(help="How units are ranked before training.")] = "magnitude",
     samples_per_step: Annotated[int, typer.Option(help="Random levels per step besides the smallest and the full width.")] = 1,
     distill: Annotated[bool, typer.Option(help="Distil every width from the full model.")] = True,
     calib: Annotated[str, typer.Option(help="LMs: corpus of the distillation text.")] = "bible",
@@ -383,24 +408,49 @@ def data_list(corpus: Annotated[str, typer.Argument(help="bible, udhr, a folder/
     console.print(table)
 
 
+def _fail(message: str, status: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {one_line(message)}", highlight=False, markup=True)
+    sys.exit(status)
+
+
 def main() -> None:
     """Entry point: user errors become one red sentence and exit status 2, never a traceback."""
+    from pydantic import ValidationError
+    from typer.exceptions import TyperException
+
     try:
         app(standalone_mode=False)
     except BabelpruneError as error:
-        err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-        sys.exit(2)
-    except click.exceptions.Abort:
+        _fail(str(error))
+    except ValidationError as error:  # a config built from the options broke one of its rules
+        _fail(_name_flags(describe_validation_error(error)))
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("[bold red]interrupted:[/bold red] nothing was left half-written.")
         sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted:[/bold red] nothing was left half-written.")
-        sys.exit(130)
-    except click.exceptions.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except click.exceptions.Exit as exit_:
+    except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except TyperException as error:  # command-line usage: unknown option, bad choice, missing value
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command prints its help
+            error.show()
+            sys.exit(error.exit_code)
+        _fail(_usage_sentence(error), error.exit_code)
+
+
+def _name_flags(sentence: str) -> str:
+    """Name a config field by the flag the user typed ('calib_batch' -> '--calib-batch')."""
+    for word in sys.argv[1:]:
+        if word.startswith("--"):
+            field = word[2:].split("=", 1)[0].replace("-", "_")
+            sentence = sentence.replace(f"'{field}'", f"'{word.split('=', 1)[0]}'")
+    return sentence
+
+
+def _usage_sentence(error) -> str:
+    """The parser's message, without pydantic's prefix, pointing at the command's --help."""
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else "babelprune"
+    return f"{message} (see `{command} --help`)."
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
+from babelprune.choices import Split
 from babelprune.data.languages import Language, language_info
 from babelprune.errors import BabelpruneError
 
-Split = Literal["calib", "eval", "all"]
-SPLITS: tuple[str, ...] = ("calib", "eval", "all")
+SPLITS: tuple[str, ...] = get_args(Split)
 
 # Share of groups that go to the evaluation split; the rest is calibration.
 EVAL_SHARE = 0.5

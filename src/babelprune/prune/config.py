@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from babelprune.choices import Allocation, Order, Setting
 from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import MWandaOptions, check_nm, check_sparsity
 
-Allocation = Literal["uniform", "owl", "cwl"]
-Setting = Literal["shared", "per-language"]
-Order = Literal["one-pass", "two-pass"]
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 

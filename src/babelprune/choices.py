@@ -1,0 +1,27 @@
+"""The fixed sets of values that options take, in one light module.
+
+The library's configs and the command line both read these, so a flag and a
+config field cannot disagree, and `babelprune --help` lists the values
+without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# One-shot pruning (babelprune.prune.config, babelprune.prune.methods).
+Method = Literal["magnitude", "wanda", "sparsegpt", "mwanda"]
+Allocation = Literal["uniform", "owl", "cwl"]
+Setting = Literal["shared", "per-language"]
+Order = Literal["one-pass", "two-pass"]
+StorageFormat = Literal["hf", "sparse", "both"]
+
+# Structured pruning (babelprune.prune.structured).
+StructuredUnit = Literal["heads", "ffn", "blocks"]
+StructuredImportance = Literal["magnitude", "gradient", "activation", "l0"]
+DynamicImportance = Literal["magnitude", "gradient", "activation"]
+GqaMode = Literal["groups", "query"]
+Ranking = Literal["global", "per-layer"]
+
+# Corpora.
+Split = Literal["calib", "eval", "all"]
