@@ -47,3 +47,49 @@ def test_spearman_hand_cases():
 def test_results_without_common_languages_are_refused():
     with pytest.raises(BabelpruneError, match="share no language"):
         compare(lm_result({"en": 1.0}), lm_result({"sw": 1.0}))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"corpus": "udhr"}, "corpus bible vs udhr"),
+        ({"split": "calib"}, "split eval vs calib"),
+        ({"settings": {"seq_len": 128, "max_tokens": 2048}}, "seq_len 256 vs 128"),
+        ({"settings": {"seq_len": 256, "max_tokens": 512}}, "max_tokens 2048 vs 512"),
+    ],
+)
+def test_results_measured_differently_are_refused(change, named):
+    settings = {"seq_len": 256, "max_tokens": 2048, "batch_size": 8}
+    dense = lm_result({"en": 1.0, "fr": 2.0}).model_copy(update={"settings": settings})
+    pruned = lm_result({"en": 1.1, "fr": 2.2}, method="wanda").model_copy(update={"settings": settings} | change)
+    with pytest.raises(BabelpruneError, match="measured differently") as info:
+        compare(dense, pruned)
+    assert named in str(info.value)
+
+
+def test_a_different_batch_size_is_still_comparable():
+    dense = lm_result({"en": 1.0}).model_copy(update={"settings": {"seq_len": 256, "max_tokens": 64, "batch_size": 8}})
+    pruned = lm_result({"en": 1.5}, method="wanda").model_copy(update={"settings": {"seq_len": 256, "max_tokens": 64, "batch_size": 1}})
+    assert compare(dense, pruned).changes[0].relative == pytest.approx(0.5)
+
+
+def test_languages_only_one_side_has_are_named():
+    result = compare(lm_result({"en": 1.0, "fr": 2.0, "hi": 1.0}), lm_result({"en": 1.1, "sw": 2.0}, method="wanda"))
+    assert [c.language for c in result.changes] == ["en"]
+    assert result.only_dense == ["fr", "hi"] and result.only_pruned == ["sw"]
+    note = result.dropped_note()
+    assert "fr, hi (only in the dense result)" in note and "sw (only in the wanda @ 50% result)" in note
+
+
+def test_compare_command_prints_the_dropped_languages(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from babelprune import cli
+
+    lm_result({"en": 1.0, "fr": 2.0}).save(tmp_path / "dense.json")
+    lm_result({"en": 1.2}, method="wanda").save(tmp_path / "wanda.json")
+    monkeypatch.setattr(sys, "argv", ["babelprune", "compare", str(tmp_path / "dense.json"), str(tmp_path / "wanda.json")])
+    cli.main()
+    captured = capsys.readouterr()
+    assert "+20.0%" in captured.out
+    assert "fr (only in the dense result)" in captured.err

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 # One-shot pruning (babelprune.prune.config, babelprune.prune.methods).
-Method = Literal["magnitude", "wanda", "sparsegpt", "mwanda"]
+Method = Literal["magnitude", "wanda", "mwanda", "sparsegpt"]
 Allocation = Literal["uniform", "owl", "cwl"]
 Setting = Literal["shared", "per-language"]
 Order = Literal["one-pass", "two-pass"]

@@ -181,6 +181,8 @@ def compare_command(
     dense_result = EvalResult.load(dense)
     comparisons = [compare(dense_result, EvalResult.load(path)) for path in pruned]
     console.print(comparison_table(comparisons))
+    for note in filter(None, (comparison.dropped_note() for comparison in comparisons)):
+        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if chart is not None:
         degradation_chart(comparisons, chart)
         console.print(f"Chart written to {chart}")

@@ -33,6 +33,15 @@ class Comparison(BaseModel):
     metric: str
     higher_is_better: bool
     changes: list[LanguageChange]
+    # Languages left out because only one of the two results has them.
+    only_dense: list[str] = []
+    only_pruned: list[str] = []
+
+    def dropped_note(self) -> str | None:
+        """One sentence naming the languages that could not be compared, None when there are none."""
+        parts = [f"{', '.join(langs)} (only in the {side} result)" for side, langs in
+                 (("dense", self.only_dense), (self.label, self.only_pruned)) if langs]
+        return f"Not compared for {self.label}: {'; '.join(parts)}." if parts else None
 
     def degradation(self, change: LanguageChange) -> float:
         """Relative loss of quality (> 0 is worse), whichever direction the metric goes."""
@@ -109,10 +118,31 @@ def result_label(result: EvalResult) -> str:
     return f"{pruning.method} @ {amount}{setting}"
 
 
+# Evaluation settings that change what a score means (the batch size does not).
+_MEASUREMENT_SETTINGS = ("seq_len", "max_tokens", "max_queries")
+
+
+def measurement_differences(dense: EvalResult, pruned: EvalResult) -> list[str]:
+    """What differs in how the two results were measured: corpus, split, window length, token budget."""
+    pairs = [("corpus", dense.corpus, pruned.corpus), ("split", dense.split, pruned.split)]
+    pairs += [(key, dense.settings.get(key), pruned.settings.get(key)) for key in _MEASUREMENT_SETTINGS]
+    return [f"{name} {a} vs {b}" for name, a, b in pairs if a != b]
+
+
 def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> Comparison:
-    """Per-language change of the primary metric (bits per byte for LMs) from `dense` to `pruned`."""
+    """Per-language change of the primary metric (bits per byte for LMs) from `dense` to `pruned`.
+
+    Both results must be measured the same way; languages only one of them
+    has are left out and listed in the comparison.
+    """
     if dense.kind != pruned.kind:
         raise BabelpruneError("These results measure different things (LM vs retrieval); compare results of one kind.")
+    differences = measurement_differences(dense, pruned)
+    if differences:
+        raise BabelpruneError(
+            f"The results were measured differently ({', '.join(differences)}); "
+            "evaluate both with the same corpus, split, --seq-len and --max-tokens."
+        )
     metric, higher_is_better = dense.primary_metric
     common = [lang for lang in dense.languages() if lang in set(pruned.languages())]
     if not common:
@@ -125,4 +155,8 @@ def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> 
         )
         for lang in common
     ]
-    return Comparison(label=label or result_label(pruned), metric=metric, higher_is_better=higher_is_better, changes=changes)
+    return Comparison(
+        label=label or result_label(pruned), metric=metric, higher_is_better=higher_is_better, changes=changes,
+        only_dense=[lang for lang in dense.languages() if lang not in common],
+        only_pruned=[lang for lang in pruned.languages() if lang not in common],
+    )
