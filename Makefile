@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit install clean
+.PHONY: demo test test-unit install clean benchmarks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 ## Unit tests only (seconds)
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -m "not real"
+
+## Every benchmark with its default budget, cheapest first (about 1.5 h on 2 cores); tables go to docs/results/
+benchmarks: $(STAMP)
+	$(BIN)/babelprune data fetch udhr
+	nice -n 10 $(BIN)/python benchmarks/run_all.py $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf $(VENV) babelprune-report

@@ -18,7 +18,10 @@ scored on the test verses of every language of --langs.
   with the same recipe (one width, no distillation).
 
 Each stage's scores are written to --out as they finish and reused when the
-command runs again. With --lm-steps N, a short causal-LM run is added:
+command runs again with the same settings: a stage is keyed on a hash of
+everything that decides it (the arguments that reach it, the model spec and
+the code under src/), and a stage whose key differs is run again (the script
+says so). The tables go to docs/results/dynamic_vs_separate.md. With --lm-steps N, a short causal-LM run is added:
 gemma3-270m distilled from its dense copy on Bible calibration windows, with
 the held-out loss of each width before and after.
 """
@@ -27,12 +30,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from _common import cached_stage, source_fingerprint, write_result_table
 from babelprune.api import calibrate
 from babelprune.data.tasks import get_task
 from babelprune.evaluate.task_metrics import task_score
@@ -54,6 +57,8 @@ from babelprune.prune.structured.selection import apply_selection
 from babelprune.prune.structured.units import layer_layouts
 
 UNITS = ("heads", "ffn")
+
+BENCHMARK = {"minutes": 25}
 
 
 def _floats(text: str) -> list[float]:
@@ -80,15 +85,20 @@ def _sliced_head(dynamic: DynamicModel, level: float) -> TaskHead:
     return head.eval()
 
 
-def _stage(out: Path, name: str, run) -> dict:
-    """Scores of a stage, from its file if an earlier run wrote it."""
-    path = out / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    started = time.perf_counter()
-    result = run() | {"seconds": round(time.perf_counter() - started, 1)}
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+def encoder_stage_fields(args, code: str) -> dict:
+    """What decides an encoder stage (dynamic or separate): every argument that reaches it, the model, the code."""
+    return {
+        "model": args.model, "langs": args.langs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "max_length": args.max_length, "max_per_label": args.max_per_label, "max_eval": args.max_eval,
+        "importance": args.importance, "calib_samples": args.calib_samples, "threads": args.threads, "code": code,
+    }
+
+
+def lm_stage_fields(args, code: str) -> dict:
+    return {
+        "model": "gemma3-270m", "langs": args.langs, "lm_steps": args.lm_steps, "lm_levels": args.lm_levels,
+        "lm_windows": args.lm_windows, "lm_importance": args.lm_importance, "threads": args.threads, "code": code,
+    }
 
 
 def _dynamic(args, task, train, calibration_of, langs) -> dict:
@@ -207,22 +217,35 @@ def main() -> None:
     def log(name: str, stage: dict) -> None:
         print(f"{time.perf_counter() - started:6.0f}s  {name} done ({stage['seconds']:.0f}s)", flush=True)
 
-    dynamic = _stage(args.out, "dynamic", lambda: _dynamic(args, task, train, calibration_of, langs))
+    code = source_fingerprint()
+    encoder_fields = encoder_stage_fields(args, code)
+    dynamic = cached_stage(args.out / "dynamic.json", encoder_fields | {"levels": args.levels},
+                           lambda: _dynamic(args, task, train, calibration_of, langs), "dynamic")
     log("dynamic", dynamic)
     separate = {}
     for level in args.levels:
-        separate[level] = _stage(args.out, f"separate-{level}", lambda level=level: _separate(args, task, train, calibration_of, langs, level))
+        separate[level] = cached_stage(args.out / f"separate-{level}.json", encoder_fields | {"level": level},
+                                       lambda level=level: _separate(args, task, train, calibration_of, langs, level),
+                                       f"separate {level}")
         log(f"separate {level}", separate[level])
+    n_test = len(task.examples("en", "test"))
+    setup = (f"{args.model} on bible-genre, zero-shot from English: trained on {len(train)} English verses "
+             f"({args.steps} optimizer steps of {args.batch_size}, lr {args.lr}, {args.importance} importance, "
+             f"{args.threads} torch thread(s)); accuracy on {n_test} test verses in each of {len(langs)} languages "
+             f"({', '.join(langs)}). Training time: dynamic {dynamic['train_seconds']:.0f} s; separate "
+             + " + ".join(f"{separate[level]['train_seconds']:.0f}" for level in args.levels) + " s.")
     summary = _table(dynamic, separate, args.levels) + "\n\n" + _per_language(dynamic, separate, args.levels, langs)
     if args.lm_steps:
-        lm = _stage(args.out, f"lm-{args.lm_steps}", lambda: _lm_demo(args, langs))
+        lm = cached_stage(args.out / f"lm-{args.lm_steps}.json", lm_stage_fields(args, code),
+                          lambda: _lm_demo(args, langs), "lm demo")
         log("lm demo", lm)
-        summary += "\n\n| gemma3-270m width | held-out loss before | after |\n|---|---|---|\n" + "\n".join(
-            f"| {level} | {lm['before'][level]:.3f} | {lm['after'][level]:.3f} |" for level in lm["before"])
-    (args.out / "summary.md").write_text(summary + "\n", encoding="utf-8")
+        summary += (f"\n\ngemma3-270m, {lm['steps']} distillation steps on {lm['train_windows']} Bible windows "
+                    f"({lm['train_seconds']:.0f} s):\n\n| gemma3-270m width | held-out loss before | after |\n|---|---|---|\n")
+        summary += "\n".join(f"| {level} | {lm['before'][level]:.3f} | {lm['after'][level]:.3f} |" for level in lm["before"])
     print(summary)
-    print(f"total {time.perf_counter() - started:.0f}s; train {len(train)} English verses, {args.steps} steps; test "
-          f"{len(task.examples('en', 'test'))} verses per language")
+    print(f"total {time.perf_counter() - started:.0f}s")
+    write_result_table("dynamic_vs_separate", "Dynamic Sparsification against separately pruned models",
+                       setup + "\n\n" + summary, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Both sides see the same windows in the same batches. The plain pass is
 else; evaluation runs the body, then the LM head on real target positions
 only, and sums the log-likelihoods. Prints tokens per second of each and
 their ratio (evaluate / plain; >= 0.9 means evaluation costs no more than a
-forward pass).
+forward pass). One untimed call of each side first, then the medians of
+--repeats alternating runs. Writes docs/results/eval_throughput.md.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import time
 
 import torch
 
+from _common import repeats_arg, write_result_table
 from babelprune.api import get_corpus, load_model
 from babelprune.evaluate.lm import _pad_batch, score_windows
 from babelprune.evaluate.windows import make_windows
+
+BENCHMARK = {"minutes": 3}
 
 
 def plain_forward(model, windows, pad_id, batch_size) -> None:
@@ -37,7 +41,7 @@ def main() -> None:
     parser.add_argument("--langs", default="en,fr,sw,zh")
     parser.add_argument("--tokens", type=int, default=1024, help="predicted tokens per language")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=repeats_arg, default=3, help="timed runs of each side (at least 3)")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
@@ -45,21 +49,40 @@ def main() -> None:
     windows = [w for lang in args.langs.split(",") for w in make_windows(loaded.tokenizer, corpus.texts(lang, "eval"), 256, args.tokens)]
     n_tokens = sum(len(w.ids) for w in windows)
     pad_id = loaded.tokenizer.pad_token_id or 0
-    timings = {"evaluate": [], "plain forward": []}
+    sides = {
+        "evaluate": lambda: score_windows(loaded.model, windows, pad_id, args.batch_size),
+        "plain forward": lambda: plain_forward(loaded.model, windows, pad_id, args.batch_size),
+    }
+    for call in sides.values():  # warm-up: first-call allocations and lazy initialisation stay out of the timings
+        call()
+    timings = {name: [] for name in sides}
     for _ in range(args.repeats):  # alternate, so both sides see the same machine state
-        started = time.perf_counter()
-        score_windows(loaded.model, windows, pad_id, args.batch_size)
-        timings["evaluate"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        plain_forward(loaded.model, windows, pad_id, args.batch_size)
-        timings["plain forward"].append(time.perf_counter() - started)
-    print(f"{args.model}: {len(windows)} windows, {n_tokens} tokens, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    rates = {}
-    for name, seconds in timings.items():
-        median = statistics.median(seconds)
-        rates[name] = n_tokens / median
-        print(f"  {name:14s} median {median:6.2f} s  {rates[name]:8.1f} tokens/s")
-    print(f"  ratio evaluate / plain forward (tokens per second): {rates['evaluate'] / rates['plain forward']:.2f}")
+        for name, call in sides.items():
+            started = time.perf_counter()
+            call()
+            timings[name].append(time.perf_counter() - started)
+    setup = f"{args.model}: {len(windows)} windows, {n_tokens} tokens, batch {args.batch_size}, {torch.get_num_threads()} threads"
+    print(setup)
+    medians = {name: statistics.median(seconds) for name, seconds in timings.items()}
+    rates = {name: n_tokens / median for name, median in medians.items()}
+    for name in sides:
+        print(f"  {name:14s} median {medians[name]:6.2f} s  {rates[name]:8.1f} tokens/s")
+    ratio = rates["evaluate"] / rates["plain forward"]
+    print(f"  ratio evaluate / plain forward (tokens per second): {ratio:.2f}")
+    write_result_table("eval_throughput", "Evaluation throughput", result_markdown(setup, args, medians, rates, ratio))
+
+
+def result_markdown(setup: str, args, medians: dict[str, float], rates: dict[str, float], ratio: float) -> str:
+    return "\n".join([
+        f"{setup}; languages {args.langs}, {args.tokens} predicted tokens each. One warm-up call of each side, "
+        f"then the median of {args.repeats} alternating runs.",
+        "",
+        "| | median time | tokens per second |",
+        "|---|---|---|",
+        f"| `evaluate` | {medians['evaluate']:.2f} s | {rates['evaluate']:.1f} |",
+        f"| plain forward pass (full logits) | {medians['plain forward']:.2f} s | {rates['plain forward']:.1f} |",
+        f"| **ratio evaluate / plain** | | **{ratio:.2f}** |",
+    ])
 
 
 if __name__ == "__main__":

@@ -13,21 +13,32 @@ small CPU budget (see --max-per-label, --max-eval).
 
 Every run writes into its own folder under --out and is skipped when its
 result exists, so the command can be stopped and started again; adding a
-sparsity or a seed later runs only the new runs. At the end the report
-(Markdown + PNG figures) is written into --report.
+sparsity or a seed later runs only the new runs. Each run folder is keyed on
+a hash of everything that decides it (model, task sizes, the run's
+configuration, the code under src/): a folder made with other settings is
+removed and run again, and the script says so. At the end the report is
+written into docs/results/finetune_experiment.md, its PNG figures next to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from _common import RESULTS_DIR, keyed_folder, source_fingerprint, write_result_table
 from babelprune.data.tasks import get_task
 from babelprune.finetune import FinetuneConfig, run_sweep
+from babelprune.finetune.sweep import sweep_configs
 from babelprune.report.finetune_report import write_finetune_report
+
+BENCHMARK = {"minutes": 18}
+NAME = "finetune_experiment"
 
 
 def _floats(text: str) -> list[float]:
@@ -38,7 +49,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="e5-small")
     parser.add_argument("--out", type=Path, default=Path("runs/finetune-bible-genre"))
-    parser.add_argument("--report", type=Path, default=Path("docs/finetune"))
     parser.add_argument("--sparsities", default="0,0.5,0.7,0.9")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-per-label", type=int, default=32, help="English training verses per genre")
@@ -66,12 +76,32 @@ def main() -> None:
             flush=True,
         )
 
-    results = run_sweep(
-        args.model, task, _floats(args.sparsities), [int(s) for s in _floats(args.seeds)], base,
-        out_dir=args.out, progress=False, on_result=report_run,
-    )
-    path = write_finetune_report(results, args.report)
-    print(f"report: {path}")
+    sparsities, seeds = _floats(args.sparsities), [int(s) for s in _floats(args.seeds)]
+    claim_run_folders(args, task, base, sparsities, seeds)
+    results = run_sweep(args.model, task, sparsities, seeds, base, out_dir=args.out, progress=False, on_result=report_run)
+    write_report(results, args.threads)
+
+
+def claim_run_folders(args, task, base: FinetuneConfig, sparsities: list[float], seeds: list[int]) -> None:
+    """Key every run folder on what decides it, so that a run made with other settings is not reused."""
+    code = source_fingerprint()
+    for name, config in sweep_configs(task, base, sparsities, seeds).items():
+        fields = {"model": args.model, "task": task.name, "max_per_label": args.max_per_label, "max_eval": args.max_eval,
+                  "config": config.model_dump(mode="json"), "threads": args.threads, "code": code}
+        keyed_folder(args.out / name, fields, name)
+
+
+def write_report(results, threads: int) -> None:
+    """The sweep's report as docs/results/finetune_experiment.md, its figures renamed next to it."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = write_finetune_report(results, Path(tmp)).read_text(encoding="utf-8")
+        for figure in Path(tmp).glob("*.png"):
+            target = RESULTS_DIR / f"{NAME}-{figure.name}"
+            shutil.move(str(figure), target)
+            report = report.replace(f"]({figure.name})", f"]({target.name})")
+    title, _, body = report.partition("\n")
+    write_result_table(NAME, re.sub(r"^#\s*", "", title), body, threads=threads)
 
 
 if __name__ == "__main__":

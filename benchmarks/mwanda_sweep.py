@@ -6,7 +6,8 @@ Calibration: 8 Bible languages (8 x 256 tokens each, calibration split).
 Held-out development text: the UDHR (another corpus) in those 8 languages and
 in 8 languages that were not calibrated on. For each configuration the script
 prints the mean and worst relative increase of bits per byte over the dense
-model, for calibrated and unseen languages. Needs `babelprune data fetch udhr`.
+model, for calibrated and unseen languages, and writes the table into
+docs/results/mwanda_sweep.md. Needs `babelprune data fetch udhr`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import restore, snapshot
+from _common import restore, snapshot, write_result_table
 from babelprune.api import calibrate, evaluate, get_corpus, load_model
 from babelprune.prune.config import MWandaConfig, PruneConfig
 from babelprune.prune.engine import prune
@@ -23,6 +24,8 @@ from babelprune.report.compare import compare
 CALIBRATED = ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
 UNSEEN = ["de", "it", "pt", "ja", "ko", "tr", "id", "vi"]
 OFF = dict(language_aware=False, activation_prob=False)
+
+BENCHMARK = {"minutes": 10}
 
 
 def configurations(s: float) -> list[tuple[str, PruneConfig]]:
@@ -59,6 +62,7 @@ def main() -> None:
     dense = evaluate(loaded, dev, languages, "all", max_tokens=args.tokens, progress=False)
     print(f"{args.model} at {args.sparsity:.0%}, dev = UDHR, {len(languages)} languages; relative bits-per-byte increase over dense")
     print(f"{'configuration':18s} {'mean':>7s} {'worst':>14s} {'calibrated':>10s} {'unseen':>7s} {'prune s':>8s}")
+    rows = ["| configuration | mean | worst language | calibrated | unseen |", "|---|---|---|---|---|"]
     for label, config in configurations(args.sparsity):
         restore(loaded.model, dense_weights)
         started = time.perf_counter()
@@ -70,6 +74,17 @@ def main() -> None:
         unseen = sum(by_lang[lang] for lang in UNSEEN if lang in by_lang) / sum(lang in by_lang for lang in UNSEEN)
         worst = f"{result.worst.language} {100 * result.degradation(result.worst):+.1f}%"
         print(f"{label:18s} {100 * result.mean_degradation:+6.1f}% {worst:>14s} {100 * seen:+9.1f}% {100 * unseen:+6.1f}% {seconds:8.1f}", flush=True)
+        rows.append(f"| {label} | {100 * result.mean_degradation:+.1f}% | {worst} | {100 * seen:+.1f}% | {100 * unseen:+.1f}% |")
+    seen_langs = [lang for lang in CALIBRATED if lang in languages]
+    unseen_langs = [lang for lang in UNSEEN if lang in languages]
+    setup = (
+        f"{args.model} at {args.sparsity:.0%}; calibration: {len(CALIBRATED)} Bible languages ({', '.join(CALIBRATED)}) "
+        f"x 8 windows x 256 tokens; development text: the UDHR (another corpus), {args.tokens} predicted tokens in each of "
+        f"{len(languages)} languages: calibrated {', '.join(seen_langs)}; unseen {', '.join(unseen_langs)}. "
+        "Relative increase of bits per byte over the dense model (lower is better). LA = language-aware statistics, "
+        "AP = activation probability, CWL = cross-lingual layer-wise sparsity."
+    )
+    write_result_table("mwanda_sweep", "M-Wanda defaults: each part against Wanda", setup + "\n\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,43 @@
 """Pruning time and memory on a real model, as ratios measured in one run.
 
     python benchmarks/prune_speed.py [--model gemma3-270m] [--langs en,es,fr,zh,ru,ar,hi,sw] [--samples 8]
+        [--repeats 3] [--warmup 1]
 
-For each method, a fresh process loads the model, times one forward pass of
-the model's blocks (no LM head) over the calibration tokens, then prunes at
-50% and reports:
-  time ratio   = pruning wall time / that forward pass
-  memory ratio = (peak RSS while pruning - RSS before the model was loaded) / dense model bytes
-Methods: magnitude, wanda (one-pass and two-pass), mwanda, sparsegpt.
+For each method, a fresh process loads the model and keeps a copy of its
+dense block weights. It then alternates, after --warmup untimed rounds:
+one forward pass of the model's blocks (no LM head) over the calibration
+tokens on the dense weights, then pruning at 50%, then the dense weights
+back. With the medians over --repeats rounds it reports:
+  time ratio   = median pruning wall time / median forward pass
+  memory ratio = median over rounds of (peak RSS while pruning - RSS before the model was loaded
+                 - the dense copy this script keeps) / dense model bytes
+Methods: magnitude, wanda (one-pass and two-pass), mwanda (defaults, and with CWL), sparsegpt.
+Writes docs/results/prune_speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 
-# (method, order, allocation, windows per forward: 0 = all at once)
+from _common import repeats_arg, write_result_table
+
+BENCHMARK = {"minutes": 30}
+
+# (label, method, order, allocation, windows per forward: 0 = all at once)
 RUNS = [
-    ("magnitude", "one-pass", "uniform", 0),
-    ("wanda", "one-pass", "uniform", 0),
-    ("wanda", "two-pass", "uniform", 0),
-    ("wanda", "two-pass", "uniform", 8),
-    ("mwanda", "one-pass", "cwl", 0),
-    ("sparsegpt", "one-pass", "uniform", 0),
-    ("sparsegpt", "two-pass", "uniform", 8),
+    ("magnitude", "magnitude", "one-pass", "uniform", 0),
+    ("wanda", "wanda", "one-pass", "uniform", 0),
+    ("wanda", "wanda", "two-pass", "uniform", 0),
+    ("wanda", "wanda", "two-pass", "uniform", 8),
+    ("mwanda (defaults)", "mwanda", "one-pass", "uniform", 0),
+    ("mwanda + CWL", "mwanda", "one-pass", "cwl", 0),
+    ("sparsegpt", "sparsegpt", "one-pass", "uniform", 0),
+    ("sparsegpt", "sparsegpt", "two-pass", "uniform", 8),
 ]
 
 
@@ -34,7 +45,7 @@ def measure(args) -> dict:
     """One method, in this process."""
     import torch
 
-    from _common import PeakRSS, rss
+    from _common import PeakRSS, restore, rss, seconds_of, snapshot
     from babelprune.api import calibrate, load_model
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.config import PruneConfig
@@ -46,26 +57,65 @@ def measure(args) -> dict:
     dense_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     calibration = calibrate(loaded, "bible", args.langs.split(","), args.samples, args.seq_len)
     adapter = adapter_for(loaded.model)
-    with torch.no_grad():
-        started = time.perf_counter()
-        inputs = capture_block_inputs(loaded.model, adapter, calibration.ids)
-        for index, block in enumerate(adapter.get_blocks(loaded.model)):
-            inputs.hidden = run_block(block, adapter, inputs, index)
-        forward = time.perf_counter() - started
-    del inputs
+    dense_weights = snapshot(loaded.model)
+    copy_bytes = sum(w.numel() * w.element_size() for w in dense_weights.values())
     config = PruneConfig(
         method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, calib_batch=args.calib_batch or None
     )
-    with PeakRSS() as peak:
-        started = time.perf_counter()
-        result = prune(loaded, config, calibration, progress=False)
-        seconds = time.perf_counter() - started
+
+    def forward() -> None:
+        with torch.no_grad():
+            inputs = capture_block_inputs(loaded.model, adapter, calibration.ids)
+            for index, block in enumerate(adapter.get_blocks(loaded.model)):
+                inputs.hidden = run_block(block, adapter, inputs, index)
+
+    forwards, prunes, peaks, achieved = [], [], [], 0.0
+    for round_index in range(args.warmup + args.repeats):
+        restore(loaded.model, dense_weights)
+        forward_s = seconds_of(forward)
+        with PeakRSS() as peak:
+            started = time.perf_counter()
+            achieved = prune(loaded, config, calibration, progress=False).achieved_sparsity
+            prune_s = time.perf_counter() - started
+        if round_index >= args.warmup:
+            forwards.append(forward_s)
+            prunes.append(prune_s)
+            peaks.append(peak.peak - before_model - copy_bytes)
+    forward_s, prune_s = statistics.median(forwards), statistics.median(prunes)
     return {
         "method": args.method, "order": args.order, "allocation": args.allocation, "calib_batch": args.calib_batch,
-        "tokens": int(calibration.ids.numel()), "forward_s": forward, "prune_s": seconds,
-        "time_ratio": seconds / forward, "memory_ratio": (peak.peak - before_model) / dense_bytes,
-        "achieved": result.achieved_sparsity, "dense_gb": dense_bytes / 1e9,
+        "tokens": int(calibration.ids.numel()), "forward_s": forward_s, "prune_s": prune_s,
+        "time_ratio": prune_s / forward_s, "memory_ratio": statistics.median(peaks) / dense_bytes,
+        "achieved": achieved, "dense_gb": dense_bytes / 1e9,
     }
+
+
+def child_command(args, method: str, order: str, allocation: str, batch: int) -> list[str]:
+    return [sys.executable, __file__, "--model", args.model, "--langs", args.langs, "--samples", str(args.samples),
+            "--seq-len", str(args.seq_len), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+            "--method", method, "--order", order, "--allocation", allocation, "--calib-batch", str(batch)]
+
+
+def result_markdown(args, rows: list[tuple[str, dict]]) -> str:
+    first = rows[0][1]
+    lines = [
+        f"{args.model}, calibration {len(args.langs.split(','))} Bible languages ({args.langs}) x {args.samples} windows "
+        f"x {args.seq_len} tokens = {first['tokens']} tokens, 50% sparsity; each row in a fresh process, "
+        f"{args.warmup} warm-up round(s), then medians of {args.repeats} rounds of (forward pass, pruning). "
+        f"The forward pass is the model's blocks (no LM head) over the calibration tokens, as one batch. "
+        f"Memory ratio: peak resident memory while pruning, minus what the process held before loading the model "
+        f"(and minus the dense copy the script keeps between rounds), over the dense model's bytes "
+        f"({first['dense_gb']:.2f} GB), so it includes the model itself.",
+        "",
+        "| method | order | allocation | windows per forward | forward s | prune s | time ratio | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows:
+        order = "-" if row["method"] == "magnitude" else row["order"]
+        batch = "-" if row["method"] == "magnitude" else (row["calib_batch"] or "all")
+        lines.append(f"| {label} | {order} | {row['allocation']} | {batch} | {row['forward_s']:.1f} | "
+                     f"{row['prune_s']:.1f} | {row['time_ratio']:.2f} | {row['memory_ratio']:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -74,7 +124,9 @@ def main() -> None:
     parser.add_argument("--langs", default="en,es,fr,zh,ru,ar,hi,sw")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--method")
+    parser.add_argument("--repeats", type=repeats_arg, default=3, help="timed rounds per method (at least 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
+    parser.add_argument("--method", help="(internal) measure this method only and print JSON")
     parser.add_argument("--order", default="one-pass")
     parser.add_argument("--allocation", default="uniform")
     parser.add_argument("--calib-batch", type=int, default=0, help="windows per forward in two-pass (0: all)")
@@ -83,15 +135,17 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     print(f"{args.model}: calibration {len(args.langs.split(','))} languages x {args.samples} x {args.seq_len} tokens, 50% sparsity")
-    print(f"{'method':10s} {'order':9s} {'alloc':8s} {'batch':>5s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
-    for method, order, allocation, batch in RUNS:
-        command = [sys.executable, __file__, "--model", args.model, "--langs", args.langs, "--samples", str(args.samples),
-                   "--seq-len", str(args.seq_len), "--method", method, "--order", order, "--allocation", allocation,
-                   "--calib-batch", str(batch)]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        row = json.loads(output)
-        print(f"{method:10s} {order:9s} {allocation:8s} {batch or 'all':>5} {row['forward_s']:9.1f} {row['prune_s']:8.1f} "
+    print(f"{'method':18s} {'order':9s} {'alloc':8s} {'batch':>5s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
+    rows = []
+    for label, method, order, allocation, batch in RUNS:
+        done = subprocess.run(child_command(args, method, order, allocation, batch), capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{label} ({order}, {allocation}) failed:\n{done.stderr[-4000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append((label, row))
+        print(f"{label:18s} {order:9s} {allocation:8s} {batch or 'all':>5} {row['forward_s']:9.1f} {row['prune_s']:8.1f} "
               f"{row['time_ratio']:10.2f} {row['memory_ratio']:12.2f}", flush=True)
+    write_result_table("prune_speed", "One-shot pruning: time and memory", result_markdown(args, rows))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ other processes on the machine slow them alike, and the script prints:
 
 A share that heads alone cannot reach (every block keeps at least one head,
 and with grouped-query attention every key/value head keeps one query head)
-is skipped for heads, with the largest reachable share printed.
+is skipped for heads, with the largest reachable share printed. The tables
+and ratios are written into docs/results/structured_speed.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from _common import write_result_table
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.speed import (
     SpeedReport,
@@ -57,6 +59,7 @@ from babelprune.prune.structured.importance import magnitude_importance
 
 UNIT_SETS = {"heads": {"heads"}, "ffn": {"ffn"}, "blocks": {"blocks"}}
 DEFAULT_SPARSITY = "e5-small=0.3/0.5,gemma3-270m=0.15"
+BENCHMARK = {"minutes": 10}
 console = Console(width=220)
 
 
@@ -185,6 +188,32 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.markdown:
         args.markdown.write_text("\n".join(md for r in results for md in r["markdown"]), encoding="utf-8")
+    write_result_table("structured_speed", "Structured pruning: speed at the same parameter share",
+                       result_markdown(results, args), threads=args.threads)
+
+
+def efficiency_markdown(rows: list[dict]) -> str:
+    lines = ["| model | part | FLOP reduction | latency speedup | throughput speedup | speedup / FLOP reduction (batch 1) "
+             "| (batch) | fastest runs (batch 1) | (batch) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['part']} | {r['flop_reduction']:.2f}x | {r['latency_speedup']:.2f}x | "
+              f"{r['throughput_speedup']:.2f}x | {r['latency_efficiency']:.2f} | {r['throughput_efficiency']:.2f} | "
+              f"{r['fastest_latency_efficiency']:.2f} | {r['fastest_throughput_efficiency']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def result_markdown(results: list[dict], args) -> str:
+    sections = [
+        f"Magnitude importance; each pruned model saved and reloaded from its folder. Timed round-robin "
+        f"(dense, heads, ffn, blocks, dense, ...), {args.warmup} warm-up calls each, then medians of {args.runs} runs; "
+        f"sequence length {args.seq_len}, throughput at batch {args.batch}, latency at batch 1, "
+        f"{args.threads} torch thread(s), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}. "
+        "Speedup / FLOP reduction of 1.0 means speed follows FLOPs; the fastest-run columns are a check on noise."
+    ]
+    for result in results:
+        sections.append(f"## {result['model']}")
+        sections += [markdown.strip() for markdown in result["markdown"]]
+        sections.append(efficiency_markdown(result["efficiency"]))
+    return "\n\n".join(sections)
 
 
 if __name__ == "__main__":
