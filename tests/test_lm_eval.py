@@ -52,10 +52,22 @@ def test_perplexity_and_bits_per_byte_from_totals():
     assert score.bits_per_byte == pytest.approx(4 * 4 / 8)  # 4 tokens x 4 bits over 8 bytes
 
 
-def test_summed_nll_by_hand():
-    from babelprune.evaluate.lm import summed_nll
+def test_token_nll_by_hand():
+    from babelprune.evaluate.lm import token_nll
 
     # Row 1: logits (0, ln 3) -> p(target 1) = 3 / 4; row 2: (ln 2, ln 2) -> p = 1 / 2.
     logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), math.log(2.0)]])
-    expected = -math.log(3 / 4) - math.log(1 / 2)
-    assert summed_nll(logits, torch.tensor([1, 0])) == pytest.approx(expected, rel=1e-6)
+    expected = [-math.log(3 / 4), -math.log(1 / 2)]
+    assert token_nll(logits, torch.tensor([1, 0])).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_each_window_gets_its_own_nll_in_the_given_order():
+    model = tiny_llama(vocab=40)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every token costs ln 40
+    # Given longest first: batching sorts by length, the record must not.
+    windows = [Window([1, 5, 6, 7], 3), Window([1, 8], 1), Window([1, 9, 10], 2)]
+    totals = score_windows(model, windows, pad_id=0, batch_size=2)
+    assert totals.window_nll == pytest.approx((3 * math.log(40), math.log(40), 2 * math.log(40)), rel=1e-5)
+    assert totals.window_bytes == (3, 1, 2)
+    assert sum(totals.window_nll) == pytest.approx(totals.nll_nats)

@@ -18,9 +18,9 @@ from babelprune.models.inspect import block_sparsity, count_parameters
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration, build_calibration
 from babelprune.prune.config import PruneConfig
-from babelprune.prune.engine import PruneResult
+from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
-from babelprune.prune.storage import apply_language_mask, save_pruned
+from babelprune.formats.pruned import apply_language_mask, save_pruned
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = ["calibrate", "evaluate", "get_corpus", "load_model", "prune", "save_pruned", "PruneConfig"]
@@ -64,17 +64,27 @@ def pruning_info(loaded: LoadedModel) -> PruningInfo:
     )
 
 
-def language_view(loaded: LoadedModel, lang: str):
-    """Context in which the model is the one to use for `lang`: its own mask in the per-language setting.
-
-    A language without a mask of its own (not calibrated) uses the English mask,
-    or the first language's if there is no English one.
-    """
+def serving_mask(loaded: LoadedModel, lang: str) -> str | None:
+    """Which mask of the per-language bank scores `lang`: its own, else the pooled one (None without a bank)."""
     if not loaded.mask_bank:
+        return None
+    if lang in loaded.mask_bank:
+        return lang
+    if POOLED_MASK in loaded.mask_bank:
+        return POOLED_MASK
+    own = ", ".join(key for key in loaded.mask_bank if key != POOLED_MASK)
+    raise BabelpruneError(
+        f"{loaded.spec} has no mask for '{lang}' and no pooled mask (it was saved by an older babelprune); "
+        f"evaluate only its languages ({own}) or prune it again."
+    )
+
+
+def language_view(loaded: LoadedModel, lang: str):
+    """Context in which the model is the one to use for `lang` (see `serving_mask`)."""
+    mask = serving_mask(loaded, lang)
+    if mask is None:
         return contextlib.nullcontext(loaded.model)
-    bank = loaded.mask_bank
-    chosen = lang if lang in bank else ("en" if "en" in bank else next(iter(bank)))
-    return apply_language_mask(loaded.model, bank, chosen)
+    return apply_language_mask(loaded.model, loaded.mask_bank, mask)
 
 
 def model_info(loaded: LoadedModel) -> ModelInfo:
@@ -109,6 +119,8 @@ def evaluate(
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
+    for lang in languages:  # before any work: a bank that cannot serve a language is refused up front
+        serving_mask(loaded, lang)
     if batch_size < 1 or max_tokens < 1:
         raise BabelpruneError("--batch-size and --max-tokens must be positive integers.")
     settings = {"seq_len": seq_len, "max_tokens": max_tokens, "batch_size": batch_size}
@@ -123,6 +135,8 @@ def evaluate(
         settings = {"max_queries": max_tokens, "batch_size": batch_size}
     else:
         scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress)
+    if loaded.mask_bank:  # every score says which mask of the bank served it
+        scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
     return EvalResult(
         model=model_info(loaded),
         pruning=pruning or pruning_info(loaded),
@@ -157,6 +171,8 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
                     n_tokens=totals.n_tokens,
                     n_bytes=totals.n_bytes,
                     nll_nats=totals.nll_nats,
+                    window_nll=list(totals.window_nll),
+                    window_bytes=list(totals.window_bytes),
                 )
             )
     return scores

@@ -45,6 +45,9 @@ from babelprune.prune.sequential import (
 from babelprune.prune.stats import LanguageStats
 
 Masks = dict[str, torch.Tensor]  # "block.name" -> pruned mask (out, in), True = zero
+# The per-language bank's extra mask, computed on every calibration language together:
+# it serves the languages that have no mask of their own.
+POOLED_MASK = "pooled"
 
 
 @dataclass
@@ -58,7 +61,7 @@ class PruneResult:
     achieved_sparsity: float  # share of zeros after pruning (shared) or mean over languages
     calibration: dict | None
     seconds: float
-    mask_bank: dict[str, Masks] | None = None  # per-language setting: language -> masks
+    mask_bank: dict[str, Masks] | None = None  # per-language setting: language (or POOLED_MASK) -> masks
     allocation_stats: dict[str, list[float]] = field(default_factory=dict)
 
     def metadata(self) -> dict:
@@ -238,20 +241,27 @@ def _share_of_zeros(linear: nn.Module) -> float:
 
 
 def _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar):
-    """One mask per language from that language's data alone, over one set of dense weights."""
+    """One mask per language from that language's data alone, plus the pooled mask, over one set of dense weights.
+
+    Sparsity figures are those of the languages' own masks; the pooled mask is
+    the shared setting's mask, kept for languages that were not calibrated.
+    """
     if calibration is None:
         raise BabelpruneError("The per-language setting needs calibration text in each language; give --calib.")
+    if POOLED_MASK in calibration.language_set:
+        raise BabelpruneError(f"'{POOLED_MASK}' names the bank's pooled mask and cannot be a calibration language; rename it.")
     dense = snapshot_linears(model)
     bank: dict[str, Masks] = {}
     shares = []
-    for lang in calibration.language_set:
+    subsets = [(lang, calibration.subset([lang])) for lang in calibration.language_set] + [(POOLED_MASK, calibration)]
+    for key, subset in subsets:
         try:
-            _prune_blocks(model, adapter, config, method, calibration.subset([lang]), targets, bar, f"{config.method} [{lang}]")
-            bank[lang] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
-            shares.append(zero_share(linears))
+            _prune_blocks(model, adapter, config, method, subset, targets, bar, f"{config.method} [{key}]")
+            bank[key] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
+            if key != POOLED_MASK:
+                shares.append(zero_share(linears))
         finally:
             restore_linears(model, dense)
-    layer_sparsity = {
-        name: round(sum(float(masks[name].float().mean()) for masks in bank.values()) / len(bank), 6) for name in linears
-    }
+    own = [masks for key, masks in bank.items() if key != POOLED_MASK]
+    layer_sparsity = {name: round(sum(float(masks[name].float().mean()) for masks in own) / len(own), 6) for name in linears}
     return bank, layer_sparsity, sum(shares) / len(shares)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from babelprune.data.languages import RESOURCE_LEVELS, ResourceLevel, language_info
 from babelprune.errors import BabelpruneError
-from babelprune.report.records import EvalResult
+from babelprune.report.intervals import bits_per_byte_replicates, draws, percentile_interval, relative_change_replicates
+from babelprune.report.records import EvalResult, LMScore
 
 
 class LanguageChange(BaseModel):
@@ -18,6 +20,8 @@ class LanguageChange(BaseModel):
     resource: ResourceLevel
     dense: float
     pruned: float
+    # 95% bootstrap interval of `relative`, paired over the windows both were scored on (None: no per-window data).
+    interval: tuple[float, float] | None = None
 
     @property
     def relative(self) -> float:
@@ -43,9 +47,19 @@ class Comparison(BaseModel):
                  (("dense", self.only_dense), (self.label, self.only_pruned)) if langs]
         return f"Not compared for {self.label}: {'; '.join(parts)}." if parts else None
 
+    # 95% interval of the mean degradation over the compared languages (None: no per-window data).
+    mean_interval: tuple[float, float] | None = None
+
     def degradation(self, change: LanguageChange) -> float:
         """Relative loss of quality (> 0 is worse), whichever direction the metric goes."""
         return -change.relative if self.higher_is_better else change.relative
+
+    def degradation_interval(self, change: LanguageChange) -> tuple[float, float] | None:
+        """The interval of `degradation(change)`."""
+        if change.interval is None:
+            return None
+        low, high = change.interval
+        return (-high, -low) if self.higher_is_better else (low, high)
 
     @property
     def mean_degradation(self) -> float:
@@ -129,6 +143,23 @@ def measurement_differences(dense: EvalResult, pruned: EvalResult) -> list[str]:
     return [f"{name} {a} vs {b}" for name, a, b in pairs if a != b]
 
 
+def _change_replicates(dense, pruned):
+    """Bootstrap replicates of one language's relative change of bits per byte, None without window data.
+
+    Scored on the same windows (same bytes per window): paired draws. Otherwise
+    (e.g. two tokenizers cut the text differently) each side is drawn on its own.
+    """
+    if not isinstance(dense, LMScore) or len(dense.window_nll) < 2 or len(pruned.window_nll) < 2:
+        return None
+    if dense.window_bytes == pruned.window_bytes:
+        return relative_change_replicates((dense.window_nll, dense.window_bytes), (pruned.window_nll, pruned.window_bytes),
+                                          dense.language)
+    before = bits_per_byte_replicates(dense.window_nll, dense.window_bytes, draws(len(dense.window_nll), dense.language))
+    after = bits_per_byte_replicates(pruned.window_nll, pruned.window_bytes,
+                                     draws(len(pruned.window_nll), f"{pruned.language}:other"))
+    return (after - before) / before
+
+
 def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> Comparison:
     """Per-language change of the primary metric (bits per byte for LMs) from `dense` to `pruned`.
 
@@ -148,15 +179,23 @@ def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> 
     if not common:
         raise BabelpruneError("The two results share no language; evaluate both on the same languages.")
     meta = {s.language: s for s in dense.scores}
+    pruned_scores = {s.language: s for s in pruned.scores}
+    replicates = {lang: _change_replicates(meta[lang], pruned_scores[lang]) for lang in common}
     changes = [
         LanguageChange(
             language=lang, name=meta[lang].name, resource=meta[lang].resource,
             dense=dense.value(lang, metric), pruned=pruned.value(lang, metric),
+            interval=percentile_interval(replicates[lang]) if replicates[lang] is not None else None,
         )
         for lang in common
     ]
+    mean_interval = None
+    if all(r is not None for r in replicates.values()):  # languages resampled independently, then averaged
+        sign = -1.0 if higher_is_better else 1.0
+        mean_interval = percentile_interval(sign * np.mean([replicates[lang] for lang in common], axis=0))
     return Comparison(
         label=label or result_label(pruned), metric=metric, higher_is_better=higher_is_better, changes=changes,
+        mean_interval=mean_interval,
         only_dense=[lang for lang in dense.languages() if lang not in common],
         only_pruned=[lang for lang in pruned.languages() if lang not in common],
     )

@@ -41,8 +41,18 @@ def language_bar_chart(result: EvalResult, path: Path) -> Path:
     return path
 
 
+def _error_bars(comparison, by_lang: dict, languages: list[str], heights: list[float]):
+    """Asymmetric error bars (2, n) in percent from each change's 95% interval; None when there are none."""
+    intervals = [comparison.degradation_interval(by_lang[lang]) if lang in by_lang else None for lang in languages]
+    if all(interval is None for interval in intervals):
+        return None
+    below = [height - 100 * iv[0] if iv else 0.0 for height, iv in zip(heights, intervals)]
+    above = [100 * iv[1] - height if iv else 0.0 for height, iv in zip(heights, intervals)]
+    return [below, above]
+
+
 def degradation_chart(comparisons: list, path: Path) -> Path:
-    """Relative change of the metric per language (grouped by resource level), one bar per method."""
+    """Relative change of the metric per language (grouped by resource level), one bar per method, with 95% intervals."""
     first = comparisons[0]
     order = []
     for level in RESOURCE_LEVELS:
@@ -54,9 +64,11 @@ def degradation_chart(comparisons: list, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(7.0, 0.5 * len(languages) + 2), 4.5))
     colours = plt.get_cmap("tab10")
     for index, comparison in enumerate(comparisons):
-        by_lang = {c.language: comparison.degradation(c) for c in comparison.changes}
+        by_lang = {c.language: c for c in comparison.changes}
         xs = [i + (index - (len(comparisons) - 1) / 2) * width for i in range(len(languages))]
-        axes.bar(xs, [100 * by_lang.get(lang, float("nan")) for lang in languages], width, label=comparison.label, color=colours(index))
+        heights = [100 * comparison.degradation(by_lang[lang]) if lang in by_lang else float("nan") for lang in languages]
+        axes.bar(xs, heights, width, label=comparison.label, color=colours(index), yerr=_error_bars(comparison, by_lang, languages, heights),
+                 error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
     # Shade the resource groups so the eye finds them.
     start = 0
     for level in RESOURCE_LEVELS:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babelprune.cache import atomic_write_text
 from babelprune.data.languages import ResourceLevel
 from babelprune.errors import BabelpruneError
+from babelprune.report.intervals import bits_per_byte_interval
 
 SCHEMA_VERSION = 1
 
@@ -32,6 +33,10 @@ class LanguageMeta(_Record):
     name: str
     script: str
     resource: ResourceLevel
+    # Per-language setting: the mask of the bank that served this language, its own
+    # ("sw") or the one pooled over all calibration languages ("pooled"). None otherwise.
+    # Retrieval queries are always embedded under the source language's mask.
+    mask: str | None = None
 
 
 class LMScore(LanguageMeta):
@@ -42,6 +47,9 @@ class LMScore(LanguageMeta):
     n_tokens: int  # predicted tokens (BOS excluded)
     n_bytes: int  # UTF-8 bytes of the scored text
     nll_nats: float  # total negative log-likelihood over the n_tokens
+    # Per window, in a fixed order: what the bootstrap resamples (empty in results saved before them).
+    window_nll: list[float] = Field(default_factory=list)
+    window_bytes: list[int] = Field(default_factory=list)
 
     @property
     def perplexity(self) -> float:
@@ -50,6 +58,11 @@ class LMScore(LanguageMeta):
     @property
     def bits_per_byte(self) -> float:
         return self.nll_nats / math.log(2) / self.n_bytes
+
+    @property
+    def bits_per_byte_interval(self) -> tuple[float, float] | None:
+        """95% bootstrap interval over windows (None without per-window figures or with one window)."""
+        return bits_per_byte_interval(self.window_nll, self.window_bytes, self.language)
 
     def metrics(self) -> dict[str, tuple[float, int]]:
         return {"bits_per_byte": (self.bits_per_byte, self.n_bytes), "perplexity": (self.perplexity, self.n_tokens)}
@@ -206,6 +219,9 @@ class EvalResult(SavedRecord):
         # Derived metrics are written too, for readers that do not use this class.
         for raw, score in zip(payload["scores"], self.scores):
             raw["metrics"] = {name: value for name, (value, _) in score.metrics().items()}
+            interval = score.bits_per_byte_interval if isinstance(score, LMScore) else None
+            if interval is not None:
+                raw["metrics"]["bits_per_byte_ci95"] = list(interval)
         return json.dumps(payload, indent=2, ensure_ascii=False)
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from babelprune.data.languages import RESOURCE_LEVELS
+from babelprune.report.intervals import resolved
 from babelprune.report.records import EvalResult, LMScore
 
 
@@ -20,16 +21,24 @@ def grouped_scores(result: EvalResult) -> list[tuple[str, list]]:
     return groups
 
 
+def _has_masks(result: EvalResult) -> bool:
+    """Whether the scores came from a per-language mask bank (then tables show which mask served each)."""
+    return any(score.mask is not None for score in result.scores)
+
+
 def _columns(result: EvalResult) -> list[str]:
+    head = ["language", "name", "script", "resource"] + (["mask"] if _has_masks(result) else [])
     if result.kind == "lm":
-        return ["language", "name", "script", "resource", "bits/byte", "perplexity", "tokens", "bytes"]
-    return ["language", "name", "script", "resource", "top-1", "queries"]
+        return head + ["bits/byte", "95% CI", "perplexity", "tokens", "bytes"]
+    return head + ["top-1", "queries"]
 
 
-def _cells(score) -> list[str]:
-    head = [score.language, score.name, score.script, score.resource]
+def _cells(score, with_mask: bool) -> list[str]:
+    head = [score.language, score.name, score.script, score.resource] + ([score.mask or "-"] if with_mask else [])
     if isinstance(score, LMScore):
-        return head + [f"{score.bits_per_byte:.3f}", f"{score.perplexity:.2f}", str(score.n_tokens), str(score.n_bytes)]
+        interval = score.bits_per_byte_interval
+        spread = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
+        return head + [f"{score.bits_per_byte:.3f}", spread, f"{score.perplexity:.2f}", str(score.n_tokens), str(score.n_bytes)]
     return head + [f"{score.top1:.3f}", str(score.n_queries)]
 
 
@@ -41,13 +50,13 @@ def _title(result: EvalResult) -> str:
 def rich_table(result: EvalResult) -> Table:
     table = Table(title=_title(result))
     for name in _columns(result):
-        numeric = name in {"bits/byte", "perplexity", "tokens", "bytes", "top-1", "queries"}
+        numeric = name in {"bits/byte", "95% CI", "perplexity", "tokens", "bytes", "top-1", "queries"}
         table.add_column(name, justify="right" if numeric else "left", min_width=len(name), no_wrap=True)
     for index, (_, members) in enumerate(grouped_scores(result)):
         if index:
             table.add_section()
         for score in members:
-            table.add_row(*_cells(score))
+            table.add_row(*_cells(score, _has_masks(result)))
     return table
 
 
@@ -55,8 +64,35 @@ def markdown_table(result: EvalResult) -> str:
     columns = _columns(result)
     lines = [f"### {_title(result)}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, members in grouped_scores(result):
-        lines.extend("| " + " | ".join(_cells(score)) + " |" for score in members)
+        lines.extend("| " + " | ".join(_cells(score, _has_masks(result))) + " |" for score in members)
     return "\n".join(lines) + "\n"
+
+
+def percent_interval(interval: tuple[float, float] | None) -> str:
+    """' [+1.2, +3.4]' for an interval of relative changes, '' without one."""
+    return f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" if interval else ""
+
+
+def significance(interval: tuple[float, float] | None) -> str:
+    """' n.s.' when the interval of a difference contains 0 (the difference is not resolved)."""
+    return " n.s." if interval is not None and not resolved(interval) else ""
+
+
+def change_cell(change) -> str:
+    """A pruned model's metric on one language, its relative change, the change's 95% interval, and n.s. if unresolved."""
+    interval = change.interval
+    return f"{change.pruned:.3f} ({100 * change.relative:+.1f}%{percent_interval(interval)}{significance(interval)})"
+
+
+def mean_cell(comparison) -> str:
+    interval = comparison.mean_interval
+    return f"{100 * comparison.mean_degradation:+.1f}%{percent_interval(interval)}{significance(interval)}"
+
+
+def worst_cell(comparison) -> str:
+    worst = comparison.worst
+    interval = comparison.degradation_interval(worst)
+    return f"{worst.language} {100 * comparison.degradation(worst):+.1f}%{percent_interval(interval)}{significance(interval)}"
 
 
 def comparison_table(comparisons: list) -> Table:
@@ -78,11 +114,11 @@ def comparison_table(comparisons: list) -> Table:
             cells = []
             for comparison, changes in zip(comparisons, by_label):
                 other = changes.get(change.language)
-                cells.append(f"{other.pruned:.3f} ({100 * other.relative:+.1f}%)" if other else "-")
+                cells.append(change_cell(other) if other else "-")
             table.add_row(change.language, change.name, change.resource, f"{change.dense:.3f}", *cells)
     table.add_section()
-    table.add_row("mean", "", "", "", *[f"{100 * c.mean_degradation:+.1f}%" for c in comparisons])
-    table.add_row("worst", "", "", "", *[f"{c.worst.language} {100 * c.degradation(c.worst):+.1f}%" for c in comparisons])
+    table.add_row("mean", "", "", "", *[mean_cell(c) for c in comparisons])
+    table.add_row("worst", "", "", "", *[worst_cell(c) for c in comparisons])
     for level in RESOURCE_LEVELS:
         values = [c.by_resource().get(level) for c in comparisons]
         if any(v is not None for v in values):
@@ -100,10 +136,10 @@ def comparison_markdown(comparisons: list) -> str:
     by_label = [{c.language: c for c in comparison.changes} for comparison in comparisons]
     for level in RESOURCE_LEVELS:
         for change in sorted((c for c in first.changes if c.resource == level), key=first.degradation):
-            cells = [f"{d[change.language].pruned:.3f} ({100 * d[change.language].relative:+.1f}%)" if change.language in d else "-" for d in by_label]
+            cells = [change_cell(d[change.language]) if change.language in d else "-" for d in by_label]
             lines.append(f"| {change.language} | {change.resource} | {change.dense:.3f} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | | | " + " | ".join(f"{100 * c.mean_degradation:+.1f}%" for c in comparisons) + " |")
-    lines.append("| **worst** | | | " + " | ".join(f"{c.worst.language} {100 * c.degradation(c.worst):+.1f}%" for c in comparisons) + " |")
+    lines.append("| **mean** | | | " + " | ".join(mean_cell(c) for c in comparisons) + " |")
+    lines.append("| **worst** | | | " + " | ".join(worst_cell(c) for c in comparisons) + " |")
     for level in RESOURCE_LEVELS:
         values = [c.by_resource().get(level) for c in comparisons]
         if any(v is not None for v in values):
