@@ -98,3 +98,23 @@ def test_the_evaluation_table_and_json_carry_the_interval(tmp_path):
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["scores"][0]["metrics"]["bits_per_byte_ci95"] == pytest.approx([low, high])
     assert EvalResult.load(tmp_path / "r.json").scores[0].window_nll == evaluated.scores[0].window_nll
+
+
+def retrieval(lang: str, hits: list[bool]):
+    from babelprune.report.records import RetrievalScore
+
+    return RetrievalScore(language=lang, name=lang, script="Latn", resource="high", source_language="en",
+                          n_queries=len(hits), n_correct=sum(hits), query_hits=hits)
+
+
+def test_retrieval_accuracy_gets_an_interval_and_paired_changes():
+    dense_hits = [True] * 30 + [False] * 10
+    pruned_hits = [True] * 20 + [False] * 20  # ten of the same queries lost
+    low, high = retrieval("fr", dense_hits).primary_interval
+    assert low < 0.75 < high
+    comparison = compare(result(retrieval("fr", dense_hits)), result(retrieval("fr", pruned_hits), method="wanda"))
+    change = comparison.changes[0]
+    assert change.relative == pytest.approx(-1 / 3)
+    # Accuracy fell: the degradation (higher is better) is positive and its interval excludes 0.
+    d_low, d_high = comparison.degradation_interval(change)
+    assert 0 < d_low <= 1 / 3 <= d_high

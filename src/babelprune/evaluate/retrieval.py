@@ -64,10 +64,15 @@ def mean_pooled_embeddings(
     return F.normalize(torch.cat(rows), dim=-1)
 
 
+def top1_hits(queries: torch.Tensor, candidates: torch.Tensor) -> list[bool]:
+    """For each query (N, H): whether its own row of candidates (N, H) is its nearest neighbour."""
+    nearest = (queries @ candidates.T).argmax(dim=1)  # (N,)
+    return (nearest == torch.arange(len(queries))).tolist()
+
+
 def top1_correct(queries: torch.Tensor, candidates: torch.Tensor) -> int:
     """How many queries (N, H) have their own row of candidates (N, H) as nearest neighbour."""
-    nearest = (queries @ candidates.T).argmax(dim=1)  # (N,)
-    return int((nearest == torch.arange(len(queries))).sum())
+    return sum(top1_hits(queries, candidates))
 
 
 def retrieval_scores(
@@ -103,10 +108,11 @@ def retrieval_scores(
         with view(lang):
             candidates = mean_pooled_embeddings(loaded.model, loaded.tokenizer, [target[k] for k in keys], batch_size=batch_size)
         meta = corpus.language(lang)
+        hits = top1_hits(queries, candidates)
         scores.append(
             RetrievalScore(
                 language=lang, name=meta.name, script=meta.script, resource=meta.resource,
-                source_language=SOURCE_LANGUAGE, n_queries=len(keys), n_correct=top1_correct(queries, candidates),
+                source_language=SOURCE_LANGUAGE, n_queries=len(keys), n_correct=sum(hits), query_hits=hits,
             )
         )
     return scores

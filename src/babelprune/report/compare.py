@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict
 
 from babelprune.data.languages import RESOURCE_LEVELS, ResourceLevel, language_info
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import bits_per_byte_replicates, draws, percentile_interval, relative_change_replicates
-from babelprune.report.records import EvalResult, LMScore
+from babelprune.report.intervals import percentile_interval, relative_change_replicates
+from babelprune.report.records import EvalResult
 
 
 class LanguageChange(BaseModel):
@@ -144,20 +144,11 @@ def measurement_differences(dense: EvalResult, pruned: EvalResult) -> list[str]:
 
 
 def _change_replicates(dense, pruned):
-    """Bootstrap replicates of one language's relative change of bits per byte, None without window data.
-
-    Scored on the same windows (same bytes per window): paired draws. Otherwise
-    (e.g. two tokenizers cut the text differently) each side is drawn on its own.
-    """
-    if not isinstance(dense, LMScore) or len(dense.window_nll) < 2 or len(pruned.window_nll) < 2:
+    """Bootstrap replicates of one language's relative change of the primary metric, None without item data."""
+    before, after = dense.resample_parts(), pruned.resample_parts()
+    if before is None or after is None:
         return None
-    if dense.window_bytes == pruned.window_bytes:
-        return relative_change_replicates((dense.window_nll, dense.window_bytes), (pruned.window_nll, pruned.window_bytes),
-                                          dense.language)
-    before = bits_per_byte_replicates(dense.window_nll, dense.window_bytes, draws(len(dense.window_nll), dense.language))
-    after = bits_per_byte_replicates(pruned.window_nll, pruned.window_bytes,
-                                     draws(len(pruned.window_nll), f"{pruned.language}:other"))
-    return (after - before) / before
+    return relative_change_replicates(before, after, dense.language)
 
 
 def compare(dense: EvalResult, pruned: EvalResult, label: str | None = None) -> Comparison:

@@ -36,26 +36,46 @@ def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) 
     return float(low), float(high)
 
 
+def ratio_replicates(numerators: Sequence[float], denominators: Sequence[float], index: np.ndarray) -> np.ndarray:
+    """sum(numerators) / sum(denominators) of each resample (samples,), the items drawn by `index`."""
+    top = np.asarray(numerators, dtype=np.float64)[index].sum(axis=1)
+    bottom = np.asarray(denominators, dtype=np.float64)[index].sum(axis=1)
+    return top / bottom
+
+
 def bits_per_byte_replicates(window_nll: Sequence[float], window_bytes: Sequence[int], index: np.ndarray) -> np.ndarray:
     """Bits per byte of each resample: (samples,) from window NLLs (nats) and bytes, drawn by `index`."""
-    nll = np.asarray(window_nll, dtype=np.float64)[index].sum(axis=1)
-    size = np.asarray(window_bytes, dtype=np.float64)[index].sum(axis=1)
-    return nll / math.log(2) / size
+    return ratio_replicates(window_nll, window_bytes, index) / math.log(2)
+
+
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], language: str,
+                   scale: float = 1.0) -> tuple[float, float] | None:
+    """95% interval of scale * sum(numerators) / sum(denominators) over resampled items; None with fewer than 2."""
+    if len(numerators) < 2:
+        return None
+    replicates = scale * ratio_replicates(numerators, denominators, draws(len(numerators), language))
+    return percentile_interval(replicates)
 
 
 def bits_per_byte_interval(window_nll: Sequence[float], window_bytes: Sequence[int], language: str) -> tuple[float, float] | None:
     """95% interval of a language's bits per byte; None with fewer than 2 windows."""
-    if len(window_nll) < 2:
-        return None
-    return percentile_interval(bits_per_byte_replicates(window_nll, window_bytes, draws(len(window_nll), language)))
+    return ratio_interval(window_nll, window_bytes, language, scale=1 / math.log(2))
 
 
-def relative_change_replicates(dense: tuple[Sequence[float], Sequence[int]], pruned: tuple[Sequence[float], Sequence[int]],
-                               language: str) -> np.ndarray:
-    """Replicates (samples,) of (pruned bpb - dense bpb) / dense bpb, paired over the same windows."""
+Parts = tuple[Sequence[float], Sequence[float]]  # per item: (numerator, denominator) of a ratio metric
+
+
+def relative_change_replicates(dense: Parts, pruned: Parts, language: str) -> np.ndarray:
+    """Replicates (samples,) of the relative change of a ratio metric from `dense` to `pruned`.
+
+    Paired (one draw of items for both) when both were measured on the same
+    items, i.e. equal denominators item by item; otherwise each side is drawn
+    on its own.
+    """
     index = draws(len(dense[0]), language)
-    before = bits_per_byte_replicates(*dense, index)
-    after = bits_per_byte_replicates(*pruned, index)
+    before = ratio_replicates(*dense, index)
+    paired = len(dense[1]) == len(pruned[1]) and list(dense[1]) == list(pruned[1])
+    after = ratio_replicates(*pruned, index if paired else draws(len(pruned[0]), f"{language}:other"))
     return (after - before) / before
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babelprune.cache import atomic_write_text
 from babelprune.data.languages import ResourceLevel
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import bits_per_byte_interval
+from babelprune.report.intervals import bits_per_byte_interval, ratio_interval
 
 SCHEMA_VERSION = 1
 
@@ -64,6 +64,14 @@ class LMScore(LanguageMeta):
         """95% bootstrap interval over windows (None without per-window figures or with one window)."""
         return bits_per_byte_interval(self.window_nll, self.window_bytes, self.language)
 
+    def resample_parts(self) -> tuple[list[float], list[float]] | None:
+        """Per window (NLL, bytes): the primary metric is a ratio of their sums (None without window data)."""
+        return (self.window_nll, [float(b) for b in self.window_bytes]) if len(self.window_nll) >= 2 else None
+
+    @property
+    def primary_interval(self) -> tuple[float, float] | None:
+        return self.bits_per_byte_interval
+
     def metrics(self) -> dict[str, tuple[float, int]]:
         return {"bits_per_byte": (self.bits_per_byte, self.n_bytes), "perplexity": (self.perplexity, self.n_tokens)}
 
@@ -75,10 +83,22 @@ class RetrievalScore(LanguageMeta):
     source_language: str
     n_queries: int
     n_correct: int
+    # Per query, in a fixed order: whether it was retrieved (empty in results saved before them).
+    query_hits: list[bool] = Field(default_factory=list)
 
     @property
     def top1(self) -> float:
         return self.n_correct / self.n_queries
+
+    def resample_parts(self) -> tuple[list[float], list[float]] | None:
+        """Per query (hit, 1): top-1 accuracy is the ratio of their sums (None without per-query data)."""
+        return ([float(hit) for hit in self.query_hits], [1.0] * len(self.query_hits)) if len(self.query_hits) >= 2 else None
+
+    @property
+    def primary_interval(self) -> tuple[float, float] | None:
+        """95% bootstrap interval of top-1 accuracy over queries."""
+        parts = self.resample_parts()
+        return ratio_interval(*parts, self.language) if parts else None
 
     def metrics(self) -> dict[str, tuple[float, int]]:
         return {"top1": (self.top1, self.n_queries)}
@@ -219,9 +239,9 @@ class EvalResult(SavedRecord):
         # Derived metrics are written too, for readers that do not use this class.
         for raw, score in zip(payload["scores"], self.scores):
             raw["metrics"] = {name: value for name, (value, _) in score.metrics().items()}
-            interval = score.bits_per_byte_interval if isinstance(score, LMScore) else None
+            interval = score.primary_interval
             if interval is not None:
-                raw["metrics"]["bits_per_byte_ci95"] = list(interval)
+                raw["metrics"][f"{PRIMARY_METRIC[score.kind][0]}_ci95"] = list(interval)
         return json.dumps(payload, indent=2, ensure_ascii=False)
 
     @classmethod

@@ -30,16 +30,16 @@ def _columns(result: EvalResult) -> list[str]:
     head = ["language", "name", "script", "resource"] + (["mask"] if _has_masks(result) else [])
     if result.kind == "lm":
         return head + ["bits/byte", "95% CI", "perplexity", "tokens", "bytes"]
-    return head + ["top-1", "queries"]
+    return head + ["top-1", "95% CI", "queries"]
 
 
 def _cells(score, with_mask: bool) -> list[str]:
     head = [score.language, score.name, score.script, score.resource] + ([score.mask or "-"] if with_mask else [])
+    interval = score.primary_interval
+    spread = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
     if isinstance(score, LMScore):
-        interval = score.bits_per_byte_interval
-        spread = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
         return head + [f"{score.bits_per_byte:.3f}", spread, f"{score.perplexity:.2f}", str(score.n_tokens), str(score.n_bytes)]
-    return head + [f"{score.top1:.3f}", str(score.n_queries)]
+    return head + [f"{score.top1:.3f}", spread, str(score.n_queries)]
 
 
 def _title(result: EvalResult) -> str:
