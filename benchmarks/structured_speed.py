@@ -54,7 +54,8 @@ from babelprune.evaluate.speed import (
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.models.loading import load_model
-from babelprune.prune.structured import save_structured, select_units, structured_prune
+from babelprune.formats.structured import save_structured
+from babelprune.prune.structured import select_units, structured_prune
 from babelprune.prune.structured.importance import magnitude_importance
 
 UNIT_SETS = {"heads": {"heads"}, "ffn": {"ffn"}, "blocks": {"blocks"}}

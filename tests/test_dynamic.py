@@ -12,28 +12,23 @@ import torch
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import TaskHead, encode
+from babelprune.formats.dynamic import DYNAMIC_FILE, HEAD_FILE, load_dynamic, load_task_head, save_dynamic, slice_width
+from babelprune.formats.structured import STRUCTURE_FILE
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.dynamic import (
-    DYNAMIC_FILE,
-    HEAD_FILE,
     DynamicConfig,
     distillation_loss,
     level_selection,
-    load_dynamic,
-    load_task_head,
     permute_units,
     sandwich_levels,
-    save_dynamic,
-    slice_width,
     train_dynamic,
     unit_orders,
     width_masks,
 )
 from babelprune.prune.structured.selection import Importance, apply_selection
-from babelprune.prune.structured.storage import STRUCTURE_FILE
 from babelprune.prune.structured.units import LayerLayout, layer_layouts
 from tests.tiny_models import TINY_FAMILIES, model_output, tiny_inputs, tiny_model
 from tests.tiny_tokenizer import char_tokenizer
@@ -348,7 +343,6 @@ def test_training_input_errors_come_before_any_work():
         (_lm(), {}, "calibration windows"),
         (_lm(), {"task": ToyTask()}, "Task heads go on encoders"),
         (_encoder(), {"task": ToyTask(), "config": _task_config(teacher="dense")}, "dense teacher"),
-        (_encoder(), {"task": ToyTask(), "config": _task_config(importance="gradient")}, "needs calibration"),
         (_encoder(), {"task": ToyTask(), "config": _task_config(levels=(0.97,))}, "cannot be reached"),
     ]
     for loaded, options, words in cases:

@@ -9,11 +9,11 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel
-from babelprune.prune import storage
+from babelprune.formats import pruned as pruned_format
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import named_linears, prune
-from babelprune.prune.storage import (
+from babelprune.formats.pruned import (
     METADATA_FILE,
     apply_language_mask,
     jaccard,
@@ -183,7 +183,7 @@ def test_mask_bank_round_trip_and_masks_apply_and_undo_exactly(tmp_path, family)
     assert (out / "masks.safetensors").is_file() and not (out / "sparse").exists()
     back = load_pruned(out)
     metadata = back.pruning
-    assert metadata["mask_bank_languages"] == ["en", "fr", "sw"] and metadata["setting"] == "per-language"
+    assert metadata["mask_bank_languages"] == ["en", "fr", "sw", "pooled"] and metadata["setting"] == "per-language"
     assert metadata["mask_overlap"]["fr"]["fr"] == 1.0
     assert metadata["mask_overlap"]["en"]["sw"] == metadata["mask_overlap"]["sw"]["en"] < 1.0
     model = back.model
@@ -268,7 +268,7 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     # The HF weights are written, then the sparse copy fails midway.
-    monkeypatch.setattr(storage, "save_sparse", fail)
+    monkeypatch.setattr(pruned_format, "save_sparse", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         save_pruned(loaded, result, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor a .partial folder

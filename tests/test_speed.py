@@ -23,7 +23,7 @@ from babelprune.prune.structured import (
     apply_selection,
     structured_prune,
 )
-from babelprune.prune.structured.storage import load_structured, save_structured
+from babelprune.formats.structured import load_structured, save_structured
 from tests.tiny_models import tiny_model
 
 # Tiny configs (tests/tiny_models.py): vocab 128, hidden 32, 2 blocks, 4 heads of width 8, FFN 64.

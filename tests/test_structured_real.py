@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from babelprune.models.loading import load_model
-from babelprune.prune.structured import (
-    load_structured,
-    save_structured,
-    structured_prune,
-)
+from babelprune.formats.structured import load_structured, save_structured
+from babelprune.prune.structured import structured_prune
 from babelprune.prune.structured.units import model_params
 
 pytestmark = pytest.mark.real

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for
-from babelprune.prune.structured.storage import (
+from babelprune.formats.structured import (
     STRUCTURE_FILE,
     load_structured,
     save_structured,

@@ -130,7 +130,7 @@ def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ran
     from babelprune.cache import atomic_dir
     from babelprune.prune.kernels import check_sparsity
     from babelprune.prune.structured import prune_copy, structured_prune
-    from babelprune.prune.structured.storage import save_structured
+    from babelprune.formats.structured import save_structured
 
     check_sparsity(sparsity)
     unit_set = _structured_units(units)
@@ -363,7 +363,7 @@ def slice_command(
     sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
 ) -> None:
     """Cut a dynamically trained model to any size, without retraining."""
-    from babelprune.prune.structured.dynamic import slice_width
+    from babelprune.formats.dynamic import slice_width
 
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")

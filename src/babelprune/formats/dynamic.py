@@ -1,10 +1,23 @@
-"""Dynamic Sparsification, on disk: save and load a dynamic model, and slice it to any size."""
+"""The Dynamic Sparsification format: save and load a dynamic model, and slice it to any size.
+
+    out/
+      config.json, model.safetensors, ...   plain HF folder: full width, units in ranked order
+      tokenizer files                       when there is a tokenizer
+      babelprune_dynamic.json               levels, units, unit orders, training record (DYNAMIC_FILE)
+      babelprune_task_head.json             the task head, for encoders trained on a task (HEAD_FILE)
+      task_head.safetensors                 its classifier weights (HEAD_WEIGHTS)
+
+Training lives in `babelprune.prune.structured.dynamic`; a sliced model is
+saved in the structured format (`babelprune.formats.structured`).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -13,20 +26,40 @@ from torch import nn
 from babelprune.cache import atomic_dir
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import TaskHead
-from babelprune.models.loading import load_model
+from babelprune.formats.hf import load_hf_model
+from babelprune.formats.structured import save_structured
+from babelprune.models.base import LoadedModel
 from babelprune.prune.kernels import check_sparsity
-from babelprune.prune.structured.selection import (
-    apply_selection,
-)
-from babelprune.prune.structured.storage import save_structured
-from babelprune.prune.structured.dynamic import (
-    DYNAMIC_FILE,
-    DYNAMIC_UNITS,
-    FORMAT_VERSION,
-    HEAD_FILE,
-    HEAD_WEIGHTS,
-    DynamicModel,
-)
+from babelprune.prune.structured.dynamic_widths import level_selection
+from babelprune.prune.structured.selection import DEFAULT_TOLERANCE, Selection, apply_selection
+
+DYNAMIC_FILE = "babelprune_dynamic.json"
+HEAD_FILE = "babelprune_task_head.json"
+HEAD_WEIGHTS = "task_head.safetensors"
+FORMAT_VERSION = 1
+DYNAMIC_UNITS = ("heads", "ffn")
+REDO = "re-run the dynamic training"
+
+
+@dataclass
+class DynamicModel:
+    """A dynamically trained model: full width, units in ranked order, and what `babelprune_dynamic.json` holds."""
+
+    loaded: LoadedModel
+    head: TaskHead | None  # the task head around `loaded.model`; None for language models
+    metadata: dict[str, Any]
+
+    @property
+    def levels(self) -> list[float]:
+        return list(self.metadata["levels"])
+
+    def selection(self, sparsity: float) -> Selection:
+        """The units kept at `sparsity` (a prefix of every block's units)."""
+        return level_selection(self.loaded.model, sparsity, self.metadata["units"], self.metadata.get("tolerance", DEFAULT_TOLERANCE))
+
+    def save(self, out: Path) -> Path:
+        return save_dynamic(self, out)
+
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -67,11 +100,11 @@ def read_dynamic_metadata(folder: Path | str) -> dict:
         metadata = json.loads(file.read_text(encoding="utf-8"))
         levels, units = metadata["levels"], metadata["units"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.") from exc
+        raise BabelpruneError(f"{file} is corrupt; {REDO}.") from exc
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise BabelpruneError(f"{file} was written by a newer babelprune; upgrade babelprune to read it.")
     if not levels or not set(units) <= set(DYNAMIC_UNITS):
-        raise BabelpruneError(f"{file} is corrupt; re-run the dynamic training.")
+        raise BabelpruneError(f"{file} is corrupt; {REDO}.")
     return metadata
 
 
@@ -85,14 +118,14 @@ def load_task_head(folder: Path | str, encoder: nn.Module) -> TaskHead | None:
         head = TaskHead(encoder, info["kind"], len(info["labels"]), info["pooling"], info["dropout"])
         head.classifier.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     except Exception as exc:  # json, safetensors and shape errors all mean the same to the user
-        raise BabelpruneError(f"The task head in {folder} is corrupt or missing; re-run the dynamic training.") from exc
+        raise BabelpruneError(f"The task head in {folder} is corrupt or missing; {REDO}.") from exc
     return head.eval()
 
 
 def load_dynamic(folder: Path | str) -> DynamicModel:
     """Reload a folder written by `save_dynamic` (model in eval mode, metadata in `loaded.pruning`)."""
     metadata = read_dynamic_metadata(folder)
-    loaded = load_model(str(folder))
+    loaded = load_hf_model(Path(folder), str(folder), REDO)
     loaded.pruning = metadata
     return DynamicModel(loaded, load_task_head(folder, loaded.model), metadata)
 

@@ -1,4 +1,4 @@
-"""Saving and loading pruned models.
+"""The one-shot pruned format: saving and loading pruned models.
 
 `save_pruned` writes one output folder, built in a temporary sibling and
 renamed into place only when complete:
@@ -40,17 +40,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from babelprune.cache import atomic_dir, read_json_record
 from babelprune.errors import BabelpruneError
+from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model
 from babelprune.models.adapters import adapter_for, weight_matrix
-from babelprune.models.base import LoadedModel
-from babelprune.models.loading import model_kind
+from babelprune.models.base import LoadedModel, model_kind
 from babelprune.prune.engine import PruneResult, named_linears
 
 METADATA_FILE = "babelprune_pruning.json"
@@ -58,6 +57,7 @@ MASKS_FILE = "masks.safetensors"
 SPARSE_DIR = "sparse"
 SPARSE_FILE = "sparse.safetensors"
 FORMAT_VERSION = 1
+REDO = "re-run `babelprune prune`"
 SPARSE_MIN_ZEROS = 0.25  # below this share of zeros a bitmask + values costs more than it saves
 _HEADER_KEY = "babelprune"  # the safetensors metadata entry holding our JSON
 _MASK_SUFFIX, _VALUES_SUFFIX = "::mask", "::values"
@@ -74,7 +74,7 @@ _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 
 
 
 def _corrupt(path: Path) -> BabelpruneError:
-    return BabelpruneError(f"{path} is corrupt or does not match the model; re-run `babelprune prune`.")
+    return BabelpruneError(f"{path} is corrupt or does not match the model; {REDO}.")
 
 
 # ----- pure helpers ------------------------------------------------------------
@@ -217,13 +217,6 @@ def load_sparse_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise _corrupt(file) from exc
 
 
-def _model_class(config) -> type[PreTrainedModel] | None:
-    """The transformers class named in `config.architectures`, if any."""
-    names = getattr(config, "architectures", None) or []
-    found = getattr(transformers, names[0], None) if names else None
-    return found if isinstance(found, type) and issubclass(found, PreTrainedModel) else None
-
-
 def load_sparse(folder: Path) -> PreTrainedModel:
     """Rebuild the model of an output folder (or its sparse/ folder) from the sparse format, in eval mode."""
     file = _sparse_file(folder)
@@ -232,8 +225,7 @@ def load_sparse(folder: Path) -> PreTrainedModel:
         config = AutoConfig.from_pretrained(file.parent)
     except (OSError, ValueError) as exc:
         raise _corrupt(file.parent / "config.json") from exc
-    cls = _model_class(config)
-    model = cls(config) if cls is not None else _auto_class(config).from_config(config)
+    model = new_model(config)
     try:
         # assign=True keeps the stored dtypes instead of casting into the fresh fp32 parameters.
         model.load_state_dict(state, strict=True, assign=True)
@@ -382,15 +374,11 @@ def read_pruning_metadata(folder: Path) -> dict | None:
     return read_json_record(Path(folder) / METADATA_FILE, FORMAT_VERSION, "babelprune prune")
 
 
-def _auto_class(config):
-    return AutoModelForCausalLM if model_kind(config) == "causal-lm" else AutoModel
-
-
 def _load_hf(folder: Path) -> PreTrainedModel:
+    check_weight_files(folder, REDO)  # a damaged weights file is named, not reported as the whole folder
     try:
         config = AutoConfig.from_pretrained(folder)
-        cls = _model_class(config) or _auto_class(config)
-        model = cls.from_pretrained(folder, dtype="auto")  # keep the saved dtype
+        model = model_class(config).from_pretrained(folder, dtype="auto")  # keep the saved dtype
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise _corrupt(folder) from exc
     return model.eval()
@@ -407,7 +395,7 @@ def load_pruned(folder: Path) -> LoadedModel:
     if metadata is None:
         raise BabelpruneError(f"{folder} has no {METADATA_FILE}; give a folder written by `babelprune prune --out`.")
     model = _load_hf(folder) if _has_hf_weights(folder) else load_sparse(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
+    tokenizer = load_tokenizer(folder)
     bank = load_mask_bank(folder, model) if (folder / MASKS_FILE).is_file() else None
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=str(folder), path=folder, kind=model_kind(model.config),

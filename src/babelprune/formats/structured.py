@@ -1,4 +1,4 @@
-"""Saving and reloading models whose blocks were made narrower or fewer.
+"""The structured format: saving and reloading models whose blocks were made narrower or fewer.
 
     out/
       config.json                  the HF config, with `babelprune_structure` (per-block widths)
@@ -21,23 +21,15 @@ import json
 from pathlib import Path
 
 import torch
-import transformers
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PreTrainedModel
 
 from babelprune.cache import atomic_dir, read_json_record
 from babelprune.errors import BabelpruneError
+from babelprune.formats.hf import load_tokenizer, new_model, read_weights
 from babelprune.models.adapters import ArchAdapter, adapter_for
-from babelprune.models.base import LoadedModel
-from babelprune.models.loading import model_kind
+from babelprune.models.base import LoadedModel, model_kind
 from babelprune.prune.structured.units import (
     STRUCTURE_KEY,
     layer_layouts,
@@ -48,10 +40,11 @@ from babelprune.prune.structured.units import (
 
 STRUCTURE_FILE = "babelprune_structured.json"
 FORMAT_VERSION = 1
+REDO = "re-run the structured pruning"
 
 
 def _corrupt(path: Path) -> BabelpruneError:
-    return BabelpruneError(f"{path} is corrupt or does not match its config; re-run the structured pruning.")
+    return BabelpruneError(f"{path} is corrupt or does not match its config; {REDO}.")
 
 
 def hf_loadable(model: nn.Module, adapter: ArchAdapter) -> bool:
@@ -101,14 +94,6 @@ def narrow_to_structure(model: nn.Module, structure: dict) -> None:
             remove_neurons(model, adapter, i, list(range(ffn)))
 
 
-def _model_class(config) -> type[PreTrainedModel]:
-    names = getattr(config, "architectures", None) or []
-    found = getattr(transformers, names[0], None) if names else None
-    if isinstance(found, type) and issubclass(found, PreTrainedModel):
-        return found
-    return AutoModelForCausalLM if model_kind(config) == "causal-lm" else AutoModel
-
-
 def _no_init():
     """Skip random initialisation of weights that are loaded right after (when transformers offers it)."""
     for where in ("transformers.initialization", "transformers.modeling_utils"):
@@ -116,17 +101,6 @@ def _no_init():
             module = __import__(where, fromlist=["no_init_weights"])
             return module.no_init_weights()
     return contextlib.nullcontext()
-
-
-def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return load_file(str(single))
-    index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        state.update(load_file(str(folder / shard)))
-    return state
 
 
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -151,13 +125,12 @@ def load_structured(folder: Path) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(folder)
         structure = getattr(config, STRUCTURE_KEY)
-        cls = _model_class(config)
         with _no_init():
-            model = cls.from_config(config) if cls in (AutoModel, AutoModelForCausalLM) else cls(config)
+            model = new_model(config)
         narrow_to_structure(model, structure)
-        _load_weights(model, _state_dict(folder))
+        _load_weights(model, read_weights(folder, REDO))  # a damaged weights file raises, naming it
     except (OSError, ValueError, KeyError, AttributeError, RuntimeError, SafetensorError) as exc:
         raise _corrupt(folder) from exc
-    tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
+    tokenizer = load_tokenizer(folder)
     return LoadedModel(model=model.eval(), tokenizer=tokenizer, spec=str(folder), path=folder,
                        kind=model_kind(model.config), pruning=metadata)

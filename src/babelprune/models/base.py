@@ -1,4 +1,4 @@
-"""The loaded-model record every other part of babelprune takes."""
+"""The loaded-model record every other part of babelprune takes, and what kind of model a config describes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ModelKind = Literal["causal-lm", "encoder"]
+
+_ENCODER_TYPES = {"bert", "xlm-roberta", "roberta"}
+
+
+def model_kind(config) -> ModelKind:
+    """'causal-lm' for decoder LMs, 'encoder' for BERT-style models."""
+    if config.model_type in _ENCODER_TYPES or getattr(config, "is_decoder", None) is False and not any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])
+    ):
+        return "encoder"
+    return "causal-lm"
 
 
 @dataclass

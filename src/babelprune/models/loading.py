@@ -6,17 +6,16 @@ converted once into plain fp32 Hugging Face folders in the user's cache.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from babelprune.errors import BabelpruneError
-from babelprune.models.base import LoadedModel, ModelKind
+from babelprune.formats.hf import load_hf_model
+from babelprune.formats.registry import saved_format_loader
+from babelprune.models.base import LoadedModel
 
 
 def _gemma3_folder() -> Path:
@@ -38,16 +37,6 @@ ALIASES: dict[str, tuple[str, Callable[[], Path]]] = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_ENCODER_TYPES = {"bert", "xlm-roberta", "roberta"}
-
-
-def model_kind(config) -> ModelKind:
-    """'causal-lm' for decoder LMs, 'encoder' for BERT-style models."""
-    if config.model_type in _ENCODER_TYPES or getattr(config, "is_decoder", None) is False and not any(
-        a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])
-    ):
-        return "encoder"
-    return "causal-lm"
 
 
 def resolve_spec(spec: str) -> Path | str:
@@ -67,45 +56,27 @@ def resolve_spec(spec: str) -> Path | str:
     )
 
 
-def _load_config(source: Path | str, spec: str):
-    try:
-        return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BabelpruneError(f"Could not load the configuration of model '{spec}' ({first}); check the name or the folder.") from None
+def _how_to_redo(spec: str, source: Path | str) -> str:
+    """How the user gets an intact copy of a damaged model (a clause for the error sentence)."""
+    if spec in ALIASES:
+        return f"delete {source} and babelprune converts {spec} again on its next use"
+    if isinstance(source, Path):
+        return "re-create the folder"
+    return "delete the model from the Hugging Face cache and download it again"
 
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model and its tokenizer in eval mode on the CPU.
 
-    A folder written by `babelprune prune` loads with its pruning metadata and,
-    in the per-language setting, its mask bank.
+    A folder written by babelprune (see `babelprune.formats`) loads with its
+    pruning metadata and, in the per-language setting, its mask bank.
     """
-    from babelprune.models.adapters import adapter_for
-    from babelprune.prune.storage import METADATA_FILE, load_pruned
-    from babelprune.prune.structured.storage import STRUCTURE_FILE, load_structured
-
     folder = Path(spec).expanduser()
-    # Folders written by babelprune carry a marker file saying how to rebuild them.
-    for marker, loader in ((METADATA_FILE, load_pruned), (STRUCTURE_FILE, load_structured)):
-        if (folder / marker).is_file():
-            loaded = loader(folder)
-            loaded.spec = spec
-            loaded.model.eval()
-            return loaded
+    loader = saved_format_loader(folder)
+    if loader is not None:
+        loaded = loader(folder)
+        loaded.spec = spec
+        loaded.model.eval()
+        return loaded
     source = resolve_spec(spec)
-    config = _load_config(source, spec)
-    adapter_for(config)  # fails early, naming supported families, for unknown architectures
-    kind = model_kind(config)
-    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    hf_logging.disable_progress_bar()  # loading a local folder takes seconds; its bar is noise
-    try:
-        model = auto.from_pretrained(source, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BabelpruneError(
-            f"The model '{spec}' could not be loaded ({first}); the folder may be corrupt or incomplete: re-create it."
-        ) from None
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=source if isinstance(source, Path) else None, kind=kind)
+    return load_hf_model(source, spec, _how_to_redo(spec, source), dtype)

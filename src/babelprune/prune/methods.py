@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import (
     magnitude_scores,
     mwanda_scores,
@@ -21,6 +21,9 @@ from babelprune.prune.kernels import (
 )
 from babelprune.prune.sparsegpt import sparsegpt_prune
 from babelprune.prune.stats import LanguageStats
+
+if TYPE_CHECKING:  # annotations only: the config validates method names against METHODS, so it imports this module
+    from babelprune.prune.config import PruneConfig
 
 
 @dataclass(frozen=True)

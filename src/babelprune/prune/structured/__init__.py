@@ -4,7 +4,7 @@ Unlike the one-shot methods, which zero single weights, this makes every
 matrix physically smaller and the model faster:
 
     result = structured_prune(loaded, {"heads", "ffn"}, "gradient", 0.3, calibration)
-    save_structured(loaded.model, loaded.tokenizer, "out/", result.metadata())
+    save_structured(loaded.model, loaded.tokenizer, "out/", result.metadata())  # babelprune.formats.structured
     again = load_structured("out/")
 
 Importance: "magnitude" (no data), "activation" (Wanda), "gradient" (head
@@ -49,7 +49,6 @@ from babelprune.prune.structured.selection import (
     apply_selection,
     select_units,
 )
-from babelprune.prune.structured.storage import load_structured, save_structured
 from babelprune.prune.structured.units import (
     GqaMode,
     check_head_removal,
@@ -65,7 +64,7 @@ IMPORTANCE_METHODS = ("magnitude", "gradient", "activation", "l0")
 
 __all__ = [
     "IMPORTANCE_METHODS", "Importance", "L0Settings", "LayerKeep", "Selection", "StructuredResult",
-    "apply_selection", "compute_importance", "load_structured", "prune_copy", "save_structured",
+    "apply_selection", "compute_importance", "prune_copy",
     "select_units", "structured_prune",
 ]
 

@@ -38,7 +38,6 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -51,6 +50,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
+from babelprune.formats.dynamic import DYNAMIC_FILE, DYNAMIC_UNITS, FORMAT_VERSION, DynamicModel
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
@@ -65,11 +65,6 @@ from babelprune.prune.structured.units import (
     structure_of,
 )
 
-DYNAMIC_FILE = "babelprune_dynamic.json"
-HEAD_FILE = "babelprune_task_head.json"
-HEAD_WEIGHTS = "task_head.safetensors"
-FORMAT_VERSION = 1
-DYNAMIC_UNITS = ("heads", "ffn")
 
 
 class DynamicConfig(BaseModel):
@@ -126,26 +121,6 @@ class DynamicConfig(BaseModel):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise BabelpruneError(f"Dynamic training option {name} is {getattr(self, name)}; give a share in [0, 1).")
         return self
-
-
-@dataclass
-class DynamicModel:
-    """A dynamically trained model: full width, units in ranked order, and what `babelprune_dynamic.json` holds."""
-
-    loaded: LoadedModel
-    head: TaskHead | None  # the task head around `loaded.model`; None for language models
-    metadata: dict[str, Any]
-
-    @property
-    def levels(self) -> list[float]:
-        return list(self.metadata["levels"])
-
-    def selection(self, sparsity: float) -> Selection:
-        """The units kept at `sparsity` (a prefix of every block's units)."""
-        return level_selection(self.loaded.model, sparsity, self.metadata["units"], self.metadata.get("tolerance", DEFAULT_TOLERANCE))
-
-    def save(self, out: Path) -> Path:
-        return save_dynamic(self, out)
 
 
 @dataclass
@@ -349,7 +324,7 @@ from babelprune.prune.structured.dynamic_widths import (  # noqa: E402
     unit_orders,
     width_masks,
 )
-from babelprune.prune.structured.dynamic_storage import (  # noqa: E402
+from babelprune.formats.dynamic import (  # noqa: E402
     load_dynamic,
     load_task_head,
     read_dynamic_metadata,

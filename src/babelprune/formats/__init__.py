@@ -1,0 +1,14 @@
+"""The folders babelprune writes and reads back: one module per saved format.
+
+    hf          plain Hugging Face folders, the part every format shares: weights
+                files checked whole, tensors read with errors naming the file
+    pruned      one-shot pruning: HF folder + sparse/ copy + per-language mask bank
+    structured  narrower or fewer blocks: HF folder whose config records the widths
+    dynamic     Dynamic Sparsification: full-width HF folder + ranked-unit metadata
+                (+ task head), and slicing it to any width
+    registry    which format a folder holds (marker file -> loader), for `load_model`
+
+Loading (`babelprune.models.loading`) and pruning both import from here;
+nothing here imports `babelprune.models.loading`, so the two never import
+each other.
+"""
