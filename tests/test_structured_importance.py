@@ -100,19 +100,98 @@ def test_gradient_head_importance_matches_finite_differences():
     torch.testing.assert_close(heads, slopes / slopes.norm(), atol=1e-4, rtol=1e-4)
 
 
-def test_gradient_neuron_importance_is_first_order_taylor():
+def test_neuron_gradient_takes_each_samples_magnitude_before_summing():
+    # Block 1's FFN reads a hand-set activation X (2 samples, T, 64) and the loss of sample n is the sum over
+    # positions of output channel 0 of its down projection: L_n = sum_t sum_j W[0, j] * xi_nj * X[n, t, j].
+    # So dL_n/dxi_nj = W[0, j] * sum_t X[n, t, j]; only position 0 is non-zero.
+    #   neuron 0: W = 1,  X = (+2, -2) -> (+2, -2): |.| summed 4 (the sum before |.| would give 0)
+    #   neuron 1: W = 3,  X = (+1, +1) -> (+3, +3): 6
+    #   neuron 2: W = -1, X = (+1, -3) -> (-1, +3): 4 (before: 2)
+    # Per-block L2 normalisation divides by sqrt(16 + 36 + 16).
+    model = tiny_model("llama").double()
+    adapter = adapter_for(model)
+    down = adapter.ffn_linears(adapter.get_blocks(model)[1])["down"]
+    calibration = _calibration(rows_per_language=2, languages=("en",))
+    activation = torch.zeros(2, calibration.ids.shape[1], 64, dtype=torch.float64)
+    activation[:, 0, :3] = torch.tensor([[2.0, 1.0, 1.0], [-2.0, 1.0, -3.0]], dtype=torch.float64)
+    with torch.no_grad():
+        weight_matrix(down)[0, :3] = torch.tensor([1.0, 3.0, -1.0], dtype=torch.float64)
+    outputs = []
+    # Registered before the importance's own gate hook, so the gate multiplies the hand-set activation.
+    handles = [down.register_forward_pre_hook(lambda module, args: (activation, *args[1:])),
+               down.register_forward_hook(lambda module, args, output: outputs.append(output))]
+
+    def channel_zero(model, batch):
+        model(**batch)
+        return outputs[-1][:, :, 0].sum(dim=1)  # (N,)
+
+    try:
+        neurons = gradient_importance(model, calibration, {"ffn"}, loss_fn=channel_zero, batch_size=2)["en"].neurons
+    finally:
+        for handle in handles:
+            handle.remove()
+    expected = torch.zeros(64, dtype=torch.float64)
+    expected[:3] = torch.tensor([4.0, 6.0, 4.0], dtype=torch.float64) / math.sqrt(68.0)
+    torch.testing.assert_close(neurons[1], expected, atol=1e-12, rtol=1e-9)
+    assert torch.equal(neurons[0], torch.zeros(64, dtype=torch.float64))  # block 0 never reaches this loss
+
+
+def _loss_per_sample_with_neuron_scale(model, ids, down, neuron: int, scale: float) -> torch.Tensor:
+    column = weight_matrix(down)[:, neuron]
+    saved = column.clone()
+    with torch.no_grad():
+        column *= scale
+        loss = causal_lm_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False})
+        column.copy_(saved)
+    return loss  # (N,)
+
+
+def test_gradient_neuron_importance_matches_per_sample_finite_differences():
+    # Scaling a neuron's down column by xi is the same as gating its activation: dL_n/dxi per sample
+    # by central differences, |.| per sample, summed, then normalised over the block. GPT-2 (a Conv1D
+    # down projection) runs wholly in float64, so the differences are exact to rounding.
+    model = tiny_model("gpt2").double()
+    adapter = adapter_for(model)
+    calibration = _calibration(rows_per_language=2, languages=("en",))
+    down = adapter.ffn_linears(adapter.get_blocks(model)[1])["down"]
+    ffn = weight_matrix(down).shape[1]
+    eps = 1e-4
+    slopes = torch.stack([
+        (_loss_per_sample_with_neuron_scale(model, calibration.ids, down, j, 1 + eps)
+         - _loss_per_sample_with_neuron_scale(model, calibration.ids, down, j, 1 - eps)) / (2 * eps)
+        for j in range(ffn)
+    ])  # (ffn, 2)
+    expected = slopes.abs().sum(dim=1).double()
+    neurons = gradient_importance(model, calibration, {"ffn"}, batch_size=2)["en"].neurons[1]
+    torch.testing.assert_close(neurons, expected / expected.norm(), atol=1e-6, rtol=1e-5)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # nothing left behind
+
+
+def test_gradient_scores_have_unit_norm_in_every_block():
+    for family in ("llama", "bert", "gpt2"):
+        model = tiny_model(family)
+        for importance in gradient_importance(model, _calibration(), {"heads", "ffn"}, gqa="query", mask_token_id=3).values():
+            for heads, neurons in zip(importance.heads, importance.neurons, strict=True):
+                assert heads.norm().item() == pytest.approx(1.0)
+                assert neurons.norm().item() == pytest.approx(1.0)
+
+
+def test_gradient_block_importance_is_first_order_taylor():
     model = tiny_model("llama").double()
     adapter = adapter_for(model)
     calibration = _calibration(rows_per_language=2, languages=("en",))
-    ffn = adapter.ffn_linears(adapter.get_blocks(model)[1])
     ids = calibration.ids
     loss = causal_lm_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}).sum()
-    grads = torch.autograd.grad(loss, [ffn[n].weight for n in ("gate", "up", "down")])
-    gate, up, down = (ffn[n].weight.detach() * g for n, g in zip(("gate", "up", "down"), grads))
-    expected = (gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)).abs()  # (64,)
-    neurons = gradient_importance(model, calibration, {"ffn"}, batch_size=1)["en"].neurons[1]
-    torch.testing.assert_close(neurons, expected, atol=1e-8, rtol=1e-6)
-    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # nothing left behind
+    blocks = adapter.get_blocks(model)
+    weights = [[lin.weight for lin in adapter.block_linears(block).values()] for block in blocks]
+    grads = torch.autograd.grad(loss, [w for ws in weights for w in ws])
+    per_block, start = [], 0
+    for ws in weights:
+        per_block.append(sum((w.detach() * g).sum() for w, g in zip(ws, grads[start : start + len(ws)])).abs())
+        start += len(ws)
+    scores = gradient_importance(model, calibration, {"blocks"}, batch_size=1)["en"].blocks
+    torch.testing.assert_close(scores, torch.stack(per_block), atol=1e-8, rtol=1e-6)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
 
 
 def test_encoder_gradient_uses_the_masked_token_proxy_or_a_given_loss():

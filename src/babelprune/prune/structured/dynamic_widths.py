@@ -19,6 +19,7 @@ from babelprune.prune.structured.importance import (
     gradient_importance,
     head_gates,
     magnitude_importance,
+    neuron_gates,
 )
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
@@ -151,28 +152,21 @@ def width_masks(model: nn.Module, selection: Selection) -> Iterator[None]:
     projection, (N, T, ffn). Both equal removing the units: their rows feed
     nothing else.
     """
-    adapter = adapter_for(model)
     head_masks: dict[int, torch.Tensor] = {}
-    handles = []
-    for i, (block, layout, keep) in enumerate(zip(adapter.get_blocks(model), layer_layouts(model, adapter), selection.layers, strict=True)):
+    neuron_masks: dict[int, torch.Tensor] = {}
+    for i, (layout, keep) in enumerate(zip(layer_layouts(model, adapter_for(model)), selection.layers, strict=True)):
         if len(keep.query_heads) < layout.n_heads:
-            head_masks[i] = torch.zeros(1, layout.n_heads)  # (G=1, H)
+            head_masks[i] = torch.zeros(1, layout.n_heads)  # (G=1, H): the same mask for every sample
             head_masks[i][0, keep.query_heads] = 1.0
         if len(keep.neurons) < layout.ffn:
-            mask = torch.zeros(layout.ffn)
-            mask[keep.neurons] = 1.0
-
-            def hook(module, args, mask=mask):
-                return (args[0] * mask.to(args[0]), *args[1:])  # mask (ffn,) on the last dim, input's dtype and device
-
-            handles.append(adapter.ffn_linears(block)["down"].register_forward_pre_hook(hook))
-    gates = head_gates(model, "query", head_masks.get) if head_masks else contextlib.nullcontext()
-    try:
-        with gates:
-            yield
-    finally:
-        for handle in handles:
-            handle.remove()
+            neuron_masks[i] = torch.zeros(1, layout.ffn)  # (G=1, ffn)
+            neuron_masks[i][0, keep.neurons] = 1.0
+    with contextlib.ExitStack() as stack:
+        if head_masks:
+            stack.enter_context(head_gates(model, "query", head_masks.get))
+        if neuron_masks:
+            stack.enter_context(neuron_gates(model, neuron_masks.get))
+        yield
 
 
 def sandwich_levels(levels: Sequence[float], samples: int, generator: torch.Generator) -> list[float]:

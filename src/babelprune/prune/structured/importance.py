@@ -6,12 +6,16 @@ Every method reduces an elementwise score over the weights a unit owns (see
 * magnitude: sqrt(sum w^2), the L2 norm of all of a unit's weights.
 * activation (Wanda): sum |w_ij| * ||X_j||_2, the input norm taken per
   language (`LanguageStats.per_language_norm`).
-* gradient (Michel et al. 2019 for heads): each head's output, the slice of
-  the attention output projection's input, is multiplied by a gate xi = 1
-  through a forward pre-hook; importance is E_x |dL/dxi| over calibration
-  samples (one gate per sample), then divided by its L2 norm within each
-  block. Neurons and blocks take the first-order Taylor term
-  |sum w * dL/dw| over their weights, summed over a language's samples.
+* gradient (Michel et al. 2019; Li et al. 2022): every head's output (its
+  slice of the attention output projection's input) and every FFN neuron's
+  activation (its column of the down projection's input) is multiplied by a
+  gate xi = 1 through a forward pre-hook, one gate per sample. The importance
+  of a unit is sum over samples of |dL_n/dxi_n|: the absolute value is taken
+  per sample, so samples that push a unit in opposite directions do not
+  cancel. Each block's head scores, and each block's neuron scores, are then
+  divided by their L2 norm (every scored block has norm 1), which makes
+  blocks comparable in a global ranking. Blocks take the first-order Taylor
+  term |sum w * dL/dw| over their weights, summed over a language's samples.
 
 The loss: decoders use the causal LM loss. Encoders use `loss_fn(model,
 batch)` when given, else a masked-token proxy: 15% of the positions after
@@ -149,7 +153,9 @@ def activation_importance(model: nn.Module, calibration: Calibration, units: Uni
     return result
 
 
-# ----- head gates (shared with the L0 gates) ------------------------------------------
+# ----- unit gates (gradient importance, L0 gates, dynamic width masks) ---------------
+
+GateOf = Callable[[int], torch.Tensor | None]  # block index -> (G, units) gates, or None to leave the block alone
 
 
 def query_head_units(layout: LayerLayout, gqa: GqaMode) -> torch.Tensor:
@@ -159,36 +165,62 @@ def query_head_units(layout: LayerLayout, gqa: GqaMode) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def head_gates(model: nn.Module, gqa: GqaMode, gate_of: Callable[[int], torch.Tensor | None]) -> Iterator[None]:
-    """Multiply each head's output by a gate while inside the block.
+def _input_gates(linears: list[nn.Module], unit_widths: list[int], gate_of: GateOf) -> Iterator[None]:
+    """Multiply the input of linears[i], unit by unit, by gate_of(i) while inside.
 
-    gate_of(block index) returns (G, n_head_units) with G = 1 (one gate for
-    every sample) or G = batch size, or None to leave the block alone. The
-    hook sits on the input of the attention output projection, (N, T, H*d),
-    where head h owns columns h*d .. h*d + d - 1.
+    The input, (N, T, U*w) or flattened to (N*T, U*w) with the rows of a
+    sample together, is read as U units of w consecutive columns
+    (w = unit_widths[i]); gate_of(i) is (G, U) with G = 1 (one gate for every
+    sample) or G = N (one gate per sample).
     """
-    adapter = adapter_for(model)
-    layouts = layer_layouts(model, adapter)
     handles = []
-    for i, block in enumerate(adapter.get_blocks(model)):
-        unit_of_head = query_head_units(layouts[i], gqa)
-        d, n_heads = layouts[i].head_dim, layouts[i].n_heads
+    for i, (linear, width) in enumerate(zip(linears, unit_widths, strict=True)):
 
-        def hook(module, args, i=i, unit_of_head=unit_of_head, d=d, n_heads=n_heads):
+        def hook(module, args, i=i, width=width):
             gate = gate_of(i)
             if gate is None:
                 return None
             x = args[0]
-            per_head = gate[:, unit_of_head].to(x.dtype)  # (G, H)
-            gated = x.reshape(gate.shape[0], -1, n_heads, d) * per_head[:, None, :, None]
-            return (gated.reshape(x.shape), *args[1:])
+            n_samples, n_units = gate.shape
+            scaled = x.reshape(n_samples, -1, n_units, width) * gate.to(x)[:, None, :, None]  # x's dtype and device
+            return (scaled.reshape(x.shape), *args[1:])
 
-        handles.append(adapter.attention_linears(block)["o"].register_forward_pre_hook(hook))
+        handles.append(linear.register_forward_pre_hook(hook))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def head_gates(model: nn.Module, gqa: GqaMode, gate_of: GateOf) -> contextlib.AbstractContextManager[None]:
+    """Multiply each head's output by a gate while inside.
+
+    gate_of(block index) returns (G, n_head_units) or None. The hook sits on
+    the input of the attention output projection, (N, T, H*d), where head h
+    owns columns h*d .. h*d + d - 1; a unit's gate goes to all its query heads.
+    """
+    adapter = adapter_for(model)
+    layouts = layer_layouts(model, adapter)
+    unit_of_head = [query_head_units(layout, gqa) for layout in layouts]
+
+    def per_query_head(i: int) -> torch.Tensor | None:
+        gate = gate_of(i)
+        return None if gate is None else gate[:, unit_of_head[i]]  # (G, H)
+
+    outputs = [adapter.attention_linears(block)["o"] for block in adapter.get_blocks(model)]
+    return _input_gates(outputs, [layout.head_dim for layout in layouts], per_query_head)
+
+
+def neuron_gates(model: nn.Module, gate_of: GateOf) -> contextlib.AbstractContextManager[None]:
+    """Multiply each FFN neuron's activation by a gate while inside.
+
+    gate_of(block index) returns (G, ffn) or None. The hook sits on the input
+    of the FFN down projection, (N, T, ffn): neuron j is column j.
+    """
+    adapter = adapter_for(model)
+    downs = [adapter.ffn_linears(block)["down"] for block in adapter.get_blocks(model)]
+    return _input_gates(downs, [1] * len(downs), gate_of)
 
 
 # ----- losses --------------------------------------------------------------------------
@@ -264,32 +296,45 @@ def _taylor(adapter: ArchAdapter, linear: nn.Module) -> torch.Tensor:
     return weight_matrix(linear).double() * _grad_matrix(adapter, linear).double()
 
 
+def _unit_norm_per_block(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each block's scores divided by their L2 norm (a block whose scores are all 0 stays 0)."""
+    return [s / s.norm() if s.norm() > 0 else s for s in scores]
+
+
 def gradient_importance(model: nn.Module, calibration: Calibration, units: Units, gqa: GqaMode = "groups",
                         loss_fn: LossFn | None = None, batch_size: int = 1, mask_token_id: int | None = None) -> dict[str, Importance]:
-    """Head-mask gradients (heads) and Taylor scores (neurons, blocks), one `Importance` per language."""
+    """Gate gradients (heads, neurons) and Taylor scores (blocks), one `Importance` per language."""
     units = check_units(units)
     adapter = adapter_for(model)
     loss_fn = loss_fn or default_loss(model, mask_token_id)
     layouts = layer_layouts(model, adapter)
-    weights = [lin.weight for b in adapter.get_blocks(model) for lin in adapter.block_linears(b).values()] if units & {"ffn", "blocks"} else []
-    gates: dict[int, torch.Tensor] = {}
+    gate_widths = {"heads": [lay.n_head_units(gqa) for lay in layouts], "ffn": [lay.ffn for lay in layouts]}
+    gated = sorted(units & set(gate_widths))
+    weights = [lin.weight for b in adapter.get_blocks(model) for lin in adapter.block_linears(b).values()] if "blocks" in units else []
+    gates: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "ffn": {}}  # empty for unit types not scored: no hook acts
     result = {}
-    with _grads_on(model, weights), head_gates(model, gqa, gates.get if "heads" in units else lambda i: None), torch.enable_grad():
+    with (_grads_on(model, weights), torch.enable_grad(),
+          head_gates(model, gqa, lambda i: gates["heads"].get(i)), neuron_gates(model, lambda i: gates["ffn"].get(i))):
         for lang in calibration.language_set:
-            head_sums = [torch.zeros(lay.n_head_units(gqa), dtype=torch.float64) for lay in layouts]
+            sums = {kind: [torch.zeros(n, dtype=torch.float64) for n in gate_widths[kind]] for kind in gated}
             for ids in _batches(calibration, lang, batch_size):
-                for i, lay in enumerate(layouts):
-                    gates[i] = torch.ones(ids.shape[0], lay.n_head_units(gqa), requires_grad="heads" in units)
-                loss = loss_fn(model, _model_inputs(ids, adapter))
-                loss.sum().backward()
-                for i in range(len(layouts)):
-                    if gates[i].grad is not None:
-                        head_sums[i] += gates[i].grad.abs().sum(dim=0).double()  # sum over samples of |dL/dxi|
-            taylor = Importance(gqa=gqa)
-            if weights:  # |sum over a unit's weights of w * dL/dw|, gradients summed over the language's samples
-                taylor = _reduce(model, adapter, units - {"heads"}, gqa, lambda i, name, lin: _taylor(adapter, lin), torch.abs)
-            for w in weights:
-                w.grad = None
-            heads = [s / s.norm() if s.norm() > 0 else s for s in head_sums] if "heads" in units else None
-            result[lang] = Importance(heads, taylor.neurons, taylor.blocks, gqa)
+                for kind in gated:  # (N, units) per block: gate n only scales sample n
+                    gates[kind] = {i: torch.ones(ids.shape[0], n, requires_grad=True) for i, n in enumerate(gate_widths[kind])}
+                # Per-sample losses summed: the gradient of sample n's gates is dL_n/dxi_n alone.
+                loss_fn(model, _model_inputs(ids, adapter)).sum().backward()
+                for kind in gated:
+                    for i, gate in gates[kind].items():
+                        if gate.grad is not None:  # None: the block does not reach the loss
+                            sums[kind][i] += gate.grad.abs().sum(dim=0).double()  # |dL_n/dxi_n| summed over samples
+            blocks = None
+            if weights:  # |sum over a block's weights of w * dL/dw|, gradients summed over the language's samples
+                blocks = _reduce(model, adapter, {"blocks"}, gqa, lambda i, name, lin: _taylor(adapter, lin), torch.abs).blocks
+                for w in weights:
+                    w.grad = None
+            result[lang] = Importance(
+                heads=_unit_norm_per_block(sums["heads"]) if "heads" in sums else None,
+                neurons=_unit_norm_per_block(sums["ffn"]) if "ffn" in sums else None,
+                blocks=blocks,
+                gqa=gqa,
+            )
     return result

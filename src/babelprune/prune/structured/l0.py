@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +47,7 @@ from babelprune.prune.structured.importance import (
     check_units,
     default_loss,
     head_gates,
+    neuron_gates,
 )
 from babelprune.prune.structured.selection import Importance
 from babelprune.prune.structured.units import (
@@ -125,24 +125,6 @@ class L0Trace:
     lambdas: list[tuple[float, float]] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def _neuron_gates(model: nn.Module, gate_of) -> Iterator[None]:
-    """Multiply the FFN down projection's input (..., ffn) by gate_of(block) (ffn,)."""
-    adapter = adapter_for(model)
-    handles = []
-    for i, block in enumerate(adapter.get_blocks(model)):
-
-        def hook(module, args, i=i):
-            return (args[0] * gate_of(i).to(args[0].dtype), *args[1:])
-
-        handles.append(adapter.ffn_linears(block)["down"].register_forward_pre_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _unit_costs(model: nn.Module, units: Units, gqa: GqaMode) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     adapter = adapter_for(model)
     heads, neurons = [], []
@@ -188,7 +170,7 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
         if head_alpha:
             stack.enter_context(head_gates(model, gqa, lambda i: sampled["heads"][i].unsqueeze(0)))
         if neuron_alpha:
-            stack.enter_context(_neuron_gates(model, lambda i: sampled["ffn"][i]))
+            stack.enter_context(neuron_gates(model, lambda i: sampled["ffn"][i].unsqueeze(0)))  # (1, ffn): one gate for the batch
         for step in range(settings.steps):
             for name, alphas in (("heads", head_alpha), ("ffn", neuron_alpha)):
                 sampled[name] = [sample_gates(a, torch.rand(a.shape, generator=generator).clamp(_EPS, 1 - _EPS)) for a in alphas]
