@@ -7,10 +7,11 @@ matrix physically smaller and the model faster:
     save_structured(loaded.model, loaded.tokenizer, "out/", result.metadata())  # babelprune.formats.structured
     again = load_structured("out/")
 
-Importance: "magnitude" (no data), "activation" (Wanda), "gradient" (head
-masks, Taylor for neurons) and "l0" (hard-concrete gates); see
-`importance.py` and `l0.py`. Sparsity is the share of the blocks' attention
-and FFN parameters removed; see `selection.py` for how units are chosen.
+Importance: "magnitude" (no data), "activation" (Wanda), "gradient" (gate
+gradients for heads and neurons, Taylor for blocks) and "l0" (hard-concrete
+gates); see `importance.py` and `l0.py`. Sparsity is the share of the
+blocks' attention and FFN parameters removed; see `selection.py` for how
+units are chosen.
 
 Settings: "shared" pools every calibration language into one ranking and
 prunes the model in place; "per-language" ranks units once per language and
