@@ -1,17 +1,22 @@
 """Where converted models and fetched corpora live, and atomic writes.
 
 Nothing is ever half-written: outputs are built in a temporary sibling
-folder and renamed into place only when complete.
+folder and renamed into place only when complete. A disk that fills up on
+the way (ENOSPC) ends in one sentence, with the temporary removed and any
+previous output left as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from babelprune.errors import BabelpruneError
 
 
 def cache_dir() -> Path:
@@ -26,30 +31,73 @@ def cache_dir() -> Path:
     return root
 
 
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# How libraries that do not raise OSError (safetensors' Rust writer, torch's zip writer) word a full disk.
+_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, reports a full disk or an exhausted quota."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(words in str(exc) for words in _DISK_FULL_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(target: Path) -> BabelpruneError:
+    return BabelpruneError(f"No space left on device while writing {target}; free some space or choose another --out.")
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `final`, on any error it is deleted.
 
-    An interrupted run (Ctrl-C included) therefore leaves no half-written output.
+    An interrupted run (Ctrl-C included) therefore leaves no half-written
+    output, and with `overwrite` the previous `final` stays whole until the
+    new one is in place. A full disk becomes a BabelpruneError naming `final`.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not overwrite:
             raise FileExistsError(final)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        _move_into_place(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(final) from exc
+        raise
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is set aside first and put back if the rename fails."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.previous-", dir=final.parent))
+    previous = aside / final.name
+    os.rename(final, previous)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.rename(previous, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old file or the whole new one."""
+    """Write a text file so that readers see either the old file or the whole new one.
+
+    A full disk becomes a BabelpruneError naming `path`, the old file untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -57,9 +105,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full_error(path) from exc
         raise
 
 
@@ -71,8 +121,6 @@ def read_json_record(file: Path, newest_version: int, redo: str) -> dict | None:
     the command that rewrites it, for the error message.
     """
     import json
-
-    from babelprune.errors import BabelpruneError
 
     file = Path(file)
     if not file.is_file():
