@@ -27,6 +27,14 @@
 Uses: an encoder with a task head (`babelprune.finetune.heads.TaskHead`) on a
 classification task, or a causal LM trained on calibration windows.
 
+What ranks the units: the gradient and activation importances read
+calibration windows. A causal LM trains on them, so they rank it too. An
+encoder ranks on the calibration windows when given, else on windows cut
+from its own training texts (`training_windows`): the text it is about to
+train on, with the encoder's label-free masked-token proxy loss, since the
+task head is still random. `babelprune_dynamic.json` records which
+(`ranking`).
+
 Grouped-query attention: query heads are the head units and every key/value
 head is kept; a block's query heads are ranked within their own group, so
 each group keeps the same number of them.
@@ -35,6 +43,7 @@ each group keeps the same number of them.
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +56,7 @@ from torch import nn
 
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
+from babelprune.evaluate.windows import SEPARATOR, start_token_id
 from babelprune.progress import progress_bar
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
@@ -65,6 +75,7 @@ from babelprune.prune.structured.units import (
     structure_of,
 )
 
+_TOKENIZE_CHUNK = 64  # training texts tokenized at a time while filling the ranking windows
 
 
 class DynamicConfig(BaseModel):
@@ -89,6 +100,7 @@ class DynamicConfig(BaseModel):
     importance: Literal["magnitude", "gradient", "activation"] = "magnitude"
     tolerance: float = DEFAULT_TOLERANCE
     max_length: int = 64
+    ranking_windows: int = 32  # encoders ranked without calibration: windows of max_length tokens per language
     text_prefix: str = "query: "  # e5 models expect it
     pooling: Literal["mean", "cls"] = "mean"
     dropout: float = 0.1
@@ -110,7 +122,7 @@ class DynamicConfig(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> DynamicConfig:
-        for name in ("steps", "batch_size", "lr", "temperature", "max_length"):
+        for name in ("steps", "batch_size", "lr", "temperature", "max_length", "ranking_windows"):
             if not getattr(self, name) > 0:
                 raise BabelpruneError(f"Dynamic training option {name} is {getattr(self, name)}; give a positive value.")
         if self.samples_per_step < 0:
@@ -162,6 +174,74 @@ def _lm_objective(calibration: Calibration, config: DynamicConfig) -> _Objective
         return logits, ids[:, 1:]
 
     return _Objective(batch, forward)
+
+
+def _ranking_text(example: Example) -> str:
+    """The words of an example, as one line: its text (and pair), or its tokens."""
+    if example.tokens is not None:
+        return " ".join(example.tokens)
+    return " ".join(part for part in (example.text, example.text_pair) if part)
+
+
+def training_windows(tokenizer, examples: Sequence[Example], source: str, seq_len: int, windows_per_language: int,
+                     prefix: str = "", seed: int = 0) -> Calibration:
+    """Calibration-style windows cut from training examples, to rank an encoder's units on its own training text.
+
+    Per language, the examples are visited in a seeded order and their texts
+    (`prefix` + text) joined by newlines into one token stream; a window is
+    the start token + seq_len - 1 tokens of it, at most `windows_per_language`
+    windows per language. When a language's text is shorter than one window,
+    every window is shortened to fit it (the windows of a calibration have
+    one length).
+    """
+    by_language: dict[str, list[Example]] = {}
+    for example in examples:
+        by_language.setdefault(example.lang, []).append(example)
+    separator = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+    needed = windows_per_language * (seq_len - 1)
+    streams = {}
+    for lang, chosen in by_language.items():
+        chosen = list(chosen)
+        random.Random(f"{seed}:{lang}").shuffle(chosen)
+        stream: list[int] = []
+        for start in range(0, len(chosen), _TOKENIZE_CHUNK):
+            texts = [prefix + _ranking_text(example) for example in chosen[start : start + _TOKENIZE_CHUNK]]
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                stream.extend(ids + separator)
+            if len(stream) >= needed:
+                break
+        streams[lang] = stream
+    body_length = min(seq_len - 1, *(len(stream) for stream in streams.values()))
+    if body_length < 1:
+        raise BabelpruneError(f"The training texts of '{source}' have no tokens to rank units on; give examples with text.")
+    windows, languages = [], []
+    for lang, stream in streams.items():
+        count = min(windows_per_language, len(stream) // body_length)
+        body = torch.tensor(stream[: count * body_length]).reshape(count, body_length)  # (count, T - 1)
+        windows.append(torch.cat([torch.full((count, 1), start_token_id(tokenizer)), body], dim=1))  # (count, T)
+        languages += [lang] * count
+    return Calibration(torch.cat(windows), tuple(languages), f"{source}:train")
+
+
+def _ranking_data(loaded: LoadedModel, config: DynamicConfig, task: Task | None, examples: list[Example],
+                  calibration: Calibration | None) -> Calibration | None:
+    """The windows that rank the units: none for magnitude, else the calibration, else an encoder's training texts."""
+    if config.importance == "magnitude":
+        return None
+    if calibration is not None or task is None:
+        return calibration
+    return training_windows(loaded.tokenizer, examples, task.name, config.max_length, config.ranking_windows,
+                            config.text_prefix, config.seed)
+
+
+def _ranking_info(loaded: LoadedModel, importance: str, data: Calibration | None, from_training: bool) -> dict:
+    """What ranked the units, for the metadata."""
+    if data is None:
+        return {"importance": importance, "data": "weights"}
+    info = {"importance": importance, "data": "task-train" if from_training else "calibration", **data.describe()}
+    if importance == "gradient":
+        info["loss"] = "causal-lm" if loaded.kind == "causal-lm" else "masked-token proxy"
+    return info
 
 
 def _check(loaded: LoadedModel, config: DynamicConfig, task: Task | None, calibration: Calibration | None) -> None:
@@ -269,22 +349,27 @@ def train_dynamic(
 
     Encoders get a task head and train on `train_examples` (default: the
     task's English training set, or its first language's); causal LMs train
-    on the `calibration` windows. `calibration` also feeds the gradient and
-    activation importances. `on_step(step, {level: loss})` runs after each step.
+    on the `calibration` windows. The gradient and activation importances
+    rank on `calibration`; an encoder given none ranks on windows of its
+    training texts (`training_windows`). `on_step(step, {level: loss})` runs
+    after each step.
     """
     started = time.perf_counter()
     _check(loaded, config, task, calibration)
     model = loaded.model
     # Widths depend on the layouts only, which reordering keeps: unreachable levels fail before any work.
     selections = {level: level_selection(model, level, config.units, config.tolerance) for level in config.levels}
-    orders = unit_orders(rank_units(loaded, config.units, config.importance, calibration), layer_layouts(model, adapter_for(model)))
-    permute_units(model, orders)
-    torch.manual_seed(config.seed)  # the classifier's initialisation and dropout
-    head, info = None, None
+    examples: list[Example] = []
     if task is not None:
         langs = task.languages()
         examples = list(train_examples) if train_examples is not None else task.examples("en" if "en" in langs else langs[0], "train")
         check_examples(task, examples, "training")
+    ranking_data = _ranking_data(loaded, config, task, examples, calibration)
+    orders = unit_orders(rank_units(loaded, config.units, config.importance, ranking_data), layer_layouts(model, adapter_for(model)))
+    permute_units(model, orders)
+    torch.manual_seed(config.seed)  # the classifier's initialisation and dropout
+    head, info = None, None
+    if task is not None:
         head, info = TaskHead(model, task.kind, len(task.labels), config.pooling, config.dropout), _task_info(task, config)
         objective = _task_objective(loaded.tokenizer, task.kind, examples, config)
     else:
@@ -303,6 +388,7 @@ def train_dynamic(
         "widths": {str(level): {"heads": [len(k.query_heads) for k in s.layers], "ffn": [len(k.neurons) for k in s.layers]}
                    for level, s in selections.items()},
         "order": orders, "task": info, "calibration": calibration.describe() if calibration is not None else None,
+        "ranking": _ranking_info(loaded, config.importance, ranking_data, ranking_data is not calibration),
         "config": config.model_dump(mode="json"), "steps": config.steps, "seconds": seconds,
     }
     loaded.pruning = metadata
