@@ -9,6 +9,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.prune.gradual import (
     GMPConfig,
     GradualPruner,
+    RelativeGMPConfig,
     cubic_sparsity,
     global_masks,
     gmp_targets,
@@ -77,6 +78,41 @@ def test_for_steps_hand_schedule():
     config = GMPConfig.for_steps(0.7, 44)
     assert (config.start_step, config.end_step, config.interval) == (4, 31, 3)
     assert config.sparsity_at(31) == 0.7
+
+
+@pytest.mark.parametrize(
+    ("shares", "total", "expected"),
+    [
+        ({}, 16, (2, 11, 1)),  # the default run: round(1.6) = 2, round(11.2) = 11, ceil(9 / 10) = 1
+        ({}, 60, (6, 42, 4)),  # --max-steps 60: ceil(36 / 10) = 4
+        ({"start": 0.25, "end": 0.5, "interval": 5}, 40, (10, 20, 5)),
+        ({"start": 0.0, "end": 1.0}, 3, (0, 3, 1)),
+        ({}, 0, (0, 0, 1)),  # no training (retrieval): prune at once
+    ],
+)
+def test_relative_schedule_by_hand(shares, total, expected):
+    schedule = RelativeGMPConfig(final_sparsity=0.7, scope="global", **shares).for_steps(total)
+    assert (schedule.start_step, schedule.end_step, schedule.interval) == expected
+    assert (schedule.final_sparsity, schedule.scope) == (0.7, "global")
+    assert schedule.sparsity_at(expected[1]) == 0.7
+
+
+@pytest.mark.parametrize(
+    ("shares", "message"),
+    [
+        ({"start": 0.8, "end": 0.5}, "The pruning schedule starts at 0.8 of the run but ends at 0.5; "
+         "give a start share (--gmp-start) below the end share (--gmp-end)."),
+        ({"start": 0.5, "end": 0.5}, "The pruning schedule starts at 0.5 of the run but ends at 0.5; "
+         "give a start share (--gmp-start) below the end share (--gmp-end)."),
+        ({"start": -0.1}, "The pruning schedule starts at -0.1 of the run; give a start share in [0, 1) (--gmp-start)."),
+        ({"end": 1.5}, "The pruning schedule ends at 1.5 of the run; give an end share in (0, 1] (--gmp-end)."),
+        ({"interval": 0}, "The pruning interval is 0 steps; give an interval of at least 1 step (--gmp-interval)."),
+    ],
+)
+def test_relative_schedule_errors_name_the_fix(shares, message):
+    with pytest.raises(BabelpruneError) as error:
+        RelativeGMPConfig(final_sparsity=0.5, **shares)
+    assert str(error.value) == message
 
 
 # ----------------------------------------------------------------------------- masks by hand
@@ -185,3 +221,38 @@ def test_state_dict_round_trip_applies_the_same_masks():
     assert restored.current_sparsity == 0.5
     for name, mask in pruner.masks.items():
         assert torch.equal(restored.targets[name].detach() == 0, mask)
+
+
+def _pruned_state() -> tuple[dict, GradualPruner]:
+    """The state of a pruner at 0.5, and a fresh pruner of the same model layout to load it into."""
+    pruner = GradualPruner(tiny_model("bert", seed=0), GMPConfig(final_sparsity=0.5, end_step=0))
+    pruner.step(0)
+    return pruner.state_dict(), GradualPruner(tiny_model("bert", seed=1), GMPConfig(final_sparsity=0.5, end_step=0))
+
+
+def test_an_empty_state_before_the_first_update_loads():
+    state, restored = _pruned_state()
+    restored.load_state_dict({"masks": {}, "current_sparsity": 0.0})
+    assert restored.masks == {} and restored.current_sparsity == 0.0
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda s: s["masks"].pop("1.up"), "the saved masks lack weights this model prunes (1.up)"),
+        (lambda s: s["masks"].update({"9.q": s["masks"]["0.q"]}), "the saved masks name weights this model lacks (9.q)"),
+        (lambda s: s["masks"].update({"0.q": s["masks"]["0.q"][:3]}), "the saved mask of 0.q has shape (3, 32), the weight (32, 32)"),
+        (lambda s: s.update({"current_sparsity": 1.5}), "the saved pruning sparsity 1.5 is not a share in [0, 1)"),
+        (lambda s: s.pop("masks"), "the saved pruning state holds no masks"),
+    ],
+    ids=["missing", "unknown", "shape", "sparsity", "no-masks"],
+)
+def test_mask_state_that_does_not_fit_is_one_sentence(edit, problem):
+    state, restored = _pruned_state()
+    edit(state)
+    with pytest.raises(BabelpruneError) as error:
+        restored.load_state_dict(state)
+    assert str(error.value) == (
+        f"The pruning masks cannot be restored: {problem}; restore masks saved with the same model and pruning options."
+    )
+    assert restored.masks == {}  # nothing half-restored

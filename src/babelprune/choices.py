@@ -25,3 +25,7 @@ Ranking = Literal["global", "per-layer"]
 
 # Corpora.
 Split = Literal["calib", "eval", "all"]
+
+# Fine-tuning (the training modes of babelprune.data.tasks; babelprune.prune.gradual).
+TrainingMode = Literal["zero-shot", "multilingual", "monolingual"]
+GmpScope = Literal["per-layer", "global"]

@@ -6,6 +6,10 @@ step), quickly at first and slowly towards the end::
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3
 
+`GMPConfig` gives the schedule in steps; `RelativeGMPConfig` gives start
+and end as shares of a run's steps, so one configuration fits runs of any
+length (`RelativeGMPConfig.for_steps(T)` is the step schedule of T steps).
+
 At every update step the `GradualPruner` recomputes the masks by magnitude:
 the lowest ``|w|`` share of each matrix (``per-layer``) or below one
 threshold shared by all targeted matrices (``global``). Between updates the
@@ -31,18 +35,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
+from babelprune.choices import GmpScope
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for
 from babelprune.prune.engine import named_linears
 from babelprune.prune.kernels import check_sparsity, lowest_scores_mask, magnitude_scores, pruned_count, unstructured_mask
 
-Scope = Literal["per-layer", "global"]
+Scope = GmpScope  # per-layer or global magnitude ranking
 EMBEDDING_NAME = "embeddings"
 
 
@@ -115,22 +118,79 @@ class GMPConfig(BaseModel):
         start: float = 0.1,
         end: float = 0.7,
         updates: int = 10,
+        interval: int | None = None,
         **options: object,
     ) -> GMPConfig:
-        """A schedule pruning from `start` to `end` (shares of `total_steps`) in about `updates` steps.
+        """A schedule pruning from `start` to `end` (shares of `total_steps`) every `interval` steps.
 
-        Ending before the last step leaves the model some steps to recover at
-        the final sparsity, as in Zhu & Gupta's recipe.
+        Without an `interval`, about `updates` updates are spread over the
+        pruning span. Ending before the last step leaves the model some steps
+        to recover at the final sparsity, as in Zhu & Gupta's recipe. With 0
+        steps (no training) the schedule prunes at once, at step 0.
         """
-        if total_steps < 1:
-            raise BabelpruneError(f"Training has {total_steps} steps; a pruning schedule needs at least 1.")
-        if not 0.0 <= start <= end <= 1.0:
-            raise BabelpruneError(f"Schedule shares start={start}, end={end} must satisfy 0 <= start <= end <= 1.")
+        if total_steps < 0:
+            raise BabelpruneError(f"Training has {total_steps} steps; a pruning schedule needs 0 or more.")
+        check_schedule_shares(start, end)
         start_step = int(round(start * total_steps))
         end_step = max(start_step, int(round(end * total_steps)))
-        interval = max(1, math.ceil((end_step - start_step) / max(1, updates)))
+        if interval is None:
+            interval = max(1, math.ceil((end_step - start_step) / max(1, updates)))
         return cls(
             final_sparsity=final_sparsity, start_step=start_step, end_step=end_step, interval=interval, **options
+        )
+
+
+def check_schedule_shares(start: float, end: float) -> None:
+    """Raise a one-sentence error unless 0 <= start < end <= 1 (shares of a run's steps)."""
+    if not 0.0 <= start < 1.0:
+        raise BabelpruneError(
+            f"The pruning schedule starts at {start} of the run; give a start share in [0, 1) (--gmp-start)."
+        )
+    if not 0.0 < end <= 1.0:
+        raise BabelpruneError(
+            f"The pruning schedule ends at {end} of the run; give an end share in (0, 1] (--gmp-end)."
+        )
+    if start >= end:
+        raise BabelpruneError(
+            f"The pruning schedule starts at {start} of the run but ends at {end}; "
+            "give a start share (--gmp-start) below the end share (--gmp-end)."
+        )
+
+
+class RelativeGMPConfig(BaseModel):
+    """A GMP schedule given as shares of a run's training steps, so it fits any run length.
+
+    Pruning starts at ``start * T`` and ends at ``end * T`` (rounded) of a run
+    of T optimizer steps, with an update every `interval` steps (None: about
+    ten updates over the span). `for_steps(T)` gives the `GMPConfig` a run
+    of T steps follows; each run of a configuration gets its own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    initial_sparsity: float = 0.0
+    final_sparsity: float
+    start: float = 0.1
+    end: float = 0.7
+    interval: int | None = None
+    scope: Scope = "per-layer"
+    include_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> RelativeGMPConfig:
+        check_sparsity(self.initial_sparsity)
+        check_sparsity(self.final_sparsity)
+        check_schedule_shares(self.start, self.end)
+        if self.interval is not None and self.interval < 1:
+            raise BabelpruneError(
+                f"The pruning interval is {self.interval} steps; give an interval of at least 1 step (--gmp-interval)."
+            )
+        return self
+
+    def for_steps(self, total_steps: int) -> GMPConfig:
+        """The step schedule of a run of `total_steps` optimizer steps."""
+        return GMPConfig.for_steps(
+            self.final_sparsity, total_steps, self.start, self.end, interval=self.interval,
+            initial_sparsity=self.initial_sparsity, scope=self.scope, include_embeddings=self.include_embeddings,
         )
 
 
@@ -247,15 +307,40 @@ class GradualPruner:
         """Masks and the target they were computed for (for checkpoints)."""
         return {"masks": {name: mask.clone() for name, mask in self.masks.items()}, "current_sparsity": self.current_sparsity}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def state_problem(self, state: object) -> str | None:
+        """What keeps `state` (from `state_dict`) from fitting this pruner, as a phrase; None when it fits."""
+        if not isinstance(state, dict) or not isinstance(state.get("masks"), dict):
+            return "the saved pruning state holds no masks"
         masks = state["masks"]
-        assert isinstance(masks, dict)
-        unknown = set(masks) - set(self.targets)
+        sparsity = state.get("current_sparsity")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            return f"the saved pruning sparsity {sparsity!r} is not a share in [0, 1)"
+        unknown = sorted(set(masks) - set(self.targets))
         if unknown:
+            return f"the saved masks name weights this model lacks ({_first_names(unknown)})"
+        missing = sorted(set(self.targets) - set(masks))
+        if masks and missing:  # no masks at all is the state before the first update
+            return f"the saved masks lack weights this model prunes ({_first_names(missing)})"
+        for name, mask in masks.items():
+            if not isinstance(mask, torch.Tensor) or mask.shape != self.targets[name].shape:
+                shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                return f"the saved mask of {name} has shape {shape}, the weight {tuple(self.targets[name].shape)}"
+        return None
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore masks saved by `state_dict` (from a pruner with the same model and options) and apply them."""
+        problem = self.state_problem(state)
+        if problem is not None:
             raise BabelpruneError(
-                f"The saved pruning masks name weights this model lacks ({', '.join(sorted(unknown)[:3])}); "
-                "resume with the same model and pruning options."
+                f"The pruning masks cannot be restored: {problem}; restore masks saved with the same model and pruning options."
             )
+        masks: dict[str, torch.Tensor] = state["masks"]  # type: ignore[assignment]
         self._set_masks({name: mask.to(torch.bool) for name, mask in masks.items()})
         self.current_sparsity = float(state["current_sparsity"])  # type: ignore[arg-type]
         self.apply_masks()
+
+
+def _first_names(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more': enough names to find the problem, on one line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
