@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from babelprune.data import bible
@@ -89,12 +87,11 @@ def test_real_bible_alignment_and_empty_verses() -> None:
 
 
 @pytest.mark.real
-def test_real_bible_text_is_clean_and_fast() -> None:
+def test_real_bible_text_is_clean() -> None:
+    # How long a cold read takes is measured by benchmarks/cached_startup.py, not asserted here.
     corpus = BibleCorpus({"hi": "i"})
     bible._read_version.cache_clear()
-    start = time.perf_counter()
     hindi = corpus.texts("hi")
-    assert time.perf_counter() - start < 1.0
     assert not any(mark in text for text in hindi for mark in ("*", "[", "]"))
     assert not any(":" in text and "(" in text for text in hindi[:200])
     assert corpus.verse("zh", "43:1:1").startswith("太初有道，道与神同在")
