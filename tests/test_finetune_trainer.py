@@ -13,7 +13,7 @@ from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig, limit_examples, planned_steps
 from babelprune.finetune.trainer import batch_indices, build_head, finetune, linear_schedule, plan_runs, train_run
-from babelprune.prune.gradual import GMPConfig
+from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
 from babelprune.report.finetune_records import FinetuneResult
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
@@ -208,7 +208,7 @@ def test_interrupted_finetune_resumes_to_the_same_result(tiny_folder, tmp_path):
     straight = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "straight", progress=False)
     with pytest.raises(Interrupt):
         finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False, on_step=_interrupt_at(3))
-    with pytest.raises(BabelpruneError, match="checkpoint of another configuration"):
+    with pytest.raises(BabelpruneError, match=r"holds a fine-tuning run with other settings \(lr\); delete that folder"):
         other = tiny_config(checkpoint_every=2, languages=["en"], perturbations=["chars"], lr=5e-4)
         finetune(tiny_folder, TinyGenreTask(), other, tmp_path / "cut", progress=False)
     resumed = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False)
@@ -221,6 +221,61 @@ def test_a_finished_run_is_not_trained_again(tiny_folder, tmp_path):
     again = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
     assert again.scores == first.scores
     assert math.isclose(again.achieved_sparsity, first.achieved_sparsity)
+
+
+@pytest.fixture(scope="module")
+def other_tiny_folder(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("other-tiny-bert")
+    tiny_model("bert", seed=1).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_run_of_another_model_is_refused_not_reused(tiny_folder, other_tiny_folder, tmp_path):
+    config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
+    finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    with pytest.raises(BabelpruneError) as error:
+        finetune(other_tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
+    message = str(error.value)
+    assert message == (
+        f"{tmp_path / 'run'} holds a fine-tuning run with other settings (model); delete that folder or use a new --out."
+    )
+
+
+def test_a_folder_without_a_settings_record_is_refused(tiny_folder, tmp_path):
+    config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
+    finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "settings.json").unlink()  # as left by an older babelprune
+    with pytest.raises(BabelpruneError, match=r"other settings \(no record of its settings\)"):
+        finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
+
+
+def test_relative_schedule_fits_any_run_length(tiny_folder, tmp_path):
+    # The same shares over 6 steps (max_steps) and over 8 steps (2 epochs of 16 examples in batches of 4).
+    gmp = RelativeGMPConfig(final_sparsity=0.5)
+    six = finetune(tiny_folder, TinyGenreTask(), tiny_config(gmp=gmp, perturbations=[], languages=["en"]), tmp_path / "six", progress=False)
+    eight_config = tiny_config(gmp=gmp, perturbations=[], languages=["en"], max_steps=None, epochs=2.0)
+    eight = finetune(tiny_folder, TinyGenreTask(), eight_config, tmp_path / "eight", progress=False)
+    # 6 steps: start round(0.6) = 1, end round(4.2) = 4; 8 steps: start round(0.8) = 1, end round(5.6) = 6.
+    assert (six.steps, six.gmp.start_step, six.gmp.end_step, six.gmp.interval) == (6, 1, 4, 1)
+    assert (eight.steps, eight.gmp.start_step, eight.gmp.end_step, eight.gmp.interval) == (8, 1, 6, 1)
+    assert six.achieved_sparsity == 0.5 and eight.achieved_sparsity == 0.5
+    assert six.config["gmp"]["start"] == 0.1  # the configuration keeps the shares
+
+
+def test_monolingual_runs_of_different_lengths_each_get_their_own_schedule(tiny_folder, tmp_path):
+    class Uneven(TinyGenreTask):
+        def _examples(self, lang, split):  # French has half the training examples of English
+            examples = super()._examples(lang, split)
+            return examples[:8] if (lang, split) == ("fr", "train") else examples
+
+    config = tiny_config(mode="monolingual", languages=["en", "fr"], max_steps=None, perturbations=[],
+                         gmp=RelativeGMPConfig(final_sparsity=0.5, start=0.0, end=0.5))
+    finetune(tiny_folder, Uneven(), config, tmp_path / "mono", progress=False)
+    runs = {lang: FinetuneResult.load(tmp_path / "mono" / "runs" / lang / "result.json") for lang in ("en", "fr")}
+    # en: 16 examples in batches of 4 = 4 steps, end round(2.0) = 2; fr: 2 steps, end round(1.0) = 1.
+    assert (runs["en"].steps, runs["en"].gmp.end_step) == (4, 2)
+    assert (runs["fr"].steps, runs["fr"].gmp.end_step) == (2, 1)
 
 
 # ----------------------------------------------------------------------------- retrieval: no training

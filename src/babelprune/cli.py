@@ -12,6 +12,7 @@ from rich.console import Console
 from babelprune.choices import (
     Allocation,
     DynamicImportance,
+    GmpScope,
     GqaMode,
     Method,
     Order,
@@ -20,6 +21,7 @@ from babelprune.choices import (
     Split,
     StorageFormat,
     StructuredImportance,
+    TrainingMode,
 )
 from babelprune.errors import BabelpruneError, describe_validation_error, one_line
 
@@ -218,11 +220,11 @@ def bench_speed_command(
 
 
 def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed, gmp_scope,
-                    gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every):
+                    gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train, max_eval, checkpoint_every):
     """The task and the base fine-tuning configuration shared by `finetune` and `finetune-sweep`."""
     from babelprune.data.tasks import get_task
     from babelprune.finetune.config import FinetuneConfig
-    from babelprune.prune.gradual import GMPConfig
+    from babelprune.prune.gradual import RelativeGMPConfig
 
     options = {}
     for item in task_option or []:
@@ -235,8 +237,10 @@ def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size,
         lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, mode=mode, source_lang=source_lang,
         languages=_split_langs(langs), perturbations=_split_langs(perturbations), max_train_examples=max_train,
         max_eval_examples=max_eval, checkpoint_every=checkpoint_every,
-        # A placeholder schedule carries scope and embedding choice; its steps are fitted to the run.
-        gmp=GMPConfig.for_steps(0.5, 100, scope=gmp_scope, include_embeddings=gmp_embeddings).model_dump(),
+        # The schedule in shares of each run's steps; its final sparsity is a placeholder that
+        # `config_for` replaces (and validating it here refuses a bad schedule even for a dense run).
+        gmp=RelativeGMPConfig(final_sparsity=0.5, start=gmp_start, end=gmp_end, interval=gmp_interval,
+                              scope=gmp_scope, include_embeddings=gmp_embeddings),
     )
     return chosen, base
 
@@ -256,12 +260,15 @@ def finetune_command(
     model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
     task: Annotated[str, typer.Option(help="bible-genre, bible-retrieval, wikiann, xnli (see `babelprune tasks`).")] = "bible-genre",
     task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
-    mode: Annotated[str, typer.Option(help="zero-shot (train on --source-lang), multilingual or monolingual.")] = "zero-shot",
+    mode: Annotated[TrainingMode, typer.Option(help="zero-shot (train on --source-lang), multilingual (all --langs together) or monolingual (one model per language).")] = "zero-shot",
     source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
     langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all the task has).")] = None,
     gmp_final: Annotated[float, typer.Option(help="Final sparsity of gradual magnitude pruning (0: dense).")] = 0.0,
-    gmp_scope: Annotated[str, typer.Option(help="per-layer or global magnitude ranking.")] = "per-layer",
+    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
     gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
+    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
+    gmp_interval: Annotated[Optional[int], typer.Option(help="Steps between mask updates (default: about ten updates from start to end).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
     epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
@@ -277,8 +284,9 @@ def finetune_command(
     from babelprune.finetune.trainer import finetune
 
     chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed,
-                                   gmp_scope, gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every)
-    result = finetune(model, chosen, config_for(chosen, base, gmp_final, seed), out)
+                                   gmp_scope, gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train,
+                                   max_eval, checkpoint_every)
+    result = finetune(model, chosen, config_for(base, gmp_final, seed), out)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
         gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
         console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
@@ -293,11 +301,14 @@ def finetune_sweep_command(
     task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
     sparsities: Annotated[str, typer.Option(help="Final GMP sparsities (0 = dense).")] = "0,0.5,0.7,0.9,0.98",
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
-    mode: Annotated[str, typer.Option(help="zero-shot, multilingual or monolingual.")] = "zero-shot",
+    mode: Annotated[TrainingMode, typer.Option(help="Training mode (see `babelprune finetune --help`).")] = "zero-shot",
     source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
     langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all).")] = None,
-    gmp_scope: Annotated[str, typer.Option(help="per-layer or global.")] = "per-layer",
+    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
     gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
+    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
+    gmp_interval: Annotated[Optional[int], typer.Option(help="Steps between mask updates (default: about ten updates from start to end).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
     epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
@@ -314,8 +325,9 @@ def finetune_sweep_command(
     levels = [float(x) for x in sparsities.split(",")]
     seed_list = [int(x) for x in seeds.split(",")]
     chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps,
-                                   seed_list[0], gmp_scope, gmp_embeddings, perturbations, max_train, max_eval, checkpoint_every)
-    results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out)
+                                   seed_list[0], gmp_scope, gmp_embeddings, gmp_start, gmp_end, gmp_interval,
+                                   perturbations, max_train, max_eval, checkpoint_every)
+    results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out, on_notice=console.print)
     report = write_finetune_report(results, out / "report")
     console.print(f"{len(results)} runs; report written to {report}")
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from babelprune.data.tasks import TRAINING_MODES, Example, Task, TrainingMode, stable_rank
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import Pooling
-from babelprune.prune.gradual import GMPConfig
+from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
 
 HeadInit = Literal["probe", "random"]
 
@@ -46,7 +46,8 @@ class FinetuneConfig(BaseModel):
     mode: TrainingMode = "zero-shot"
     source_lang: str = "en"
     languages: list[str] | None = None  # evaluation languages; None: all of the task's
-    gmp: GMPConfig | None = None
+    # Pruning schedule: shares of each run's steps (RelativeGMPConfig) or fixed steps (GMPConfig); None: dense.
+    gmp: RelativeGMPConfig | GMPConfig | None = None
     perturbations: list[str] | None = None  # None: words and chars (+ entities for token tasks)
     perturbation_rate: float = 0.15
     perturbation_seed: int = 0  # the same perturbed sets for every training seed
@@ -105,6 +106,13 @@ def planned_steps(n_examples: int, config: FinetuneConfig) -> int:
     if config.max_steps is not None:
         return config.max_steps
     return max(1, math.ceil(config.epochs * math.ceil(n_examples / config.batch_size)))
+
+
+def run_schedule(config: FinetuneConfig, total_steps: int) -> GMPConfig | None:
+    """The step schedule a run of `total_steps` follows (None: no pruning); shares are fitted to that run."""
+    if isinstance(config.gmp, RelativeGMPConfig):
+        return config.gmp.for_steps(total_steps)
+    return config.gmp
 
 
 def limit_examples(examples: list[Example], limit: int | None, salt: str, by_key: bool = False) -> list[Example]:

@@ -2,14 +2,17 @@
 
 Sparsity 0 is the dense baseline (no pruning). Every other sparsity uses the
 base configuration's GMP schedule with its final sparsity replaced, or, when
-the base has none, `GMPConfig.for_steps` over the run's planned steps
-(pruning from 10% to 70% of training in about ten updates).
+the base has none, the default `RelativeGMPConfig` (pruning from 10% to 70%
+of each run's steps in about ten updates).
 
 Each run writes into its own folder ``<out_dir>/sparsity<s>-seed<n>/``. A run
-whose ``result.json`` exists is loaded instead of trained again, and a run cut
-short resumes from its checkpoints, so an interrupted sweep picks up where it
-stopped when started again with the same arguments. Runs go seed by seed
-(all sparsities of seed 0 first), so a partial sweep already compares every
+whose ``result.json`` exists and was made with the same settings (model,
+task and its options, configuration: `babelprune.finetune.settings`) is
+loaded instead of trained again, and a run cut short resumes from its
+checkpoints, so an interrupted sweep picks up where it stopped when started
+again with the same arguments. A run made with other settings is trained
+again, with a notice naming what changed. Runs go seed by seed (all
+sparsities of seed 0 first), so a partial sweep already compares every
 sparsity.
 """
 
@@ -20,9 +23,9 @@ from pathlib import Path
 
 from babelprune.data.tasks import Task, get_task
 from babelprune.errors import BabelpruneError
-from babelprune.finetune.config import FinetuneConfig, planned_steps
-from babelprune.finetune.trainer import RESULT_FILE, finetune, load_finished, plan_runs
-from babelprune.prune.gradual import GMPConfig
+from babelprune.finetune.config import FinetuneConfig
+from babelprune.finetune.trainer import Notice, current_settings, finetune, finished_result, plan_runs
+from babelprune.prune.gradual import RelativeGMPConfig
 from babelprune.prune.kernels import check_sparsity
 from babelprune.report.finetune_records import FinetuneResult
 
@@ -35,18 +38,18 @@ def run_folder_name(sparsity: float, seed: int) -> str:
     return f"sparsity{sparsity:.2f}-seed{seed}"
 
 
-def config_for(task: Task, base: FinetuneConfig, sparsity: float, seed: int) -> FinetuneConfig:
-    """`base` with the seed set, and no pruning (sparsity 0) or a GMP schedule ending at `sparsity`."""
-    seeded = base.model_copy(update={"seed": seed})
+def config_for(base: FinetuneConfig, sparsity: float, seed: int) -> FinetuneConfig:
+    """`base` with the seed set, and no pruning (sparsity 0) or its GMP schedule ending at `sparsity`.
+
+    Without a schedule in `base`, the default one: shares of each run's steps.
+    """
     if sparsity == 0:
-        return FinetuneConfig(**{**seeded.model_dump(), "gmp": None})
-    if base.gmp is not None:
-        gmp = GMPConfig(**{**base.gmp.model_dump(), "final_sparsity": sparsity})
+        gmp = None
+    elif base.gmp is not None:
+        gmp = type(base.gmp)(**{**base.gmp.model_dump(), "final_sparsity": sparsity})  # validated again
     else:
-        runs = plan_runs(task, seeded.model_copy(update={"gmp": None}))
-        shortest = min(planned_steps(len(run.train), seeded) for run in runs)
-        gmp = GMPConfig.for_steps(sparsity, shortest)
-    return FinetuneConfig(**{**seeded.model_dump(), "gmp": gmp.model_dump()})
+        gmp = RelativeGMPConfig(final_sparsity=sparsity)
+    return FinetuneConfig(**{**base.model_dump(), "seed": seed, "gmp": gmp})
 
 
 def sweep_configs(
@@ -57,11 +60,14 @@ def sweep_configs(
         raise BabelpruneError("A sweep needs at least one sparsity and one seed.")
     for sparsity in sparsities:
         check_sparsity(sparsity)
-    return {
-        run_folder_name(sparsity, seed): config_for(task, base, float(sparsity), seed)
+    configs = {
+        run_folder_name(sparsity, seed): config_for(base, float(sparsity), seed)
         for seed in seeds
         for sparsity in sparsities
     }
+    for config in configs.values():
+        plan_runs(task, config)  # every input check, before the first run trains
+    return configs
 
 
 def run_sweep(
@@ -74,18 +80,22 @@ def run_sweep(
     out_dir: Path,
     progress: bool = True,
     on_result: Callable[[str, FinetuneResult], None] | None = None,
+    on_notice: Notice | None = None,
 ) -> list[FinetuneResult]:
     """Fine-tune `model` on `task` at every sparsity and seed; return the results (finished ones are reused).
 
-    `on_result(folder name, result)` is called after each run, finished earlier or now.
+    `on_result(folder name, result)` is called after each run, finished earlier or now;
+    `on_notice(line)` when a run made with other settings is trained again (default: a logged warning).
     """
     task = get_task(task) if isinstance(task, str) else task
     configs = sweep_configs(task, base_config or FinetuneConfig(), sparsities, seeds)
     results = []
     for name, config in configs.items():
         folder = Path(out_dir) / name
-        done = load_finished(folder / RESULT_FILE, config)
-        results.append(done if done is not None else finetune(model, task, config, folder, progress=progress))
+        done = finished_result(folder, current_settings(model, task, config, plan_runs(task, config)))
+        if done is None:
+            done = finetune(model, task, config, folder, progress=progress, rerun_changed=True, on_notice=on_notice)
+        results.append(done)
         if on_result is not None:
-            on_result(name, results[-1])
+            on_result(name, done)
     return results

@@ -14,10 +14,15 @@ at the start and saved in checkpoints).
 Checkpoints (``checkpoint_every`` steps) hold the trainable weights, the
 optimizer, the scheduler, the pruning masks, the random state and the step,
 written atomically into ``<out>/runs/<run>/checkpoints/step-N``. Starting
-again with the same output folder and configuration resumes from the last
+again with the same output folder and settings resumes from the last
 one and gives the same final weights as an uninterrupted run. Frozen
 weights (by default the word-embedding matrix) are not saved: they are
 reloaded from the model. Checkpoints are deleted when a run finishes.
+
+``<out>/settings.json`` records everything that decides the result (model,
+task, configuration; `babelprune.finetune.settings`). A folder holding a
+run of other settings is refused, or, with ``rerun_changed`` (sweeps),
+cleared and trained again with a notice saying what changed.
 
 Before training, the classifier is fitted as a linear probe on the frozen
 encoder's features of the training examples (``head_init="probe"``, the
@@ -32,6 +37,7 @@ by English-to-X top-1 retrieval.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -47,18 +53,34 @@ from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
 from babelprune.evaluate.perturb import PERTURBATION_KINDS
 from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from babelprune.finetune.config import FinetuneConfig, default_perturbations, limit_examples, planned_steps
+from babelprune.finetune.config import (
+    FinetuneConfig,
+    default_perturbations,
+    limit_examples,
+    planned_steps,
+    run_schedule,
+)
 from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
 from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe
 from babelprune.models.adapters import adapter_for
 from babelprune.models.loading import load_model
-from babelprune.prune.gradual import GradualPruner, gmp_targets
+from babelprune.finetune.settings import (
+    RESULT_FILE,
+    RUN_OUTPUTS,
+    SETTINGS_FILE,
+    RunSettings,
+    record_settings,
+    recorded_changes,
+    run_settings,
+)
+from babelprune.prune.gradual import GMPConfig, GradualPruner, gmp_targets
 from babelprune.report.finetune_records import FinetuneResult
 
 __all__ = ["FinetuneConfig", "finetune", "plan_runs", "planned_steps"]
 
-RESULT_FILE = "result.json"
 StepCallback = Callable[[int, float], None]  # (step just done, its loss)
+Notice = Callable[[str], None]  # one line for the user, e.g. why a run is trained again
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- planning and validation
@@ -126,10 +148,11 @@ def plan_runs(task: Task, config: FinetuneConfig) -> list[TrainingRun]:
     for run in runs:
         check_examples(task, run.train, "training")
         steps = planned_steps(len(run.train), config)
-        if config.gmp is not None and config.gmp.end_step > steps:
+        if isinstance(config.gmp, GMPConfig) and config.gmp.end_step > steps:
             raise BabelpruneError(
                 f"The pruning schedule ends at step {config.gmp.end_step} but run '{run.name}' has only {steps} "
-                "steps; end the schedule earlier or train longer."
+                f"steps; set its end step to {steps} or less, or give the schedule as shares of the run "
+                "(RelativeGMPConfig, --gmp-start/--gmp-end)."
             )
     return runs
 
@@ -194,7 +217,8 @@ def train_run(
     """Train `head` on the run's examples (resuming from `folder`); return the pruner and the steps done."""
     total = planned_steps(len(run.train), config)
     optimizer, scheduler = make_optimizer(head, config, total)
-    pruner = GradualPruner(head.encoder, config.gmp) if config.gmp is not None else None
+    schedule = run_schedule(config, total)  # shares of the run become this run's steps
+    pruner = GradualPruner(head.encoder, schedule) if schedule is not None else None
     if latest_checkpoint(folder) is None and config.head_init == "probe":  # deterministic: no random numbers
         init_head_by_probe(head, tokenizer, run.train, config.eval_batch_size, config.max_length, config.text_prefix)
     torch.manual_seed(config.seed)  # dropout; replaced by the saved state when resuming
@@ -230,8 +254,9 @@ def train_run(
 # --------------------------------------------------------------------------- public entry point
 
 
-def _fingerprint(model_spec: str, task: Task, config: FinetuneConfig, run: TrainingRun) -> str:
-    return f"{model_spec}|{task.name}|{run.name}|{len(run.train)}|{config.model_dump_json()}"
+def _fingerprint(settings: RunSettings, run: TrainingRun) -> str:
+    """What a checkpoint must have been written by: these settings, this run."""
+    return f"{settings.key()}|{run.name}|{len(run.train)}"
 
 
 def _run_result(
@@ -244,7 +269,8 @@ def _run_result(
         achieved = sum(int((p == 0).sum()) for p in targets.values()) / sum(p.numel() for p in targets.values())
     return FinetuneResult(
         model=model_spec, task=task.name, mode=mode, train_languages=train_langs, train_examples=train_counts,
-        seed=config.seed, sparsity=config.gmp.final_sparsity if config.gmp else 0.0, gmp=config.gmp,
+        seed=config.seed, sparsity=config.gmp.final_sparsity if config.gmp else 0.0,
+        gmp=pruner.config if pruner is not None else None,  # the run's schedule in steps
         achieved_sparsity=achieved, steps=steps, seconds=seconds, config=config.model_dump(mode="json"), scores=scores,
     )
 
@@ -264,7 +290,7 @@ def _combine(results: list[FinetuneResult], config: FinetuneConfig, seconds: flo
 
 def finetune(
     model_spec: str, task: Task | str, config: FinetuneConfig, out: Path, progress: bool = True,
-    on_step: StepCallback | None = None,
+    on_step: StepCallback | None = None, rerun_changed: bool = False, on_notice: Notice | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model_spec` on `task` (pruning gradually if `config.gmp`), score every language.
 
@@ -272,56 +298,86 @@ def finetune(
     ``<out>/runs/``); a run whose result exists is not trained again, and an
     interrupted run resumes from its last checkpoint. `on_step(step, loss)`
     is called after every optimizer step. `task` is a `Task` or a built-in task name.
+
+    If `out` holds a run of other settings (model, task, task options or
+    configuration), it is refused, or with `rerun_changed` its outputs are
+    removed and the run is trained again, after `on_notice` (default: a
+    logged warning) was told what changed.
     """
     started = time.perf_counter()
     out = Path(out)
     task = get_task(task) if isinstance(task, str) else task
     runs = plan_runs(task, config)  # every input check happens here, before any training
+    settings = current_settings(model_spec, task, config, runs)
+    changes = recorded_changes(out, settings)
+    if changes and not rerun_changed:
+        raise BabelpruneError(
+            f"{out} holds a fine-tuning run with other settings ({', '.join(changes)}); "
+            "delete that folder or use a new --out."
+        )
+    if changes:
+        (on_notice or _log.warning)(f"run {out.name}: settings changed ({', '.join(changes)}), rerunning")
+        clear_run_outputs(out)
     bar = progress_bar(progress)
     with bar:
         if task.kind == "retrieval":
             result = _retrieval_run(model_spec, task, config, started)
+            record_settings(out, settings)
         else:
             results = [
-                _train_and_score(model_spec, task, config, run, out / "runs" / run.name, bar, on_step) for run in runs
+                _train_and_score(model_spec, task, config, run, out, settings, bar, on_step) for run in runs
             ]
             result = _combine(results, config, time.perf_counter() - started)
     result.save(out / RESULT_FILE)
     return result
 
 
+def current_settings(model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun]) -> RunSettings:
+    """The settings that key `config`'s result on `task` (`runs` from `plan_runs`)."""
+    return run_settings(model_spec, task, config, runs, eval_languages(task, config))
+
+
+def clear_run_outputs(out: Path) -> None:
+    """Remove a run folder's settings, result and per-run folders (checkpoints included), nothing else."""
+    for name in (SETTINGS_FILE, *RUN_OUTPUTS):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def finished_result(out: Path, settings: RunSettings) -> FinetuneResult | None:
+    """The result in `out` if it was made with exactly `settings`, else None."""
+    if (out / RESULT_FILE).is_file() and not recorded_changes(out, settings):
+        return FinetuneResult.load(out / RESULT_FILE)
+    return None
+
+
 def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float) -> FinetuneResult:
     loaded = load_model(model_spec)
     pruner = None
-    if config.gmp is not None:  # no training: prune at once to the final sparsity
-        pruner = GradualPruner(loaded.model, config.gmp)
-        pruner.update_masks(config.gmp.final_sparsity)
+    schedule = run_schedule(config, 0)  # no training: a schedule of 0 steps prunes at once, at step 0
+    if schedule is not None:
+        pruner = GradualPruner(loaded.model, schedule)
+        pruner.update_masks(schedule.final_sparsity)
     scores = evaluate_retrieval(loaded.model, loaded.tokenizer, task, eval_languages(task, config), config)
     seconds = time.perf_counter() - started
     return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, seconds, scores)
 
 
-def load_finished(path: Path, config: FinetuneConfig) -> FinetuneResult | None:
-    """The result at `path` if it exists (None otherwise); raise if it was made with another configuration."""
-    if not path.is_file():
-        return None
-    done = FinetuneResult.load(path)
-    if done.config != config.model_dump(mode="json"):
-        raise BabelpruneError(
-            f"{path.parent} holds a result of another configuration; use a new output folder or delete that run."
-        )
-    return done
-
-
-def _train_and_score(model_spec, task, config, run: TrainingRun, folder: Path, bar: Progress, on_step) -> FinetuneResult:
-    done = load_finished(folder / RESULT_FILE, config)
-    if done is not None:
-        return done
+def _train_and_score(
+    model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step
+) -> FinetuneResult:
+    """One training run in ``<out>/runs/<run>``: its result if finished (`out`'s settings are checked), else train."""
+    folder = out / "runs" / run.name
+    if (folder / RESULT_FILE).is_file():
+        return FinetuneResult.load(folder / RESULT_FILE)
     started = time.perf_counter()
     head, tokenizer = build_head(model_spec, task, config)
+    record_settings(out, settings)  # once the model is known to fit: nothing is written for bad input
     checkpoints = folder / "checkpoints"
-    fingerprint = _fingerprint(model_spec, task, config, run)
-    pruner, steps = train_run(head, tokenizer, run, config, checkpoints, fingerprint, bar, on_step)
+    pruner, steps = train_run(head, tokenizer, run, config, checkpoints, _fingerprint(settings, run), bar, on_step)
     eval_id = bar.add_task(f"scoring {len(run.eval_languages)} languages", total=None)
     scores = evaluate_head(head, tokenizer, task, run.eval_languages, config)
     bar.remove_task(eval_id)
