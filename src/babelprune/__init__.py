@@ -1,3 +1,73 @@
-"""babelprune: prune multilingual language models and measure the cost per language."""
+"""babelprune: prune multilingual language models and measure the cost per language.
+
+    import babelprune
+
+    model = babelprune.load_model("gemma3-270m")
+    calibration = babelprune.calibrate(model, "bible", ["en", "fr", "sw"])
+    outcome = babelprune.prune(model, babelprune.PruneConfig(method="mwanda", sparsity=0.5), calibration)
+    babelprune.save_pruned(model, outcome, "pruned-mwanda")
+
+The verbs and configs below are imported on first use (PEP 562), so
+`import babelprune` and `babelprune --help` do not pay for torch and
+transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "calibrate": "babelprune.api",
+    "evaluate": "babelprune.api",
+    "get_corpus": "babelprune.api",
+    "load_model": "babelprune.api",
+    "prune": "babelprune.api",
+    "save_pruned": "babelprune.api",
+    "PruneConfig": "babelprune.api",
+    "EvalResult": "babelprune.report.records",
+    "BabelpruneError": "babelprune.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
+    from babelprune.api import PruneConfig, calibrate, evaluate, get_corpus, load_model, prune, save_pruned
+    from babelprune.errors import BabelpruneError
+    from babelprune.report.records import EvalResult
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'babelprune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The babelprune package, whose verb `prune` shares its name with the subpackage `babelprune.prune`.
+
+    Importing a submodule binds it to its parent's attribute of the same name,
+    which would hide the verb as soon as anything imports `babelprune.prune.*`.
+    That binding is skipped for exported names: the subpackage stays in
+    sys.modules, so every `import babelprune.prune...` and `from
+    babelprune.prune... import` statement still finds it.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
