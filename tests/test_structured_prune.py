@@ -48,6 +48,12 @@ def test_per_language_gradient_leaves_the_model_dense():
     pruned = prune_copy(loaded, result.per_language["sw"])
     assert model_params(pruned.model) < dense and model_params(loaded.model) == dense
     assert result.metadata()["kept_per_language"]["en"]["sparsity"] == pytest.approx(result.per_language["en"].sparsity, abs=1e-6)
+    # The sizes reported are the mean of the languages' pruned models, not the dense model left in memory.
+    removed = {lang: s.removed_params for lang, s in result.per_language.items()}
+    assert removed["en"] > 0 and removed["sw"] > 0
+    assert result.params_after == result.params_before - round((removed["en"] + removed["sw"]) / 2)
+    assert result.model_params_after == dense - round((removed["en"] + removed["sw"]) / 2)
+    assert model_params(pruned.model) == dense - removed["sw"]
 
 
 def test_l0_and_activation_and_blocks_run_end_to_end():

@@ -82,9 +82,9 @@ class StructuredResult:
     target_sparsity: float
     achieved_sparsity: float  # share of block parameters removed (mean over languages when per-language)
     params_before: int  # block (attention + FFN linear) parameters
-    params_after: int
+    params_after: int  # per-language: the mean over the languages' pruned models (the model itself stays dense)
     model_params_before: int  # every parameter of the model
-    model_params_after: int
+    model_params_after: int  # per-language: the mean, as params_after
     widths: list[dict[str, int]]  # per block after pruning: heads, kv_heads, ffn
     selection: Selection | None  # shared: what was kept
     per_language: dict[str, Selection] | None = None  # per-language: each language's selection
@@ -210,11 +210,13 @@ def structured_prune(
         else:
             chosen = {lang: select_units(model, imp, sparsity, ranking, tolerance) for lang, imp in per_lang.items()}
             selection, achieved = None, sum(s.sparsity for s in chosen.values()) / len(chosen)
+    # Per-language, the model stays dense: report what the languages' pruned models keep on average.
+    removed = 0 if chosen is None else round(sum(s.removed_params for s in chosen.values()) / len(chosen))
     return StructuredResult(
         units=sorted(units), importance=importance, setting=setting, gqa=gqa, ranking=ranking,
         target_sparsity=float(sparsity), achieved_sparsity=achieved,
-        params_before=before, params_after=total_block_params(model, adapter),
-        model_params_before=model_before, model_params_after=model_params(model),
+        params_before=before, params_after=total_block_params(model, adapter) - removed,
+        model_params_before=model_before, model_params_after=model_params(model) - removed,
         widths=_widths(loaded), selection=selection, per_language=chosen,
         calibration=calibration.describe() if calibration is not None else None,
         seconds=round(time.perf_counter() - started, 3), l0_traces=traces,
