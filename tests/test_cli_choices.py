@@ -156,6 +156,7 @@ def test_cli_choices_match_the_library_configs():
 
 
 def test_help_lists_the_values(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no value is wrapped across lines
     monkeypatch.setattr(sys, "argv", ["babelprune", "prune", "--help"])
     cli.main()
     text = capsys.readouterr().out
