@@ -37,7 +37,8 @@ from babelprune.cache import atomic_write_text
 from babelprune.prune.engine import restore_linears, snapshot_linears
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "docs" / "results"
+# A smoke run with a small budget sets BENCHMARK_RESULTS_DIR, so that its tables stay out of docs/.
+RESULTS_DIR = Path(os.environ.get("BENCHMARK_RESULTS_DIR") or REPO / "docs" / "results")
 MIN_REPEATS = 3  # a median needs at least three runs to shrug off one disturbed run
 
 # The dense weights are saved and put back between methods by the engine's own helpers.
@@ -131,11 +132,13 @@ def source_fingerprint() -> str:
 
 
 def machine_fields(threads: int | None = None) -> dict[str, str]:
-    """CPU count, torch threads (the ones the measurement used, when given), torch version, platform."""
+    """CPU count, load average, torch threads (the ones the measurement used, when given), torch version, platform."""
     import torch
 
     return {
         "CPUs": str(os.cpu_count()),
+        # Other jobs on the machine move absolute timings; the load at write time says how busy it was.
+        "load average": " / ".join(f"{load:.1f}" for load in os.getloadavg()),
         "torch threads": str(threads if threads is not None else torch.get_num_threads()),
         "torch": torch.__version__,
         "platform": platform.platform(),

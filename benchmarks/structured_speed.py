@@ -88,8 +88,8 @@ def prune_variant(dense: LoadedModel, unit: str, sparsity: float, folder: Path) 
     return reloaded, summary
 
 
-def variants(dense: LoadedModel, sparsities: list[float], workdir: Path) -> tuple[list[LoadedModel], list[str], list[dict]]:
-    head_cap = max_head_share(dense)
+def variants(dense: LoadedModel, sparsities: list[float], workdir: Path,
+             head_cap: float) -> tuple[list[LoadedModel], list[str], list[dict]]:
     console.print(f"{dense.spec}: heads alone can remove at most {head_cap:.1%} of the block parameters")
     models, labels, summaries = [], [], []
     for sparsity in sparsities:
@@ -140,7 +140,8 @@ def print_efficiency(reports: list[SpeedReport], labels: list[str], body: bool) 
 
 def bench_model(spec: str, sparsities: list[float], args, workdir: Path) -> dict:
     dense = load_model(spec)
-    pruned, labels, summaries = variants(dense, sparsities, workdir)
+    head_cap = max_head_share(dense)
+    pruned, labels, summaries = variants(dense, sparsities, workdir, head_cap)
     labels = ["dense", *labels]
     console.print(f"{spec}: timing {len(labels)} models round-robin, {args.runs} runs after {args.warmup} warm-up calls ...")
     reports = measure_speeds([dense, *pruned], args.seq_len, args.batch, args.runs, args.warmup, args.threads)
@@ -150,7 +151,7 @@ def bench_model(spec: str, sparsities: list[float], args, workdir: Path) -> dict
         console.print(speed_table(reports, body=body, labels=labels))
         efficiency += print_efficiency(reports, labels, body)
         markdown.append(speed_markdown(reports, body=body, labels=labels))
-    return {"model": spec, "labels": labels, "pruning": summaries, "efficiency": efficiency,
+    return {"model": spec, "labels": labels, "pruning": summaries, "efficiency": efficiency, "head_cap": head_cap,
             "reports": [r.model_dump() for r in reports], "markdown": markdown}
 
 
@@ -202,6 +203,13 @@ def efficiency_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def widths_markdown(summaries: list[dict]) -> str:
+    lines = ["| pruned model | achieved | heads per block | FFN neurons per block |", "|---|---|---|---|"]
+    lines += [f"| {s['unit']} | {s['achieved']:.1%} | {' '.join(map(str, s['heads']))} | {' '.join(map(str, s['ffn']))} |"
+              for s in summaries]
+    return "\n".join(lines)
+
+
 def result_markdown(results: list[dict], args) -> str:
     sections = [
         f"Magnitude importance; each pruned model saved and reloaded from its folder. Timed round-robin "
@@ -212,8 +220,10 @@ def result_markdown(results: list[dict], args) -> str:
     ]
     for result in results:
         sections.append(f"## {result['model']}")
+        sections.append(f"Heads alone can remove at most {result['head_cap']:.1%} of the block parameters.")
         sections += [markdown.strip() for markdown in result["markdown"]]
         sections.append(efficiency_markdown(result["efficiency"]))
+        sections.append(widths_markdown(result["pruning"]))
     return "\n\n".join(sections)
 
 
