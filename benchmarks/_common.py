@@ -131,6 +131,16 @@ def source_fingerprint() -> str:
     return hashlib.sha256("\n".join([tree, *extra]).encode()).hexdigest()[:16]
 
 
+# The code a run uses is the code it imported at its start; others may commit while it runs.
+_VERSION_AT_START = code_version()
+
+
+def commit_field() -> str:
+    """The commit at the start of this process, and the one at write time when they differ."""
+    now = code_version()
+    return _VERSION_AT_START if now == _VERSION_AT_START else f"{_VERSION_AT_START} at start, {now} when written"
+
+
 def machine_fields(threads: int | None = None) -> dict[str, str]:
     """CPU count, load average, torch threads (the ones the measurement used, when given), torch version, platform."""
     import torch
@@ -166,7 +176,7 @@ def result_header(title: str, command: str, threads: int | None = None, now: dat
         "",
         f"- command: `{command}`",
         f"- date: {now.strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- commit: {code_version()}",
+        f"- commit: {commit_field()}",
         f"- machine: {machine}",
         "",
     ])

@@ -164,3 +164,9 @@ def test_keyed_folder_keeps_a_matching_folder_and_removes_another(tmp_path, caps
     assert not (folder / "result.json").exists()
     assert json.loads((folder / "benchmark_key.json").read_text())["fields"]["max_eval"] == 20
     assert "max_eval" in capsys.readouterr().out
+
+
+def test_header_names_both_commits_when_the_code_moved_during_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(_common, "_VERSION_AT_START", "0" * 40)
+    text = _common.write_result_table("t", "T", "body", command="c", directory=tmp_path).read_text(encoding="utf-8")
+    assert f"- commit: {'0' * 40} at start, {_common.code_version()} when written" in text
