@@ -6,14 +6,7 @@ import sys
 import pytest
 
 from babelprune import cli
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["babelprune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from tests.cli_runner import run_cli
 
 
 def test_unknown_model_lists_the_aliases(monkeypatch, capsys, tmp_path):

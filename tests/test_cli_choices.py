@@ -16,6 +16,7 @@ import typer
 
 from babelprune import cli
 from babelprune.choices import Method, StructuredUnit
+from tests.cli_runner import run_cli
 
 # Options whose values come from a fixed set: each must be annotated as a Literal.
 CHOICE_OPTIONS = {"method", "allocation", "setting", "order", "save_format", "importance", "gqa", "ranking", "split",
@@ -63,14 +64,6 @@ def _placeholders(params, workdir: Path) -> list[str]:
         value = str(workdir / f"placeholder-{name}")
         args += [value] if isinstance(info, typer.models.ArgumentInfo) else [flag, value]
     return args
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["babelprune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 CHOICES = [

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from transformers import BertModel
 
-from babelprune import cli
 from tests.tiny_models import tiny_config
 from tests.tiny_tokenizer import char_tokenizer
+from tests.cli_runner import run_cli
 
 # A small slice of the real bible-genre task: 2 training verses per genre (14), 4 test verses, 2 languages.
 TASK = ["--task", "bible-genre", "--task-option", "languages=en,sw", "--task-option", "max_per_label=2",
@@ -28,18 +27,6 @@ def tiny_folder(tmp_path_factory) -> str:
     BertModel(config).save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return str(folder)
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Exit status (0 when the command returns), stdout and stderr."""
-    monkeypatch.setattr(sys, "argv", ["babelprune", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(
