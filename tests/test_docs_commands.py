@@ -196,16 +196,19 @@ def json_file(path: str, **expected) -> Check:
     return check
 
 
-def pruned_folder(path: str, method: str, sparsity: float, languages: str | None = None) -> Check:
-    """A one-shot pruned folder: weights, metadata, and the achieved share of zeros."""
+def pruned_folder(path: str, method: str, sparsity: float, mask_languages: str | None = None) -> Check:
+    """A one-shot pruned folder: HF weights, its record, and the sparse copy (shared) or the mask bank (per language)."""
 
     def check(outcome: Outcome) -> None:
         folder = outcome.folder / path
-        assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
+        assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors")), sorted(folder.iterdir())
         record = json.loads((folder / "babelprune_pruning.json").read_text(encoding="utf-8"))
-        assert record["method"] == method and record["sparsity"] == sparsity
-        if languages is not None:
-            assert set(languages.split(",")) <= set(json.dumps(record).replace('"', " ").split()), record
+        assert (record["method"], record["sparsity"]) == (method, sparsity), record
+        if mask_languages is None:
+            assert (folder / "sparse").is_dir(), "no compressed copy in sparse/"
+        else:
+            assert set(mask_languages.split(",")) <= set(record["mask_bank_languages"]), record["mask_bank_languages"]
+            assert (folder / "masks.safetensors").is_file()
 
     return check
 
@@ -340,7 +343,7 @@ RUNS: dict[str, Run] = {
         "readme-tour", (pruned_folder("pruned-2of4", "sparsegpt", 0.5),), extra=CALIB_BUDGET,
     ),
     "babelprune prune --method wanda --setting per-language --calib-langs en,fr,sw --out pruned-perlang": Run(
-        "readme-tour", (pruned_folder("pruned-perlang", "wanda", 0.5, languages="en,fr,sw"),), extra=CALIB_BUDGET,
+        "readme-tour", (pruned_folder("pruned-perlang", "wanda", 0.5, mask_languages="en,fr,sw"),), extra=CALIB_BUDGET,
     ),
     "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json": Run(
         # Four languages, not all 22: every verse of a language is tokenized before --max-tokens applies.
@@ -365,7 +368,7 @@ RUNS: dict[str, Run] = {
         "readme-dynamic", (dynamic_folder("e5-dynamic", "0.3,0.5,0.7"),), extra=("--steps", "2"),
     ),
     "babelprune slice e5-dynamic --sparsity 0.5 --out e5-half": Run(
-        "readme-dynamic", (json_file("e5-half/babelprune_structured.json"), prints("e5-half")),
+        "readme-dynamic", (structured_folder("e5-half", 0.5), json_file("e5-half/babelprune_structured.json", parent="e5-dynamic")),
         needs=("babelprune train-dynamic --model e5-small --task bible-genre --levels 0.3,0.5,0.7 --out e5-dynamic",),
     ),
     "babelprune tasks": Run("readme-dynamic", (prints("bible-genre", "bible-retrieval", "wikiann", "xnli"),)),
@@ -425,7 +428,7 @@ RUNS: dict[str, Run] = {
         "dynamic-doc", (dynamic_folder("gemma-dyn", "0.25,0.5"),), extra=("--steps", "2", *CALIB_BUDGET),
     ),
     "babelprune slice --sparsity 0.5 e5-genre-dyn --out e5-genre-50": Run(
-        "dynamic-doc", (json_file("e5-genre-50/babelprune_structured.json"), prints("e5-genre-50")),
+        "dynamic-doc", (structured_folder("e5-genre-50", 0.5), json_file("e5-genre-50/babelprune_structured.json", parent="e5-genre-dyn")),
         needs=("babelprune train-dynamic --model e5-small --task bible-genre --levels 0.3,0.5,0.7 --steps 200 --importance gradient --out e5-genre-dyn",),
     ),
 }
