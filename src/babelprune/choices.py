@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 # One-shot pruning (babelprune.prune.config, babelprune.prune.methods).
-Method = Literal["magnitude", "wanda", "mwanda", "sparsegpt"]
+Method = Literal["magnitude", "wanda", "ria", "mwanda", "sparsegpt"]
+Score = Literal["wanda", "ria"]  # the score M-Wanda's feature term enters
 Allocation = Literal["uniform", "owl", "cwl"]
 Setting = Literal["shared", "per-language"]
 Order = Literal["one-pass", "two-pass"]

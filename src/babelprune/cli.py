@@ -17,6 +17,7 @@ from babelprune.choices import (
     Method,
     Order,
     Ranking,
+    Score,
     Setting,
     Split,
     StorageFormat,
@@ -93,6 +94,7 @@ def prune_command(
     beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
     language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
     activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = False,
+    score: Annotated[Score, typer.Option(help="M-Wanda: the score its feature term enters (wanda: |W| * f; ria: RIA's relative importance * f^0.5).")] = "wanda",
     save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
@@ -113,7 +115,7 @@ def prune_command(
     config = PruneConfig(
         method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order,
         calib_batch=calib_batch, seed=seed,
-        mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta),
+        mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta, score=score),
     )
     loaded = load_model(model)
     needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform"
@@ -380,6 +382,40 @@ def slice_command(
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
     console.print(f"Sliced model saved to [bold]{slice_width(model, sparsity, out)}[/bold]")
+
+
+@app.command("trim-vocab")
+def trim_vocab_command(
+    out: Annotated[Path, typer.Option(help="Folder for the trimmed model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, HF folder or hub id (a pruned folder works too).")] = "gemma3-270m",
+    langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages to keep (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
+    corpus: Annotated[str, typer.Option(help="Corpus whose calibration split is tokenized: bible, udhr, a folder/JSONL, hf:<dataset>.")] = "bible",
+    extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
+    min_count: Annotated[int, typer.Option(help="Keep a token only if the text uses it at least this often.")] = 1,
+    keep_reserved: Annotated[bool, typer.Option(help="Keep reserved placeholder tokens (<unusedN>); --drop-reserved removes them.", show_default=True)] = True,
+) -> None:
+    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
+    from babelprune.api import get_corpus, load_model, save_trimmed, trim_vocabulary
+    from babelprune.data.files import _read_utf8, split_paragraphs
+    from babelprune.models.inspect import count_parameters
+
+    text = get_corpus(corpus)
+    languages = text.check_languages(_split_langs(langs)) if langs else None
+    # Read before any work, so a bad file costs nothing; each paragraph (or line) is tokenized like a segment.
+    extra_texts = [segment for path in extra or [] for segment in split_paragraphs(_read_utf8(path))]
+    if out.exists():
+        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    loaded = load_model(model)
+    before = count_parameters(loaded.model)
+    trim = trim_vocabulary(loaded, text, languages, extra_texts, min_count, keep_reserved,
+                           sources={"extra_files": [str(path) for path in extra or []]})
+    save_trimmed(loaded, out)
+    after = count_parameters(loaded.model)
+    console.print(
+        f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
+        f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
+    )
+    console.print(f"Trimmed model written to {out}")
 
 
 @app.command("demo")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from babelprune.choices import Allocation, Order, Setting
+from babelprune.choices import Allocation, Order, Score, Setting
 from babelprune.errors import BabelpruneError
-from babelprune.prune.kernels import MWandaOptions, check_nm, check_sparsity
+from babelprune.prune.kernels import RIA_EXPONENT, MWandaOptions, check_nm, check_sparsity
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 
@@ -23,12 +23,13 @@ class MWandaConfig(BaseModel):
     alpha: float = Field(0.5, ge=0)  # weight of the cross-language spread
     activation_prob: bool = False  # protect features active in all / mainly one language (hurt in the sweep)
     beta: float = Field(1.0, ge=0)  # strength of that protection
-    tau: float = Field(1e-2, ge=0)  # |x| above tau counts as active
+    tau: float = Field(1e-2, ge=0)  # |x| above tau counts as active (the FFN down-projection's input: x > 0)
+    score: Score = "wanda"  # wanda: |W_ij| * f_j; ria: RIA's relative importance * f_j ** ria_exponent
 
-    def options(self, cwl: bool, lam: float) -> MWandaOptions:
+    def options(self, cwl: bool, lam: float, exponent: float = RIA_EXPONENT) -> MWandaOptions:
         return MWandaOptions(
             language_aware=self.language_aware, alpha=self.alpha, activation_prob=self.activation_prob,
-            beta=self.beta, tau=self.tau, cwl=cwl, lam=lam,
+            beta=self.beta, tau=self.tau, cwl=cwl, lam=lam, score=self.score, exponent=exponent,
         )
 
 
@@ -50,6 +51,7 @@ class PruneConfig(BaseModel):
     per_row: bool = True  # compare scores within each output row (Wanda); False: whole layer
     damp: float = Field(0.01, gt=0)  # SparseGPT Hessian dampening
     block_size: int = Field(128, ge=1)  # SparseGPT column block
+    ria_exponent: float = Field(RIA_EXPONENT, ge=0)  # RIA (and mwanda --score ria): power a of the input norm
     mwanda: MWandaConfig = Field(default_factory=MWandaConfig)
     seed: int = 0
 
@@ -75,6 +77,15 @@ class PruneConfig(BaseModel):
 
         if self.method not in METHODS:
             raise BabelpruneError(f"Unknown pruning method '{self.method}'; choose one of: {', '.join(METHODS)}.")
+        return self
+
+    @model_validator(mode="after")
+    def _score_belongs_to_mwanda(self) -> PruneConfig:
+        if self.mwanda.score != "wanda" and self.method != "mwanda":
+            raise BabelpruneError(
+                f"--score {self.mwanda.score} changes M-Wanda's score only, but the method is '{self.method}'; "
+                f"use --method mwanda, or --method {self.mwanda.score} for the plain score."
+            )
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Pruning scores and masks: magnitude, Wanda, M-Wanda, unstructured and N:M.
+"""Pruning scores and masks: magnitude, Wanda, RIA, M-Wanda, unstructured and N:M.
 
 Conventions used throughout `babelprune.prune`:
 
@@ -81,12 +81,47 @@ def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
     calibration tokens (or M-Wanda's replacement for it, see
     `mwanda_feature_weight`). Computed in float32.
     """
+    _check_feature_weight(weight, feature_weight)
+    return magnitude_scores(weight) * feature_weight.detach().float().unsqueeze(0)
+
+
+def _check_feature_weight(weight: Tensor, feature_weight: Tensor) -> None:
     if feature_weight.ndim != 1 or feature_weight.shape[0] != weight.shape[1]:
         raise BabelpruneError(
             f"Input statistics have shape {tuple(feature_weight.shape)} but the weight has "
             f"{weight.shape[1]} inputs; collect statistics on this layer's own inputs."
         )
-    return magnitude_scores(weight) * feature_weight.detach().float().unsqueeze(0)
+
+
+# RIA's exponent on the input norm (Zhang et al. 2024 use a = 0.5).
+RIA_EXPONENT = 0.5
+
+
+def relative_importance(weight: Tensor) -> Tensor:
+    """RIA's relative importance RI_ij = |W_ij| / sum_k |W_ik| + |W_ij| / sum_k |W_kj|, shape (out, in).
+
+    The first term is the weight's share of its output row, the second its
+    share of its input column, so a weight that matters to either its output
+    or its input scores high even when its magnitude is small overall.
+    An all-zero row or column contributes 0 (its weights are all zero).
+    """
+    magnitude = magnitude_scores(weight)  # (out, in)
+    row_sums = magnitude.sum(dim=1, keepdim=True)  # (out, 1)
+    column_sums = magnitude.sum(dim=0, keepdim=True)  # (1, in)
+    tiny = torch.finfo(magnitude.dtype).tiny  # 0 / tiny = 0 where a whole row or column is zero
+    return magnitude / row_sums.clamp_min(tiny) + magnitude / column_sums.clamp_min(tiny)
+
+
+def ria_scores(weight: Tensor, feature_weight: Tensor, exponent: float = RIA_EXPONENT) -> Tensor:
+    """RIA score S_ij = RI_ij * f_j ** a, shape (out, in) (Zhang et al. 2024).
+
+    `feature_weight` (in,) is the input norm ||X_j||_2 (or M-Wanda's f_j);
+    `exponent` is a. Computed in float32.
+    """
+    _check_feature_weight(weight, feature_weight)
+    if not math.isfinite(exponent) or exponent < 0:
+        raise BabelpruneError(f"The RIA exponent a={exponent} must be a non-negative number, e.g. 0.5.")
+    return relative_importance(weight) * feature_weight.detach().float().pow(exponent).unsqueeze(0)
 
 
 # --------------------------------------------------------------------------
@@ -168,6 +203,8 @@ class MWandaOptions:
     * cwl / lam: cross-lingual layer-wise sparsity (see `allocation.allocate_cwl`);
       an allocation choice, it does not change the scores here.
     * tau: activation threshold, used when collecting statistics (`LanguageStats`).
+    * score / exponent: which score f_j enters. "wanda": |W_ij| * f_j;
+      "ria": RIA's relative importance RI_ij * f_j ** exponent (see `ria_scores`).
     """
 
     language_aware: bool = False
@@ -177,12 +214,16 @@ class MWandaOptions:
     tau: float = 1e-2
     cwl: bool = False
     lam: float = 0.08
+    score: str = "wanda"
+    exponent: float = RIA_EXPONENT
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "tau", "lam"):
+        for name in ("alpha", "beta", "tau", "lam", "exponent"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise BabelpruneError(f"M-Wanda option {name}={value} must be a non-negative number.")
+        if self.score not in ("wanda", "ria"):
+            raise BabelpruneError(f"Unknown M-Wanda score {self.score!r}; use 'wanda' or 'ria'.")
 
 
 def activation_protection(activation_probability: Tensor, beta: float) -> Tensor:
@@ -234,6 +275,12 @@ def mwanda_scores(
     activation_probability: Tensor | None = None,
     options: MWandaOptions = MWandaOptions(),
 ) -> Tensor:
-    """M-Wanda scores |W_ij| * f_j, shape (out, in); see `mwanda_feature_weight`."""
+    """M-Wanda scores, shape (out, in): |W_ij| * f_j, or RI_ij * f_j ** a with score "ria".
+
+    f_j is `mwanda_feature_weight`: M-Wanda's language-aware statistics take
+    the place of the pooled input norm in either score.
+    """
     feature_weight = mwanda_feature_weight(pooled_norm, per_language_norm, activation_probability, options)
+    if options.score == "ria":
+        return ria_scores(weight, feature_weight, options.exponent)
     return wanda_scores(weight, feature_weight)

@@ -16,6 +16,7 @@ from babelprune.prune.kernels import (
     magnitude_scores,
     mwanda_scores,
     nm_mask,
+    ria_scores,
     unstructured_mask,
     wanda_scores,
 )
@@ -85,10 +86,17 @@ def wanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
     return _prune_by_scores(wanda_scores(task.weight, task.stats.pooled_norm()), task)
 
 
+@register("ria")
+def ria(task: LayerTask) -> tuple[Tensor | None, Tensor]:
+    """Relative importance times ||X_j||_2 ** a, compared within rows (Zhang et al. 2024)."""
+    return _prune_by_scores(ria_scores(task.weight, task.stats.pooled_norm(), task.config.ria_exponent), task)
+
+
 @register("mwanda", needs_activity=True)
 def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
-    """Wanda with language-aware statistics and activation probability (Choenni & Titov 2025)."""
-    options = task.config.mwanda.options(cwl=task.config.allocation == "cwl", lam=task.config.lam)
+    """Wanda (or RIA) with language-aware statistics and activation probability (Choenni & Titov 2025)."""
+    config = task.config
+    options = config.mwanda.options(cwl=config.allocation == "cwl", lam=config.lam, exponent=config.ria_exponent)
     stats = task.stats
     scores = mwanda_scores(
         task.weight,
