@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from babelprune.errors import BabelpruneError
-from babelprune.prune.stats import LanguageStats
+from babelprune.prune.stats import LanguageStats, post_activation_stats
 
 
 def _random_batches():
@@ -55,6 +55,17 @@ def test_activation_probability_rules():
     positive = LanguageStats(2, ["en"], tau=0.0, active_rule="positive")
     positive.update(x, "en")
     assert torch.equal(positive.activation_probability(), torch.tensor([[1.0, 0.5]], dtype=torch.float64))
+
+
+def test_post_activation_stats_count_open_gates():
+    x = torch.tensor([[1.0, -0.5], [0.001, 0.0]])
+    # x > 0: [[yes, no], [yes, no]] -> [1, 0]; the default |x| > 0.01 would give [0.5, 0.5].
+    after_activation = post_activation_stats(2, ["en"])
+    after_activation.update(x, "en")
+    assert torch.equal(after_activation.activation_probability(), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    default = LanguageStats(2, ["en"])
+    default.update(x, "en")
+    assert torch.equal(default.activation_probability(), torch.tensor([[0.5, 0.5]], dtype=torch.float64))
 
 
 def test_errors():

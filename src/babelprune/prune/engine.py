@@ -42,7 +42,7 @@ from babelprune.prune.sequential import (
     slice_inputs,
     write_weight,
 )
-from babelprune.prune.stats import LanguageStats
+from babelprune.prune.stats import LanguageStats, post_activation_stats
 
 Masks = dict[str, torch.Tensor]  # "block.name" -> pruned mask (out, in), True = zero
 # The per-language bank's extra mask, computed on every calibration language together:
@@ -183,6 +183,9 @@ def _prune_blocks(
     spans = batch_spans(len(calibration.languages), config.calib_batch)
     for index, block in enumerate(blocks):
         collector = StatsCollector(calibration.language_set, method.needs_hessian, config.mwanda.tau, method.needs_activity)
+        if method.needs_activity:  # the down-projection's input follows the activation: active means x > 0
+            down = adapter.ffn_linears(block)["down"]
+            collector.by_name["down"] = post_activation_stats(linear_in_features(down), collector.languages)
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats, index=index):

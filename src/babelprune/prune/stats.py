@@ -17,6 +17,8 @@ suits inputs that come out of a normalisation layer (values of order 1),
 where |x| <= 0.01 is effectively silent. For inputs taken after an
 activation function (e.g. an MLP's down-projection input) use the rule
 "positive" with tau = 0: active means x_j > 0, an open gate.
+`post_activation_stats` builds such statistics; the engine uses them for
+every block's FFN down-projection.
 
 Sums are kept in float64; each batch's products are computed in float32
 (fast matmul) and then added to the float64 totals, so accumulating many
@@ -130,3 +132,8 @@ class LanguageStats:
         if self._hessian is None:
             raise BabelpruneError("These statistics were collected without the Hessian; create them with track_hessian=True.")
         return self._hessian.clone()
+
+
+def post_activation_stats(in_features: int, languages: Sequence[str], track_activity: bool = True) -> LanguageStats:
+    """Statistics for an input that follows the FFN's activation function: active means x_j > 0."""
+    return LanguageStats(in_features, languages, tau=0.0, track_activity=track_activity, active_rule="positive")
