@@ -29,6 +29,8 @@ _EXPORTS = {
     "load_model": "babelprune.api",
     "prune": "babelprune.api",
     "save_pruned": "babelprune.api",
+    "save_trimmed": "babelprune.api",
+    "trim_vocabulary": "babelprune.api",
     "PruneConfig": "babelprune.api",
     "EvalResult": "babelprune.report.records",
     "BabelpruneError": "babelprune.errors",
@@ -37,7 +39,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
-    from babelprune.api import PruneConfig, calibrate, evaluate, get_corpus, load_model, prune, save_pruned
+    from babelprune.api import (
+        PruneConfig, calibrate, evaluate, get_corpus, load_model, prune, save_pruned, save_trimmed, trim_vocabulary,
+    )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult
 

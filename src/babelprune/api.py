@@ -21,9 +21,13 @@ from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
 from babelprune.formats.pruned import apply_language_mask, save_pruned
+from babelprune.formats.trimmed import save_trimmed
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
-__all__ = ["calibrate", "evaluate", "get_corpus", "load_model", "prune", "save_pruned", "PruneConfig"]
+__all__ = [
+    "calibrate", "evaluate", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed", "trim_vocabulary",
+    "PruneConfig",
+]
 
 # Calibration languages when none are given: eight Bible languages over six
 # scripts and all three resource levels; the other fourteen stay unseen.
@@ -51,6 +55,51 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
     loaded.pruning = result.metadata() | {"parent": loaded.spec}
     loaded.mask_bank = result.mask_bank
     return result
+
+
+def trim_vocabulary(
+    loaded: LoadedModel,
+    corpus: Corpus | str = "bible",
+    languages: Sequence[str] | None = None,
+    extra_texts: Sequence[str] = (),
+    min_count: int = 1,
+    keep_reserved: bool = True,
+    split: Split = "calib",
+    sources: dict | None = None,
+):
+    """Keep only the vocabulary the languages' text uses, in place; see `babelprune.prune.vocab`.
+
+    The text is `split` of `corpus` in `languages` (the 8 default calibration
+    languages when None) plus `extra_texts`. Works before or after `prune`;
+    `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
+    """
+    from babelprune.models.adapters import adapter_for
+    from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
+    from babelprune.prune.vocab import slice_vocabulary_rows, trim_tokenizer
+
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    if languages is None:
+        languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
+    languages = corpus.check_languages(list(languages))
+    if (loaded.pruning or {}).get("structure"):
+        raise BabelpruneError(f"{loaded.spec} was pruned structurally; trim the vocabulary of the dense model first, then prune.")
+    texts = [text for lang in languages for text in corpus.texts(lang, split)] + list(extra_texts)
+    rows = adapter_for(loaded.model).get_embeddings(loaded.model).weight.shape[0]
+    counts = count_token_ids(loaded.tokenizer, texts)
+    kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved)
+    tokenizer = trim_tokenizer(loaded.tokenizer, kept)  # before the model changes: it can still fail cleanly
+    slice_vocabulary_rows(loaded.model, kept)
+    loaded.tokenizer = tokenizer
+    parent = (loaded.pruning or {}).get("vocabulary")
+    record = VocabularyTrim(
+        kept_ids=compose_ids(parent["kept_ids"] if parent else None, kept),
+        original_size=parent["original_vocab_size"] if parent else rows,
+        languages=list(languages), seen_ids=seen, required_ids=required, min_count=min_count,
+        sources={"parent": loaded.spec, "corpus": corpus.name, "split": split, "keep_reserved": keep_reserved,
+                 "extra_texts": len(extra_texts), **(sources or {})},
+    )
+    loaded.pruning = {**(loaded.pruning or {}), "vocabulary": record.record()}
+    return record
 
 
 def pruning_info(loaded: LoadedModel) -> PruningInfo:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from babelprune.formats.pruned import METADATA_FILE, load_pruned
 from babelprune.formats.structured import STRUCTURE_FILE, load_structured
+from babelprune.formats.trimmed import VOCABULARY_FILE, load_trimmed
 from babelprune.models.base import LoadedModel
 
 FolderLoader = Callable[[Path], LoadedModel]
@@ -22,6 +23,7 @@ FolderLoader = Callable[[Path], LoadedModel]
 SAVED_FORMATS: dict[str, FolderLoader] = {
     METADATA_FILE: load_pruned,
     STRUCTURE_FILE: load_structured,
+    VOCABULARY_FILE: load_trimmed,
 }
 
 
