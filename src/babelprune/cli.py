@@ -392,7 +392,7 @@ def trim_vocab_command(
     corpus: Annotated[str, typer.Option(help="Corpus whose calibration split is tokenized: bible, udhr, a folder/JSONL, hf:<dataset>.")] = "bible",
     extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
     min_count: Annotated[int, typer.Option(help="Keep a token only if the text uses it at least this often.")] = 1,
-    keep_reserved: Annotated[bool, typer.Option(help="Keep reserved placeholder tokens (<unusedN>); --drop-reserved removes them.", show_default=True)] = True,
+    keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
 ) -> None:
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
     from babelprune.api import get_corpus, load_model, save_trimmed, trim_vocabulary
