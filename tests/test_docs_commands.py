@@ -278,6 +278,20 @@ def png(path: str) -> Check:
     return check
 
 
+def trimmed_folder(path: str, languages: str) -> Check:
+    """A trimmed-vocabulary folder: weights, tokenizer, and a record of the languages and kept ids as long as the embedding."""
+
+    def check(outcome: Outcome) -> None:
+        folder = outcome.folder / path
+        record = json.loads((folder / "babelprune_vocabulary.json").read_text(encoding="utf-8"))
+        assert record["languages"] == languages.split(","), record["languages"]
+        weights = AutoModelForCausalLM.from_pretrained(folder).get_input_embeddings().weight
+        assert weights.shape[0] == len(record["kept_ids"]) == record["kept_tokens"]
+        assert (folder / "tokenizer.json").is_file()
+
+    return check
+
+
 def writes_nothing(outcome: Outcome) -> None:
     assert not list(outcome.folder.iterdir()), list(outcome.folder.iterdir())
 
@@ -325,6 +339,12 @@ SPEED_BUDGET = ("--runs", "1", "--warmup", "0", "--seq-len", "16", "--batch", "2
 FINETUNE_BUDGET = ("--max-train", "32", "--max-eval", "4", "--batch-size", "8")
 SWEEP_BUDGET = ("--max-train", "16", "--max-eval", "2", "--batch-size", "8", "--langs", "en,sw")  # 15 runs
 
+# docs/vocab.md: the measurement, kept languages and four that were not
+VOCAB_LANGS = "en,es,fr,zh,ru,ar,hi,sw,de,ja,ko,uk"
+VOCAB_TRIM = "babelprune trim-vocab --model gemma3-270m --drop-reserved --out gemma-8langs"
+VOCAB_DENSE_EVAL = f"babelprune eval --model gemma3-270m --corpus bible --langs {VOCAB_LANGS} --out dense.json"
+VOCAB_TRIMMED_EVAL = f"babelprune eval --model gemma-8langs --corpus bible --langs {VOCAB_LANGS} --out trimmed.json"
+
 RUNS: dict[str, Run] = {
     # README.md, "A tour"
     "babelprune models": Run("readme-tour", (prints("gemma3-270m", "e5-small"),)),
@@ -356,6 +376,9 @@ RUNS: dict[str, Run] = {
             "babelprune eval --model gemma3-270m --corpus bible --langs en,fr,sw,zh --out dense.json",
             "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json",
         ),
+    ),
+    "babelprune trim-vocab --model gemma3-270m --langs en,fr,sw --corpus bible --out trimmed-en-fr-sw": Run(
+        "readme-tour", (trimmed_folder("trimmed-en-fr-sw", "en,fr,sw"), prints("Kept")),
     ),
     "babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-pruned": Run(
         "readme-structured", (structured_folder("e5-pruned", 0.3),), extra=CALIB_BUDGET,
@@ -430,6 +453,17 @@ RUNS: dict[str, Run] = {
     "babelprune slice --sparsity 0.5 e5-genre-dyn --out e5-genre-50": Run(
         "dynamic-doc", (structured_folder("e5-genre-50", 0.5), json_file("e5-genre-50/babelprune_structured.json", parent="e5-genre-dyn")),
         needs=("babelprune train-dynamic --model e5-small --task bible-genre --levels 0.3,0.5,0.7 --steps 200 --importance gradient --out e5-genre-dyn",),
+    ),
+    # docs/vocab.md
+    VOCAB_TRIM: Run("vocab-doc", (trimmed_folder("gemma-8langs", "en,es,fr,zh,ru,ar,hi,sw"),)),
+    VOCAB_DENSE_EVAL: Run("vocab-doc", (eval_record("dense.json", VOCAB_LANGS),), extra=EVAL_BUDGET),
+    VOCAB_TRIMMED_EVAL: Run("vocab-doc", (eval_record("trimmed.json", VOCAB_LANGS),), extra=EVAL_BUDGET, needs=(VOCAB_TRIM,)),
+    "babelprune compare dense.json trimmed.json": Run(
+        "vocab-doc", (prints_languages(VOCAB_LANGS), prints("worst")), needs=(VOCAB_DENSE_EVAL, VOCAB_TRIMMED_EVAL),
+    ),
+    "babelprune bench-speed gemma3-270m gemma-8langs": Run(
+        # The table cuts model names to its column width.
+        "vocab-doc", (prints("gemma-8lan"),), extra=SPEED_BUDGET, needs=(VOCAB_TRIM,),
     ),
 }
 
