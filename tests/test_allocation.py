@@ -12,9 +12,11 @@ from babelprune.prune.allocation import (
     allocate_uniform,
     block_cross_lingual_correlation,
     cross_lingual_correlation,
+    distinct_inputs,
     owl_outlier_ratio,
     spread_sparsity,
 )
+from babelprune.prune.stats import LanguageStats
 
 
 def _mean(values: list[float]) -> float:
@@ -99,8 +101,38 @@ def test_cross_lingual_correlation_hand_cases():
     assert cross_lingual_correlation(torch.tensor([a, b, c])) == pytest.approx(-1 / 3)
     # [1,0,0] vs [0,1,0]: centred [2,-1,-1]/3 and [-1,2,-1]/3, dot -3/9, norms^2 6/9 -> -0.5.
     assert cross_lingual_correlation(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])) == pytest.approx(-0.5)
-    # Per-linear average: (1 + -1) / 2 = 0.
-    assert block_cross_lingual_correlation([torch.tensor([a, b]), torch.tensor([a, c])]) == pytest.approx(0.0)
+
+
+def test_cross_lingual_correlation_is_a_rank_correlation():
+    # [1, 4, 9] orders the features as [1, 2, 3] does: rank correlation 1 (Pearson would be 0.99).
+    assert cross_lingual_correlation(torch.tensor([[1.0, 2.0, 3.0], [1.0, 4.0, 9.0]])) == pytest.approx(1.0)
+    # An outlier feature does not decide it: ranks [0, 1, 2] vs [1, 0, 2], centred [-1, 0, 1] and
+    # [0, -1, 1], dot 1, norms sqrt(2) each -> 0.5 (Pearson of the raw values: 0.86).
+    assert cross_lingual_correlation(torch.tensor([[1.0, 2.0, 100.0], [2.0, 1.0, 3.0]])) == pytest.approx(0.5)
+    # Ties share their average rank: [1, 1, 2] -> [0.5, 0.5, 2], centred [-0.5, -0.5, 1]; against
+    # ranks [0, 1, 2] (centred [-1, 0, 1]): dot 1.5 / (sqrt(1.5) * sqrt(2)) = sqrt(3) / 2.
+    assert cross_lingual_correlation(torch.tensor([[1.0, 1.0, 2.0], [1.0, 2.0, 3.0]])) == pytest.approx(3**0.5 / 2)
+    # Scale-free: multiplying one language's norms by 1000 changes nothing.
+    assert cross_lingual_correlation(torch.tensor([[1.0, 2.0, 100.0], [2000.0, 1000.0, 3000.0]])) == pytest.approx(0.5)
+
+
+def _stats_from_norms(first: list[float], second: list[float]) -> LanguageStats:
+    """Statistics of two languages with one token each, so their per-language norms are |token|."""
+    stats = LanguageStats(len(first), ["en", "fr"], track_activity=False)
+    stats.update(torch.tensor([first]), "en")
+    stats.update(torch.tensor([second]), "fr")
+    return stats
+
+
+def test_block_correlation_counts_each_shared_input_once():
+    shared = _stats_from_norms([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # q, k, v read it: correlation 1
+    own = _stats_from_norms([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])  # o reads it: correlation -1
+    # Two distinct inputs: (1 + -1) / 2 = 0. Counting q, k and v separately would give (3 - 1) / 4 = 0.5.
+    assert distinct_inputs([shared, shared, shared, own]) == [shared, own]
+    assert block_cross_lingual_correlation([shared, shared, shared, own]) == pytest.approx(0.0)
+    assert block_cross_lingual_correlation([shared, own, own]) == pytest.approx(0.0)
+    with pytest.raises(BabelpruneError):
+        block_cross_lingual_correlation([])
 
 
 def test_cross_lingual_correlation_needs_two_languages():

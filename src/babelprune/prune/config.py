@@ -43,7 +43,7 @@ class PruneConfig(BaseModel):
     allocation: Allocation = "uniform"  # layer-wise sparsity (cwl is M-Wanda's cross-lingual allocation)
     lam: float = Field(0.08, ge=0, lt=0.5)  # OWL/CWL spread: block sparsities lie in [s - lam, s + lam]
     owl_m: float = Field(5.0, gt=0)  # OWL outlier threshold, in multiples of the block's mean score
-    allocation_samples: int = Field(2, ge=1)  # calibration samples per language for the allocation pre-pass
+    allocation_samples: int = Field(1, ge=1)  # windows per language for the allocation pre-pass (stable from 1: benchmarks/cwl_stability.py)
     setting: Setting = "shared"
     order: Order = "one-pass"
     # two-pass only: windows per forward (None: all at once). Smaller batches hold fewer activations.

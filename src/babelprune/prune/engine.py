@@ -150,7 +150,7 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
             scores = [wanda_scores(weight_matrix(linear), stats.pooled_norm()) for linear, stats in seen.values()]
             measures.append(owl_outlier_ratio(scores, config.owl_m))
         else:
-            measures.append(block_cross_lingual_correlation([stats.per_language_norm() for _, stats in seen.values()]))
+            measures.append(block_cross_lingual_correlation([stats for _, stats in seen.values()]))
     allocate = allocate_owl if allocation == "owl" else allocate_cwl
     key = "outlier_ratio" if allocation == "owl" else "cross_lingual_correlation"
     return allocate(measures, config.sparsity, config.lam), {key: measures}
