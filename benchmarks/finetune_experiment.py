@@ -1,6 +1,6 @@
 """The experiment of docs/finetune.md: gradual magnitude pruning while fine-tuning e5-small on bible-genre.
 
-    python benchmarks/finetune_experiment.py [--out runs/finetune-bible-genre] [--report docs/finetune]
+    python benchmarks/finetune_experiment.py [--out runs/finetune-bible-genre]
         [--sparsities 0,0.5,0.7,0.9] [--seeds 0,1,2] [--threads 1]
 
 Zero-shot from English: each run fine-tunes e5-small on English verses only,
