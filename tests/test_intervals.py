@@ -49,6 +49,8 @@ def test_identical_windows_have_a_point_interval_and_varied_ones_contain_the_est
     low, high = varied.bits_per_byte_interval
     assert low < varied.bits_per_byte < high and high - low > 0.1
     assert bits_per_byte_interval([1.0], [3], "en") is None
+    assert bits_per_byte_interval([1.0, 2.0, 1.5, 1.2], [3] * 4, "en") is None  # too few windows to resample
+    assert bits_per_byte_interval([1.0, 2.0, 1.5, 1.2, 1.1], [3] * 5, "en") is not None
 
 
 def test_draws_are_seeded_by_language():
@@ -89,7 +91,7 @@ def test_results_without_window_data_have_no_intervals():
 
 
 def test_the_evaluation_table_and_json_carry_the_interval(tmp_path):
-    evaluated = result(score("en", [0.5, 1.5, 0.8, 1.2], [100] * 4))
+    evaluated = result(score("en", [0.5, 1.5, 0.8, 1.2, 1.0, 0.9], [100] * 6))
     low, high = evaluated.scores[0].bits_per_byte_interval
     assert f"{low:.3f}-{high:.3f}" in markdown_table(evaluated)
     evaluated.save(tmp_path / "r.json")

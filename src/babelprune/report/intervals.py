@@ -21,6 +21,9 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
+# Fewer resampled items than this give no interval: with two or three windows a
+# bootstrap has only a handful of distinct resamples and understates the spread.
+MIN_ITEMS = 5
 
 
 def draws(n_items: int, language: str, samples: int = BOOTSTRAP_SAMPLES) -> np.ndarray:
@@ -50,15 +53,15 @@ def bits_per_byte_replicates(window_nll: Sequence[float], window_bytes: Sequence
 
 def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], language: str,
                    scale: float = 1.0) -> tuple[float, float] | None:
-    """95% interval of scale * sum(numerators) / sum(denominators) over resampled items; None with fewer than 2."""
-    if len(numerators) < 2:
+    """95% interval of scale * sum(numerators) / sum(denominators) over resampled items; None with fewer than MIN_ITEMS."""
+    if len(numerators) < MIN_ITEMS:
         return None
     replicates = scale * ratio_replicates(numerators, denominators, draws(len(numerators), language))
     return percentile_interval(replicates)
 
 
 def bits_per_byte_interval(window_nll: Sequence[float], window_bytes: Sequence[int], language: str) -> tuple[float, float] | None:
-    """95% interval of a language's bits per byte; None with fewer than 2 windows."""
+    """95% interval of a language's bits per byte; None with fewer than MIN_ITEMS windows."""
     return ratio_interval(window_nll, window_bytes, language, scale=1 / math.log(2))
 
 

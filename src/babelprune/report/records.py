@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from babelprune.cache import atomic_write_text
 from babelprune.data.languages import ResourceLevel
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import bits_per_byte_interval, ratio_interval
+from babelprune.report.intervals import MIN_ITEMS, bits_per_byte_interval, ratio_interval
 
 SCHEMA_VERSION = 1
 
@@ -61,12 +61,12 @@ class LMScore(LanguageMeta):
 
     @property
     def bits_per_byte_interval(self) -> tuple[float, float] | None:
-        """95% bootstrap interval over windows (None without per-window figures or with one window)."""
+        """95% bootstrap interval over windows (None without per-window figures or with fewer than MIN_ITEMS windows)."""
         return bits_per_byte_interval(self.window_nll, self.window_bytes, self.language)
 
     def resample_parts(self) -> tuple[list[float], list[float]] | None:
         """Per window (NLL, bytes): the primary metric is a ratio of their sums (None without window data)."""
-        return (self.window_nll, [float(b) for b in self.window_bytes]) if len(self.window_nll) >= 2 else None
+        return (self.window_nll, [float(b) for b in self.window_bytes]) if len(self.window_nll) >= MIN_ITEMS else None
 
     @property
     def primary_interval(self) -> tuple[float, float] | None:
@@ -92,7 +92,7 @@ class RetrievalScore(LanguageMeta):
 
     def resample_parts(self) -> tuple[list[float], list[float]] | None:
         """Per query (hit, 1): top-1 accuracy is the ratio of their sums (None without per-query data)."""
-        return ([float(hit) for hit in self.query_hits], [1.0] * len(self.query_hits)) if len(self.query_hits) >= 2 else None
+        return ([float(hit) for hit in self.query_hits], [1.0] * len(self.query_hits)) if len(self.query_hits) >= MIN_ITEMS else None
 
     @property
     def primary_interval(self) -> tuple[float, float] | None:
