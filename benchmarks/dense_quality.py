@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--tokens", type=int, default=1024, help="predicted tokens per language")
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=128, help="window length: 1024 tokens in windows of 128 give 8 windows, enough for an interval")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
