@@ -5,3 +5,18 @@ import os
 # Busy-waiting OpenMP threads collapse when the CPU is shared with other work;
 # sleeping ones cost little here. Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def other_tiny_folder(tmp_path_factory) -> str:
+    """A tiny BERT folder with other random weights than the tests' usual one (seed 1)."""
+    from tests.tiny_models import tiny_model
+    from tests.tiny_tokenizer import char_tokenizer
+
+    folder = tmp_path_factory.mktemp("other-tiny-bert")
+    tiny_model("bert", seed=1).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return str(folder)

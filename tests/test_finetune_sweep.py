@@ -80,15 +80,6 @@ class SizedGenreTask(TinyGenreTask):
         return examples[: self.train_size] if split == "train" else examples
 
 
-@pytest.fixture(scope="module")
-def other_tiny_folder(tmp_path_factory) -> str:
-    """A second tiny BERT, with other random weights."""
-    folder = tmp_path_factory.mktemp("other-tiny-bert")
-    tiny_model("bert", seed=1).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 def _sweep(model, task, base, out_dir, notices):
     return run_sweep(model, task, (0.0,), (0,), base, out_dir=out_dir, progress=False, on_notice=notices.append)
 

@@ -223,14 +223,6 @@ def test_a_finished_run_is_not_trained_again(tiny_folder, tmp_path):
     assert math.isclose(again.achieved_sparsity, first.achieved_sparsity)
 
 
-@pytest.fixture(scope="module")
-def other_tiny_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("other-tiny-bert")
-    tiny_model("bert", seed=1).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 def test_a_run_of_another_model_is_refused_not_reused(tiny_folder, other_tiny_folder, tmp_path):
     config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
     finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
