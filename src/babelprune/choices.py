@@ -16,6 +16,9 @@ Allocation = Literal["uniform", "owl", "cwl"]
 Setting = Literal["shared", "per-language"]
 Order = Literal["one-pass", "two-pass"]
 StorageFormat = Literal["hf", "sparse", "both"]
+Balance = Literal["languages", "tokens"]  # how calibration languages count (babelprune.prune.balance)
+RefitSolver = Literal["pcg", "exact"]  # babelprune.prune.reconstruct
+LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 
 # Structured pruning (babelprune.prune.structured).
 StructuredUnit = Literal["heads", "ffn", "blocks"]

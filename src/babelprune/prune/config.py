@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from babelprune.choices import Allocation, Order, Score, Setting
+from babelprune.choices import Allocation, Balance, Order, RefitSolver, Score, Setting
 from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import RIA_EXPONENT, MWandaOptions, check_nm, check_sparsity
 
@@ -33,6 +33,19 @@ class MWandaConfig(BaseModel):
         )
 
 
+class ReconstructConfig(BaseModel):
+    """Refit of the kept weights after the mask is chosen (babelprune.prune.reconstruct).
+
+    Defaults were chosen on development languages (benchmarks/refit_knobs.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    solver: RefitSolver = "pcg"
+    damp: float = Field(0.01, gt=0)  # share of mean(diag H) added to H: larger stays closer to the dense kept weights
+    shrink: float = Field(0.0, ge=0, le=1)  # 0: the full refit; 1: no refit (the mask method's weight)
+    iterations: int = Field(30, ge=1)  # PCG iterations at most
+
+
 class PruneConfig(BaseModel):
     """Everything that decides a one-shot pruning run (the calibration data is separate)."""
 
@@ -53,7 +66,18 @@ class PruneConfig(BaseModel):
     block_size: int = Field(128, ge=1)  # SparseGPT column block
     ria_exponent: float = Field(RIA_EXPONENT, ge=0)  # RIA (and mwanda --score ria): power a of the input norm
     mwanda: MWandaConfig = Field(default_factory=MWandaConfig)
+    # How calibration languages count in the statistics and Hessians (babelprune.prune.balance).
+    balance: Balance = "languages"
+    language_weights: dict[str, float] = Field(default_factory=dict)  # unnamed calibration languages weigh 1
+    reconstruct: ReconstructConfig | None = None  # None: keep the mask method's weights
     seed: int = 0
+
+    @field_validator("language_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        from babelprune.prune.balance import check_language_weights
+
+        return check_language_weights(value)
 
     @field_validator("sparsity")
     @classmethod
@@ -85,6 +109,21 @@ class PruneConfig(BaseModel):
             raise BabelpruneError(
                 f"--score {self.mwanda.score} changes M-Wanda's score only, but the method is '{self.method}'; "
                 f"use --method mwanda, or --method {self.mwanda.score} for the plain score."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _weights_need_balance(self) -> PruneConfig:
+        if self.language_weights and self.balance == "tokens":
+            raise BabelpruneError("--language-weights needs --balance languages: pooled statistics count every token once.")
+        return self
+
+    @model_validator(mode="after")
+    def _reconstruct_needs_shared(self) -> PruneConfig:
+        if self.reconstruct is not None and self.setting == "per-language":
+            raise BabelpruneError(
+                "--reconstruct refits the weights, but the per-language setting keeps one set of dense weights under "
+                "every language's mask; use --setting shared with --reconstruct, or drop --reconstruct."
             )
         return self
 

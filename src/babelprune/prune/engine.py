@@ -28,10 +28,12 @@ from babelprune.prune.allocation import (
     block_cross_lingual_correlation,
     owl_outlier_ratio,
 )
+from babelprune.prune.balance import check_weighted_languages, language_shares, token_scale
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import wanda_scores
 from babelprune.prune.methods import METHODS, LayerTask, Method
+from babelprune.prune.reconstruct import reconstruct
 from babelprune.prune.sequential import (
     StatsCollector,
     batch_spans,
@@ -63,6 +65,9 @@ class PruneResult:
     seconds: float
     mask_bank: dict[str, Masks] | None = None  # per-language setting: language (or POOLED_MASK) -> masks
     allocation_stats: dict[str, list[float]] = field(default_factory=dict)
+    # --reconstruct: "block.name" -> [relative calibration error of the masked weight, of the refitted one]
+    refit_errors: dict[str, list[float]] = field(default_factory=dict)
+    language_shares: dict[str, float] = field(default_factory=dict)  # each calibration language's share of the statistics
 
     def metadata(self) -> dict:
         # method / sparsity / setting at the top level, like every babelprune pruning record.
@@ -78,6 +83,8 @@ class PruneResult:
             "achieved_sparsity": self.achieved_sparsity,
             "layer_sparsity": self.layer_sparsity,
             "calibration": self.calibration,
+            "language_shares": self.language_shares,
+            "refit_errors": self.refit_errors,
             "seconds": self.seconds,
         }
 
@@ -118,9 +125,11 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
                 )
         if config.allocation != "uniform":
             raise BabelpruneError(f"Allocation '{config.allocation}' varies sparsity per block, which an N:M pattern fixes; use --allocation uniform.")
-    needs_data = method.needs_calibration or (config.allocation != "uniform" and not config.nm)
+    needs_data = _needs_calibration(config, method) or (config.allocation != "uniform" and not config.nm)
     if needs_data and calibration is None:
         raise BabelpruneError(f"Method '{config.method}' with allocation '{config.allocation}' needs calibration text; give --calib.")
+    if calibration is not None and config.language_weights:
+        check_weighted_languages(config.language_weights, calibration)
     if config.allocation == "cwl" and not config.nm and calibration is not None and len(calibration.language_set) < 2:
         raise BabelpruneError("CWL allocation compares languages, so it needs calibration text in at least two languages.")
     if config.setting == "per-language" and config.method == "sparsegpt":
@@ -156,40 +165,67 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
     return allocate(measures, config.sparsity, config.lam), {key: measures}
 
 
-def _prune_linear(method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float) -> None:
-    new_weight, pruned = method.fn(LayerTask(weight_matrix(linear), stats, sparsity, config))
+def _needs_calibration(config: PruneConfig, method: Method) -> bool:
+    return method.needs_calibration or config.reconstruct is not None
+
+
+def _prune_linear(
+    method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float,
+    refit_errors: dict[str, list[float]], name: str,
+) -> None:
+    """Choose the layer's mask (and weights, for SparseGPT); with --reconstruct, refit the kept weights."""
+    dense = weight_matrix(linear)
+    new_weight, pruned = method.fn(LayerTask(dense, stats, sparsity, config))
+    if config.reconstruct is not None:
+        options = config.reconstruct
+        # The refit starts again from the dense weight: only the method's mask is kept.
+        new_weight, report = reconstruct(
+            dense, pruned, stats.hessian(), damp=options.damp, shrink=options.shrink,
+            solver=options.solver, iterations=options.iterations,
+        )
+        refit_errors[name] = [round(report.error_before, 6), round(report.error_after, 6)]
     if new_weight is None:
-        weight_matrix(linear).masked_fill_(pruned, 0)
+        dense.masked_fill_(pruned, 0)
     else:
         write_weight(linear, new_weight)
+
+
+def _token_scale(config: PruneConfig, calibration: Calibration) -> torch.Tensor | None:
+    """The per-language token factors of the statistics (None: every token counts once)."""
+    if len(calibration.language_set) < 2:
+        return None  # one language (a per-language mask): nothing to balance
+    return token_scale(calibration, config.balance, config.language_weights)
 
 
 @torch.no_grad()
 def _prune_blocks(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
     calibration: Calibration | None, targets: list[float], progress: Progress, label: str,
+    refit_errors: dict[str, list[float]],
 ) -> None:
     """Prune every block in place, in order. The masks are the weights' zeros afterwards; none are kept here."""
     blocks = adapter.get_blocks(model)
     task = progress.add_task(label, total=len(blocks))
-    if not method.needs_calibration:
+    if not _needs_calibration(config, method):
         for index, block in enumerate(blocks):
             for name, linear in adapter.block_linears(block).items():
-                _prune_linear(method, config, linear, None, targets[index])
+                _prune_linear(method, config, linear, None, targets[index], refit_errors, f"{index}.{name}")
             progress.advance(task)
         return
     inputs = capture_block_inputs(model, adapter, calibration.ids)
     rows = calibration.rows()
     spans = batch_spans(len(calibration.languages), config.calib_batch)
+    scale = _token_scale(config, calibration)
+    needs_hessian = method.needs_hessian or config.reconstruct is not None
     for index, block in enumerate(blocks):
-        collector = StatsCollector(calibration.language_set, method.needs_hessian, config.mwanda.tau, method.needs_activity)
+        collector = StatsCollector(calibration.language_set, needs_hessian, config.mwanda.tau, method.needs_activity, scale)
         if method.needs_activity:  # the down-projection's input follows the activation: active means x > 0
             down = adapter.ffn_linears(block)["down"]
-            collector.by_name["down"] = post_activation_stats(linear_in_features(down), collector.languages)
+            collector.by_name["down"] = post_activation_stats(linear_in_features(down), collector.languages, token_scale=scale)
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats, index=index):
-                _prune_linear(method, config, linear, stats, targets[index])
+                _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}")
 
             inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
         else:
@@ -200,7 +236,7 @@ def _prune_blocks(
                 batch = slice_inputs(inputs, start, end)
                 run_block_with_hooks(block, adapter, batch, index, collector, lambda n, lin, st: seen.__setitem__(n, lin))
             for name, linear in seen.items():
-                _prune_linear(method, config, linear, collector.by_name[name], targets[index])
+                _prune_linear(method, config, linear, collector.by_name[name], targets[index], refit_errors, f"{index}.{name}")
             inputs.hidden = torch.cat([run_block(block, adapter, slice_inputs(inputs, s, e), index) for s, e in spans])
         progress.advance(task)
 
@@ -213,14 +249,16 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
     method = METHODS[config.method]
     linears = named_linears(model, adapter)
     _check_model(config, linears, method, calibration)
-    if not method.needs_calibration and config.allocation == "uniform":
+    if not _needs_calibration(config, method) and config.allocation == "uniform":
         calibration = None  # magnitude needs no data
     starting = zero_share(linears)
     bar = progress_bar(progress)
+    refit_errors: dict[str, list[float]] = {}
     with bar, torch.no_grad():
         targets, allocation_stats = allocate_blocks(model, adapter, config, calibration)
         if config.setting == "shared":
-            _prune_blocks(model, adapter, config, method, calibration, targets, bar, f"{config.method}: pruning blocks")
+            label = f"{config.method}{' + refit' if config.reconstruct else ''}: pruning blocks"
+            _prune_blocks(model, adapter, config, method, calibration, targets, bar, label, refit_errors)
             layer_sparsity = {name: _share_of_zeros(linear) for name, linear in linears.items()}
             achieved, bank = zero_share(linears), None
         else:
@@ -235,6 +273,8 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
         seconds=round(time.perf_counter() - started, 3),
         mask_bank=bank,
         allocation_stats=allocation_stats,
+        refit_errors=refit_errors,
+        language_shares=language_shares(calibration, config.balance, config.language_weights) if calibration else {},
     )
 
 
@@ -259,7 +299,7 @@ def _prune_per_language(model, adapter, config, method, calibration, targets, li
     subsets = [(lang, calibration.subset([lang])) for lang in calibration.language_set] + [(POOLED_MASK, calibration)]
     for key, subset in subsets:
         try:
-            _prune_blocks(model, adapter, config, method, subset, targets, bar, f"{config.method} [{key}]")
+            _prune_blocks(model, adapter, config, method, subset, targets, bar, f"{config.method} [{key}]", {})
             bank[key] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
             if key != POOLED_MASK:
                 shares.append(zero_share(linears))

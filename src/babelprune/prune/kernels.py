@@ -243,21 +243,30 @@ def mwanda_feature_weight(
     per_language_norm: Tensor | None = None,
     activation_probability: Tensor | None = None,
     options: MWandaOptions = MWandaOptions(),
+    language_weights: Tensor | None = None,
 ) -> Tensor:
     """The per-input factor f_j that M-Wanda multiplies |W_ij| by, shape (in,).
 
     pooled_norm: (in,) Wanda's ||X_j||_2 over all calibration tokens.
     per_language_norm: (L, in) n_j^l, needed when options.language_aware.
     activation_probability: (L, in) p_j^l, needed when options.activation_prob.
+    language_weights: (L,) shares summing to 1; mu_j and sigma_j become the
+    weighted mean and standard deviation over languages (None: equal shares).
     With every option off this returns `pooled_norm` itself, so the scores and
     masks are exactly Wanda's.
     """
     if options.language_aware:
         if per_language_norm is None:
             raise BabelpruneError("Language-aware M-Wanda needs per-language input norms; collect them first.")
-        mu = per_language_norm.double().mean(dim=0)
-        # Population std: defined (zero) for a single language, where unbiased std is NaN.
-        sigma = per_language_norm.double().std(dim=0, unbiased=False)
+        norms = per_language_norm.double()  # (L, in)
+        if language_weights is None:
+            mu = norms.mean(dim=0)
+            # Population std: defined (zero) for a single language, where unbiased std is NaN.
+            sigma = norms.std(dim=0, unbiased=False)
+        else:
+            shares = language_weights.double().unsqueeze(1)  # (L, 1)
+            mu = (shares * norms).sum(dim=0)
+            sigma = (shares * (norms - mu).square()).sum(dim=0).sqrt()
         weight = mu + options.alpha * sigma
     else:
         weight = pooled_norm
@@ -274,13 +283,14 @@ def mwanda_scores(
     per_language_norm: Tensor | None = None,
     activation_probability: Tensor | None = None,
     options: MWandaOptions = MWandaOptions(),
+    language_weights: Tensor | None = None,
 ) -> Tensor:
     """M-Wanda scores, shape (out, in): |W_ij| * f_j, or RI_ij * f_j ** a with score "ria".
 
     f_j is `mwanda_feature_weight`: M-Wanda's language-aware statistics take
     the place of the pooled input norm in either score.
     """
-    feature_weight = mwanda_feature_weight(pooled_norm, per_language_norm, activation_probability, options)
+    feature_weight = mwanda_feature_weight(pooled_norm, per_language_norm, activation_probability, options, language_weights)
     if options.score == "ria":
         return ria_scores(weight, feature_weight, options.exponent)
     return wanda_scores(weight, feature_weight)

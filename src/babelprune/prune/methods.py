@@ -104,6 +104,7 @@ def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
         stats.per_language_norm() if options.language_aware else None,
         stats.activation_probability() if options.activation_prob else None,
         options,
+        stats.language_weights(),
     )
     return _prune_by_scores(scores, task)
 

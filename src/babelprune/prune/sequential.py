@@ -88,8 +88,12 @@ class StatsCollector:
     computed once and the linears sharing an input share one statistics object.
     """
 
-    def __init__(self, languages: list[str], track_hessian: bool, tau: float, track_activity: bool = True) -> None:
+    def __init__(
+        self, languages: list[str], track_hessian: bool, tau: float, track_activity: bool = True,
+        token_scale: torch.Tensor | None = None,
+    ) -> None:
         self.languages = list(languages)
+        self.token_scale = token_scale  # (L,) per-language token weight, None: every token counts once
         self.track_hessian = track_hessian
         self.track_activity = track_activity
         self.tau = tau
@@ -112,17 +116,27 @@ class StatsCollector:
         cached = self._cache.get(id(x))
         if cached is None or cached[0]() is not x:
             stats = self.by_name.get(name) or LanguageStats(
-                x.shape[-1], self.languages, tau=self.tau, track_activity=self.track_activity
+                x.shape[-1], self.languages, tau=self.tau, track_activity=self.track_activity, token_scale=self.token_scale
             )
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():
                 stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
-            if self.track_hessian:  # pooled over languages: one matrix product for all tokens
-                stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
+            if self.track_hessian:
+                self._add_hessian(stats, x, per_sample)
             self._cache[id(x)] = (weakref.ref(x), stats)
         self.by_name[name] = self._cache[id(x)][1]
         return self.by_name[name]
+
+
+    def _add_hessian(self, stats: LanguageStats, x: torch.Tensor, per_sample: torch.Tensor) -> None:
+        """Pooled: one product for all tokens. Balanced: one per language, its tokens scaled by sqrt(s_l)."""
+        if self.token_scale is None:
+            stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
+            return
+        for lang, rows in self.rows.items():
+            scale = float(self.token_scale[self.languages.index(lang)])
+            stats.add_hessian(per_sample[rows].reshape(-1, x.shape[-1]).float(), scale)
 
 
 def batch_spans(n: int, batch: int | None) -> list[tuple[int, int]]:

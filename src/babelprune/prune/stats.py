@@ -12,6 +12,13 @@ read the statistics the pruning kernels need:
 * `hessian()` (in, in): X X^T pooled over all tokens (SparseGPT), only if
   asked for at construction, since it costs in^2 memory.
 
+Language balance. `token_scale` (one factor per language, optional) weights
+every token of language l by s_l in the pooled norm and in the Hessian:
+||X_j||^2 becomes sum_l s_l ||X_j^l||^2 and X X^T becomes sum_l s_l X_l X_l^T.
+`babelprune.prune.balance` chooses s_l = w_l / T_l (rescaled), so each
+language counts by its weight w_l whatever its token count T_l. Without it
+every token counts once (pooled).
+
 "Active" means |x_j| > tau by default (rule "abs"). The default tau = 0.01
 suits inputs that come out of a normalisation layer (values of order 1),
 where |x| <= 0.01 is effectively silent. For inputs taken after an
@@ -50,6 +57,7 @@ class LanguageStats:
         tau: float = DEFAULT_TAU,
         track_activity: bool = True,
         active_rule: ActiveRule = "abs",
+        token_scale: Tensor | None = None,
     ) -> None:
         if in_features < 1:
             raise BabelpruneError(f"A linear layer needs at least one input feature, got {in_features}.")
@@ -59,8 +67,11 @@ class LanguageStats:
             raise BabelpruneError(f"Unknown activity rule {active_rule!r}; use 'abs' or 'positive'.")
         if tau < 0:
             raise BabelpruneError(f"The activity threshold tau={tau} must be non-negative.")
+        if token_scale is not None and (token_scale.shape != (len(languages),) or bool((token_scale <= 0).any())):
+            raise BabelpruneError("The token scale needs one positive factor per language.")
         self.in_features = in_features
         self.languages = list(languages)
+        self.token_scale = None if token_scale is None else token_scale.double()  # (L,) or None: pooled
         self.tau = float(tau)
         self.active_rule = active_rule
         self._index = {lang: i for i, lang in enumerate(self.languages)}
@@ -95,11 +106,12 @@ class LanguageStats:
             self._active[i] += (magnitude > self.tau).sum(dim=0)
         self._tokens[i] += tokens.shape[0]
         if self._hessian is not None:
-            self._hessian += (tokens.T @ tokens).double()  # (in, in)
+            scale = 1.0 if self.token_scale is None else float(self.token_scale[i])
+            self._hessian += scale * (tokens.T @ tokens).double()  # (in, in)
 
-    def add_hessian(self, tokens: Tensor) -> None:
-        """Add X^T X of a batch of tokens (T, in) of any languages: one matrix product for all of them."""
-        product = (tokens.T @ tokens).double()  # (in, in)
+    def add_hessian(self, tokens: Tensor, scale: float = 1.0) -> None:
+        """Add scale * X^T X of a batch of tokens (T, in) of any languages: one matrix product for all of them."""
+        product = scale * (tokens.T @ tokens).double()  # (in, in)
         self._hessian = product if self._hessian is None else self._hessian + product
 
     def _require_tokens(self) -> None:
@@ -110,10 +122,19 @@ class LanguageStats:
             )
 
     def pooled_norm(self) -> Tensor:
-        """(in,) float64: ||X_j||_2 over every token of every language (Wanda's input norm)."""
+        """(in,) float64: ||X_j||_2 over every token of every language (Wanda's input norm), scaled per language."""
         if int(self._tokens.sum()) == 0:
             raise BabelpruneError("No calibration tokens were seen; run calibration before pruning.")
-        return self._sum_squares.sum(dim=0).sqrt()
+        if self.token_scale is None:
+            return self._sum_squares.sum(dim=0).sqrt()
+        return (self.token_scale.unsqueeze(1) * self._sum_squares).sum(dim=0).sqrt()
+
+    def language_weights(self) -> Tensor | None:
+        """(L,) float64 summing to 1: each language's share under the token scale (None when pooled)."""
+        if self.token_scale is None:
+            return None
+        mass = self.token_scale * self._tokens.double()
+        return mass / mass.sum()
 
     def per_language_norm(self) -> Tensor:
         """(L, in) float64: ||X_j^l||_2 / sqrt(T_l), rows in the order of `languages`."""
@@ -134,6 +155,10 @@ class LanguageStats:
         return self._hessian.clone()
 
 
-def post_activation_stats(in_features: int, languages: Sequence[str], track_activity: bool = True) -> LanguageStats:
+def post_activation_stats(
+    in_features: int, languages: Sequence[str], track_activity: bool = True, token_scale: Tensor | None = None
+) -> LanguageStats:
     """Statistics for an input that follows the FFN's activation function: active means x_j > 0."""
-    return LanguageStats(in_features, languages, tau=0.0, track_activity=track_activity, active_rule="positive")
+    return LanguageStats(
+        in_features, languages, tau=0.0, track_activity=track_activity, active_rule="positive", token_scale=token_scale
+    )
