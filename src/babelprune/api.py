@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 
+from babelprune.choices import LanguageBudget
 from babelprune.data.corpus import Corpus, Split
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
@@ -49,9 +50,27 @@ def calibrate(
     return build_calibration(loaded.tokenizer, corpus, list(languages), samples_per_language, seq_len, seed)
 
 
-def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
-    """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`."""
-    result = _prune(loaded, config, calibration, progress)
+def prune(
+    loaded: LoadedModel,
+    config: PruneConfig,
+    calibration: Calibration | None = None,
+    progress: bool = True,
+    language_budget: LanguageBudget = "none",
+    holdout: Calibration | None = None,
+    budget_rounds: int = 3,
+) -> PruneResult:
+    """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`.
+
+    language_budget="minimax" prunes `budget_rounds` times, raising the
+    weight of the languages that lost most on the `holdout` windows, and
+    keeps the best round (see `babelprune.prune.budget`).
+    """
+    if language_budget == "minimax":
+        from babelprune.prune.budget import prune_with_language_budget
+
+        result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress)
+    else:
+        result = _prune(loaded, config, calibration, progress)
     loaded.pruning = result.metadata() | {"parent": loaded.spec}
     loaded.mask_bank = result.mask_bank
     return result

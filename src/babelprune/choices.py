@@ -20,6 +20,17 @@ Balance = Literal["languages", "tokens"]  # how calibration languages count (bab
 RefitSolver = Literal["pcg", "exact"]  # babelprune.prune.reconstruct
 LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 
+
+class RefitDefaults:
+    """Defaults of --reconstruct's knobs, here so that `--help` shows them without importing torch.
+
+    Chosen on development languages, not the evaluation ones: benchmarks/refit_knobs.py.
+    """
+
+    damp = 0.01
+    shrink = 0.0
+    iterations = 30
+
 # Structured pruning (babelprune.prune.structured).
 StructuredUnit = Literal["heads", "ffn", "blocks"]
 StructuredImportance = Literal["magnitude", "gradient", "activation", "l0"]

@@ -11,6 +11,10 @@ from rich.console import Console
 
 from babelprune.choices import (
     Allocation,
+    Balance,
+    LanguageBudget,
+    RefitDefaults,
+    RefitSolver,
     DynamicImportance,
     GmpScope,
     GqaMode,
@@ -101,10 +105,21 @@ def prune_command(
     importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
     gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
     ranking: Annotated[Ranking, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
+    reconstruct: Annotated[bool, typer.Option(help="Refit each layer's kept weights to its dense outputs on the calibration inputs (shared setting).")] = False,
+    refit_solver: Annotated[RefitSolver, typer.Option(help="--reconstruct: batched conjugate gradient, or an exact solve per row (slow; small layers).")] = "pcg",
+    refit_damp: Annotated[float, typer.Option(help="--reconstruct: damping, as a share of the Hessian's mean diagonal; larger stays closer to the dense kept weights.")] = RefitDefaults.damp,
+    refit_shrink: Annotated[float, typer.Option(help="--reconstruct: in [0, 1]; 0 keeps the full refit, 1 the mask method's weights.")] = RefitDefaults.shrink,
+    refit_iterations: Annotated[int, typer.Option(help="--reconstruct: conjugate-gradient iterations at most.")] = RefitDefaults.iterations,
+    balance: Annotated[Balance, typer.Option(help="languages: each calibration language counts by its weight; tokens: every token counts once.")] = "languages",
+    language_weights: Annotated[Optional[str], typer.Option(help="Weights of calibration languages in the statistics and Hessians, e.g. sw=2,en=1 (others weigh 1).")] = None,
+    language_budget: Annotated[LanguageBudget, typer.Option(help="minimax: prune in rounds, raising the weight of the languages that lose most on held-out windows.")] = "none",
+    budget_rounds: Annotated[int, typer.Option(help="--language-budget: pruning rounds.")] = 3,
+    holdout_samples: Annotated[int, typer.Option(help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
-    from babelprune.prune.config import MWandaConfig, PruneConfig
+    from babelprune.prune.balance import parse_language_weights
+    from babelprune.prune.config import MWandaConfig, PruneConfig, ReconstructConfig
     from babelprune.prune.methods import METHODS
 
     if out.exists():
@@ -112,20 +127,52 @@ def prune_command(
     if structured is not None:
         _prune_structured(out, model, structured, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed)
         return
+    refit = ReconstructConfig(solver=refit_solver, damp=refit_damp, shrink=refit_shrink, iterations=refit_iterations) if reconstruct else None
     config = PruneConfig(
         method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order,
-        calib_batch=calib_batch, seed=seed,
+        calib_batch=calib_batch, seed=seed, reconstruct=refit, balance=balance,
+        language_weights=parse_language_weights(language_weights),
         mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta, score=score),
     )
+    budget = language_budget == "minimax"
+    if budget and _split_langs(calib_langs) is not None and len(_split_langs(calib_langs)) < 2:
+        raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
     loaded = load_model(model)
-    needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform"
-    calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
-    result = prune(loaded, config, calibration)
+    needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or refit is not None or budget
+    held = holdout_samples if budget else 0
+    calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples + held, seq_len, seed) if needs_data else None
+    holdout = None
+    if budget:
+        calibration, holdout = calibration.split_holdout(held)
+    result = prune(loaded, config, calibration, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds)
     save_pruned(loaded, result, out, save_format)
+    if result.language_budget:
+        _print_budget_rounds(result.language_budget)
+    refit_note = ""
+    if result.refit_errors:
+        before, after = (sum(pair[i] for pair in result.refit_errors.values()) / len(result.refit_errors) for i in (0, 1))
+        refit_note = f"; refit lowered the mean layer error on calibration from {before:.4f} to {after:.4f}"
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
-        f"in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
+        f"in {result.seconds:.1f} s{refit_note}; saved to [bold]{out}[/bold]"
     )
+
+
+def _print_budget_rounds(budget: dict) -> None:
+    """One row per round: the weights it pruned with and each language's held-out loss."""
+    from rich.table import Table
+
+    languages = list(budget["rounds"][0]["losses"])
+    table = Table(title=f"language budget: increase of held-out {budget['unit']} (weight)")
+    table.add_column("round")
+    for lang in languages:
+        table.add_column(lang, justify="right")
+    table.add_column("worst", justify="right")
+    for number, entry in enumerate(budget["rounds"], start=1):
+        marker = " (kept)" if number == budget["chosen_round"] else ""
+        cells = [f"{entry['losses'][lang]:+.3f} ({entry['weights'][lang]:.2f})" for lang in languages]
+        table.add_row(f"{number}{marker}", *cells, f"{max(entry['losses'].values()):+.3f}")
+    console.print(table)
 
 
 def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed) -> None:

@@ -43,6 +43,20 @@ class Calibration:
                 keep.extend(rows.tolist()[:per_language])
         return Calibration(self.ids[keep], tuple(self.languages[i] for i in keep), self.corpus)
 
+    def split_holdout(self, per_language: int) -> tuple[Calibration, Calibration]:
+        """(the windows to prune with, the last `per_language` windows of each language, held out)."""
+        fit, held = [], []
+        for lang, rows in self.rows().items():
+            if len(rows) <= per_language:
+                raise BabelpruneError(
+                    f"Language '{lang}' has {len(rows)} calibration windows, too few to hold {per_language} out; "
+                    "raise --samples or lower --holdout-samples."
+                )
+            fit.extend(rows.tolist()[:-per_language])
+            held.extend(rows.tolist()[-per_language:])
+        pick = lambda keep: Calibration(self.ids[keep], tuple(self.languages[i] for i in keep), self.corpus)  # noqa: E731
+        return pick(fit), pick(held)
+
     def describe(self) -> dict:
         return {
             "corpus": self.corpus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from babelprune.choices import Allocation, Balance, Order, RefitSolver, Score, Setting
+from babelprune.choices import Allocation, Balance, Order, RefitDefaults, RefitSolver, Score, Setting
 from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import RIA_EXPONENT, MWandaOptions, check_nm, check_sparsity
 
@@ -41,9 +41,9 @@ class ReconstructConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     solver: RefitSolver = "pcg"
-    damp: float = Field(0.01, gt=0)  # share of mean(diag H) added to H: larger stays closer to the dense kept weights
-    shrink: float = Field(0.0, ge=0, le=1)  # 0: the full refit; 1: no refit (the mask method's weight)
-    iterations: int = Field(30, ge=1)  # PCG iterations at most
+    damp: float = Field(RefitDefaults.damp, gt=0)  # share of mean(diag H) added to H: larger stays closer to the dense kept weights
+    shrink: float = Field(RefitDefaults.shrink, ge=0, le=1)  # 0: the full refit; 1: no refit (the mask method's weight)
+    iterations: int = Field(RefitDefaults.iterations, ge=1)  # PCG iterations at most
 
 
 class PruneConfig(BaseModel):

@@ -68,6 +68,7 @@ class PruneResult:
     # --reconstruct: "block.name" -> [relative calibration error of the masked weight, of the refitted one]
     refit_errors: dict[str, list[float]] = field(default_factory=dict)
     language_shares: dict[str, float] = field(default_factory=dict)  # each calibration language's share of the statistics
+    language_budget: dict | None = None  # --language-budget: every round's weights and held-out losses
 
     def metadata(self) -> dict:
         # method / sparsity / setting at the top level, like every babelprune pruning record.
@@ -85,6 +86,7 @@ class PruneResult:
             "calibration": self.calibration,
             "language_shares": self.language_shares,
             "refit_errors": self.refit_errors,
+            "language_budget": self.language_budget,
             "seconds": self.seconds,
         }
 
