@@ -118,6 +118,13 @@ def test_a_bad_choice_is_one_line_and_writes_nothing(monkeypatch, capsys, tmp_pa
         (["--calib-batch", "4"], "needs --order two-pass"),
         (["--structured", "heads,necks"], "'necks'"),
         (["--structured", ","], "heads, ffn, blocks"),
+        (["--reconstruct", "--setting", "per-language"], "per-language setting keeps one set of dense weights"),
+        (["--reconstruct", "--refit-shrink", "2"], "'--refit-shrink' (2.0)"),
+        (["--reconstruct", "--refit-damp", "0"], "'--refit-damp' (0.0)"),
+        (["--language-weights", "sw=0"], "must be positive"),
+        (["--language-weights", "sw"], "write them as sw=2,en=1"),
+        (["--language-weights", "sw=2", "--balance", "tokens"], "needs --balance languages"),
+        (["--language-budget", "minimax", "--calib-langs", "en"], "at least two"),
     ],
 )
 def test_config_rules_end_in_one_sentence(monkeypatch, capsys, tmp_path, args, expected):

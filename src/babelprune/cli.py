@@ -534,11 +534,18 @@ def main() -> None:
 
 
 def _name_flags(sentence: str) -> str:
-    """Name a config field by the flag the user typed ('calib_batch' -> '--calib-batch')."""
+    """Name a config field by the flag the user typed ('calib_batch' -> '--calib-batch').
+
+    A flag for a field of a nested config carries its prefix: --refit-shrink sets the field 'shrink'.
+    """
     for word in sys.argv[1:]:
         if word.startswith("--"):
-            field = word[2:].split("=", 1)[0].replace("-", "_")
-            sentence = sentence.replace(f"'{field}'", f"'{word.split('=', 1)[0]}'")
+            flag = word.split("=", 1)[0]
+            field = flag[2:].replace("-", "_")
+            for name in (field, field.partition("_")[2]):
+                if name and f"'{name}'" in sentence:
+                    sentence = sentence.replace(f"'{name}'", f"'{flag}'")
+                    break
     return sentence
 
 
