@@ -213,6 +213,30 @@ def pruned_folder(path: str, method: str, sparsity: float, mask_languages: str |
     return check
 
 
+def refit_record(path: str) -> Check:
+    """The record holds, for every pruned layer, a lower calibration error after the refit than before it."""
+
+    def check(outcome: Outcome) -> None:
+        record = json.loads((outcome.folder / path / "babelprune_pruning.json").read_text(encoding="utf-8"))
+        errors = record["refit_errors"]
+        assert errors and all(after < before for before, after in errors.values()), errors
+        assert record["config"]["reconstruct"] is not None
+
+    return check
+
+
+def budget_record(path: str, rounds: int) -> Check:
+    """The record keeps every round of the language budget, the first with the user's weights."""
+
+    def check(outcome: Outcome) -> None:
+        budget = json.loads((outcome.folder / path / "babelprune_pruning.json").read_text(encoding="utf-8"))["language_budget"]
+        assert len(budget["rounds"]) == rounds and 1 <= budget["chosen_round"] <= rounds, budget
+        first = budget["rounds"][0]["weights"]
+        assert first["sw"] == 2.0 and all(weight == 1.0 for lang, weight in first.items() if lang != "sw"), first
+
+    return check
+
+
 def structured_folder(path: str, target: float) -> Check:
     """A structured folder: smaller weights and a record whose achieved sparsity is within 0.01 of the target."""
 
@@ -364,6 +388,14 @@ RUNS: dict[str, Run] = {
     ),
     "babelprune prune --method wanda --setting per-language --calib-langs en,fr,sw --out pruned-perlang": Run(
         "readme-tour", (pruned_folder("pruned-perlang", "wanda", 0.5, mask_languages="en,fr,sw"),), extra=CALIB_BUDGET,
+    ),
+    "babelprune prune --method mwanda --reconstruct --out pruned-refit": Run(
+        "readme-tour", (pruned_folder("pruned-refit", "mwanda", 0.5), refit_record("pruned-refit")), extra=CALIB_BUDGET,
+    ),
+    "babelprune prune --method sparsegpt --language-weights sw=2 --language-budget minimax --out pruned-budget": Run(
+        "readme-tour", (pruned_folder("pruned-budget", "sparsegpt", 0.5), budget_record("pruned-budget", rounds=3),
+                        prints("language budget")),
+        extra=(*CALIB_BUDGET, "--holdout-samples", "1", "--seq-len", "32"),
     ),
     "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json": Run(
         # Four languages, not all 22: every verse of a language is tokenized before --max-tokens applies.
