@@ -1,7 +1,7 @@
 """Pruning time and memory on a real model, as ratios measured in one run.
 
     python benchmarks/prune_speed.py [--model gemma3-270m] [--langs en,es,fr,zh,ru,ar,hi,sw] [--samples 8]
-        [--repeats 3] [--warmup 1]
+        [--repeats 3] [--warmup 1] [--only wanda,sparsegpt,...]
 
 For each method, a fresh process loads the model and keeps a copy of its
 dense block weights. It then alternates, after --warmup untimed rounds:
@@ -11,7 +11,8 @@ back. With the medians over --repeats rounds it reports:
   time ratio   = median pruning wall time / median forward pass
   memory ratio = median over rounds of (peak RSS while pruning - RSS before the model was loaded
                  - the dense copy this script keeps) / dense model bytes
-Methods: magnitude, wanda (one-pass and two-pass), mwanda (defaults, and with CWL), sparsegpt.
+Methods: magnitude, wanda (one-pass and two-pass), mwanda (defaults, with CWL, with --reconstruct),
+sparsegpt; --only picks rows by label.
 Writes docs/results/prune_speed.md.
 """
 
@@ -26,18 +27,19 @@ import time
 
 from _common import repeats_arg, write_result_table
 
-BENCHMARK = {"minutes": 30}
+BENCHMARK = {"minutes": 40}
 
-# (label, method, order, allocation, windows per forward: 0 = all at once)
+# (label, method, order, allocation, windows per forward: 0 = all at once, --reconstruct)
 RUNS = [
-    ("magnitude", "magnitude", "one-pass", "uniform", 0),
-    ("wanda", "wanda", "one-pass", "uniform", 0),
-    ("wanda", "wanda", "two-pass", "uniform", 0),
-    ("wanda", "wanda", "two-pass", "uniform", 8),
-    ("mwanda (defaults)", "mwanda", "one-pass", "uniform", 0),
-    ("mwanda + CWL", "mwanda", "one-pass", "cwl", 0),
-    ("sparsegpt", "sparsegpt", "one-pass", "uniform", 0),
-    ("sparsegpt", "sparsegpt", "two-pass", "uniform", 8),
+    ("magnitude", "magnitude", "one-pass", "uniform", 0, False),
+    ("wanda", "wanda", "one-pass", "uniform", 0, False),
+    ("wanda", "wanda", "two-pass", "uniform", 0, False),
+    ("wanda", "wanda", "two-pass", "uniform", 8, False),
+    ("mwanda (defaults)", "mwanda", "one-pass", "uniform", 0, False),
+    ("mwanda + CWL", "mwanda", "one-pass", "cwl", 0, False),
+    ("mwanda + refit", "mwanda", "one-pass", "uniform", 0, True),
+    ("sparsegpt", "sparsegpt", "one-pass", "uniform", 0, False),
+    ("sparsegpt", "sparsegpt", "two-pass", "uniform", 8, False),
 ]
 
 
@@ -48,7 +50,7 @@ def measure(args) -> dict:
     from _common import PeakRSS, restore, rss, seconds_of, snapshot
     from babelprune.api import calibrate, load_model
     from babelprune.models.adapters import adapter_for
-    from babelprune.prune.config import PruneConfig
+    from babelprune.prune.config import PruneConfig, ReconstructConfig
     from babelprune.prune.engine import prune
     from babelprune.prune.sequential import capture_block_inputs, run_block
 
@@ -60,7 +62,8 @@ def measure(args) -> dict:
     dense_weights = snapshot(loaded.model)
     copy_bytes = sum(w.numel() * w.element_size() for w in dense_weights.values())
     config = PruneConfig(
-        method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, calib_batch=args.calib_batch or None
+        method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, calib_batch=args.calib_batch or None,
+        reconstruct=ReconstructConfig() if args.reconstruct else None,
     )
 
     def forward() -> None:
@@ -90,10 +93,11 @@ def measure(args) -> dict:
     }
 
 
-def child_command(args, method: str, order: str, allocation: str, batch: int) -> list[str]:
+def child_command(args, method: str, order: str, allocation: str, batch: int, refit: bool) -> list[str]:
     return [sys.executable, __file__, "--model", args.model, "--langs", args.langs, "--samples", str(args.samples),
             "--seq-len", str(args.seq_len), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-            "--method", method, "--order", order, "--allocation", allocation, "--calib-batch", str(batch)]
+            "--method", method, "--order", order, "--allocation", allocation, "--calib-batch", str(batch)] + (
+                ["--reconstruct"] if refit else [])
 
 
 def result_markdown(args, rows: list[tuple[str, dict]]) -> str:
@@ -130,6 +134,8 @@ def main() -> None:
     parser.add_argument("--order", default="one-pass")
     parser.add_argument("--allocation", default="uniform")
     parser.add_argument("--calib-batch", type=int, default=0, help="windows per forward in two-pass (0: all)")
+    parser.add_argument("--reconstruct", action="store_true", help="(internal) refit after the mask")
+    parser.add_argument("--only", help="comma-separated labels of the rows to run (default: all)")
     args = parser.parse_args()
     if args.method:  # child process: one measurement, as JSON
         print(json.dumps(measure(args)))
@@ -137,8 +143,11 @@ def main() -> None:
     print(f"{args.model}: calibration {len(args.langs.split(','))} languages x {args.samples} x {args.seq_len} tokens, 50% sparsity")
     print(f"{'method':18s} {'order':9s} {'alloc':8s} {'batch':>5s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
     rows = []
-    for label, method, order, allocation, batch in RUNS:
-        done = subprocess.run(child_command(args, method, order, allocation, batch), capture_output=True, text=True)
+    chosen = [run for run in RUNS if not args.only or run[0] in args.only.split(",")]
+    if not chosen:
+        parser.error(f"--only names no row; rows: {', '.join(dict.fromkeys(run[0] for run in RUNS))}")
+    for label, method, order, allocation, batch, refit in chosen:
+        done = subprocess.run(child_command(args, method, order, allocation, batch, refit), capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{label} ({order}, {allocation}) failed:\n{done.stderr[-4000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
