@@ -119,16 +119,20 @@ def code_version(paths: tuple[str, ...] = ("src", "benchmarks")) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def source_fingerprint() -> str:
-    """A hash of the code that computes the figures (src/ as it is on disk, committed or not)."""
+def source_fingerprint(paths: tuple[str, ...] = ("src",)) -> str:
+    """A hash of the code that computes the figures (`paths` as they are on disk, committed or not).
+
+    A benchmark whose figures come from part of the package may name just
+    that part, so that unrelated changes elsewhere do not discard its cache.
+    """
     try:
-        tree = _git("rev-parse", "HEAD:src")
-        diff = _git("diff", "HEAD", "--", "src")
-        untracked = _git("ls-files", "--others", "--exclude-standard", "--", "src")
+        trees = [_git("rev-parse", f"HEAD:{path}") for path in paths]
+        diff = _git("diff", "HEAD", "--", *paths)
+        untracked = _git("ls-files", "--others", "--exclude-standard", "--", *paths)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     extra = [diff] + [(REPO / path).read_text(encoding="utf-8", errors="replace") for path in untracked.splitlines()]
-    return hashlib.sha256("\n".join([tree, *extra]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([*trees, *extra]).encode()).hexdigest()[:16]
 
 
 # The code a run uses is the code it imported at its start; others may commit while it runs.

@@ -62,6 +62,10 @@ BASELINES = ("magnitude", "wanda", "ria", "sparsegpt")
 EVAL_VERSIONS = "en=3"
 RECOMMENDED = "mwanda + refit"
 
+# The code that decides these figures: pruning, evaluation, models, corpora, the records and the verbs
+# (the refit defaults in choices.py enter the stage key through the config).
+QUALITY_CODE = tuple(f"src/babelprune/{part}" for part in ("prune", "evaluate", "models", "data", "report", "api.py"))
+
 BENCHMARK = {"minutes": 70, "args": ["--methods", "wanda,sparsegpt,mwanda + refit"]}
 
 
@@ -117,7 +121,7 @@ def main() -> None:
         udhr_note = ""
     calibration = calibrate(loaded, "bible", CALIBRATED, 8, 256)
     dense_weights = snapshot(loaded.model)
-    code = source_fingerprint()
+    code = source_fingerprint(QUALITY_CODE)
 
     def evaluations(tag: str) -> dict[str, EvalResult]:
         return {name: evaluate(loaded, corpus, langs, split, args.seq_len, args.tokens, progress=False)
