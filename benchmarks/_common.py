@@ -120,19 +120,23 @@ def code_version(paths: tuple[str, ...] = ("src", "benchmarks")) -> str:
 
 
 def source_fingerprint(paths: tuple[str, ...] = ("src",)) -> str:
-    """A hash of the code that computes the figures (`paths` as they are on disk, committed or not).
+    """A hash of the code that computes the figures: the content of every file under `paths` as it is on disk.
 
-    A benchmark whose figures come from part of the package may name just
-    that part, so that unrelated changes elsewhere do not discard its cache.
+    Content, not commits: the same code gives the same hash whether or not it
+    is committed yet. A benchmark whose figures come from part of the
+    package may name just that part, so that unrelated changes elsewhere do
+    not discard its cache.
     """
     try:
-        trees = [_git("rev-parse", f"HEAD:{path}") for path in paths]
-        diff = _git("diff", "HEAD", "--", *paths)
-        untracked = _git("ls-files", "--others", "--exclude-standard", "--", *paths)
+        listed = _git("ls-files", "--cached", "--others", "--exclude-standard", "--", *paths)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    extra = [diff] + [(REPO / path).read_text(encoding="utf-8", errors="replace") for path in untracked.splitlines()]
-    return hashlib.sha256("\n".join([*trees, *extra]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name in sorted(set(listed.splitlines())):
+        path = REPO / name
+        if path.is_file():  # a tracked file deleted on disk is simply gone from the code
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 # The code a run uses is the code it imported at its start; others may commit while it runs.

@@ -85,6 +85,19 @@ def test_source_fingerprint_follows_uncommitted_changes_under_src(git_repo):
     assert _common.source_fingerprint() not in (clean, edited)
 
 
+def test_source_fingerprint_follows_content_not_commits_and_only_the_named_paths(git_repo):
+    (git_repo / "src" / "part").mkdir()
+    (git_repo / "src" / "part" / "a.py").write_text("a = 1\n")
+    before_commit = _common.source_fingerprint()
+    part_only = _common.source_fingerprint(("src/part",))
+    _git(git_repo, "add", ".")
+    _git(git_repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "more")
+    assert _common.source_fingerprint() == before_commit  # the same code, now committed
+    (git_repo / "src" / "code.py").write_text("x = 3\n")
+    assert _common.source_fingerprint(("src/part",)) == part_only  # a change outside the named part
+    assert _common.source_fingerprint() != before_commit
+
+
 def test_failed_write_leaves_the_old_table_whole_and_no_partial_file(tmp_path, monkeypatch):
     old = _common.write_result_table("t", "Old", "old body", command="c", directory=tmp_path).read_text(encoding="utf-8")
 
