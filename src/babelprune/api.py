@@ -21,12 +21,14 @@ from babelprune.prune.calibration import Calibration, build_calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
+from babelprune.formats.gguf import export_gguf
 from babelprune.formats.pruned import apply_language_mask, save_pruned
 from babelprune.formats.trimmed import save_trimmed
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
-    "calibrate", "evaluate", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed", "trim_vocabulary",
+    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed",
+    "trim_vocabulary",
     "PruneConfig",
 ]
 

