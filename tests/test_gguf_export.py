@@ -30,6 +30,7 @@ from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.structured.units import remove_heads, remove_neurons
+from tests.cli_runner import run_cli
 from tests.tiny_models import tiny_config, tiny_model
 from tests.tiny_subword import TEXTS, tiny_bpe, tiny_model_for
 from tests.tiny_tokenizer import char_tokenizer
@@ -399,6 +400,46 @@ def test_a_full_disk_leaves_no_file_and_no_temporary(where, tmp_path, monkeypatc
         export_gguf(as_loaded(model, tokenizer), out / "model.gguf")
     assert "No space left on device while writing" in one_sentence(error) and "model.gguf" in str(error.value)
     assert list(out.iterdir()) == []  # neither the file nor its temporary
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def gemma3_folder(tmp_path) -> Path:
+    return save_gguf_ready_gemma3(tmp_path / "tiny-gemma3")
+
+
+def test_cli_export_writes_the_file_and_says_so(gemma3_folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exported" / "tiny.gguf"
+    code, printed, err = run_cli(monkeypatch, capsys, "export", str(gemma3_folder), "--format", "gguf",
+                                 "--out", str(out), "--dtype", "f16")
+    assert code == 0, err
+    lines = [line for line in printed.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tiny.gguf" in lines[0] and " MB" in lines[0] and "f16" in lines[0], printed
+    assert set(tensor_types(out).values()) == {"F16", "F32"}
+    back = reload(out)[0]
+    assert back.config.num_hidden_layers == GEMMA3_GGUF_LAYERS
+
+
+def test_cli_export_refuses_an_unknown_format_in_one_line(gemma3_folder, tmp_path, monkeypatch, capsys):
+    code, printed, err = run_cli(monkeypatch, capsys, "export", str(gemma3_folder), "--format", "onnx",
+                                 "--out", str(tmp_path / "m.onnx"))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "onnx" in err and "gguf" in err, err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_refuses_an_existing_output_before_loading(gemma3_folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "taken.gguf"
+    out.write_bytes(b"x")
+    monkeypatch.setattr("babelprune.api.load_model", _never_called)
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(gemma3_folder), "--format", "gguf", "--out", str(out))
+    assert code == 2 and "choose another --out" in err and out.read_bytes() == b"x", err
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the model was loaded although the output exists")
 
 
 # --------------------------------------------------------------------------- optional: llama.cpp itself

@@ -16,6 +16,8 @@ from babelprune.choices import (
     RefitDefaults,
     RefitSolver,
     DynamicImportance,
+    ExportFormat,
+    GgufDtype,
     GmpScope,
     GqaMode,
     Method,
@@ -463,6 +465,22 @@ def trim_vocab_command(
         f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
     )
     console.print(f"Trimmed model written to {out}")
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[str, typer.Argument(help="Alias, HF folder or hub id of a causal LM (pruned, trimmed or structured folders too).")],
+    out: Annotated[Path, typer.Option(help="The file to write (must not exist).")],
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="File format: gguf (llama.cpp; llama and gemma3 models).")] = "gguf",
+    dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size).")] = "f32",
+) -> None:
+    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
+    from babelprune.api import export_gguf, load_model
+    from babelprune.formats.gguf import refuse_existing
+
+    refuse_existing(out)  # before loading: a taken name costs nothing
+    written = export_gguf(load_model(model), out, dtype)
+    console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
 
 
 @app.command("demo")
