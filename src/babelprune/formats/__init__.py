@@ -7,6 +7,7 @@
     dynamic     Dynamic Sparsification: full-width HF folder + ranked-unit metadata
                 (+ task head), and slicing it to any width
     registry    which format a folder holds (marker file -> loader), for `load_model`
+    gguf        export only: a causal LM and its tokenizer as one GGUF file (llama.cpp)
 
 Loading (`babelprune.models.loading`) and pruning both import from here;
 nothing here imports `babelprune.models.loading`, so the two never import
