@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "calibrate": "babelprune.api",
     "evaluate": "babelprune.api",
+    "export_gguf": "babelprune.api",
     "get_corpus": "babelprune.api",
     "load_model": "babelprune.api",
     "prune": "babelprune.api",
@@ -40,7 +41,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.api import (
-        PruneConfig, calibrate, evaluate, get_corpus, load_model, prune, save_pruned, save_trimmed, trim_vocabulary,
+        PruneConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune, save_pruned, save_trimmed,
+        trim_vocabulary,
     )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult
