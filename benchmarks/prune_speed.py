@@ -1,7 +1,7 @@
 """Pruning time and memory on a real model, as ratios measured in one run.
 
     python benchmarks/prune_speed.py [--model gemma3-270m] [--langs en,es,fr,zh,ru,ar,hi,sw] [--samples 8]
-        [--repeats 3] [--warmup 1] [--only wanda,sparsegpt,...]
+        [--repeats 3] [--warmup 1] [--only wanda,sparsegpt,...] [--orders one-pass]
 
 For each method, a fresh process loads the model and keeps a copy of its
 dense block weights. It then alternates, after --warmup untimed rounds:
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--calib-batch", type=int, default=0, help="windows per forward in two-pass (0: all)")
     parser.add_argument("--reconstruct", action="store_true", help="(internal) refit after the mask")
     parser.add_argument("--only", help="comma-separated labels of the rows to run (default: all)")
+    parser.add_argument("--orders", default="one-pass,two-pass", help="with --only: the orders of its rows to run")
     args = parser.parse_args()
     if args.method:  # child process: one measurement, as JSON
         print(json.dumps(measure(args)))
@@ -143,7 +144,7 @@ def main() -> None:
     print(f"{args.model}: calibration {len(args.langs.split(','))} languages x {args.samples} x {args.seq_len} tokens, 50% sparsity")
     print(f"{'method':18s} {'order':9s} {'alloc':8s} {'batch':>5s} {'forward s':>9s} {'prune s':>8s} {'time ratio':>10s} {'memory ratio':>12s}")
     rows = []
-    chosen = [run for run in RUNS if not args.only or run[0] in args.only.split(",")]
+    chosen = [run for run in RUNS if not args.only or (run[0] in args.only.split(",") and run[2] in args.orders.split(","))]
     if not chosen:
         parser.error(f"--only names no row; rows: {', '.join(dict.fromkeys(run[0] for run in RUNS))}")
     for label, method, order, allocation, batch, refit in chosen:
