@@ -16,6 +16,7 @@ Allocation = Literal["uniform", "owl", "cwl"]
 Setting = Literal["shared", "per-language"]
 Order = Literal["one-pass", "two-pass"]
 StorageFormat = Literal["hf", "sparse", "both"]
+ValuesDtype = Literal["fp32", "fp16", "bf16"]  # the type of the sparse copy's values (babelprune.formats.pruned)
 Balance = Literal["languages", "tokens"]  # how calibration languages count (babelprune.prune.balance)
 RefitSolver = Literal["pcg", "exact"]  # babelprune.prune.reconstruct
 LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget

@@ -29,6 +29,7 @@ from babelprune.choices import (
     StorageFormat,
     StructuredImportance,
     TrainingMode,
+    ValuesDtype,
 )
 from babelprune.errors import BabelpruneError, describe_validation_error, one_line
 
@@ -102,6 +103,7 @@ def prune_command(
     activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = False,
     score: Annotated[Score, typer.Option(help="M-Wanda: the score its feature term enters (wanda: |W| * f; ria: RIA's relative importance * f^0.5).")] = "wanda",
     save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
+    values: Annotated[ValuesDtype, typer.Option(help="Type of the values in the sparse copy: fp16 and bf16 halve its bytes (reloaded as fp32).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
     importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
@@ -147,7 +149,7 @@ def prune_command(
     if budget:
         calibration, holdout = calibration.split_holdout(held)
     result = prune(loaded, config, calibration, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds)
-    save_pruned(loaded, result, out, save_format)
+    save_pruned(loaded, result, out, save_format, values)
     if result.language_budget:
         _print_budget_rounds(result.language_budget)
     refit_note = ""

@@ -46,6 +46,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
 from babelprune.cache import atomic_dir, read_json_record
+from babelprune.choices import ValuesDtype
 from babelprune.errors import BabelpruneError
 from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model
 from babelprune.models.adapters import adapter_for, weight_matrix
@@ -63,6 +64,7 @@ _HEADER_KEY = "babelprune"  # the safetensors metadata entry holding our JSON
 _MASK_SUFFIX, _VALUES_SUFFIX = "::mask", "::values"
 
 StorageFormat = Literal["hf", "sparse", "both"]
+VALUES_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Masks = dict[str, torch.Tensor]  # "<block>.<name>" -> bool (out, in), True = pruned
 MaskBank = dict[str, Masks]  # language -> masks
 
@@ -161,15 +163,36 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return unique, aliases
 
 
-def save_sparse(model: PreTrainedModel, folder: Path) -> None:
-    """Write `folder`/sparse.safetensors and `folder`/config.json (see the module docstring)."""
+def stored_values_dtype(values: ValuesDtype) -> torch.dtype:
+    if values not in VALUES_DTYPES:
+        raise BabelpruneError(f"Unknown value type '{values}' for the sparse copy; choose {', '.join(VALUES_DTYPES)}.")
+    return VALUES_DTYPES[values]
+
+
+def _retie(state: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Make every alias the very tensor of the key it repeats again (a cast makes copies)."""
+    for alias, key in aliases.items():
+        state[alias] = state[key]
+    return state
+
+
+def save_sparse(model: PreTrainedModel, folder: Path, values: ValuesDtype = "fp32") -> None:
+    """Write `folder`/sparse.safetensors and `folder`/config.json (see the module docstring).
+
+    values: the type floating-point tensors are stored in; fp16 and bf16
+    halve the bytes of every kept value (and of the embedding), rounding them.
+    A value that rounds to zero is then stored as a zero.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    stored = stored_values_dtype(values)
     state = model.state_dict()
     unique, aliases = _unique_tensors(state)
     linear_keys = block_linear_keys(model)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for key, tensor in unique.items():
+        if tensor.is_floating_point() and tensor.dtype != stored:
+            tensor = tensor.to(stored)
         compress = key in linear_keys and tensor.dim() == 2 and tensor.is_floating_point()
         if compress and float((~nonzero_bits(tensor)).float().mean()) >= SPARSE_MIN_ZEROS:
             tensors[key + _MASK_SUFFIX], tensors[key + _VALUES_SUFFIX] = encode_sparse(tensor)
@@ -177,7 +200,7 @@ def save_sparse(model: PreTrainedModel, folder: Path) -> None:
         else:
             tensors[key] = tensor
     header = {"version": FORMAT_VERSION, "order": list(state), "shapes": shapes, "aliases": aliases,
-              "block_linears": sorted(k for k in linear_keys if k in unique)}
+              "block_linears": sorted(k for k in linear_keys if k in unique), "values": values}
     save_file(tensors, str(folder / SPARSE_FILE), metadata={_HEADER_KEY: json.dumps(header)})
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]  # so loading picks the same head
@@ -217,10 +240,17 @@ def load_sparse_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise _corrupt(file) from exc
 
 
-def load_sparse(folder: Path) -> PreTrainedModel:
-    """Rebuild the model of an output folder (or its sparse/ folder) from the sparse format, in eval mode."""
+def load_sparse(folder: Path, dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
+    """Rebuild the model of an output folder (or its sparse/ folder) from the sparse format, in eval mode.
+
+    dtype: floating-point tensors stored in fp16 or bf16 are cast to it
+    (float32 by default); None keeps them as stored.
+    """
     file = _sparse_file(folder)
     state = load_sparse_state_dict(file)
+    if dtype is not None:
+        state = {key: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for key, t in state.items()}
+        state = _retie(state, _read_header(file)["aliases"])
     try:
         config = AutoConfig.from_pretrained(file.parent)
     except (OSError, ValueError) as exc:
@@ -340,11 +370,15 @@ def _metadata(loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, file
     return metadata
 
 
-def save_pruned(loaded: LoadedModel, result: PruneResult, out: Path, format: StorageFormat | None = None) -> Path:
+def save_pruned(
+    loaded: LoadedModel, result: PruneResult, out: Path, format: StorageFormat | None = None, values: ValuesDtype = "fp32"
+) -> Path:
     """Write a pruned model to the new folder `out` (see the module docstring); returns `out`.
 
     format None picks "both" for the shared setting and "hf" for the per-language one.
+    values: the floating-point type of the sparse copy (the HF copy keeps the model's own).
     """
+    stored_values_dtype(values)  # an unknown type is refused before anything is written
     out = Path(out)
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
@@ -358,13 +392,16 @@ def save_pruned(loaded: LoadedModel, result: PruneResult, out: Path, format: Sto
         if fmt in ("hf", "both"):
             loaded.model.save_pretrained(tmp)  # safetensors; tied weights written once
         if fmt in ("sparse", "both"):
-            save_sparse(loaded.model, tmp / SPARSE_DIR)
+            save_sparse(loaded.model, tmp / SPARSE_DIR, values)
+        elif values != "fp32":
+            raise BabelpruneError(f"--values {values} sets the type of the sparse copy, which format 'hf' does not write; "
+                                  "use --format sparse or both.")
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         if per_language:
             save_mask_bank(result.mask_bank, tmp / MASKS_FILE)
         files = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()] + [METADATA_FILE])
-        text = json.dumps(_metadata(loaded, result, fmt, files), indent=2, ensure_ascii=False)
+        text = json.dumps(_metadata(loaded, result, fmt, files) | {"values": values}, indent=2, ensure_ascii=False)
         (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
     return out
 
