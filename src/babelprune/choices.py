@@ -32,9 +32,9 @@ class RefitDefaults:
     Chosen on development languages, not the evaluation ones: benchmarks/refit_knobs.py.
     """
 
-    damp = 0.01
+    damp = 0.1
     shrink = 0.0
-    iterations = 30
+    iterations = 5
 
 # Structured pruning (babelprune.prune.structured).
 StructuredUnit = Literal["heads", "ffn", "blocks"]
