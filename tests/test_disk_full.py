@@ -60,19 +60,7 @@ def test_atomic_write_text_keeps_the_old_file_when_the_disk_is_full(tmp_path, mo
 
 
 def test_atomic_write_text_cleans_up_when_the_write_itself_fails(tmp_path, monkeypatch):
-    class FullFile:
-        def __init__(self, fd, *args, **kwargs):
-            os.close(fd)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        write = staticmethod(disk_full)
-
-    monkeypatch.setattr(cache.os, "fdopen", FullFile)
+    monkeypatch.setattr(cache.Path, "write_text", disk_full)  # the temporary's write runs out of space
     with pytest.raises(BabelpruneError) as caught:
         atomic_write_text(tmp_path / "new.txt", "text")
     assert_disk_full_sentence(caught.value, tmp_path / "new.txt")

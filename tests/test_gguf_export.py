@@ -20,6 +20,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from babelprune import cache
 from babelprune.api import export_gguf, prune, save_pruned, save_trimmed, trim_vocabulary
 from babelprune.errors import BabelpruneError
 from babelprune.formats import gguf as gguf_format
@@ -395,7 +396,7 @@ def test_a_full_disk_leaves_no_file_and_no_temporary(where, tmp_path, monkeypatc
     if where == "tensors":
         monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
     else:
-        monkeypatch.setattr(gguf_format.os, "replace", _disk_full)
+        monkeypatch.setattr(cache.os, "replace", _disk_full)  # the rename of babelprune.cache.atomic_file
     with pytest.raises(BabelpruneError) as error:
         export_gguf(as_loaded(model, tokenizer), out / "model.gguf")
     assert "No space left on device while writing" in one_sentence(error) and "model.gguf" in str(error.value)

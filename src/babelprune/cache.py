@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from babelprune.errors import BabelpruneError
@@ -93,17 +93,21 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old file or the whole new one.
+def atomic_file(path: Path, write: Callable[[Path], None], before_replace: Callable[[], None] | None = None) -> None:
+    """Run `write` on a temporary file beside `path`, then rename it into place: readers see the old file or the whole new one.
 
-    A full disk becomes a BabelpruneError naming `path`, the old file untouched.
+    `before_replace` runs just before the rename (a last check, e.g. that
+    nobody wrote `path` meanwhile). Any failure (a full disk, Ctrl-C)
+    deletes the temporary; a full disk becomes a BabelpruneError naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write(Path(tmp))
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -111,6 +115,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         if is_disk_full(exc):
             raise disk_full_error(path) from exc
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that readers see either the old file or the whole new one (see `atomic_file`)."""
+    atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_json_record(file: Path, newest_version: int, redo: str) -> dict | None:

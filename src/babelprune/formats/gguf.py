@@ -26,11 +26,8 @@ norm weights stay f32 as llama.cpp keeps them.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from babelprune.cache import disk_full_error, is_disk_full
+from babelprune.cache import atomic_file
 from babelprune.choices import GgufDtype
 from babelprune.errors import BabelpruneError
 from babelprune.models.base import LoadedModel
@@ -476,21 +473,5 @@ def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensor
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write` on a temporary file next to `path` and rename it into place only when complete.
-
-    Any failure (a full disk, Ctrl-C) deletes the temporary, so nothing is
-    left behind; a full disk becomes one sentence naming `path`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        refuse_existing(path)  # written meanwhile by someone else: keep theirs
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if is_disk_full(exc):
-            raise disk_full_error(path) from exc
-        raise
+    """Run `write` on a temporary file next to `path` and rename it into place only when complete (`cache.atomic_file`)."""
+    atomic_file(path, write, before_replace=lambda: refuse_existing(path))  # written meanwhile by someone else: keep theirs
