@@ -67,3 +67,5 @@ def test_a_budget_needs_two_languages_and_held_out_windows():
         prune_with_language_budget(subject, PruneConfig(), fit, None, progress=False)
     with pytest.raises(BabelpruneError, match="--setting shared"):
         prune_with_language_budget(subject, PruneConfig(setting="per-language"), fit, held, progress=False)
+    with pytest.raises(BabelpruneError, match="magnitude pruning does not read"):
+        prune_with_language_budget(subject, PruneConfig(method="magnitude"), fit, held, progress=False)

@@ -18,6 +18,7 @@ held-out windows. Every round's weights and losses are kept in the record.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,6 +100,12 @@ def prune_with_language_budget(
     check_budget_inputs(calibration, holdout, rounds)
     if config.setting != "shared":
         raise BabelpruneError("--language-budget weighs languages in one shared model; use --setting shared.")
+    if config.method == "magnitude" and config.reconstruct is None:
+        raise BabelpruneError(
+            "--language-budget changes how much each language counts in the calibration statistics, which magnitude "
+            "pruning does not read; choose another --method or add --reconstruct."
+        )
+    started = time.perf_counter()
     windows, unit = holdout_windows(holdout, loaded.tokenizer)
     dense = snapshot_linears(loaded.model)
     dense_bits = bits_per_unit(loaded, windows)
@@ -121,6 +128,7 @@ def prune_with_language_budget(
         weights = next_weights(weights, entry.losses, step)
     chosen, weights_of_best, result = best
     restore_linears(loaded.model, weights_of_best)
+    result.seconds = round(time.perf_counter() - started, 3)  # every round, not only the kept one
     result.language_budget = {
         "rule": "minimax", "rounds": [{"weights": r.weights, "losses": r.losses} for r in history],
         "chosen_round": chosen + 1, "unit": unit, "step": step, "holdout": holdout.describe(),
