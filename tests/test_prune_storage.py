@@ -272,3 +272,15 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_pruned(loaded, result, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor a .partial folder
+
+
+def test_a_trimmed_model_keeps_its_vocabulary_record_through_pruning_saving_and_loading(tmp_path):
+    from babelprune import api
+
+    loaded = loaded_tiny("llama")
+    record = {"kept_ids": list(range(loaded.model.config.vocab_size)), "original_size": 1000, "languages": ["en"]}
+    loaded.pruning = {"vocabulary": record}
+    result = api.prune(loaded, PruneConfig(method="magnitude", sparsity=0.5), None, progress=False)
+    assert loaded.pruning["vocabulary"] == record and loaded.pruning["method"] == "magnitude"
+    reloaded = load_pruned(save_pruned(loaded, result, tmp_path / "out"))
+    assert reloaded.pruning["vocabulary"] == record

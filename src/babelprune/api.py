@@ -73,7 +73,8 @@ def prune(
         result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress)
     else:
         result = _prune(loaded, config, calibration, progress)
-    loaded.pruning = result.metadata() | {"parent": loaded.spec}
+    vocabulary = (loaded.pruning or {}).get("vocabulary")  # a trimmed model stays trimmed: keep its record
+    loaded.pruning = result.metadata() | {"parent": loaded.spec} | ({"vocabulary": vocabulary} if vocabulary else {})
     loaded.mask_bank = result.mask_bank
     return result
 

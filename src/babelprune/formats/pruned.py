@@ -364,6 +364,9 @@ def _metadata(loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, file
         "format": fmt,
         "files": files,
     }
+    vocabulary = (loaded.pruning or {}).get("vocabulary")
+    if vocabulary:  # pruned after (or before) trimming: the kept vocabulary ids travel with the folder
+        metadata["vocabulary"] = vocabulary
     if result.mask_bank:
         metadata["mask_bank_languages"] = list(result.mask_bank)
         metadata["mask_overlap"] = mask_overlap(result.mask_bank)
