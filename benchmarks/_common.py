@@ -75,6 +75,24 @@ class PeakRSS:
         self.peak = max(self.peak, rss())
 
 
+# ----- sweeps -------------------------------------------------------------------------
+
+
+def prune_each(loaded, dense_weights: dict, calibration, configs: list[tuple[str, object]], measure: Callable[[], object]) -> dict:
+    """label -> (measure() of the model pruned from the dense weights with that config, pruning seconds)."""
+    from babelprune.prune.engine import prune
+
+    results = {}
+    for label, config in configs:
+        restore(loaded.model, dense_weights)
+        started = time.perf_counter()
+        prune(loaded, config, calibration, progress=False)
+        seconds = time.perf_counter() - started  # the pruning alone, not the evaluation after it
+        results[label] = (measure(), seconds)
+        print(f"{label}: pruned in {seconds:.0f} s", flush=True)
+    return results
+
+
 # ----- timing -----------------------------------------------------------------------
 
 

@@ -14,12 +14,10 @@ docs/results/mwanda_sweep.md. Needs `babelprune data fetch udhr`.
 from __future__ import annotations
 
 import argparse
-import time
 
-from _common import restore, snapshot, write_result_table
+from _common import prune_each, snapshot, write_result_table
 from babelprune.api import calibrate, evaluate, get_corpus, load_model
 from babelprune.prune.config import MWandaConfig, PruneConfig
-from babelprune.prune.engine import prune
 from babelprune.report.contest import contest
 from babelprune.report.intervals import resolved
 
@@ -68,13 +66,7 @@ def main() -> None:
         return evaluate(loaded, dev, languages, "all", args.seq_len, args.tokens, progress=False)
 
     dense = measure()
-    results = {}
-    for label, config in configurations(args.sparsity):
-        restore(loaded.model, dense_weights)
-        started = time.perf_counter()
-        prune(loaded, config, calibration, progress=False)
-        results[label] = (measure(), time.perf_counter() - started)
-        print(f"{label}: pruned in {results[label][1]:.0f} s", flush=True)
+    results = prune_each(loaded, dense_weights, calibration, configurations(args.sparsity), measure)
     rows = ["| configuration | mean increase | vs wanda [95% interval] | worst language | calibrated | unseen |",
             "|---|---|---|---|---|---|"]
     for label, (pruned, _) in results.items():

@@ -19,12 +19,10 @@ Needs `babelprune data fetch udhr`.
 from __future__ import annotations
 
 import argparse
-import time
 
-from _common import restore, snapshot, write_result_table
+from _common import prune_each, snapshot, write_result_table
 from babelprune.api import calibrate, evaluate, get_corpus, load_model
 from babelprune.prune.config import PruneConfig, ReconstructConfig
-from babelprune.prune.engine import prune
 from babelprune.report.contest import contest
 
 CALIBRATED = ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
@@ -62,13 +60,8 @@ def main() -> None:
     configs = [("mask only", None)] + [
         (f"damp {d:g}, shrink {s:g}, {n} iterations", ReconstructConfig(damp=d, shrink=s, iterations=n)) for d, s, n in KNOBS
     ]
-    results = {}
-    for label, refit in configs:
-        restore(loaded.model, dense_weights)
-        started = time.perf_counter()
-        prune(loaded, PruneConfig(method=args.method, sparsity=args.sparsity, reconstruct=refit), calibration, progress=False)
-        results[label] = (measure(), time.perf_counter() - started)
-        print(f"{label}: pruned in {results[label][1]:.0f} s", flush=True)
+    configs = [(label, PruneConfig(method=args.method, sparsity=args.sparsity, reconstruct=refit)) for label, refit in configs]
+    results = prune_each(loaded, dense_weights, calibration, configs, measure)
 
     baseline = results["mask only"][0]
     rows = [
