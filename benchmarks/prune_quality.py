@@ -2,6 +2,7 @@
 
     python benchmarks/prune_quality.py [--settings 50%,2:4,60%] [--tokens 640] [--seq-len 128]
                                        [--methods wanda,sparsegpt,...] [--out benchmark-results/quality]
+                                       [--table prune_quality]
 
 Calibration: 8 Bible languages (en es fr zh ru ar hi sw; 8 x 256 tokens
 each, calibration split). Evaluation: held-out Bible text (evaluation split)
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="evaluation window; 5 or more per language give intervals")
     parser.add_argument("--eval-versions", default=EVAL_VERSIONS, help="Bible versions for evaluation, e.g. en=3 ('' for the defaults)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/quality"))
+    parser.add_argument("--table", default="prune_quality",
+                        help="name of the table in docs/results/ (another name keeps the default table of other settings)")
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.eval_versions.split(",") if item)
     methods = [label.strip() for label in args.methods.split(",")]
@@ -179,7 +182,7 @@ def main() -> None:
             part.append(f"Relative change of bits per byte from dense, with intervals:\n\n{comparison_markdown(comparisons)}"
                         f"\n![relative degradation per language, {setting}, {name}]({chart.name})")
             sections.append("\n\n".join(part))
-    write_result_table("prune_quality", "One-shot pruning: quality per language", "\n\n".join(sections))
+    write_result_table(args.table, "One-shot pruning: quality per language", "\n\n".join(sections))
 
 
 if __name__ == "__main__":
