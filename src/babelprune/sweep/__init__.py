@@ -1,0 +1,1 @@
+"""Experiments at scale: grids of runs, the results store they finish into, and the backends that run them."""
