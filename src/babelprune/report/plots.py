@@ -46,8 +46,10 @@ def _error_bars(comparison, by_lang: dict, languages: list[str], heights: list[f
     intervals = [comparison.degradation_interval(by_lang[lang]) if lang in by_lang else None for lang in languages]
     if all(interval is None for interval in intervals):
         return None
-    below = [height - 100 * iv[0] if iv else 0.0 for height, iv in zip(heights, intervals)]
-    above = [100 * iv[1] - height if iv else 0.0 for height, iv in zip(heights, intervals)]
+    # Clipped at 0: a percentile interval need not hold the point estimate (skewed resamples, or
+    # rounding when every resample is equal), and matplotlib refuses negative bar lengths.
+    below = [max(0.0, height - 100 * iv[0]) if iv else 0.0 for height, iv in zip(heights, intervals)]
+    above = [max(0.0, 100 * iv[1] - height) if iv else 0.0 for height, iv in zip(heights, intervals)]
     return [below, above]
 
 

@@ -21,19 +21,19 @@ def grouped_scores(result: EvalResult) -> list[tuple[str, list]]:
     return groups
 
 
-def _has_masks(result: EvalResult) -> bool:
+def has_masks(result: EvalResult) -> bool:
     """Whether the scores came from a per-language mask bank (then tables show which mask served each)."""
     return any(score.mask is not None for score in result.scores)
 
 
-def _columns(result: EvalResult) -> list[str]:
-    head = ["language", "name", "script", "resource"] + (["mask"] if _has_masks(result) else [])
+def score_columns(result: EvalResult) -> list[str]:
+    head = ["language", "name", "script", "resource"] + (["mask"] if has_masks(result) else [])
     if result.kind == "lm":
         return head + ["bits/byte", "95% CI", "perplexity", "tokens", "bytes"]
     return head + ["top-1", "95% CI", "queries"]
 
 
-def _cells(score, with_mask: bool) -> list[str]:
+def score_cells(score, with_mask: bool) -> list[str]:
     head = [score.language, score.name, score.script, score.resource] + ([score.mask or "-"] if with_mask else [])
     interval = score.primary_interval
     spread = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
@@ -49,22 +49,22 @@ def _title(result: EvalResult) -> str:
 
 def rich_table(result: EvalResult) -> Table:
     table = Table(title=_title(result))
-    for name in _columns(result):
+    for name in score_columns(result):
         numeric = name in {"bits/byte", "95% CI", "perplexity", "tokens", "bytes", "top-1", "queries"}
         table.add_column(name, justify="right" if numeric else "left", min_width=len(name), no_wrap=True)
     for index, (_, members) in enumerate(grouped_scores(result)):
         if index:
             table.add_section()
         for score in members:
-            table.add_row(*_cells(score, _has_masks(result)))
+            table.add_row(*score_cells(score, has_masks(result)))
     return table
 
 
 def markdown_table(result: EvalResult) -> str:
-    columns = _columns(result)
+    columns = score_columns(result)
     lines = [f"### {_title(result)}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, members in grouped_scores(result):
-        lines.extend("| " + " | ".join(_cells(score, _has_masks(result))) + " |" for score in members)
+        lines.extend("| " + " | ".join(score_cells(score, has_masks(result))) + " |" for score in members)
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,122 @@
+"""The charts of the store report (PNG, matplotlib's non-interactive backend).
+
+The per-language degradation chart is `plots.degradation_chart`; this module
+adds the views across runs: degradation against sparsity, mean change per
+resource level, speed against size, and the overlap of per-language masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from babelprune.report.plots import RESOURCE_COLOURS  # noqa: E402
+from babelprune.report.runs import Curve  # noqa: E402
+
+DPI = 120
+
+
+def plain(text: str) -> str:
+    """Text matplotlib draws as typed: a '$' would otherwise start mathematical notation."""
+    return str(text).replace("$", r"\$")
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return Path(path)
+
+
+def _yerr(values: list[float], intervals: list) -> list[list[float]] | None:
+    """Asymmetric error bars (2, n) from intervals, zero-length where an interval is missing; None when all are."""
+    if all(interval is None for interval in intervals):
+        return None
+    # Clipped at 0: a percentile interval need not hold the point estimate (see plots._error_bars).
+    below = [max(0.0, v - iv[0]) if iv else 0.0 for v, iv in zip(values, intervals)]
+    above = [max(0.0, iv[1] - v) if iv else 0.0 for v, iv in zip(values, intervals)]
+    return [below, above]
+
+
+def sparsity_chart(curves: list[Curve], metric: str, path: Path) -> Path:
+    """Mean (left) and worst-language (right) degradation against sparsity, one line per variant, 95% intervals."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2), sharex=True)
+    for curve in curves:
+        xs = [100 * p.sparsity for p in curve.points]
+        for axes, values, intervals in (
+            (left, [100 * p.mean for p in curve.points], [p.mean_interval for p in curve.points]),
+            (right, [100 * p.worst for p in curve.points], [p.worst_interval for p in curve.points]),
+        ):
+            scaled = [(100 * iv[0], 100 * iv[1]) if iv else None for iv in intervals]
+            axes.errorbar(xs, values, yerr=_yerr(values, scaled), marker="o", capsize=3, label=plain(curve.label))
+    name = metric.replace("_", " ")
+    left.set_title("mean over languages")
+    right.set_title("worst language")
+    for axes in (left, right):
+        axes.set_xlabel("sparsity (%)")
+        axes.set_ylabel(f"{name}: % worse than dense")
+        axes.axhline(0, color="black", linewidth=0.6)
+        axes.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def resource_chart(labels: list[str], levels: list[str], values: list[dict], path: Path) -> Path:
+    """Mean degradation per resource level (x) for each run (bars), with 95% intervals.
+
+    `values[i][level]` is (mean, interval or None) of run i, relative changes.
+    """
+    width = 0.8 / max(1, len(labels))
+    figure, axes = plt.subplots(figsize=(max(6.5, 1.2 * len(levels) * max(1, len(labels)) ** 0.5 + 3), 4.2))
+    colours = plt.get_cmap("tab10")
+    for index, (label, row) in enumerate(zip(labels, values)):
+        xs = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(levels))]
+        heights = [100 * row[level][0] if level in row else float("nan") for level in levels]
+        intervals = [(100 * row[level][1][0], 100 * row[level][1][1]) if level in row and row[level][1] else None for level in levels]
+        axes.bar(xs, heights, width, label=plain(label), color=colours(index % 10), yerr=_yerr(heights, intervals),
+                 error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
+    axes.set_xticks(range(len(levels)), [f"{level} resource" for level in levels])
+    for tick, level in zip(axes.get_xticklabels(), levels):
+        tick.set_color(RESOURCE_COLOURS.get(level, "black"))
+    axes.set_ylabel("mean % worse than dense")
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=2 if len(labels) > 6 else 1)
+    return _save(figure, path)
+
+
+def speed_size_chart(points: list[tuple[str, float, float]], size_name: str, speed_name: str, path: Path) -> Path:
+    """One labelled point per run: size (x) against speed (y)."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    axes.scatter([p[1] for p in points], [p[2] for p in points], s=28, color="#1b6ca8")
+    for label, x, y in points:
+        axes.annotate(plain(label), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    axes.set_xlabel(size_name.replace("_", " "))
+    axes.set_ylabel(speed_name.replace("_", " "))
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def overlap_heatmap(overlap: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+    """Jaccard overlap of the pruned sets of every pair of languages (1 on the diagonal)."""
+    languages = list(overlap)
+    matrix = [[overlap[a].get(b, float("nan")) for b in languages] for a in languages]
+    known = [value for row in matrix for value in row if value == value]  # NaN != NaN: pairs the record lacks
+    low = min(known, default=0.0)
+    size = max(4.0, 0.45 * len(languages) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(matrix, cmap="viridis", vmin=min(low, 0.999), vmax=1.0)
+    axes.set_xticks(range(len(languages)), [plain(lang) for lang in languages], rotation=60, fontsize=8)
+    axes.set_yticks(range(len(languages)), [plain(lang) for lang in languages], fontsize=8)
+    if len(languages) <= 12:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                dark = (value - low) / max(1.0 - low, 1e-9) < 0.6  # the lower part of viridis is dark
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    axes.set_title(plain(title), fontsize=10)
+    figure.colorbar(image, ax=axes, label="Jaccard overlap of pruned weights")
+    return _save(figure, path)
