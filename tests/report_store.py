@@ -125,3 +125,30 @@ def write_store(path: Path, records: list[RunRecord]) -> Path:
         for record in records:
             store.put(record)
     return path
+
+
+FINETUNE_TITLE = "e5-small on bible-genre (zero-shot)"
+
+
+def expected_rows() -> dict[str, int]:
+    """Body rows of each table of the report on `full_records()`, by the table's data-name."""
+    languages = len(LANGUAGES)
+    compared = len(FACTORS) + 1  # the four shared runs and the per-language one
+    return {
+        "kinds": 3,  # dense, oneshot, finetune
+        "sweeps": 2,
+        "environment": len(ENVIRONMENT),
+        "runs": 1 + len(FACTORS) + 1 + 1 + 2 * len(FINETUNE_VALUES),  # dense, pruned, failed, per-language, fine-tuning
+        "dense bible": languages,
+        "change bible 50%": languages,
+        "change bible 70%": languages,
+        "summary bible": compared,
+        "curves bible": compared,
+        "resource bible": compared,
+        "contest bible": 3,  # at 50%: mwanda and the per-language run against wanda; at 70%: mwanda against wanda
+        "overlap wanda per-language 50%": len(OVERLAP),
+        "measurements": 1 + compared,
+        f"finetune {FINETUNE_TITLE}": len(FINETUNE_VALUES),
+        f"finetune languages {FINETUNE_TITLE}": languages,
+        "failed": 1,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 from babelprune.choices import LanguageBudget
@@ -28,7 +29,7 @@ from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInf
 
 __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed",
-    "trim_vocabulary",
+    "trim_vocabulary", "write_report",
     "PruneConfig",
 ]
 
@@ -247,3 +248,10 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
                 )
             )
     return scores
+
+
+def write_report(store_path: Path | str, out: Path | str, overwrite: bool = False) -> Path:
+    """Write a self-contained HTML report (out/index.html and out/figures/) from a results store; returns the page's path."""
+    from babelprune.report.html import write_report as _write_report
+
+    return _write_report(store_path, out, overwrite=overwrite)

@@ -243,6 +243,19 @@ def compare_command(
         console.print(f"Chart written to {chart}")
 
 
+@app.command("report")
+def report_command(
+    store: Annotated[Path, typer.Argument(help="Results store (.sqlite) that `babelprune sweep` fills.")],
+    out: Annotated[Path, typer.Option(help="Folder for index.html and figures/ (must not exist, unless --overwrite).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder written by this command.")] = False,
+) -> None:
+    """A self-contained HTML page with figures from a results store: per-language change per method, curves, failures."""
+    from babelprune.report.html import write_report
+
+    page = write_report(store, out, overwrite=overwrite)
+    console.print(f"Report written to [bold]{page}[/bold]")
+
+
 @app.command("bench-speed")
 def bench_speed_command(
     models: Annotated[list[str], typer.Argument(help="Models to compare (aliases, folders, hub ids); the first is the reference.")],

@@ -227,7 +227,8 @@ def sparsity_curves(results: Sequence[FinetuneResult], path: Path) -> Path:
     right.set_xlabel("final sparsity (%)")
     right.set_ylabel("gap: clean - perturbed")
     right.axhline(0, color="black", linewidth=0.6)
-    right.legend(fontsize=8)
+    if results[0].perturbations():  # a legend with no entries only warns
+        right.legend(fontsize=8)
     for axes in (left, right):
         axes.grid(alpha=0.3)
     figure.tight_layout()

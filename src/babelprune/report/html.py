@@ -29,7 +29,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.report import finetune_report as ft
 from babelprune.report.figures import overlap_heatmap, plain, speed_size_chart
 from babelprune.report.finetune_records import FinetuneResult
-from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, source, table
+from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
 from babelprune.report.records import now
 from babelprune.report.runs import (
@@ -105,7 +105,7 @@ def overview_section(page: Page, records: list[RunRecord], store_name: str) -> s
                          num(record.seconds, 1), record.finished])
     return "\n".join([
         page.heading(2, "What is in the store"),
-        source(f"{store_name}: {len(records)} runs, finished between {finished[0]} and {finished[-1]}."),
+        source(f"{store_name}: {plural(len(records), 'run')}, finished between {finished[0]} and {finished[-1]}."),
         table(["kind", "done", "failed", "seconds"], _counts(records, "kind"), caption="Runs by kind", name="kinds"),
         table(["sweep", "done", "failed", "seconds"], _counts(records, "sweep"), caption="Runs by sweep", name="sweeps"),
         table(["setting", "value", "runs"], [[key, Cell(value, css="wrap"), integer(n)] for (key, value), n in sorted(environment.items())],
@@ -125,8 +125,9 @@ def mask_section(page: Page, done: list[RunRecord]) -> str:
     if not with_overlap:
         masked = [record.label for record in done if has_language_masks(record)]
         if masked:
-            return "\n".join(parts + [paragraph(f"{len(masked)} runs have per-language masks ({', '.join(masked)}), but their "
-                                                "records carry no overlap data (mask_overlap in the pruning record or measurements).", "empty")])
+            sentence = (f"Per-language masks were used by {plural(len(masked), 'run')} ({', '.join(masked)}), but no record "
+                        "carries their overlap (mask_overlap in the pruning record or the measurements).")
+            return "\n".join(parts + [paragraph(sentence, "empty")])
         return "\n".join(parts + [paragraph("No run in this store has per-language masks, so there is no overlap between "
                                             "languages to show.", "empty")])
     for record, overlap in with_overlap:
@@ -157,7 +158,7 @@ def speed_section(page: Page, done: list[RunRecord]) -> str:
     columns = _measurement_columns([values for _, values in measured_runs])
     rows = [[record.label, record.kind, *(num(values.get(key), 2 if abs(values.get(key, 0)) < 1000 else 0) for key in columns)]
             for record, values in measured_runs]
-    parts += [source(f"The measurements of {len(measured_runs)} runs, as they recorded them."),
+    parts += [source(f"The measurements of {plural(len(measured_runs), 'run')}, as they recorded them."),
               table(["run", "kind", *(key.replace("_", " ") for key in columns)], rows, name="measurements")]
     for sizes in SIZE_FIELDS:
         for speeds in SPEED_FIELDS:
@@ -201,7 +202,7 @@ def _finetune_group(page: Page, results: list[FinetuneResult], title: str) -> li
                     for lang in scores[0.0]]
     seeds = sorted({r.seed for r in results})
     parts += [
-        source(f"{len(results)} fine-tuning results (seeds {', '.join(map(str, seeds))}); {metric}, mean ± standard deviation over seeds."),
+        source(f"{plural(len(results), 'fine-tuning result')} (seeds {', '.join(map(str, seeds))}); {metric}, mean ± standard deviation over seeds."),
         table(["sparsity", "achieved", "runs", "all languages", *(f"{lv} resource" for lv in levels)], summary, name=f"finetune {title}"),
         table(["language", "resource", *(_sparsity(s) for s in scores)], per_language, name=f"finetune languages {title}"),
     ]
@@ -237,6 +238,6 @@ def failed_section(page: Page, failed: list[RunRecord]) -> str:
         return "\n".join(parts + [paragraph("No run failed.", "empty")])
     rows = [[record.key, record.sweep, record.kind, record.label, record.finished, num(record.seconds, 1),
              Cell(record.error or "(no error recorded)", css="error")] for record in failed]
-    return "\n".join(parts + [source(f"The {len(failed)} runs the store holds as failed, with the error each recorded."),
+    return "\n".join(parts + [source(f"The {plural(len(failed), 'run')} the store holds as failed, with the error each recorded."),
                               table(["key", "sweep", "kind", "label", "finished", "seconds", "error"], rows, name="failed")])
 

@@ -49,10 +49,10 @@ def integer(value: float | None) -> Cell:
 
 
 def marked(text: str, sort: float | None) -> Cell:
-    """A cell from one of tables.py's formatted values: a trailing ' n.s.' becomes a muted note."""
+    """A cell from one of tables.py's formatted values: its ' n.s.' mark becomes a muted note after the text."""
     text = text.strip()
-    if text.endswith(" n.s."):
-        return Cell(text.removesuffix(" n.s."), sort, note="n.s.", css="num")
+    if " n.s." in text:
+        return Cell(text.replace(" n.s.", ""), sort, note="n.s.", css="num")
     return Cell(text, sort, css="num")
 
 
@@ -88,6 +88,10 @@ def paragraph(text: str, css: str = "") -> str:
 def source(text: str) -> str:
     """The sentence that says where a section's numbers come from."""
     return f'<p class="source"><span>Source</span> {esc(text)}</p>'
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def slug(text: str) -> str:
@@ -192,7 +196,7 @@ th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: le
 td.num { text-align: right; }
 td.wrap { white-space: normal; max-width: 70ch; overflow-wrap: anywhere; }
 p.lead { font-weight: 600; margin-top: 22px; }
-td.error { white-space: normal; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
+td.error { white-space: normal; min-width: 32ch; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
 thead th { position: sticky; top: 0; background: var(--soft); border-bottom: 2px solid var(--line); font-weight: 600; }
 table.sortable thead th { cursor: pointer; user-select: none; }
 table.sortable thead th::after { content: " \\2195"; color: #9aa5b1; font-size: 11px; }

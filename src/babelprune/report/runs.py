@@ -224,6 +224,10 @@ class Curve:
     points: list[CurvePoint]
 
 
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _variant_labels(runs: list[Compared]) -> dict[str, str]:
     """A short name per variant: its method, plus the settings that tell variants of one method apart."""
     by_method: dict[str, dict[str, dict]] = {}
@@ -234,7 +238,7 @@ def _variant_labels(runs: list[Compared]) -> dict[str, str]:
         keys = sorted({k for v in variants.values() for k in v})
         differing = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in variants.values()}) > 1]
         for variant, fields in variants.items():
-            extra = ", ".join(f"{k}={json.dumps(fields.get(k), sort_keys=True)}" for k in differing if k != "method")
+            extra = ", ".join(f"{k}={_short(fields.get(k))}" for k in differing if k != "method")
             labels[variant] = f"{method} ({extra})" if extra else method
     return labels
 
