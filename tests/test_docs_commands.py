@@ -376,6 +376,28 @@ def udhr_in_cache(outcome: Outcome) -> None:
     assert "UDHR installed in" in outcome.out
 
 
+def hand_filled_store(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """runs.sqlite in the workspace: the store the report's tests fill by hand (tests/report_store.py)."""
+    from tests.report_store import full_records, write_store
+
+    if not (folder / "runs.sqlite").exists():
+        write_store(folder / "runs.sqlite", full_records())
+
+
+def report_folder(path: str) -> Check:
+    """A report folder: index.html written by `babelprune report`, and a PNG for every image the page shows."""
+
+    def check(outcome: Outcome) -> None:
+        import re
+
+        text = (outcome.folder / path / "index.html").read_text(encoding="utf-8")
+        assert '<meta name="generator" content="babelprune report">' in text
+        images = re.findall(r'<img src="([^"]+)"', text)
+        assert images and all((outcome.folder / path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+
+    return check
+
+
 def trimmed_gguf_ready_gemma3(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """gemma-8langs as `trim-vocab --drop-reserved` writes it, from a tiny Gemma 3 that GGUF can describe.
 
@@ -448,6 +470,9 @@ RUNS: dict[str, Run] = {
             "babelprune eval --model gemma3-270m --corpus bible --langs en,fr,sw,zh --out dense.json",
             "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json",
         ),
+    ),
+    "babelprune report runs.sqlite --out report": Run(
+        "readme-tour", (report_folder("report"), prints("Report written to")), setup=hand_filled_store,
     ),
     "babelprune trim-vocab --model gemma3-270m --langs en,fr,sw --corpus bible --out trimmed-en-fr-sw": Run(
         "readme-tour", (trimmed_folder("trimmed-en-fr-sw", "en,fr,sw"), prints("Kept")),
