@@ -150,14 +150,20 @@ def _measurement_columns(rows: list[dict[str, float]]) -> list[str]:
     return [key for key in known if key in present] + sorted(present - set(known))
 
 
+def _measurement_cell(value: float | None) -> Cell:
+    """Whole numbers from 1,000 up (bytes, parameters) with separators, anything else to two decimals."""
+    if value is not None and abs(value) >= 1000 and float(value).is_integer():
+        return integer(value)
+    return num(value, 2)
+
+
 def speed_section(page: Page, done: list[RunRecord]) -> str:
     parts = [page.heading(2, "Speed and size")]
     measured_runs = [(record, numeric_measurements(record)) for record in done if numeric_measurements(record)]
     if not measured_runs:
         return "\n".join(parts + [paragraph("No run in this store records measurements of speed or size.", "empty")])
     columns = _measurement_columns([values for _, values in measured_runs])
-    rows = [[record.label, record.kind, *(num(values.get(key), 2 if abs(values.get(key, 0)) < 1000 else 0) for key in columns)]
-            for record, values in measured_runs]
+    rows = [[record.label, record.kind, *(_measurement_cell(values.get(key)) for key in columns)] for record, values in measured_runs]
     parts += [source(f"The measurements of {plural(len(measured_runs), 'run')}, as they recorded them."),
               table(["run", "kind", *(key.replace("_", " ") for key in columns)], rows, name="measurements")]
     for sizes in SIZE_FIELDS:

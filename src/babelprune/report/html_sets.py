@@ -5,7 +5,7 @@ from __future__ import annotations
 from babelprune.report.compare import Comparison
 from babelprune.report.contest import Contest
 from babelprune.report.figures import plain, resource_chart, sparsity_chart
-from babelprune.report.html_parts import Cell, Page, marked, num, paragraph, source, table
+from babelprune.report.html_parts import Cell, Page, marked, num, paragraph, plural, source, table
 from babelprune.report.intervals import BOOTSTRAP_SAMPLES, CONFIDENCE, resolved
 from babelprune.report.plots import degradation_chart, language_bar_chart
 from babelprune.report.records import EvalResult
@@ -66,9 +66,9 @@ def _plotted(runs: list[Compared]) -> list[Comparison]:
 
 def change_section(page: Page, group: BaselineGroup, set_name: str) -> str:
     """For each sparsity or pattern: the per-language change of every run, as a chart and a table."""
-    metric = group.result.primary_metric[0]
+    metric = group.result.primary_metric[0].replace("_", " ")
     parts = [page.heading(3, f"Per-language change by method ({set_name})"),
-             source(f"{len(group.runs)} runs against the dense {_run_name(group.dense)}: relative change of {metric} "
+             source(f"{plural(len(group.runs), 'run')} against the dense {_run_name(group.dense)}: relative change of {metric} "
                     f"per language, (pruned - dense) / dense; {_PAIRED}.")]
     for amount, runs in group.amounts():
         order = [score.language for _, members in grouped_scores(group.result) for score in members]
@@ -85,7 +85,7 @@ def change_section(page: Page, group: BaselineGroup, set_name: str) -> str:
             f"<h4>At {amount}</h4>",
             page.figure(lambda path, runs=runs: degradation_chart(_plotted(runs), path), f"{set_name}-change-{amount}",
                         f"per-language change at {amount}",
-                        f"{metric.replace('_', ' ')}: % worse than dense, per language, at {amount}; bars: 95% paired intervals."),
+                        f"{metric}: % worse than dense, per language, at {amount}; bars: 95% paired intervals."),
             table(header, rows, name=f"change {set_name} {amount}",
                   caption=f"Each cell: the pruned {metric}, its relative change and interval."),
         ]
