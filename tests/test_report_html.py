@@ -303,3 +303,10 @@ def test_an_error_while_writing_leaves_nothing(monkeypatch, tmp_path, store):
         write_report(store, tmp_path / "page")
     assert not (tmp_path / "page").exists()
     assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_a_store_of_failed_runs_only_still_gets_a_page_that_lists_them(tmp_path):
+    store = made.write_store(tmp_path / "runs.sqlite", [made.failed_record()])
+    page = parse(write_report(store, tmp_path / "page"))
+    assert page.images == []
+    assert len(page.tables["failed"]["rows"]) == 1 and len(page.tables["runs"]["rows"]) == 1
