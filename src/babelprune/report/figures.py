@@ -27,7 +27,7 @@ def plain(text: str) -> str:
 
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")  # nothing cut at the edges (long legends, colour bar labels)
     plt.close(figure)
     return Path(path)
 
@@ -45,8 +45,11 @@ def _yerr(values: list[float], intervals: list) -> list[list[float]] | None:
 def sparsity_chart(curves: list[Curve], metric: str, path: Path) -> Path:
     """Mean (left) and worst-language (right) degradation against sparsity, one line per variant, 95% intervals."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2), sharex=True)
-    for curve in curves:
-        xs = [100 * p.sparsity for p in curve.points]
+    sparsities = [100 * p.sparsity for curve in curves for p in curve.points]
+    # Curves at the same sparsity are set a little apart, so that their points and bars do not hide each other.
+    step = 0.008 * max(10.0, max(sparsities) - min(sparsities))
+    for index, curve in enumerate(curves):
+        xs = [100 * p.sparsity + (index - (len(curves) - 1) / 2) * step for p in curve.points]
         for axes, values, intervals in (
             (left, [100 * p.mean for p in curve.points], [p.mean_interval for p in curve.points]),
             (right, [100 * p.worst for p in curve.points], [p.worst_interval for p in curve.points]),
@@ -118,5 +121,5 @@ def overlap_heatmap(overlap: dict[str, dict[str, float]], title: str, path: Path
                 dark = (value - low) / max(1.0 - low, 1e-9) < 0.6  # the lower part of viridis is dark
                 axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     axes.set_title(plain(title), fontsize=10)
-    figure.colorbar(image, ax=axes, label="Jaccard overlap of pruned weights")
+    figure.colorbar(image, ax=axes, label="Jaccard overlap of the pruned weights")
     return _save(figure, path)

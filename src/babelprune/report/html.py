@@ -244,6 +244,6 @@ def failed_section(page: Page, failed: list[RunRecord]) -> str:
         return "\n".join(parts + [paragraph("No run failed.", "empty")])
     rows = [[record.key, record.sweep, record.kind, record.label, record.finished, num(record.seconds, 1),
              Cell(record.error or "(no error recorded)", css="error")] for record in failed]
-    return "\n".join(parts + [source(f"The {plural(len(failed), 'run')} the store holds as failed, with the error each recorded."),
+    return "\n".join(parts + [source(f"{plural(len(failed), 'run')} of the store failed; each row holds the error the run recorded."),
                               table(["key", "sweep", "kind", "label", "finished", "seconds", "error"], rows, name="failed")])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from babelprune.data.languages import RESOURCE_LEVELS
 from babelprune.report.compare import Comparison
 from babelprune.report.contest import Contest
 from babelprune.report.figures import plain, resource_chart, sparsity_chart
@@ -25,6 +26,11 @@ _PAIRED = (f"{CONFIDENCE:.0%} intervals: paired bootstrap over the windows both 
 def _measured(result: EvalResult) -> str:
     settings = ", ".join(f"{key} {result.settings[key]}" for key in ("seq_len", "max_tokens", "max_queries") if key in result.settings)
     return f"{result.corpus}/{result.split}" + (f" ({settings})" if settings else "")
+
+
+def _metric(result: EvalResult) -> str:
+    """The primary metric in words: 'bits per byte', 'top1'."""
+    return result.primary_metric[0].replace("_", " ")
 
 
 def _run_name(record) -> str:
@@ -55,8 +61,8 @@ def dense_section(page: Page, group: BaselineGroup, set_name: str) -> str:
         page.heading(3, f"Dense model per language ({set_name})"),
         source(f"{_run_name(group.dense)}: {group.model} measured on {_measured(result)}; {_INTERVAL}."),
         table(columns, rows, name=f"dense {set_name}"),
-        page.figure(lambda path: language_bar_chart(shown, path), f"{set_name}-dense", f"dense {result.primary_metric[0]} per language",
-                    f"Dense {result.primary_metric[0].replace('_', ' ')} per language on {set_name}, grouped by resource level."),
+        page.figure(lambda path: language_bar_chart(shown, path), f"{set_name}-dense", f"dense {_metric(result)} per language",
+                    f"Dense {_metric(result)} per language on {set_name}, grouped by resource level."),
     ])
 
 
@@ -64,15 +70,22 @@ def _plotted(runs: list[Compared]) -> list[Comparison]:
     return [run.comparison.model_copy(update={"label": plain(run.comparison.label)}) for run in runs]
 
 
+def _chart_order(comparison: Comparison) -> list[str]:
+    """Languages in the order of the degradation chart: by resource level, then by the first run's loss."""
+    return [c.language for level in RESOURCE_LEVELS
+            for c in sorted((c for c in comparison.changes if c.resource == level), key=comparison.degradation)]
+
+
 def change_section(page: Page, group: BaselineGroup, set_name: str) -> str:
     """For each sparsity or pattern: the per-language change of every run, as a chart and a table."""
-    metric = group.result.primary_metric[0].replace("_", " ")
+    metric = _metric(group.result)
     parts = [page.heading(3, f"Per-language change by method ({set_name})"),
              source(f"{plural(len(group.runs), 'run')} against the dense {_run_name(group.dense)}: relative change of {metric} "
                     f"per language, (pruned - dense) / dense; {_PAIRED}.")]
     for amount, runs in group.amounts():
-        order = [score.language for _, members in grouped_scores(group.result) for score in members]
         by_run = [{c.language: c for c in run.comparison.changes} for run in runs]
+        order = _chart_order(runs[0].comparison) + [s.language for _, members in grouped_scores(group.result) for s in members]
+        order = list(dict.fromkeys(order))
         rows = []
         for lang in order:
             if not any(lang in changes for changes in by_run):
@@ -112,7 +125,7 @@ def summary_section(page: Page, group: BaselineGroup, set_name: str) -> str:
               *(f"mean {level} (%)" for level in levels), "Spearman(resource, loss)"]
     return "\n".join([
         page.heading(3, f"Findings: every run in one table ({set_name})"),
-        source(f"The comparisons above; change in % of the dense {group.result.primary_metric[0]} (> 0: worse); {_PAIRED}. "
+        source(f"The comparisons above; change in % of the dense {_metric(group.result)} (> 0: worse); {_PAIRED}. "
                "Spearman: rank correlation of a language's resource class with its loss (negative: low-resource languages lose more)."),
         table(header, rows, name=f"summary {set_name}"),
     ])
@@ -132,10 +145,10 @@ def curve_section(page: Page, group: BaselineGroup, set_name: str) -> str:
         for curve in curves for point in curve.points
     ]
     parts += [
-        source(f"Mean and worst-language change of {metric} from the dense {_run_name(group.dense)}, one line per method "
+        source(f"Mean and worst-language change of {_metric(group.result)} from the dense {_run_name(group.dense)}, one line per method "
                f"and configuration (runs that differ only in sparsity); {_PAIRED}."),
         page.figure(lambda path: sparsity_chart(curves, metric, path), f"{set_name}-sparsity", "quality against sparsity",
-                    f"{metric.replace('_', ' ')}: % worse than dense against sparsity; bars: 95% intervals."),
+                    f"{_metric(group.result)}: % worse than dense against sparsity; bars: 95% intervals."),
         table(["method", "sparsity (%)", "mean change", "worst language", "its change"], rows, name=f"curves {set_name}"),
     ]
     return "\n".join(parts)
