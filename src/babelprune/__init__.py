@@ -29,10 +29,13 @@ _EXPORTS = {
     "get_corpus": "babelprune.api",
     "load_model": "babelprune.api",
     "prune": "babelprune.api",
+    "prune_structured": "babelprune.api",
     "save_pruned": "babelprune.api",
     "save_trimmed": "babelprune.api",
     "trim_vocabulary": "babelprune.api",
     "PruneConfig": "babelprune.api",
+    "StructuredConfig": "babelprune.api",
+    "TrimConfig": "babelprune.api",
     "EvalResult": "babelprune.report.records",
     "BabelpruneError": "babelprune.errors",
 }
@@ -41,8 +44,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.api import (
-        PruneConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune, save_pruned, save_trimmed,
-        trim_vocabulary,
+        PruneConfig, StructuredConfig, TrimConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune,
+        prune_structured, save_pruned, save_trimmed, trim_vocabulary,
     )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult

@@ -18,7 +18,7 @@ from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration, build_calibration
-from babelprune.prune.config import PruneConfig
+from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
 from babelprune.formats.gguf import export_gguf
@@ -27,9 +27,9 @@ from babelprune.formats.trimmed import save_trimmed
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
-    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed",
-    "trim_vocabulary",
-    "PruneConfig",
+    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "prune_structured", "save_pruned",
+    "save_trimmed", "trim_vocabulary",
+    "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
 # Calibration languages when none are given: eight Bible languages over six
@@ -79,9 +79,36 @@ def prune(
     return result
 
 
+def prune_structured(
+    loaded: LoadedModel,
+    config: StructuredConfig,
+    calibration: Calibration | None = None,
+    progress: bool = True,
+):
+    """Remove whole heads / FFN neurons / blocks; see `babelprune.prune.structured`.
+
+    Shared setting: `loaded.model` shrinks in place and `loaded.pruning` holds
+    the record. Per-language: the model stays dense and the result holds each
+    calibration language's selection (`prune.structured.prune_copy` builds one).
+    Returns the `StructuredResult`.
+    """
+    from babelprune.prune.structured import structured_prune
+
+    if config.needs_calibration and calibration is None:
+        raise BabelpruneError(f"Importance '{config.importance}' needs calibration text; give --calib.")
+    result = structured_prune(
+        loaded, set(config.units), config.importance, config.sparsity,
+        calibration if config.needs_calibration else None,
+        setting=config.setting, gqa=config.gqa, ranking=config.ranking, progress=progress,
+    )
+    if result.per_language is None:
+        loaded.pruning = result.metadata() | {"parent": loaded.spec, "config": config.to_dict()}
+    return result
+
+
 def trim_vocabulary(
     loaded: LoadedModel,
-    corpus: Corpus | str = "bible",
+    corpus: Corpus | str | TrimConfig = "bible",
     languages: Sequence[str] | None = None,
     extra_texts: Sequence[str] = (),
     min_count: int = 1,
@@ -94,11 +121,17 @@ def trim_vocabulary(
     The text is `split` of `corpus` in `languages` (the 8 default calibration
     languages when None) plus `extra_texts`. Works before or after `prune`;
     `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
+    A `TrimConfig` in place of `corpus` gives corpus, languages, split,
+    min_count and keep_reserved at once (the form the CLI and sweeps use).
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
     from babelprune.prune.vocab import slice_vocabulary_rows, trim_tokenizer
 
+    if isinstance(corpus, TrimConfig):
+        config = corpus
+        corpus, languages, split = config.corpus, config.languages, config.split
+        min_count, keep_reserved = config.min_count, config.keep_reserved
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     if languages is None:
         languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
