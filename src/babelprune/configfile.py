@@ -38,17 +38,17 @@ class ConfigFile:
     def name(self) -> str:
         return self.path.name
 
-    def line_of(self, where: Path_, value: Any = None) -> int:
-        """The line of `where`, or of its nearest written ancestor; in a list of alternatives, the item equal to `value`."""
+    def locate(self, where: Path_, value: Any = None) -> tuple[Path_, int]:
+        """(path, line) of `where`, or of its nearest written ancestor; in a list of alternatives, of the item equal to `value`."""
         where = tuple(where)
         while where and where not in self.lines:
             where = where[:-1]
         node = self.value_at(where)
-        if isinstance(node, list) and value is not None:
+        if isinstance(node, list) and value is not None and not isinstance(value, (list, dict)):
             for index, item in enumerate(node):
                 if item == value and where + (index,) in self.lines:
-                    return self.lines[where + (index,)]
-        return self.lines.get(where, 1)
+                    return where + (index,), self.lines[where + (index,)]
+        return where, self.lines.get(where, 1)
 
     def value_at(self, where: Path_) -> Any:
         node = self.data
@@ -61,8 +61,11 @@ class ConfigFile:
 
     def error(self, where: Path_, message: str, value: Any = None) -> BabelpruneError:
         """One sentence naming the file, the line and the key path of a problem."""
-        message = message.rstrip(". ")
-        return BabelpruneError(f"{self.name} line {self.line_of(where, value)}: {dotted(where)}: {message}.")
+        found, line = self.locate(where, value)
+        if len(found) < len(where):  # the path goes deeper than the file (a missing key): name it all
+            found = tuple(where)
+        message = _sentence(message).rstrip(". ")
+        return BabelpruneError(f"{self.name} line {line}: {dotted(found)}: {message}.")
 
     def validation_error(self, exc: ValidationError | BabelpruneError, model: type[BaseModel], prefix: Path_ = ()) -> BabelpruneError:
         """The first problem of validating the data at `prefix` as `model`, as one sentence with its line."""
@@ -105,6 +108,8 @@ def read_config_file(path: Path | str) -> ConfigFile:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        if mark is not None and mark.line >= len(text.splitlines()) and getattr(exc, "context_mark", None) is not None:
+            mark = exc.context_mark  # the file ended inside an open bracket or quote: name where it opened
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BabelpruneError(f"{path.name}{line}: not valid YAML ({problem}); fix the syntax there and run again.") from None
