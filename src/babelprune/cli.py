@@ -512,18 +512,23 @@ def sweep_command(
         return
     from babelprune.sweep.store import ResultsStore
 
-    with ResultsStore(path) as results:
-        if backend == "ray":
-            from babelprune.sweep.ray_backend import run_ray
+    if path.exists():  # a file that is not a store, or one from a newer babelprune: refused before any work
+        ResultsStore(path, create=False).close()
 
-            summary = run_ray(plan, results, address=address, cpus=cpus, console=console)
-        else:
-            from babelprune.sweep.local import run_local
+    if backend == "ray":
+        from babelprune.sweep.ray_backend import ray_cluster, run_ray
 
-            if cpus is not None:
-                import torch
+        # Ray first: a missing install or an unreachable cluster is one sentence, with no store created.
+        with ray_cluster(address, cpus) as ray, ResultsStore(path) as results:
+            summary = run_ray(ray, plan, results, console=console)
+    else:
+        from babelprune.sweep.local import run_local
 
-                torch.set_num_threads(cpus)
+        if cpus is not None:
+            import torch
+
+            torch.set_num_threads(cpus)
+        with ResultsStore(path) as results:
             summary = run_local(plan, results, console=console)
     console.print(
         f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, "
