@@ -166,8 +166,9 @@ def _field_quoted(message: str, data: Any, prefix: Path_) -> tuple[Path_, Any]:
     for where, value in _leaves(data, prefix):
         if value is None or isinstance(value, bool):
             continue
-        text = str(value)
-        if f"'{text}'" in message or f" {text} " in f" {message.replace(';', ' ').replace(',', ' ')} ":
+        spaced = f" {message.replace(';', ' ').replace(',', ' ')} "
+        texts = {str(value)} | ({str(float(value))} if isinstance(value, (int, float)) else set())  # 2 is quoted as 2.0
+        if any(f"'{text}'" in message or f" {text} " in spaced for text in texts):
             return where, value
     return prefix, None
 

@@ -90,16 +90,21 @@ def config_from_flags(model, flags: Mapping[str, str], values: Mapping[str, Any]
     return model.model_validate(nested_fields(flags, values))
 
 
-def typed_flags(flags: Mapping[str, str]) -> list[str]:
-    """The mapped flags the user typed on the command line (or set through the environment)."""
-    import click
-    from click.core import ParameterSource
+# How a parameter is spelled on the command line when it is not --<name> (and --no-<name> for switches).
+SPELLINGS: dict[str, tuple[str, ...]] = {"keep_reserved": ("--keep-reserved", "--drop-reserved")}
 
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return []
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return [flag_name(name) for name in flags if context.get_parameter_source(name) in given]
+
+def typed_flags(flags: Mapping[str, str], argv: list[str] | None = None) -> list[str]:
+    """The mapped flags the user typed on the command line (read from sys.argv, as the shell passed them)."""
+    import sys
+
+    words = sys.argv[1:] if argv is None else argv
+    typed = []
+    for name in flags:
+        spellings = SPELLINGS.get(name, (flag_name(name), "--no-" + name.replace("_", "-")))
+        if any(word == spelling or word.startswith(spelling + "=") for word in words for spelling in spellings):
+            typed.append(spellings[0])
+    return typed
 
 
 def refuse_typed_flags(config_file: Path, flags: Mapping[str, str]) -> None:
