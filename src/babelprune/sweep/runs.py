@@ -271,10 +271,14 @@ def check_sources(file: ConfigFile, plan: Plan) -> None:
         try:
             if corpus not in corpora:
                 corpora[corpus] = get_corpus(corpus)
+        except BabelpruneError as exc:
+            raise file.error(where + ("corpus",), str(exc), corpus) from None
+        try:
             if languages:
                 corpora[corpus].check_languages(list(languages))
         except BabelpruneError as exc:
-            raise file.error(where, str(exc)) from None
+            unknown = next((lang for lang in languages if lang not in corpora[corpus].languages()), None)
+            raise file.error(where + ("languages",), str(exc), unknown) from None
 
     for index, item in enumerate(plan.experiment.evaluation):
         check(("evaluation", index), item.corpus, item.languages)
