@@ -621,7 +621,9 @@ def main() -> None:
     from typer.exceptions import TyperException
 
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except BabelpruneError as error:
         _fail(str(error))
     except ValidationError as error:  # a config built from the options broke one of its rules
