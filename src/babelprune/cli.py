@@ -611,7 +611,10 @@ def data_list(corpus: Annotated[str, typer.Argument(help="bible, udhr, a folder/
 
 
 def _fail(message: str, status: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {one_line(message)}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # The sentence is text, not markup: "pip install 'babelprune[ray]'" keeps its brackets.
+    err_console.print(f"[bold red]error:[/bold red] {escape(one_line(message))}", highlight=False, markup=True)
     sys.exit(status)
 
 
