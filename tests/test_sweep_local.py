@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,24 @@ def test_address_needs_the_ray_backend(monkeypatch, capsys, tmp_path, assets):
     model, corpus = assets
     code, _, err = _sweep(monkeypatch, capsys, tmp_path, experiment(model, corpus, RUNS), "--address", "auto")
     assert code == 2 and "--backend ray" in err and not (tmp_path / "runs.sqlite").exists()
+
+
+def test_a_finetune_entry_runs_the_fine_tuning_and_stores_its_result(monkeypatch, capsys, tmp_path, other_tiny_folder, assets):
+    _, corpus = assets
+    base = {"max_steps": 2, "batch_size": 4, "max_train_examples": 8, "max_eval_examples": 2, "languages": ["en", "sw"],
+            "perturbations": [], "checkpoint_every": 1, "max_length": 48}
+    wikiann = str(Path(__file__).parent / "fixtures" / "tasks" / "wikiann")
+    runs = [{"kind": "finetune", "finetune": {"task": "wikiann", "task_options": {"source": wikiann},
+                                              "config": base | {"gmp": [None, {"final_sparsity": 0.5, "start": 0.0, "end": 1.0}]}}}]
+    data = experiment(other_tiny_folder, corpus, runs) | {"evaluation": []}
+    code, out, err = _sweep(monkeypatch, capsys, tmp_path, data)
+    assert code == 0, err
+    with ResultsStore(tmp_path / "runs.sqlite", create=False) as store:
+        records = {record.label: record for record in store.records()}
+    assert set(records) == {"finetune wikiann dense seed 0", "finetune wikiann gmp 50% seed 0"}
+    pruned = records["finetune wikiann gmp 50% seed 0"]
+    assert pruned.finetune.sparsity == 0.5 and pruned.finetune.achieved_sparsity == 0.5 and pruned.finetune.steps == 2
+    assert {score.language for score in pruned.finetune.scores} == {"en", "sw"}
+    assert pruned.pruning == {"method": "gmp", "sparsity": 0.5} and pruned.evaluations == {}
+    assert records["finetune wikiann dense seed 0"].finetune.method == "dense"
+    assert not (tmp_path / "runs-work").exists() or not any((tmp_path / "runs-work").iterdir())  # checkpoints dropped

@@ -142,16 +142,17 @@ def _alternatives(annotation, value: Any, where: Path_, file: ConfigFile) -> lis
         raise file.error(where, "an empty list gives no runs; give at least one value")
     found = []
     for index, item in enumerate(value):
-        for concrete, choices in _single(annotation, item, where + (index,), file):
-            found.append((concrete, {name: item, **_prefixed(name, choices)} if len(value) > 1 else _prefixed(name, choices)))
+        for concrete, choices in _single(annotation, item, where + (index,), file, name):
+            found.append((concrete, {name: item, **choices} if len(value) > 1 else choices))
     return found
 
 
-def _single(annotation, value: Any, where: Path_, file: ConfigFile) -> list[tuple[Any, dict[str, Any]]]:
+def _single(annotation, value: Any, where: Path_, file: ConfigFile, name: str | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    """One written value: a nested config mapping expands its own grid (its choices named `name.field`)."""
     models = [inner for inner in _union_members(annotation) if isinstance(inner, type) and issubclass(inner, BaseModel)]
     if isinstance(value, dict) and models:
         fitting = next((m for m in models if set(value) <= set(m.model_fields)), models[0])
-        return list(_grid(fitting, value, where, file))
+        return [(concrete, _prefixed(name or str(where[-1]), choices)) for concrete, choices in _grid(fitting, value, where, file)]
     return [(value, {})]
 
 
