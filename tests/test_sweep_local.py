@@ -70,11 +70,15 @@ def test_records_hold_the_whole_run(monkeypatch, capsys, tmp_path, assets):
 
 
 def test_each_run_starts_from_the_dense_model(monkeypatch, capsys, tmp_path, assets):
-    """Dense after two prunings (one that shrinks a copy) scores exactly as a dense run alone."""
+    """Dense after prunings and a trim (which shrink a copy) scores exactly as a dense run alone.
+
+    The dense run after the others also reuses the windows they tokenized, and the trim (another tokenizer) does not.
+    """
     model, corpus = assets
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    after = list(reversed(RUNS))  # structured, oneshot..., then dense
+    trim = {"kind": "trim", "trim": {"corpus": str(corpus), "languages": ["en"], "split": "all"}}
+    after = [trim, *reversed(RUNS)]  # trim, structured, oneshot..., then dense
     assert _sweep(monkeypatch, capsys, tmp_path / "a", experiment(model, corpus, after))[0] == 0
     assert _sweep(monkeypatch, capsys, tmp_path / "b", experiment(model, corpus, [{"kind": "dense"}]))[0] == 0
     dense = []

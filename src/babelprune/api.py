@@ -214,12 +214,18 @@ def evaluate(
     batch_size: int = 8,
     pruning: PruningInfo | None = None,
     progress: bool = True,
+    window_cache: dict | None = None,
 ) -> EvalResult:
     """Evaluate a model on each language of a corpus.
 
     Causal LMs get perplexity and bits per byte over fixed windows of at most
     `seq_len` tokens, up to about `max_tokens` predicted tokens per language.
     Encoders get English-to-X retrieval accuracy on aligned segments.
+
+    `window_cache`: a dict kept by a caller that evaluates several models with
+    the same tokenizer on the same corpus objects (a sweep); each language's
+    windows are tokenized once and reused (keyed by the corpus object, so the
+    caller keeps those alive, and by language, split, seq_len and max_tokens).
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
@@ -238,7 +244,7 @@ def evaluate(
         )
         settings = {"max_queries": max_tokens, "batch_size": batch_size}
     else:
-        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress)
+        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
     if loaded.mask_bank:  # every score says which mask of the bank served it
         scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
     return EvalResult(
@@ -252,11 +258,19 @@ def evaluate(
     )
 
 
-def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress) -> list[LMScore]:
+def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, cache=None) -> list[LMScore]:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cache = {} if cache is None else cache
+
+    def windows_of(lang: str):
+        key = (id(corpus), lang, split, seq_len, max_tokens)
+        if key not in cache:
+            cache[key] = make_windows(tokenizer, corpus.texts(lang, split), seq_len, max_tokens)
+        return cache[key]
+
     # Tokenize everything first: the bar then counts windows, the real unit of work.
-    windows = {lang: make_windows(tokenizer, corpus.texts(lang, split), seq_len, max_tokens) for lang in languages}
+    windows = {lang: windows_of(lang) for lang in languages}
     scores = []
     with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))

@@ -45,6 +45,11 @@ class ModelSession:
         self._original = (self.loaded.tokenizer, self.loaded.pruning, self.loaded.mask_bank)
         self._calibrations: dict[str, Any] = {}
         self._corpora: dict[str, Any] = {}
+        self.windows: dict = {}  # evaluation windows of the session's own tokenizer (babelprune.api.evaluate)
+
+    @property
+    def tokenizer(self):
+        return self._original[0]
 
     def fresh(self, private: bool = False):
         """The loaded model with its dense weights back; a deep copy when the run will change its shape."""
@@ -170,8 +175,10 @@ def _run(session: ModelSession | None, spec: RunSpec, workdir: Path) -> dict[str
 def _evaluate(session: ModelSession, loaded, item) -> EvalResult:
     from babelprune.api import evaluate
 
+    # Every run of a model scores the same windows: tokenize them once, unless the run changed the tokenizer (a trim).
+    cache = session.windows if loaded.tokenizer is session.tokenizer else None
     return evaluate(loaded, session.corpus(item.corpus), item.languages, item.split, item.seq_len, item.max_tokens,
-                    item.batch_size, progress=False)
+                    item.batch_size, progress=False, window_cache=cache)
 
 
 def _pruning_record(pruning: dict | None) -> dict | None:
