@@ -155,3 +155,30 @@ def test_dry_run_lists_every_run_and_writes_nothing(monkeypatch, capsys, tmp_pat
         assert re.search(rf"{run.key}.*{re.escape(run.label)}.*to run", out), run.label
     assert "13 of 13 to run; store tiny.sqlite" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_the_mwanda_recipe_is_the_documented_grid():
+    from babelprune.sweep.experiment import recipe_path
+
+    plan = plan_experiment(recipe_path("mwanda"), check_data=False)  # the UDHR may not be fetched here
+    assert len(plan.runs) == 1 + 4 * 4 + 4
+    labels = {run.label for run in plan.runs}
+    assert {"dense", "magnitude 30%", "mwanda 60%", "sparsegpt 2:4", "mwanda 2:4"} <= labels
+    assert {run.model for run in plan.runs} == {"gemma3-270m"}
+    by_label = {run.label: run for run in plan.runs}
+    assert by_label["wanda 50%"].calibration.languages == ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
+    assert by_label["magnitude 50%"].calibration is None
+    bible, udhr = plan.runs[0].evaluation
+    assert (bible.name, bible.languages, udhr.name, len(udhr.languages)) == ("bible", None, "udhr", 16)
+
+
+def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(monkeypatch, capsys, "recipes")
+    assert code == 0 and "mwanda  21 runs" in out
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--recipe", "mwandaa")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Unknown recipe 'mwandaa'; the recipes are: mwanda" in lines[0]
+    code, _, err = run_cli(monkeypatch, capsys, "sweep")
+    assert code == 2 and "Give an experiment file or --recipe NAME" in err
+    assert list(tmp_path.iterdir()) == []

@@ -491,7 +491,8 @@ def demo_command(
 
 @app.command("sweep")
 def sweep_command(
-    experiment: Annotated[Path, typer.Argument(help="The experiment file (YAML): models, calibration, evaluation sets, runs (docs/sweeps.md).")],
+    experiment: Annotated[Optional[Path], typer.Argument(help="The experiment file (YAML): models, calibration, evaluation sets, runs (docs/sweeps.md).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Run a packaged experiment file instead (see `babelprune recipes`).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="The results store, an SQLite file (default: ./<experiment name>.sqlite).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate the file and list the runs with their keys and state; run nothing.")] = False,
     backend: Annotated[SweepBackend, typer.Option(help="local: one run after the other in this process; ray: Ray tasks.")] = "local",
@@ -499,8 +500,13 @@ def sweep_command(
     cpus: Annotated[Optional[int], typer.Option(help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
 ) -> None:
     """Run every run of an experiment file, skipping those the store has done; each finished run is one transaction."""
+    from babelprune.sweep.experiment import recipe_path
     from babelprune.sweep.runs import plan_experiment
 
+    if (experiment is None) == (recipe is None):
+        raise BabelpruneError("Give an experiment file or --recipe NAME (one of them); `babelprune recipes` lists the recipes.")
+    if recipe is not None:
+        experiment = recipe_path(recipe)
     if address is not None and backend != "ray":
         raise BabelpruneError("--address names a Ray cluster; add --backend ray, or drop --address to run here.")
     if cpus is not None and cpus < 1:
@@ -558,6 +564,17 @@ def _print_plan(plan, path: Path) -> None:
     console.print(table)
     pending = sum(1 for run in plan.runs if states.get(run.key) != "done")
     console.print(f"{pending} of {len(plan.runs)} to run; store {path}", highlight=False)
+
+
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the experiment files packaged with babelprune (`babelprune sweep --recipe NAME` runs one)."""
+    from babelprune.sweep.experiment import recipe_names, recipe_path
+    from babelprune.sweep.runs import plan_experiment
+
+    for name in recipe_names():
+        plan = plan_experiment(recipe_path(name), check_data=False)
+        console.print(f"[bold]{name}[/bold]  {len(plan.runs)} runs: {plan.experiment.description}", highlight=False)
 
 
 @app.command("runs")

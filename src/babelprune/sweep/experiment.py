@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from babelprune.choices import Split
+from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
 
 RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune"]
@@ -111,6 +112,7 @@ class Experiment(_Strict):
     """A whole experiment file."""
 
     name: str
+    description: str = ""  # one line, shown by `babelprune recipes`
     models: list[str] = Field(min_length=1)  # aliases, folders or hub ids; every run is run on each
     calibration: dict[str, Any] = Field(default_factory=dict)  # a CalibrationSpec whose list fields are grids
     evaluation: list[EvaluationSet] = Field(default_factory=list)
@@ -151,3 +153,20 @@ class Experiment(_Strict):
 def default_store_name(experiment: Experiment) -> str:
     """The store a sweep writes when no --store is given: <name>.sqlite in the current folder."""
     return f"{experiment.name}.sqlite"
+
+
+def recipe_names() -> list[str]:
+    """The experiment files packaged with babelprune (src/babelprune/sweep/recipes/*.yaml)."""
+    from importlib.resources import files
+
+    return sorted(entry.name.removesuffix(".yaml") for entry in files("babelprune.sweep").joinpath("recipes").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def recipe_path(name: str):
+    """The file of a packaged recipe; an unknown name is one sentence listing the known ones."""
+    from importlib.resources import files
+
+    if name not in recipe_names():
+        raise BabelpruneError(f"Unknown recipe '{name}'; the recipes are: {', '.join(recipe_names())} (see `babelprune recipes`).")
+    return files("babelprune.sweep").joinpath("recipes", f"{name}.yaml")
