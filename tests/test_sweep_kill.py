@@ -47,14 +47,16 @@ def test_kill_9_mid_sweep_then_resume(monkeypatch, capsys, tmp_path):
     store = tmp_path / "runs.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "sweep.log").open("wb")  # a file, not a pipe: nobody reads while it runs
     process = subprocess.Popen([sys.executable, "-m", "babelprune.cli", "sweep", str(path), "--store", str(store)],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while not _done_keys(store) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    log.close()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "sweep.log").read_text(errors="replace")[-2000:]
 
     planned = {run.key for run in plan_experiment(path).runs}
     assert len(planned) == 25

@@ -127,8 +127,5 @@ def read_verb_config(path: Path, models: list) -> Any:
     file = read_config_file(path)
     if not isinstance(file.data, dict):
         raise BabelpruneError(f"{file.name} line 1: the file must hold a mapping of config fields (key: value); fix it and run again.")
-    for model in models:
-        required = {name for name, info in model.model_fields.items() if info.is_required()}
-        if required <= set(file.data) or model is models[-1]:
-            return file.validate(model)
-    raise AssertionError("unreachable")
+    fitting = [model for model in models if {name for name, info in model.model_fields.items() if info.is_required()} <= set(file.data)]
+    return file.validate(fitting[0] if fitting else models[-1])
