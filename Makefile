@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first, so that nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[assets,test]'
+	$(BIN)/pip install --quiet -e '.[assets,test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -188,9 +188,14 @@ def unique_commands(commands: list[DocCommand]) -> list[DocCommand]:
 
 def python_block_after(path: Path, heading: str) -> str:
     """The first ```python block after the line that contains `heading`."""
+    return code_block_after(path, heading, "python")
+
+
+def code_block_after(path: Path, heading: str, language: str) -> str:
+    """The first block in `language` (```yaml...) after the line that contains `heading`."""
     text = path.read_text(encoding="utf-8")
     start = text.index(heading)
     for block in code_blocks(text[start:]):
-        if block.language == "python":
+        if block.language == language:
             return "\n".join(block.lines) + "\n"
-    raise LookupError(f"no python block after {heading!r} in {path}")
+    raise LookupError(f"no {language} block after {heading!r} in {path}")

@@ -36,6 +36,7 @@ from tests.doc_commands import (
     REPO,
     DocCommand,
     block_commands,
+    code_block_after,
     code_blocks,
     collect_commands,
     python_block_after,
@@ -415,6 +416,56 @@ def trimmed_gguf_ready_gemma3(monkeypatch: pytest.MonkeyPatch, folder: Path) -> 
     save_trimmed(loaded, folder / "gemma-8langs")
 
 
+# --------------------------------------------------------------------------- docs/sweeps.md
+
+SWEEPS_DOC = REPO / "docs" / "sweeps.md"
+
+
+def doc_yaml(name: str, heading: str, budget: Callable[[dict], dict] | None = None):
+    """Setup: write the docs' YAML block after `heading` as `name` in the workspace (budgets cut by `budget`)."""
+    import yaml
+
+    def setup(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+        text = code_block_after(SWEEPS_DOC, heading, "yaml")
+        if budget is not None:
+            text = yaml.safe_dump(budget(yaml.safe_load(text)), sort_keys=False)
+        (folder / name).write_text(text, encoding="utf-8")
+
+    return setup
+
+
+def small_experiment(data: dict) -> dict:
+    """The documented experiment with seconds-long budgets: one calibration window, 32 tokens, two languages."""
+    data["calibration"]["samples"] = 1
+    for item in data["evaluation"]:
+        item.update(max_tokens=32, languages=["en", "sw"])
+    return data
+
+
+def stored_runs(path: str, count: int) -> Check:
+    """A results store with `count` runs, all done."""
+
+    def check(outcome: Outcome) -> None:
+        from babelprune.sweep.store import ResultsStore
+
+        with ResultsStore(outcome.folder / path, create=False) as store:
+            records = store.records()
+        assert len(records) == count and all(record.state == "done" for record in records), [(r.label, r.error) for r in records]
+
+    return check
+
+
+def only_files(*names: str) -> Check:
+    def check(outcome: Outcome) -> None:
+        assert sorted(p.name for p in outcome.folder.iterdir()) == sorted(names)
+
+    return check
+
+
+EXPERIMENT_SETUP = doc_yaml("experiment.yaml", "## The experiment file", small_experiment)
+SWEEP_COMMAND = "babelprune sweep experiment.yaml"
+
+
 # --------------------------------------------------------------------------- the table
 
 # Windows keep the default length (256): with one token per character, shorter
@@ -498,6 +549,21 @@ RUNS: dict[str, Run] = {
     "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --out sweep": Run(
         "readme-dynamic", (sweep_folder("sweep", "0,0.5,0.7,0.9,0.98", "0,1,2"),),
         extra=SWEEP_BUDGET,
+    ),
+    # README.md, "A tour" and docs/sweeps.md
+    SWEEP_COMMAND: Run("sweeps-doc", (stored_runs("mwanda-small.sqlite", 9), prints("9 runs: 9 done now")), setup=EXPERIMENT_SETUP),
+    "babelprune sweep experiment.yaml --dry-run": Run(
+        "sweeps-doc", (prints("of 9 to run", "mwanda 60%", "sparsegpt 2:4", "structured ffn activation 20%"),),
+        setup=EXPERIMENT_SETUP,
+    ),
+    "babelprune recipes": Run("sweeps-doc", (prints("mwanda  21 runs"),)),
+    "babelprune runs mwanda-small.sqlite": Run("sweeps-doc", (prints("done", "wanda 50%"),), needs=(SWEEP_COMMAND,)),
+    "babelprune sweep broken.yaml": Run(
+        "sweeps-doc-errors", (only_files("broken.yaml"),), exit_code=2, setup=doc_yaml("broken.yaml", "corpus. A problem is one sentence"),
+    ),
+    "babelprune prune --model gemma3-270m --config mwanda.yaml --out pruned-config": Run(
+        "sweeps-doc", (pruned_folder("pruned-config", "mwanda", 0.5), refit_record("pruned-config")), extra=CALIB_BUDGET,
+        setup=doc_yaml("mwanda.yaml", "`TrimConfig`. `mwanda.yaml`"),
     ),
     # README.md, bad input
     "babelprune eval --model gemma9": Run("readme-errors", (writes_nothing,), exit_code=2),  # and prints what the docs show

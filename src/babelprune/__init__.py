@@ -29,11 +29,14 @@ _EXPORTS = {
     "get_corpus": "babelprune.api",
     "load_model": "babelprune.api",
     "prune": "babelprune.api",
+    "prune_structured": "babelprune.api",
     "save_pruned": "babelprune.api",
     "save_trimmed": "babelprune.api",
     "trim_vocabulary": "babelprune.api",
     "write_report": "babelprune.api",
     "PruneConfig": "babelprune.api",
+    "StructuredConfig": "babelprune.api",
+    "TrimConfig": "babelprune.api",
     "EvalResult": "babelprune.report.records",
     "BabelpruneError": "babelprune.errors",
 }
@@ -42,8 +45,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.api import (
-        PruneConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune, save_pruned, save_trimmed,
-        trim_vocabulary, write_report,
+        PruneConfig, StructuredConfig, TrimConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune,
+        prune_structured, save_pruned, save_trimmed, trim_vocabulary, write_report,
     )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult

@@ -19,7 +19,7 @@ from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration, build_calibration
-from babelprune.prune.config import PruneConfig
+from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
 from babelprune.formats.gguf import export_gguf
@@ -28,9 +28,9 @@ from babelprune.formats.trimmed import save_trimmed
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
-    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "save_pruned", "save_trimmed",
-    "trim_vocabulary", "write_report",
-    "PruneConfig",
+    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "prune_structured", "save_pruned",
+    "save_trimmed", "trim_vocabulary", "write_report",
+    "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
 # Calibration languages when none are given: eight Bible languages over six
@@ -80,9 +80,36 @@ def prune(
     return result
 
 
+def prune_structured(
+    loaded: LoadedModel,
+    config: StructuredConfig,
+    calibration: Calibration | None = None,
+    progress: bool = True,
+):
+    """Remove whole heads / FFN neurons / blocks; see `babelprune.prune.structured`.
+
+    Shared setting: `loaded.model` shrinks in place and `loaded.pruning` holds
+    the record. Per-language: the model stays dense and the result holds each
+    calibration language's selection (`prune.structured.prune_copy` builds one).
+    Returns the `StructuredResult`.
+    """
+    from babelprune.prune.structured import structured_prune
+
+    if config.needs_calibration and calibration is None:
+        raise BabelpruneError(f"Importance '{config.importance}' needs calibration text; give --calib.")
+    result = structured_prune(
+        loaded, set(config.units), config.importance, config.sparsity,
+        calibration if config.needs_calibration else None,
+        setting=config.setting, gqa=config.gqa, ranking=config.ranking, progress=progress,
+    )
+    if result.per_language is None:
+        loaded.pruning = result.metadata() | {"parent": loaded.spec, "config": config.to_dict()}
+    return result
+
+
 def trim_vocabulary(
     loaded: LoadedModel,
-    corpus: Corpus | str = "bible",
+    corpus: Corpus | str | TrimConfig = "bible",
     languages: Sequence[str] | None = None,
     extra_texts: Sequence[str] = (),
     min_count: int = 1,
@@ -95,11 +122,17 @@ def trim_vocabulary(
     The text is `split` of `corpus` in `languages` (the 8 default calibration
     languages when None) plus `extra_texts`. Works before or after `prune`;
     `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
+    A `TrimConfig` in place of `corpus` gives corpus, languages, split,
+    min_count and keep_reserved at once (the form the CLI and sweeps use).
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
     from babelprune.prune.vocab import slice_vocabulary_rows, trim_tokenizer
 
+    if isinstance(corpus, TrimConfig):
+        config = corpus
+        corpus, languages, split = config.corpus, config.languages, config.split
+        min_count, keep_reserved = config.min_count, config.keep_reserved
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     if languages is None:
         languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
@@ -182,12 +215,18 @@ def evaluate(
     batch_size: int = 8,
     pruning: PruningInfo | None = None,
     progress: bool = True,
+    window_cache: dict | None = None,
 ) -> EvalResult:
     """Evaluate a model on each language of a corpus.
 
     Causal LMs get perplexity and bits per byte over fixed windows of at most
     `seq_len` tokens, up to about `max_tokens` predicted tokens per language.
     Encoders get English-to-X retrieval accuracy on aligned segments.
+
+    `window_cache`: a dict kept by a caller that evaluates several models with
+    the same tokenizer on the same corpus objects (a sweep); each language's
+    windows are tokenized once and reused (keyed by the corpus object, so the
+    caller keeps those alive, and by language, split, seq_len and max_tokens).
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
@@ -206,7 +245,7 @@ def evaluate(
         )
         settings = {"max_queries": max_tokens, "batch_size": batch_size}
     else:
-        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress)
+        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
     if loaded.mask_bank:  # every score says which mask of the bank served it
         scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
     return EvalResult(
@@ -220,11 +259,19 @@ def evaluate(
     )
 
 
-def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress) -> list[LMScore]:
+def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, cache=None) -> list[LMScore]:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cache = {} if cache is None else cache
+
+    def windows_of(lang: str):
+        key = (id(corpus), lang, split, seq_len, max_tokens)
+        if key not in cache:
+            cache[key] = make_windows(tokenizer, corpus.texts(lang, split), seq_len, max_tokens)
+        return cache[key]
+
     # Tokenize everything first: the bar then counts windows, the real unit of work.
-    windows = {lang: make_windows(tokenizer, corpus.texts(lang, split), seq_len, max_tokens) for lang in languages}
+    windows = {lang: windows_of(lang) for lang in languages}
     scores = []
     with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))

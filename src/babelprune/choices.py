@@ -46,6 +46,9 @@ Ranking = Literal["global", "per-layer"]
 # Corpora.
 Split = Literal["calib", "eval", "all"]
 
+# Sweeps (babelprune.sweep): where the runs of an experiment run.
+SweepBackend = Literal["local", "ray"]
+
 # Fine-tuning (the training modes of babelprune.data.tasks; babelprune.prune.gradual).
 TrainingMode = Literal["zero-shot", "multilingual", "monolingual"]
 GmpScope = Literal["per-layer", "global"]

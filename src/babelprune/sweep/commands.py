@@ -1,0 +1,127 @@
+"""The sweep commands of the CLI: `babelprune sweep`, `babelprune recipes`, `babelprune runs` (registered in babelprune.cli).
+
+Like the rest of the CLI they only parse, call the library and print.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from babelprune.choices import SweepBackend
+from babelprune.errors import BabelpruneError
+
+# Wide enough for the run tables when the output is a file or a pipe (as babelprune.cli's console).
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def sweep_command(
+    experiment: Annotated[Optional[Path], typer.Argument(help="The experiment file (YAML): models, calibration, evaluation sets, runs (docs/sweeps.md).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Run a packaged experiment file instead (see `babelprune recipes`).")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="The results store, an SQLite file (default: ./<experiment name>.sqlite).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate the file and list the runs with their keys and state; run nothing.")] = False,
+    backend: Annotated[SweepBackend, typer.Option(help="local: one run after the other in this process; ray: Ray tasks.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="--backend ray: an existing cluster (auto, or ray://host:port); default: start a local Ray.")] = None,
+    cpus: Annotated[Optional[int], typer.Option(help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
+) -> None:
+    """Run every run of an experiment file, skipping those the store has done; each finished run is one transaction."""
+    from babelprune.sweep.experiment import recipe_path
+    from babelprune.sweep.runs import plan_experiment
+
+    if (experiment is None) == (recipe is None):
+        raise BabelpruneError("Give an experiment file or --recipe NAME (one of them); `babelprune recipes` lists the recipes.")
+    if recipe is not None:
+        experiment = recipe_path(recipe)
+    if address is not None and backend != "ray":
+        raise BabelpruneError("--address names a Ray cluster; add --backend ray, or drop --address to run here.")
+    if cpus is not None and cpus < 1:
+        raise BabelpruneError(f"--cpus is {cpus}; give a positive number of CPUs.")
+    plan = plan_experiment(experiment)
+    path = store or Path(f"{plan.experiment.name}.sqlite")
+    if dry_run:
+        _print_plan(plan, path)
+        return
+    from babelprune.sweep.store import ResultsStore
+
+    if path.exists():  # a file that is not a store, or one from a newer babelprune: refused before any work
+        ResultsStore(path, create=False).close()
+
+    if backend == "ray":
+        from babelprune.sweep.ray_backend import ray_cluster, run_ray
+
+        # Ray first: a missing install or an unreachable cluster is one sentence, with no store created.
+        with ray_cluster(address, cpus) as ray, ResultsStore(path) as results:
+            summary = run_ray(ray, plan, results, console=console)
+    else:
+        from babelprune.sweep.local import run_local
+
+        if cpus is not None:
+            import torch
+
+            torch.set_num_threads(cpus)
+        with ResultsStore(path) as results:
+            summary = run_local(plan, results, console=console)
+    console.print(
+        f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, "
+        f"{len(summary.failed)} failed; results in [bold]{path}[/bold]", highlight=False,
+    )
+    if not summary.ok:
+        err_console.print(f"[bold red]{len(summary.failed)} run(s) failed[/bold red]; `babelprune runs {path}` shows their errors, "
+                          "and running the sweep again retries them.", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_plan(plan, path: Path) -> None:
+    """The runs of a plan, with their state in the store when it exists (the store is not created)."""
+    from rich.table import Table
+
+    from babelprune.sweep.store import ResultsStore
+
+    states: dict[str, str] = {}
+    if path.exists():
+        with ResultsStore(path, create=False) as results:
+            states = {key: state for state in ("done", "failed") for key in results.keys(state)}
+    table = Table(title=f"{plan.experiment.name}: {len(plan.runs)} runs" + (f" ({plan.duplicates} duplicates merged)" if plan.duplicates else ""))
+    for column in ("key", "model", "kind", "run", "state"):
+        table.add_column(column)
+    for run in plan.runs:
+        table.add_row(run.key, run.model, run.kind, run.label, states.get(run.key, "to run"))
+    console.print(table)
+    pending = sum(1 for run in plan.runs if states.get(run.key) != "done")
+    console.print(f"{pending} of {len(plan.runs)} to run; store {path}", highlight=False)
+
+
+def recipes_command() -> None:
+    """List the experiment files packaged with babelprune (`babelprune sweep --recipe NAME` runs one)."""
+    from babelprune.sweep.experiment import recipe_names, recipe_path
+    from babelprune.sweep.runs import plan_experiment
+
+    for name in recipe_names():
+        plan = plan_experiment(recipe_path(name), check_data=False)
+        console.print(f"[bold]{name}[/bold]  {len(plan.runs)} runs: {plan.experiment.description}", highlight=False)
+
+
+def runs_command(
+    store: Annotated[Path, typer.Argument(help="A results store written by `babelprune sweep`.")],
+    sweep: Annotated[Optional[str], typer.Option(help="Only the runs of this experiment (its name).")] = None,
+) -> None:
+    """List the runs of a results store: key, label, kind, state, seconds, when it finished, the error of a failed run."""
+    from rich.table import Table
+
+    from babelprune.sweep.store import ResultsStore
+
+    with ResultsStore(store, create=False) as results:
+        records = results.records(sweep=sweep)
+    table = Table(title=f"{store}: {len(records)} runs")
+    for column in ("key", "run", "kind", "state", "seconds", "finished", "error"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for record in records:
+        state = "[green]done[/green]" if record.state == "done" else "[red]failed[/red]"
+        table.add_row(record.key, record.label, record.kind, state, f"{record.seconds:.1f}", record.finished[:19],
+                      record.error or "")
+    console.print(table)

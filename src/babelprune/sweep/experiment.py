@@ -1,0 +1,172 @@
+"""The experiment file: what a sweep runs, validated whole before anything runs.
+
+    name: mwanda-small
+    models: [gemma3-270m]
+    calibration: {corpus: bible, languages: [en, fr, sw], samples: 8}
+    evaluation:
+      - {name: bible, corpus: bible, max_tokens: 2048}
+    runs:
+      - kind: dense
+      - kind: oneshot
+        prune: {method: [wanda, mwanda], sparsity: [0.5, 0.6]}
+    resources: {cpus: 1, memory_gb: 4}
+
+Each entry of `runs` names its kind and holds that verb's config under the
+verb's key: `prune` (a PruneConfig), `structured` (a StructuredConfig),
+`trim` (a TrimConfig) or `finetune` (a task and a FinetuneConfig). A field
+given as a list expands into a grid over its values (a field that itself
+takes a list, such as `languages`, expands over a list of lists); the
+experiment's `calibration` expands the same way, and an entry may replace
+it with its own. The grid is expanded and every config validated in
+`babelprune.sweep.runs`; this module holds the shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from babelprune.choices import Split
+from babelprune.errors import BabelpruneError
+from babelprune.finetune.config import FinetuneConfig
+
+RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune"]
+# kind -> the key of an entry that holds its verb's config (dense has none)
+VERB_KEYS: dict[str, str] = {"oneshot": "prune", "structured": "structured", "trim": "trim", "finetune": "finetune"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationSpec(_Strict):
+    """The calibration windows (babelprune.api.calibrate) of the runs that need them."""
+
+    corpus: str = "bible"
+    languages: list[str] | None = None  # None: the 8 default calibration languages the corpus has
+    samples: int = Field(8, ge=1)  # windows per language
+    seq_len: int = Field(256, ge=2)
+    seed: int = 0
+
+
+class EvaluationSet(_Strict):
+    """One named evaluation (babelprune.api.evaluate); every run but fine-tuning is scored on each."""
+
+    name: str
+    corpus: str = "bible"
+    split: Split = "eval"
+    languages: list[str] | None = None  # None: every language of the corpus
+    seq_len: int = Field(256, ge=2)
+    max_tokens: int = Field(2048, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class FinetuneRun(_Strict):
+    """A fine-tuning run (babelprune.finetune): the task and the FinetuneConfig (gmp: the pruning schedule)."""
+
+    task: str = "bible-genre"
+    task_options: dict[str, str | int] = Field(default_factory=dict)
+    config: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class Resources(_Strict):
+    """What one Ray task asks for (the local backend runs one run at a time and ignores them)."""
+
+    cpus: float = Field(1.0, gt=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class RunEntry(_Strict):
+    """One entry of `runs`: a kind and, under its verb's key, a config whose list fields are grids."""
+
+    kind: RunKind
+    prune: dict[str, Any] | None = None
+    structured: dict[str, Any] | None = None
+    trim: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # replaces the experiment's calibration for this entry
+
+    @model_validator(mode="after")
+    def _only_its_own_verb(self) -> RunEntry:
+        own = VERB_KEYS.get(self.kind)
+        others = [key for key in VERB_KEYS.values() if key != own and getattr(self, key) is not None]
+        if others:
+            where = f"its config goes under '{own}'" if own else "it takes no config"
+            raise ValueError(f"a '{self.kind}' run has no '{others[0]}' ({where})")
+        return self
+
+    @property
+    def verb(self) -> dict[str, Any]:
+        """The verb's config as written ({} when left out: every default)."""
+        own = VERB_KEYS.get(self.kind)
+        return dict(getattr(self, own) or {}) if own else {}
+
+
+class Experiment(_Strict):
+    """A whole experiment file."""
+
+    name: str
+    description: str = ""  # one line, shown by `babelprune recipes`
+    models: list[str] = Field(min_length=1)  # aliases, folders or hub ids; every run is run on each
+    calibration: dict[str, Any] = Field(default_factory=dict)  # a CalibrationSpec whose list fields are grids
+    evaluation: list[EvaluationSet] = Field(default_factory=list)
+    runs: list[RunEntry] = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("a name is letters, digits, '.', '_' or '-' (it names the default store file)")
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("evaluation")
+    @classmethod
+    def _unique_names(cls, value: list[EvaluationSet]) -> list[EvaluationSet]:
+        names = [item.name for item in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"the evaluation set name {twice[0]!r} is used twice; give each set its own name")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_measure(self) -> Experiment:
+        if not self.evaluation and any(entry.kind != "finetune" for entry in self.runs):
+            raise ValueError(
+                "the experiment has runs to evaluate but no evaluation sets; add `evaluation:` with at least one "
+                "{name, corpus} entry"
+            )
+        return self
+
+
+def default_store_name(experiment: Experiment) -> str:
+    """The store a sweep writes when no --store is given: <name>.sqlite in the current folder."""
+    return f"{experiment.name}.sqlite"
+
+
+def recipe_names() -> list[str]:
+    """The experiment files packaged with babelprune (src/babelprune/sweep/recipes/*.yaml)."""
+    from importlib.resources import files
+
+    return sorted(entry.name.removesuffix(".yaml") for entry in files("babelprune.sweep").joinpath("recipes").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def recipe_path(name: str):
+    """The file of a packaged recipe; an unknown name is one sentence listing the known ones."""
+    from importlib.resources import files
+
+    if name not in recipe_names():
+        raise BabelpruneError(f"Unknown recipe '{name}'; the recipes are: {', '.join(recipe_names())} (see `babelprune recipes`).")
+    return files("babelprune.sweep").joinpath("recipes", f"{name}.yaml")

@@ -1,0 +1,171 @@
+"""The Ray backend: the same runs as Ray actors, every record written by the driver into the same store.
+
+Each actor loads one model once (a `ModelSession`) and runs, one at a time,
+the runs the driver hands it; a model with many runs gets several actors,
+as many as the cluster has room for (the experiment's `resources`: CPUs and
+memory per actor). The driver gives an actor its next run when the last
+one returns, so a slow run holds up no other actor, and writes each record
+into the store as it arrives (one transaction each, as the local backend
+does). When a model's runs are all handed out, its idle actors are freed
+for the next model.
+
+`ray` is imported here only, on use: without it the sweep stops in one
+sentence naming the extra to install. An address that cannot be reached is
+one sentence too, before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import deque
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rich.console import Console
+
+from babelprune.errors import BabelpruneError
+from babelprune.sweep.display import SweepDisplay, SweepSummary
+from babelprune.sweep.local import by_model, pending_runs, workdir_for
+from babelprune.sweep.runs import Plan, RunSpec
+from babelprune.sweep.store import ResultsStore, RunRecord
+
+INSTALL_HINT = "Ray is not installed; pip install 'babelprune[ray]' (or run with --backend local)."
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BabelpruneError(INSTALL_HINT) from None
+    return ray
+
+
+class SweepWorker:
+    """What runs inside one Ray actor: a model loaded once, then its runs one by one (records come back as JSON)."""
+
+    def __init__(self, model: str, workdir: str) -> None:
+        self.model, self.workdir, self.session, self.load_error = model, Path(workdir), None, None
+
+    def run(self, spec: RunSpec) -> str:
+        from babelprune.sweep.execute import ModelSession, execute, failed_record
+
+        if spec.kind != "finetune" and self.session is None and self.load_error is None:
+            try:
+                self.session = ModelSession(self.model)
+            except Exception as exc:  # noqa: BLE001 - every run of this actor fails with the same sentence
+                self.load_error = exc
+        if spec.kind != "finetune" and self.load_error is not None:
+            return failed_record(spec, self.load_error).model_dump_json()
+        return execute(self.session, spec, self.workdir).model_dump_json()
+
+
+def connect(ray, address: str | None, cpus: int | None) -> None:
+    """Start a local Ray with `cpus` CPUs, or join the cluster at `address`; an unreachable one is one sentence."""
+    if address is None:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return
+    if cpus is not None:
+        raise BabelpruneError("--cpus sizes a local Ray; a cluster at --address has its own CPUs, so drop --cpus.")
+    _probe(address)
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise BabelpruneError(
+            f"Cannot reach a Ray cluster at {address} ({first}); check the address and that the cluster is up, "
+            "or leave --address out to start a local Ray."
+        ) from None
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a ray://host:port nobody listens on (Ray's own client waits 30 s before it gives up)."""
+    if not address.startswith("ray://"):
+        return
+    parsed = urlparse(address)
+    if not parsed.hostname:
+        raise BabelpruneError(f"--address {address} names no host; give ray://host:port, or auto.")
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 10001), timeout=5):
+            pass
+    except OSError as exc:
+        raise BabelpruneError(
+            f"Cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check the address and that the cluster is "
+            "up, or leave --address out to start a local Ray."
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None = None, cpus: int | None = None):
+    """`ray`, connected (a local Ray started with `cpus` CPUs, or the cluster at `address`); shut down on exit."""
+    ray = import_ray()
+    connect(ray, address, cpus)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_ray(ray, plan: Plan, store: ResultsStore, progress: bool = True, console: Console | None = None) -> SweepSummary:
+    """Run every pending run as Ray actor calls; the driver writes each record into the store as it returns."""
+    todo = pending_runs(plan, store)
+    with SweepDisplay(len(plan.runs), len(todo), progress, console) as display:
+        if todo:
+            _drive(ray, plan, todo, store, display)
+    return display.summary
+
+
+def _drive(ray, plan: Plan, todo: list[RunSpec], store: ResultsStore, display: SweepDisplay) -> None:
+    resources = plan.experiment.resources
+    options = {"num_cpus": resources.cpus}
+    if resources.memory_gb is not None:
+        options["memory"] = int(resources.memory_gb * 2**30)
+    actor_class = ray.remote(**options)(SweepWorker)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpus))
+    queues = {model: deque(runs) for model, runs in by_model(todo).items()}
+    workdir = str(workdir_for(store.path).resolve())
+    inflight: dict = {}  # object ref -> (actor, model, spec)
+    actors: dict[str, list] = {model: [] for model in queues}
+
+    def hand_out(actor, model: str) -> None:
+        spec = queues[model].popleft()
+        display.started(spec)
+        inflight[actor.run.remote(spec)] = (actor, model, spec)
+
+    def fill() -> None:
+        # Give idle room to the models with the most runs left, one actor at a time.
+        while sum(len(group) for group in actors.values()) < slots:
+            waiting = [model for model, queue in queues.items() if queue]
+            if not waiting:
+                return
+            model = max(waiting, key=lambda name: len(queues[name]))
+            actor = actor_class.remote(model, workdir)
+            actors[model].append(actor)
+            hand_out(actor, model)
+
+    fill()
+    while inflight:
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        actor, model, spec = inflight.pop(ready[0])
+        try:
+            record = RunRecord.model_validate_json(ray.get(ready[0]))
+        except Exception as exc:  # noqa: BLE001 - the actor died (out of memory, killed): this run failed
+            from babelprune.sweep.execute import failed_record
+
+            record = failed_record(spec, f"the Ray worker running it died ({_first_line(exc)})")
+            actors[model].remove(actor)
+            ray.kill(actor)
+            actor = None
+        store.put(record)
+        display.finished(record)
+        if actor is not None and queues[model]:
+            hand_out(actor, model)
+        elif actor is not None:
+            actors[model].remove(actor)
+            ray.kill(actor)  # its model has no run left: free its CPUs and memory
+        fill()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]

@@ -1,0 +1,309 @@
+"""From an experiment file to the list of runs, each with a stable key.
+
+`plan_experiment(path)` reads the file, expands every grid (a list given
+where the config takes one value), validates every resulting config with
+the verb's own pydantic model, checks the models and corpora it names, and
+returns the `RunSpec`s. Any problem is one sentence with its line
+(babelprune.configfile), raised before anything runs.
+
+A run's key is a short sha256 of the canonical JSON of everything that
+decides its result: the model, the kind, the verb's whole config with its
+defaults filled in, the calibration (when the run uses it), the evaluation
+sets and the babelprune version. The same file gives the same keys,
+reordering entries or evaluation sets changes none, and changing any field
+that matters changes the key of the runs it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from babelprune.configfile import ConfigFile, Path_, read_config_file
+from babelprune.errors import BabelpruneError
+from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
+from babelprune.sweep.experiment import VERB_KEYS, CalibrationSpec, EvaluationSet, Experiment, FinetuneRun, RunEntry
+
+KEY_LENGTH = 16  # hex digits of the sha256: collisions are out of reach for any sweep
+VERB_CONFIGS: dict[str, type[BaseModel]] = {
+    "oneshot": PruneConfig, "structured": StructuredConfig, "trim": TrimConfig, "finetune": FinetuneRun,
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: what to do to which model, and how to measure it."""
+
+    key: str
+    sweep: str
+    model: str
+    kind: str
+    label: str
+    verb: BaseModel | None  # PruneConfig, StructuredConfig, TrimConfig, FinetuneRun; None for dense
+    calibration: CalibrationSpec | None  # None: the run uses no calibration text
+    evaluation: tuple[EvaluationSet, ...]
+    config: dict[str, Any]  # exactly what the key hashes; stored with the run
+    entry: int = 0  # the index of the `runs` entry it comes from (for error lines; not in the key)
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: Experiment
+    runs: list[RunSpec]
+    duplicates: int  # runs of the grid that another entry already gives (same key), merged
+
+
+def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
+    """The runs of an experiment file, every config validated (and models and corpora checked when `check_data`)."""
+    file = read_config_file(path)
+    if not isinstance(file.data, dict):
+        raise BabelpruneError(f"{file.name} line 1: an experiment file is a mapping (name:, models:, runs:...); fix it and run again.")
+    experiment = file.validate(Experiment)
+    calibrations = _expand(file, CalibrationSpec, experiment.calibration, ("calibration",))
+    evaluation = tuple(sorted(experiment.evaluation, key=lambda item: item.name))
+    several_models = len(experiment.models) > 1
+    runs: dict[str, RunSpec] = {}
+    total = 0
+    for index, entry in enumerate(experiment.runs):
+        where = ("runs", index)
+        entry_calibrations = calibrations
+        if entry.calibration is not None:
+            entry_calibrations = _expand(file, CalibrationSpec, entry.calibration, where + ("calibration",))
+        verbs = _verbs(file, entry, where)
+        for model in experiment.models:
+            for verb, verb_choices in verbs:
+                for calibration, calibration_choices in entry_calibrations:
+                    spec = _spec(experiment, model, entry.kind, verb, calibration, evaluation,
+                                 {**verb_choices, **_prefixed("calibration", calibration_choices)}, several_models, index)
+                    total += 1
+                    runs.setdefault(spec.key, spec)
+    plan = Plan(experiment, list(runs.values()), total - len(runs))
+    if check_data:
+        check_sources(file, plan)
+    return plan
+
+
+# ----- grids ---------------------------------------------------------------------------
+
+
+def _verbs(file: ConfigFile, entry: RunEntry, where: Path_) -> list[tuple[BaseModel | None, dict[str, Any]]]:
+    if entry.kind == "dense":
+        return [(None, {})]
+    model = VERB_CONFIGS[entry.kind]
+    verbs = _expand(file, model, entry.verb, where + (VERB_KEYS[entry.kind],))
+    if entry.kind == "structured":
+        for verb, _ in verbs:
+            if verb.setting == "per-language":
+                raise file.error(where + ("structured", "setting"), "a sweep runs structured pruning in the shared setting only "
+                                 "(per-language gives one model per language); use `babelprune prune --structured "
+                                 "--setting per-language` for it", "per-language")
+    return verbs
+
+
+def _expand(file: ConfigFile, model: type[BaseModel], data: dict[str, Any], where: Path_) -> list[tuple[Any, dict[str, Any]]]:
+    """Every config of a grid, validated as `model`, with the values it took on its varying fields."""
+    configs = []
+    for concrete, choices in _grid(model, data, where, file):
+        try:
+            configs.append((model.model_validate(concrete), choices))
+        except Exception as exc:  # noqa: BLE001 - ValidationError or BabelpruneError, turned into one sentence
+            if not isinstance(exc, BabelpruneError) and type(exc).__name__ != "ValidationError":
+                raise
+            # at the line of the value that caused it (in a grid list, the item)
+            raise file.validation_error(exc, model, where) from None
+    return configs
+
+
+def _grid(model: type[BaseModel] | None, data: dict[str, Any], where: Path_, file: ConfigFile):
+    """(concrete dict, {dotted field: value}) for every point of the grid a config mapping spells."""
+    axes = []
+    for key, value in data.items():
+        annotation = model.model_fields[key].annotation if model is not None and key in model.model_fields else None
+        axes.append([(key, concrete, choices) for concrete, choices in _alternatives(annotation, value, where + (key,), file)])
+    for combination in itertools.product(*axes):
+        yield {key: concrete for key, concrete, _ in combination}, {k: v for _, _, choices in combination for k, v in choices.items()}
+
+
+def _alternatives(annotation, value: Any, where: Path_, file: ConfigFile) -> list[tuple[Any, dict[str, Any]]]:
+    name = str(where[-1])
+    takes_list = _takes_list(annotation)
+    is_grid = isinstance(value, list) and (not takes_list or (value and all(isinstance(item, list) for item in value)))
+    if not is_grid:
+        return _single(annotation, value, where, file)
+    if not value:
+        raise file.error(where, "an empty list gives no runs; give at least one value")
+    found = []
+    for index, item in enumerate(value):
+        for concrete, choices in _single(annotation, item, where + (index,), file, name):
+            found.append((concrete, {name: item, **choices} if len(value) > 1 else choices))
+    return found
+
+
+def _single(annotation, value: Any, where: Path_, file: ConfigFile, name: str | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    """One written value: a nested config mapping expands its own grid (its choices named `name.field`)."""
+    models = [inner for inner in _union_members(annotation) if isinstance(inner, type) and issubclass(inner, BaseModel)]
+    if isinstance(value, dict) and models:
+        fitting = next((m for m in models if set(value) <= set(m.model_fields)), models[0])
+        return [(concrete, _prefixed(name or str(where[-1]), choices)) for concrete, choices in _grid(fitting, value, where, file)]
+    return [(value, {})]
+
+
+def _union_members(annotation) -> list[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [member for arg in typing.get_args(annotation) for member in _union_members(arg)]
+    return [annotation]
+
+
+def _takes_list(annotation) -> bool:
+    return any(typing.get_origin(member) in (list, tuple, set) or member in (list, tuple, set)
+               for member in _union_members(annotation))
+
+
+def _prefixed(prefix: str, choices: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{key}": value for key, value in choices.items()}
+
+
+# ----- keys and labels -------------------------------------------------------------------
+
+
+def uses_calibration(kind: str, verb: BaseModel | None) -> bool:
+    """Whether a run reads calibration text (so that its calibration belongs to its key)."""
+    if kind == "oneshot":
+        from babelprune.prune.methods import METHODS
+
+        return METHODS[verb.method].needs_calibration or verb.allocation != "uniform" or verb.reconstruct is not None
+    if kind == "structured":
+        return verb.needs_calibration
+    return False
+
+
+def model_key(model: str) -> str:
+    """The model as the key sees it: an existing folder by its absolute path, an alias or hub id as written."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def run_key(config: dict[str, Any]) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def run_config(model: str, kind: str, verb: BaseModel | None, calibration: CalibrationSpec | None,
+               evaluation: tuple[EvaluationSet, ...]) -> dict[str, Any]:
+    """Everything that decides a run's result, as plain JSON (what its key hashes)."""
+    from babelprune import __version__
+
+    return {
+        "model": model_key(model),
+        "kind": kind,
+        "verb": verb.model_dump(mode="json") if verb is not None else None,
+        "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
+        "evaluation": [item.model_dump(mode="json") for item in evaluation] if kind != "finetune" else None,
+        "babelprune": __version__,
+    }
+
+
+def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: CalibrationSpec, evaluation, choices,
+          several_models: bool, entry: int) -> RunSpec:
+    calibration = calibration if uses_calibration(kind, verb) else None
+    config = run_config(model, kind, verb, calibration, evaluation)
+    label = run_label(kind, verb, choices)
+    return RunSpec(
+        key=run_key(config), sweep=experiment.name, model=model, kind=kind,
+        label=f"{label} ({model})" if several_models else label, verb=verb, calibration=calibration,
+        evaluation=evaluation if kind != "finetune" else (), config=config, entry=entry,
+    )
+
+
+def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
+    """A short human name: "wanda 50%", "mwanda 2:4 alpha=0.3", "structured ffn gradient 30%", "dense"."""
+    shown: set[str] = set()
+    if kind == "dense":
+        words = ["dense"]
+    elif kind == "oneshot":
+        words = [verb.method, verb.pattern if verb.nm else f"{verb.sparsity:.0%}"]
+        words += [verb.allocation] if verb.allocation != "uniform" else []
+        words += ["per-language"] if verb.setting == "per-language" else []
+        words += ["+ refit"] if verb.reconstruct is not None else []
+        shown = {"method", "sparsity", "pattern", "allocation", "setting", "reconstruct"}
+    elif kind == "structured":
+        words = ["structured", ",".join(verb.units), verb.importance, f"{verb.sparsity:.0%}"]
+        shown = {"units", "importance", "sparsity"}
+    elif kind == "trim":
+        words = ["trim", ",".join(verb.languages) if verb.languages else "8 languages"]
+        shown = {"languages"}
+    else:
+        gmp = verb.config.gmp
+        words = ["finetune", verb.task, f"gmp {gmp.final_sparsity:.0%}" if gmp is not None else "dense", f"seed {verb.config.seed}"]
+        shown = {"task", "config.gmp", "config.gmp.final_sparsity", "config.seed"}
+    for field, value in choices.items():
+        if field in shown or isinstance(value, dict):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else value
+        words.append(f"{field.split('.')[-1]}={text}")
+    return " ".join(str(word) for word in words)
+
+
+# ----- models and corpora -------------------------------------------------------------
+
+
+def check_sources(file: ConfigFile, plan: Plan) -> None:
+    """Every model and corpus the runs name exists and has the languages asked for, before anything runs."""
+    from babelprune.data.registry import get_corpus
+    from babelprune.models.loading import ALIASES, resolve_spec
+
+    for index, model in enumerate(plan.experiment.models):
+        if model not in ALIASES and not Path(model).expanduser().exists():
+            try:
+                resolve_spec(model)
+            except BabelpruneError as exc:
+                raise file.error(("models", index), str(exc), model) from None
+    corpora: dict[str, Any] = {}
+
+    def check(where: Path_, corpus: str, languages: list[str] | None) -> None:
+        try:
+            if corpus not in corpora:
+                corpora[corpus] = get_corpus(corpus)
+        except BabelpruneError as exc:
+            raise file.error(where + ("corpus",), str(exc), corpus) from None
+        try:
+            if languages:
+                corpora[corpus].check_languages(list(languages))
+        except BabelpruneError as exc:
+            unknown = next((lang for lang in languages if lang not in corpora[corpus].languages()), None)
+            raise file.error(where + ("languages",), str(exc), unknown) from None
+
+    for index, item in enumerate(plan.experiment.evaluation):
+        check(("evaluation", index), item.corpus, item.languages)
+    for run in plan.runs:
+        entry = ("runs", run.entry)
+        if run.calibration is not None:
+            own = plan.experiment.runs[run.entry].calibration is not None
+            check(entry + ("calibration",) if own else ("calibration",), run.calibration.corpus, run.calibration.languages)
+        if run.kind == "trim":
+            check(entry + ("trim",), run.verb.corpus, run.verb.languages)
+        if run.kind == "finetune":
+            _check_task(file, run)
+
+
+def _check_task(file: ConfigFile, run: RunSpec) -> None:
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.trainer import plan_runs
+
+    try:
+        plan_runs(get_task(run.verb.task, **run.verb.task_options), run.verb.config)
+    except BabelpruneError as exc:
+        raise file.error(("runs", run.entry, "finetune"), f"{run.label}: {exc}") from None
+
+
+def describe_run(run: RunSpec) -> str:
+    return f"{run.key}  {run.kind:10s} {run.label}"
+
