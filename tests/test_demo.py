@@ -1,0 +1,77 @@
+"""The main job: the packaged demo sweep, its substitutions, and a whole run that resumes into the HTML report."""
+
+from __future__ import annotations
+
+import pytest
+
+from babelprune import demo
+from babelprune.errors import BabelpruneError
+from babelprune.sweep.experiment import recipe_path
+from babelprune.sweep.runs import plan_experiment
+from babelprune.sweep.store import ResultsStore
+from tests.sweep_fixtures import write_tiny_model
+
+
+def test_the_demo_recipe_is_six_runs_on_two_evaluation_sets():
+    plan = plan_experiment(recipe_path("demo"), check_data=False)
+    labels = sorted(run.label for run in plan.runs)
+    assert len(plan.runs) == 6
+    assert sum(run.kind == "dense" for run in plan.runs) == 1
+    assert [name for name in (e.name for e in plan.experiment.evaluation)] == ["bible", "udhr"]
+    assert plan.experiment.evaluation[1].languages == list(demo.DEMO_UDHR_LANGUAGES)
+    assert sum("2:4" in label for label in labels) == 1
+
+
+def test_without_the_udhr_its_set_is_dropped_and_named(monkeypatch):
+    monkeypatch.setattr("babelprune.data.udhr.udhr_available", lambda root=None: False)
+    experiment, dropped = demo.demo_experiment()
+    assert dropped == ("udhr",)
+    assert [e["name"] for e in experiment["evaluation"]] == ["bible"]
+
+
+def test_model_and_token_budget_replace_the_recipes(monkeypatch):
+    monkeypatch.setattr("babelprune.data.udhr.udhr_available", lambda root=None: True)
+    experiment, dropped = demo.demo_experiment(model="some/folder", max_tokens=40)
+    assert dropped == ()
+    assert experiment["models"] == ["some/folder"]
+    assert [e["max_tokens"] for e in experiment["evaluation"]] == [40, 40]
+
+
+def test_a_non_positive_token_budget_is_refused():
+    with pytest.raises(BabelpruneError, match="--max-tokens is 0"):
+        demo.demo_experiment(max_tokens=0)
+
+
+def test_an_out_folder_that_is_not_a_report_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BabelpruneError, match="not a folder written by `babelprune report`"):
+        demo.run_demo(out, model=str(tmp_path / "absent"))
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "mine.sqlite").exists()
+
+
+@pytest.mark.real
+def test_the_demo_runs_on_real_text_resumes_and_writes_the_report(tmp_path):
+    """The whole main job on a tiny model over the real Bible (and UDHR when fetched) text, twice."""
+    model = write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "report"
+    first = demo.run_demo(out, model=str(model), max_tokens=24)
+    assert first.ok and first.report == out / "index.html"
+    html = first.report.read_text(encoding="utf-8")
+    with ResultsStore(first.store, create=False) as store:
+        records = store.records()
+    assert len(records) == 6 and {r.state for r in records} == {"done"}
+    expected_sets = {"bible"} if first.dropped_sets else {"bible", "udhr"}
+    assert all(set(r.evaluations) == expected_sets for r in records)
+    assert len(records[0].evaluations["bible"].scores) == 22
+    for record in records:
+        assert record.label in html
+    finished = {r.key: r.finished for r in records}
+
+    second = demo.run_demo(out, model=str(model), max_tokens=24)
+    with ResultsStore(second.store, create=False) as store:
+        again = store.records()
+    assert {r.key: r.finished for r in again} == finished  # nothing was run twice
+    assert second.report.is_file()
