@@ -68,7 +68,7 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
         raise BabelpruneError(f"{file.name} line 1: an experiment file is a mapping (name:, models:, runs:...); fix it and run again.")
     experiment = file.validate(Experiment)
     calibrations = _expand(file, CalibrationSpec, experiment.calibration, ("calibration",))
-    evaluation = tuple(sorted(experiment.evaluation, key=lambda item: item.name))
+    evaluation = tuple(sorted((_with_local_corpus(item) for item in experiment.evaluation), key=lambda item: item.name))
     several_models = len(experiment.models) > 1
     runs: dict[str, RunSpec] = {}
     total = 0
@@ -187,8 +187,7 @@ def uses_calibration(kind: str, verb: BaseModel | None) -> bool:
 
 def model_key(model: str) -> str:
     """The model as the key sees it: an existing folder by its absolute path, an alias or hub id as written."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
+    return local_path(model)
 
 
 def run_key(config: dict[str, Any]) -> str:
@@ -211,14 +210,28 @@ def run_config(model: str, kind: str, verb: BaseModel | None, calibration: Calib
     }
 
 
+def local_path(spec: str) -> str:
+    """An existing file or folder by its absolute path (Ray workers may start elsewhere), anything else as written."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def _with_local_corpus(config):
+    """A config whose `corpus` names a local file or folder, with that path made absolute."""
+    return config.model_copy(update={"corpus": local_path(config.corpus)}) if config is not None else None
+
+
 def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: CalibrationSpec, evaluation, choices,
           several_models: bool, entry: int) -> RunSpec:
-    calibration = calibration if uses_calibration(kind, verb) else None
+    calibration = _with_local_corpus(calibration) if uses_calibration(kind, verb) else None
+    verb = _with_local_corpus(verb) if kind == "trim" else verb
     config = run_config(model, kind, verb, calibration, evaluation)
     label = run_label(kind, verb, choices)
+    written = model
+    model = local_path(model)
     return RunSpec(
         key=run_key(config), sweep=experiment.name, model=model, kind=kind,
-        label=f"{label} ({model})" if several_models else label, verb=verb, calibration=calibration,
+        label=f"{label} ({written})" if several_models else label, verb=verb, calibration=calibration,
         evaluation=evaluation if kind != "finetune" else (), config=config, entry=entry,
     )
 
