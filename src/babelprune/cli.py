@@ -495,7 +495,7 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (a report written earlier is replaced).")] = Path("babelprune-report"),
     store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Predicted tokens per language and evaluation set (default: the recipe's 235).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.demo import run_demo
