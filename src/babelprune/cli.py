@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from babelprune.choices import (
+    CALIB_BATCH,
     Allocation,
     Balance,
     LanguageBudget,
@@ -92,7 +93,7 @@ def prune_command(
     allocation: Annotated[Allocation, typer.Option(help="Layer-wise sparsity (cwl: M-Wanda's cross-lingual allocation).")] = "uniform",
     setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
     order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
-    calib_batch: Annotated[Optional[int], typer.Option(help="two-pass only: windows per forward, to hold fewer activations.")] = None,
+    calib_batch: Annotated[int, typer.Option(help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
     calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,

@@ -32,6 +32,7 @@ from babelprune.prune.balance import check_weighted_languages, language_shares, 
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import wanda_scores
+from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.reconstruct import reconstruct
 from babelprune.prune.sequential import (
@@ -229,9 +230,12 @@ def _prune_blocks(
             def prune_now(name, linear, stats, index=index):
                 _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}")
 
-            inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
+            if len(spans) > 1:  # micro-batches of calib_batch windows, in lockstep: the same pass, fewer activations
+                inputs.hidden = run_block_in_lockstep(block, adapter, inputs, index, collector, rows, spans, prune_now)
+            else:
+                inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
         else:
-            # Dense pass (in batches of calib_batch windows when memory is short), prune, pass again.
+            # Dense pass (in batches of calib_batch windows), prune, pass again.
             seen: dict[str, nn.Module] = {}
             for start, end in spans:
                 collector.begin(rows_in_span(rows, start, end))
