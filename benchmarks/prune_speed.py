@@ -102,9 +102,11 @@ def child_command(args, method: str, order: str, allocation: str, batch: int, re
                 ["--reconstruct"] if refit else [])
 
 
-def result_markdown(args, rows: list[tuple[str, dict]]) -> str:
+def result_markdown(args, rows: list[tuple[str, dict]], planned: int) -> str:
     first = rows[0][1]
     lines = [
+        *([f"Rows measured so far: {len(rows)} of {planned} (the run was still going when this was written).", ""]
+          if len(rows) < planned else []),
         f"{args.model}, calibration {len(args.langs.split(','))} Bible languages ({args.langs}) x {args.samples} windows "
         f"x {args.seq_len} tokens = {first['tokens']} tokens, 50% sparsity; each row in a fresh process, "
         f"{args.warmup} warm-up round(s), then medians of {args.repeats} rounds of (forward pass, pruning). "
@@ -160,7 +162,8 @@ def main() -> None:
         rows.append((label, row))
         print(f"{label:18s} {order:9s} {allocation:8s} {batch or 'all':>5} {row['forward_s']:9.1f} {row['prune_s']:8.1f} "
               f"{row['time_ratio']:10.2f} {row['memory_ratio']:12.2f}", flush=True)
-    write_result_table("prune_speed", "One-shot pruning: time and memory", result_markdown(args, rows))
+        # Written after every row: a long run that is stopped keeps the rows it measured, and says so.
+        write_result_table("prune_speed", "One-shot pruning: time and memory", result_markdown(args, rows, len(chosen)))
 
 
 if __name__ == "__main__":
