@@ -28,7 +28,9 @@ _EXPORTS = {
     "export_gguf": "babelprune.api",
     "get_corpus": "babelprune.api",
     "load_model": "babelprune.api",
+    "open_offloaded": "babelprune.api",
     "prune": "babelprune.api",
+    "prune_offloaded": "babelprune.api",
     "save_pruned": "babelprune.api",
     "save_trimmed": "babelprune.api",
     "trim_vocabulary": "babelprune.api",
@@ -41,8 +43,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.api import (
-        PruneConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune, save_pruned, save_trimmed,
-        trim_vocabulary,
+        PruneConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, open_offloaded, prune, prune_offloaded,
+        save_pruned, save_trimmed, trim_vocabulary,
     )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult

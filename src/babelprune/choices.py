@@ -24,6 +24,7 @@ LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 # activations small next to the model, in matrix products still large enough to run at full speed
 # (docs/results/prune_memory.md).
 CALIB_BATCH = 8
+Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a time (babelprune.prune.offload)
 
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]

@@ -22,6 +22,7 @@ from babelprune.choices import (
     GmpScope,
     GqaMode,
     Method,
+    Offload,
     Order,
     Ranking,
     Score,
@@ -120,6 +121,7 @@ def prune_command(
     language_budget: Annotated[LanguageBudget, typer.Option(help="minimax: prune in rounds, raising the weight of the languages that lose most on held-out windows.")] = "none",
     budget_rounds: Annotated[int, typer.Option(help="--language-budget: pruning rounds.")] = 3,
     holdout_samples: Annotated[int, typer.Option(help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
+    offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
@@ -129,6 +131,8 @@ def prune_command(
 
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    if structured is not None and offload == "disk":
+        raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
     if structured is not None:
         _prune_structured(out, model, structured, importance, sparsity, setting, gqa, ranking, calib, calib_langs, samples, seq_len, seed)
         return
@@ -142,8 +146,11 @@ def prune_command(
     budget = language_budget == "minimax"
     if budget and _split_langs(calib_langs) is not None and len(_split_langs(calib_langs)) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
-    loaded = load_model(model)
     needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or refit is not None or budget
+    if offload == "disk":
+        _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values)
+        return
+    loaded = load_model(model)
     held = holdout_samples if budget else 0
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples + held, seq_len, seed) if needs_data else None
     holdout = None
@@ -160,6 +167,23 @@ def prune_command(
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s{refit_note}; saved to [bold]{out}[/bold]"
+    )
+
+
+def _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values) -> None:
+    """--offload disk: one block in memory at a time, written into `out` as soon as it is pruned."""
+    from babelprune.api import calibrate
+    from babelprune.prune.offload import check_offload_request, open_offloaded, prune_offloaded
+
+    if budget:
+        raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
+    check_offload_request(config)
+    offloaded = open_offloaded(model)
+    calibration = calibrate(offloaded.loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
+    result = prune_offloaded(offloaded, config, calibration, out, save_format, values)
+    console.print(
+        f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
+        f"in {result.seconds:.1f} s, one block at a time from disk; saved to [bold]{out}[/bold]"
     )
 
 
