@@ -31,6 +31,7 @@ import torch
 from greenlet import getcurrent, greenlet
 from torch import nn
 
+from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import ArchAdapter
 from babelprune.prune.sequential import (
     BatchStats,
@@ -70,6 +71,13 @@ class _Walker:
         """Unwind a micro-batch that still waits (the run ended early)."""
         if not self.greenlet.dead:
             self.greenlet.throw()  # GreenletExit inside it: its frames unwind and free their tensors
+
+
+def _diverged(index: int) -> BabelpruneError:
+    return BabelpruneError(
+        f"Block {index} applied different linears to different micro-batches of windows, so they cannot be pruned in "
+        "lockstep; give --calib-batch at least the number of calibration windows."
+    )
 
 
 def _hook(name: str, walkers: dict[greenlet, _Walker]) -> Callable:
@@ -114,12 +122,12 @@ def run_block_in_lockstep(
         while order[0].at is not None:
             name, linear = order[0].at
             if any(walker.at is None or walker.at[0] != name for walker in order):
-                raise RuntimeError(f"block {index}: micro-batches reached different linears; run it with one batch")
+                raise _diverged(index)
             action(name, linear, collector.by_name[name])
             for walker in order:
                 walker.step()
         if any(walker.at is not None for walker in order):
-            raise RuntimeError(f"block {index}: micro-batches ran different linears; run it with one batch")
+            raise _diverged(index)
         return torch.cat([walker.output for walker in order])
     finally:
         for walker in walkers.values():
