@@ -109,13 +109,12 @@ def test_a_bad_choice_is_one_line_and_writes_nothing(monkeypatch, capsys, tmp_pa
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--calib-batch", "0", "--order", "two-pass"], "'--calib-batch' (0)"),
+        (["--calib-batch", "0"], "'--calib-batch' (0)"),
         (["--alpha", "-1"], "'--alpha' (-1.0)"),
         (["--beta", "-2"], "'--beta' (-2.0)"),
         (["--sparsity", "1.5"], "outside [0, 1)"),
         (["--pattern", "2:3x"], "Unknown sparsity pattern '2:3x'"),
         (["--pattern", "4:2"], "N >= M"),
-        (["--calib-batch", "4"], "needs --order two-pass"),
         (["--structured", "heads,necks"], "'necks'"),
         (["--structured", ","], "heads, ffn, blocks"),
         (["--reconstruct", "--setting", "per-language"], "per-language setting keeps one set of dense weights"),

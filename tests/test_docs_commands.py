@@ -510,6 +510,11 @@ RUNS: dict[str, Run] = {
                         prints("language budget")),
         extra=(*CALIB_BUDGET, "--holdout-samples", "1", "--seq-len", "32"),
     ),
+    # docs/methods.md, "Memory while pruning"
+    "babelprune prune --model gemma3-270m --method wanda --offload disk --out pruned-offload": Run(
+        "methods-offload", (pruned_folder("pruned-offload", "wanda", 0.5), prints("one block at a time from disk")),
+        extra=CALIB_BUDGET,
+    ),
     "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json": Run(
         # Four languages, not all 22: every verse of a language is tokenized before --max-tokens applies.
         "readme-tour", (eval_record("mwanda.json", "en,fr,sw,zh"),), extra=(*EVAL_BUDGET, "--langs", "en,fr,sw,zh"),

@@ -188,16 +188,25 @@ def test_cwl_needs_two_languages():
         prune(model, PruneConfig(method="mwanda", allocation="cwl"), calibration(model.model, languages=("en",)), progress=False)
 
 
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_two_pass_sparsegpt_in_small_batches_gives_the_same_weights(family):
+    # Each batch's Hessian is counted once, however many batches there are.
+    whole, batched = loaded(family), loaded(family)
+    calib = calibration(whole.model)
+    prune(whole, PruneConfig(method="sparsegpt", order="two-pass", calib_batch=None), calib, progress=False)
+    prune(batched, PruneConfig(method="sparsegpt", order="two-pass", calib_batch=4), calib, progress=False)
+    batched_linears = named_linears(batched.model, adapter_for(batched.model))
+    for name, linear in named_linears(whole.model, adapter_for(whole.model)).items():
+        assert torch.allclose(weight_matrix(linear), weight_matrix(batched_linears[name]), atol=1e-5), name
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3", "bert", "opt", "bloom"])
 def test_two_pass_in_small_batches_gives_the_same_masks(family):
     whole, batched = loaded(family), loaded(family)
     calib = calibration(whole.model)  # 6 windows
-    prune(whole, PruneConfig(method="wanda", order="two-pass"), calib, progress=False)
+    prune(whole, PruneConfig(method="wanda", order="two-pass", calib_batch=None), calib, progress=False)
     prune(batched, PruneConfig(method="wanda", order="two-pass", calib_batch=4), calib, progress=False)  # 4 + 2
     for name, mask in masks_of(whole.model).items():
         assert torch.equal(mask, masks_of(batched.model)[name]), name
 
 
-def test_batches_need_the_two_pass_order():
-    with pytest.raises(BabelpruneError, match="two-pass"):
-        PruneConfig(method="wanda", calib_batch=4)

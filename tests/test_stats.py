@@ -91,3 +91,11 @@ def test_pooled_hessian_is_x_transpose_x_over_all_tokens():
     stats.add_hessian(torch.tensor([[0.0, 1.0]]))
     # [[1+9+0, 2+0+0], [2, 4+0+1]]
     assert torch.equal(stats.hessian(), torch.tensor([[10.0, 2.0], [2.0, 5.0]], dtype=torch.float64))
+
+
+def test_updates_after_add_hessian_leave_the_hessian_alone():
+    # The engine feeds the Hessian whole batches through add_hessian; update() must not count them again.
+    stats = LanguageStats(2, ["en"])
+    stats.add_hessian(torch.tensor([[1.0, 2.0]]))  # [[1, 2], [2, 4]]
+    stats.update(torch.tensor([[3.0, 0.0]]), "en")
+    assert torch.equal(stats.hessian(), torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64))

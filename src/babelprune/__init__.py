@@ -28,8 +28,10 @@ _EXPORTS = {
     "export_gguf": "babelprune.api",
     "get_corpus": "babelprune.api",
     "load_model": "babelprune.api",
+    "open_offloaded": "babelprune.api",
     "prune": "babelprune.api",
     "prune_structured": "babelprune.api",
+    "prune_offloaded": "babelprune.api",
     "save_pruned": "babelprune.api",
     "save_trimmed": "babelprune.api",
     "trim_vocabulary": "babelprune.api",
@@ -45,8 +47,9 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.api import (
-        PruneConfig, StructuredConfig, TrimConfig, calibrate, evaluate, export_gguf, get_corpus, load_model, prune,
-        prune_structured, save_pruned, save_trimmed, trim_vocabulary, write_report,
+        PruneConfig, StructuredConfig, TrimConfig, calibrate, evaluate, export_gguf, get_corpus, load_model,
+        open_offloaded, prune, prune_offloaded, prune_structured, save_pruned, save_trimmed, trim_vocabulary,
+        write_report,
     )
     from babelprune.errors import BabelpruneError
     from babelprune.report.records import EvalResult

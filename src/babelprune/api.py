@@ -25,11 +25,12 @@ from babelprune.prune.engine import prune as _prune
 from babelprune.formats.gguf import export_gguf
 from babelprune.formats.pruned import apply_language_mask, save_pruned
 from babelprune.formats.trimmed import save_trimmed
+from babelprune.prune.offload import open_offloaded, prune_offloaded
 from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
-    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "prune", "prune_structured", "save_pruned",
-    "save_trimmed", "trim_vocabulary", "write_report",
+    "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
+    "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary", "write_report",
     "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 

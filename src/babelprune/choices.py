@@ -20,6 +20,11 @@ ValuesDtype = Literal["fp32", "fp16", "bf16"]  # the type of the sparse copy's v
 Balance = Literal["languages", "tokens"]  # how calibration languages count (babelprune.prune.balance)
 RefitSolver = Literal["pcg", "exact"]  # babelprune.prune.reconstruct
 LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
+# Windows per forward while pruning (babelprune.prune.config): 8 windows of 256 tokens keep a block's
+# activations small next to the model, in matrix products still large enough to run at full speed
+# (docs/results/prune_memory.md).
+CALIB_BATCH = 8
+Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a time (babelprune.prune.offload)
 
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from babelprune.choices import (
+    CALIB_BATCH,
     Allocation,
     Balance,
     LanguageBudget,
@@ -21,6 +22,7 @@ from babelprune.choices import (
     GmpScope,
     GqaMode,
     Method,
+    Offload,
     Order,
     Ranking,
     Score,
@@ -93,7 +95,7 @@ def prune_command(
     allocation: Annotated[Allocation, typer.Option(help="Layer-wise sparsity (cwl: M-Wanda's cross-lingual allocation).")] = "uniform",
     setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
     order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
-    calib_batch: Annotated[Optional[int], typer.Option(help="two-pass only: windows per forward, to hold fewer activations.")] = None,
+    calib_batch: Annotated[int, typer.Option(help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
     calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,
@@ -121,6 +123,7 @@ def prune_command(
     budget_rounds: Annotated[int, typer.Option(help="--language-budget: pruning rounds.")] = 3,
     holdout_samples: Annotated[int, typer.Option(help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole pruning config (a file with `units` is structured); its flags may not be typed too.")] = None,
+    offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import calibrate, load_model, prune, save_pruned
@@ -138,14 +141,19 @@ def prune_command(
         config = config_from_flags(StructuredConfig, STRUCTURED_FLAGS, flags)
     else:
         config = config_from_flags(PruneConfig, PRUNE_FLAGS, flags)
+    if isinstance(config, StructuredConfig) and offload == "disk":
+        raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
     if isinstance(config, StructuredConfig):
         _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, seed)
         return
     budget = language_budget == "minimax"
     if budget and _split_langs(calib_langs) is not None and len(_split_langs(calib_langs)) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
-    loaded = load_model(model)
     needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or config.reconstruct is not None or budget
+    if offload == "disk":
+        _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values)
+        return
+    loaded = load_model(model)
     held = holdout_samples if budget else 0
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples + held, seq_len, seed) if needs_data else None
     holdout = None
@@ -162,6 +170,23 @@ def prune_command(
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s{refit_note}; saved to [bold]{out}[/bold]"
+    )
+
+
+def _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values) -> None:
+    """--offload disk: one block in memory at a time, written into `out` as soon as it is pruned."""
+    from babelprune.api import calibrate
+    from babelprune.prune.offload import check_offload_request, open_offloaded, prune_offloaded
+
+    if budget:
+        raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
+    check_offload_request(config)
+    offloaded = open_offloaded(model)
+    calibration = calibrate(offloaded.loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if needs_data else None
+    result = prune_offloaded(offloaded, config, calibration, out, save_format, values)
+    console.print(
+        f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
+        f"in {result.seconds:.1f} s, one block at a time from disk; saved to [bold]{out}[/bold]"
     )
 
 

@@ -191,19 +191,38 @@ def save_sparse(model: PreTrainedModel, folder: Path, values: ValuesDtype = "fp3
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for key, tensor in unique.items():
-        if tensor.is_floating_point() and tensor.dtype != stored:
-            tensor = tensor.to(stored)
-        compress = key in linear_keys and tensor.dim() == 2 and tensor.is_floating_point()
-        if compress and float((~nonzero_bits(tensor)).float().mean()) >= SPARSE_MIN_ZEROS:
-            tensors[key + _MASK_SUFFIX], tensors[key + _VALUES_SUFFIX] = encode_sparse(tensor)
-            shapes[key] = list(tensor.shape)
-        else:
-            tensors[key] = tensor
-    header = {"version": FORMAT_VERSION, "order": list(state), "shapes": shapes, "aliases": aliases,
-              "block_linears": sorted(k for k in linear_keys if k in unique), "values": values}
-    save_file(tensors, str(folder / SPARSE_FILE), metadata={_HEADER_KEY: json.dumps(header)})
+        stored_tensors, shape = sparse_entries(key, tensor, key in linear_keys, stored)
+        tensors.update(stored_tensors)
+        if shape is not None:
+            shapes[key] = shape
+    header = sparse_header(list(state), shapes, aliases, sorted(k for k in linear_keys if k in unique), values)
+    save_file(tensors, str(folder / SPARSE_FILE), metadata=header)
+    save_sparse_config(model, folder)
+
+
+def sparse_entries(key: str, tensor: torch.Tensor, block_linear: bool, stored: torch.dtype) -> tuple[dict[str, torch.Tensor], list[int] | None]:
+    """How one tensor of the state dict is stored: {stored key: tensor}, and its shape when compressed (else None)."""
+    if tensor.is_floating_point() and tensor.dtype != stored:
+        tensor = tensor.to(stored)
+    compress = block_linear and tensor.dim() == 2 and tensor.is_floating_point()
+    if compress and float((~nonzero_bits(tensor)).float().mean()) >= SPARSE_MIN_ZEROS:
+        packed, kept = encode_sparse(tensor)
+        return {key + _MASK_SUFFIX: packed, key + _VALUES_SUFFIX: kept}, list(tensor.shape)
+    return {key: tensor}, None
+
+
+def sparse_header(order: list[str], shapes: dict[str, list[int]], aliases: dict[str, str], block_linears: list[str],
+                  values: ValuesDtype) -> dict[str, str]:
+    """The safetensors metadata of sparse.safetensors (order: every state-dict key, aliases included)."""
+    header = {"version": FORMAT_VERSION, "order": order, "shapes": shapes, "aliases": aliases,
+              "block_linears": block_linears, "values": values}
+    return {_HEADER_KEY: json.dumps(header)}
+
+
+def save_sparse_config(model: PreTrainedModel, folder: Path) -> None:
+    """sparse/config.json: the model's config, naming its class so that loading picks the same head."""
     config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]  # so loading picks the same head
+    config.architectures = [type(model).__name__]
     config.save_pretrained(folder)
 
 
@@ -399,14 +418,19 @@ def save_pruned(
         elif values != "fp32":
             raise BabelpruneError(f"--values {values} sets the type of the sparse copy, which format 'hf' does not write; "
                                   "use --format sparse or both.")
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
         if per_language:
             save_mask_bank(result.mask_bank, tmp / MASKS_FILE)
-        files = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()] + [METADATA_FILE])
-        text = json.dumps(_metadata(loaded, result, fmt, files) | {"values": values}, indent=2, ensure_ascii=False)
-        (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+        finish_pruned_folder(tmp, loaded, result, fmt, values)
     return out
+
+
+def finish_pruned_folder(tmp: Path, loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, values: ValuesDtype) -> None:
+    """The last files of an output folder whose weights are written: the tokenizer and the pruning record."""
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(tmp)
+    files = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()] + [METADATA_FILE])
+    text = json.dumps(_metadata(loaded, result, fmt, files) | {"values": values}, indent=2, ensure_ascii=False)
+    (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
 
 
 def read_pruning_metadata(folder: Path) -> dict | None:

@@ -8,6 +8,7 @@ from typing import get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from babelprune.choices import (
+    CALIB_BATCH,
     Allocation,
     Balance,
     GqaMode,
@@ -74,8 +75,9 @@ class PruneConfig(BaseModel):
     allocation_samples: int = Field(1, ge=1)  # windows per language for the allocation pre-pass (stable from 1: benchmarks/cwl_stability.py)
     setting: Setting = "shared"
     order: Order = "one-pass"
-    # two-pass only: windows per forward (None: all at once). Smaller batches hold fewer activations.
-    calib_batch: int | None = Field(None, ge=1)
+    # Windows per forward (None: all at once). Smaller batches hold fewer activations; the one-pass
+    # order runs them in lockstep (babelprune.prune.lockstep), so its result does not depend on it.
+    calib_batch: int | None = Field(CALIB_BATCH, ge=1)
     per_row: bool = True  # compare scores within each output row (Wanda); False: whole layer
     damp: float = Field(0.01, gt=0)  # SparseGPT Hessian dampening
     block_size: int = Field(128, ge=1)  # SparseGPT column block
@@ -139,14 +141,6 @@ class PruneConfig(BaseModel):
             raise BabelpruneError(
                 "--reconstruct refits the weights, but the per-language setting keeps one set of dense weights under "
                 "every language's mask; use --setting shared with --reconstruct, or drop --reconstruct."
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _batching_needs_two_passes(self) -> PruneConfig:
-        if self.calib_batch is not None and self.order != "two-pass":
-            raise BabelpruneError(
-                "--calib-batch needs --order two-pass: a single pass must see every calibration window at once."
             )
         return self
 

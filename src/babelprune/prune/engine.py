@@ -10,7 +10,9 @@ next block.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +34,7 @@ from babelprune.prune.balance import check_weighted_languages, language_shares, 
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import wanda_scores
+from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.reconstruct import reconstruct
 from babelprune.prune.sequential import (
@@ -110,6 +113,41 @@ def restore_linears(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None
         write_weight(module, snapshot[name])
 
 
+class BlockStore:
+    """Where the blocks' weights live while pruning: here in memory, where nothing needs doing.
+
+    babelprune.prune.offload reads each block from disk when it is opened,
+    writes it out once pruned and frees it when it is closed.
+    """
+
+    def open(self, index: int, block: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def pruned(self, index: int, block: nn.Module) -> None:
+        """Block `index` is pruned (it is still open)."""
+
+
+IN_MEMORY = BlockStore()
+
+
+@dataclass
+class ZeroCount:
+    """Zeros of the block linears before and after pruning, counted block by block while each is open."""
+
+    before: int = 0
+    after: int = 0
+    total: int = 0
+    layers: dict[str, float] = field(default_factory=dict)  # "block.name" -> share of zeros after pruning
+
+    def count_before(self, linears: dict[str, nn.Module]) -> None:
+        self.before += sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
+        self.total += sum(weight_matrix(m).numel() for m in linears.values())
+
+    def count_after(self, index: int, linears: dict[str, nn.Module]) -> None:
+        self.after += sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
+        self.layers.update({f"{index}.{name}": _share_of_zeros(linear) for name, linear in linears.items()})
+
+
 def zero_share(linears: dict[str, nn.Module]) -> float:
     zeros = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
     return zeros / sum(weight_matrix(m).numel() for m in linears.values())
@@ -142,7 +180,9 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
 
 
 @torch.no_grad()
-def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig, calibration: Calibration | None) -> tuple[list[float], dict]:
+def allocate_blocks(
+    model: nn.Module, adapter: ArchAdapter, config: PruneConfig, calibration: Calibration | None, store: BlockStore = IN_MEMORY,
+) -> tuple[list[float], dict]:
     """Per-block sparsity targets. OWL and CWL read statistics from a dense pre-pass on a few samples per language."""
     n_blocks = len(adapter.get_blocks(model))
     allocation = "uniform" if config.nm else config.allocation
@@ -154,14 +194,15 @@ def allocate_blocks(model: nn.Module, adapter: ArchAdapter, config: PruneConfig,
     for index, block in enumerate(adapter.get_blocks(model)):
         seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
         collector = StatsCollector(subset.language_set, False, config.mwanda.tau, track_activity=False).begin(subset.rows())
-        inputs.hidden = run_block_with_hooks(
-            block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
-        )
-        if allocation == "owl":
-            scores = [wanda_scores(weight_matrix(linear), stats.pooled_norm()) for linear, stats in seen.values()]
-            measures.append(owl_outlier_ratio(scores, config.owl_m))
-        else:
-            measures.append(block_cross_lingual_correlation([stats for _, stats in seen.values()]))
+        with store.open(index, block):
+            inputs.hidden = run_block_with_hooks(
+                block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
+            )
+            if allocation == "owl":
+                scores = [wanda_scores(weight_matrix(linear), stats.pooled_norm()) for linear, stats in seen.values()]
+                measures.append(owl_outlier_ratio(scores, config.owl_m))
+            else:
+                measures.append(block_cross_lingual_correlation([stats for _, stats in seen.values()]))
     allocate = allocate_owl if allocation == "owl" else allocate_cwl
     key = "outlier_ratio" if allocation == "owl" else "cross_lingual_correlation"
     return allocate(measures, config.sparsity, config.lam), {key: measures}
@@ -203,35 +244,58 @@ def _token_scale(config: PruneConfig, calibration: Calibration) -> torch.Tensor 
 def _prune_blocks(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
     calibration: Calibration | None, targets: list[float], progress: Progress, label: str,
-    refit_errors: dict[str, list[float]],
+    refit_errors: dict[str, list[float]], store: BlockStore = IN_MEMORY, zeros: ZeroCount | None = None,
 ) -> None:
     """Prune every block in place, in order. The masks are the weights' zeros afterwards; none are kept here."""
     blocks = adapter.get_blocks(model)
     task = progress.add_task(label, total=len(blocks))
+    prune_block = _block_pruner(model, adapter, config, method, calibration, targets, refit_errors)
+    for index, block in enumerate(blocks):
+        with store.open(index, block):
+            linears = adapter.block_linears(block)
+            if zeros is not None:
+                zeros.count_before(linears)
+            prune_block(index, block)
+            if zeros is not None:
+                zeros.count_after(index, linears)
+            store.pruned(index, block)
+        progress.advance(task)
+
+
+def _block_pruner(
+    model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
+    calibration: Calibration | None, targets: list[float], refit_errors: dict[str, list[float]],
+) -> Callable[[int, nn.Module], None]:
+    """The function that prunes block `index`; blocks must be given in order (each feeds the next)."""
     if not _needs_calibration(config, method):
-        for index, block in enumerate(blocks):
+
+        def prune_weights(index: int, block: nn.Module) -> None:
             for name, linear in adapter.block_linears(block).items():
                 _prune_linear(method, config, linear, None, targets[index], refit_errors, f"{index}.{name}")
-            progress.advance(task)
-        return
+
+        return prune_weights
     inputs = capture_block_inputs(model, adapter, calibration.ids)
     rows = calibration.rows()
     spans = batch_spans(len(calibration.languages), config.calib_batch)
     scale = _token_scale(config, calibration)
     needs_hessian = method.needs_hessian or config.reconstruct is not None
-    for index, block in enumerate(blocks):
+
+    def prune_on_inputs(index: int, block: nn.Module) -> None:
         collector = StatsCollector(calibration.language_set, needs_hessian, config.mwanda.tau, method.needs_activity, scale)
         if method.needs_activity:  # the down-projection's input follows the activation: active means x > 0
             down = adapter.ffn_linears(block)["down"]
             collector.by_name["down"] = post_activation_stats(linear_in_features(down), collector.languages, token_scale=scale)
         if config.order == "one-pass":
 
-            def prune_now(name, linear, stats, index=index):
+            def prune_now(name, linear, stats):
                 _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}")
 
-            inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
+            if len(spans) > 1:  # micro-batches of calib_batch windows, in lockstep: the same pass, fewer activations
+                inputs.hidden = run_block_in_lockstep(block, adapter, inputs, index, collector, rows, spans, prune_now)
+            else:
+                inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
         else:
-            # Dense pass (in batches of calib_batch windows when memory is short), prune, pass again.
+            # Dense pass (in batches of calib_batch windows), prune, pass again.
             seen: dict[str, nn.Module] = {}
             for start, end in spans:
                 collector.begin(rows_in_span(rows, start, end))
@@ -240,11 +304,18 @@ def _prune_blocks(
             for name, linear in seen.items():
                 _prune_linear(method, config, linear, collector.by_name[name], targets[index], refit_errors, f"{index}.{name}")
             inputs.hidden = torch.cat([run_block(block, adapter, slice_inputs(inputs, s, e), index) for s, e in spans])
-        progress.advance(task)
+
+    return prune_on_inputs
 
 
-def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True) -> PruneResult:
-    """Prune `loaded.model` with `config`, calibrating on `calibration` (per-language windows)."""
+def prune(
+    loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True,
+    store: BlockStore = IN_MEMORY,
+) -> PruneResult:
+    """Prune `loaded.model` with `config`, calibrating on `calibration` (per-language windows).
+
+    `store` says where the blocks' weights are (babelprune.prune.offload keeps them on disk).
+    """
     started = time.perf_counter()
     model = loaded.model
     adapter = adapter_for(model)
@@ -253,17 +324,19 @@ def prune(loaded: LoadedModel, config: PruneConfig, calibration: Calibration | N
     _check_model(config, linears, method, calibration)
     if not _needs_calibration(config, method) and config.allocation == "uniform":
         calibration = None  # magnitude needs no data
-    starting = zero_share(linears)
     bar = progress_bar(progress)
     refit_errors: dict[str, list[float]] = {}
     with bar, torch.no_grad():
-        targets, allocation_stats = allocate_blocks(model, adapter, config, calibration)
+        targets, allocation_stats = allocate_blocks(model, adapter, config, calibration, store)
         if config.setting == "shared":
             label = f"{config.method}{' + refit' if config.reconstruct else ''}: pruning blocks"
-            _prune_blocks(model, adapter, config, method, calibration, targets, bar, label, refit_errors)
-            layer_sparsity = {name: _share_of_zeros(linear) for name, linear in linears.items()}
-            achieved, bank = zero_share(linears), None
+            zeros = ZeroCount()
+            _prune_blocks(model, adapter, config, method, calibration, targets, bar, label, refit_errors, store, zeros)
+            starting, achieved, layer_sparsity, bank = zeros.before / zeros.total, zeros.after / zeros.total, zeros.layers, None
         else:
+            if store is not IN_MEMORY:
+                raise BabelpruneError("The per-language setting keeps every block's dense weights under each mask; use --setting shared.")
+            starting = zero_share(linears)
             bank, layer_sparsity, achieved = _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar)
     return PruneResult(
         config=config,

@@ -86,6 +86,8 @@ class StatsCollector:
     q, k and v (and gate and up) read the same tensor: within a batch the
     statistics are cached by the identity of the input tensor, so they are
     computed once and the linears sharing an input share one statistics object.
+    `begin(rows)` starts the next batch; `batch(rows)` gives a batch of its own,
+    for micro-batches that are in flight at the same time (babelprune.prune.lockstep).
     """
 
     def __init__(
@@ -98,44 +100,61 @@ class StatsCollector:
         self.track_activity = track_activity
         self.tau = tau
         self.by_name: dict[str, LanguageStats] = {}
-        self.rows: dict[str, slice | torch.Tensor] = {}
-        self.n_samples = 0
+        self._current: BatchStats | None = None
+
+    def batch(self, rows: dict[str, torch.Tensor]) -> BatchStats:
+        """A batch whose rows of each language are `rows` (indices into the batch), adding to these statistics."""
+        return BatchStats(self, rows)
+
+    def begin(self, rows: dict[str, torch.Tensor]) -> StatsCollector:
+        """Start the next batch; calls then add its inputs."""
+        self._current = self.batch(rows)
+        return self
+
+    def __call__(self, name: str, x: torch.Tensor) -> LanguageStats:
+        return self._current(name, x)
+
+    def new_stats(self, in_features: int) -> LanguageStats:
+        return LanguageStats(
+            in_features, self.languages, tau=self.tau, track_activity=self.track_activity, token_scale=self.token_scale
+        )
+
+
+class BatchStats:
+    """One batch of a `StatsCollector`: adds a linear's input x (n, T, in) to the statistics of its name."""
+
+    def __init__(self, collector: StatsCollector, rows: dict[str, torch.Tensor]) -> None:
+        self.collector = collector
+        # Contiguous row ranges become slices: views instead of copies of the activations.
+        self.rows = {lang: _as_slice(index) for lang, index in rows.items() if len(index)}
+        self.n_samples = sum(len(index) for index in rows.values())
         # id(tensor) -> (weak reference to it, stats). The weak reference tells a
         # reused id from the same tensor without keeping large activations alive.
         self._cache: dict[int, tuple[weakref.ref, LanguageStats]] = {}
 
-    def begin(self, rows: dict[str, torch.Tensor]) -> StatsCollector:
-        """Start a batch whose rows of each language are `rows` (indices into the batch)."""
-        # Contiguous row ranges become slices: views instead of copies of the activations.
-        self.rows = {lang: _as_slice(index) for lang, index in rows.items() if len(index)}
-        self.n_samples = sum(len(index) for index in rows.values())
-        self._cache = {}
-        return self
-
     def __call__(self, name: str, x: torch.Tensor) -> LanguageStats:
+        by_name = self.collector.by_name
         cached = self._cache.get(id(x))
         if cached is None or cached[0]() is not x:
-            stats = self.by_name.get(name) or LanguageStats(
-                x.shape[-1], self.languages, tau=self.tau, track_activity=self.track_activity, token_scale=self.token_scale
-            )
+            stats = by_name.get(name) or self.collector.new_stats(x.shape[-1])
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():
                 stats.update(per_sample[rows], lang)  # (n_l, T, in): every position is one token
-            if self.track_hessian:
+            if self.collector.track_hessian:
                 self._add_hessian(stats, x, per_sample)
             self._cache[id(x)] = (weakref.ref(x), stats)
-        self.by_name[name] = self._cache[id(x)][1]
-        return self.by_name[name]
-
+        by_name[name] = self._cache[id(x)][1]
+        return by_name[name]
 
     def _add_hessian(self, stats: LanguageStats, x: torch.Tensor, per_sample: torch.Tensor) -> None:
         """Pooled: one product for all tokens. Balanced: one per language, its tokens scaled by sqrt(s_l)."""
-        if self.token_scale is None:
+        scale_of = self.collector.token_scale
+        if scale_of is None:
             stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
             return
         for lang, rows in self.rows.items():
-            scale = float(self.token_scale[self.languages.index(lang)])
+            scale = float(scale_of[self.collector.languages.index(lang)])
             stats.add_hessian(per_sample[rows].reshape(-1, x.shape[-1]).float(), scale)
 
 

@@ -81,6 +81,9 @@ class LanguageStats:
         self._active = torch.zeros(n_lang, in_features, dtype=torch.int64) if track_activity else None  # (L, in)
         self._tokens = torch.zeros(n_lang, dtype=torch.int64)  # (L,)
         self._hessian = torch.zeros(in_features, in_features, dtype=torch.float64) if track_hessian else None
+        # update() adds to the Hessian only when asked here; a caller that feeds it whole batches
+        # through add_hessian() (babelprune.prune.sequential) must not have each batch counted twice.
+        self._hessian_by_update = track_hessian
 
     @property
     def token_counts(self) -> dict[str, int]:
@@ -105,7 +108,7 @@ class LanguageStats:
             magnitude = tokens.abs() if self.active_rule == "abs" else tokens
             self._active[i] += (magnitude > self.tau).sum(dim=0)
         self._tokens[i] += tokens.shape[0]
-        if self._hessian is not None:
+        if self._hessian_by_update:
             scale = 1.0 if self.token_scale is None else float(self.token_scale[i])
             self._hessian += scale * (tokens.T @ tokens).double()  # (in, in)
 
