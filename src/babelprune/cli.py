@@ -273,9 +273,12 @@ def bench_speed_command(
     runs: Annotated[int, typer.Option(help="Timed runs (the median is reported).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 2,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
+    new_tokens: Annotated[int, typer.Option(help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(help="Causal LMs: prompt tokens before the generated ones.")] = 16,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Peak resident memory of each model, loaded again in a fresh process after the timing.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON.")] = None,
 ) -> None:
-    """Latency (batch 1), throughput, parameters, bytes on disk and FLOPs per token, side by side."""
+    """Latency (batch 1), throughput, generation per token, parameters, bytes on disk, peak memory and FLOPs per token, side by side."""
     import json
     import os
 
@@ -283,13 +286,15 @@ def bench_speed_command(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from babelprune.api import load_model
     from babelprune.cache import atomic_write_text
-    from babelprune.evaluate.speed import measure_speeds, speed_table
+    from babelprune.evaluate.speed import footprint_table, measure_speeds, speed_table
 
     loaded = [load_model(spec) for spec in models]
-    reports = measure_speeds(loaded, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads)
+    reports = measure_speeds(loaded, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
+                             new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory)
     console.print(speed_table(reports))
     if reports[0].has_lm_head:
         console.print(speed_table(reports, body=True))
+    console.print(footprint_table(reports))
     if json_out is not None:
         atomic_write_text(json_out, json.dumps([r.model_dump(mode="json") for r in reports], indent=2) + "\n")
 

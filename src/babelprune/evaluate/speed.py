@@ -1,4 +1,4 @@
-"""Speed and size of a model on the CPU: parameters, bytes, FLOPs, latency, throughput.
+"""Speed and size of a model on the CPU: parameters, bytes, FLOPs, latency, throughput, generation, memory.
 
 Structured pruning makes matrices smaller, but a smaller model is not
 always a proportionally faster one (Li et al., ACL 2022, "fast is not
@@ -34,29 +34,40 @@ them alike. On a machine shared with other processes, OpenMP threads that
 spin while they wait (the default) can make a multi-threaded run many times
 slower than one thread; start the process with OMP_WAIT_POLICY=PASSIVE (it
 must be set before torch is imported; the report records it).
+
+Generation (`new_tokens` > 0, causal LMs): `model.generate` at batch 1,
+greedy, `new_tokens` new tokens after a seeded prompt of `prompt_tokens`
+ids, timed round-robin with the other probes; the report gives the median
+wall time of one whole call (prompt included) divided by the new tokens.
+Encoders do not generate (None, shown as n/a).
+
+Bytes: see evaluate/sizes.py (the weights as stored, and the whole folder).
+Peak memory (`memory=True`): each model is loaded again in a fresh process
+that runs every probe once, after the timing (see evaluate/memory.py).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from babelprune.errors import BabelpruneError
+from babelprune.evaluate.memory import PeakMemory, measure_peak_memory, memory_source
+from babelprune.evaluate.probes import all_probes, time_call
+from babelprune.evaluate.sizes import folder_bytes, model_bytes, stored_weights
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel
 from babelprune.prune.structured.units import layer_layouts, total_block_params
 
-WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors")
+__all__ = ["SpeedReport", "flops_per_token", "measure_speed", "measure_speeds", "model_bytes", "speed_markdown",
+           "speed_ratios", "speed_table", "footprint_markdown", "footprint_table"]
 
 
 # ----- FLOPs ------------------------------------------------------------------------
@@ -95,98 +106,6 @@ def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
     return FlopCount(linears=2 * linears, attention=attention, lm_head=2 * head_macs, seq_len=seq_len)
 
 
-# ----- sizes ------------------------------------------------------------------------
-
-
-def unique_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The tensors a save writes: the state dict with tied (shared-storage) tensors once."""
-    seen, tensors = set(), []
-    for tensor in model.state_dict().values():
-        key = (tensor.data_ptr(), tensor.numel())
-        if key not in seen:
-            seen.add(key)
-            tensors.append(tensor)
-    return tensors
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The Hugging Face safetensors weight files directly in `folder`."""
-    return sorted({file for pattern in WEIGHT_PATTERNS for file in Path(folder).glob(pattern) if file.is_file()})
-
-
-def _elements_in(files: list[Path]) -> int | None:
-    """Elements stored in safetensors files (read from their headers), None if one is unreadable."""
-    total = 0
-    try:
-        for file in files:
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                    total += _numel(handle.get_slice(key).get_shape())
-    except (OSError, SafetensorError):
-        return None
-    return total
-
-
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
-
-
-def model_bytes(loaded: LoadedModel) -> tuple[int, str]:
-    """(bytes, source): the folder's weight files, or what a safetensors save of the model would write.
-
-    The files count only when they hold as many elements as the model in
-    memory, so a model pruned in place after loading (its `path` still
-    naming the dense folder) is not credited with the dense folder's size.
-    The estimate is the unique tensors' bytes in their current dtypes; it
-    leaves out the safetensors header (a few tens of kilobytes).
-    """
-    tensors = unique_tensors(loaded.model)
-    estimate = sum(t.numel() * t.element_size() for t in tensors)
-    if loaded.path is not None:
-        files = weight_files(loaded.path)
-        if files and _elements_in(files) == sum(t.numel() for t in tensors):
-            return sum(file.stat().st_size for file in files), "files"
-    return estimate, "estimate"
-
-
-# ----- timing -----------------------------------------------------------------------
-
-
-def _has_separate_body(model: nn.Module) -> bool:
-    adapter = adapter_for(model)
-    return adapter.get_lm_head(model) is not None and adapter.base_model(model) is not model
-
-
-def random_ids(model: nn.Module, batch: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """(batch, seq_len) token ids drawn from the vocabulary with a seeded generator (the first ids, often special, skipped)."""
-    vocab = int(model.config.get_text_config().vocab_size)
-    low = 4 if vocab > 8 else 0
-    return torch.randint(low, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-
-
-def forward_probes(loaded: LoadedModel, seq_len: int, batch_size: int, seed: int = 0) -> dict[str, Callable[[], object]]:
-    """Calls to time: "latency" (1 sequence), "throughput" (a batch), and their "_body" twins for models with an LM head."""
-    model = loaded.model
-    single, batch = random_ids(model, 1, seq_len, seed), random_ids(model, batch_size, seq_len, seed + 1)
-    probes = {"latency": lambda: model(single), "throughput": lambda: model(batch)}
-    if _has_separate_body(model):
-        body = adapter_for(model).base_model(model)
-        probes |= {"latency_body": lambda: body(single), "throughput_body": lambda: body(batch)}
-    return probes
-
-
-def time_call(call: Callable[[], object]) -> float:
-    """Wall seconds of one call (its output dropped before returning)."""
-    started = time.perf_counter()
-    output = call()
-    seconds = time.perf_counter() - started
-    del output
-    return seconds
-
-
 # ----- reports ----------------------------------------------------------------------
 
 
@@ -200,8 +119,10 @@ class SpeedReport(BaseModel):
     n_blocks: int
     n_parameters: int  # every parameter, tied ones once
     n_block_parameters: int  # weights and biases of the blocks' attention and FFN linears
-    bytes_on_disk: int
-    bytes_source: str  # "files": the folder's weight files; "estimate": a safetensors save of the model
+    bytes_on_disk: int  # the weights as stored (see bytes_source)
+    # "files": the folder's HF weight files; "sparse": its sparse copy (a folder with no HF weights);
+    # "estimate": a safetensors save of the model (no folder matches it)
+    bytes_source: str
     seq_len: int
     batch_size: int
     flops_per_token: int  # with the LM head when there is one
@@ -216,11 +137,30 @@ class SpeedReport(BaseModel):
     threads: int
     omp_wait_policy: str | None = None  # OMP_WAIT_POLICY of the process (PASSIVE keeps busy machines fair)
     samples_ms: dict[str, list[float]]  # every timed call, per probe, in run order
+    n_nonzero_parameters: int | None = None  # parameters that are not zero (tied ones once)
+    folder_bytes: int | None = None  # every file under the model's folder; None when no folder matches the model
+    # Generation at batch 1, greedy (None: an encoder, or not measured)
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None  # new tokens every timed generate call produced
+    generate_ms_per_token: float | None = None  # median wall time of one generate call / new_tokens
+    memory: PeakMemory | None = None  # a fresh process that loaded the model and ran each probe once
+
+
+def _new_tokens(counts: list[int], spec: str) -> int:
+    """The number of tokens every generate call produced (they must agree)."""
+    if len(set(counts)) != 1:
+        raise BabelpruneError(f"{spec} generated different numbers of tokens from one run to the next ({sorted(set(counts))}); "
+                              "report this model, its generation config stops early.")
+    return counts[0]
 
 
 def speed_report(loaded: LoadedModel, samples: dict[str, list[float]], seq_len: int, batch_size: int,
-                 warmup: int) -> SpeedReport:
-    """The report of one model from its timings in seconds per probe (see `forward_probes`)."""
+                 warmup: int, generated: list[int] | None = None, prompt_tokens: int | None = None,
+                 memory: PeakMemory | None = None) -> SpeedReport:
+    """The report of one model from its timings in seconds per probe (see evaluate/probes.py).
+
+    generated: the new tokens of each timed generate call (a "generate" probe was timed).
+    """
     model, adapter = loaded.model, adapter_for(loaded.model)
     flops = flops_per_token(model, seq_len)
     latency = statistics.median(samples["latency"])
@@ -229,62 +169,87 @@ def speed_report(loaded: LoadedModel, samples: dict[str, list[float]], seq_len: 
     body_batch = statistics.median(samples.get("throughput_body", samples["throughput"]))
     tokens = batch_size * seq_len
     size, source = model_bytes(loaded)
+    generation = {}
+    if "generate" in samples:
+        new = _new_tokens(generated or [0], loaded.spec)
+        generation = dict(prompt_tokens=prompt_tokens, new_tokens=new,
+                          generate_ms_per_token=1000 * statistics.median(samples["generate"]) / new)
     return SpeedReport(
         spec=loaded.spec, kind=loaded.kind, n_blocks=len(adapter.get_blocks(model)),
         n_parameters=sum(p.numel() for p in model.parameters()),
+        n_nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in model.parameters()),
         n_block_parameters=total_block_params(model, adapter),
-        bytes_on_disk=size, bytes_source=source, seq_len=seq_len, batch_size=batch_size,
+        bytes_on_disk=size, bytes_source=source, folder_bytes=folder_bytes(loaded), seq_len=seq_len, batch_size=batch_size,
         flops_per_token=flops.total, flops_per_token_body=flops.body, has_lm_head=flops.lm_head > 0,
         latency_batch1_ms=1000 * latency, throughput_tokens_per_s=tokens / batch_seconds,
         latency_body_batch1_ms=1000 * body_latency, throughput_body_tokens_per_s=tokens / body_batch,
         runs=len(samples["latency"]), warmup=warmup, threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         samples_ms={name: [round(1000 * s, 4) for s in values] for name, values in samples.items()},
+        memory=memory, **generation,
     )
 
 
-def _check_settings(seq_len: int, batch_size: int, runs: int, warmup: int) -> None:
-    if min(seq_len, batch_size, runs) < 1 or warmup < 0:
+def _check_settings(seq_len: int, batch_size: int, runs: int, warmup: int, new_tokens: int, prompt_tokens: int) -> None:
+    if min(seq_len, batch_size, runs, prompt_tokens) < 1 or min(warmup, new_tokens) < 0:
         raise BabelpruneError(
-            f"Sequence length, batch size and runs must be at least 1 and warm-up at least 0 "
-            f"(got {seq_len}, {batch_size}, {runs}, {warmup}); fix the options."
+            f"Sequence length, batch size, runs and prompt tokens must be at least 1, warm-up and new tokens at least 0 "
+            f"(got {seq_len}, {batch_size}, {runs}, {prompt_tokens}, {warmup}, {new_tokens}); fix the options."
         )
 
 
+def _memory_sources(models: Sequence[LoadedModel]) -> list[str]:
+    """What each model's memory process loads, checked before any timing (a model changed in memory is refused)."""
+    return [memory_source(loaded, stored_weights(loaded) is not None) for loaded in models]
+
+
 def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size: int = 8, runs: int = 5,
-                   warmup: int = 2, threads: int | None = None, seed: int = 0) -> list[SpeedReport]:
+                   warmup: int = 2, threads: int | None = None, seed: int = 0, *, new_tokens: int = 0,
+                   prompt_tokens: int = 16, memory: bool = False) -> list[SpeedReport]:
     """Time several models round-robin so that background load hits them alike; one report each.
 
     Each round times every probe of every model once; the starting model
     rotates from round to round. `threads` sets torch's intra-op threads for
-    the measurement (restored afterwards).
+    the measurement (restored afterwards). `new_tokens` > 0 also times greedy
+    generation at batch 1 (causal LMs); `memory` then measures each model's
+    peak resident memory in a fresh process, one model after the other.
     """
-    _check_settings(seq_len, batch_size, runs, warmup)
+    _check_settings(seq_len, batch_size, runs, warmup, new_tokens, prompt_tokens)
+    sources = _memory_sources(models) if memory else None
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            probes = [forward_probes(loaded, seq_len, batch_size, seed) for loaded in models]
+            generated: list[list[int]] = [[] for _ in models]
+            probes = [all_probes(loaded, seq_len, batch_size, new_tokens, prompt_tokens, counts, seed)
+                      for loaded, counts in zip(models, generated)]
             for model_probes in probes:
                 for call in model_probes.values():
                     for _ in range(warmup):
                         time_call(call)
+            for counts in generated:
+                counts.clear()  # only the timed calls count
             samples = [{name: [] for name in model_probes} for model_probes in probes]
             for run in range(runs):
                 for offset in range(len(models)):
                     index = (run + offset) % len(models)
                     for name, call in probes[index].items():
                         samples[index][name].append(time_call(call))
-            return [speed_report(loaded, s, seq_len, batch_size, warmup) for loaded, s in zip(models, samples)]
+        memories = [measure_peak_memory(source, seq_len, batch_size, new_tokens, prompt_tokens, threads, seed)
+                    for source in sources] if sources else [None] * len(models)
+        return [speed_report(loaded, s, seq_len, batch_size, warmup, counts, prompt_tokens, peak)
+                for loaded, s, counts, peak in zip(models, samples, generated, memories)]
     finally:
         torch.set_num_threads(previous)
 
 
 def measure_speed(loaded: LoadedModel, seq_len: int = 128, batch_size: int = 8, runs: int = 5, warmup: int = 2,
-                  threads: int | None = None, seed: int = 0) -> SpeedReport:
+                  threads: int | None = None, seed: int = 0, *, new_tokens: int = 0, prompt_tokens: int = 16,
+                  memory: bool = False) -> SpeedReport:
     """Size and CPU speed of one model (see the module docstring)."""
-    return measure_speeds([loaded], seq_len, batch_size, runs, warmup, threads, seed)[0]
+    return measure_speeds([loaded], seq_len, batch_size, runs, warmup, threads, seed, new_tokens=new_tokens,
+                          prompt_tokens=prompt_tokens, memory=memory)[0]
 
 
 # ----- comparison tables ------------------------------------------------------------
@@ -379,4 +344,70 @@ def speed_markdown(reports: Sequence[SpeedReport], body: bool = False, labels: S
     """The same table in Markdown."""
     lines = [f"*{_title(reports, body)}*", "", "| " + " | ".join(SPEED_COLUMNS) + " |", "|" + "---|" * len(SPEED_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _speed_rows(reports, body, labels)]
+    return "\n".join(lines) + "\n"
+
+
+# ----- generation, disk and memory ----------------------------------------------------
+
+FOOTPRINT_COLUMNS = (
+    "model", "weights MB (stored as)", "folder MB", "non-zero params M", "generate ms/token b1 (speedup)",
+    "peak RSS MB (ratio)",
+)
+
+
+def _share(value: float | None, reference: float | None, digits: int = 0) -> str:
+    """'value (value / reference x)', 'n/a' without a value, no ratio without a reference."""
+    if value is None:
+        return "n/a"
+    ratio = f" ({value / reference:.2f}x)" if reference else ""
+    return f"{value:.{digits}f}{ratio}"
+
+
+def _footprint_rows(reports: Sequence[SpeedReport], labels: Sequence[str] | None) -> list[list[str]]:
+    reference, rows = reports[0], []
+    mb = lambda value: None if value is None else value / 1e6  # noqa: E731
+    peak = lambda report: report.memory.peak if report.memory else None  # noqa: E731
+    for index, report in enumerate(reports):
+        generate = report.generate_ms_per_token
+        speedup = (f" ({reference.generate_ms_per_token / generate:.2f}x)"
+                   if generate is not None and reference.generate_ms_per_token else "")
+        nonzero = report.n_nonzero_parameters
+        rows.append([
+            labels[index] if labels else report.spec,
+            f"{_share(mb(report.bytes_on_disk), mb(reference.bytes_on_disk))} {report.bytes_source}",
+            _share(mb(report.folder_bytes), mb(reference.folder_bytes)),
+            _share(None if nonzero is None else nonzero / 1e6, (reference.n_nonzero_parameters or 0) / 1e6, 1),
+            "n/a" if generate is None else f"{generate:.1f}{speedup}",
+            _share(mb(peak(report)), mb(peak(reference))),
+        ])
+    return rows
+
+
+def _footprint_title(reports: Sequence[SpeedReport]) -> str:
+    if not reports:
+        raise BabelpruneError("No speed reports to tabulate; measure at least one model.")
+    first = reports[0]
+    generated = next((r for r in reports if r.new_tokens), None)
+    generation = (f"generate: batch 1, greedy, {generated.new_tokens} new tokens after {generated.prompt_tokens} prompt tokens, "
+                  f"median whole call / new tokens" if generated else "generation not measured")
+    memory = ("peak RSS: a fresh process per model, loading it and running each probe once"
+              if any(r.memory for r in reports) else "peak RSS not measured")
+    return f"Disk, generation and memory: {generation}; {memory}; ratios to {first.spec}"
+
+
+def footprint_table(reports: Sequence[SpeedReport], labels: Sequence[str] | None = None) -> Table:
+    """Bytes on disk (weights as stored, whole folder), non-zero parameters, generation latency and peak memory."""
+    table = Table(title=_footprint_title(reports))
+    for name in FOOTPRINT_COLUMNS:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in _footprint_rows(reports, labels):
+        table.add_row(*row)
+    return table
+
+
+def footprint_markdown(reports: Sequence[SpeedReport], labels: Sequence[str] | None = None) -> str:
+    """The same table in Markdown."""
+    lines = [f"*{_footprint_title(reports)}*", "", "| " + " | ".join(FOOTPRINT_COLUMNS) + " |",
+             "|" + "---|" * len(FOOTPRINT_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _footprint_rows(reports, labels)]
     return "\n".join(lines) + "\n"

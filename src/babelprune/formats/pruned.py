@@ -235,6 +235,12 @@ def _sparse_file(path: Path) -> Path:
     raise BabelpruneError(f"{path} holds no {SPARSE_DIR}/{SPARSE_FILE}; save the model with format 'sparse' or 'both'.")
 
 
+def sparse_weights_file(folder: Path) -> Path | None:
+    """The sparse copy (sparse/sparse.safetensors) of an output folder, None when it has none."""
+    file = Path(folder) / SPARSE_DIR / SPARSE_FILE
+    return file if file.is_file() else None
+
+
 def _read_header(file: Path) -> dict:
     with safe_open(str(file), framework="pt") as handle:
         return json.loads((handle.metadata() or {})[_HEADER_KEY])
@@ -289,7 +295,8 @@ def sparse_size_report(folder: Path) -> dict:
 
     "sparse_bytes" and "dense_fp32_bytes" count tensor data only (tied tensors
     once); "sparse_file_bytes" is what sparse/ takes on disk, headers and
-    config included. The "block_linear_*" figures cover the blocks' linear weights.
+    config included. The "block_linear_*" figures cover the blocks' linear weights;
+    "elements" counts the elements of the tensors stored (tied ones once, zeros included).
     """
     file = _sparse_file(folder)
     header = _read_header(file)
@@ -314,6 +321,7 @@ def sparse_size_report(folder: Path) -> dict:
         "block_linear_sparse_bytes": sum(v for k, v in sparse.items() if k in linears),
         "block_linear_dense_fp32_bytes": sum(v for k, v in dense.items() if k in linears),
         "compressed_tensors": len(header["shapes"]),
+        "elements": sum(dense.values()) // 4,
     }
     report["ratio"] = report["sparse_bytes"] / report["dense_fp32_bytes"]
     report["block_linear_ratio"] = report["block_linear_sparse_bytes"] / max(report["block_linear_dense_fp32_bytes"], 1)
