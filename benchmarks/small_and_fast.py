@@ -22,8 +22,9 @@ Sizes for every folder; speed (`measure_speeds`: round-robin, warm-up, median
 of `--runs`; generation at batch 1, greedy, `--new-tokens` new tokens) and
 peak RSS (a fresh process per model) for all but the bf16 and size-only
 rows; bits per byte of the kept languages on the first `--verses` held-out
-verses of each, read whole by every model (so windows pair and `compare`'s
-intervals are paired where the tokenizations agree); the held-out tokens the
+verses of each, read whole by every model in blocks of consecutive verses,
+one block per window, so that windows pair across tokenizers and `compare`'s
+intervals are paired; the held-out tokens the
 trimmed vocabulary lacks, with what `--min-count` and `--extra` text change;
 and e5-small trimmed to the same languages, English-to-X retrieval on the
 evaluation split. The targets are checked by the script. Writes
@@ -45,7 +46,7 @@ from _small_and_fast_parts import (  # noqa: E402
     Target,
     coverage_markdown,
     encoder_markdown,
-    held_out_corpus,
+    held_out_blocks,
     quality_markdown,
     size_markdown,
     speed_summary_markdown,
@@ -128,7 +129,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         folders, record = build_folders(args, kept, tmp)
-        models = {label: load_model(str(folder)) for label, folder in folders.items()}
+        # The dense model by its name, so that tables call it that; the others by their folders.
+        models = {label: load_model(args.model if label == "dense" else str(folder)) for label, folder in folders.items()}
         sizes = size_markdown(models, folders)
         size_only = ("bf16", "format both", "dense vocabulary")  # the same model as a timed one, or not asked for
         timed = [label for label in models if not any(part in label for part in size_only)]
@@ -139,7 +141,7 @@ def main() -> None:
                   f"{report.generate_ms_per_token:.1f} ms/token", flush=True)
         evaluated = ["dense", "trimmed", *(f"trimmed + wanda 50%, {values} values" for values in VALUES)]
         models = {label: models[label] for label in evaluated}  # the others are freed
-        corpus = get_corpus(str(held_out_corpus(kept, args.verses, tmp)))
+        corpus = get_corpus(str(held_out_blocks(kept, args.verses, models["dense"].tokenizer, tmp)))
         results = {label: evaluate(loaded, corpus, kept, "all", max_tokens=10**9, progress=False)
                    for label, loaded in models.items()}
         trimmed_vs_dense = compare(results["dense"], results["trimmed"], label="trimmed")

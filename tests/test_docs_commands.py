@@ -303,16 +303,48 @@ def png(path: str) -> Check:
     return check
 
 
-def trimmed_folder(path: str, languages: str) -> Check:
+def trimmed_folder(path: str, languages: str, auto=AutoModelForCausalLM) -> Check:
     """A trimmed-vocabulary folder: weights, tokenizer, and a record of the languages and kept ids as long as the embedding."""
 
     def check(outcome: Outcome) -> None:
         folder = outcome.folder / path
         record = json.loads((folder / "babelprune_vocabulary.json").read_text(encoding="utf-8"))
         assert record["languages"] == languages.split(","), record["languages"]
-        weights = AutoModelForCausalLM.from_pretrained(folder).get_input_embeddings().weight
+        weights = auto.from_pretrained(folder).get_input_embeddings().weight
         assert weights.shape[0] == len(record["kept_ids"]) == record["kept_tokens"]
         assert (folder / "tokenizer.json").is_file()
+
+    return check
+
+
+def sparse_only_folder(path: str, values: str) -> Check:
+    """A pruned folder with the sparse copy alone (no HF weights) that keeps its trimmed parent's vocabulary record."""
+
+    def check(outcome: Outcome) -> None:
+        from babelprune.api import load_model
+
+        folder = outcome.folder / path
+        assert not list(folder.glob("*.safetensors")) and (folder / "sparse" / "sparse.safetensors").is_file(), sorted(folder.rglob("*"))
+        record = json.loads((folder / "babelprune_pruning.json").read_text(encoding="utf-8"))
+        assert (record["format"], record["values"], record["method"]) == ("sparse", values, "wanda"), record
+        loaded = load_model(str(folder))
+        rows = loaded.model.get_input_embeddings().weight.shape[0]
+        assert rows == len(loaded.pruning["vocabulary"]["kept_ids"]) == len(loaded.tokenizer)
+
+    return check
+
+
+def speed_json(path: str, sparse: tuple[str, ...], new_tokens: int = 64) -> Check:
+    """bench-speed's JSON: every model generated `new_tokens` tokens and had its peak memory measured; `sparse` ones count their sparse copy."""
+
+    def check(outcome: Outcome) -> None:
+        reports = json.loads((outcome.folder / path).read_text(encoding="utf-8"))
+        assert all(r["new_tokens"] == new_tokens and r["generate_ms_per_token"] > 0 for r in reports), reports
+        assert all(r["memory"] is not None and r["memory"]["peak"] >= r["memory"]["loaded"] for r in reports)
+        sources = {r["spec"]: r["bytes_source"] for r in reports}
+        assert all(sources[name] == "sparse" for name in sparse) and sources["gemma-8langs"] == "files", sources
+        sizes = {r["spec"]: r["folder_bytes"] for r in reports}
+        assert sizes["gemma-8langs-w50-fp16"] < sizes["gemma-8langs-w50"], sizes
 
     return check
 
@@ -473,6 +505,7 @@ SWEEP_COMMAND = "babelprune sweep experiment.yaml"
 CALIB_BUDGET = ("--samples", "1")
 EVAL_BUDGET = ("--max-tokens", "32")
 SPEED_BUDGET = ("--runs", "1", "--warmup", "0", "--seq-len", "16", "--batch", "2")
+QUICK_SPEED_BUDGET = (*SPEED_BUDGET, "--no-memory")  # a fresh process per model takes seconds; one command measures it
 FINETUNE_BUDGET = ("--max-train", "32", "--max-eval", "4", "--batch-size", "8")
 SWEEP_BUDGET = ("--max-train", "16", "--max-eval", "2", "--batch-size", "8", "--langs", "en,sw")  # 15 runs
 
@@ -481,6 +514,14 @@ VOCAB_LANGS = "en,es,fr,zh,ru,ar,hi,sw,de,ja,ko,uk"
 VOCAB_TRIM = "babelprune trim-vocab --model gemma3-270m --drop-reserved --out gemma-8langs"
 VOCAB_DENSE_EVAL = f"babelprune eval --model gemma3-270m --corpus bible --langs {VOCAB_LANGS} --out dense.json"
 VOCAB_TRIMMED_EVAL = f"babelprune eval --model gemma-8langs --corpus bible --langs {VOCAB_LANGS} --out trimmed.json"
+# docs/vocab.md, "Small and fast"
+KEPT = "en,es,fr,zh,ru,ar,hi,sw"
+SMALL_W50 = "babelprune prune --model gemma-8langs --method wanda --sparsity 0.5 --format sparse --out gemma-8langs-w50"
+SMALL_W50_FP16 = ("babelprune prune --model gemma-8langs --method wanda --sparsity 0.5 --format sparse --values fp16 "
+                  "--out gemma-8langs-w50-fp16")
+E5_TRIM = "babelprune trim-vocab --model e5-small --drop-reserved --out e5-8langs"
+E5_DENSE_EVAL = f"babelprune eval --model e5-small --corpus bible --langs {KEPT} --out e5-dense.json"
+E5_TRIMMED_EVAL = f"babelprune eval --model e5-8langs --corpus bible --langs {KEPT} --out e5-trimmed.json"
 
 RUNS: dict[str, Run] = {
     # README.md, "A tour"
@@ -537,7 +578,7 @@ RUNS: dict[str, Run] = {
         "readme-structured", (structured_folder("e5-pruned", 0.3),), extra=CALIB_BUDGET,
     ),
     "babelprune bench-speed e5-small e5-pruned": Run(
-        "readme-structured", (prints("e5-pruned", "1.00x"),), extra=SPEED_BUDGET,
+        "readme-structured", (prints("e5-pruned", "1.00x", "n/a"),), extra=QUICK_SPEED_BUDGET,
         needs=("babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-pruned",),
     ),
     "babelprune train-dynamic --model e5-small --task bible-genre --levels 0.3,0.5,0.7 --out e5-dynamic": Run(
@@ -605,7 +646,7 @@ RUNS: dict[str, Run] = {
         needs=("babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-s30",),
     ),
     "babelprune bench-speed e5-small e5-s30 e5-3blocks": Run(
-        "structured-doc", (prints("e5-s30", "e5-3blocks", "1.00x"),), extra=SPEED_BUDGET,
+        "structured-doc", (prints("e5-s30", "e5-3blocks", "1.00x"),), extra=QUICK_SPEED_BUDGET,
         needs=(
             "babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-s30",
             "babelprune prune --model e5-small --structured blocks --importance magnitude --sparsity 0.25 --out e5-3blocks",
@@ -631,7 +672,23 @@ RUNS: dict[str, Run] = {
     ),
     "babelprune bench-speed gemma3-270m gemma-8langs": Run(
         # The table cuts model names to its column width.
-        "vocab-doc", (prints("gemma-8lan"),), extra=SPEED_BUDGET, needs=(VOCAB_TRIM,),
+        "vocab-doc", (prints("gemma-8lan"),), extra=QUICK_SPEED_BUDGET, needs=(VOCAB_TRIM,),
+    ),
+    SMALL_W50: Run("vocab-doc", (sparse_only_folder("gemma-8langs-w50", "fp32"),), extra=CALIB_BUDGET, needs=(VOCAB_TRIM,)),
+    SMALL_W50_FP16: Run("vocab-doc", (sparse_only_folder("gemma-8langs-w50-fp16", "fp16"),), extra=CALIB_BUDGET, needs=(VOCAB_TRIM,)),
+    "babelprune bench-speed gemma3-270m gemma-8langs gemma-8langs-w50 gemma-8langs-w50-fp16": Run(
+        "vocab-doc", (prints("gemma-8lan", "Disk, generation and memory"),
+                      speed_json("speed.json", sparse=("gemma-8langs-w50", "gemma-8langs-w50-fp16"))),
+        extra=(*SPEED_BUDGET, "--json", "speed.json"), needs=(VOCAB_TRIM, SMALL_W50, SMALL_W50_FP16),
+    ),
+    E5_TRIM: Run("vocab-doc", (trimmed_folder("e5-8langs", KEPT, auto=AutoModel),)),
+    E5_DENSE_EVAL: Run("vocab-doc", (eval_record("e5-dense.json", "es,fr,zh,ru,ar,hi,sw", kind="top1"),), extra=("--max-tokens", "8")),
+    E5_TRIMMED_EVAL: Run(
+        "vocab-doc", (eval_record("e5-trimmed.json", "es,fr,zh,ru,ar,hi,sw", kind="top1"),), extra=("--max-tokens", "8"),
+        needs=(E5_TRIM,),
+    ),
+    "babelprune compare e5-dense.json e5-trimmed.json": Run(
+        "vocab-doc", (prints_languages("es,fr,zh,ru,ar,hi,sw"), prints("worst")), needs=(E5_DENSE_EVAL, E5_TRIMMED_EVAL),
     ),
     "babelprune export gemma-8langs --format gguf --dtype f16 --out gemma-8langs-f16.gguf": Run(
         "gguf-doc", (gguf_file("gemma-8langs-f16.gguf", "f16", source="gemma-8langs"),),

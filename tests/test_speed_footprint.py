@@ -152,3 +152,27 @@ def test_bench_speed_writes_the_new_fields_to_json(tmp_path, monkeypatch, capsys
     assert (record["new_tokens"], record["prompt_tokens"], record["memory"]) == (8, 4, None)
     assert record["bytes_source"] == "files" and record["folder_bytes"] == _files_bytes(folder)
     assert "Disk, generation and memory" in printed
+
+
+def test_bench_speed_refuses_a_generation_too_long_for_the_model_in_one_line(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "tiny-lm"
+    _loaded("gemma3", positions=64).model.save_pretrained(folder)
+    out = tmp_path / "speed.json"
+    code, _, err = run_cli(monkeypatch, capsys, "bench-speed", str(folder), "--runs", "1", "--warmup", "0",
+                           "--new-tokens", "64", "--prompt-tokens", "16", "--json", str(out))
+    assert code == 2 and "needs 80 positions" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_memory_process_does_not_inherit_this_process_s_resident_memory(tmp_path):
+    from babelprune.evaluate.memory import current_rss, measure_peak_memory
+
+    folder = tmp_path / "tiny-lm"
+    _loaded("llama").model.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    ballast = torch.ones(256 * 2**20, dtype=torch.float32)  # 1 GiB resident in this process while the child runs
+    parent = current_rss()
+    peak = measure_peak_memory(str(folder), seq_len=8, batch_size=2, new_tokens=4, prompt_tokens=4).peak
+    del ballast
+    # A child that loads a tiny model stays far below a parent holding 1 GiB more than the libraries.
+    assert peak < parent - 2**29, (peak, parent)

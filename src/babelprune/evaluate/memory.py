@@ -14,8 +14,12 @@ JSON line:
 * "base": resident bytes after the imports, before loading (the interpreter,
   torch, transformers: the same for every model);
 * "loaded": resident bytes right after loading;
-* "peak": the process's peak resident bytes (getrusage's ru_maxrss) at the
-  end: loading and running included, for the whole process.
+* "peak": the process's peak resident bytes at the end, loading and running
+  included, for the whole process: Linux's VmHWM (/proc/self/status), the
+  high-water mark of the process since it started the interpreter. Not
+  getrusage's ru_maxrss: a child's ru_maxrss starts from its parent's
+  resident size at the fork, so a child of a large benchmark process would
+  report the parent's size. Elsewhere ru_maxrss is the only figure there is.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class PeakMemory(BaseModel):
 
     base: int  # after the imports, before loading
     loaded: int  # right after loading
-    peak: int  # the process's peak (ru_maxrss), loading and running included
+    peak: int  # the process's peak (VmHWM), loading and running included
 
 
 def current_rss() -> int:
@@ -56,7 +60,12 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """The peak resident bytes of this process so far."""
+    """The peak resident bytes of this process so far (VmHWM on Linux, see the module docstring)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
 
 
@@ -81,7 +90,10 @@ def measure_peak_memory(source: str, seq_len: int, batch_size: int, new_tokens: 
     command = [sys.executable, "-m", "babelprune.evaluate.memory", source, "--seq-len", str(seq_len),
                "--batch", str(batch_size), "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens),
                "--seed", str(seed)] + (["--threads", str(threads)] if threads is not None else [])
-    done = subprocess.run(command, capture_output=True, text=True)
+    # The child imports the same babelprune as this process, whatever its working folder.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
