@@ -9,6 +9,7 @@ import pytest
 from babelprune.errors import BabelpruneError
 from babelprune.report.records import EvalResult, LMScore, ModelInfo
 from babelprune.sweep.store import STORE_SCHEMA_VERSION, ResultsStore, RunRecord
+from tests.sweep_fixtures import FullDisk
 
 
 def _eval_result(nll: float) -> EvalResult:
@@ -92,18 +93,6 @@ def test_a_full_disk_is_one_sentence_and_keeps_what_was_stored(tmp_path, monkeyp
     path = tmp_path / "runs.sqlite"
     store = ResultsStore(path)
     store.put(_record("a"))
-
-    class FullDisk:
-        def __init__(self, db):
-            self.db = db
-
-        def execute(self, sql, *args):
-            if sql.startswith("INSERT"):
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.db.execute(sql, *args)
-
-        def __getattr__(self, name):
-            return getattr(self.db, name)
 
     real = store._db
     monkeypatch.setattr(store, "_db", FullDisk(real))

@@ -11,7 +11,7 @@ from babelprune.sweep import local
 from babelprune.sweep.runs import plan_experiment
 from babelprune.sweep.store import ResultsStore
 from tests.cli_runner import run_cli
-from tests.sweep_fixtures import experiment, write_experiment, write_tiny_corpus, write_tiny_model
+from tests.sweep_fixtures import FullDisk, experiment, write_experiment, write_tiny_corpus, write_tiny_model
 
 RUNS = [
     {"kind": "dense"},
@@ -153,21 +153,6 @@ def test_a_store_from_a_newer_babelprune_is_refused(monkeypatch, capsys, tmp_pat
     db.close()
     code, _, err = _sweep(monkeypatch, capsys, tmp_path, experiment(model, corpus, RUNS))
     assert code == 2 and "newer babelprune" in err and len(err.strip().splitlines()) == 1
-
-
-class FullDisk:
-    """An SQLite connection whose inserts fail as on a full disk (everything else passes through)."""
-
-    def __init__(self, db):
-        self.db = db
-
-    def execute(self, sql, *args):
-        if sql.startswith("INSERT"):
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
 
 
 def test_a_full_disk_stops_the_sweep_in_one_sentence_and_keeps_what_was_stored(monkeypatch, capsys, tmp_path, assets, counted):
