@@ -181,7 +181,8 @@ def _paired(before: EvalResult, after: EvalResult, lang: str) -> bool:
 
 def quality_markdown(results: dict[str, EvalResult], kept: list[str]) -> str:
     """Bits per byte per kept language: trimmed vs dense, pruned vs dense, and fp16/bf16 values vs fp32 values."""
-    pairs = [("trimmed vs dense", "dense", "trimmed"), ("wanda 50% fp32 vs dense", "dense", WANDA_FP32),
+    pairs = [("trimmed vs dense", "dense", "trimmed"), ("trimmed with --extra UDHR vs dense", "dense", "trimmed, --extra UDHR"),
+             ("wanda 50% fp32 vs dense", "dense", WANDA_FP32),
              ("fp16 values vs fp32 values", WANDA_FP32, WANDA_FP16),
              ("bf16 values vs fp32 values", WANDA_FP32, "trimmed + wanda 50%, bf16 values")]
     comparisons = [{c.language: c for c in compare(results[a], results[b], label=name).changes} for name, a, b in pairs]

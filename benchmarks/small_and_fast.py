@@ -11,6 +11,8 @@ measure it:
 * dense: the model's own folder (the alias's converted HF folder);
 * trimmed: `trim_vocabulary` to the kept languages' Bible calibration split,
   placeholders dropped (`trim-vocab --drop-reserved`), `save_trimmed`;
+* trimmed, --extra UDHR: the same plus the UDHR in the kept languages as extra
+  text (size and bits per byte only): what extra text buys and costs;
 * trimmed + wanda 50%: the trimmed folder pruned with Wanda, calibrated on
   `--samples` windows per kept language, saved as the sparse copy alone
   (`prune --format sparse`: bitmask + kept values, config, tokenizer, no
@@ -64,13 +66,20 @@ from babelprune.report.compare import compare  # noqa: E402
 BENCHMARK = {"minutes": 60}
 WANDA = PruneConfig(method="wanda", sparsity=0.5)
 VALUES = ("fp32", "fp16", "bf16")
+TRIMMED_EXTRA = "trimmed, --extra UDHR"  # size and quality only: what extra text buys in coverage, and costs in size
 
 
-def trimmed_folder(model: str, kept: list[str], folder: Path):
+def trimmed_folder(model: str, kept: list[str], folder: Path, extra_texts: list[str] = ()):
     loaded = load_model(model)
-    trim_vocabulary(loaded, "bible", kept, keep_reserved=False)
+    trim_vocabulary(loaded, "bible", kept, extra_texts=extra_texts, keep_reserved=False)
     save_trimmed(loaded, folder)
     return loaded.pruning["vocabulary"]
+
+
+def udhr_texts(kept: list[str]) -> list[str]:
+    """The UDHR in the kept languages: the `--extra` text of the coverage trade (another corpus than the held-out Bible)."""
+    udhr = get_corpus("udhr")
+    return [text for lang in kept if lang in udhr.languages() for text in udhr.texts(lang, "all")]
 
 
 def wanda_folders(source: Path | str, kept: list[str], samples: int, out: dict[str, Path], fmt: str = "sparse") -> None:
@@ -94,6 +103,9 @@ def build_folders(args, kept: list[str], tmp: Path) -> tuple[dict[str, Path], di
     folders["trimmed"] = tmp / "trimmed"
     record = trimmed_folder(args.model, kept, folders["trimmed"])
     print(f"trimmed: {record['kept_tokens']:,} of {record['original_vocab_size']:,} tokens", flush=True)
+    folders[TRIMMED_EXTRA] = tmp / "trimmed-extra"
+    extra = trimmed_folder(args.model, kept, folders[TRIMMED_EXTRA], udhr_texts(kept))
+    print(f"trimmed with --extra UDHR: {extra['kept_tokens']:,} tokens", flush=True)
     wanda = {values: tmp / f"trimmed-wanda50-{values}" for values in VALUES}
     wanda_folders(folders["trimmed"], kept, args.samples, wanda)
     folders |= {f"trimmed + wanda 50%, {values} values": folder for values, folder in wanda.items()}
@@ -132,14 +144,14 @@ def main() -> None:
         # The dense model by its name, so that tables call it that; the others by their folders.
         models = {label: load_model(args.model if label == "dense" else str(folder)) for label, folder in folders.items()}
         sizes = size_markdown(models, folders)
-        size_only = ("bf16", "format both", "dense vocabulary")  # the same model as a timed one, or not asked for
+        size_only = ("bf16", "format both", "dense vocabulary", "--extra")  # the same model as a timed one, or not asked for
         timed = [label for label in models if not any(part in label for part in size_only)]
         reports = measure_speeds([models[label] for label in timed], runs=args.runs, warmup=args.warmup,
                                  new_tokens=args.new_tokens, memory=True)
         for label, report in zip(timed, reports):
             print(f"{label}: {report.throughput_tokens_per_s:.0f} tokens/s, "
                   f"{report.generate_ms_per_token:.1f} ms/token", flush=True)
-        evaluated = ["dense", "trimmed", *(f"trimmed + wanda 50%, {values} values" for values in VALUES)]
+        evaluated = ["dense", "trimmed", TRIMMED_EXTRA, *(f"trimmed + wanda 50%, {values} values" for values in VALUES)]
         models = {label: models[label] for label in evaluated}  # the others are freed
         corpus = get_corpus(str(held_out_blocks(kept, args.verses, models["dense"].tokenizer, tmp)))
         results = {label: evaluate(loaded, corpus, kept, "all", max_tokens=10**9, progress=False)
