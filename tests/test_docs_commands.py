@@ -495,6 +495,26 @@ def only_files(*names: str) -> Check:
 
 
 EXPERIMENT_SETUP = doc_yaml("experiment.yaml", "## The experiment file", small_experiment)
+FINETUNE_DOC = REPO / "docs" / "finetune.md"
+
+
+def finetune_doc_yaml(name: str, heading: str):
+    """Setup: write docs/finetune.md's YAML block after `heading` as `name` in the workspace."""
+
+    def setup(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+        (folder / name).write_text(code_block_after(FINETUNE_DOC, heading, "yaml"), encoding="utf-8")
+
+    return setup
+
+
+def train_sizes(path: str, asked: dict[str, int], used: dict[str, int]) -> Check:
+    """A fine-tuning result that records the training sizes asked per language and those used."""
+
+    def check(outcome: Outcome) -> None:
+        result = FinetuneResult.load(outcome.folder / path / "result.json")
+        assert (result.train_asked, result.train_examples) == (asked, used), (result.train_asked, result.train_examples)
+
+    return check
 SWEEP_COMMAND = "babelprune sweep experiment.yaml"
 
 
@@ -627,6 +647,15 @@ RUNS: dict[str, Run] = {
     ),
     "babelprune finetune --gmp-final 0.9 --gmp-start 0 --gmp-end 0.5 --gmp-interval 2 --max-steps 60 --out runs/gmp90-early": Run(
         "finetune-doc", (finetune_result("runs/gmp90-early", sparsity=0.9, steps=60),), extra=FINETUNE_BUDGET,
+    ),
+    # docs/finetune.md, recipe ogueji2022
+    "babelprune sweep --recipe ogueji2022 --dry-run": Run("finetune-doc", (prints("ogueji2022: 33 runs", "33 of 33 to run"),)),
+    "babelprune finetune --config ogueji.yaml --task-option max_eval=105 --out runs/ogueji-50e": Run(
+        # 2 training verses per genre (14 per language): English (high) asks for 56 and gets 14.
+        "finetune-doc", (finetune_result("runs/ogueji-50e", "en,sw", sparsity=0.5),
+                         train_sizes("runs/ogueji-50e", {"en": 56, "sw": 14}, {"en": 14, "sw": 14})),
+        extra=("--task-option", "languages=en,sw", "--task-option", "max_per_label=2"),
+        replace=(("max_eval=105", "max_eval=4"),), setup=finetune_doc_yaml("ogueji.yaml", "`ogueji.yaml`:"),
     ),
     # docs/structured.md, "Commands"
     "babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-s30": Run(

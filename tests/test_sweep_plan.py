@@ -175,10 +175,12 @@ def test_the_mwanda_recipe_is_the_documented_grid():
 def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(monkeypatch, capsys, "recipes")
-    assert code == 0 and "mwanda  21 runs" in out and "demo  6 runs" in out
+    assert code == 0 and "mwanda  21 runs" in out and "demo  6 runs" in out and "ogueji2022  33 runs" in out
     code, _, err = run_cli(monkeypatch, capsys, "sweep", "--recipe", "mwandaa")
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Unknown recipe 'mwandaa'; the recipes are: demo, mwanda " in lines[0]
+    assert code == 2 and len(lines) == 1 and "Unknown recipe 'mwandaa'; the recipes are: " in lines[0]
+    named = lines[0].split("the recipes are: ")[1].split(" (see")[0].split(", ")
+    assert {"demo", "mwanda", "ogueji2022"} <= set(named)
     code, _, err = run_cli(monkeypatch, capsys, "sweep")
     assert code == 2 and "Give an experiment file or --recipe NAME" in err
     assert list(tmp_path.iterdir()) == []

@@ -55,6 +55,24 @@ def test_every_flag_default_is_its_config_field_default(command, model, table):
         assert cli_value == _field_default(model, path), f"--{flag} defaults to {cli_value!r}, {path} to {_field_default(model, path)!r}"
 
 
+def test_every_finetune_flag_default_is_its_config_field_default():
+    from babelprune.finetune.config import FinetuneConfig
+    from babelprune.flags import FINETUNE_FLAGS
+    from babelprune.prune.gradual import RelativeGMPConfig
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(cli.finetune_command).parameters.items()}
+    values = {flag: CONVERTERS[flag](defaults[flag]) if flag in CONVERTERS else defaults[flag] for flag in FINETUNE_FLAGS}
+    for flag, path in FINETUNE_FLAGS.items():
+        head, _, field = path.partition(".")
+        if head == "gmp":  # the schedule's fields: RelativeGMPConfig's defaults; --gmp-final 0 is gmp None
+            expected = 0.0 if field == "final_sparsity" else RelativeGMPConfig.model_fields[field].default
+            assert values[flag] == expected, f"--{flag} defaults to {values[flag]!r}, gmp.{field} to {expected!r}"
+        else:
+            expected = FinetuneConfig.model_fields[path].default
+            assert values[flag] == expected, f"--{flag} defaults to {values[flag]!r}, {path} to {expected!r}"
+    assert FinetuneConfig.model_validate(nested_fields(FINETUNE_FLAGS, values)) == FinetuneConfig()
+
+
 def test_flags_spell_nested_fields_and_a_switched_off_refit_is_none():
     values = {name: None for name in PRUNE_FLAGS} | {"method": "mwanda", "alpha": 0.3, "reconstruct": False, "refit_damp": 9.0,
                                                      "language_weights": "sw=2"}

@@ -299,12 +299,9 @@ def bench_speed_command(
         atomic_write_text(json_out, json.dumps([r.model_dump(mode="json") for r in reports], indent=2) + "\n")
 
 
-def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed, gmp_scope,
-                    gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train, max_eval, checkpoint_every):
-    """The task and the base fine-tuning configuration shared by `finetune` and `finetune-sweep`."""
+def _task_from_options(task: str, task_option: list[str] | None):
+    """The task `task` built with its --task-option key=value items."""
     from babelprune.data.tasks import get_task
-    from babelprune.finetune.config import FinetuneConfig
-    from babelprune.prune.gradual import RelativeGMPConfig
 
     options = {}
     for item in task_option or []:
@@ -312,7 +309,16 @@ def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size,
         if not value:
             raise BabelpruneError(f"Task option '{item}' is not of the form key=value.")
         options[key] = int(value) if value.isdigit() else value
-    chosen = get_task(task, **options)
+    return get_task(task, **options)
+
+
+def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed, gmp_scope,
+                    gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train, max_eval, checkpoint_every):
+    """The task and the base fine-tuning configuration of `finetune-sweep`."""
+    from babelprune.finetune.config import FinetuneConfig
+    from babelprune.prune.gradual import RelativeGMPConfig
+
+    chosen = _task_from_options(task, task_option)
     base = FinetuneConfig(
         lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, mode=mode, source_lang=source_lang,
         languages=_split_langs(langs), perturbations=_split_langs(perturbations), max_train_examples=max_train,
@@ -356,17 +362,26 @@ def finetune_command(
     seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,
     perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")] = None,
     max_train: Annotated[Optional[int], typer.Option(help="At most this many training examples per run.")] = 256,
-    max_eval: Annotated[Optional[int], typer.Option(help="At most this many test examples per language.")] = 50,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = 10,
+    max_eval: Annotated[Optional[int], typer.Option(help="At most this many test examples per language.")] = 20,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (an interrupted run resumes from the last one).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole fine-tuning config (mode, train_per_language, gmp...); its flags may not be typed too.")] = None,
 ) -> None:
     """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed."""
-    from babelprune.finetune.sweep import config_for
+    from babelprune.finetune.config import FinetuneConfig
     from babelprune.finetune.trainer import finetune
+    from babelprune.flags import FINETUNE_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
 
-    chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed,
-                                   gmp_scope, gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train,
-                                   max_eval, checkpoint_every)
-    result = finetune(model, chosen, config_for(base, gmp_final, seed), out)
+    if config_file is not None:
+        refuse_typed_flags(config_file, FINETUNE_FLAGS)
+        config = read_verb_config(config_file, [FinetuneConfig])
+    else:
+        values = dict(locals())
+        config_from_flags(FinetuneConfig, FINETUNE_FLAGS, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
+        config = config_from_flags(FinetuneConfig, FINETUNE_FLAGS, values)
+    def note(line: str) -> None:  # e.g. a language with fewer training examples than train_per_language asks
+        err_console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+
+    result = finetune(model, _task_from_options(task, task_option), config, out, on_notice=note)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
         gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
         console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")

@@ -40,7 +40,16 @@ STRUCTURED_FLAGS: dict[str, str] = {
 TRIM_FLAGS: dict[str, str] = {
     "langs": "languages", "corpus": "corpus", "min_count": "min_count", "keep_reserved": "keep_reserved",
 }
+FINETUNE_FLAGS: dict[str, str] = {
+    "mode": "mode", "source_lang": "source_lang", "langs": "languages", "lr": "lr", "batch_size": "batch_size",
+    "epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "perturbations": "perturbations",
+    "max_train": "max_train_examples", "max_eval": "max_eval_examples", "checkpoint_every": "checkpoint_every",
+    "gmp_final": "gmp.final_sparsity", "gmp_scope": "gmp.scope", "gmp_embeddings": "gmp.include_embeddings",
+    "gmp_start": "gmp.start", "gmp_end": "gmp.end", "gmp_interval": "gmp.interval",
+}
 SWITCHES = {"reconstruct"}  # flag -> a nested config present (True) or None (False)
+# Nested config -> the flag whose zero leaves it out (None): --gmp-final 0 is the dense run, with no schedule.
+ABSENT_WHEN_ZERO: dict[str, str] = {"gmp": "gmp_final"}
 
 
 def _language_weights(text: str | None) -> dict[str, float]:
@@ -59,6 +68,7 @@ def _language_list(text: str | None) -> list[str] | None:
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "language_weights": _language_weights,
     "langs": _language_list,
+    "perturbations": _language_list,  # "words,chars" -> ["words", "chars"]
 }
 
 
@@ -82,6 +92,9 @@ def nested_fields(flags: Mapping[str, str], values: Mapping[str, Any]) -> dict[s
         for part in path.split(".")[:-1]:
             target = target.setdefault(part, {})
         target[path.split(".")[-1]] = value
+    for section, parameter in ABSENT_WHEN_ZERO.items():
+        if parameter in flags and not values[parameter]:
+            data[section] = None
     return data
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
-from babelprune.data.tasks import TRAINING_MODES, Example, Task, TrainingMode, stable_rank
+from babelprune.data.languages import RESOURCE_LEVELS
+from babelprune.data.tasks import TRAINING_MODES, Example, Task, TrainingMode, TrainingRun, stable_rank
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import Pooling
 from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
+from babelprune.report.finetune_records import FinetuneResult
 
 HeadInit = Literal["probe", "random"]
 
@@ -58,6 +61,10 @@ class FinetuneConfig(BaseModel):
     # None uses every example the task gives.
     max_train_examples: int | None = 256  # per run, a stable sample
     max_eval_examples: int | None = 20  # per language, a stable sample of the test set (same keys everywhere)
+    # Training examples per language, keyed by resource level ("high", "medium", "low") or by
+    # language code (which wins over its level), as in Ogueji et al.'s multilingual training
+    # where high-resource languages bring more data. None: `max_train_examples` per run.
+    train_per_language: dict[str, int] | None = None
     freeze_embeddings: bool = True  # keep the word-embedding matrix fixed unless GMP prunes it
     pooling: Pooling = "mean"
     dropout: float = 0.1
@@ -89,12 +96,90 @@ class FinetuneConfig(BaseModel):
             raise BabelpruneError(f"The perturbation rate is {self.perturbation_rate}; give a share between 0 and 1.")
         if self.weight_decay < 0:
             raise BabelpruneError(f"Weight decay is {self.weight_decay}; give 0 or more.")
+        if self.train_per_language is not None:
+            check_train_per_language(self.train_per_language, self.max_train_examples)
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise BabelpruneError(f"The gradient-clipping norm is {self.max_grad_norm}; give a positive norm or None.")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_unset_sizes(self, handler):
+        # Left out when None, so that the settings and sweep keys of runs made before the
+        # option existed stay what they were.
+        data = handler(self)
+        if data.get("train_per_language", ...) is None:
+            del data["train_per_language"]
+        return data
+
     def trains_embeddings(self) -> bool:
         return not self.freeze_embeddings or (self.gmp is not None and self.gmp.include_embeddings)
+
+
+def check_train_per_language(sizes: dict[str, int], max_train_examples: int | None) -> None:
+    """Raise unless every size is a positive whole number and no run-wide limit competes with them."""
+    if not sizes:
+        raise BabelpruneError("train_per_language is empty; give sizes such as {high: 112, medium: 56, low: 28}, or leave it out.")
+    for key, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise BabelpruneError(f"train_per_language gives {key!r} {size!r} examples; give a positive whole number.")
+    if max_train_examples is not None:
+        raise BabelpruneError(
+            f"train_per_language sets each language's training size, so max_train_examples ({max_train_examples}) "
+            "would cut it again; set max_train_examples to None (null) or leave train_per_language out."
+        )
+
+
+def asked_train_size(sizes: dict[str, int], lang: str, level: str) -> int:
+    """Training examples asked for `lang`: its own entry, else its resource level's; raise if neither."""
+    if lang in sizes:
+        return sizes[lang]
+    if level in sizes:
+        return sizes[level]
+    raise BabelpruneError(
+        f"train_per_language gives no size for language '{lang}' ({level} resource); "
+        f"add '{lang}' or '{level}' to it."
+    )
+
+
+def asked_train_sizes(task: Task, config: FinetuneConfig, langs: list[str]) -> dict[str, int]:
+    """{language: training examples asked} for the training languages `langs` (train_per_language must be set)."""
+    sizes = config.train_per_language or {}
+    stray = [key for key in sizes if key not in RESOURCE_LEVELS and key not in langs]
+    if stray:
+        raise BabelpruneError(
+            f"train_per_language names {stray[0]!r}, which is neither a resource level ({', '.join(RESOURCE_LEVELS)}) "
+            f"nor a training language of this run ({', '.join(langs)}); remove it."
+        )
+    return {lang: asked_train_size(sizes, lang, task.language(lang).resource) for lang in langs}
+
+
+def limit_training(task: Task, run: TrainingRun, config: FinetuneConfig) -> TrainingRun:
+    """The run with its training sample: per language (train_per_language) or per run (max_train_examples).
+
+    A language with fewer examples than asked keeps all it has; the result's
+    `train_examples` records the counts really used.
+    """
+    salt = f"train-{config.seed}"
+    if config.train_per_language is None:
+        return TrainingRun(run.name, limit_examples(run.train, config.max_train_examples, salt), run.eval_languages)
+    langs = list(dict.fromkeys(example.lang for example in run.train))
+    asked = asked_train_sizes(task, config, langs)
+    train = [
+        example for lang in langs
+        for example in limit_examples([e for e in run.train if e.lang == lang], asked[lang], salt)
+    ]
+    return TrainingRun(run.name, train, run.eval_languages)
+
+
+def record_train_sizes(task: Task, config: FinetuneConfig, result: FinetuneResult, notice: Callable[[str], None]) -> FinetuneResult:
+    """`result` with the sizes train_per_language asked for; each language that had fewer is told to `notice`."""
+    if config.train_per_language is None or not result.train_examples:
+        return result
+    asked = asked_train_sizes(task, config, list(result.train_examples))
+    for lang, used in result.train_examples.items():
+        if used < asked[lang]:
+            notice(f"language '{lang}' has {used} training examples, fewer than the {asked[lang]} asked; it trains on all {used}")
+    return result.model_copy(update={"train_asked": asked})
 
 
 def default_perturbations(task: Task) -> list[str]:

@@ -18,11 +18,15 @@ from babelprune.finetune.heads import TaskHead, predict
 from babelprune.report.finetune_records import TaskScore
 
 
-def _score(lang: str, task: Task, value: float, n: int, perturbation: str | None, clean: float | None) -> TaskScore:
+def _score(
+    lang: str, task: Task, value: float, n: int, perturbation: str | None, clean: float | None,
+    correct: list[int] | None = None,
+) -> TaskScore:
     meta = task.language(lang)
     return TaskScore(
         language=lang, name=meta.name, script=meta.script, resource=meta.resource, metric=task.metric,
         value=value, n_examples=n, perturbation=perturbation, gap=None if clean is None else clean - value,
+        correct=correct,
     )
 
 
@@ -49,7 +53,8 @@ def evaluate_head(head: TaskHead, tokenizer, task: Task, langs, config: Finetune
             else:
                 references = [example.label for example in examples]
             value = task_score(task.metric, predicted, references, task.labels)  # type: ignore[arg-type]
-            scores.append(_score(lang, task, value, len(examples), kind, clean_value))
+            correct = [int(p == r) for p, r in zip(predicted, references)] if task.metric == "accuracy" else None
+            scores.append(_score(lang, task, value, len(examples), kind, clean_value, correct))
             clean_value = value if kind is None else clean_value
     return scores
 

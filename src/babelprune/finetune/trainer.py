@@ -56,8 +56,9 @@ from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, s
 from babelprune.finetune.config import (
     FinetuneConfig,
     default_perturbations,
-    limit_examples,
+    limit_training,
     planned_steps,
+    record_train_sizes,
     run_schedule,
 )
 from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
@@ -139,12 +140,7 @@ def plan_runs(task: Task, config: FinetuneConfig) -> list[TrainingRun]:
         return []
     if not task.labels or len(task.labels) < 2:
         raise BabelpruneError(f"Task '{task.name}' has fewer than 2 labels, so there is nothing to classify.")
-    runs = [
-        TrainingRun(
-            run.name, limit_examples(run.train, config.max_train_examples, f"train-{config.seed}"), run.eval_languages
-        )
-        for run in training_runs(task, config.mode, langs, config.source_lang)
-    ]
+    runs = [limit_training(task, run, config) for run in training_runs(task, config.mode, langs, config.source_lang)]
     for run in runs:
         check_examples(task, run.train, "training")
         steps = planned_steps(len(run.train), config)
@@ -328,6 +324,7 @@ def finetune(
                 _train_and_score(model_spec, task, config, run, out, settings, bar, on_step) for run in runs
             ]
             result = _combine(results, config, time.perf_counter() - started)
+            result = record_train_sizes(task, config, result, on_notice or _log.warning)
     result.save(out / RESULT_FILE)
     return result
 

@@ -41,6 +41,9 @@ class TaskScore(_Record):
     n_examples: int
     perturbation: str | None = None  # None: the clean set
     gap: float | None = None  # clean value - this value, for perturbed sets
+    # Accuracy tasks: 1 (right) or 0 per test item, in the test set's order, the same items clean and
+    # perturbed and in every run of one configuration, so that intervals can resample items paired.
+    correct: list[int] | None = None
 
     @property
     def split(self) -> str:
@@ -58,6 +61,7 @@ class FinetuneResult(SavedRecord):
     mode: str  # "zero-shot", "multilingual", "monolingual" (or "none" for retrieval)
     train_languages: list[str]
     train_examples: dict[str, int] = Field(default_factory=dict)  # language -> training examples seen per epoch
+    train_asked: dict[str, int] = Field(default_factory=dict)  # language -> examples train_per_language asked ({}: not set)
     seed: int
     sparsity: float  # the final target sparsity (0 for dense)
     gmp: GMPConfig | None = None

@@ -29,6 +29,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.report import finetune_report as ft
 from babelprune.report.figures import overlap_heatmap, plain, speed_size_chart
 from babelprune.report.finetune_records import FinetuneResult
+from babelprune.report.html_finetune import findings_parts, split_by_embeddings
 from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
 from babelprune.report.records import now
@@ -231,7 +232,9 @@ def finetune_section(page: Page, done: list[RunRecord]) -> str:
     for result in results:
         groups.setdefault((result.model, result.task, result.mode), []).append(result)
     for (model, task, mode), members in groups.items():
-        parts += _finetune_group(page, members, f"{model} on {task} ({mode})")
+        for suffix, subset in split_by_embeddings(members):  # dense and each embeddings setting
+            parts += _finetune_group(page, subset, f"{model} on {task} ({mode}{suffix})")
+        parts += findings_parts(page, members, f"{model} on {task} ({mode})")
     return "\n".join(parts)
 
 

@@ -296,6 +296,7 @@ def check_sources(file: ConfigFile, plan: Plan) -> None:
 
     for index, item in enumerate(plan.experiment.evaluation):
         check(("evaluation", index), item.corpus, item.languages)
+    tasks: dict[str, Any] = {}  # one task per name and options: building one reads its whole corpus
     for run in plan.runs:
         entry = ("runs", run.entry)
         if run.calibration is not None:
@@ -304,15 +305,18 @@ def check_sources(file: ConfigFile, plan: Plan) -> None:
         if run.kind == "trim":
             check(entry + ("trim",), run.verb.corpus, run.verb.languages)
         if run.kind == "finetune":
-            _check_task(file, run)
+            _check_task(file, run, tasks)
 
 
-def _check_task(file: ConfigFile, run: RunSpec) -> None:
+def _check_task(file: ConfigFile, run: RunSpec, tasks: dict[str, Any]) -> None:
     from babelprune.data.tasks import get_task
     from babelprune.finetune.trainer import plan_runs
 
     try:
-        plan_runs(get_task(run.verb.task, **run.verb.task_options), run.verb.config)
+        name = json.dumps([run.verb.task, run.verb.task_options], sort_keys=True)
+        if name not in tasks:
+            tasks[name] = get_task(run.verb.task, **run.verb.task_options)
+        plan_runs(tasks[name], run.verb.config)
     except BabelpruneError as exc:
         raise file.error(("runs", run.entry, "finetune"), f"{run.label}: {exc}") from None
 

@@ -1,0 +1,99 @@
+"""The fine-tuning findings of the HTML report: per condition, per language, per resource level, with intervals.
+
+The numbers come from `babelprune.report.finetune_findings`; this module only
+lays them out: one summary table of the conditions, one table of each
+language's relative change, one table per perturbation of the gap
+differences, and the training sizes when the runs asked for sizes per
+language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from babelprune.data.languages import language_info
+from babelprune.errors import BabelpruneError
+from babelprune.report.finetune_findings import Estimate, condition_findings, condition_of
+from babelprune.report.finetune_records import FinetuneResult
+from babelprune.report.html_parts import Cell, Page, integer, paragraph, source, table
+
+HOW = ("95% intervals from a bootstrap over seeds (paired by seed, one draw for every language) and test items "
+       "(paired: the same items dense and sparse, clean and perturbed), 2,000 resamples; n.s.: the interval contains 0. "
+       "Spearman p-values from 10,000 permutations of the changes over languages.")
+
+
+def estimate_cell(estimate: Estimate, scale: float = 100.0, unit: str = "%") -> Cell:
+    """"-3.1% [-6.0, -0.4]": the value and its interval times `scale`; n.s. when the interval contains 0."""
+    text = f"{scale * estimate.value:+.1f}{unit}"
+    if estimate.interval is not None:
+        low, high = (scale * bound for bound in estimate.interval)
+        text += f" [{low:+.1f}, {high:+.1f}]"
+    note = "n.s." if estimate.interval is not None and not estimate.resolved else ""
+    return Cell(text, estimate.value, note=note, css="num")
+
+
+def split_by_embeddings(results: Sequence[FinetuneResult]) -> list[tuple[str, list[FinetuneResult]]]:
+    """The results as one group, or, when some pruned the embeddings, two groups that share the dense runs."""
+    if not any(condition_of(r).embeddings for r in results):
+        return [("", list(results))]
+    dense = [r for r in results if r.sparsity == 0]
+    kept = [r for r in results if r.sparsity > 0 and not condition_of(r).embeddings]
+    pruned = [r for r in results if condition_of(r).embeddings]
+    return [(", embeddings kept", dense + kept), (", embeddings pruned", dense + pruned)]
+
+
+def _training_sizes(results: Sequence[FinetuneResult], title: str) -> list[str]:
+    asked = results[0].train_asked
+    if not asked:
+        return []
+    used = results[0].train_examples
+    short = [lang for lang in asked if used.get(lang, 0) < asked[lang]]
+    rows = [[lang, language_info(lang).resource, integer(asked[lang]), integer(used.get(lang, 0))] for lang in asked]
+    note = (f"{', '.join(short)} had fewer training examples than asked and trained on all they had." if short
+            else "Every language trained on the number of examples asked.")
+    return [source(f"Training examples per language (train_per_language), as asked and as used. {note}"),
+            table(["language", "resource", "asked", "used"], rows, name=f"finetune training sizes {title}")]
+
+
+def findings_parts(page: Page, results: Sequence[FinetuneResult], title: str) -> list[str]:
+    """Headed tables of the findings of one group of fine-tuning results (model, task, mode)."""
+    parts = [page.heading(3, f"Findings by condition: {title}")]
+    try:
+        found = condition_findings(results)
+    except BabelpruneError as error:
+        return parts + [paragraph(str(error), "empty")]
+    if not found:
+        return parts + [paragraph("Only dense runs: there is no pruned condition to compare.", "empty")]
+    metric = results[0].scores[0].metric if results[0].scores else "score"
+    levels = list(dict.fromkeys(level for item in found for level in item.levels))
+    quantities = list(dict.fromkeys(c.quantity for item in found for c in item.correlations))
+    rows = []
+    for item in found:
+        rhos = {c.quantity: c for c in item.correlations}
+        rows.append([
+            Cell(item.condition.label, item.condition.sparsity + 0.001 * item.condition.embeddings),
+            ", ".join(map(str, item.seeds)),
+            *(estimate_cell(item.levels[level]) if level in item.levels else Cell("-") for level in levels),
+            *(Cell(f"{rhos[q].rho:+.2f} (p = {rhos[q].p_value:.3f})", rhos[q].rho, css="num") if q in rhos else Cell("-")
+              for q in quantities),
+        ])
+    names = {"joshi_class": "rho with Joshi class", "train_examples": "rho with training examples"}
+    parts += [
+        source(f"Relative change of clean {metric} from the dense runs, (sparse - dense) / dense, each side the mean over "
+               f"seeds and test items; resource levels average their languages. {HOW}"),
+        table(["condition", "seeds", *(f"{level} resource" for level in levels), *(names[q] for q in quantities)], rows,
+              name=f"findings {title}"),
+    ]
+    langs = list(found[0].changes)
+    per_language = [[lang, language_info(lang).resource, *(estimate_cell(item.changes[lang]) for item in found)] for lang in langs]
+    header = ["language", "resource", *(item.condition.label for item in found)]
+    parts += [source(f"Each language's relative change of clean {metric} from dense, with its interval."),
+              table(header, per_language, name=f"findings languages {title}")]
+    for kind in found[0].gap_differences:
+        rows = [[lang, language_info(lang).resource,
+                 *(estimate_cell(item.gap_differences[kind][lang], unit=" pt") for item in found if kind in item.gap_differences)]
+                for lang in langs]
+        parts += [source(f"Robustness to {kind}: the sparse gap (clean - perturbed) minus the dense gap, in {metric} points; "
+                         "positive: pruning widened the gap (less robust), negative: narrowed it."),
+                  table(header, rows, name=f"findings gap {kind} {title}")]
+    return parts + _training_sizes(results, title)
