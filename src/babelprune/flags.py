@@ -40,6 +40,10 @@ STRUCTURED_FLAGS: dict[str, str] = {
 TRIM_FLAGS: dict[str, str] = {
     "langs": "languages", "corpus": "corpus", "min_count": "min_count", "keep_reserved": "keep_reserved",
 }
+DYNAMIC_FLAGS: dict[str, str] = {
+    "levels": "levels", "steps": "steps", "importance": "importance", "samples_per_step": "samples_per_step",
+    "distill": "distill", "seed": "seed",
+}
 SWITCHES = {"reconstruct"}  # flag -> a nested config present (True) or None (False)
 
 
@@ -55,10 +59,20 @@ def _language_list(text: str | None) -> list[str] | None:
     return language_list(text) or None
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    from babelprune.errors import BabelpruneError
+
+    try:
+        return tuple(float(level) for level in text.split(",") if level.strip())
+    except ValueError:
+        raise BabelpruneError(f"--levels {text!r} is not a comma-separated list of sparsities; give e.g. 0.3,0.5,0.7.") from None
+
+
 # Flags whose text the config reads in another form.
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "language_weights": _language_weights,
     "langs": _language_list,
+    "levels": _levels,
 }
 
 
