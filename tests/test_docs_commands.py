@@ -518,6 +518,30 @@ def train_sizes(path: str, asked: dict[str, int], used: dict[str, int]) -> Check
 SWEEP_COMMAND = "babelprune sweep experiment.yaml"
 
 
+# --------------------------------------------------------------------------- docs/li2022.md
+
+LI2022_DOC = REPO / "docs" / "li2022.md"
+LI_SWEEP = "babelprune sweep li-small.yaml"
+
+
+def li2022_yaml(name: str, heading: str):
+    """Setup: write the YAML block of docs/li2022.md after `heading` as `name` in the workspace."""
+
+    def setup(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+        (folder / name).write_text(code_block_after(LI2022_DOC, heading, "yaml"), encoding="utf-8")
+
+    return setup
+
+
+def page_has(path: str, *words: str) -> Check:
+    def check(outcome: Outcome) -> None:
+        text = (outcome.folder / path).read_text(encoding="utf-8")
+        missing = [word for word in words if word not in text]
+        assert not missing, f"{missing} not in {path}"
+
+    return check
+
+
 # --------------------------------------------------------------------------- the table
 
 # Windows keep the default length (256): with one token per character, shorter
@@ -722,6 +746,16 @@ RUNS: dict[str, Run] = {
     "babelprune export gemma-8langs --format gguf --dtype f16 --out gemma-8langs-f16.gguf": Run(
         "gguf-doc", (gguf_file("gemma-8langs-f16.gguf", "f16", source="gemma-8langs"),),
         setup=trimmed_gguf_ready_gemma3,
+    ),
+    # docs/li2022.md
+    LI_SWEEP: Run("li2022-doc", (stored_runs("li-small.sqlite", 5),), setup=li2022_yaml("li-small.yaml", "An experiment file entry of each kind")),
+    "babelprune report li-small.sqlite --out li-small-report": Run(
+        "li2022-doc", (page_has("li-small-report/index.html", "Structured pruning after fine-tuning", "Gradient against L0"),),
+        needs=(LI_SWEEP,),
+    ),
+    "babelprune sweep --recipe li2022 --dry-run": Run("li2022-doc", (prints("61 of 61 to run", "task-dynamic"),)),
+    "babelprune train-dynamic --model e5-small --task bible-genre --config dynamic.yaml --out e5-dyn-config": Run(
+        "li2022-doc", (dynamic_folder("e5-dyn-config", "0.3,0.5"),), setup=li2022_yaml("dynamic.yaml", "`dynamic.yaml`:"),
     ),
 }
 

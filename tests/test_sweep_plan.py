@@ -109,7 +109,7 @@ BAD_FILES = [
     ("name: x\nmodels: [MODEL]\nevaluation: [{name: e, corpus: CORPUS}]\nruns:\n  - kind: oneshot\n    prune: {method: wandaa}\n",
      "exp.yaml line 6: runs[0].prune.method: unknown pruning method 'wandaa'; choose one of: magnitude, wanda"),
     ("name: x\nmodels: [MODEL]\nevaluation: [{name: e, corpus: CORPUS}]\nruns:\n  - kind: onesh0t\n",
-     "exp.yaml line 5: runs[0].kind: input should be 'dense', 'oneshot', 'structured', 'trim' or 'finetune' (given 'onesh0t')"),
+     "exp.yaml line 5: runs[0].kind: input should be 'dense', 'oneshot', 'structured', 'trim', 'finetune', 'task-structured' or 'task-dynamic' (given 'onesh0t')"),
     ("name: x\nmodels: [MODEL]\nevaluation: [{name: e, corpus: CORPUS}]\nruns:\n  - kind: dense\n    prune: {method: wanda}\n",
      "exp.yaml line 5: runs[0]: a 'dense' run has no 'prune' (it takes no config)"),
     ("name: x\nmodels: [MODEL]\nevaluation: [{name: e, corpus: CORPUS, max_tokens: 0}]\nruns: [{kind: dense}]\n",
@@ -176,11 +176,12 @@ def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, t
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(monkeypatch, capsys, "recipes")
     assert code == 0 and "mwanda  21 runs" in out and "demo  6 runs" in out and "ogueji2022  33 runs" in out
+    assert "li2022  61 runs" in out
     code, _, err = run_cli(monkeypatch, capsys, "sweep", "--recipe", "mwandaa")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Unknown recipe 'mwandaa'; the recipes are: " in lines[0]
     named = lines[0].split("the recipes are: ")[1].split(" (see")[0].split(", ")
-    assert {"demo", "mwanda", "ogueji2022"} <= set(named)
+    assert {"demo", "li2022", "mwanda", "ogueji2022"} <= set(named)
     code, _, err = run_cli(monkeypatch, capsys, "sweep")
     assert code == 2 and "Give an experiment file or --recipe NAME" in err
     assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,9 @@ import pytest
 
 from babelprune import cli
 from babelprune.errors import BabelpruneError
-from babelprune.flags import PRUNE_FLAGS, STRUCTURED_FLAGS, SWITCHES, TRIM_FLAGS, CONVERTERS, nested_fields, read_verb_config
+from babelprune.flags import DYNAMIC_FLAGS, PRUNE_FLAGS, STRUCTURED_FLAGS, SWITCHES, TRIM_FLAGS, CONVERTERS, nested_fields, read_verb_config
 from babelprune.prune.config import PruneConfig, ReconstructConfig, StructuredConfig, TrimConfig
+from babelprune.prune.structured.dynamic import DynamicConfig
 from tests.cli_runner import run_cli
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
@@ -41,6 +42,7 @@ def _field_default(model, path: str):
     (cli.prune_command, PruneConfig, PRUNE_FLAGS),
     (cli.prune_command, StructuredConfig, STRUCTURED_FLAGS),
     (cli.trim_vocab_command, TrimConfig, TRIM_FLAGS),
+    (cli.train_dynamic_command, DynamicConfig, DYNAMIC_FLAGS),
 ])
 def test_every_flag_default_is_its_config_field_default(command, model, table):
     defaults = {name: parameter.default for name, parameter in inspect.signature(command).parameters.items()}

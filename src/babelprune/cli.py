@@ -442,23 +442,26 @@ def train_dynamic_command(
     samples: Annotated[int, typer.Option(help="LMs: windows per language.")] = 8,
     seq_len: Annotated[int, typer.Option(help="LMs: window length.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole DynamicConfig (levels, steps, importance, units, distill...); its flags may not be typed too.")] = None,
 ) -> None:
     """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
     from babelprune.api import calibrate, load_model
     from babelprune.data.tasks import get_task
+    from babelprune.flags import DYNAMIC_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
     from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
 
+    if config_file is not None:
+        refuse_typed_flags(config_file, DYNAMIC_FLAGS)
+        config = read_verb_config(config_file, [DynamicConfig])
+    else:
+        config = config_from_flags(DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
-    config = DynamicConfig(
-        levels=tuple(float(x) for x in levels.split(",")), steps=steps, importance=importance,
-        samples_per_step=samples_per_step, distill=distill, seed=seed,
-    )
     loaded = load_model(model)
     if loaded.kind == "encoder":
         result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
     else:
-        result = train_dynamic(loaded, config, calibration=calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed))
+        result = train_dynamic(loaded, config, calibration=calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, config.seed))
     result.model.save(out)
     console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to [bold]{out}[/bold]; cut it with `babelprune slice`.")
 

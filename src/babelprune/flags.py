@@ -47,6 +47,10 @@ FINETUNE_FLAGS: dict[str, str] = {
     "gmp_final": "gmp.final_sparsity", "gmp_scope": "gmp.scope", "gmp_embeddings": "gmp.include_embeddings",
     "gmp_start": "gmp.start", "gmp_end": "gmp.end", "gmp_interval": "gmp.interval",
 }
+DYNAMIC_FLAGS: dict[str, str] = {
+    "levels": "levels", "steps": "steps", "importance": "importance", "samples_per_step": "samples_per_step",
+    "distill": "distill", "seed": "seed",
+}
 SWITCHES = {"reconstruct"}  # flag -> a nested config present (True) or None (False)
 # Nested config -> the flag whose zero leaves it out (None): --gmp-final 0 is the dense run, with no schedule.
 ABSENT_WHEN_ZERO: dict[str, str] = {"gmp": "gmp_final"}
@@ -64,11 +68,21 @@ def _language_list(text: str | None) -> list[str] | None:
     return language_list(text) or None
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    from babelprune.errors import BabelpruneError
+
+    try:
+        return tuple(float(level) for level in text.split(",") if level.strip())
+    except ValueError:
+        raise BabelpruneError(f"--levels {text!r} is not a comma-separated list of sparsities; give e.g. 0.3,0.5,0.7.") from None
+
+
 # Flags whose text the config reads in another form.
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "language_weights": _language_weights,
     "langs": _language_list,
     "perturbations": _language_list,  # "words,chars" -> ["words", "chars"]
+    "levels": _levels,
 }
 
 

@@ -31,6 +31,7 @@ from babelprune.report.figures import overlap_heatmap, plain, speed_size_chart
 from babelprune.report.finetune_records import FinetuneResult
 from babelprune.report.html_finetune import findings_parts, split_by_embeddings
 from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
+from babelprune.report.html_li2022 import task_pruning_section
 from babelprune.report.html_sets import evaluation_set_section
 from babelprune.report.records import now
 from babelprune.report.runs import (
@@ -74,7 +75,10 @@ def render(records: list[RunRecord], folder: Path, store_name: str) -> str:
     failed = [r for r in records if r.state == "failed"]
     sections = [overview_section(page, records, store_name)]
     sections += [evaluation_set_section(page, eval_set_view(name, done)) for name in evaluation_sets(done)]
-    sections += [mask_section(page, done), speed_section(page, done), finetune_section(page, done), failed_section(page, failed)]
+    sections += [mask_section(page, done), speed_section(page, done), finetune_section(page, done)]
+    if any(record.task_pruning is not None for record in done):
+        sections.append(task_pruning_section(page, done))
+    sections.append(failed_section(page, failed))
     subtitle = f"{store_name} · {len(done)} done and {len(failed)} failed runs · written {now()}"
     footer = (f"Written by babelprune {__version__} ({GENERATOR}) from {store_name}. Every number on this page is read or "
               "computed from the store's records; click a table header to sort by it.")

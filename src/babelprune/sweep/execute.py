@@ -126,6 +126,7 @@ def execute(session: ModelSession | None, spec: RunSpec, workdir: Path) -> RunRe
     return RunRecord(
         key=spec.key, sweep=spec.sweep, kind=spec.kind, label=spec.label, config=spec.config, state=state,
         evaluations=outcome.get("evaluations", {}), finetune=outcome.get("finetune"), pruning=outcome.get("pruning"),
+        task_pruning=outcome.get("task_pruning"),
         measurements=outcome.get("measurements", {}), error=error, environment=environment(), started=started,
         seconds=round(time.perf_counter() - clock, 3),
     )
@@ -148,6 +149,8 @@ def describe_error(exc: BaseException) -> str:
 def _run(session: ModelSession | None, spec: RunSpec, workdir: Path) -> dict[str, Any]:
     if spec.kind == "finetune":
         return _finetune(spec, workdir)
+    if spec.kind in ("task-structured", "task-dynamic"):
+        return _task_pruning(spec, workdir)
     from babelprune.api import model_info, prune, prune_structured, trim_vocabulary
 
     loaded = session.fresh(private=spec.kind in ("structured", "trim"))
@@ -204,3 +207,26 @@ def _finetune(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     measured = {"finetune_seconds": round(time.perf_counter() - clock, 3), "achieved_sparsity": result.achieved_sparsity,
                 "steps": result.steps}
     return {"finetune": result, "measurements": measured, "pruning": {"method": result.method, "sparsity": result.sparsity}}
+
+
+def _task_pruning(spec: RunSpec, workdir: Path) -> dict[str, Any]:
+    """A task-structured or task-dynamic run; the dense fine-tuned model is kept in <workdir>/task-dense for the next runs."""
+    from babelprune.finetune.task_structured import run_task_dynamic, run_task_structured
+
+    clock, cpu = time.perf_counter(), time.process_time()
+    cache = Path(workdir) / "task-dense"
+    if spec.kind == "task-structured":
+        result = run_task_structured(spec.model, spec.verb, cache)
+    else:
+        result = run_task_dynamic(spec.model, spec.verb, cache)
+    models = result.models
+    # CPU seconds of every thread: on a shared machine, wall seconds overstate what the run costs alone
+    measured = {"task_seconds": round(time.perf_counter() - clock, 3), "cpu_seconds": round(time.process_time() - cpu, 3),
+                "dense_parameters": result.dense.parameters,
+                "dense_items_per_second": result.dense.items_per_second}
+    if spec.kind == "task-structured":  # per-language: the mean over the languages' models (each scored on its own language)
+        measured.update(parameters=round(sum(m.parameters for m in models) / len(models)),
+                        achieved_sparsity=round(sum(m.sparsity for m in models) / len(models), 6),
+                        items_per_second=round(sum(m.items_per_second for m in models) / len(models), 3))
+    pruning = {"method": f"{spec.kind}-{result.importance}", "sparsity": result.target_sparsity, "setting": result.setting}
+    return {"task_pruning": result, "measurements": measured, "pruning": pruning}

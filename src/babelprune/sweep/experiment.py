@@ -32,9 +32,12 @@ from babelprune.choices import Split
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
 
-RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune"]
+RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune", "task-structured", "task-dynamic"]
 # kind -> the key of an entry that holds its verb's config (dense has none)
-VERB_KEYS: dict[str, str] = {"oneshot": "prune", "structured": "structured", "trim": "trim", "finetune": "finetune"}
+VERB_KEYS: dict[str, str] = {"oneshot": "prune", "structured": "structured", "trim": "trim", "finetune": "finetune",
+                             "task-structured": "task_structured", "task-dynamic": "task_dynamic"}
+# Kinds that load, train and score their own model on a task (no evaluation sets, no shared model session).
+TASK_KINDS = ("finetune", "task-structured", "task-dynamic")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -90,6 +93,8 @@ class RunEntry(_Strict):
     structured: dict[str, Any] | None = None
     trim: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
+    task_structured: dict[str, Any] | None = None  # a TaskStructuredRun (task, finetune, prune)
+    task_dynamic: dict[str, Any] | None = None  # a TaskDynamicRun (task, finetune, dynamic)
     calibration: dict[str, Any] | None = None  # replaces the experiment's calibration for this entry
 
     @model_validator(mode="after")
@@ -142,7 +147,7 @@ class Experiment(_Strict):
 
     @model_validator(mode="after")
     def _something_to_measure(self) -> Experiment:
-        if not self.evaluation and any(entry.kind != "finetune" for entry in self.runs):
+        if not self.evaluation and any(entry.kind not in TASK_KINDS for entry in self.runs):
             raise ValueError(
                 "the experiment has runs to evaluate but no evaluation sets; add `evaluation:` with at least one "
                 "{name, corpus} entry"

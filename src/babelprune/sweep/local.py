@@ -10,6 +10,7 @@ from rich.console import Console
 from babelprune.cache import is_disk_full
 from babelprune.sweep.display import SweepDisplay, SweepSummary
 from babelprune.sweep.execute import ModelSession, execute, failed_record
+from babelprune.sweep.experiment import TASK_KINDS
 from babelprune.sweep.runs import Plan, RunSpec
 from babelprune.sweep.store import ResultsStore
 
@@ -40,17 +41,17 @@ def run_local(plan: Plan, store: ResultsStore, progress: bool = True, console: C
     with SweepDisplay(len(plan.runs), len(todo), progress, console) as display:
         for model, runs in by_model(todo).items():
             session = None
-            if any(run.kind != "finetune" for run in runs):  # fine-tuning loads its own model
+            if any(run.kind not in TASK_KINDS for run in runs):  # task runs load their own model
                 try:
                     session = ModelSession(model)
                 except Exception as exc:  # noqa: BLE001 - the model's runs fail, the other models' go on
                     if is_disk_full(exc):
                         raise
-                    for run in [run for run in runs if run.kind != "finetune"]:
+                    for run in [run for run in runs if run.kind not in TASK_KINDS]:
                         record = failed_record(run, exc)
                         store.put(record)
                         display.finished(record)
-                    runs = [run for run in runs if run.kind == "finetune"]
+                    runs = [run for run in runs if run.kind in TASK_KINDS]
             for run in runs:
                 display.started(run)
                 record = execute(session, run, workdir)

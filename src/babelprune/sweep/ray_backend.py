@@ -26,6 +26,7 @@ from rich.console import Console
 
 from babelprune.errors import BabelpruneError
 from babelprune.sweep.display import SweepDisplay, SweepSummary
+from babelprune.sweep.experiment import TASK_KINDS
 from babelprune.sweep.local import by_model, pending_runs, workdir_for
 from babelprune.sweep.runs import Plan, RunSpec
 from babelprune.sweep.store import ResultsStore, RunRecord
@@ -50,12 +51,12 @@ class SweepWorker:
     def run(self, spec: RunSpec) -> str:
         from babelprune.sweep.execute import ModelSession, execute, failed_record
 
-        if spec.kind != "finetune" and self.session is None and self.load_error is None:
+        if spec.kind not in TASK_KINDS and self.session is None and self.load_error is None:
             try:
                 self.session = ModelSession(self.model)
             except Exception as exc:  # noqa: BLE001 - every run of this actor fails with the same sentence
                 self.load_error = exc
-        if spec.kind != "finetune" and self.load_error is not None:
+        if spec.kind not in TASK_KINDS and self.load_error is not None:
             return failed_record(spec, self.load_error).model_dump_json()
         return execute(self.session, spec, self.workdir).model_dump_json()
 

@@ -30,11 +30,13 @@ from pydantic import BaseModel
 from babelprune.configfile import ConfigFile, Path_, read_config_file
 from babelprune.errors import BabelpruneError
 from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
-from babelprune.sweep.experiment import VERB_KEYS, CalibrationSpec, EvaluationSet, Experiment, FinetuneRun, RunEntry
+from babelprune.finetune.prune_config import TaskDynamicRun, TaskStructuredRun
+from babelprune.sweep.experiment import TASK_KINDS, VERB_KEYS, CalibrationSpec, EvaluationSet, Experiment, FinetuneRun, RunEntry
 
 KEY_LENGTH = 16  # hex digits of the sha256: collisions are out of reach for any sweep
 VERB_CONFIGS: dict[str, type[BaseModel]] = {
     "oneshot": PruneConfig, "structured": StructuredConfig, "trim": TrimConfig, "finetune": FinetuneRun,
+    "task-structured": TaskStructuredRun, "task-dynamic": TaskDynamicRun,
 }
 
 
@@ -205,7 +207,7 @@ def run_config(model: str, kind: str, verb: BaseModel | None, calibration: Calib
         "kind": kind,
         "verb": verb.model_dump(mode="json") if verb is not None else None,
         "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
-        "evaluation": [item.model_dump(mode="json") for item in evaluation] if kind != "finetune" else None,
+        "evaluation": [item.model_dump(mode="json") for item in evaluation] if kind not in TASK_KINDS else None,
         "babelprune": __version__,
     }
 
@@ -232,7 +234,7 @@ def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: Cali
     return RunSpec(
         key=run_key(config), sweep=experiment.name, model=model, kind=kind,
         label=f"{label} ({written})" if several_models else label, verb=verb, calibration=calibration,
-        evaluation=evaluation if kind != "finetune" else (), config=config, entry=entry,
+        evaluation=evaluation if kind not in TASK_KINDS else (), config=config, entry=entry,
     )
 
 
@@ -253,6 +255,14 @@ def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
     elif kind == "trim":
         words = ["trim", ",".join(verb.languages) if verb.languages else "8 languages"]
         shown = {"languages"}
+    elif kind == "task-structured":
+        prune = verb.prune
+        words = [kind, ",".join(prune.units), prune.importance, prune.setting, f"{prune.sparsity:.0%}"]
+        shown = {"prune.units", "prune.importance", "prune.setting", "prune.sparsity"}
+    elif kind == "task-dynamic":
+        dynamic = verb.dynamic
+        words = [kind, ",".join(dynamic.units), dynamic.importance, "levels " + ",".join(f"{s:g}" for s in dynamic.levels)]
+        shown = {"dynamic.units", "dynamic.importance", "dynamic.levels"}
     else:
         gmp = verb.config.gmp
         words = ["finetune", verb.task, f"gmp {gmp.final_sparsity:.0%}" if gmp is not None else "dense", f"seed {verb.config.seed}"]
@@ -304,7 +314,7 @@ def check_sources(file: ConfigFile, plan: Plan) -> None:
             check(entry + ("calibration",) if own else ("calibration",), run.calibration.corpus, run.calibration.languages)
         if run.kind == "trim":
             check(entry + ("trim",), run.verb.corpus, run.verb.languages)
-        if run.kind == "finetune":
+        if run.kind in TASK_KINDS:
             _check_task(file, run, tasks)
 
 
@@ -314,11 +324,14 @@ def _check_task(file: ConfigFile, run: RunSpec, tasks: dict[str, Any]) -> None:
 
     try:
         name = json.dumps([run.verb.task, run.verb.task_options], sort_keys=True)
-        if name not in tasks:
+        if name not in tasks:  # building a task reads its corpus: once per distinct task
             tasks[name] = get_task(run.verb.task, **run.verb.task_options)
-        plan_runs(tasks[name], run.verb.config)
+        task = tasks[name]
+        if run.kind != "finetune" and task.kind not in ("classification", "pair-classification"):
+            raise BabelpruneError(f"task '{task.name}' is a {task.kind} task; {run.kind} runs score classification tasks item by item")
+        plan_runs(task, run.verb.config if run.kind == "finetune" else run.verb.finetune)
     except BabelpruneError as exc:
-        raise file.error(("runs", run.entry, "finetune"), f"{run.label}: {exc}") from None
+        raise file.error(("runs", run.entry, VERB_KEYS[run.kind]), f"{run.label}: {exc}") from None
 
 
 def describe_run(run: RunSpec) -> str:

@@ -26,6 +26,7 @@ from babelprune.cache import disk_full_error
 from babelprune.errors import BabelpruneError
 from babelprune.report.finetune_records import FinetuneResult
 from babelprune.report.records import EvalResult, now
+from babelprune.report.task_prune_records import TaskPruneResult
 
 STORE_FORMAT = "babelprune-results"
 STORE_SCHEMA_VERSION = 1
@@ -53,6 +54,7 @@ class RunRecord(BaseModel):
     evaluations: dict[str, EvalResult] = Field(default_factory=dict)
     finetune: FinetuneResult | None = None
     pruning: dict[str, Any] | None = None
+    task_pruning: TaskPruneResult | None = None  # task-structured and task-dynamic runs: outcomes item by item
     measurements: dict[str, Any] = Field(default_factory=dict)  # speed, size, seconds of each stage...
     error: str | None = None  # the failed run's error, one line
     environment: dict[str, Any] = Field(default_factory=dict)  # commit, versions, threads, host
