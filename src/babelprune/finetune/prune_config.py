@@ -84,14 +84,13 @@ def _check_multilingual(config: FinetuneConfig) -> FinetuneConfig:
     return config
 
 
-class TaskStructuredRun(BaseModel):
-    """A sweep run of kind `task-structured`: fine-tune, prune by units, fine-tune again, score per language."""
+class _TaskRun(BaseModel):
+    """What both task run kinds share: the task and the multilingual fine-tuning of the dense baseline."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     task: str = "bible-genre"
     task_options: dict[str, str | int] = Field(default_factory=dict)
     finetune: FinetuneConfig = Field(default_factory=_multilingual)
-    prune: TaskPruneConfig = Field(default_factory=TaskPruneConfig)
 
     @field_validator("finetune", mode="before")
     @classmethod
@@ -104,7 +103,13 @@ class TaskStructuredRun(BaseModel):
         return _check_multilingual(value)
 
 
-class TaskDynamicRun(BaseModel):
+class TaskStructuredRun(_TaskRun):
+    """A sweep run of kind `task-structured`: fine-tune, prune by units, fine-tune again, score per language."""
+
+    prune: TaskPruneConfig = Field(default_factory=TaskPruneConfig)
+
+
+class TaskDynamicRun(_TaskRun):
     """A sweep run of kind `task-dynamic`: Dynamic Sparsification with the task objective, scored at every level.
 
     `finetune` gives the languages, training and test sizes, lengths and the
@@ -112,18 +117,4 @@ class TaskDynamicRun(BaseModel):
     `dynamic` is a `DynamicConfig` mapping (levels, steps, units, importance...).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    task: str = "bible-genre"
-    task_options: dict[str, str | int] = Field(default_factory=dict)
-    finetune: FinetuneConfig = Field(default_factory=_multilingual)
     dynamic: DynamicConfig = Field(default_factory=DynamicConfig)
-
-    @field_validator("finetune", mode="before")
-    @classmethod
-    def _default_mode(cls, value: object) -> object:
-        return {"mode": "multilingual", **value} if isinstance(value, dict) else value
-
-    @field_validator("finetune")
-    @classmethod
-    def _mode(cls, value: FinetuneConfig) -> FinetuneConfig:
-        return _check_multilingual(value)
