@@ -20,3 +20,14 @@ def other_tiny_folder(tmp_path_factory) -> str:
     tiny_model("bert", seed=1).save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train ~20x faster on one thread than on two shared, busy cores (modules that train opt in)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 
 from babelprune.data import tasks as task_registry
 from babelprune.finetune import task_structured as pipeline
@@ -21,12 +20,7 @@ from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_li2022_recipe_is_the_documented_grid():
