@@ -11,6 +11,18 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
+def tiny_bert_folder(tmp_path_factory) -> str:
+    """A tiny BERT folder (random weights, seed 0) with a character tokenizer: the encoder of the fine-tuning tests."""
+    from tests.tiny_models import tiny_model
+    from tests.tiny_tokenizer import char_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_model("bert").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def other_tiny_folder(tmp_path_factory) -> str:
     """A tiny BERT folder with other random weights than the tests' usual one (seed 1)."""
     from tests.tiny_models import tiny_model

@@ -17,7 +17,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.finetune.checkpoint import STATE_FILE, TENSORS_FILE, join_tensors, split_tensors
 from babelprune.finetune.trainer import build_head, plan_runs, train_run
 from babelprune.prune.gradual import GMPConfig
-from tests.test_finetune_trainer import Interrupt, TinyGenreTask, _interrupt_at, tiny_config, tiny_folder  # noqa: F401
+from tests.test_finetune_trainer import Interrupt, TinyGenreTask, _interrupt_at, tiny_config
 
 CONFIG = dict(checkpoint_every=2, gmp=GMPConfig(final_sparsity=0.5, start_step=1, end_step=3, interval=1))
 
@@ -36,17 +36,17 @@ def _train(folder: str, checkpoints: Path, fingerprint: str = "fingerprint", on_
 
 
 @pytest.fixture
-def cut_run(tiny_folder, tmp_path) -> tuple[Path, Path]:  # noqa: F811
+def cut_run(tiny_bert_folder, tmp_path) -> tuple[Path, Path]:  # noqa: F811
     """Checkpoints of a run interrupted at step 3 (the last checkpoint is step 2): (folder, checkpoint)."""
     checkpoints = tmp_path / "checkpoints"
     with pytest.raises(Interrupt):
-        _train(tiny_folder, checkpoints, on_step=_interrupt_at(3))
+        _train(tiny_bert_folder, checkpoints, on_step=_interrupt_at(3))
     return checkpoints, checkpoints / "step-0000002"
 
 
-def _refused(tiny_folder, checkpoints: Path, fingerprint: str = "fingerprint") -> str:  # noqa: F811
+def _refused(tiny_bert_folder, checkpoints: Path, fingerprint: str = "fingerprint") -> str:  # noqa: F811
     with pytest.raises(BabelpruneError) as error:
-        _train(tiny_folder, checkpoints, fingerprint)
+        _train(tiny_bert_folder, checkpoints, fingerprint)
     message = str(error.value)
     assert_one_sentence(message)
     return message
@@ -108,7 +108,7 @@ class WritesAFile:
 
 
 @pytest.mark.parametrize("planted_as", ["state.pt", TENSORS_FILE, STATE_FILE])
-def test_a_planted_pickle_is_refused_and_never_runs(tiny_folder, cut_run, tmp_path, planted_as):  # noqa: F811
+def test_a_planted_pickle_is_refused_and_never_runs(tiny_bert_folder, cut_run, tmp_path, planted_as):  # noqa: F811
     checkpoints, checkpoint = cut_run
     proof = tmp_path / "proof-the-pickle-ran"
     if planted_as == "state.pt":  # the old pickle format, alone in the checkpoint folder
@@ -117,7 +117,7 @@ def test_a_planted_pickle_is_refused_and_never_runs(tiny_folder, cut_run, tmp_pa
         torch.save({"step": 2, "payload": WritesAFile(proof)}, checkpoint / "state.pt")
     else:  # one file of an intact checkpoint replaced by a pickle
         (checkpoint / planted_as).write_bytes(pickle.dumps(WritesAFile(proof)))
-    message = _refused(tiny_folder, checkpoints)
+    message = _refused(tiny_bert_folder, checkpoints)
     assert not proof.exists()
     assert str(checkpoint) in message and "delete that folder" in message
 
@@ -125,20 +125,20 @@ def test_a_planted_pickle_is_refused_and_never_runs(tiny_folder, cut_run, tmp_pa
 # ----------------------------------------------------------------------------- damaged or foreign checkpoints
 
 
-def test_a_truncated_tensor_file_is_one_sentence(tiny_folder, cut_run):  # noqa: F811
+def test_a_truncated_tensor_file_is_one_sentence(tiny_bert_folder, cut_run):  # noqa: F811
     checkpoints, checkpoint = cut_run
     data = (checkpoint / TENSORS_FILE).read_bytes()
     (checkpoint / TENSORS_FILE).write_bytes(data[: len(data) // 2])
-    message = _refused(tiny_folder, checkpoints)
+    message = _refused(tiny_bert_folder, checkpoints)
     assert message == (
         f"The checkpoint {checkpoint} has a truncated or damaged {TENSORS_FILE}; "
         "delete that folder to train the run from the start, or use a new --out."
     )
 
 
-def test_a_checkpoint_of_another_run_is_one_sentence(tiny_folder, cut_run):  # noqa: F811
+def test_a_checkpoint_of_another_run_is_one_sentence(tiny_bert_folder, cut_run):  # noqa: F811
     checkpoints, checkpoint = cut_run
-    message = _refused(tiny_folder, checkpoints, fingerprint="another run")
+    message = _refused(tiny_bert_folder, checkpoints, fingerprint="another run")
     assert message.startswith(f"The checkpoint {checkpoint} belongs to another run")
     assert "delete that folder" in message and "new --out" in message
 
@@ -153,10 +153,10 @@ def test_a_checkpoint_of_another_run_is_one_sentence(tiny_folder, cut_run):  # n
     ],
     ids=["missing", "cut", "not-an-object", "newer-format"],
 )
-def test_a_missing_or_garbled_state_is_one_sentence(tiny_folder, cut_run, damage, words):  # noqa: F811
+def test_a_missing_or_garbled_state_is_one_sentence(tiny_bert_folder, cut_run, damage, words):  # noqa: F811
     checkpoints, checkpoint = cut_run
     damage(checkpoint)
-    message = _refused(tiny_folder, checkpoints)
+    message = _refused(tiny_bert_folder, checkpoints)
     assert str(checkpoint) in message and words in message and "delete that folder" in message
 
 
@@ -176,14 +176,14 @@ def _edit_state(checkpoint: Path, edit) -> None:
     ],
     ids=["weight-missing", "tensor-missing", "mask-missing", "rng-wrong"],
 )
-def test_a_checkpoint_that_does_not_fit_is_one_sentence(tiny_folder, cut_run, edit, words):  # noqa: F811
+def test_a_checkpoint_that_does_not_fit_is_one_sentence(tiny_bert_folder, cut_run, edit, words):  # noqa: F811
     checkpoints, checkpoint = cut_run
     _edit_state(checkpoint, edit)
-    message = _refused(tiny_folder, checkpoints)
+    message = _refused(tiny_bert_folder, checkpoints)
     assert str(checkpoint) in message and words in message
 
 
-def test_an_intact_checkpoint_still_resumes(tiny_folder, cut_run):  # noqa: F811
+def test_an_intact_checkpoint_still_resumes(tiny_bert_folder, cut_run):  # noqa: F811
     checkpoints, _ = cut_run
-    pruner, steps = _train(tiny_folder, checkpoints)
+    pruner, steps = _train(tiny_bert_folder, checkpoints)
     assert steps == 6 and pruner.sparsity_report().overall == 0.5

@@ -14,7 +14,7 @@ from babelprune.sweep.experiment import FinetuneRun
 from babelprune.sweep.runs import run_config, run_key
 from tests.cli_runner import run_cli
 from tests.test_finetune_cli import TASK, tiny_folder as tiny_folder_128  # noqa: F401 (fixture)
-from tests.test_finetune_trainer import SIZES, TinyGenreTask, tiny_config, tiny_folder  # noqa: F401 (fixture)
+from tests.test_finetune_trainer import SIZES, TinyGenreTask, tiny_config
 
 # TinyGenreTask: en and fr are high-resource (Joshi class 5), sw low (class 2); 16 training examples each.
 SIZED = dict(mode="multilingual", max_train_examples=None)
@@ -76,11 +76,11 @@ def test_the_sizes_are_in_the_run_key_and_leave_older_keys_alone():
     assert len({key(plain), key(sized), key(other)}) == 3
 
 
-def test_a_language_with_fewer_examples_uses_them_all_and_the_result_says_so(tiny_folder, tmp_path):  # noqa: F811
+def test_a_language_with_fewer_examples_uses_them_all_and_the_result_says_so(tiny_bert_folder, tmp_path):  # noqa: F811
     notices: list[str] = []
     config = tiny_config(**SIZED, languages=["en", "sw"], perturbations=[], max_steps=2,
                          train_per_language={"high": 20, "low": 5})
-    result = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_notice=notices.append)
+    result = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_notice=notices.append)
     assert result.train_examples == {"en": SIZES["train"], "sw": 5}  # en has 16 of the 20 asked
     assert result.train_asked == {"en": 20, "sw": 5}
     assert notices == ["language 'en' has 16 training examples, fewer than the 20 asked; it trains on all 16"]
@@ -88,9 +88,9 @@ def test_a_language_with_fewer_examples_uses_them_all_and_the_result_says_so(tin
     assert saved["train_asked"] == {"en": 20, "sw": 5} and saved["config"]["train_per_language"] == {"high": 20, "low": 5}
 
 
-def test_scores_of_accuracy_tasks_keep_one_result_per_item(tiny_folder, tmp_path):  # noqa: F811
+def test_scores_of_accuracy_tasks_keep_one_result_per_item(tiny_bert_folder, tmp_path):  # noqa: F811
     config = tiny_config(languages=["en"], perturbations=["chars"], max_steps=1)
-    result = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    result = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
     for score in result.scores:
         assert len(score.correct) == score.n_examples == SIZES["test"] and set(score.correct) <= {0, 1}
         assert sum(score.correct) / len(score.correct) == pytest.approx(score.value)

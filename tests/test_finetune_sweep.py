@@ -8,7 +8,7 @@ import babelprune.finetune.sweep as sweep_module
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.sweep import run_folder_name, run_sweep, sweep_configs
 from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
-from tests.test_finetune_trainer import TinyGenreTask, tiny_config, tiny_folder  # noqa: F401 (fixture)
+from tests.test_finetune_trainer import TinyGenreTask, tiny_config
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 
@@ -49,9 +49,9 @@ def test_bad_sweeps_are_refused():
         sweep_configs(TinyGenreTask(), tiny_config(), sparsities=(0.5,), seeds=())
 
 
-def test_sweep_runs_each_configuration_once_and_resumes(tiny_folder, tmp_path, monkeypatch):  # noqa: F811
+def test_sweep_runs_each_configuration_once_and_resumes(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
     base = tiny_config(max_steps=3, languages=["en"], perturbations=[])
-    results = run_sweep(tiny_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
+    results = run_sweep(tiny_bert_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
     assert [(r.sparsity, r.seed, r.method) for r in results] == [(0.0, 0, "dense"), (0.5, 0, "gmp")]
     assert results[1].achieved_sparsity == 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sparsity0.00-seed0", "sparsity0.50-seed0"]
@@ -60,7 +60,7 @@ def test_sweep_runs_each_configuration_once_and_resumes(tiny_folder, tmp_path, m
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(sweep_module, "finetune", no_training)
-    again = run_sweep(tiny_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
+    again = run_sweep(tiny_bert_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
     assert again == results
 
 
@@ -100,11 +100,11 @@ def _count_trainings(monkeypatch) -> list[str]:
 SWEEP_BASE = dict(max_steps=2, languages=["en"], perturbations=[])
 
 
-def test_a_changed_model_reruns_the_sweep_run_and_says_so(tiny_folder, other_tiny_folder, tmp_path, monkeypatch):  # noqa: F811
+def test_a_changed_model_reruns_the_sweep_run_and_says_so(tiny_bert_folder, other_tiny_folder, tmp_path, monkeypatch):  # noqa: F811
     trained, notices = _count_trainings(monkeypatch), []
     base = tiny_config(**SWEEP_BASE)
-    first = _sweep(tiny_folder, TinyGenreTask(), base, tmp_path, notices)
-    same = _sweep(tiny_folder, TinyGenreTask(), base, tmp_path, notices)
+    first = _sweep(tiny_bert_folder, TinyGenreTask(), base, tmp_path, notices)
+    same = _sweep(tiny_bert_folder, TinyGenreTask(), base, tmp_path, notices)
     assert trained == ["sparsity0.00-seed0"] and notices == [] and same == first  # same settings: reused
     other = _sweep(other_tiny_folder, TinyGenreTask(), base, tmp_path, notices)
     assert trained == ["sparsity0.00-seed0", "sparsity0.00-seed0"]
@@ -114,19 +114,19 @@ def test_a_changed_model_reruns_the_sweep_run_and_says_so(tiny_folder, other_tin
     assert reloaded == other and len(trained) == 2  # the new run is the one kept
 
 
-def test_a_changed_task_option_reruns_the_sweep_run(tiny_folder, tmp_path, monkeypatch):  # noqa: F811
+def test_a_changed_task_option_reruns_the_sweep_run(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
     trained, notices = _count_trainings(monkeypatch), []
     base = tiny_config(**SWEEP_BASE)
-    first = _sweep(tiny_folder, SizedGenreTask(train_size=16), base, tmp_path, notices)
-    smaller = _sweep(tiny_folder, SizedGenreTask(train_size=8), base, tmp_path, notices)
+    first = _sweep(tiny_bert_folder, SizedGenreTask(train_size=16), base, tmp_path, notices)
+    smaller = _sweep(tiny_bert_folder, SizedGenreTask(train_size=8), base, tmp_path, notices)
     assert len(trained) == 2
     assert notices == ["run sparsity0.00-seed0: settings changed (task train_size, task examples), rerunning"]
     assert (first[0].train_examples, smaller[0].train_examples) == ({"en": 16}, {"en": 8})
 
 
-def test_a_changed_configuration_reruns_the_sweep_run(tiny_folder, tmp_path, monkeypatch):  # noqa: F811
+def test_a_changed_configuration_reruns_the_sweep_run(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
     trained, notices = _count_trainings(monkeypatch), []
-    _sweep(tiny_folder, TinyGenreTask(), tiny_config(**SWEEP_BASE), tmp_path, notices)
-    longer = _sweep(tiny_folder, TinyGenreTask(), tiny_config(**{**SWEEP_BASE, "max_steps": 3}), tmp_path, notices)
+    _sweep(tiny_bert_folder, TinyGenreTask(), tiny_config(**SWEEP_BASE), tmp_path, notices)
+    longer = _sweep(tiny_bert_folder, TinyGenreTask(), tiny_config(**{**SWEEP_BASE, "max_steps": 3}), tmp_path, notices)
     assert len(trained) == 2 and longer[0].steps == 3
     assert notices == ["run sparsity0.00-seed0: settings changed (max_steps), rerunning"]

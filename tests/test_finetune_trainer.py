@@ -15,8 +15,6 @@ from babelprune.finetune.config import FinetuneConfig, limit_examples, planned_s
 from babelprune.finetune.trainer import batch_indices, build_head, finetune, linear_schedule, plan_runs, train_run
 from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
 from babelprune.report.finetune_records import FinetuneResult
-from tests.tiny_models import tiny_model
-from tests.tiny_tokenizer import char_tokenizer
 
 SIZES = {"train": 16, "dev": 4, "test": 8}
 
@@ -49,14 +47,6 @@ class TinyGenreTask(Task):
 def tiny_config(**options) -> FinetuneConfig:
     defaults = dict(max_steps=6, batch_size=4, max_length=48, text_prefix="", lr=1e-3, eval_batch_size=4)
     return FinetuneConfig(**{**defaults, **options})
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tiny_model("bert").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return str(folder)
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -109,9 +99,9 @@ def _never(step, loss):
         (TinyGenreTask(), {"perturbations": ["entities"]}, "needs a token-classification task"),
     ],
 )
-def test_bad_input_fails_before_training(tiny_folder, tmp_path, task, options, words):
+def test_bad_input_fails_before_training(tiny_bert_folder, tmp_path, task, options, words):
     with pytest.raises(BabelpruneError, match=words):
-        finetune(tiny_folder, task, tiny_config(**options), tmp_path / "out", progress=False, on_step=_never)
+        finetune(tiny_bert_folder, task, tiny_config(**options), tmp_path / "out", progress=False, on_step=_never)
     assert not (tmp_path / "out").exists()
 
 
@@ -129,8 +119,8 @@ def test_bad_schedule_and_sparsity_are_refused_in_the_config():
 # ----------------------------------------------------------------------------- whole runs
 
 
-def test_dense_run_scores_every_language_clean_and_perturbed(tiny_folder, tmp_path):
-    result = finetune(tiny_folder, TinyGenreTask(), tiny_config(languages=["en", "sw"]), tmp_path / "dense", progress=False)
+def test_dense_run_scores_every_language_clean_and_perturbed(tiny_bert_folder, tmp_path):
+    result = finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(languages=["en", "sw"]), tmp_path / "dense", progress=False)
     assert result.method == "dense" and result.sparsity == 0.0 and result.steps == 6
     assert result.train_languages == ["en"] and result.train_examples == {"en": 16}
     assert [(s.language, s.perturbation) for s in result.scores] == [
@@ -145,23 +135,23 @@ def test_dense_run_scores_every_language_clean_and_perturbed(tiny_folder, tmp_pa
     assert not (tmp_path / "dense" / "runs" / "en" / "checkpoints").exists()
 
 
-def test_gmp_run_reaches_its_sparsity_with_exact_zeros(tiny_folder, tmp_path):
+def test_gmp_run_reaches_its_sparsity_with_exact_zeros(tiny_bert_folder, tmp_path):
     gmp = GMPConfig(final_sparsity=0.5, start_step=1, end_step=4, interval=1)
-    result = finetune(tiny_folder, TinyGenreTask(), tiny_config(gmp=gmp, perturbations=[]), tmp_path / "gmp", progress=False)
+    result = finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(gmp=gmp, perturbations=[]), tmp_path / "gmp", progress=False)
     # achieved = share of exact zeros in the 12 block matrices, all of even size.
     assert result.method == "gmp" and result.achieved_sparsity == 0.5
     assert result.records()[0].method == "gmp" and result.records()[0].sparsity == 0.5
 
 
-def test_monolingual_mode_trains_one_model_per_language(tiny_folder, tmp_path):
+def test_monolingual_mode_trains_one_model_per_language(tiny_bert_folder, tmp_path):
     config = tiny_config(mode="monolingual", languages=["en", "fr"], max_steps=2, perturbations=[])
-    result = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "mono", progress=False)
+    result = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "mono", progress=False)
     assert result.steps == 4 and result.train_examples == {"en": 16, "fr": 16}
     assert sorted(p.name for p in (tmp_path / "mono" / "runs").iterdir()) == ["en", "fr"]
     assert [s.language for s in result.scores] == ["en", "fr"]
 
 
-def test_max_train_examples_limits_each_run(tiny_folder):
+def test_max_train_examples_limits_each_run(tiny_bert_folder):
     runs = plan_runs(TinyGenreTask(), tiny_config(mode="multilingual", languages=["en", "fr"], max_train_examples=10))
     assert len(runs) == 1 and len(runs[0].train) == 10
 
@@ -181,51 +171,51 @@ def _interrupt_at(step_to_fail: int):
     return callback
 
 
-def _train(tiny_folder: str, config: FinetuneConfig, folder: Path, on_step=None):
+def _train(tiny_bert_folder: str, config: FinetuneConfig, folder: Path, on_step=None):
     task = TinyGenreTask()
     run = plan_runs(task, config)[0]
-    head, tokenizer = build_head(tiny_folder, task, config)
+    head, tokenizer = build_head(tiny_bert_folder, task, config)
     train_run(head, tokenizer, run, config, folder, "fingerprint", Progress(disable=True), on_step)
     return head
 
 
-def test_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tiny_folder, tmp_path):
+def test_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tiny_bert_folder, tmp_path):
     # Dropout stays on (0.1): resuming must also restore the random state.
     config = tiny_config(checkpoint_every=2, gmp=GMPConfig(final_sparsity=0.5, start_step=1, end_step=5, interval=2))
-    straight = _train(tiny_folder, config, tmp_path / "straight")
+    straight = _train(tiny_bert_folder, config, tmp_path / "straight")
     with pytest.raises(Interrupt):
-        _train(tiny_folder, config, tmp_path / "cut", _interrupt_at(5))  # steps 1-5 done, checkpoint at 4
+        _train(tiny_bert_folder, config, tmp_path / "cut", _interrupt_at(5))  # steps 1-5 done, checkpoint at 4
     assert [p.name for p in (tmp_path / "cut").iterdir()] == ["step-0000004"]
     steps_after_resume = []
-    resumed = _train(tiny_folder, config, tmp_path / "cut", lambda step, loss: steps_after_resume.append(step))
+    resumed = _train(tiny_bert_folder, config, tmp_path / "cut", lambda step, loss: steps_after_resume.append(step))
     assert steps_after_resume == [5, 6]
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
-def test_interrupted_finetune_resumes_to_the_same_result(tiny_folder, tmp_path):
+def test_interrupted_finetune_resumes_to_the_same_result(tiny_bert_folder, tmp_path):
     config = tiny_config(checkpoint_every=2, languages=["en"], perturbations=["chars"])
-    straight = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "straight", progress=False)
+    straight = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "straight", progress=False)
     with pytest.raises(Interrupt):
-        finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False, on_step=_interrupt_at(3))
+        finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False, on_step=_interrupt_at(3))
     with pytest.raises(BabelpruneError, match=r"holds a fine-tuning run with other settings \(lr\); delete that folder"):
         other = tiny_config(checkpoint_every=2, languages=["en"], perturbations=["chars"], lr=5e-4)
-        finetune(tiny_folder, TinyGenreTask(), other, tmp_path / "cut", progress=False)
-    resumed = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False)
+        finetune(tiny_bert_folder, TinyGenreTask(), other, tmp_path / "cut", progress=False)
+    resumed = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "cut", progress=False)
     assert resumed.scores == straight.scores
 
 
-def test_a_finished_run_is_not_trained_again(tiny_folder, tmp_path):
+def test_a_finished_run_is_not_trained_again(tiny_bert_folder, tmp_path):
     config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
-    first = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
-    again = finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
+    first = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    again = finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
     assert again.scores == first.scores
     assert math.isclose(again.achieved_sparsity, first.achieved_sparsity)
 
 
-def test_a_run_of_another_model_is_refused_not_reused(tiny_folder, other_tiny_folder, tmp_path):
+def test_a_run_of_another_model_is_refused_not_reused(tiny_bert_folder, other_tiny_folder, tmp_path):
     config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
-    finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
     with pytest.raises(BabelpruneError) as error:
         finetune(other_tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
     message = str(error.value)
@@ -234,20 +224,20 @@ def test_a_run_of_another_model_is_refused_not_reused(tiny_folder, other_tiny_fo
     )
 
 
-def test_a_folder_without_a_settings_record_is_refused(tiny_folder, tmp_path):
+def test_a_folder_without_a_settings_record_is_refused(tiny_bert_folder, tmp_path):
     config = tiny_config(languages=["en"], perturbations=[], max_steps=2)
-    finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
+    finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False)
     (tmp_path / "run" / "settings.json").unlink()  # as left by an older babelprune
     with pytest.raises(BabelpruneError, match=r"other settings \(no record of its settings\)"):
-        finetune(tiny_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
+        finetune(tiny_bert_folder, TinyGenreTask(), config, tmp_path / "run", progress=False, on_step=_never)
 
 
-def test_relative_schedule_fits_any_run_length(tiny_folder, tmp_path):
+def test_relative_schedule_fits_any_run_length(tiny_bert_folder, tmp_path):
     # The same shares over 6 steps (max_steps) and over 8 steps (2 epochs of 16 examples in batches of 4).
     gmp = RelativeGMPConfig(final_sparsity=0.5)
-    six = finetune(tiny_folder, TinyGenreTask(), tiny_config(gmp=gmp, perturbations=[], languages=["en"]), tmp_path / "six", progress=False)
+    six = finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(gmp=gmp, perturbations=[], languages=["en"]), tmp_path / "six", progress=False)
     eight_config = tiny_config(gmp=gmp, perturbations=[], languages=["en"], max_steps=None, epochs=2.0)
-    eight = finetune(tiny_folder, TinyGenreTask(), eight_config, tmp_path / "eight", progress=False)
+    eight = finetune(tiny_bert_folder, TinyGenreTask(), eight_config, tmp_path / "eight", progress=False)
     # 6 steps: start round(0.6) = 1, end round(4.2) = 4; 8 steps: start round(0.8) = 1, end round(5.6) = 6.
     assert (six.steps, six.gmp.start_step, six.gmp.end_step, six.gmp.interval) == (6, 1, 4, 1)
     assert (eight.steps, eight.gmp.start_step, eight.gmp.end_step, eight.gmp.interval) == (8, 1, 6, 1)
@@ -255,7 +245,7 @@ def test_relative_schedule_fits_any_run_length(tiny_folder, tmp_path):
     assert six.config["gmp"]["start"] == 0.1  # the configuration keeps the shares
 
 
-def test_monolingual_runs_of_different_lengths_each_get_their_own_schedule(tiny_folder, tmp_path):
+def test_monolingual_runs_of_different_lengths_each_get_their_own_schedule(tiny_bert_folder, tmp_path):
     class Uneven(TinyGenreTask):
         def _examples(self, lang, split):  # French has half the training examples of English
             examples = super()._examples(lang, split)
@@ -263,7 +253,7 @@ def test_monolingual_runs_of_different_lengths_each_get_their_own_schedule(tiny_
 
     config = tiny_config(mode="monolingual", languages=["en", "fr"], max_steps=None, perturbations=[],
                          gmp=RelativeGMPConfig(final_sparsity=0.5, start=0.0, end=0.5))
-    finetune(tiny_folder, Uneven(), config, tmp_path / "mono", progress=False)
+    finetune(tiny_bert_folder, Uneven(), config, tmp_path / "mono", progress=False)
     runs = {lang: FinetuneResult.load(tmp_path / "mono" / "runs" / lang / "result.json") for lang in ("en", "fr")}
     # en: 16 examples in batches of 4 = 4 steps, end round(2.0) = 2; fr: 2 steps, end round(1.0) = 1.
     assert (runs["en"].steps, runs["en"].gmp.end_step) == (4, 2)
@@ -289,9 +279,9 @@ class TinyRetrievalTask(Task):
         return [Example(f"{split}:{i}", lang, text=f"{w} {w[::-1]} x{w}") for i, w in enumerate(words)]
 
 
-def test_retrieval_task_is_scored_without_training(tiny_folder, tmp_path):
+def test_retrieval_task_is_scored_without_training(tiny_bert_folder, tmp_path):
     config = tiny_config(perturbations=["chars"], gmp=GMPConfig(final_sparsity=0.5, end_step=0))
-    result = finetune(tiny_folder, TinyRetrievalTask(), config, tmp_path / "retrieval", progress=False, on_step=_never)
+    result = finetune(tiny_bert_folder, TinyRetrievalTask(), config, tmp_path / "retrieval", progress=False, on_step=_never)
     assert result.mode == "none" and result.steps == 0 and result.achieved_sparsity == 0.5
     clean, perturbed = result.scores
     assert (clean.language, clean.metric, clean.value, clean.n_examples) == ("fr", "top1", 1.0, 6)

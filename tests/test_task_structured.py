@@ -46,14 +46,6 @@ def task(monkeypatch) -> TinyGenre:
     return TinyGenre()
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tiny_model("bert").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 def config(**options) -> FinetuneConfig:
     defaults = dict(mode="multilingual", max_steps=3, batch_size=4, max_length=32, text_prefix="", lr=1e-3, eval_batch_size=8,
                     dropout=0.0)
@@ -172,7 +164,7 @@ def _run(folder, cfg, **prune) -> TaskStructuredRun:
     return TaskStructuredRun(task="tiny-genre", finetune=cfg, prune=TaskPruneConfig(**{"tolerance": 0.05, **prune}))
 
 
-def test_shared_run_prunes_the_finetuned_model_refinetunes_and_scores_every_language(task, tiny_folder, tmp_path, monkeypatch):
+def test_shared_run_prunes_the_finetuned_model_refinetunes_and_scores_every_language(task, tiny_bert_folder, tmp_path, monkeypatch):
     seen, trained = [], []
     real_importance, real_train = pipeline.task_gradient_importance, pipeline.train_run
 
@@ -186,7 +178,7 @@ def test_shared_run_prunes_the_finetuned_model_refinetunes_and_scores_every_lang
 
     monkeypatch.setattr(pipeline, "task_gradient_importance", spy_importance)
     monkeypatch.setattr(pipeline, "train_run", spy_train)
-    result = pipeline.run_task_structured(tiny_folder, _run(tiny_folder, config(), units=["ffn"], sparsity=0.25,
+    result = pipeline.run_task_structured(tiny_bert_folder, _run(tiny_bert_folder, config(), units=["ffn"], sparsity=0.25,
                                                             refinetune_steps=2), tmp_path)
     pretrained = dict(tiny_model("bert").named_parameters())
     dense_folder = next(tmp_path.glob("dense-*"))
@@ -203,16 +195,16 @@ def test_shared_run_prunes_the_finetuned_model_refinetunes_and_scores_every_lang
     assert sum(w["ffn"] for w in model.widths) < INTERMEDIATE * LAYERS and all(w["heads"] == HEADS for w in model.widths)
 
 
-def test_the_dense_finetuned_model_is_trained_once_and_reused(task, tiny_folder, tmp_path, monkeypatch):
-    first = pipeline.run_task_structured(tiny_folder, _run(tiny_folder, config(), units=["heads"], importance="magnitude",
+def test_the_dense_finetuned_model_is_trained_once_and_reused(task, tiny_bert_folder, tmp_path, monkeypatch):
+    first = pipeline.run_task_structured(tiny_bert_folder, _run(tiny_bert_folder, config(), units=["heads"], importance="magnitude",
                                                            sparsity=0.25, refinetune_steps=0), tmp_path)
     monkeypatch.setattr(pipeline, "build_head", lambda *a: (_ for _ in ()).throw(AssertionError("trained twice")))
-    second = pipeline.run_task_structured(tiny_folder, _run(tiny_folder, config(), units=["heads"], importance="magnitude",
+    second = pipeline.run_task_structured(tiny_bert_folder, _run(tiny_bert_folder, config(), units=["heads"], importance="magnitude",
                                                             sparsity=0.25, refinetune_steps=0), tmp_path)
     assert first.dense == second.dense and first.models[0].languages == second.models[0].languages
 
 
-def test_per_language_runs_rank_refinetune_and_score_each_language_alone(task, tiny_folder, tmp_path, monkeypatch):
+def test_per_language_runs_rank_refinetune_and_score_each_language_alone(task, tiny_bert_folder, tmp_path, monkeypatch):
     ranked, trained = [], []
     real_l0, real_train = pipeline.train_joint_l0, pipeline.train_run
 
@@ -226,7 +218,7 @@ def test_per_language_runs_rank_refinetune_and_score_each_language_alone(task, t
 
     monkeypatch.setattr(pipeline, "train_joint_l0", spy_l0)
     monkeypatch.setattr(pipeline, "train_run", spy_train)
-    result = pipeline.run_task_structured(tiny_folder, _run(tiny_folder, config(), units=["ffn"], importance="l0",
+    result = pipeline.run_task_structured(tiny_bert_folder, _run(tiny_bert_folder, config(), units=["ffn"], importance="l0",
                                                             setting="per-language", sparsity=0.25, l0_steps=4,
                                                             refinetune_steps=1), tmp_path)
     assert ranked == [["en"], ["fr"], ["sw"]]
@@ -245,13 +237,13 @@ def test_bad_task_pruning_configs_are_one_sentence():
         TaskStructuredRun(finetune={"mode": "zero-shot"})
 
 
-def test_a_token_task_is_refused_before_any_training(tiny_folder, tmp_path, monkeypatch):
+def test_a_token_task_is_refused_before_any_training(tiny_bert_folder, tmp_path, monkeypatch):
     class Tokens(TinyGenre):
         kind = "token-classification"
 
     monkeypatch.setattr(pipeline, "get_task", lambda name, **options: Tokens())
     with pytest.raises(BabelpruneError, match="classification tasks item by item"):
-        pipeline.run_task_structured(tiny_folder, _run(tiny_folder, config()), tmp_path)
+        pipeline.run_task_structured(tiny_bert_folder, _run(tiny_bert_folder, config()), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
