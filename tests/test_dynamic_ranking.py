@@ -17,9 +17,11 @@ from babelprune.models.loading import load_model
 from babelprune.prune.structured.dynamic import training_windows, train_dynamic
 from babelprune.prune.structured.importance import gradient_importance
 from babelprune.prune.structured.units import layer_layouts
-from tests.test_dynamic import ToyTask, _calibration, _encoder, _one_thread, _task_config  # noqa: F401 (_one_thread: autouse)
+from tests.test_dynamic import ToyTask, _calibration, _encoder, _task_config
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Token ids of the char tokenizer: <s> = 1, a = 4, b = 5, c = 6, newline = 31.
 BOS, A, B, C, NEWLINE = 1, 4, 5, 6, 31
