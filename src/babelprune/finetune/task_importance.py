@@ -40,13 +40,13 @@ from babelprune.finetune.config import FinetuneConfig
 from babelprune.finetune.heads import TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, make_optimizer
 from babelprune.models.adapters import adapter_for
-from babelprune.prune.structured.importance import _grads_on, _unit_norm_per_block, head_gates, neuron_gates
+from babelprune.prune.structured.importance import grads_only_on, head_gates, neuron_gates, unit_norm_per_block
 from babelprune.prune.structured.l0 import (
-    _unit_costs,
     deterministic_gates,
     expected_sparsity,
     init_log_alpha,
     lagrangian_penalty,
+    model_unit_costs,
     prob_nonzero,
     sample_gates,
 )
@@ -87,7 +87,7 @@ def task_gradient_importance(head: TaskHead, tokenizer, examples: Sequence[Examp
     sums = {kind: [torch.zeros(n, dtype=torch.float64) for n in widths[kind]] for kind in scored}
     gates: dict[str, list[torch.Tensor]] = {"heads": [], "ffn": []}
     head.eval()
-    with _grads_on(head, []), torch.enable_grad(), _gates_on(head, gates):
+    with grads_only_on(head, []), torch.enable_grad(), _gates_on(head, gates):
         for start in range(0, len(examples), config.batch_size):
             batch = encode(tokenizer, examples[start : start + config.batch_size], head.kind, config.max_length, config.text_prefix)
             for kind in scored:  # (N, units): gate n scales example n only
@@ -98,8 +98,8 @@ def task_gradient_importance(head: TaskHead, tokenizer, examples: Sequence[Examp
                 for i, gate in enumerate(gates[kind]):
                     sums[kind][i] += gate.grad.abs().sum(dim=0).double()
     return Importance(
-        heads=_unit_norm_per_block(sums["heads"]) if "heads" in sums else None,
-        neurons=_unit_norm_per_block(sums["ffn"]) if "ffn" in sums else None,
+        heads=unit_norm_per_block(sums["heads"]) if "heads" in sums else None,
+        neurons=unit_norm_per_block(sums["ffn"]) if "ffn" in sums else None,
         gqa=GQA,
     )
 
@@ -124,7 +124,7 @@ def train_joint_l0(head: TaskHead, tokenizer, examples: Sequence[Example], units
                    config: FinetuneConfig, steps: int, lr: float, lambda_lr: float, warmup: float) -> JointL0:
     """Train L0 gates and `head`'s weights together on the task loss + Lagrangian penalty (weights change in place)."""
     model = head.encoder
-    costs_h, costs_n = _unit_costs(model, units, GQA)
+    costs_h, costs_n = model_unit_costs(model, units, GQA)
     costs = costs_h + costs_n
     total = float(total_block_params(model, adapter_for(model)))
     start = init_log_alpha(0.5)
@@ -206,7 +206,7 @@ def allocation_selection(model: nn.Module, gates: JointL0, sparsity: float, tole
     closed_removed = sum(1 for k in taken if merged.scores[k] < 2.0)
     counts = {"heads": sum(len(s) for s in gone["heads"].values()), "neurons": sum(len(s) for s in gone["ffn"].values())}
     selection = Selection(_layers_keep(layouts, GQA, gone["heads"], gone["ffn"]), ids, round(removed), round(total), GQA, counts)
-    costs_h, costs_n = _unit_costs(model, {kind for kind, _, _ in parts}, GQA)
+    costs_h, costs_n = model_unit_costs(model, {kind for kind, _, _ in parts}, GQA)
     costs = {"heads": costs_h, "ffn": costs_n}
     gate_share = sum(float(c[z == 0].sum()) for kind, _, values in parts for z, c in zip(values, costs[kind]))
     summary = {"closed_units": closed, "removed_units": len(taken), "closed_kept": closed - closed_removed,

@@ -268,7 +268,7 @@ def default_loss(model: nn.Module, mask_token_id: int | None = None) -> LossFn:
 
 
 @contextlib.contextmanager
-def _grads_on(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+def grads_only_on(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
     """Only `params` require grad inside; the old flags and grads come back after."""
     flags = {p: p.requires_grad for p in model.parameters()}
     try:
@@ -296,7 +296,7 @@ def _taylor(adapter: ArchAdapter, linear: nn.Module) -> torch.Tensor:
     return weight_matrix(linear).double() * _grad_matrix(adapter, linear).double()
 
 
-def _unit_norm_per_block(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+def unit_norm_per_block(scores: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each block's scores divided by their L2 norm (a block whose scores are all 0 stays 0)."""
     return [s / s.norm() if s.norm() > 0 else s for s in scores]
 
@@ -313,7 +313,7 @@ def gradient_importance(model: nn.Module, calibration: Calibration, units: Units
     weights = [lin.weight for b in adapter.get_blocks(model) for lin in adapter.block_linears(b).values()] if "blocks" in units else []
     gates: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "ffn": {}}  # empty for unit types not scored: no hook acts
     result = {}
-    with (_grads_on(model, weights), torch.enable_grad(),
+    with (grads_only_on(model, weights), torch.enable_grad(),
           head_gates(model, gqa, lambda i: gates["heads"].get(i)), neuron_gates(model, lambda i: gates["ffn"].get(i))):
         for lang in calibration.language_set:
             sums = {kind: [torch.zeros(n, dtype=torch.float64) for n in gate_widths[kind]] for kind in gated}
@@ -332,8 +332,8 @@ def gradient_importance(model: nn.Module, calibration: Calibration, units: Units
                 for w in weights:
                     w.grad = None
             result[lang] = Importance(
-                heads=_unit_norm_per_block(sums["heads"]) if "heads" in sums else None,
-                neurons=_unit_norm_per_block(sums["ffn"]) if "ffn" in sums else None,
+                heads=unit_norm_per_block(sums["heads"]) if "heads" in sums else None,
+                neurons=unit_norm_per_block(sums["ffn"]) if "ffn" in sums else None,
                 blocks=blocks,
                 gqa=gqa,
             )

@@ -42,10 +42,10 @@ from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
     LossFn,
     Units,
-    _grads_on,
     _model_inputs,
     check_units,
     default_loss,
+    grads_only_on,
     head_gates,
     neuron_gates,
 )
@@ -125,7 +125,7 @@ class L0Trace:
     lambdas: list[tuple[float, float]] = field(default_factory=list)
 
 
-def _unit_costs(model: nn.Module, units: Units, gqa: GqaMode) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def model_unit_costs(model: nn.Module, units: Units, gqa: GqaMode) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     adapter = adapter_for(model)
     heads, neurons = [], []
     for block, layout in zip(adapter.get_blocks(model), layer_layouts(model, adapter)):
@@ -146,7 +146,7 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
         raise BabelpruneError("L0 gates cover heads and FFN neurons, not blocks; use magnitude, gradient or activation for blocks.")
     adapter = adapter_for(model)
     loss_fn = loss_fn or default_loss(model, mask_token_id)
-    head_costs, neuron_costs = _unit_costs(model, units, gqa)
+    head_costs, neuron_costs = model_unit_costs(model, units, gqa)
     total = float(total_block_params(model, adapter))
     start = init_log_alpha(settings.droprate_init)
     head_alpha = [nn.Parameter(torch.full_like(c, start)) for c in head_costs]
@@ -166,7 +166,7 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
     sampled: dict[str, list[torch.Tensor]] = {"heads": [], "ffn": []}
     trace = L0Trace()
     order = torch.randperm(calibration.ids.shape[0], generator=generator)
-    with _grads_on(model, []), torch.enable_grad(), contextlib.ExitStack() as stack:
+    with grads_only_on(model, []), torch.enable_grad(), contextlib.ExitStack() as stack:
         if head_alpha:
             stack.enter_context(head_gates(model, gqa, lambda i: sampled["heads"][i].unsqueeze(0)))
         if neuron_alpha:
