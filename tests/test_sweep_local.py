@@ -206,3 +206,28 @@ def test_a_finetune_entry_runs_the_fine_tuning_and_stores_its_result(monkeypatch
     assert pruned.pruning == {"method": "gmp", "sparsity": 0.5} and pruned.evaluations == {}
     assert records["finetune wikiann dense seed 0"].finetune.method == "dense"
     assert not (tmp_path / "runs-work").exists() or not any((tmp_path / "runs-work").iterdir())  # checkpoints dropped
+
+
+def test_runs_record_the_commit_the_sweep_started_with(monkeypatch, tmp_path, assets):
+    """The process runs the code it imported at its start: a commit made while it runs must not be recorded."""
+    from babelprune.sweep import execute as execute_module
+
+    head = ["commit-at-start"]
+    monkeypatch.setattr(execute_module, "_git_commit", lambda: head[0])
+    real = local.execute
+
+    def execute_after_a_commit(session, spec, workdir):
+        head[0] = "commit-made-during-the-sweep"
+        return real(session, spec, workdir)
+
+    monkeypatch.setattr(local, "execute", execute_after_a_commit)
+    execute_module.environment.cache_clear()
+    model, corpus = assets
+    path = write_experiment(tmp_path / "exp.yaml", experiment(model, corpus, RUNS[:2]))
+    try:
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            local.run_local(plan_experiment(path), store, progress=False)
+            recorded = {record.environment["commit"] for record in store.records()}
+    finally:
+        execute_module.environment.cache_clear()
+    assert recorded == {"commit-at-start"}

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from babelprune.cache import is_disk_full
 from babelprune.sweep.display import SweepDisplay, SweepSummary
-from babelprune.sweep.execute import ModelSession, execute, failed_record
+from babelprune.sweep.execute import ModelSession, environment, execute, failed_record
 from babelprune.sweep.experiment import TASK_KINDS
 from babelprune.sweep.runs import Plan, RunSpec
 from babelprune.sweep.store import ResultsStore
@@ -36,6 +36,7 @@ def workdir_for(store: Path) -> Path:
 
 def run_local(plan: Plan, store: ResultsStore, progress: bool = True, console: Console | None = None) -> SweepSummary:
     """Run every pending run, writing each record to the store as it finishes."""
+    environment()  # the commit now: this process runs the code it imported at its start, whatever changes later
     todo = pending_runs(plan, store)
     workdir = workdir_for(store.path)
     with SweepDisplay(len(plan.runs), len(todo), progress, console) as display:

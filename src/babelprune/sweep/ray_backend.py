@@ -46,7 +46,10 @@ class SweepWorker:
     """What runs inside one Ray actor: a model loaded once, then its runs one by one (records come back as JSON)."""
 
     def __init__(self, model: str, workdir: str) -> None:
+        from babelprune.sweep.execute import environment
+
         self.model, self.workdir, self.session, self.load_error = model, Path(workdir), None, None
+        environment()  # the commit as the actor starts, like the local backend
 
     def run(self, spec: RunSpec) -> str:
         from babelprune.sweep.execute import ModelSession, execute, failed_record
