@@ -88,7 +88,7 @@ def change_table(results: list[TaskPruneResult]) -> str:
                  name="task-structured change")
 
 
-def _matched(results: list[TaskPruneResult], field: str, a: str, b: str) -> list[tuple[TaskPruneResult, TaskPruneResult]]:
+def matched_runs(results: list[TaskPruneResult], field: str, a: str, b: str) -> list[tuple[TaskPruneResult, TaskPruneResult]]:
     """Pairs of runs equal in everything but `field`, which is `a` on the first and `b` on the second."""
     found = {}
     for result in results:
@@ -117,7 +117,7 @@ def _resolved_languages(pairs: list[Pair], sign: int) -> str:
 
 def versus_table(results: list[TaskPruneResult], field: str, a: str, b: str, caption: str) -> str:
     rows = []
-    for first, second in _matched(results, field, a, b):
+    for first, second in matched_runs(results, field, a, b):
         point, interval, pairs = versus(first, second)
         described = [value for name, value in zip(("units", "importance", "setting", "sparsity"), _describe(first)) if name != field]
         rows.append([*described, change_cell(point, interval), _resolved_languages(pairs, +1), _resolved_languages(pairs, -1)])

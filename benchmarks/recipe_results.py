@@ -1,0 +1,272 @@
+"""A packaged recipe as it ran: its time on this machine and its headline comparisons with their intervals.
+
+    python benchmarks/recipe_results.py --recipe ogueji2022 --store benchmark-results/recipes/ogueji2022.sqlite
+
+Reads the store that `babelprune sweep --recipe NAME --store PATH` wrote and
+writes docs/results/recipe_<NAME>.md:
+
+- **time**: the recipe's planned runs against the store's (done, failed,
+  missing), the sum of the runs' own seconds, the wall span from the first
+  start to the last finish (and whether the sweep was interrupted, a pause of
+  over 10 minutes between two runs), the commits and torch threads the runs
+  recorded;
+- **headline comparisons**, each with its 95% interval and whether the interval
+  excludes 0 (resolved) or not:
+  - fine-tuning runs (ogueji2022): per pruning condition, each resource
+    level's mean relative change of the clean score from dense, the languages
+    whose change is resolved, Spearman's rho with the resource class, and the
+    perturbed-gap differences;
+  - task-structured / task-dynamic runs (li2022): L0 against gradient
+    importance, per-language against shared models, Dynamic Sparsification
+    against separately pruned models, each paired over test items;
+  - evaluation runs (mwanda): M-Wanda against Wanda and SparseGPT in each
+    setting and evaluation set, the paired difference of the mean increase of
+    bits per byte.
+
+Nothing here runs a model: the recipe must have run first (it resumes, so
+running the sweep command again finishes a store that was interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import write_result_table
+from babelprune.report.contest import contest
+from babelprune.report.finetune_findings import ConditionFindings, Estimate, condition_findings
+from babelprune.report.html_li2022 import matched_runs, against_dense, all_languages, mean_difference, paired, versus
+from babelprune.report.intervals import resolved
+from babelprune.sweep.experiment import recipe_path
+from babelprune.sweep.runs import plan_experiment
+from babelprune.sweep.store import ResultsStore, RunRecord
+
+PAUSE_SECONDS = 600  # a gap this long between two runs means the sweep was stopped and resumed
+LIMIT_SECONDS = 7200  # a recipe must finish in 2 hours on 2 cores
+
+
+def _time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text)
+
+
+def interval_text(value: float | None, interval: tuple[float, float] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    shown = f"{scale * value:+.{digits}f}"
+    if interval is None:
+        return shown + " [no interval]"
+    verdict = "" if resolved(interval) else " n.s."
+    return f"{shown} [{scale * interval[0]:+.{digits}f}, {scale * interval[1]:+.{digits}f}]{verdict}"
+
+
+# ----- time -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipeTime:
+    planned: int
+    done: int
+    failed: int
+    missing: int
+    run_seconds: float  # the sum of the runs' own seconds
+    span: float  # first start to last finish
+    pauses: list[float]  # gaps over PAUSE_SECONDS between two runs: the sweep was stopped and resumed
+    longest: RunRecord | None
+
+    @property
+    def sweep_seconds(self) -> float:
+        """The span without its pauses: what the recipe costs when it runs through."""
+        return self.span - sum(self.pauses)
+
+
+def recipe_time(planned: set[str], records: list[RunRecord]) -> RecipeTime:
+    stored = {record.key: record for record in records if record.key in planned}
+    finished = sorted((r for r in stored.values() if r.state in ("done", "failed") and r.started), key=lambda r: r.started)
+    gaps = [(_time(b.started) - _time(a.finished)).total_seconds() for a, b in zip(finished, finished[1:])]
+    return RecipeTime(
+        planned=len(planned), done=sum(r.state == "done" for r in finished), failed=sum(r.state == "failed" for r in finished),
+        missing=len(planned) - len(finished), run_seconds=sum(r.seconds for r in finished),
+        span=(_time(finished[-1].finished) - _time(finished[0].started)).total_seconds() if finished else 0.0,
+        pauses=[gap for gap in gaps if gap > PAUSE_SECONDS], longest=max(finished, key=lambda r: r.seconds, default=None),
+    )
+
+
+def time_markdown(name: str, records: list[RunRecord]) -> str:
+    planned = {run.key for run in plan_experiment(recipe_path(name), check_data=False).runs}
+    took = recipe_time(planned, records)
+    lines = [f"Planned runs: {took.planned}; done {took.done}, failed {took.failed}, not run {took.missing}.", ""]
+    if took.longest is None:
+        return "\n".join(lines + ["No run has finished yet."]) + "\n"
+    ran = [r for r in records if r.key in planned and r.started]
+    commits = sorted({str(r.environment.get("commit")) for r in ran})
+    threads = sorted({str(r.environment.get("threads")) for r in ran})
+    finished = took.done + took.failed
+    lines += [
+        "| measure | value |", "|---|---:|",
+        f"| sum of the runs' own seconds | {took.run_seconds:.0f} s ({took.run_seconds / 60:.1f} min) |",
+        f"| wall span, first start to last finish | {took.span:.0f} s ({took.span / 60:.1f} min) |",
+        f"| pauses over {PAUSE_SECONDS // 60} min (the sweep was stopped and resumed) | {len(took.pauses)} ({sum(took.pauses):.0f} s) |",
+        f"| the sweep's own time between runs (loading models, writing the store) | {max(0.0, took.sweep_seconds - took.run_seconds):.0f} s |",
+        f"| mean / longest run | {took.run_seconds / finished:.0f} s / {took.longest.seconds:.0f} s ({took.longest.label}) |",
+        "",
+        f"The runs recorded commit {', '.join(commits)} and {', '.join(threads)} torch threads."
+        + (" **The runs come from more than one commit.**" if len(commits) > 1 else ""),
+    ]
+    if took.missing:
+        lines += ["", f"The recipe is not finished: {took.missing} runs are missing, so its full time is not known yet."]
+    else:
+        verdict = "met" if took.sweep_seconds <= LIMIT_SECONDS else "not met"
+        lines += ["", f"The whole recipe took **{took.sweep_seconds / 60:.1f} min** of sweep time (the wall span without "
+                  f"pauses); limit {LIMIT_SECONDS // 60} min on 2 cores: {verdict}."]
+    return "\n".join(lines) + "\n"
+
+
+# ----- fine-tuning runs -------------------------------------------------------------------
+
+
+def _resolved_names(changes: dict[str, Estimate], sign: int) -> str:
+    names = [lang for lang, e in changes.items() if e.resolved and sign * e.value > 0]
+    return ", ".join(names) or "-"
+
+
+def finetune_markdown(records: list[RunRecord]) -> str:
+    results = [r.finetune for r in records if r.finetune is not None]
+    if not results:
+        return ""
+    found: list[ConditionFindings] = condition_findings(results)
+    levels = [level for level in ("high", "medium", "low") if any(level in f.levels for f in found)]
+    lines = ["## Fine-tuning with gradual magnitude pruning", "",
+             "Relative change of each language's clean score from the dense runs, in percent, mean of the resource "
+             "level's languages, with its 95% interval (two-level bootstrap over seeds and test items); n.s.: the "
+             "interval contains 0.", "",
+             "| condition | seeds | " + " | ".join(levels) + " | resolved losses | resolved gains | Spearman rho with Joshi class (p) |",
+             "|---|---|" + "---|" * len(levels) + "---|---|---|"]
+    for f in found:
+        joshi = next((c for c in f.correlations if c.quantity == "joshi_class"), None)
+        rho = f"{joshi.rho:+.2f} (p {joshi.p_value:.2f})" if joshi else "-"
+        cells = [interval_text(f.levels[level].value, f.levels[level].interval, 100, 1) if level in f.levels else "-"
+                 for level in levels]
+        lines.append(f"| {f.condition.label} | {len(f.seeds)} | " + " | ".join(cells)
+                     + f" | {_resolved_names(f.changes, -1)} | {_resolved_names(f.changes, +1)} | {rho} |")
+    lines += ["", "Robustness: the perturbed gap (clean - perturbed score) of the pruned runs minus that of the dense "
+              "runs, in points; the languages whose difference is resolved (a wider gap: pruning made the language "
+              "less robust; narrower: more robust).", "",
+              "| condition | perturbation | mean gap difference | less robust | more robust |", "|---|---|---:|---|---|"]
+    for f in found:
+        for kind, per_language in f.gap_differences.items():
+            mean = statistics.fmean(e.value for e in per_language.values())
+            lines.append(f"| {f.condition.label} | {kind} | {100 * mean:+.1f} | {_resolved_names(per_language, +1)} | "
+                         f"{_resolved_names(per_language, -1)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----- task-structured runs ---------------------------------------------------------------
+
+
+def _describe(result, skip: str) -> str:
+    parts = {"units": "+".join(result.units), "importance": result.importance, "setting": result.setting,
+             "sparsity": f"{result.target_sparsity:.0%}"}
+    return " ".join(value for name, value in parts.items() if name != skip)
+
+
+def _versus_rows(results, field: str, a: str, b: str) -> list[str]:
+    rows = []
+    for first, second in matched_runs(results, field, a, b):
+        point, interval, _ = versus(first, second)
+        rows.append(f"| {_describe(first, field)} | {interval_text(point, interval, 100, 1)} |")
+    return rows
+
+
+def task_markdown(records: list[RunRecord]) -> str:
+    results = [r.task_pruning for r in records if r.task_pruning is not None]
+    if not results:
+        return ""
+    separate = [r for r in results if r.kind == "task-structured"]
+    dynamic = [r for r in results if r.kind == "task-dynamic"]
+    items = statistics.fmean(len(item.keys) for item in results[0].dense.languages)
+    lines = ["## Structured pruning after fine-tuning", "",
+             f"Accuracy differences in points, paired over the same test items (about {items:.0f} per language), mean "
+             "over languages, 95% bootstrap interval; n.s.: the interval contains 0.", ""]
+    lines += ["### Against the dense fine-tuned model", "", "| run | pruned - dense |", "|---|---:|"]
+    for result in sorted(separate, key=lambda r: (r.units, r.importance, r.setting, r.target_sparsity)):
+        lines.append(f"| {_describe(result, '')} | {interval_text(*mean_difference(all_languages(result)), 100, 1)} |")
+    for field, a, b, title in (("importance", "gradient", "l0", "L0 against gradient importance"),
+                               ("importance", "magnitude", "gradient", "Gradient against magnitude importance"),
+                               ("setting", "shared", "per-language", "Per-language against shared models")):
+        rows = _versus_rows(separate, field, a, b)
+        if rows:
+            lines += ["", f"### {title}", "", f"| run | {b} - {a} |", "|---|---:|", *rows]
+    for result in dynamic:
+        lines += ["", "### Dynamic Sparsification against separately pruned models", "",
+                  "| level | dynamic - dense | dynamic - separate (shared, same units) |", "|---|---:|---:|"]
+        for model in result.models:
+            level = float(model.name)
+            if level == 0:
+                continue
+            own = {item.language: item for item in model.languages}
+            others = [s for s in separate if s.setting == "shared" and sorted(s.units) == sorted(result.units)
+                      and abs(s.target_sparsity - level) < 1e-9]
+            for other in others or [None]:
+                against = "-"
+                if other is not None:
+                    theirs = {item.language: item for m in other.models for item in m.languages}
+                    pairs = [paired(theirs[lang], own[lang]) for lang in own if lang in theirs]
+                    against = f"{interval_text(*mean_difference(pairs), 100, 1)} (vs {other.importance})"
+                lines.append(f"| {level:.0%} | {interval_text(*mean_difference(against_dense(result, model)), 100, 1)} | {against} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----- one-shot evaluation runs -----------------------------------------------------------
+
+
+def _method_and_setting(record: RunRecord) -> tuple[str, str]:
+    method, _, setting = record.label.partition(" ")
+    return method, setting
+
+
+def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baselines: tuple[str, ...] = ("wanda", "sparsegpt")) -> str:
+    dense = next((r for r in records if r.kind == "dense" and r.state == "done"), None)
+    pruned = {_method_and_setting(r): r for r in records if r.kind == "oneshot" and r.state == "done"}
+    if dense is None or not pruned:
+        return ""
+    lines = ["## One-shot pruning", "",
+             f"{candidate} against each baseline in the same setting: the mean over languages of the increase of bits "
+             "per byte from dense, and the paired difference (candidate - baseline) with its 95% interval (bootstrap "
+             "over evaluation windows); negative: the candidate loses less.", "",
+             "| setting | evaluation set | baseline | candidate mean | baseline mean | difference [95%] | verdict |",
+             "|---|---|---|---:|---:|---|---|"]
+    settings = sorted({setting for method, setting in pruned if method == candidate})
+    for setting in settings:
+        for baseline in baselines:
+            if (baseline, setting) not in pruned:
+                continue
+            for set_name, dense_result in dense.evaluations.items():
+                mine, theirs = pruned[(candidate, setting)].evaluations.get(set_name), pruned[(baseline, setting)].evaluations.get(set_name)
+                if mine is None or theirs is None:
+                    continue
+                match = contest(dense_result, theirs, mine, baseline, candidate)
+                difference = match.candidate_mean - match.baseline_mean
+                lines.append(f"| {setting} | {set_name} | {baseline} | {match.candidate_mean:+.4f} | {match.baseline_mean:+.4f} | "
+                             f"{interval_text(difference, match.mean_difference_interval, 1, 4)} | "
+                             f"{match.verdict(match.mean_difference_interval)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, help="the recipe's name (babelprune recipes)")
+    parser.add_argument("--store", type=Path, required=True, help="the store the recipe's sweep wrote")
+    args = parser.parse_args()
+    with ResultsStore(args.store, create=False) as store:
+        records = store.records(sweep=args.recipe, state=None)
+    done = [r for r in records if r.state == "done"]
+    body = ["## Time", "", time_markdown(args.recipe, records)]
+    body += [part for part in (finetune_markdown(done), task_markdown(done), oneshot_markdown(done)) if part]
+    write_result_table(f"recipe_{args.recipe}", f"The `{args.recipe}` recipe: time and headline comparisons", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
