@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from babelprune.report.compare import compare
-from babelprune.report.intervals import bits_per_byte_interval, bits_per_byte_replicates, draws, percentile_interval, resolved
+from babelprune.report.intervals import (
+    bits_per_byte_interval,
+    bits_per_byte_replicates,
+    draws,
+    percentile_interval,
+    relative_change_replicates,
+    resolved,
+)
 from babelprune.report.records import EvalResult, LMScore, ModelInfo
 from babelprune.report.tables import comparison_markdown, markdown_table
 
@@ -120,3 +127,17 @@ def test_retrieval_accuracy_gets_an_interval_and_paired_changes():
     # Accuracy fell: the degradation (higher is better) is positive and its interval excludes 0.
     d_low, d_high = comparison.degradation_interval(change)
     assert 0 < d_low <= 1 / 3 <= d_high
+
+
+def test_a_resample_with_a_dense_score_of_zero_has_an_open_relative_change(recwarn):
+    # Six items scored right (1) or wrong (0) on one each: the dense model gets only item 5 right, the pruned one all.
+    dense = ([0, 0, 0, 0, 0, 1], [1] * 6)
+    pruned = ([1] * 6, [1] * 6)
+    replicates = relative_change_replicates(dense, pruned, "my")
+    right = (draws(6, "my") == 5).sum(axis=1)  # (samples,): how often each resample drew item 5
+    expected = np.where(right == 0, np.inf, (6 - right) / np.maximum(right, 1))  # (1 - k/6) / (k/6)
+    assert (right == 0).any() and (right > 0).any()  # both cases occur among the resamples
+    np.testing.assert_allclose(replicates, expected, rtol=1e-12)
+    unchanged = relative_change_replicates(dense, dense, "my")
+    assert np.array_equal(unchanged, np.zeros_like(unchanged))  # 0 to 0 is no change, not 0/0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -79,7 +79,11 @@ def relative_change_replicates(dense: Parts, pruned: Parts, language: str) -> np
     before = ratio_replicates(*dense, index)
     paired = len(dense[1]) == len(pruned[1]) and list(dense[1]) == list(pruned[1])
     after = ratio_replicates(*pruned, index if paired else draws(len(pruned[0]), f"{language}:other"))
-    return (after - before) / before
+    # A resample whose dense score is 0 (a retrieval language the dense model never gets right) has no finite
+    # relative change: any gain is +inf, which leaves the interval open on that side; 0 to 0 is no change.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = (after - before) / before
+    return np.where((before == 0) & (after == before), 0.0, change)
 
 
 def resolved(interval: tuple[float, float] | None) -> bool:
