@@ -9,15 +9,23 @@ prints the mean and worst absolute increase of bits per byte over the dense
 model, for calibrated and unseen languages, and the paired difference
 against Wanda with its 95% interval, and writes the table into
 docs/results/mwanda_sweep.md. Needs `babelprune data fetch udhr`.
+
+Each configuration's evaluation is kept in benchmark-results/mwanda_sweep/
+(keyed on the configuration, the budget and the code), so adding a row to
+the table runs only that row.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+from pathlib import Path
 
-from _common import prune_each, snapshot, write_result_table
+from _common import cached_stage, restore, snapshot, source_fingerprint, write_result_table
 from babelprune.api import calibrate, evaluate, get_corpus, load_model
-from babelprune.prune.config import MWandaConfig, PruneConfig
+from babelprune.prune.config import MWandaConfig, PruneConfig, ReconstructConfig
+from babelprune.prune.engine import prune
+from babelprune.report.records import EvalResult
 from babelprune.report.contest import contest
 from babelprune.report.intervals import resolved
 
@@ -25,12 +33,13 @@ CALIBRATED = ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
 UNSEEN = ["de", "it", "pt", "ja", "ko", "tr", "id", "vi"]
 OFF = dict(language_aware=False, activation_prob=False)
 
-BENCHMARK = {"minutes": 30}
+BENCHMARK = {"minutes": 45}
 
 
 def configurations(s: float) -> list[tuple[str, PruneConfig]]:
-    def mwanda(allocation="uniform", **parts):
-        return PruneConfig(method="mwanda", sparsity=s, allocation=allocation, mwanda=MWandaConfig(**(OFF | parts)))
+    def mwanda(allocation="uniform", reconstruct=None, **parts):
+        return PruneConfig(method="mwanda", sparsity=s, allocation=allocation, mwanda=MWandaConfig(**(OFF | parts)),
+                           reconstruct=reconstruct)
 
     return [
         ("wanda", PruneConfig(method="wanda", sparsity=s)),
@@ -46,6 +55,11 @@ def configurations(s: float) -> list[tuple[str, PruneConfig]]:
         ("CWL", mwanda(allocation="cwl")),
         ("LA1 + AP1", mwanda(language_aware=True, alpha=1.0, activation_prob=True, beta=1.0)),
         ("LA1 + AP1 + CWL", mwanda(allocation="cwl", language_aware=True, alpha=1.0, activation_prob=True, beta=1.0)),
+        ("LA alpha=0.5 + CWL", mwanda(allocation="cwl", language_aware=True, alpha=0.5)),
+        # With the refit of the kept weights (--reconstruct), the recommended configuration's second half:
+        ("sparsegpt", PruneConfig(method="sparsegpt", sparsity=s)),
+        ("LA alpha=0.5 + refit", mwanda(language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
+        ("LA alpha=0.5 + CWL + refit", mwanda(allocation="cwl", language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
     ]
 
 
@@ -55,22 +69,39 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--tokens", type=int, default=384, help="predicted tokens per language")
     parser.add_argument("--seq-len", type=int, default=64, help="evaluation window (short, so each language has 5 or more)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results/mwanda_sweep"), help="the rows' kept evaluations")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
 
     loaded = load_model(args.model)
     dev = get_corpus("udhr")
     languages = [lang for lang in CALIBRATED + UNSEEN if lang in dev.languages()]
-    calibration = calibrate(loaded, "bible", CALIBRATED, 8, 256)
     dense_weights = snapshot(loaded.model)
-    def measure():
-        return evaluate(loaded, dev, languages, "all", args.seq_len, args.tokens, progress=False)
+    code = source_fingerprint()
+    calibration = functools.cache(lambda: calibrate(loaded, "bible", CALIBRATED, 8, 256))  # only when a row must run
 
-    dense = measure()
-    results = prune_each(loaded, dense_weights, calibration, configurations(args.sparsity), measure)
+    def measure() -> dict:
+        result = evaluate(loaded, dev, languages, "all", args.seq_len, args.tokens, progress=False)
+        return {"eval": result.model_dump(mode="json")}
+
+    def stage(label: str, config: PruneConfig | None) -> EvalResult:
+        def run() -> dict:
+            restore(loaded.model, dense_weights)
+            if config is not None:
+                prune(loaded, config, calibration(), progress=False)
+            return measure()
+
+        fields = {"config": config.to_dict() if config else None, "model": args.model, "tokens": args.tokens,
+                  "seq_len": args.seq_len, "languages": languages, "calibration": [CALIBRATED, 8, 256], "code": code}
+        tag = label.replace(" ", "_").replace("=", "").replace(",", "").replace("+", "and")
+        return EvalResult.model_validate(cached_stage(args.out / f"{tag}.json", fields, run, label)["eval"])
+
+    dense = stage("dense", None)
+    results = {label: stage(label, config) for label, config in configurations(args.sparsity)}
     rows = ["| configuration | mean increase | vs wanda [95% interval] | worst language | calibrated | unseen |",
             "|---|---|---|---|---|---|"]
-    for label, (pruned, _) in results.items():
-        versus = contest(dense, results["wanda"][0], pruned, "wanda", label)
+    for label, pruned in results.items():
+        versus = contest(dense, results["wanda"], pruned, "wanda", label)
         by_lang = {c.language: c.candidate_increase for c in versus.languages}
         seen = [by_lang[lang] for lang in CALIBRATED if lang in by_lang]
         unseen = [by_lang[lang] for lang in UNSEEN if lang in by_lang]
