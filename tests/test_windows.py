@@ -1,3 +1,5 @@
+import sys
+
 from babelprune.evaluate.windows import Window, make_windows
 from tests.tiny_tokenizer import char_tokenizer
 
@@ -38,3 +40,40 @@ def test_segment_longer_than_a_window_is_split_by_characters():
     windows = make_windows(tok, ["abcdefgh"], seq_len=5)  # room 4: split into "abcd" and "efgh"
     assert [w.ids[1:] for w in windows] == [[4, 5, 6, 7], [8, 9, 10, 11]]
     assert sum(w.n_bytes for w in windows) == 8
+
+
+def test_a_small_budget_tokenizes_only_the_texts_it_packs(monkeypatch):
+    windows_module = sys.modules[make_windows.__module__]
+
+    tok = char_tokenizer("abcdefgh")
+    seen: list[int] = []
+
+    class Counting:
+        """The char tokenizer, counting the texts each batch call encodes."""
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, **kwargs):
+            if isinstance(text, list):
+                seen.append(len(text))
+            return tok(text, **kwargs)
+
+    monkeypatch.setattr(windows_module, "ENCODE_CHUNK", 4)
+    texts = ["abc", "defgh", "ab"] * 100  # 300 texts, 10 tokens per 3
+    windows = make_windows(Counting(), texts, seq_len=8, max_tokens=12)
+    assert sum(seen) == 4  # one chunk of 4 texts: 3 + 5 + 2 + 3 = 13 tokens already cover the budget of 12
+    assert sum(w.n_targets for w in windows) >= 12
+
+
+def test_windows_are_the_same_whether_the_text_is_tokenized_at_once_or_in_chunks(monkeypatch):
+    windows_module = sys.modules[make_windows.__module__]
+
+    tok = char_tokenizer("abcdefgh")
+    texts = ["abc", "defgh", "ab", "abcdefgh" * 2, "h", "gfedcba"] * 20
+    for max_tokens in (None, 1, 7, 12, 13, 50, 137, 10_000):
+        for seq_len in (4, 8, 16):
+            monkeypatch.setattr(windows_module, "ENCODE_CHUNK", 10**9)  # everything in one call, as before chunks
+            at_once = make_windows(tok, texts, seq_len=seq_len, max_tokens=max_tokens)
+            monkeypatch.setattr(windows_module, "ENCODE_CHUNK", 3)
+            assert make_windows(tok, texts, seq_len=seq_len, max_tokens=max_tokens) == at_once, (max_tokens, seq_len)

@@ -37,6 +37,9 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     raise BabelpruneError("The tokenizer has no BOS, EOS or CLS token to start a window with; set one in its config.")
 
 
+ENCODE_CHUNK = 64  # texts tokenized per call while windows are packed
+
+
 def _split_long(text: str, encode, max_tokens: int) -> list[tuple[str, list[int]]]:
     """Split a segment longer than a window in halves (by characters) until each piece fits."""
     ids = encode(text)
@@ -62,10 +65,19 @@ def make_windows(
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
     pieces: list[tuple[str, list[int]]] = []
-    for text, ids in zip(texts, encoded):
-        pieces.extend(_split_long(text, encode, room) if len(ids) > room else [(text, ids)])
+    pieces_tokens = 0
+    # Tokenize a chunk at a time, and only until the pieces hold max_tokens: packing never reads further (it
+    # consumes pieces in order and stops once the tokens it took, separators included, reach max_tokens), so
+    # the windows are the same as from the whole text, without tokenizing a whole corpus split for a small budget.
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        if max_tokens is not None and pieces_tokens >= max_tokens:
+            break
+        chunk = list(texts[start:start + ENCODE_CHUNK])
+        for text, ids in zip(chunk, tokenizer(chunk, add_special_tokens=False)["input_ids"]):
+            split = _split_long(text, encode, room) if len(ids) > room else [(text, ids)]
+            pieces.extend(split)
+            pieces_tokens += sum(len(piece_ids) for _, piece_ids in split)
 
     windows: list[Window] = []
     total = 0
