@@ -73,8 +73,11 @@ class _Package(types.ModuleType):
     Importing a submodule binds it to its parent's attribute of the same name,
     which would hide the verb as soon as anything imports `babelprune.prune.*`.
     That binding is skipped for exported names: the subpackage stays in
-    sys.modules, so every `import babelprune.prune...` and `from
-    babelprune.prune... import` statement still finds it.
+    sys.modules, so `import babelprune.prune.engine` and `from
+    babelprune.prune.engine import prune` still find it. The one form that
+    cannot is `import babelprune.prune.engine as engine` (it walks the
+    attributes, and `babelprune.prune` is the verb): write `from
+    babelprune.prune import engine` instead. The same holds for `evaluate`.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
