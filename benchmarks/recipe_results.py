@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import write_result_table
+from babelprune.errors import BabelpruneError
 from babelprune.report.contest import contest
 from babelprune.report.finetune_findings import ConditionFindings, Estimate, condition_findings
 from babelprune.report.html_li2022 import matched_runs, against_dense, all_languages, mean_difference, paired, versus
@@ -260,10 +261,14 @@ def main() -> None:
     parser.add_argument("--recipe", required=True, help="the recipe's name (babelprune recipes)")
     parser.add_argument("--store", type=Path, required=True, help="the store the recipe's sweep wrote")
     args = parser.parse_args()
-    with ResultsStore(args.store, create=False) as store:
-        records = store.records(sweep=args.recipe, state=None)
+    try:
+        with ResultsStore(args.store, create=False) as store:
+            records = store.records(sweep=args.recipe, state=None)
+        timing = time_markdown(args.recipe, records)
+    except BabelpruneError as exc:  # an unknown recipe, a missing or foreign store: one sentence
+        raise SystemExit(f"error: {exc}") from None
     done = [r for r in records if r.state == "done"]
-    body = ["## Time", "", time_markdown(args.recipe, records)]
+    body = ["## Time", "", timing]
     body += [part for part in (finetune_markdown(done), task_markdown(done), oneshot_markdown(done)) if part]
     write_result_table(f"recipe_{args.recipe}", f"The `{args.recipe}` recipe: time and headline comparisons", "\n".join(body))
 

@@ -35,3 +35,12 @@ def test_recipe_time_by_hand():
 def test_recipe_time_of_an_empty_store():
     took = recipe_results.recipe_time({"a"}, [])
     assert (took.done, took.missing, took.span, took.longest) == (0, 1, 0.0, None)
+
+
+def test_an_unknown_recipe_or_a_missing_store_is_one_sentence(monkeypatch, tmp_path):
+    import pytest
+
+    monkeypatch.setattr(sys, "argv", ["recipe_results.py", "--recipe", "li2022", "--store", str(tmp_path / "none.sqlite")])
+    with pytest.raises(SystemExit, match=r"^error: No results store at .*none\.sqlite; give the --store"):
+        recipe_results.main()
+    assert list(tmp_path.iterdir()) == []  # nothing created
