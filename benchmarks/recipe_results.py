@@ -39,7 +39,7 @@ from _common import write_result_table
 from babelprune.errors import BabelpruneError
 from babelprune.report.contest import contest
 from babelprune.report.finetune_findings import ConditionFindings, Estimate, condition_findings
-from babelprune.report.html_li2022 import matched_runs, against_dense, all_languages, mean_difference, paired, versus
+from babelprune.report.html_li2022 import all_languages, dynamic_levels, matched_runs, mean_difference, versus
 from babelprune.report.intervals import resolved
 from babelprune.sweep.experiment import recipe_path
 from babelprune.sweep.runs import plan_experiment
@@ -200,23 +200,13 @@ def task_markdown(records: list[RunRecord]) -> str:
         rows = _versus_rows(separate, field, a, b)
         if rows:
             lines += ["", f"### {title}", "", f"| run | {b} - {a} |", "|---|---:|", *rows]
-    for result in dynamic:
+    levels = dynamic_levels(dynamic, separate)
+    if levels:
         lines += ["", "### Dynamic Sparsification against separately pruned models", "",
                   "| level | dynamic - dense | dynamic - separate (shared, same units) |", "|---|---:|---:|"]
-        for model in result.models:
-            level = float(model.name)
-            if level == 0:
-                continue
-            own = {item.language: item for item in model.languages}
-            others = [s for s in separate if s.setting == "shared" and sorted(s.units) == sorted(result.units)
-                      and abs(s.target_sparsity - level) < 1e-9]
-            for other in others or [None]:
-                against = "-"
-                if other is not None:
-                    theirs = {item.language: item for m in other.models for item in m.languages}
-                    pairs = [paired(theirs[lang], own[lang]) for lang in own if lang in theirs]
-                    against = f"{interval_text(*mean_difference(pairs), 100, 1)} (vs {other.importance})"
-                lines.append(f"| {level:.0%} | {interval_text(*mean_difference(against_dense(result, model)), 100, 1)} | {against} |")
+    for row in levels:
+        against = "-" if row.separate is None else f"{interval_text(*row.against_separate, 100, 1)} (vs {row.separate.importance})"
+        lines.append(f"| {row.level:.0%} | {interval_text(*row.against_dense, 100, 1)} | {against} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ others. "n.s.": the 95% interval contains 0.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -149,8 +150,20 @@ def speed_table(results: list[TaskPruneResult]) -> str:
                  name="task speed size")
 
 
-def dynamic_table(dynamic: list[TaskPruneResult], separate: list[TaskPruneResult]) -> str:
-    rows = []
+@dataclass
+class DynamicLevel:
+    """One level of a Dynamic Sparsification run, against the dense model and a separately pruned run at that level."""
+
+    level: float
+    model: ModelScores
+    against_dense: tuple[float | None, tuple[float, float] | None]
+    separate: TaskPruneResult | None  # a shared run of the same task and units at this level; None: there is none
+    against_separate: tuple[float | None, tuple[float, float] | None]  # dynamic - separate, paired over items
+
+
+def dynamic_levels(dynamic: list[TaskPruneResult], separate: list[TaskPruneResult]) -> list[DynamicLevel]:
+    """Every level above 0 of every dynamic run, once per separate run it matches (or once with none)."""
+    found = []
     for result in dynamic:
         for model in result.models:
             level = float(model.name)
@@ -159,15 +172,25 @@ def dynamic_table(dynamic: list[TaskPruneResult], separate: list[TaskPruneResult
             change = mean_difference(against_dense(result, model))
             matches = [s for s in separate if s.setting == "shared" and s.task == result.task
                        and sorted(s.units) == sorted(result.units) and abs(s.target_sparsity - level) < 1e-9]
+            own = {item.language: item for item in model.languages}
             for other in matches or [None]:
-                if other is None:
-                    rows.append([f"{level:.0%}", num(model.sparsity), change_cell(*change), "(no separate run at this level)", num(None), num(None)])
-                    continue
-                own = {item.language: item for item in model.languages}
-                theirs = _by_language(other)
-                pairs = [paired(theirs[lang], own[lang]) for lang in own if lang in theirs]
-                rows.append([f"{level:.0%}", num(model.sparsity), change_cell(*change), f"{other.importance} ({other.ranking})",
-                             change_cell(*mean_difference(all_languages(other))), change_cell(*mean_difference(pairs))])
+                against: tuple = (None, None)
+                if other is not None:
+                    theirs = _by_language(other)
+                    against = mean_difference([paired(theirs[lang], own[lang]) for lang in own if lang in theirs])
+                found.append(DynamicLevel(level, model, change, other, against))
+    return found
+
+
+def dynamic_table(dynamic: list[TaskPruneResult], separate: list[TaskPruneResult]) -> str:
+    rows = []
+    for row in dynamic_levels(dynamic, separate):
+        head = [f"{row.level:.0%}", num(row.model.sparsity), change_cell(*row.against_dense)]
+        if row.separate is None:
+            rows.append([*head, "(no separate run at this level)", num(None), num(None)])
+        else:
+            rows.append([*head, f"{row.separate.importance} ({row.separate.ranking})",
+                         change_cell(*mean_difference(all_languages(row.separate))), change_cell(*row.against_separate)])
     if not rows:
         return paragraph("No task-dynamic run has a level above 0.", "empty")
     return table(["level", "achieved", "dynamic - dense", "separate run", "separate - dense", "dynamic - separate"], rows,
