@@ -33,7 +33,7 @@ from babelprune.choices import (
     TrainingMode,
     ValuesDtype,
 )
-from babelprune.errors import BabelpruneError, describe_validation_error, one_line
+from babelprune.errors import BabelpruneError, describe_validation_error, one_line, refuse_existing_output
 from babelprune.sweep import commands as sweep_commands
 
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
@@ -132,8 +132,7 @@ def prune_command(
     from babelprune.prune.methods import METHODS
 
     flags = dict(locals())
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    refuse_existing_output(out)
     if config_file is not None:
         refuse_typed_flags(config_file, PRUNE_FLAGS | STRUCTURED_FLAGS)
         config = read_verb_config(config_file, [StructuredConfig, PruneConfig])
@@ -369,15 +368,12 @@ def finetune_command(
     """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed."""
     from babelprune.finetune.config import FinetuneConfig
     from babelprune.finetune.trainer import finetune
-    from babelprune.flags import FINETUNE_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
+    from babelprune.flags import FINETUNE_FLAGS, config_from_flags, verb_config
 
-    if config_file is not None:
-        refuse_typed_flags(config_file, FINETUNE_FLAGS)
-        config = read_verb_config(config_file, [FinetuneConfig])
-    else:
-        values = dict(locals())
+    values = dict(locals())
+    if config_file is None:
         config_from_flags(FinetuneConfig, FINETUNE_FLAGS, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
-        config = config_from_flags(FinetuneConfig, FINETUNE_FLAGS, values)
+    config = verb_config(config_file, FinetuneConfig, FINETUNE_FLAGS, values)
     def note(line: str) -> None:  # e.g. a language with fewer training examples than train_per_language asks
         err_console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
 
@@ -447,16 +443,11 @@ def train_dynamic_command(
     """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
     from babelprune.api import calibrate, load_model
     from babelprune.data.tasks import get_task
-    from babelprune.flags import DYNAMIC_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
+    from babelprune.flags import DYNAMIC_FLAGS, verb_config
     from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
 
-    if config_file is not None:
-        refuse_typed_flags(config_file, DYNAMIC_FLAGS)
-        config = read_verb_config(config_file, [DynamicConfig])
-    else:
-        config = config_from_flags(DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    config = verb_config(config_file, DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
+    refuse_existing_output(out)
     loaded = load_model(model)
     if loaded.kind == "encoder":
         result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
@@ -475,8 +466,7 @@ def slice_command(
     """Cut a dynamically trained model to any size, without retraining."""
     from babelprune.formats.dynamic import slice_width
 
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    refuse_existing_output(out)
     console.print(f"Sliced model saved to [bold]{slice_width(model, sparsity, out)}[/bold]")
 
 
@@ -494,22 +484,17 @@ def trim_vocab_command(
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
     from babelprune.api import get_corpus, load_model, save_trimmed, trim_vocabulary
     from babelprune.data.files import _read_utf8, split_paragraphs
-    from babelprune.flags import TRIM_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
+    from babelprune.flags import TRIM_FLAGS, verb_config
     from babelprune.models.inspect import count_parameters
     from babelprune.prune.config import TrimConfig
 
-    if config_file is not None:
-        refuse_typed_flags(config_file, TRIM_FLAGS)
-        config = read_verb_config(config_file, [TrimConfig])
-    else:
-        config = config_from_flags(TrimConfig, TRIM_FLAGS, dict(locals()))
+    config = verb_config(config_file, TrimConfig, TRIM_FLAGS, dict(locals()))
     text = get_corpus(config.corpus)
     if config.languages:
         text.check_languages(config.languages)
     # Read before any work, so a bad file costs nothing; each paragraph (or line) is tokenized like a segment.
     extra_texts = [segment for path in extra or [] for segment in split_paragraphs(_read_utf8(path))]
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    refuse_existing_output(out)
     loaded = load_model(model)
     before = count_parameters(loaded.model)
     trim = trim_vocabulary(loaded, config, extra_texts=extra_texts, sources={"extra_files": [str(path) for path in extra or []]})
@@ -531,9 +516,8 @@ def export_command(
 ) -> None:
     """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
     from babelprune.api import export_gguf, load_model
-    from babelprune.formats.gguf import refuse_existing
 
-    refuse_existing(out)  # before loading: a taken name costs nothing
+    refuse_existing_output(out)  # before loading: a taken name costs nothing
     written = export_gguf(load_model(model), out, dtype)
     console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
 

@@ -11,6 +11,16 @@ class BabelpruneError(Exception):
     """A user-facing error: one sentence naming what was wrong and what to do."""
 
 
+def refuse_existing_output(path) -> None:
+    """Outputs are never overwritten: an existing `path` (folder or file) is refused before any work."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        kind = "folder" if path.is_dir() else "file"
+        raise BabelpruneError(f"Output {kind} {path} exists; choose another --out or remove it.")
+
+
 def describe_validation_error(error) -> str:
     """One sentence for a pydantic ValidationError: the first invalid field, its value and the rule it broke."""
     problems = error.errors(include_url=False)

@@ -144,6 +144,14 @@ def refuse_typed_flags(config_file: Path, flags: Mapping[str, str]) -> None:
         )
 
 
+def verb_config(config_file: Path | None, model, flags: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+    """A verb's config: the whole of `--config FILE` (a mapped flag typed beside it is refused), else built from the flags."""
+    if config_file is None:
+        return config_from_flags(model, flags, values)
+    refuse_typed_flags(config_file, flags)
+    return read_verb_config(config_file, [model])
+
+
 def read_verb_config(path: Path, models: list) -> Any:
     """The config in a YAML/JSON file: the first of `models` whose required fields the file has.
 

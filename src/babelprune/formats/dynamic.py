@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from babelprune.cache import atomic_dir
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.finetune.heads import TaskHead
 from babelprune.formats.hf import load_hf_model
 from babelprune.formats.structured import save_structured
@@ -71,16 +71,10 @@ def _write_head(folder: Path, head: TaskHead, info: dict) -> None:
     save_file(weights, str(folder / HEAD_WEIGHTS))
 
 
-def _check_new(out: Path) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
-    return out
-
-
 def save_dynamic(dynamic: DynamicModel, out: Path) -> Path:
     """A normal HF folder (full-width, reordered weights) + `babelprune_dynamic.json` (+ the task head)."""
-    out = _check_new(out)
+    out = Path(out)
+    refuse_existing_output(out)
     with atomic_dir(out) as tmp:
         dynamic.loaded.model.save_pretrained(tmp)
         if dynamic.loaded.tokenizer is not None:
@@ -138,7 +132,8 @@ def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | 
     input width does not change), so `load_structured` / `load_model` reload
     it. A `DynamicModel` given in memory is left untouched.
     """
-    out = _check_new(Path(out))
+    out = Path(out)
+    refuse_existing_output(out)
     from_folder = not isinstance(source, DynamicModel)
     dynamic = load_dynamic(source) if from_folder else source  # type: ignore[arg-type]
     sparsity = check_sparsity(sparsity)

@@ -37,7 +37,7 @@ import torch
 
 from babelprune.cache import atomic_file
 from babelprune.choices import GgufDtype
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.models.base import LoadedModel
 
 # GGUF token types (the numbers of SentencePiece's piece types).
@@ -70,7 +70,7 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32")
     path = Path(path)
     if dtype not in ("f32", "f16"):
         raise BabelpruneError(f"GGUF dtype '{dtype}' is not supported; choose f32 or f16.")
-    refuse_existing(path)
+    refuse_existing_output(path)
     family = family_of(loaded)
     config = loaded.model.config
     family.check(config, loaded.spec)
@@ -80,11 +80,6 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32")
     name = Path(str(loaded.spec).rstrip("/")).name or family.arch
     write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name))
     return GgufExport(path, family.arch, len(tensors), path.stat().st_size, dtype, len(vocab.tokens))
-
-
-def refuse_existing(path: Path) -> None:
-    if path.exists():
-        raise BabelpruneError(f"Output file {path} exists; choose another --out or remove it.")
 
 
 # ------------------------------------------------------------------ families
@@ -474,4 +469,4 @@ def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensor
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Run `write` on a temporary file next to `path` and rename it into place only when complete (`cache.atomic_file`)."""
-    atomic_file(path, write, before_replace=lambda: refuse_existing(path))  # written meanwhile by someone else: keep theirs
+    atomic_file(path, write, before_replace=lambda: refuse_existing_output(path))  # written meanwhile by someone else: keep theirs

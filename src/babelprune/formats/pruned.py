@@ -47,7 +47,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from babelprune.cache import atomic_dir, read_json_record
 from babelprune.choices import ValuesDtype
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel, model_kind
@@ -410,8 +410,7 @@ def save_pruned(
     """
     stored_values_dtype(values)  # an unknown type is refused before anything is written
     out = Path(out)
-    if out.exists():
-        raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    refuse_existing_output(out)
     per_language = result.config.setting == "per-language"
     fmt = format or ("hf" if per_language else "both")
     if fmt not in ("hf", "sparse", "both"):
