@@ -181,6 +181,29 @@ def _versus_rows(results, field: str, a: str, b: str) -> list[str]:
     return rows
 
 
+def l0_gates_markdown(results) -> str:
+    """What the L0 gates learned in each run: how far their expected sparsity got, and how much of the cut they made."""
+    trained = sorted((r for r in results if r.l0), key=lambda r: (r.units, r.setting, r.target_sparsity))
+    rows = []
+    for result in trained:
+        gates = list(result.l0.values())  # one entry per model (shared: one; per-language: one per language)
+        closed = sum(g["closed_units"] - g["closed_kept"] for g in gates)
+        removed = sum(g["removed_units"] for g in gates)
+        rows.append(f"| {_describe(result, 'importance')} | {statistics.fmean(g['expected_sparsity_last'] for g in gates):.3f} "
+                    f"| {statistics.fmean(g['gate_sparsity'] for g in gates):.3f} | {closed / max(removed, 1):.0%} |")
+    if not rows:
+        return ""
+    steps = "/".join(str(n) for n in sorted({r.steps.get("joint_l0") for r in trained}))
+    return "\n".join(["### What the L0 gates learned", "",
+                      f"Each L0 run trained its gates with the weights for {steps} steps. Expected sparsity: the gates' "
+                      "cost-weighted P(closed) at the last step (the target is the run's sparsity); closed by the gates: the "
+                      "block parameters whose deterministic gate is 0; units cut by the gates: the share of the removed heads "
+                      "and neurons that the gates had closed (the rest were the open units with the lowest P(open), removed to "
+                      "reach the target). Per-language runs: the mean over their models.", "",
+                      "| run | expected sparsity, last step | closed by the gates | units cut by the gates |",
+                      "|---|---:|---:|---:|", *rows]) + "\n"
+
+
 def task_markdown(records: list[RunRecord]) -> str:
     results = [r.task_pruning for r in records if r.task_pruning is not None]
     if not results:
@@ -200,6 +223,9 @@ def task_markdown(records: list[RunRecord]) -> str:
         rows = _versus_rows(separate, field, a, b)
         if rows:
             lines += ["", f"### {title}", "", f"| run | {b} - {a} |", "|---|---:|", *rows]
+    gates = l0_gates_markdown(separate)
+    if gates:
+        lines += ["", gates.rstrip("\n")]
     levels = dynamic_levels(dynamic, separate)
     if levels:
         lines += ["", "### Dynamic Sparsification against separately pruned models", "",

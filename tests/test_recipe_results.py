@@ -44,3 +44,28 @@ def test_an_unknown_recipe_or_a_missing_store_is_one_sentence(monkeypatch, tmp_p
     with pytest.raises(SystemExit, match=r"^error: No results store at .*none\.sqlite; give the --store"):
         recipe_results.main()
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def _l0_result(setting: str, gates: dict[str, dict], steps: int = 40):
+    from babelprune.report.task_prune_records import ModelScores, TaskPruneResult
+
+    dense = ModelScores(name="dense", languages=[], parameters=10, block_parameters=8, sparsity=0.0,
+                        items_per_second=1.0, eval_seconds=1.0)
+    return TaskPruneResult(kind="task-structured", task="t", units=["ffn"], importance="l0", setting=setting,
+                           ranking="global", target_sparsity=0.5, dense=dense, models=[], steps={"joint_l0": steps}, l0=gates)
+
+
+def _gates(expected: float, gate_share: float, closed: int, kept: int, removed: int) -> dict:
+    return {"expected_sparsity_last": expected, "gate_sparsity": gate_share, "closed_units": closed,
+            "closed_kept": kept, "removed_units": removed}
+
+
+def test_l0_gates_table_by_hand():
+    shared = _l0_result("shared", {"shared": _gates(0.42, 0.26, 30, 0, 100)})
+    # two languages: 10 of 40 and 30 of 60 removed units were closed by the gates (5 closed ones kept back) -> 40 of 100
+    per_language = _l0_result("per-language", {"en": _gates(0.2, 0.1, 10, 0, 40), "sw": _gates(0.4, 0.3, 35, 5, 60)})
+    text = recipe_results.l0_gates_markdown([shared, per_language])
+    assert "for 40 steps" in text
+    assert "| ffn per-language 50% | 0.300 | 0.200 | 40% |" in text
+    assert "| ffn shared 50% | 0.420 | 0.260 | 30% |" in text
+    assert recipe_results.l0_gates_markdown([]) == ""
