@@ -161,6 +161,23 @@ def test_the_curve_table_has_one_line_per_configuration(tables):
     assert ("mwanda", "50") in sparsities and ("mwanda", "70") in sparsities
 
 
+def test_the_curves_carry_every_languages_hand_computed_change():
+    from babelprune.report.runs import sparsity_curves
+
+    view = eval_set_view("bible", made.core_records())
+    curves = {curve.label: curve for group in view.groups for curve in sparsity_curves(group.runs)}
+    wanda = curves["wanda"]
+    assert [point.sparsity for point in wanda.points] == [0.5, 0.7]
+    for point in wanda.points:
+        factors = made.FACTORS[("wanda", point.sparsity)]
+        changes = {language: (resource, degradation) for language, resource, degradation in point.languages}
+        assert set(changes) == {"en", "fr", "sw", "yo"}
+        # every window's NLL times the factor: bits per byte scale by it, so the change is factor - 1
+        for language, factor in factors.items():
+            assert changes[language][1] == pytest.approx(factor - 1)
+        assert changes["sw"][0] == "low" and changes["fr"][0] == "high"
+
+
 def test_resource_levels_average_their_languages(tables):
     resource = tables["resource bible"]
     factors = made.FACTORS[("wanda", 0.5)]

@@ -68,6 +68,39 @@ def sparsity_chart(curves: list[Curve], metric: str, path: Path) -> Path:
     return _save(figure, path)
 
 
+def language_sparsity_chart(curves: list[Curve], metric: str, path: Path, labelled: int = 3) -> Path:
+    """One panel per method: every language's degradation against sparsity, coloured by resource level.
+
+    The `labelled` languages that lose most at a panel's highest sparsity are named at their line's end.
+    """
+    shown = [curve for curve in curves if len(curve.points) >= 2] or curves
+    columns = min(3, len(shown))
+    rows = -(-len(shown) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), sharey=True, squeeze=False)
+    for axes, curve in zip(grid.flat, shown):
+        xs = [100 * point.sparsity for point in curve.points]
+        lines: dict[str, tuple[str, list[float]]] = {}
+        for point in curve.points:
+            for language, resource, degradation in point.languages:
+                lines.setdefault(language, (resource, []))[1].append(100 * degradation)
+        complete = {lang: line for lang, line in lines.items() if len(line[1]) == len(xs)}  # scored at every sparsity
+        for language, (resource, ys) in complete.items():
+            axes.plot(xs, ys, color=RESOURCE_COLOURS.get(resource, "grey"), linewidth=0.9, alpha=0.7, marker=".")
+        for language, (_, ys) in sorted(complete.items(), key=lambda item: item[1][1][-1], reverse=True)[:labelled]:
+            axes.annotate(language, (xs[-1], ys[-1]), xytext=(3, 0), textcoords="offset points", fontsize=7, va="center")
+        axes.set_title(plain(curve.label), fontsize=9)
+        axes.set_xlabel("sparsity (%)")
+        axes.axhline(0, color="black", linewidth=0.6)
+        axes.grid(alpha=0.3)
+    for axes in grid.flat[len(shown):]:
+        axes.set_visible(False)
+    for axes in grid[:, 0]:
+        axes.set_ylabel(f"{metric.replace('_', ' ')}: % worse than dense")
+    handles = [plt.Line2D([], [], color=colour, label=f"{level} resource") for level, colour in RESOURCE_COLOURS.items()]
+    grid.flat[0].legend(handles=handles, fontsize=7)
+    return _save(figure, path)
+
+
 def resource_chart(labels: list[str], levels: list[str], values: list[dict], path: Path) -> Path:
     """Mean degradation per resource level (x) for each run (bars), with 95% intervals.
 

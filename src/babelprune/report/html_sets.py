@@ -5,7 +5,7 @@ from __future__ import annotations
 from babelprune.data.languages import RESOURCE_LEVELS
 from babelprune.report.compare import Comparison
 from babelprune.report.contest import Contest
-from babelprune.report.figures import plain, resource_chart, sparsity_chart
+from babelprune.report.figures import language_sparsity_chart, plain, resource_chart, sparsity_chart
 from babelprune.report.html_parts import Cell, Page, marked, num, paragraph, plural, source, table
 from babelprune.report.intervals import BOOTSTRAP_SAMPLES, CONFIDENCE, resolved
 from babelprune.report.plots import degradation_chart, language_bar_chart
@@ -149,6 +149,11 @@ def curve_section(page: Page, group: BaselineGroup, set_name: str) -> str:
                f"and configuration (runs that differ only in sparsity); {_PAIRED}."),
         page.figure(lambda path: sparsity_chart(curves, metric, path), f"{set_name}-sparsity", "quality against sparsity",
                     f"{_metric(group.result)}: % worse than dense against sparsity; bars: 95% intervals."),
+        page.figure(lambda path: language_sparsity_chart(curves, metric, path), f"{set_name}-sparsity-languages",
+                    "every language against sparsity",
+                    f"{_metric(group.result)}: % worse than dense against sparsity, one line per language (colour: resource "
+                    "level), one panel per method; the languages that lose most at the highest sparsity are named. Their "
+                    "intervals are in the per-language tables above."),
         table(["method", "sparsity (%)", "mean change", "worst language", "its change"], rows, name=f"curves {set_name}"),
     ]
     return "\n".join(parts)

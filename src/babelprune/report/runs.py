@@ -216,6 +216,7 @@ class CurvePoint:
     worst_language: str
     worst: float
     worst_interval: Interval | None
+    languages: tuple[tuple[str, str, float], ...] = ()  # (language, resource level, degradation) for every language
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ def sparsity_curves(runs: list[Compared]) -> list[Curve]:
         curves.setdefault(run.info.variant, []).append(CurvePoint(
             run.info.sparsity, comparison.mean_degradation, comparison.mean_interval, worst.language,
             comparison.degradation(worst), comparison.degradation_interval(worst),
+            tuple((c.language, c.resource, comparison.degradation(c)) for c in comparison.changes),
         ))
     return [Curve(labels[variant], points) for variant, points in curves.items()]
 
