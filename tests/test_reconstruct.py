@@ -88,3 +88,10 @@ def test_bad_settings_are_refused_in_one_sentence(kwargs, message):
 def test_a_hessian_of_another_width_is_refused():
     with pytest.raises(BabelpruneError, match="own inputs"):
         reconstruct(WEIGHT, PRUNED, torch.eye(3))
+
+
+def test_the_relative_output_error_by_hand():
+    # D = W - W' = [0, 2]: D H D^T = 2 * 3 * 2 = 12; W H W^T = 1*2*1 + 2*(1*1*2) + 2*3*2 = 18
+    hessian = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
+    assert relative_output_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]]), hessian) == pytest.approx(12 / 18)
+    assert relative_output_error(torch.zeros(1, 2), torch.zeros(1, 2), hessian) == 0.0

@@ -118,13 +118,19 @@ def refit_pcg(weight: Tensor, pruned: Tensor, damped: Tensor, iterations: int = 
     return x * keep, done
 
 
+def output_energy(weight: Tensor, hessian: Tensor) -> float:
+    """||W X||^2 from H = X X^T alone: tr(W H W^T), one float32 product summed in float64.
+
+    (float64 products would cost as much as the whole refit on a wide layer, for a ratio that needs no more precision.)
+    """
+    w = weight.detach().float()
+    return float(((w @ hessian.detach().float()) * w).sum(dtype=torch.float64))
+
+
 def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor) -> float:
     """||(W - W') X||^2 / ||W X||^2 from H = X X^T alone: tr(D H D^T) / tr(W H W^T)."""
-    w = weight.detach().double()
-    diff = w - candidate.detach().double()
-    h = hessian.detach().double()
-    denominator = float(((w @ h) * w).sum())
-    return float(((diff @ h) * diff).sum()) / denominator if denominator > 0 else 0.0
+    total = output_energy(weight, hessian)
+    return output_energy(weight.detach().float() - candidate.detach().float(), hessian) / total if total > 0 else 0.0
 
 
 def reconstruct(
@@ -155,9 +161,8 @@ def reconstruct(
     else:
         raise BabelpruneError(f"Unknown reconstruction solver {solver!r}; use 'pcg' or 'exact'.")
     result = (masked + (1.0 - shrink) * (refit - masked)).masked_fill(pruned, 0.0)
-    report = RefitReport(
-        error_before=relative_output_error(weight, masked, hessian),
-        error_after=relative_output_error(weight, result, hessian),
-        iterations=used,
-    )
+    dense = weight.detach().float()
+    total = output_energy(dense, hessian)  # shared by both errors
+    before, after = (output_energy(dense - candidate, hessian) / total if total > 0 else 0.0 for candidate in (masked, result))
+    report = RefitReport(error_before=before, error_after=after, iterations=used)
     return result.to(weight.dtype), report
