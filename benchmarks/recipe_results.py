@@ -35,7 +35,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import write_result_table
+from _common import REPO, write_result_table
 from babelprune.errors import BabelpruneError
 from babelprune.report.contest import contest
 from babelprune.report.finetune_findings import ConditionFindings, Estimate, condition_findings
@@ -95,6 +95,23 @@ def recipe_time(planned: set[str], records: list[RunRecord]) -> RecipeTime:
     )
 
 
+def same_code(commits: list[str], folder: str = "src", repo: Path = REPO) -> str:
+    """Whether the package's code (`folder`) is the same at every commit, as a sentence, read from git."""
+    import subprocess
+
+    base = [commit.removesuffix("+dirty") for commit in commits]
+    try:
+        changed = [subprocess.run(["git", "diff", "--quiet", base[0], other, "--", folder], cwd=repo, capture_output=True).returncode
+                   for other in base[1:]]
+    except OSError:
+        return "git is not available to compare them."
+    if any(code not in (0, 1) for code in changed) or any(c.endswith("+dirty") for c in commits):
+        return "whether their code differs is not known (a commit is missing here, or one had uncommitted changes)."
+    if any(changed):
+        return f"{folder}/ differs between them, so the runs did not all run the same code."
+    return f"{folder}/ is the same at all of them, so every run ran the same code."
+
+
 def time_markdown(name: str, records: list[RunRecord]) -> str:
     planned = {run.key for run in plan_experiment(recipe_path(name), check_data=False).runs}
     took = recipe_time(planned, records)
@@ -114,7 +131,7 @@ def time_markdown(name: str, records: list[RunRecord]) -> str:
         f"| mean / longest run | {took.run_seconds / finished:.0f} s / {took.longest.seconds:.0f} s ({took.longest.label}) |",
         "",
         f"The runs recorded commit {', '.join(commits)} and {', '.join(threads)} torch threads."
-        + (" **The runs come from more than one commit.**" if len(commits) > 1 else ""),
+        + (f" **The runs come from more than one commit**; {same_code(commits)}" if len(commits) > 1 else ""),
     ]
     if took.missing:
         lines += ["", f"The recipe is not finished: {took.missing} runs are missing, so its full time is not known yet."]

@@ -69,3 +69,25 @@ def test_l0_gates_table_by_hand():
     assert "| ffn per-language 50% | 0.300 | 0.200 | 40% |" in text
     assert "| ffn shared 50% | 0.420 | 0.260 | 30% |" in text
     assert recipe_results.l0_gates_markdown([]) == ""
+
+
+def test_commits_are_compared_on_the_package_code_only(tmp_path):
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "src").mkdir()
+    commits = []
+    for name, text in (("src/code.py", "a = 1\n"), ("docs.md", "more\n"), ("src/code.py", "a = 2\n")):
+        (tmp_path / name).write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", name)
+        commits.append(git("rev-parse", "HEAD"))
+    first, docs_only, changed = commits
+    assert "same at all of them" in recipe_results.same_code([first, docs_only], repo=tmp_path)
+    assert "differs between them" in recipe_results.same_code([first, docs_only, changed], repo=tmp_path)
+    assert "not known" in recipe_results.same_code([first, "0" * 40], repo=tmp_path)
+    assert "not known" in recipe_results.same_code([first, docs_only + "+dirty"], repo=tmp_path)
