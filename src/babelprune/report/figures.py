@@ -76,7 +76,8 @@ def language_sparsity_chart(curves: list[Curve], metric: str, path: Path, labell
     shown = [curve for curve in curves if len(curve.points) >= 2] or curves
     columns = min(3, len(shown))
     rows = -(-len(shown) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), sharey=True, squeeze=False)
+    # each panel its own scale: magnitude pruning's losses would flatten every other method's lines
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     for axes, curve in zip(grid.flat, shown):
         xs = [100 * point.sparsity for point in curve.points]
         lines: dict[str, tuple[str, list[float]]] = {}
@@ -86,8 +87,14 @@ def language_sparsity_chart(curves: list[Curve], metric: str, path: Path, labell
         complete = {lang: line for lang, line in lines.items() if len(line[1]) == len(xs)}  # scored at every sparsity
         for language, (resource, ys) in complete.items():
             axes.plot(xs, ys, color=RESOURCE_COLOURS.get(resource, "grey"), linewidth=0.9, alpha=0.7, marker=".")
-        for language, (_, ys) in sorted(complete.items(), key=lambda item: item[1][1][-1], reverse=True)[:labelled]:
-            axes.annotate(language, (xs[-1], ys[-1]), xytext=(3, 0), textcoords="offset points", fontsize=7, va="center")
+        named = sorted(complete.items(), key=lambda item: item[1][1][-1], reverse=True)[:labelled]
+        span = max((ys[-1] for _, (_, ys) in complete.items()), default=1.0) - min((ys[-1] for _, (_, ys) in complete.items()), default=0.0)
+        placed: list[float] = []
+        for language, (_, ys) in named:  # from the top down, each name at least 4% of the range below the last
+            y = ys[-1] if not placed else min(ys[-1], placed[-1] - 0.04 * max(span, 1e-9))
+            placed.append(y)
+            axes.annotate(language, (xs[-1], ys[-1]), xytext=(3, y), textcoords=("offset points", "data"), fontsize=7, va="center",
+                          ha="left", annotation_clip=False)
         axes.set_title(plain(curve.label), fontsize=9)
         axes.set_xlabel("sparsity (%)")
         axes.axhline(0, color="black", linewidth=0.6)
