@@ -40,6 +40,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.report.contest import contest
 from babelprune.report.finetune_findings import ConditionFindings, Estimate, condition_findings
 from babelprune.report.html_li2022 import all_languages, dynamic_levels, matched_runs, mean_difference, versus
+from babelprune.prune.config import MWandaConfig, PruneConfig
 from babelprune.report.intervals import resolved
 from babelprune.sweep.experiment import recipe_path
 from babelprune.sweep.runs import plan_experiment
@@ -256,36 +257,70 @@ def task_markdown(records: list[RunRecord]) -> str:
 # ----- one-shot evaluation runs -----------------------------------------------------------
 
 
-def _method_and_setting(record: RunRecord) -> tuple[str, str]:
-    method, _, setting = record.label.partition(" ")
-    return method, setting
+def _prune(record: RunRecord) -> PruneConfig:
+    return PruneConfig.model_validate(record.config["verb"])
+
+
+def _amount(config: PruneConfig) -> str:
+    return config.pattern if config.nm else f"{config.sparsity:.0%}"
+
+
+def _is_plain(config: PruneConfig) -> bool:
+    """The method with its documented defaults: no M-Wanda option changed, uniform allocation, no refit."""
+    return config.mwanda == MWandaConfig() and config.allocation == "uniform" and config.reconstruct is None
+
+
+def _variant(config: PruneConfig) -> str:
+    """What an M-Wanda variant changes from the default: "+ activation probability", "+ CWL", both."""
+    parts = ["+ activation probability"] if config.mwanda.activation_prob and not MWandaConfig().activation_prob else []
+    parts += [f"+ {config.allocation.upper()}"] if config.allocation != "uniform" else []
+    changed = {name for name in MWandaConfig.model_fields if getattr(config.mwanda, name) != getattr(MWandaConfig(), name)}
+    parts += [f"{name}={getattr(config.mwanda, name)}" for name in sorted(changed - {"activation_prob"})]
+    return " ".join(parts) or "default"
+
+
+def _contest_row(dense: RunRecord, baseline: RunRecord, candidate: RunRecord, names: tuple[str, str], amount: str) -> list[str]:
+    rows = []
+    for set_name, dense_result in dense.evaluations.items():
+        mine, theirs = candidate.evaluations.get(set_name), baseline.evaluations.get(set_name)
+        if mine is None or theirs is None:
+            continue
+        match = contest(dense_result, theirs, mine, *names)
+        difference = match.candidate_mean - match.baseline_mean
+        rows.append(f"| {amount} | {set_name} | {names[0]} | {match.candidate_mean:+.4f} | {match.baseline_mean:+.4f} | "
+                    f"{interval_text(difference, match.mean_difference_interval, 1, 4)} | {match.verdict(match.mean_difference_interval)} |")
+    return rows
 
 
 def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baselines: tuple[str, ...] = ("wanda", "sparsegpt")) -> str:
+    """The candidate (its defaults) against each baseline in every setting; then each variant of it against its default."""
     dense = next((r for r in records if r.kind == "dense" and r.state == "done"), None)
-    pruned = {_method_and_setting(r): r for r in records if r.kind == "oneshot" and r.state == "done"}
-    if dense is None or not pruned:
+    oneshot = [(r, _prune(r)) for r in records if r.kind == "oneshot" and r.state == "done"]
+    plain = {(config.method, _amount(config)): r for r, config in oneshot if _is_plain(config)}
+    variants = [(r, config) for r, config in oneshot if config.method == candidate and not _is_plain(config)]
+    if dense is None or not plain:
         return ""
+    header = ["| setting | evaluation set | baseline | candidate mean | baseline mean | difference [95%] | verdict |",
+              "|---|---|---|---:|---:|---|---|"]
     lines = ["## One-shot pruning", "",
-             f"{candidate} against each baseline in the same setting: the mean over languages of the increase of bits "
-             "per byte from dense, and the paired difference (candidate - baseline) with its 95% interval (bootstrap "
-             "over evaluation windows); negative: the candidate loses less.", "",
-             "| setting | evaluation set | baseline | candidate mean | baseline mean | difference [95%] | verdict |",
-             "|---|---|---|---:|---:|---|---|"]
-    settings = sorted({setting for method, setting in pruned if method == candidate})
-    for setting in settings:
+             f"{candidate} (its defaults) against each baseline in the same setting: the mean over languages of the increase "
+             "of bits per byte from dense, and the paired difference (candidate - baseline) with its 95% interval "
+             "(bootstrap over evaluation windows); negative: the candidate loses less.", "", *header]
+    for amount in sorted({amount for method, amount in plain if method == candidate}):
         for baseline in baselines:
-            if (baseline, setting) not in pruned:
-                continue
-            for set_name, dense_result in dense.evaluations.items():
-                mine, theirs = pruned[(candidate, setting)].evaluations.get(set_name), pruned[(baseline, setting)].evaluations.get(set_name)
-                if mine is None or theirs is None:
-                    continue
-                match = contest(dense_result, theirs, mine, baseline, candidate)
-                difference = match.candidate_mean - match.baseline_mean
-                lines.append(f"| {setting} | {set_name} | {baseline} | {match.candidate_mean:+.4f} | {match.baseline_mean:+.4f} | "
-                             f"{interval_text(difference, match.mean_difference_interval, 1, 4)} | "
-                             f"{match.verdict(match.mean_difference_interval)} |")
+            if (baseline, amount) in plain:
+                lines += _contest_row(dense, plain[(baseline, amount)], plain[(candidate, amount)], (baseline, candidate), amount)
+    if variants:
+        lines += ["", f"### {candidate}'s ablation", "",
+                  f"Each variant of {candidate} against {candidate} with its defaults (the baseline column) and against "
+                  "wanda, in the same setting and on the same windows.", "", *header]
+        for record, config in sorted(variants, key=lambda item: (_amount(item[1]), _variant(item[1]))):
+            amount, name = _amount(config), f"{candidate} {_variant(config)}"
+            for baseline in (candidate, "wanda"):
+                if (baseline, amount) in plain:
+                    label = f"{candidate} (default)" if baseline == candidate else baseline
+                    lines += [row.replace(f"| {amount} |", f"| {amount}, {name} |", 1)
+                              for row in _contest_row(dense, plain[(baseline, amount)], record, (label, name), amount)]
     return "\n".join(lines) + "\n"
 
 

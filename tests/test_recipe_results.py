@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -91,3 +92,32 @@ def test_commits_are_compared_on_the_package_code_only(tmp_path):
     assert "differs between them" in recipe_results.same_code([first, docs_only, changed], repo=tmp_path)
     assert "not known" in recipe_results.same_code([first, "0" * 40], repo=tmp_path)
     assert "not known" in recipe_results.same_code([first, docs_only + "+dirty"], repo=tmp_path)
+
+
+def _oneshot(key: str, factors: dict[str, float], **prune) -> RunRecord:
+    from tests import report_store as made
+
+    verb = {"method": "mwanda", "sparsity": 0.5, **prune}
+    return RunRecord(key=key, sweep="r", kind="oneshot", label=key, config={"verb": verb}, state="done",
+                     evaluations={"bible": made.eval_result(lambda lang: made.pruned_nll(lang, factors))})
+
+
+def test_mwanda_and_its_ablation_against_wanda_by_hand():
+    from tests import report_store as made
+
+    def mean_increase(factors):  # every window's NLL times a factor: bits per byte rise by (factor - 1) x dense
+        dense = {lang: made.bits_per_byte(made.DENSE_NLL[lang]) for lang in made.DENSE_NLL}
+        return statistics.fmean(made.bits_per_byte(made.pruned_nll(lang, factors)) - dense[lang] for lang in dense)
+
+    wanda = {"fr": 1.10, "sw": 1.30, "yo": 1.40}
+    plain = {"fr": 1.08, "sw": 1.20, "yo": 1.25}
+    with_ap = {"fr": 1.09, "sw": 1.25, "yo": 1.35}
+    records = [made.dense_record(), _oneshot("w", wanda, method="wanda"), _oneshot("m", plain),
+               _oneshot("ap", with_ap, mwanda={"activation_prob": True})]
+    text = recipe_results.oneshot_markdown(records)
+    main, ablation = text.split("### mwanda's ablation")
+    assert f"| 50% | bible | wanda | {mean_increase(plain):+.4f} | {mean_increase(wanda):+.4f} |" in main
+    assert "activation probability" not in main  # the variant is not the default M-Wanda
+    assert (f"| 50%, mwanda + activation probability | bible | mwanda (default) | {mean_increase(with_ap):+.4f} | "
+            f"{mean_increase(plain):+.4f} |") in ablation
+    assert f"| 50%, mwanda + activation probability | bible | wanda | {mean_increase(with_ap):+.4f} |" in ablation

@@ -157,13 +157,25 @@ def test_dry_run_lists_every_run_and_writes_nothing(monkeypatch, capsys, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
 
 
+def test_runs_from_different_entries_with_one_label_are_told_apart(tmp_path, corpus, model_folder):
+    runs = [{"kind": "oneshot", "prune": {"method": "mwanda", "sparsity": 0.5}},
+            {"kind": "oneshot", "prune": {"method": "mwanda", "sparsity": 0.5, "mwanda": {"alpha": 2.0}}},
+            {"kind": "oneshot", "prune": {"method": "wanda", "sparsity": 0.5}}]
+    labels = [run.label for run in _plan(tmp_path, experiment(model_folder, corpus, runs)).runs]
+    assert labels == ["mwanda 50% alpha=0.5", "mwanda 50% alpha=2.0", "wanda 50%"]
+
+
 def test_the_mwanda_recipe_is_the_documented_grid():
     from babelprune.sweep.experiment import recipe_path
 
     plan = plan_experiment(recipe_path("mwanda"), check_data=False)  # the UDHR may not be fetched here
-    assert len(plan.runs) == 1 + 4 * 4 + 4
+    assert len(plan.runs) == 1 + 4 * 4 + 4 + 3  # dense, 4 methods x 5 settings, M-Wanda's ablation at 50%
     labels = {run.label for run in plan.runs}
     assert {"dense", "magnitude 30%", "mwanda 60%", "sparsegpt 2:4", "mwanda 2:4"} <= labels
+    # the default M-Wanda at 50% and its ablation: labels that tell them apart
+    assert {"mwanda 50% activation_prob=False", "mwanda 50% activation_prob=True", "mwanda 50% cwl activation_prob=False",
+            "mwanda 50% cwl activation_prob=True"} <= labels
+    assert len(labels) == len(plan.runs)
     assert {run.model for run in plan.runs} == {"gemma3-270m"}
     by_label = {run.label: run for run in plan.runs}
     assert by_label["wanda 50%"].calibration.languages == ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
@@ -175,7 +187,7 @@ def test_the_mwanda_recipe_is_the_documented_grid():
 def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(monkeypatch, capsys, "recipes")
-    assert code == 0 and "mwanda  21 runs" in out and "demo  6 runs" in out and "ogueji2022  33 runs" in out
+    assert code == 0 and "mwanda  24 runs" in out and "demo  6 runs" in out and "ogueji2022  33 runs" in out
     assert "li2022  61 runs" in out
     code, _, err = run_cli(monkeypatch, capsys, "sweep", "--recipe", "mwandaa")
     lines = [line for line in err.splitlines() if line.strip()]

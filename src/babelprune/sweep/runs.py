@@ -21,7 +21,7 @@ import itertools
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,37 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
                                  {**verb_choices, **_prefixed("calibration", calibration_choices)}, several_models, index)
                     total += 1
                     runs.setdefault(spec.key, spec)
-    plan = Plan(experiment, list(runs.values()), total - len(runs))
+    plan = Plan(experiment, distinct_labels(list(runs.values())), total - len(runs))
     if check_data:
         check_sources(file, plan)
     return plan
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    return {key: value for name, part in config.items() for key, value in _flat(part, f"{prefix}.{name}" if prefix else name).items()}
+
+
+def _choice_text(value: Any) -> str:
+    """A config value as run labels write grid choices: True, 0.5, cwl; lists and mappings as JSON."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+
+
+def distinct_labels(runs: list[RunSpec]) -> list[RunSpec]:
+    """Runs whose labels collide (settings from different entries) get the config fields that tell them apart appended."""
+    by_label: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        by_label.setdefault(run.label, []).append(index)
+    runs = list(runs)
+    for indices in (group for group in by_label.values() if len(group) > 1):
+        flat = [_flat(runs[i].config) for i in indices]
+        fields = sorted({key for one in flat for key in one})
+        differing = [key for key in fields if len({json.dumps(one.get(key), sort_keys=True) for one in flat}) > 1]
+        for i, one in zip(indices, flat):
+            extra = " ".join(f"{key.split('.')[-1]}={_choice_text(one.get(key))}" for key in differing)
+            runs[i] = replace(runs[i], label=f"{runs[i].label} {extra}".rstrip())
+    return runs
 
 
 # ----- grids ---------------------------------------------------------------------------
