@@ -646,7 +646,7 @@ RUNS: dict[str, Run] = {
         "sweeps-doc", (prints("of 9 to run", "mwanda 60%", "sparsegpt 2:4", "structured ffn activation 20%"),),
         setup=EXPERIMENT_SETUP,
     ),
-    "babelprune recipes": Run("sweeps-doc", (prints("mwanda  21 runs"),)),
+    "babelprune recipes": Run("sweeps-doc", (prints("mwanda  24 runs"),)),
     "babelprune runs mwanda-small.sqlite": Run("sweeps-doc", (prints("done", "wanda 50%"),), needs=(SWEEP_COMMAND,)),
     "babelprune sweep broken.yaml": Run(
         "sweeps-doc-errors", (only_files("broken.yaml"),), exit_code=2, setup=doc_yaml("broken.yaml", "corpus. A problem is one sentence"),
