@@ -127,9 +127,9 @@ def output_energy(weight: Tensor, hessian: Tensor) -> float:
     return float(((w @ hessian.detach().float()) * w).sum(dtype=torch.float64))
 
 
-def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor) -> float:
-    """||(W - W') X||^2 / ||W X||^2 from H = X X^T alone: tr(D H D^T) / tr(W H W^T)."""
-    total = output_energy(weight, hessian)
+def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor, total: float | None = None) -> float:
+    """||(W - W') X||^2 / ||W X||^2 from H = X X^T alone: tr(D H D^T) / tr(W H W^T) (`total`, when known)."""
+    total = output_energy(weight, hessian) if total is None else total
     return output_energy(weight.detach().float() - candidate.detach().float(), hessian) / total if total > 0 else 0.0
 
 
@@ -161,8 +161,7 @@ def reconstruct(
     else:
         raise BabelpruneError(f"Unknown reconstruction solver {solver!r}; use 'pcg' or 'exact'.")
     result = (masked + (1.0 - shrink) * (refit - masked)).masked_fill(pruned, 0.0)
-    dense = weight.detach().float()
-    total = output_energy(dense, hessian)  # shared by both errors
-    before, after = (output_energy(dense - candidate, hessian) / total if total > 0 else 0.0 for candidate in (masked, result))
-    report = RefitReport(error_before=before, error_after=after, iterations=used)
+    total = output_energy(weight, hessian)  # shared by both errors
+    report = RefitReport(error_before=relative_output_error(weight, masked, hessian, total),
+                         error_after=relative_output_error(weight, result, hessian, total), iterations=used)
     return result.to(weight.dtype), report
