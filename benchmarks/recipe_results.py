@@ -279,7 +279,8 @@ def _variant(config: PruneConfig) -> str:
     return " ".join(parts) or "default"
 
 
-def _contest_row(dense: RunRecord, baseline: RunRecord, candidate: RunRecord, names: tuple[str, str], amount: str) -> list[str]:
+def _contest_row(dense: RunRecord, baseline: RunRecord, candidate: RunRecord, names: tuple[str, str], setting: str) -> list[str]:
+    """One table row per evaluation set: candidate against baseline in `setting`, paired over the same windows."""
     rows = []
     for set_name, dense_result in dense.evaluations.items():
         mine, theirs = candidate.evaluations.get(set_name), baseline.evaluations.get(set_name)
@@ -287,7 +288,7 @@ def _contest_row(dense: RunRecord, baseline: RunRecord, candidate: RunRecord, na
             continue
         match = contest(dense_result, theirs, mine, *names)
         difference = match.candidate_mean - match.baseline_mean
-        rows.append(f"| {amount} | {set_name} | {names[0]} | {match.candidate_mean:+.4f} | {match.baseline_mean:+.4f} | "
+        rows.append(f"| {setting} | {set_name} | {names[0]} | {match.candidate_mean:+.4f} | {match.baseline_mean:+.4f} | "
                     f"{interval_text(difference, match.mean_difference_interval, 1, 4)} | {match.verdict(match.mean_difference_interval)} |")
     return rows
 
@@ -319,8 +320,7 @@ def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baseli
             for baseline in (candidate, "wanda"):
                 if (baseline, amount) in plain:
                     label = f"{candidate} (default)" if baseline == candidate else baseline
-                    lines += [row.replace(f"| {amount} |", f"| {amount}, {name} |", 1)
-                              for row in _contest_row(dense, plain[(baseline, amount)], record, (label, name), amount)]
+                    lines += _contest_row(dense, plain[(baseline, amount)], record, (label, name), f"{amount}, {name}")
     return "\n".join(lines) + "\n"
 
 
