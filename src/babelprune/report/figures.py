@@ -88,7 +88,8 @@ def language_sparsity_chart(curves: list[Curve], metric: str, path: Path, labell
         for language, (resource, ys) in complete.items():
             axes.plot(xs, ys, color=RESOURCE_COLOURS.get(resource, "grey"), linewidth=0.9, alpha=0.7, marker=".")
         named = sorted(complete.items(), key=lambda item: item[1][1][-1], reverse=True)[:labelled]
-        span = max((ys[-1] for _, (_, ys) in complete.items()), default=1.0) - min((ys[-1] for _, (_, ys) in complete.items()), default=0.0)
+        finals = [ys[-1] for _, ys in complete.values()]  # each language's change at the highest sparsity
+        span = max(finals) - min(finals) if finals else 1.0
         placed: list[float] = []
         for language, (_, ys) in named:  # from the top down, each name at least 4% of the range below the last
             y = ys[-1] if not placed else min(ys[-1], placed[-1] - 0.04 * max(span, 1e-9))
