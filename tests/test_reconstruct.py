@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from babelprune.errors import BabelpruneError
-from babelprune.prune.reconstruct import damped_hessian, reconstruct, relative_output_error
+from babelprune.prune.reconstruct import RefitSystem, damped_hessian, reconstruct, refit_pcg, relative_output_error
 
 # Two inputs with H = X X^T = [[2, 1], [1, 2]]; row 0 keeps input 0, row 1 keeps input 1.
 HESSIAN = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
@@ -95,3 +95,35 @@ def test_the_relative_output_error_by_hand():
     hessian = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
     assert relative_output_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]]), hessian) == pytest.approx(12 / 18)
     assert relative_output_error(torch.zeros(1, 2), torch.zeros(1, 2), hessian) == 0.0
+
+
+@pytest.mark.parametrize("solver, shrink", [("pcg", 0.0), ("pcg", 0.3), ("exact", 0.0), ("exact", 0.7)])
+def test_the_reported_errors_are_those_of_the_masked_and_the_returned_weight(solver, shrink):
+    # The report reads the errors off the solver's running gradient; they must equal tr(D H D^T) / tr(W H W^T) computed directly.
+    x, weight, pruned = _random_problem(4, out=6, width=9, tokens=50)
+    hessian = x @ x.T
+    result, report = reconstruct(weight.float(), pruned, hessian, damp=0.05, shrink=shrink, solver=solver, iterations=4)
+    masked = weight.masked_fill(pruned, 0)
+    assert report.error_before == pytest.approx(relative_output_error(weight, masked, hessian), rel=1e-4)
+    assert report.error_after == pytest.approx(relative_output_error(weight, result, hessian), rel=1e-4)
+
+
+def test_the_pcg_gradient_is_the_damped_hessian_times_what_the_refit_left_out():
+    x, weight, pruned = _random_problem(5, out=4, width=8, tokens=30)
+    damped = damped_hessian(x @ x.T, 0.1).float()
+    refit, used, gradient = refit_pcg(weight.float(), pruned, damped, iterations=3)
+    assert used == 3
+    assert torch.allclose(gradient, (weight.float() - refit) @ damped, atol=1e-3)
+
+
+def test_a_refit_system_made_once_gives_what_each_layer_would_make_itself():
+    # q, k and v share one input: one RefitSystem serves all three.
+    x, weight, pruned = _random_problem(6, out=5, width=7, tokens=40)
+    hessian = x @ x.T
+    system = RefitSystem.of(hessian, 0.1)
+    assert system.lam == pytest.approx(0.1 * float(torch.diagonal(hessian).mean()))
+    for solver in ("pcg", "exact"):
+        alone, report_alone = reconstruct(weight.float(), pruned, hessian, damp=0.1, solver=solver, iterations=5)
+        shared, report_shared = reconstruct(weight.float(), pruned, None, damp=0.1, solver=solver, iterations=5, system=system)
+        assert torch.allclose(alone, shared, atol=1e-5)
+        assert report_alone.error_after == pytest.approx(report_shared.error_after, rel=1e-4)

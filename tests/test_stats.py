@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from babelprune.errors import BabelpruneError
-from babelprune.prune.stats import LanguageStats, post_activation_stats
+from babelprune.prune.stats import LanguageStats, gram, post_activation_stats
 
 
 def _random_batches():
@@ -99,3 +99,23 @@ def test_updates_after_add_hessian_leave_the_hessian_alone():
     stats.add_hessian(torch.tensor([[1.0, 2.0]]))  # [[1, 2], [2, 4]]
     stats.update(torch.tensor([[3.0, 0.0]]), "en")
     assert torch.equal(stats.hessian(), torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64))
+
+
+def test_gram_by_hand_and_at_widths_the_bands_do_not_divide():
+    tokens = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 1.0]])  # X^T X = [[10, -1, 3], [-1, 5, -1], [3, -1, 1]]
+    expected = torch.tensor([[10.0, -1.0, 3.0], [-1.0, 5.0, -1.0], [3.0, -1.0, 1.0]])
+    for pieces in (1, 2, 3, 4, 5):
+        assert torch.equal(gram(tokens, pieces), expected)
+    wide = torch.randn(50, 13, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(gram(wide), wide.T @ wide, atol=1e-4)
+
+
+def test_a_derived_value_is_made_once_and_dropped_when_a_batch_arrives():
+    stats = LanguageStats(2, ["en"], track_hessian=True)
+    stats.update(torch.tensor([[1.0, 0.0]]), "en")
+    calls = []
+    first = stats.derived("h", lambda: calls.append(1) or stats.hessian())
+    assert torch.equal(stats.derived("h", lambda: calls.append(1) or None), first) and len(calls) == 1
+    stats.update(torch.tensor([[0.0, 2.0]]), "en")
+    assert torch.equal(stats.derived("h", lambda: calls.append(1) or stats.hessian()), torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64))
+    assert len(calls) == 2

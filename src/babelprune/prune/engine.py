@@ -36,7 +36,7 @@ from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import wanda_scores
 from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
-from babelprune.prune.reconstruct import reconstruct
+from babelprune.prune.reconstruct import RefitSystem, reconstruct
 from babelprune.prune.sequential import (
     StatsCollector,
     batch_spans,
@@ -221,10 +221,12 @@ def _prune_linear(
     new_weight, pruned = method.fn(LayerTask(dense, stats, sparsity, config))
     if config.reconstruct is not None:
         options = config.reconstruct
+        # Linears that read one input (q, k, v; gate, up) share its statistics, and so its damped Hessian.
+        system = stats.derived(("refit", options.damp), lambda: RefitSystem.of(stats.hessian(), options.damp))
         # The refit starts again from the dense weight: only the method's mask is kept.
         new_weight, report = reconstruct(
-            dense, pruned, stats.hessian(), damp=options.damp, shrink=options.shrink,
-            solver=options.solver, iterations=options.iterations,
+            dense, pruned, None if options.solver == "pcg" else stats.hessian(), damp=options.damp, shrink=options.shrink,
+            solver=options.solver, iterations=options.iterations, system=system,
         )
         refit_errors[name] = [round(report.error_before, 6), round(report.error_after, 6)]
     if new_weight is None:

@@ -48,14 +48,18 @@ class RefitReport:
 
 def damped_hessian(hessian: Tensor, damp: float) -> Tensor:
     """H + damp * mean(diag H) * I in float64; an all-zero H gets damp * I."""
+    h = hessian.detach().double()
+    return h + _damping(h, damp) * torch.eye(h.shape[0], dtype=h.dtype)
+
+
+def _damping(hessian: Tensor, damp: float) -> float:
+    """lambda = damp * mean(diag H) (damp alone when the diagonal is all zero), after checking both."""
     if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
         raise BabelpruneError(f"The Hessian must be a square (in, in) matrix, got shape {tuple(hessian.shape)}.")
     if not damp > 0:
         raise BabelpruneError(f"The reconstruction damping {damp} must be positive, e.g. 0.01.")
-    h = hessian.detach().double()
-    scale = torch.diagonal(h).mean()
-    scale = scale if scale > 0 else torch.ones((), dtype=h.dtype)
-    return h + damp * scale * torch.eye(h.shape[0], dtype=h.dtype)
+    scale = float(torch.diagonal(hessian).double().mean())
+    return damp * (scale if scale > 0 else 1.0)
 
 
 def _check_shapes(weight: Tensor, pruned: Tensor, hessian: Tensor) -> None:
@@ -83,39 +87,53 @@ def refit_exact(weight: Tensor, pruned: Tensor, damped: Tensor) -> Tensor:
     return refit
 
 
-def refit_pcg(weight: Tensor, pruned: Tensor, damped: Tensor, iterations: int = 30, tolerance: float = 1e-4) -> tuple[Tensor, int]:
-    """The refit by batched Jacobi-preconditioned CG, float32 (out, in); returns it and the iterations run.
+def refit_pcg(
+    weight: Tensor, pruned: Tensor, damped: Tensor, iterations: int = 30, tolerance: float = 1e-4, gradient: Tensor | None = None,
+) -> tuple[Tensor, int, Tensor]:
+    """The refit by batched Jacobi-preconditioned CG, float32 (out, in).
 
     Each row solves (H_d)_SS z = (H_d w)_S on its own support; the masked
     weight is the starting point, so zero iterations return the mask method's
     weight. Stops when every row's residual fell below `tolerance` times its
     starting residual.
+
+    Besides the refit and the iterations run, returns G = (W - W_refit) H_d
+    (out, in) on every input, not only the kept ones: the residual is G's kept
+    part, and G gives the output errors of the report without another product.
+    `gradient`, when given, is G at the start, (W - W_masked) H_d; it is updated in place.
     """
     keep = (~pruned).float()  # (out, in)
     h = damped.float()
-    w = weight.detach().float()
-    x = w * keep  # (out, in) warm start: the masked weight
-    residual = ((w - x) @ h) * keep  # (out, in): (H_d w - H_d x) on each row's support
+    x = weight.detach().float() * keep  # (out, in) warm start: the masked weight
+    g = (weight.detach().float() - x) @ h if gradient is None else gradient  # (out, in) H_d (w - x), every input
+    residual = g * keep  # (out, in): on each row's support
     inverse_diag = 1.0 / torch.diagonal(h)  # (in,) Jacobi preconditioner
     z = residual * inverse_diag
     direction = z.clone()
-    rz = (residual * z).sum(dim=1)  # (out,)
+    rz = _row_dot(residual, z)  # (out,)
     start_norm = residual.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    tiny = torch.finfo(torch.float32).tiny
     done = 0
     for done in range(1, iterations + 1):
-        product = (direction @ h) * keep  # (out, in): (H_d)_SS p
-        curvature = (direction * product).sum(dim=1)  # (out,)
-        step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(rz))
-        x += step.unsqueeze(1) * direction
-        residual -= step.unsqueeze(1) * product
+        product = direction @ h  # (out, in): H_d p on every input; p lies on the support
+        curvature = _row_dot(direction, product)  # (out,)
+        step = torch.where(curvature > 0, rz / curvature.clamp_min(tiny), torch.zeros_like(rz)).unsqueeze(1)
+        x.add_(step * direction)
+        g.sub_(step * product)
+        torch.mul(g, keep, out=residual)
         if bool((residual.norm(dim=1) <= tolerance * start_norm).all()):
             break
-        z = residual * inverse_diag
-        rz_next = (residual * z).sum(dim=1)
-        beta = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(rz))
-        direction = z + beta.unsqueeze(1) * direction
+        torch.mul(residual, inverse_diag, out=z)
+        rz_next = _row_dot(residual, z)
+        beta = torch.where(rz > 0, rz_next / rz.clamp_min(tiny), torch.zeros_like(rz)).unsqueeze(1)
+        direction.mul_(beta).add_(z)
         rz = rz_next
-    return x * keep, done
+    return x * keep, done, g
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """(rows,): the dot product of each row of a with the same row of b."""
+    return torch.linalg.vecdot(a, b, dim=1)
 
 
 def output_energy(weight: Tensor, hessian: Tensor) -> float:
@@ -133,35 +151,78 @@ def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor, to
     return output_energy(weight.detach().float() - candidate.detach().float(), hessian) / total if total > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class RefitSystem:
+    """The damped Hessian of one layer input in float32, shared by every linear that reads that input.
+
+    q, k and v (and gate and up) read one tensor: the float64 damping and the
+    float32 copy are made once for all of them.
+    """
+
+    damped: Tensor  # (in, in) float32: H + lam I
+    lam: float  # the damping added to the diagonal
+
+    @classmethod
+    def of(cls, hessian: Tensor, damp: float) -> RefitSystem:
+        lam = _damping(hessian, damp)
+        damped = hessian.detach().float() + lam * torch.eye(hessian.shape[0])
+        return cls(damped=damped, lam=lam)
+
+    def energy(self, difference: Tensor, gradient: Tensor) -> float:
+        """d^T H d summed over rows, from G = d H_d: sum(d * G) - lam ||d||^2 (float64 sums)."""
+        return float(_row_dot(difference, gradient).sum(dtype=torch.float64)
+                     - self.lam * difference.square().sum(dtype=torch.float64))
+
+
 def reconstruct(
     weight: Tensor,
     pruned: Tensor,
-    hessian: Tensor,
+    hessian: Tensor | None,
     damp: float = 0.01,
     shrink: float = 0.0,
     solver: str = "pcg",
     iterations: int = 30,
+    system: RefitSystem | None = None,
 ) -> tuple[Tensor, RefitReport]:
     """Refit the kept weights of `weight` (out, in) on `hessian` = X X^T (in, in); zero where `pruned`.
 
-    Returns the new weight in the input's dtype, exactly zero where pruned,
-    and the report of the calibration error before and after.
+    `system`, when given, is `RefitSystem.of(hessian, damp)` made beforehand
+    (and `hessian` may then be None). Returns the new weight in the input's
+    dtype, exactly zero where pruned, and the report of the calibration error
+    before and after.
     """
-    _check_shapes(weight, pruned, hessian)
     if not 0.0 <= shrink <= 1.0:
         raise BabelpruneError(f"The reconstruction shrink {shrink} must lie in [0, 1] (0: full refit, 1: no refit).")
-    damped = damped_hessian(hessian, damp)
-    masked = weight.detach().float().masked_fill(pruned, 0.0)
-    if solver == "exact":
-        refit, used = refit_exact(weight, pruned, damped).float(), 0
-    elif solver == "pcg":
-        if iterations < 1:
-            raise BabelpruneError(f"PCG needs at least one iteration, got {iterations}.")
-        refit, used = refit_pcg(weight, pruned, damped, iterations)
-    else:
+    if solver not in ("pcg", "exact"):
         raise BabelpruneError(f"Unknown reconstruction solver {solver!r}; use 'pcg' or 'exact'.")
+    if solver == "pcg" and iterations < 1:
+        raise BabelpruneError(f"PCG needs at least one iteration, got {iterations}.")
+    if system is None:
+        _check_shapes(weight, pruned, hessian)
+        system = RefitSystem.of(hessian, damp)
+    else:
+        _check_shapes(weight, pruned, system.damped)
+    w = weight.detach().float()
+    removed = w.masked_fill(~pruned, 0.0)  # (out, in) d0 = W - W_masked: the pruned weights
+    start_gradient = removed @ system.damped  # (out, in) d0 H_d
+    before = system.energy(removed, start_gradient)
+    if solver == "exact":
+        refit = refit_exact(weight, pruned, damped_hessian(hessian, damp) if hessian is not None else system.damped.double()).float()
+        used, gradient = 0, (w - refit) @ system.damped
+    else:
+        refit, used, gradient = refit_pcg(weight, pruned, system.damped, iterations, gradient=start_gradient)
+    # The result is W_masked + (1 - s)(W_refit - W_masked), so W - result = s d0 + (1 - s) d with d = W - W_refit,
+    # and its error s^2 E(d0) + (1 - s)^2 E(d) + 2 s (1 - s) d0^T H d, where d0^T H d = sum(d0 * G) - lam ||d0||^2
+    # (d and d0 agree on the pruned inputs, and d0 is zero elsewhere).
+    refit_error = system.energy(w - refit, gradient)
+    cross = float(_row_dot(removed, gradient).sum(dtype=torch.float64)) - system.lam * float(removed.square().sum(dtype=torch.float64))
+    after = shrink**2 * before + (1.0 - shrink) ** 2 * refit_error + 2.0 * shrink * (1.0 - shrink) * cross
+    total = system.energy(w, w @ system.damped)  # ||W X||^2, the one product that is not part of the solve
+    masked = w - removed
     result = (masked + (1.0 - shrink) * (refit - masked)).masked_fill(pruned, 0.0)
-    total = output_energy(weight, hessian)  # shared by both errors
-    report = RefitReport(error_before=relative_output_error(weight, masked, hessian, total),
-                         error_after=relative_output_error(weight, result, hessian, total), iterations=used)
+    report = RefitReport(
+        error_before=before / total if total > 0 else 0.0,
+        error_after=max(after, 0.0) / total if total > 0 else 0.0,
+        iterations=used,
+    )
     return result.to(weight.dtype), report

@@ -148,14 +148,15 @@ class BatchStats:
         return by_name[name]
 
     def _add_hessian(self, stats: LanguageStats, x: torch.Tensor, per_sample: torch.Tensor) -> None:
-        """Pooled: one product for all tokens. Balanced: one per language, its tokens scaled by sqrt(s_l)."""
+        """One product for all the batch's tokens; balanced, each language's tokens scaled by sqrt(s_l) first."""
         scale_of = self.collector.token_scale
         if scale_of is None:
             stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
             return
+        root_scale = torch.zeros(self.n_samples)  # (N,): every row belongs to one language
         for lang, rows in self.rows.items():
-            scale = float(scale_of[self.collector.languages.index(lang)])
-            stats.add_hessian(per_sample[rows].reshape(-1, x.shape[-1]).float(), scale)
+            root_scale[rows] = float(scale_of[self.collector.languages.index(lang)]) ** 0.5
+        stats.add_hessian((per_sample.float() * root_scale.view(-1, 1, 1)).reshape(-1, x.shape[-1]))
 
 
 def batch_spans(n: int, batch: int | None) -> list[tuple[int, int]]:

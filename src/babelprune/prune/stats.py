@@ -34,7 +34,7 @@ batches does not lose precision.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -44,6 +44,27 @@ from babelprune.errors import BabelpruneError
 
 ActiveRule = Literal["abs", "positive"]
 DEFAULT_TAU = 1e-2
+
+
+def gram(tokens: Tensor, pieces: int = 4) -> Tensor:
+    """X^T X (in, in) of tokens X (T, in), computing only the blocks on and above the diagonal.
+
+    The input dimension is cut into `pieces` bands; band a is multiplied with
+    bands a..end and mirrored below the diagonal, so (pieces + 1) / (2 pieces)
+    of the full product's work is done (5/8 for 4 bands). On 2 CPU cores this
+    is 20-27% faster than tokens.T @ tokens for widths 640-2048
+    (benchmarks/gram_speed.py).
+    """
+    width = tokens.shape[1]
+    edges = [round(i * width / pieces) for i in range(pieces + 1)]
+    out = torch.empty(width, width, dtype=tokens.dtype)
+    for start, end in zip(edges[:-1], edges[1:]):
+        if start == end:
+            continue
+        band = tokens[:, start:end].T @ tokens[:, start:]  # (end - start, width - start)
+        out[start:end, start:] = band
+        out[start:, start:end] = band.T
+    return out
 
 
 class LanguageStats:
@@ -84,6 +105,8 @@ class LanguageStats:
         # update() adds to the Hessian only when asked here; a caller that feeds it whole batches
         # through add_hessian() (babelprune.prune.sequential) must not have each batch counted twice.
         self._hessian_by_update = track_hessian
+        # Values derived from the statistics (e.g. a damped float32 Hessian shared by q, k and v), dropped on every new batch.
+        self._derived: dict = {}
 
     @property
     def token_counts(self) -> dict[str, int]:
@@ -102,6 +125,7 @@ class LanguageStats:
         tokens = x.detach().reshape(-1, self.in_features).float()  # (T, in)
         if tokens.shape[0] == 0:
             return
+        self._derived.clear()
         i = self._index[lang]
         self._sum_squares[i] += tokens.square().sum(dim=0).double()  # float32 per batch, float64 across batches
         if self._active is not None:
@@ -110,12 +134,21 @@ class LanguageStats:
         self._tokens[i] += tokens.shape[0]
         if self._hessian_by_update:
             scale = 1.0 if self.token_scale is None else float(self.token_scale[i])
-            self._hessian += scale * (tokens.T @ tokens).double()  # (in, in)
+            self._hessian += scale * gram(tokens).double()  # (in, in)
 
     def add_hessian(self, tokens: Tensor, scale: float = 1.0) -> None:
         """Add scale * X^T X of a batch of tokens (T, in) of any languages: one matrix product for all of them."""
-        product = scale * (tokens.T @ tokens).double()  # (in, in)
-        self._hessian = product if self._hessian is None else self._hessian + product
+        product = gram(tokens)  # (in, in) float32
+        if self._hessian is None:
+            self._hessian = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
+        self._hessian.add_(product, alpha=scale)  # into the float64 total
+        self._derived.clear()
+
+    def derived(self, key: Hashable, compute: Callable[[], object]):
+        """`compute()`, made once and kept until the next batch changes these statistics."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     def _require_tokens(self) -> None:
         missing = [lang for i, lang in enumerate(self.languages) if int(self._tokens[i]) == 0]
