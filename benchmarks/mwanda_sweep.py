@@ -26,12 +26,15 @@ from babelprune.api import calibrate, evaluate, get_corpus, load_model
 from babelprune.prune.config import MWandaConfig, PruneConfig, ReconstructConfig
 from babelprune.prune.engine import prune
 from babelprune.report.records import EvalResult
-from babelprune.report.contest import contest
+from babelprune.report.contest import contest, contest_markdown
 from babelprune.report.intervals import resolved
 
 CALIBRATED = ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
 UNSEEN = ["de", "it", "pt", "ja", "ko", "tr", "id", "vi"]
 OFF = dict(language_aware=False, activation_prob=False)
+# The recommended configuration today (M-Wanda's defaults + --reconstruct) and the rows that could replace it.
+RECOMMENDED = "LA alpha=0.5 + refit"
+CHALLENGERS = ("sparsegpt", "LA alpha=0.5 + CWL + refit", "sparsegpt mask + refit")
 
 BENCHMARK = {"minutes": 45}
 
@@ -43,6 +46,12 @@ def configurations(s: float) -> list[tuple[str, PruneConfig]]:
 
     return [
         ("wanda", PruneConfig(method="wanda", sparsity=s)),
+        # The candidates for the recommended configuration first (the rows with the refit of the kept
+        # weights, --reconstruct, and SparseGPT), so that an interrupted run has kept the ones that decide it.
+        ("sparsegpt", PruneConfig(method="sparsegpt", sparsity=s)),
+        ("LA alpha=0.5 + refit", mwanda(language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
+        ("LA alpha=0.5 + CWL + refit", mwanda(allocation="cwl", language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
+        ("sparsegpt mask + refit", PruneConfig(method="sparsegpt", sparsity=s, reconstruct=ReconstructConfig())),
         ("wanda + owl", PruneConfig(method="wanda", sparsity=s, allocation="owl")),
         ("ria", PruneConfig(method="ria", sparsity=s)),
         ("LA alpha=0.5, RIA score", mwanda(language_aware=True, alpha=0.5, score="ria")),
@@ -56,10 +65,6 @@ def configurations(s: float) -> list[tuple[str, PruneConfig]]:
         ("LA1 + AP1", mwanda(language_aware=True, alpha=1.0, activation_prob=True, beta=1.0)),
         ("LA1 + AP1 + CWL", mwanda(allocation="cwl", language_aware=True, alpha=1.0, activation_prob=True, beta=1.0)),
         ("LA alpha=0.5 + CWL", mwanda(allocation="cwl", language_aware=True, alpha=0.5)),
-        # With the refit of the kept weights (--reconstruct), the recommended configuration's second half:
-        ("sparsegpt", PruneConfig(method="sparsegpt", sparsity=s)),
-        ("LA alpha=0.5 + refit", mwanda(language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
-        ("LA alpha=0.5 + CWL + refit", mwanda(allocation="cwl", language_aware=True, alpha=0.5, reconstruct=ReconstructConfig())),
     ]
 
 
@@ -125,7 +130,13 @@ def main() -> None:
         "LA = language-aware statistics, "
         "AP = activation probability, CWL = cross-lingual layer-wise sparsity."
     )
-    write_result_table("mwanda_sweep", "M-Wanda defaults: each part against Wanda", setup + "\n\n" + "\n".join(rows))
+    challengers = [contest_markdown(contest(dense, results[RECOMMENDED], results[label], RECOMMENDED, label))
+                   for label in CHALLENGERS]
+    second = (f"## The recommended configuration ({RECOMMENDED}) against the rows that could replace it\n\n"
+              "Same development text; a negative difference favours the challenger.\n\n" + "\n\n".join(challengers))
+    print(second, flush=True)
+    write_result_table("mwanda_sweep", "M-Wanda defaults: each part against Wanda",
+                       setup + "\n\n" + "\n".join(rows) + "\n\n" + second)
 
 
 if __name__ == "__main__":
