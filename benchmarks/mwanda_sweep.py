@@ -1,6 +1,7 @@
 """The small sweep behind M-Wanda's defaults: each part alone, then together, against Wanda.
 
     python benchmarks/mwanda_sweep.py [--sparsity 0.5] [--tokens 384] [--seq-len 64]
+                                      [--only 'wanda,sparsegpt,...' --table recommended_config]
 
 Calibration: 8 Bible languages (8 x 256 tokens each, calibration split).
 Held-out development text: the UDHR (another corpus) in those 8 languages and
@@ -12,7 +13,8 @@ docs/results/mwanda_sweep.md. Needs `babelprune data fetch udhr`.
 
 Each configuration's evaluation is kept in benchmark-results/mwanda_sweep/
 (keyed on the configuration, the budget and the code), so adding a row to
-the table runs only that row.
+the table runs only that row. `--only` runs (and tables) just the rows it
+names, wanda always among them, into the table `--table` names.
 """
 
 from __future__ import annotations
@@ -75,7 +77,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=384, help="predicted tokens per language")
     parser.add_argument("--seq-len", type=int, default=64, help="evaluation window (short, so each language has 5 or more)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/mwanda_sweep"), help="the rows' kept evaluations")
+    parser.add_argument("--only", help="comma-separated row labels to run and table (wanda is always added)")
+    parser.add_argument("--table", default="mwanda_sweep", help="the table's name under docs/results/")
     args = parser.parse_args()
+    rows_to_run = configurations(args.sparsity)
+    if args.only:
+        wanted = {"wanda", *(label.strip() for label in args.only.split(","))}
+        unknown = wanted - {label for label, _ in rows_to_run}
+        if unknown:
+            parser.error(f"--only names unknown rows {sorted(unknown)}; the rows are: {', '.join(l for l, _ in rows_to_run)}")
+        rows_to_run = [(label, config) for label, config in rows_to_run if label in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
 
     loaded = load_model(args.model)
@@ -102,7 +113,7 @@ def main() -> None:
         return EvalResult.model_validate(cached_stage(args.out / f"{tag}.json", fields, run, label)["eval"])
 
     dense = stage("dense", None)
-    results = {label: stage(label, config) for label, config in configurations(args.sparsity)}
+    results = {label: stage(label, config) for label, config in rows_to_run}
     rows = ["| configuration | mean increase | vs wanda [95% interval] | worst language | calibrated | unseen |",
             "|---|---|---|---|---|---|"]
     for label, pruned in results.items():
@@ -131,11 +142,13 @@ def main() -> None:
         "AP = activation probability, CWL = cross-lingual layer-wise sparsity."
     )
     challengers = [contest_markdown(contest(dense, results[RECOMMENDED], results[label], RECOMMENDED, label))
-                   for label in CHALLENGERS]
-    second = (f"## The recommended configuration ({RECOMMENDED}) against the rows that could replace it\n\n"
+                   for label in CHALLENGERS if RECOMMENDED in results and label in results]
+    second = "" if not challengers else (f"## The recommended configuration ({RECOMMENDED}) against the rows that could replace it\n\n"
               "Same development text; a negative difference favours the challenger.\n\n" + "\n\n".join(challengers))
     print(second, flush=True)
-    write_result_table("mwanda_sweep", "M-Wanda defaults: each part against Wanda",
+    title = ("M-Wanda defaults: each part against Wanda" if not args.only
+             else "The recommended configuration: candidates on development languages")
+    write_result_table(args.table, title,
                        setup + "\n\n" + "\n".join(rows) + "\n\n" + second)
 
 
