@@ -12,7 +12,7 @@ back. With the medians over --repeats rounds it reports:
   memory ratio = median over rounds of (peak RSS while pruning - RSS before the model was loaded
                  - the dense copy this script keeps) / dense model bytes
 Methods: magnitude, wanda and sparsegpt (one-pass and two-pass, all windows in one forward or 8 at a
-time), mwanda (defaults, with CWL, with --reconstruct; 8 windows at a time); --only picks rows by label.
+time), mwanda (defaults, with CWL, with --reconstruct, with both; 8 windows at a time); --only picks rows by label.
 Writes docs/results/prune_speed.md.
 """
 
@@ -39,6 +39,7 @@ RUNS = [
     ("mwanda (defaults)", "mwanda", "one-pass", "uniform", 8, False),
     ("mwanda + CWL", "mwanda", "one-pass", "cwl", 8, False),
     ("mwanda + refit", "mwanda", "one-pass", "uniform", 8, True),
+    ("mwanda + CWL + refit", "mwanda", "one-pass", "cwl", 8, True),
     ("sparsegpt", "sparsegpt", "one-pass", "uniform", 0, False),
     ("sparsegpt", "sparsegpt", "one-pass", "uniform", 8, False),
     ("sparsegpt", "sparsegpt", "two-pass", "uniform", 8, False),
