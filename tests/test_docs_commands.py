@@ -214,6 +214,19 @@ def pruned_folder(path: str, method: str, sparsity: float, mask_languages: str |
     return check
 
 
+def cwl_record(path: str) -> Check:
+    """The record says CWL set the blocks' sparsities: one cross-lingual correlation per block, and targets that differ."""
+
+    def check(outcome: Outcome) -> None:
+        record = json.loads((outcome.folder / path / "babelprune_pruning.json").read_text(encoding="utf-8"))
+        assert record["allocation"] == "cwl", record["allocation"]
+        correlations = record["allocation_stats"]["cross_lingual_correlation"]
+        targets = record["block_sparsity_targets"]
+        assert len(correlations) == len(targets) and len(set(targets)) > 1, record
+
+    return check
+
+
 def refit_record(path: str) -> Check:
     """The record holds, for every pruned layer, a lower calibration error after the refit than before it."""
 
@@ -587,8 +600,9 @@ RUNS: dict[str, Run] = {
     "babelprune prune --method wanda --setting per-language --calib-langs en,fr,sw --out pruned-perlang": Run(
         "readme-tour", (pruned_folder("pruned-perlang", "wanda", 0.5, mask_languages="en,fr,sw"),), extra=CALIB_BUDGET,
     ),
-    "babelprune prune --method mwanda --reconstruct --out pruned-refit": Run(
-        "readme-tour", (pruned_folder("pruned-refit", "mwanda", 0.5), refit_record("pruned-refit")), extra=CALIB_BUDGET,
+    "babelprune prune --method mwanda --allocation cwl --reconstruct --out pruned-refit": Run(
+        "readme-tour", (pruned_folder("pruned-refit", "mwanda", 0.5), refit_record("pruned-refit"),
+                        cwl_record("pruned-refit")), extra=CALIB_BUDGET,
     ),
     "babelprune prune --method sparsegpt --language-weights sw=2 --language-budget minimax --out pruned-budget": Run(
         "readme-tour", (pruned_folder("pruned-budget", "sparsegpt", 0.5), budget_record("pruned-budget", rounds=3),
