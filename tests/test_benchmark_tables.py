@@ -183,3 +183,14 @@ def test_header_names_both_commits_when_the_code_moved_during_the_run(tmp_path, 
     monkeypatch.setattr(_common, "_VERSION_AT_START", "0" * 40)
     text = _common.write_result_table("t", "T", "body", command="c", directory=tmp_path).read_text(encoding="utf-8")
     assert f"- commit: {'0' * 40} at start, {_common.code_version()} when written" in text
+
+
+def test_prune_quality_recommends_cwl_only_where_an_allocation_can_vary_sparsity():
+    import prune_quality
+
+    # CWL moves sparsity between blocks; a 2:4 pattern fixes every row at half, so CWL cannot run there.
+    assert prune_quality.recommended_for("50%") == "mwanda + cwl + refit"
+    assert prune_quality.recommended_for("60%") == "mwanda + cwl + refit"
+    assert prune_quality.recommended_for("2:4") == "mwanda + refit"
+    assert not prune_quality.applies("mwanda + cwl + refit", "2:4")
+    assert prune_quality.applies("mwanda + cwl + refit", "50%") and prune_quality.applies("mwanda + refit", "2:4")
