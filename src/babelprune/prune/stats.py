@@ -51,9 +51,8 @@ def gram(tokens: Tensor, pieces: int = 4) -> Tensor:
 
     The input dimension is cut into `pieces` bands; band a is multiplied with
     bands a..end and mirrored below the diagonal, so (pieces + 1) / (2 pieces)
-    of the full product's work is done (5/8 for 4 bands). On 2 CPU cores this
-    is 20-27% faster than tokens.T @ tokens for widths 640-2048
-    (benchmarks/gram_speed.py).
+    of the full product's work is done (5/8 for 4 bands); how much faster that
+    is than tokens.T @ tokens on a given machine: benchmarks/gram_speed.py.
     """
     width = tokens.shape[1]
     edges = [round(i * width / pieces) for i in range(pieces + 1)]
