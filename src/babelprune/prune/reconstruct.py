@@ -212,10 +212,10 @@ def reconstruct(
     else:
         refit, used, gradient = refit_pcg(weight, pruned, system.damped, iterations, gradient=start_gradient)
     # The result is W_masked + (1 - s)(W_refit - W_masked), so W - result = s d0 + (1 - s) d with d = W - W_refit,
-    # and its error s^2 E(d0) + (1 - s)^2 E(d) + 2 s (1 - s) d0^T H d, where d0^T H d = sum(d0 * G) - lam ||d0||^2
-    # (d and d0 agree on the pruned inputs, and d0 is zero elsewhere).
+    # and its error s^2 E(d0) + (1 - s)^2 E(d) + 2 s (1 - s) d0^T H d. Since d and d0 agree on the pruned inputs and
+    # d0 is zero elsewhere, <d0, d> = ||d0||^2, so d0^T H d = sum(d0 * G) - lam ||d0||^2 = system.energy(d0, G).
     refit_error = system.energy(w - refit, gradient)
-    cross = float(_row_dot(removed, gradient).sum(dtype=torch.float64)) - system.lam * float(removed.square().sum(dtype=torch.float64))
+    cross = system.energy(removed, gradient)
     after = shrink**2 * before + (1.0 - shrink) ** 2 * refit_error + 2.0 * shrink * (1.0 - shrink) * cross
     total = system.energy(w, w @ system.damped)  # ||W X||^2, the one product that is not part of the solve
     masked = w - removed
