@@ -111,8 +111,8 @@ def refit_pcg(
     z = residual * inverse_diag
     direction = z.clone()
     rz = _row_dot(residual, z)  # (out,)
-    start_norm = residual.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
     tiny = torch.finfo(torch.float32).tiny
+    start_norm = residual.norm(dim=1).clamp_min(tiny)
     done = 0
     for done in range(1, iterations + 1):
         product = direction @ h  # (out, in): H_d p on every input; p lies on the support
@@ -145,9 +145,12 @@ def output_energy(weight: Tensor, hessian: Tensor) -> float:
     return float(((w @ hessian.detach().float()) * w).sum(dtype=torch.float64))
 
 
-def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor, total: float | None = None) -> float:
-    """||(W - W') X||^2 / ||W X||^2 from H = X X^T alone: tr(D H D^T) / tr(W H W^T) (`total`, when known)."""
-    total = output_energy(weight, hessian) if total is None else total
+def relative_output_error(weight: Tensor, candidate: Tensor, hessian: Tensor) -> float:
+    """||(W - W') X||^2 / ||W X||^2 from H = X X^T alone: tr(D H D^T) / tr(W H W^T).
+
+    The direct definition; `reconstruct` reads the same ratio off its solver's running gradient instead.
+    """
+    total = output_energy(weight, hessian)
     return output_energy(weight.detach().float() - candidate.detach().float(), hessian) / total if total > 0 else 0.0
 
 
