@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from babelprune.choices import (
     CALIB_BATCH,
@@ -33,22 +34,33 @@ from babelprune.choices import (
     TrainingMode,
     ValuesDtype,
 )
-from babelprune.errors import BabelpruneError, describe_validation_error, one_line, refuse_existing_output
+from babelprune.errors import BabelpruneError, describe_validation_error, one_line
+from babelprune.outputs import check_output_file, check_output_folder
 from babelprune.sweep import commands as sweep_commands
 
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: list languages, fetch corpora into the cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 # Wide enough for per-language tables when the output is a file or a pipe.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup is off: paths, language codes and labels are the user's text and print as typed
+# (a code such as '[/x]' is not a Rich tag); styled parts are built with rich.text.Text.
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
-def _split_langs(langs: Optional[str]) -> list[str] | None:
-    """A comma-separated --langs option as a list (None when not given)."""
+def _note(line: str) -> None:
+    """A remark about the run on standard error: 'note:' in yellow, then the text as it is."""
+    err_console.print(Text.assemble(("note:", "yellow"), " ", line), highlight=False)
+
+
+def _split_langs(langs: Optional[str], option: str = "--langs") -> list[str] | None:
+    """A comma-separated languages option as a list (None when not given; given but naming none is refused)."""
     from babelprune.data.tasks import language_list
 
-    return language_list(langs) or None
+    codes = language_list(langs)
+    if langs is not None and not codes:
+        raise BabelpruneError(f"{option} {langs!r} names no language; give codes separated by commas, such as {option} en,fr,sw.")
+    return codes or None
 
 
 @app.command("models")
@@ -57,7 +69,7 @@ def models_command() -> None:
     from babelprune.models.loading import ALIASES
 
     for alias, (description, _) in ALIASES.items():
-        console.print(f"[bold]{alias}[/bold]  {description}")
+        console.print(Text.assemble((alias, "bold"), "  ", description))
 
 
 @app.command("eval")
@@ -66,23 +78,28 @@ def eval_command(
     corpus: Annotated[str, typer.Option(help="bible, udhr, a folder/JSONL of your text, or hf:<dataset>.")] = "bible",
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated language codes (default: all the corpus has).")] = None,
     split: Annotated[Split, typer.Option(help="Which part of the corpus: held-out text, calibration text, or all.")] = "eval",
-    seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 256,
-    max_tokens: Annotated[int, typer.Option(help="Predicted tokens per language (queries for encoders).")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here.")] = None,
+    seq_len: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Predicted tokens per language (queries for encoders).")] = 2048,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
+    out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here (a .json file; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out that `babelprune eval` wrote.")] = False,
 ) -> None:
     """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
     from babelprune.api import evaluate, get_corpus, load_model
+    from babelprune.outputs import check_output_file
+    from babelprune.report.records import is_eval_result_file
     from babelprune.report.tables import rich_table
 
+    if out is not None:
+        check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file)
     text = get_corpus(corpus)
-    languages = text.check_languages(_split_langs(langs)) if langs else None
+    languages = text.check_languages(_split_langs(langs, "--langs")) if langs is not None else None
     loaded = load_model(model)
     result = evaluate(loaded, text, languages, split, seq_len, max_tokens, batch_size)
     console.print(rich_table(result))
     if out is not None:
         result.save(out)
-        console.print(f"Result written to {out}")
+        console.print(Text(f"Result written to {out}"))
 
 
 @app.command("prune")
@@ -132,7 +149,7 @@ def prune_command(
     from babelprune.prune.methods import METHODS
 
     flags = dict(locals())
-    refuse_existing_output(out)
+    check_output_folder(out, "--out")
     if config_file is not None:
         refuse_typed_flags(config_file, PRUNE_FLAGS | STRUCTURED_FLAGS)
         config = read_verb_config(config_file, [StructuredConfig, PruneConfig])
@@ -168,7 +185,7 @@ def prune_command(
         refit_note = f"; refit lowered the mean layer error on calibration from {before:.4f} to {after:.4f}"
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
-        f"in {result.seconds:.1f} s{refit_note}; saved to [bold]{out}[/bold]"
+        f"in {result.seconds:.1f} s{refit_note}; saved to {out}"
     )
 
 
@@ -185,7 +202,7 @@ def _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs,
     result = prune_offloaded(offloaded, config, calibration, out, save_format, values)
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
-        f"in {result.seconds:.1f} s, one block at a time from disk; saved to [bold]{out}[/bold]"
+        f"in {result.seconds:.1f} s, one block at a time from disk; saved to {out}"
     )
 
 
@@ -225,7 +242,7 @@ def _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, 
         save_structured(loaded.model, loaded.tokenizer, out, result.metadata())
     console.print(
         f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
-        f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to [bold]{out}[/bold]"
+        f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to {out}"
     )
 
 
@@ -233,22 +250,26 @@ def _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, 
 def compare_command(
     dense: Annotated[Path, typer.Argument(help="JSON result of the dense model (from babelprune eval --out).")],
     pruned: Annotated[list[Path], typer.Argument(help="JSON results of pruned models.")],
-    chart: Annotated[Optional[Path], typer.Option(help="Also draw the per-language degradation chart (PNG).")] = None,
+    chart: Annotated[Optional[Path], typer.Option(help="Also draw the per-language degradation chart (.png, .svg or .pdf; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --chart that `babelprune compare` drew.")] = False,
 ) -> None:
     """Per-language change from dense to each pruned model: relative change, worst language, mean by resource level."""
+    from babelprune.outputs import check_output_file
     from babelprune.report.compare import compare
-    from babelprune.report.plots import degradation_chart
+    from babelprune.report.plots import CHART_FORMATS, degradation_chart, is_chart_written_here
     from babelprune.report.records import EvalResult
     from babelprune.report.tables import comparison_table
 
+    if chart is not None:
+        check_output_file(chart, "--chart", CHART_FORMATS, overwrite=overwrite, recognise=is_chart_written_here)
     dense_result = EvalResult.load(dense)
     comparisons = [compare(dense_result, EvalResult.load(path)) for path in pruned]
     console.print(comparison_table(comparisons))
     for note in filter(None, (comparison.dropped_note() for comparison in comparisons)):
-        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        _note(note)
     if chart is not None:
         degradation_chart(comparisons, chart)
-        console.print(f"Chart written to {chart}")
+        console.print(Text(f"Chart written to {chart}"))
 
 
 @app.command("report")
@@ -258,24 +279,27 @@ def report_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder written by this command.")] = False,
 ) -> None:
     """A self-contained HTML page with figures from a results store: per-language change per method, curves, failures."""
-    from babelprune.report.html import write_report
+    from babelprune.outputs import check_output_folder
+    from babelprune.report.html import is_report_folder, write_report
 
+    check_output_folder(out, "--out", overwrite=overwrite, recognise=is_report_folder)
     page = write_report(store, out, overwrite=overwrite)
-    console.print(f"Report written to [bold]{page}[/bold]")
+    console.print(Text.assemble("Report written to ", (str(page), "bold")))
 
 
 @app.command("bench-speed")
 def bench_speed_command(
     models: Annotated[list[str], typer.Argument(help="Models to compare (aliases, folders, hub ids); the first is the reference.")],
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
-    batch: Annotated[int, typer.Option(help="Sequences per batch for throughput.")] = 8,
-    runs: Annotated[int, typer.Option(help="Timed runs (the median is reported).")] = 5,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 2,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
-    new_tokens: Annotated[int, typer.Option(help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
-    prompt_tokens: Annotated[int, typer.Option(help="Causal LMs: prompt tokens before the generated ones.")] = 16,
+    seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence.")] = 128,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences per batch for throughput.")] = 8,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: torch's).")] = None,
+    new_tokens: Annotated[int, typer.Option(min=0, help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: prompt tokens before the generated ones.")] = 16,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Peak resident memory of each model, loaded again in a fresh process after the timing.")] = True,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON (a .json file; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json that `babelprune bench-speed` wrote.")] = False,
 ) -> None:
     """Latency (batch 1), throughput, generation per token, parameters, bytes on disk, peak memory and FLOPs per token, side by side."""
     import json
@@ -285,8 +309,11 @@ def bench_speed_command(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from babelprune.api import load_model
     from babelprune.cache import atomic_write_text
-    from babelprune.evaluate.speed import footprint_table, measure_speeds, speed_table
+    from babelprune.evaluate.speed import footprint_table, is_speed_reports_file, measure_speeds, speed_table
+    from babelprune.outputs import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file)
     loaded = [load_model(spec) for spec in models]
     reports = measure_speeds(loaded, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
                              new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory)
@@ -336,7 +363,7 @@ def tasks_command() -> None:
     from babelprune.data.tasks import task_names, task_options
 
     for name in task_names():
-        console.print(f"[bold]{name}[/bold]  options: {', '.join(task_options(name))}")
+        console.print(Text.assemble((name, "bold"), f"  options: {', '.join(task_options(name))}"))
 
 
 @app.command("finetune")
@@ -374,10 +401,8 @@ def finetune_command(
     if config_file is None:
         config_from_flags(FinetuneConfig, FINETUNE_FLAGS, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
     config = verb_config(config_file, FinetuneConfig, FINETUNE_FLAGS, values)
-    def note(line: str) -> None:  # e.g. a language with fewer training examples than train_per_language asks
-        err_console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
-
-    result = finetune(model, _task_from_options(task, task_option), config, out, on_notice=note)
+    # on_notice: e.g. a language with fewer training examples than train_per_language asks
+    result = finetune(model, _task_from_options(task, task_option), config, out, on_notice=_note)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
         gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
         console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
@@ -447,14 +472,14 @@ def train_dynamic_command(
     from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
 
     config = verb_config(config_file, DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
-    refuse_existing_output(out)
+    check_output_folder(out, "--out")
     loaded = load_model(model)
     if loaded.kind == "encoder":
         result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
     else:
         result = train_dynamic(loaded, config, calibration=calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, config.seed))
     result.model.save(out)
-    console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to [bold]{out}[/bold]; cut it with `babelprune slice`.")
+    console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to {out}; cut it with `babelprune slice`.")
 
 
 @app.command("slice")
@@ -466,8 +491,8 @@ def slice_command(
     """Cut a dynamically trained model to any size, without retraining."""
     from babelprune.formats.dynamic import slice_width
 
-    refuse_existing_output(out)
-    console.print(f"Sliced model saved to [bold]{slice_width(model, sparsity, out)}[/bold]")
+    check_output_folder(out, "--out")
+    console.print(Text.assemble("Sliced model saved to ", (str(slice_width(model, sparsity, out)), "bold")))
 
 
 @app.command("trim-vocab")
@@ -494,7 +519,7 @@ def trim_vocab_command(
         text.check_languages(config.languages)
     # Read before any work, so a bad file costs nothing; each paragraph (or line) is tokenized like a segment.
     extra_texts = [segment for path in extra or [] for segment in split_paragraphs(_read_utf8(path))]
-    refuse_existing_output(out)
+    check_output_folder(out, "--out")
     loaded = load_model(model)
     before = count_parameters(loaded.model)
     trim = trim_vocabulary(loaded, config, extra_texts=extra_texts, sources={"extra_files": [str(path) for path in extra or []]})
@@ -504,7 +529,7 @@ def trim_vocab_command(
         f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
         f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
     )
-    console.print(f"Trimmed model written to {out}")
+    console.print(Text(f"Trimmed model written to {out}"))
 
 
 @app.command("export")
@@ -517,7 +542,7 @@ def export_command(
     """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
     from babelprune.api import export_gguf, load_model
 
-    refuse_existing_output(out)  # before loading: a taken name costs nothing
+    check_output_file(out, "--out", (".gguf",))  # before loading: a taken name costs nothing
     written = export_gguf(load_model(model), out, dtype)
     console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
 
@@ -527,11 +552,15 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (a report written earlier is replaced).")] = Path("babelprune-report"),
     store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.demo import run_demo
+    from babelprune.outputs import STORE_SUFFIXES
+    from babelprune.report.html import is_report_folder
 
+    check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder)
+    check_output_file(store if store is not None else out.with_name(out.name + ".sqlite"), "--store", STORE_SUFFIXES, reuse=True)
     outcome = run_demo(out, store, model, max_tokens, console)
     if not outcome.ok:
         raise typer.Exit(1)
@@ -572,10 +601,8 @@ def data_list(corpus: Annotated[str, typer.Argument(help="bible, udhr, a folder/
 
 
 def _fail(message: str, status: int = 2) -> None:
-    from rich.markup import escape
-
     # The sentence is text, not markup: "pip install 'babelprune[ray]'" keeps its brackets.
-    err_console.print(f"[bold red]error:[/bold red] {escape(one_line(message))}", highlight=False, markup=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False)
     sys.exit(status)
 
 
@@ -593,7 +620,7 @@ def main() -> None:
     except ValidationError as error:  # a config built from the options broke one of its rules
         _fail(_name_flags(describe_validation_error(error)))
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[bold red]interrupted:[/bold red] nothing was left half-written.")
+        err_console.print(Text.assemble(("interrupted:", "bold red"), " nothing was left half-written."))
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)

@@ -52,6 +52,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -411,3 +412,15 @@ def footprint_markdown(reports: Sequence[SpeedReport], labels: Sequence[str] | N
              "|" + "---|" * len(FOOTPRINT_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _footprint_rows(reports, labels)]
     return "\n".join(lines) + "\n"
+
+
+def is_speed_reports_file(path: Path) -> bool:
+    """Whether `path` holds the JSON list that `babelprune bench-speed --json` writes (so --overwrite may replace it)."""
+    import json
+
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    fields = set(SpeedReport.model_fields)
+    return isinstance(payload, list) and bool(payload) and all(isinstance(item, dict) and fields <= item.keys() for item in payload)

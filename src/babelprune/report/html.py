@@ -62,10 +62,14 @@ def check_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise BabelpruneError(f"Output folder {out} exists; choose another --out, remove it, or give --overwrite.")
-    index = out / INDEX
-    written_here = out.is_dir() and index.is_file() and f'content="{GENERATOR}"' in index.read_text(encoding="utf-8", errors="replace")
-    if not written_here:
+    if not is_report_folder(out):
         raise BabelpruneError(f"{out} is not a folder written by `babelprune report`, so --overwrite leaves it alone; choose another --out.")
+
+
+def is_report_folder(out: Path) -> bool:
+    """Whether `out` is a folder that `babelprune report` wrote (its page names the generator)."""
+    index = Path(out) / INDEX
+    return Path(out).is_dir() and index.is_file() and f'content="{GENERATOR}"' in index.read_text(encoding="utf-8", errors="replace")
 
 
 def render(records: list[RunRecord], folder: Path, store_name: str) -> str:

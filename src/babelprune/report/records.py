@@ -249,3 +249,12 @@ class EvalResult(SavedRecord):
         for raw in payload.get("scores", []):
             raw.pop("metrics", None)
         return cls.model_validate(payload)
+
+
+def is_eval_result_file(path: Path) -> bool:
+    """Whether `path` holds a JSON object shaped as `babelprune eval --out` writes it (so --overwrite may replace it)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"schema_version", "model", "corpus", "scores"} <= payload.keys()
