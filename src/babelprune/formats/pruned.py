@@ -48,7 +48,7 @@ from transformers import AutoConfig, PreTrainedModel
 from babelprune.cache import atomic_dir, read_json_record
 from babelprune.choices import ValuesDtype
 from babelprune.errors import BabelpruneError, refuse_existing_output
-from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model
+from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model, refuse_remote_code
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel, model_kind
 from babelprune.prune.engine import PruneResult, named_linears
@@ -276,8 +276,9 @@ def load_sparse(folder: Path, dtype: torch.dtype | None = torch.float32) -> PreT
     if dtype is not None:
         state = {key: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for key, t in state.items()}
         state = _retie(state, _read_header(file)["aliases"])
+    refuse_remote_code(file.parent)  # sparse/ has its own config.json
     try:
-        config = AutoConfig.from_pretrained(file.parent)
+        config = AutoConfig.from_pretrained(file.parent, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _corrupt(file.parent / "config.json") from exc
     model = new_model(config)
@@ -448,8 +449,9 @@ def read_pruning_metadata(folder: Path) -> dict | None:
 def _load_hf(folder: Path) -> PreTrainedModel:
     check_weight_files(folder, REDO)  # a damaged weights file is named, not reported as the whole folder
     try:
-        config = AutoConfig.from_pretrained(folder)
-        model = model_class(config).from_pretrained(folder, dtype="auto")  # keep the saved dtype
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        # dtype "auto" keeps the saved dtype; use_safetensors: never unpickle a stray .bin beside them
+        model = model_class(config).from_pretrained(folder, dtype="auto", trust_remote_code=False, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise _corrupt(folder) from exc
     return model.eval()
@@ -465,6 +467,7 @@ def load_pruned(folder: Path) -> LoadedModel:
     metadata = read_pruning_metadata(folder)
     if metadata is None:
         raise BabelpruneError(f"{folder} has no {METADATA_FILE}; give a folder written by `babelprune prune --out`.")
+    refuse_remote_code(folder)  # weights are safetensors or the sparse copy, never pickles: see _load_hf
     model = _load_hf(folder) if _has_hf_weights(folder) else load_sparse(folder)
     tokenizer = load_tokenizer(folder)
     bank = load_mask_bank(folder, model) if (folder / MASKS_FILE).is_file() else None

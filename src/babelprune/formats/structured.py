@@ -27,7 +27,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from babelprune.cache import atomic_dir, read_json_record
 from babelprune.errors import BabelpruneError
-from babelprune.formats.hf import load_tokenizer, new_model, read_weights
+from babelprune.formats.hf import check_model_folder, load_tokenizer, new_model, read_weights
 from babelprune.models.adapters import ArchAdapter, adapter_for
 from babelprune.models.base import LoadedModel, model_kind
 from babelprune.prune.structured.units import (
@@ -122,8 +122,9 @@ def load_structured(folder: Path) -> LoadedModel:
     metadata = read_structured_metadata(folder)
     if metadata is None:
         raise BabelpruneError(f"{folder} has no {STRUCTURE_FILE}; give a folder written by a structured prune.")
+    check_model_folder(folder)
     try:
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         structure = getattr(config, STRUCTURE_KEY)
         with _no_init():
             model = new_model(config)

@@ -309,7 +309,7 @@ def _load_dequantized(gguf_path: Path):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
     )
     # The weights are dequantized already; only the bookkeeping blocks saving.
     model.hf_quantizer = None
@@ -338,7 +338,7 @@ def _verify_folder(folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     sp_processor = spm.SentencePieceProcessor(model_file=str(folder / SP_MODEL_FILE))
     bad = tokenizer_mismatches(tokenizer, sp_processor, CHECK_SENTENCES)
     if bad:
@@ -346,7 +346,7 @@ def _verify_folder(folder: Path) -> None:
             f"The rebuilt {GEMMA3_ALIAS} tokenizer does not match SentencePiece on {bad[0]!r}: "
             "please report this as a babelprune bug."
         )
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
     ids = [tokenizer.bos_token_id] + tokenizer(CHECK_SENTENCES[0], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss

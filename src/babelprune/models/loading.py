@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from babelprune.errors import BabelpruneError
-from babelprune.formats.hf import load_hf_model
+from babelprune.formats.hf import check_model_folder, load_hf_model, refuse_remote_code
 from babelprune.formats.registry import saved_format_loader
 from babelprune.models.base import LoadedModel
 
@@ -47,6 +47,9 @@ def resolve_spec(spec: str) -> Path | str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise BabelpruneError(f"{path} has no config.json; give a Hugging Face model folder or one of: {', '.join(ALIASES)}.")
+        # Before any transformers call could prompt for the folder's code; pickled weights are refused where
+        # weights are loaded (load_hf_model), since --offload disk reads safetensors itself and says so.
+        refuse_remote_code(path)
         return path
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return spec
@@ -74,6 +77,7 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     folder = Path(spec).expanduser()
     loader = saved_format_loader(folder)
     if loader is not None:
+        check_model_folder(folder)  # a marker file does not make a folder's own code or pickles safe
         loaded = loader(folder)
         loaded.spec = spec
         loaded.model.eval()

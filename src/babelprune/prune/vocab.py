@@ -267,7 +267,7 @@ def trim_tokenizer(tokenizer: PreTrainedTokenizerBase, kept_ids: Sequence[int]) 
         config = json.loads(config_file.read_text(encoding="utf-8"))
         config.pop("added_tokens_decoder", None)  # keyed by old ids; tokenizer.json has the added tokens
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-        return AutoTokenizer.from_pretrained(scratch)
+        return AutoTokenizer.from_pretrained(scratch, trust_remote_code=False)  # files babelprune just wrote
 
 
 # ----- slicing the model --------------------------------------------------------------
