@@ -21,6 +21,7 @@ from typing import get_args
 from babelprune.choices import Split
 from babelprune.data.languages import Language, language_info
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 
 SPLITS: tuple[str, ...] = get_args(Split)
 
@@ -64,6 +65,9 @@ class Corpus(ABC):
 
     def check_languages(self, langs: list[str]) -> list[str]:
         """Return `langs` if the corpus has them all, else raise naming what it has."""
+        for lang in langs:
+            # A typed code is refused for its form first: "../x" is never a language, whatever the corpus holds.
+            check_language_code(lang, f"for corpus '{self.name}'")
         available = self.languages()
         unknown = [lang for lang in langs if lang not in available]
         if unknown:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from babelprune.data.corpus import Corpus, Segment
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 
 # Upper bound on the block size, and the number of blocks aimed for per language.
 MAX_BLOCK_SIZE = 10
@@ -95,9 +96,13 @@ class FilesCorpus(Corpus):
             )
         rows = {}
         for file in files:
+            # The stem is the language code, and codes become folder names later: check it before reading.
+            lang = check_language_code(
+                file.stem, f"(from the file name {file.name!r} in {self.path})", "rename the file"
+            )
             paragraphs = split_paragraphs(_read_utf8(file))
             if paragraphs:
-                rows[file.stem] = [(None, None, text) for text in paragraphs]
+                rows[lang] = [(None, None, text) for text in paragraphs]
         return rows
 
     def _read_jsonl(self) -> dict[str, list[tuple[str | None, str | None, str]]]:
@@ -165,6 +170,8 @@ def _parse_jsonl_line(
     lang, text = record.get("lang"), record.get("text")
     if not isinstance(lang, str) or not lang.strip():
         raise BabelpruneError(f"{where} has no \"lang\" string: add the language key, e.g. \"en\".")
+    # Surrounding spaces are dropped as before; what is left must be a code, since codes become folder names.
+    check_language_code(lang.strip(), f"in {path} line {number}", "fix the corpus")
     if not isinstance(text, str):
         raise BabelpruneError(f"{where} has no \"text\" string: add the segment's text.")
     seg_id = record.get("id")

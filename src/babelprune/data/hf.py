@@ -25,6 +25,7 @@ from typing import Any
 from babelprune.data.corpus import Corpus, Segment
 from babelprune.data.languages import language_info
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 
 # ISO 639-3 (and a few macro-language or FLORES codes) -> ISO 639-1, for the
 # languages babelprune has metadata for.
@@ -104,7 +105,7 @@ class HFDatasetCorpus(Corpus):
         self.cache_dir = cache_dir
         self.load_kwargs = load_kwargs
         codes = list(languages) if languages is not None else self._discover_codes()
-        self._configs = _language_keys(codes, config_template)
+        self._configs = _language_keys(codes, config_template, dataset)
         self._cache: dict[str, list[Segment]] = {}
 
     def languages(self) -> list[str]:
@@ -170,11 +171,17 @@ class HFDatasetCorpus(Corpus):
         return codes
 
 
-def _language_keys(codes: list[str], template: str) -> dict[str, str]:
-    """{language key: config name}; a code whose key is taken keeps its own code as key."""
+def _language_keys(codes: list[str], template: str, dataset: str = "") -> dict[str, str]:
+    """{language key: config name}; a code whose key is taken keeps its own code as key.
+
+    Keys are checked for the language-code form: they come from the dataset (or the
+    caller) and become folder names downstream.
+    """
     configs: dict[str, str] = {}
     for code in codes:
-        key = config_to_language(code)
+        where = f"(config {code!r} of dataset '{dataset}')" if dataset else f"(config {code!r})"
+        fix = "pass languages= (and config_template=) so that every code has that form"
+        key = check_language_code(config_to_language(check_language_code(code, where, fix)), where, fix)
         if key in configs:
             key = code
         configs[key] = template.format(lang=code)

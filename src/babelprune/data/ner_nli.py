@@ -37,6 +37,7 @@ from typing import Any
 from babelprune.data.hf import _first_line, _import_datasets
 from babelprune.data.tasks import Example, Task, check_limit, language_list, sample_keys
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code, file_component
 
 NER_LABELS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
@@ -94,7 +95,10 @@ class _RowsTask(Task):
         if self.folder is None:
             return list(self._langs) if self._langs is not None else sorted(self.default_languages)
         found = sorted(
-            d.name for d in self.folder.iterdir() if d.is_dir() and any(self._files_in(d))
+            # A folder's name is its language code: checked, since it names run folders downstream.
+            check_language_code(d.name, f"(a folder in {self.folder})", "rename that folder")
+            for d in self.folder.iterdir()
+            if d.is_dir() and any(self._files_in(d))
         )
         if not found:
             raise BabelpruneError(
@@ -146,7 +150,9 @@ class _RowsTask(Task):
         return [(i, *rows[i]) for i in self._kept_indices(split, len(rows))], {}
 
     def _local_file(self, lang: str, split: str) -> Path:
-        folder = self.folder / lang  # type: ignore[operator]
+        # `lang` passed check_language, yet the join is checked too: this is where a code meets the disk.
+        # Not `child_path`: a language folder linked to data elsewhere is the user's own layout, and is only read.
+        folder = self.folder / file_component(lang, "language folder")  # type: ignore[operator]
         for stem in _SPLIT_FILES[split]:
             for suffix in self.suffixes:
                 if (folder / f"{stem}{suffix}").is_file():

