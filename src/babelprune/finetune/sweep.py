@@ -25,6 +25,7 @@ from babelprune.data.tasks import Task, get_task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
 from babelprune.finetune.trainer import Notice, current_settings, finetune, finished_result, plan_runs
+from babelprune.names import child_path
 from babelprune.prune.gradual import RelativeGMPConfig
 from babelprune.prune.kernels import check_sparsity
 from babelprune.report.finetune_records import FinetuneResult
@@ -91,8 +92,11 @@ def run_sweep(
     configs = sweep_configs(task, base_config or FinetuneConfig(), sparsities, seeds)
     results = []
     for name, config in configs.items():
-        folder = Path(out_dir) / name
-        done = finished_result(folder, current_settings(model, task, config, plan_runs(task, config)))
+        # The names are made above from numbers; the join is still checked, as every name that meets the disk is.
+        folder = child_path(out_dir, name, "sweep run folder")
+        runs = plan_runs(task, config)
+        # A run made with scores only is not finished when its models are asked for.
+        done = finished_result(folder, current_settings(model, task, config, runs), runs if config.save_model else ())
         if done is None:
             done = finetune(model, task, config, folder, progress=progress, rerun_changed=True, on_notice=on_notice)
         results.append(done)

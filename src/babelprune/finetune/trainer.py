@@ -65,6 +65,7 @@ from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
 from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe
 from babelprune.models.adapters import adapter_for
 from babelprune.models.loading import load_model
+from babelprune.names import child_path
 from babelprune.finetune.settings import (
     RESULT_FILE,
     RUN_OUTPUTS,
@@ -367,7 +368,7 @@ def _train_and_score(
     model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step
 ) -> FinetuneResult:
     """One training run in ``<out>/runs/<run>``: its result if finished (`out`'s settings are checked), else train."""
-    folder = out / "runs" / run.name
+    folder = child_path(out / "runs", run.name, "run name")  # a run is named after a language code: checked here
     if (folder / RESULT_FILE).is_file():
         return FinetuneResult.load(folder / RESULT_FILE)
     started = time.perf_counter()

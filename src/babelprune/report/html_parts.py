@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Figure files are named after set names, run labels and titles: `slug` maps any of them to a safe name.
+from babelprune.names import child_path, slug
 
 FIGURES = "figures"
 # Marks a page as written by `babelprune report`: --overwrite replaces only such folders.
@@ -94,10 +96,6 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:48] or "x"
-
-
 @dataclass
 class Page:
     """Collects headings (for the table of contents) and writes figures into `folder/figures`."""
@@ -114,8 +112,9 @@ class Page:
     def figure(self, draw: Callable[[Path], object], name: str, alt: str, caption: str) -> str:
         """Draw a PNG with `draw(path)` and return its <figure>, referenced relatively."""
         (self.folder / FIGURES).mkdir(exist_ok=True)
-        relative = f"{FIGURES}/{len(self.figures) + 1:02d}-{slug(name)}.png"
-        draw(self.folder / relative)
+        file = f"{len(self.figures) + 1:02d}-{slug(name)}.png"
+        relative = f"{FIGURES}/{file}"
+        draw(child_path(self.folder / FIGURES, file, "figure file name"))
         self.figures.append(relative)
         return (f'<figure><img src="{esc(relative)}" alt="{esc(alt)}" loading="eager">'
                 f"<figcaption>{esc(caption)}</figcaption></figure>")
