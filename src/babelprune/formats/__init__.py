@@ -6,6 +6,7 @@
     structured  narrower or fewer blocks: HF folder whose config records the widths
     dynamic     Dynamic Sparsification: full-width HF folder + ranked-unit metadata
                 (+ task head), and slicing it to any width
+    finetuned   an encoder fine-tuned on a task: HF folder + sparse/ copy + task head
     registry    which format a folder holds (marker file -> loader), for `load_model`
     gguf        export only: a causal LM and its tokenizer as one GGUF file (llama.cpp)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from babelprune.formats.finetuned import FINETUNED_FILE, load_finetuned
 from babelprune.formats.pruned import METADATA_FILE, load_pruned
 from babelprune.formats.structured import STRUCTURE_FILE, load_structured
 from babelprune.formats.trimmed import VOCABULARY_FILE, load_trimmed
@@ -24,6 +25,7 @@ SAVED_FORMATS: dict[str, FolderLoader] = {
     METADATA_FILE: load_pruned,
     STRUCTURE_FILE: load_structured,
     VOCABULARY_FILE: load_trimmed,
+    FINETUNED_FILE: load_finetuned,
 }
 
 
