@@ -69,6 +69,9 @@ class FinetuneConfig(BaseModel):
     pooling: Pooling = "mean"
     dropout: float = 0.1
     text_prefix: str = "query: "  # e5 models expect it
+    # Save each training run's model (<out>/runs/<run>/model); False keeps the scores only (large sweeps).
+    # It does not change the scores, so it is no part of the settings that key a result (`scores_config`).
+    save_model: bool = True
 
     @field_validator("mode", "head_init", "pooling", mode="before")
     @classmethod
@@ -109,10 +112,24 @@ class FinetuneConfig(BaseModel):
         data = handler(self)
         if data.get("train_per_language", ...) is None:
             del data["train_per_language"]
+        if data.get("save_model") is True:  # the default, likewise: sweep keys of older runs stay
+            del data["save_model"]
         return data
 
     def trains_embeddings(self) -> bool:
         return not self.freeze_embeddings or (self.gmp is not None and self.gmp.include_embeddings)
+
+
+def scores_config(config: FinetuneConfig) -> dict:
+    """The configuration as JSON without what does not change the scores (save_model), for settings and results.
+
+    A run made with `save_model` False has the same scores as one made with
+    it True, so both are the same result; whether its model was saved is
+    read off the run folder instead (`babelprune.finetune.trainer`).
+    """
+    data = config.model_dump(mode="json")
+    data.pop("save_model", None)
+    return data
 
 
 def check_train_per_language(sizes: dict[str, int], max_train_examples: int | None) -> None:

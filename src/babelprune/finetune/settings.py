@@ -2,7 +2,8 @@
 
 A run folder holds ``settings.json``: the model spec, the task (name, kind,
 labels, languages, its plain options and a SHA-256 digest of the examples
-the run trains and is tested on) and the full `FinetuneConfig`. A result or
+the run trains and is tested on) and the `FinetuneConfig`, less `save_model`,
+which does not change the scores (`scores_config`). A result or
 checkpoint in that folder is reused only when the recorded settings equal
 the current ones; `RunSettings.changes_from` names what differs, for the
 message that explains why a run is refused or redone.
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from babelprune.cache import atomic_write_text
 from babelprune.data.tasks import Task, TrainingRun
-from babelprune.finetune.config import FinetuneConfig, limit_examples
+from babelprune.finetune.config import FinetuneConfig, limit_examples, scores_config
 
 SETTINGS_FILE = "settings.json"
 RESULT_FILE = "result.json"
@@ -86,7 +87,7 @@ def run_settings(
         "name": task.name, "kind": task.kind, "labels": list(task.labels), "metric": task.metric,
         "languages": task.languages(), "examples": _examples_digest(task, runs, langs, config),
     }
-    return RunSettings(model=model_spec, task=described, config=config.model_dump(mode="json"))
+    return RunSettings(model=model_spec, task=described, config=scores_config(config))
 
 
 def holds_run(folder: Path) -> bool:

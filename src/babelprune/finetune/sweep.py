@@ -94,7 +94,9 @@ def run_sweep(
     for name, config in configs.items():
         # The names are made above from numbers; the join is still checked, as every name that meets the disk is.
         folder = child_path(out_dir, name, "sweep run folder")
-        done = finished_result(folder, current_settings(model, task, config, plan_runs(task, config)))
+        runs = plan_runs(task, config)
+        # A run made with scores only is not finished when its models are asked for.
+        done = finished_result(folder, current_settings(model, task, config, runs), runs if config.save_model else ())
         if done is None:
             done = finetune(model, task, config, folder, progress=progress, rerun_changed=True, on_notice=on_notice)
         results.append(done)

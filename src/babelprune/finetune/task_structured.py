@@ -23,6 +23,14 @@
 `run_task_dynamic(model, run, cache)` trains one model with Dynamic
 Sparsification on the same training data with the task objective, cuts it
 at every level, and scores each cut like a pruned model above.
+
+Both keep scores only unless given `models_out`, a new folder: then
+`run_task_structured` saves each scored pruned model (``shared``, or one per
+language) in the structured format with its task head, and
+`run_task_dynamic` the dynamic model (``dynamic``, which `babelprune slice`
+cuts to any level); `load_model` and
+`babelprune.finetune.saved.load_finetuned_head` read them back. A sweep of
+many runs leaves it out.
 """
 
 from __future__ import annotations
@@ -38,12 +46,15 @@ from safetensors.torch import load_file, save_file
 
 from babelprune.cache import atomic_dir
 from babelprune.data.tasks import Example, Task, TrainingRun, get_task
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.finetune.config import FinetuneConfig, limit_examples
 from babelprune.finetune.heads import TaskHead, predict
 from babelprune.finetune.prune_config import TaskDynamicRun, TaskPruneConfig, TaskStructuredRun
+from babelprune.finetune.saved import head_info
 from babelprune.finetune.task_importance import allocation_selection, fold_gates, task_gradient_importance, train_joint_l0
 from babelprune.finetune.trainer import build_head, current_settings, plan_runs, train_run
+from babelprune.formats.finetuned import write_task_head
+from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
 from babelprune.models.loading import load_model
 from babelprune.progress import progress_bar
@@ -158,9 +169,24 @@ def prune_head(head: TaskHead, tokenizer, examples: list[Example], prune: TaskPr
     return summary
 
 
-def run_task_structured(model_spec: str, run: TaskStructuredRun, cache: Path, progress: bool = False) -> TaskPruneResult:
+def save_pruned_head(head: TaskHead, tokenizer, task: Task, config: FinetuneConfig, metadata: dict, out: Path) -> Path:
+    """The structured-pruned encoder of `head` (`save_structured`) with its task head beside it, written whole into `out`."""
+    with atomic_dir(out) as tmp:
+        inner = save_structured(head.encoder, tokenizer, tmp / "model", metadata)
+        for item in inner.iterdir():
+            item.rename(tmp / item.name)
+        inner.rmdir()
+        write_task_head(tmp, head_info(task, config), head.classifier.weight, head.classifier.bias)
+    return out
+
+
+def run_task_structured(
+    model_spec: str, run: TaskStructuredRun, cache: Path, progress: bool = False, models_out: Path | None = None,
+) -> TaskPruneResult:
     """Fine-tune, prune by units (shared or per language), fine-tune again and score; see the module docstring."""
     task, config, prune = _task(run.task, run.task_options), run.finetune, run.prune
+    if models_out is not None:
+        refuse_existing_output(models_out)  # before hours of training, not after
     seconds: dict[str, float] = {}
     bar = progress_bar(progress)
     with bar:
@@ -191,6 +217,11 @@ def run_task_structured(model_spec: str, run: TaskStructuredRun, cache: Path, pr
                         Path(cache) / "no-checkpoints", bar)
             seconds[f"refinetune {name}"] = round(time.perf_counter() - clock, 3)
             models.append(score_model(head, tokenizer, task, score_langs, config, name, dense_blocks))
+            if models_out is not None:
+                metadata = {"method": f"task-structured-{prune.importance}", "sparsity": prune.sparsity,
+                            "setting": prune.setting, "achieved_sparsity": models[-1].sparsity, "parent": model_spec,
+                            "task": task.name, "languages": list(score_langs), "prune": prune.model_dump(mode="json")}
+                save_pruned_head(head, tokenizer, task, config, metadata, Path(models_out) / name)
     steps = {"finetune": info["steps"], "refinetune": prune.refinetune_steps}
     if prune.importance == "l0":
         steps["joint_l0"] = prune.l0_steps
@@ -204,11 +235,15 @@ def run_task_structured(model_spec: str, run: TaskStructuredRun, cache: Path, pr
     )
 
 
-def run_task_dynamic(model_spec: str, run: TaskDynamicRun, cache: Path, progress: bool = False) -> TaskPruneResult:
+def run_task_dynamic(
+    model_spec: str, run: TaskDynamicRun, cache: Path, progress: bool = False, models_out: Path | None = None,
+) -> TaskPruneResult:
     """Train once with Dynamic Sparsification on the task, cut at every level, score each cut on every language."""
     from babelprune.prune.structured.dynamic import train_dynamic
 
     task, config, dynamic = _task(run.task, run.task_options), run.finetune, run.dynamic
+    if models_out is not None:
+        refuse_existing_output(models_out)  # before the training, not after
     seconds: dict[str, float] = {}
     bar = progress_bar(progress)
     with bar:
@@ -219,6 +254,8 @@ def run_task_dynamic(model_spec: str, run: TaskDynamicRun, cache: Path, progress
     loaded = load_model(model_spec)
     trained = train_dynamic(loaded, dynamic, task, train_examples=train, progress=progress)
     seconds["dynamic"] = round(time.perf_counter() - clock, 3)
+    if models_out is not None:  # the full-width model: every level is a cut of it (`babelprune slice`)
+        trained.model.save(Path(models_out) / "dynamic")
     models = []
     for level in trained.model.levels:
         head = copy.deepcopy(trained.model.head)

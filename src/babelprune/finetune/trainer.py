@@ -19,6 +19,15 @@ one and gives the same final weights as an uninterrupted run. Frozen
 weights (by default the word-embedding matrix) are not saved: they are
 reloaded from the model. Checkpoints are deleted when a run finishes.
 
+When training ends, the run's model is saved (unless ``save_model`` is
+False) in ``<out>/runs/<run>/model``: the encoder as a Hugging Face folder,
+its compact sparse copy and the task head (`babelprune.finetune.saved`,
+`babelprune.formats.finetuned`), which `load_model` and
+`load_finetuned_head` read back. Monolingual mode saves one model per
+language. ``save_model`` does not change the scores, so it is no part of
+the settings; a finished run asked for again with its model, which was not
+saved, is trained again to save it.
+
 ``<out>/settings.json`` records everything that decides the result (model,
 task, configuration; `babelprune.finetune.settings`). A folder holding a
 run of other settings is refused, or, with ``rerun_changed`` (sweeps),
@@ -41,7 +50,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -60,9 +69,12 @@ from babelprune.finetune.config import (
     planned_steps,
     record_train_sizes,
     run_schedule,
+    scores_config,
 )
 from babelprune.finetune.evaluation import evaluate_head, evaluate_retrieval
 from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe
+from babelprune.finetune.saved import MODEL_DIR, head_info, save_head_model
+from babelprune.formats.finetuned import FINETUNED_FILE, has_finetuned_model
 from babelprune.models.adapters import adapter_for
 from babelprune.models.loading import load_model
 from babelprune.names import child_path
@@ -251,24 +263,50 @@ def train_run(
 # --------------------------------------------------------------------------- public entry point
 
 
+def _save_run_model(
+    folder: Path, head: TaskHead, tokenizer, model_spec: str, task: Task, config: FinetuneConfig, run: TrainingRun,
+    pruner: GradualPruner | None, steps: int, settings: RunSettings,
+) -> None:
+    """The run's fine-tuned model, its sparse copy and its head in `folder` (`babelprune.formats.finetuned`)."""
+    counts: dict[str, int] = {}
+    for example in run.train:
+        counts[example.lang] = counts.get(example.lang, 0) + 1
+    metadata = {
+        # What a pruned model's record says (`api.pruning_info` reads it when the folder is evaluated).
+        "method": "gmp" if pruner is not None else "dense",
+        "sparsity": config.gmp.final_sparsity if config.gmp else 0.0,
+        "setting": "shared",
+        "achieved_sparsity": round(_achieved_sparsity(pruner, head.encoder, config), 6),
+        "parent": model_spec, "task": task.name, "run": run.name, "mode": config.mode, "train_examples": counts,
+        "eval_languages": list(run.eval_languages), "steps": steps,
+        "gmp": pruner.config.model_dump(mode="json") if pruner is not None else None,  # the run's schedule in steps
+        "settings_key": settings.key(), "config": scores_config(config),
+    }
+    save_head_model(head, tokenizer, head_info(task, config), metadata, folder)
+
+
 def _fingerprint(settings: RunSettings, run: TrainingRun) -> str:
     """What a checkpoint must have been written by: these settings, this run."""
     return f"{settings.key()}|{run.name}|{len(run.train)}"
 
 
+def _achieved_sparsity(pruner: GradualPruner | None, encoder, config: FinetuneConfig) -> float:
+    """The share of exact zeros in the weights GMP prunes (or would prune, for a dense run)."""
+    if pruner is not None:
+        return pruner.sparsity_report().overall
+    targets = gmp_targets(encoder, bool(config.gmp and config.gmp.include_embeddings))
+    return sum(int((p == 0).sum()) for p in targets.values()) / sum(p.numel() for p in targets.values())
+
+
 def _run_result(
     model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores
 ) -> FinetuneResult:
-    if pruner is not None:
-        achieved = pruner.sparsity_report().overall
-    else:
-        targets = gmp_targets(head_encoder, bool(config.gmp and config.gmp.include_embeddings))
-        achieved = sum(int((p == 0).sum()) for p in targets.values()) / sum(p.numel() for p in targets.values())
     return FinetuneResult(
         model=model_spec, task=task.name, mode=mode, train_languages=train_langs, train_examples=train_counts,
         seed=config.seed, sparsity=config.gmp.final_sparsity if config.gmp else 0.0,
         gmp=pruner.config if pruner is not None else None,  # the run's schedule in steps
-        achieved_sparsity=achieved, steps=steps, seconds=seconds, config=config.model_dump(mode="json"), scores=scores,
+        achieved_sparsity=_achieved_sparsity(pruner, head_encoder, config), steps=steps, seconds=seconds,
+        config=scores_config(config), scores=scores,
     )
 
 
@@ -291,10 +329,15 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune `model_spec` on `task` (pruning gradually if `config.gmp`), score every language.
 
-    Writes ``<out>/result.json`` (and one result per training run under
-    ``<out>/runs/``); a run whose result exists is not trained again, and an
-    interrupted run resumes from its last checkpoint. `on_step(step, loss)`
-    is called after every optimizer step. `task` is a `Task` or a built-in task name.
+    Writes ``<out>/result.json`` and, per training run, ``<out>/runs/<run>/result.json``
+    and, unless `config.save_model` is False, the fine-tuned model with its
+    task head in ``<out>/runs/<run>/model`` (`babelprune.finetune.saved`;
+    retrieval tasks train nothing and save no model). A run whose result
+    exists is not trained again, unless its model is asked for and was not
+    saved (it was made with `save_model` False): it is then trained again,
+    to the same scores, and `on_notice` is told. An interrupted run resumes
+    from its last checkpoint. `on_step(step, loss)` is called after every
+    optimizer step. `task` is a `Task` or a built-in task name.
 
     If `out` holds a run of other settings (model, task, task options or
     configuration), it is refused, or with `rerun_changed` its outputs are
@@ -321,8 +364,9 @@ def finetune(
             result = _retrieval_run(model_spec, task, config, started)
             record_settings(out, settings)
         else:
+            notice = on_notice or _log.warning
             results = [
-                _train_and_score(model_spec, task, config, run, out, settings, bar, on_step) for run in runs
+                _train_and_score(model_spec, task, config, run, out, settings, bar, on_step, notice) for run in runs
             ]
             result = _combine(results, config, time.perf_counter() - started)
             result = record_train_sizes(task, config, result, on_notice or _log.warning)
@@ -345,11 +389,23 @@ def clear_run_outputs(out: Path) -> None:
             path.unlink()
 
 
-def finished_result(out: Path, settings: RunSettings) -> FinetuneResult | None:
-    """The result in `out` if it was made with exactly `settings`, else None."""
+def finished_result(out: Path, settings: RunSettings, needs_models: Sequence[TrainingRun] = ()) -> FinetuneResult | None:
+    """The result in `out` if it was made with exactly `settings` (and saved the model of each run of `needs_models`), else None."""
+    if any(not has_finetuned_model(run_model_folder(out, run)) for run in needs_models):
+        return None  # made with save_model False: `finetune` trains the run again to save its model
     if (out / RESULT_FILE).is_file() and not recorded_changes(out, settings):
         return FinetuneResult.load(out / RESULT_FILE)
     return None
+
+
+def run_model_folder(out: Path, run: TrainingRun) -> Path:
+    """Where `finetune` saves the model of `run`: ``<out>/runs/<run>/model``."""
+    return child_path(Path(out) / "runs", run.name, "run name") / MODEL_DIR
+
+
+def saved_models(out: Path) -> list[Path]:
+    """The model folders of the training runs in `out` (one per language in monolingual mode), sorted."""
+    return sorted(path.parent for path in (Path(out) / "runs").glob(f"*/{MODEL_DIR}/{FINETUNED_FILE}"))
 
 
 def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float) -> FinetuneResult:
@@ -365,17 +421,26 @@ def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started:
 
 
 def _train_and_score(
-    model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step
+    model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step, notice: Notice
 ) -> FinetuneResult:
-    """One training run in ``<out>/runs/<run>``: its result if finished (`out`'s settings are checked), else train."""
+    """One training run in ``<out>/runs/<run>``: its result if finished (`out`'s settings are checked), else train.
+
+    The model is saved after training and before the result, so a run with a
+    result has its model unless it was made with `save_model` False.
+    """
     folder = child_path(out / "runs", run.name, "run name")  # a run is named after a language code: checked here
     if (folder / RESULT_FILE).is_file():
-        return FinetuneResult.load(folder / RESULT_FILE)
+        if not config.save_model or has_finetuned_model(folder / MODEL_DIR):
+            return FinetuneResult.load(folder / RESULT_FILE)
+        # Scores are kept, the model is not: training again (from the seed) gives both.
+        notice(f"run {run.name} was scored without saving its model (scores only); training it again to save the model")
     started = time.perf_counter()
     head, tokenizer = build_head(model_spec, task, config)
     record_settings(out, settings)  # once the model is known to fit: nothing is written for bad input
     checkpoints = folder / "checkpoints"
     pruner, steps = train_run(head, tokenizer, run, config, checkpoints, _fingerprint(settings, run), bar, on_step)
+    if config.save_model:
+        _save_run_model(folder / MODEL_DIR, head, tokenizer, model_spec, task, config, run, pruner, steps, settings)
     eval_id = bar.add_task(f"scoring {len(run.eval_languages)} languages", total=None)
     scores = evaluate_head(head, tokenizer, task, run.eval_languages, config)
     bar.remove_task(eval_id)
