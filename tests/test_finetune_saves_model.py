@@ -1,4 +1,9 @@
-"""A fine-tuning run keeps its model: saved, reloaded by babelprune and by plain transformers, 70% sparse at GMP 0.7."""
+"""A fine-tuning run keeps its model: saved, reloaded by babelprune and by plain transformers, 70% sparse at GMP 0.7.
+
+Also the two refusals that keep a run's folder honest: an --out folder that
+is not babelprune's, and a length the model has no positions for; both
+before anything is loaded or written.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, BertModel
+from transformers import AutoModel, BertModel, XLMRobertaConfig
 
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.retrieval import mean_pool
 from babelprune.finetune import task_structured as pipeline
 from babelprune.finetune import trainer
+from babelprune.finetune.config import check_length_fits, position_limit
 from babelprune.finetune.heads import encode, predict
 from babelprune.finetune.prune_config import TaskDynamicRun, TaskPruneConfig, TaskStructuredRun
 from babelprune.finetune.saved import load_finetuned_head
@@ -202,6 +208,80 @@ def test_a_task_dynamic_run_saves_its_dynamic_model_and_refuses_a_taken_folder_f
     monkeypatch.setattr(pipeline, "load_model", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(BabelpruneError, match="exists; choose another --out"):
         pipeline.run_task_dynamic(tiny_bert_folder, run, tmp_path / "cache", models_out=tmp_path / "models")
+
+
+# ----------------------------------------------------------------------------- --out that is not babelprune's
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
+def test_a_foreign_non_empty_out_folder_is_refused_before_any_model_is_loaded(tiny_bert_folder, tmp_path, monkeypatch):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "cat.jpg").write_bytes(b"\xff\xd8")
+    monkeypatch.setattr(trainer, "load_model", _no_model)
+    with pytest.raises(BabelpruneError) as error:
+        finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(), out, progress=False)
+    assert str(error.value) == (
+        f"Output folder {out} is not empty and is not a babelprune fine-tuning folder (it has no settings.json); "
+        "choose a new --out or an empty folder."
+    )
+    assert [p.name for p in out.iterdir()] == ["cat.jpg"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BabelpruneError, match="is a file, but a fine-tuning run writes a folder"):
+        finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(), tmp_path / "notes.txt", progress=False)
+
+
+def test_an_empty_out_folder_is_used(tiny_bert_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(languages=["en"], perturbations=[], max_steps=1,
+                                                            save_model=False), tmp_path / "empty", progress=False)
+    assert (tmp_path / "empty" / "result.json").is_file()
+
+
+def test_the_cli_refuses_a_foreign_out_folder_in_one_line(monkeypatch, capsys, tmp_path, tiny128):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("...")
+    code, _, err = run_cli(monkeypatch, capsys, "finetune", "--model", tiny128, *TASK, "--out", str(tmp_path / "thesis"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "not a babelprune fine-tuning folder" in lines[0]
+    assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.tex"]
+
+
+# ----------------------------------------------------------------------------- position limit
+
+
+def test_a_length_beyond_the_models_positions_is_refused_before_anything_is_written(tiny_bert_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "train_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    with pytest.raises(BabelpruneError) as error:
+        finetune(tiny_bert_folder, TinyGenreTask(), tiny_config(max_length=128), tmp_path / "out", progress=False)
+    assert str(error.value) == (
+        f"Model '{tiny_bert_folder}' has positions for 64 tokens (max_position_embeddings) but the fine-tuning length "
+        "max_length is 128; set max_length (--max-length) to 64 or less."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_the_default_length_for_a_64_position_model_and_takes_a_lower_one(monkeypatch, capsys, tmp_path, tiny_bert_folder):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(monkeypatch, capsys, "finetune", "--model", tiny_bert_folder, *TASK, "--max-steps", "1",
+                           "--out", str(out))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "positions for 64 tokens" in lines[0] and "--max-length" in lines[0]
+    assert not out.exists()
+    code, _, err = run_cli(monkeypatch, capsys, "finetune", "--model", tiny_bert_folder, *TASK, "--max-steps", "1",
+                           "--batch-size", "4", "--max-length", "64", "--scores-only", "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "result.json").read_text())["config"]["max_length"] == 64
+
+
+def test_roberta_style_positions_start_after_the_padding_index():
+    assert position_limit(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    check_length_fits(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1), 512, "xlmr")
+    with pytest.raises(BabelpruneError, match="positions for 512 tokens"):
+        check_length_fits(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1), 513, "xlmr")
 
 
 def test_saved_model_folders_are_found_only_when_complete(tmp_path):

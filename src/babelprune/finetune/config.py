@@ -132,6 +132,27 @@ def scores_config(config: FinetuneConfig) -> dict:
     return data
 
 
+def position_limit(model_config) -> int | None:
+    """The longest input, in tokens, a model's position embeddings cover; None when its config does not say."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        return None
+    if getattr(model_config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
+        # RoBERTa-style positions start after the padding index (XLM-R: 514 embeddings for 512 tokens).
+        limit -= (getattr(model_config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_length_fits(model_config, max_length: int, model_spec: str, option: str = "--max-length") -> None:
+    """Refuse a length the model has no positions for: its inputs would crash mid-training."""
+    limit = position_limit(model_config)
+    if limit is not None and max_length > limit:
+        raise BabelpruneError(
+            f"Model '{model_spec}' has positions for {limit} tokens (max_position_embeddings) but the fine-tuning "
+            f"length max_length is {max_length}; set max_length ({option}) to {limit} or less."
+        )
+
+
 def check_train_per_language(sizes: dict[str, int], max_train_examples: int | None) -> None:
     """Raise unless every size is a positive whole number and no run-wide limit competes with them."""
     if not sizes:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from babelprune.cache import atomic_write_text
 from babelprune.data.tasks import Task, TrainingRun
+from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig, limit_examples, scores_config
 
 SETTINGS_FILE = "settings.json"
@@ -93,6 +94,35 @@ def run_settings(
 def holds_run(folder: Path) -> bool:
     """Whether `folder` holds outputs of a fine-tuning run (a result or per-run folders)."""
     return any((Path(folder) / name).exists() for name in (SETTINGS_FILE, *RUN_OUTPUTS))
+
+
+def is_finetune_folder(folder: Path) -> bool:
+    """Whether `folder` is a fine-tuning run folder: babelprune recognises its own by the settings file."""
+    return (Path(folder) / SETTINGS_FILE).is_file()
+
+
+def _left_by_an_atomic_write(name: str) -> bool:
+    return name.startswith(".") and ".partial-" in name  # `babelprune.cache` temporaries of a killed run
+
+
+def check_run_folder(folder: Path) -> None:
+    """Refuse `folder` as a run's output when it is a file, or a non-empty folder that is not a fine-tuning run.
+
+    A run writes settings, results and models into its folder and may clear
+    them when its settings change, so a folder of anything else is not taken
+    over. A folder with run outputs but no settings file (an older babelprune)
+    is left to `recorded_changes`, which names what is missing.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BabelpruneError(f"Output {folder} is a file, but a fine-tuning run writes a folder; choose another --out.")
+    if not folder.is_dir() or is_finetune_folder(folder) or holds_run(folder):
+        return
+    if any(not _left_by_an_atomic_write(entry.name) for entry in folder.iterdir()):
+        raise BabelpruneError(
+            f"Output folder {folder} is not empty and is not a babelprune fine-tuning folder (it has no {SETTINGS_FILE}); "
+            "choose a new --out or an empty folder."
+        )
 
 
 def recorded_changes(folder: Path, settings: RunSettings) -> list[str]:

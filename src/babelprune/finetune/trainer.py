@@ -64,6 +64,7 @@ from babelprune.evaluate.perturb import PERTURBATION_KINDS
 from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from babelprune.finetune.config import (
     FinetuneConfig,
+    check_length_fits,
     default_perturbations,
     limit_training,
     planned_steps,
@@ -83,6 +84,7 @@ from babelprune.finetune.settings import (
     RUN_OUTPUTS,
     SETTINGS_FILE,
     RunSettings,
+    check_run_folder,
     record_settings,
     recorded_changes,
     run_settings,
@@ -183,6 +185,7 @@ def build_head(model_spec: str, task: Task, config: FinetuneConfig) -> tuple[Tas
         raise BabelpruneError(
             f"Model '{model_spec}' is a {loaded.kind}, not an encoder; fine-tune an encoder such as e5-small."
         )
+    check_length_fits(loaded.model.config, config.max_length, model_spec)  # else a long input crashes mid-run
     torch.manual_seed(config.seed)
     head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
     if not config.trains_embeddings():
@@ -339,13 +342,16 @@ def finetune(
     from its last checkpoint. `on_step(step, loss)` is called after every
     optimizer step. `task` is a `Task` or a built-in task name.
 
-    If `out` holds a run of other settings (model, task, task options or
+    An `out` that is a file, or a non-empty folder without a fine-tuning
+    run's settings file, is refused before anything is loaded. If `out`
+    holds a run of other settings (model, task, task options or
     configuration), it is refused, or with `rerun_changed` its outputs are
     removed and the run is trained again, after `on_notice` (default: a
     logged warning) was told what changed.
     """
     started = time.perf_counter()
     out = Path(out)
+    check_run_folder(out)  # before the task's data or the model is loaded
     task = get_task(task) if isinstance(task, str) else task
     runs = plan_runs(task, config)  # every input check happens here, before any training
     settings = current_settings(model_spec, task, config, runs)
@@ -410,6 +416,7 @@ def saved_models(out: Path) -> list[Path]:
 
 def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float) -> FinetuneResult:
     loaded = load_model(model_spec)
+    check_length_fits(loaded.model.config, config.max_length, model_spec)  # else a long text crashes the scoring
     pruner = None
     schedule = run_schedule(config, 0)  # no training: a schedule of 0 steps prunes at once, at step 0
     if schedule is not None:
