@@ -4,6 +4,9 @@ Nothing is ever half-written: outputs are built in a temporary sibling
 folder and renamed into place only when complete. A disk that fills up on
 the way (ENOSPC) ends in one sentence, with the temporary removed and any
 previous output left as it was.
+
+Outputs get the modes the user's umask gives (0755 / 0644 with umask 022),
+not the private 0700 / 0600 of `tempfile` and safetensors (`grant_umask_modes`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,6 +58,53 @@ def disk_full_error(target: Path) -> BabelpruneError:
     return BabelpruneError(f"No space left on device while writing {target}; free some space or choose another --out.")
 
 
+# ----- modes: what the user's umask gives ------------------------------------------
+
+_PROC_STATUS = Path("/proc/self/status")  # Linux states the umask here (since 4.7)
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it and put it back; the lock keeps our own
+    # threads from creating files during that instant.
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
+
+
+def grant_umask_modes(path: Path) -> None:
+    """Give `path`, and everything in a folder, at least the permissions a plain mkdir / open would have.
+
+    `tempfile` makes private temporaries (0700 / 0600), and so do writers
+    that write through one of their own: safetensors 0.8 leaves every file it
+    saves at 0600, save_pretrained included. Permissions are only added,
+    never taken away, so an executable stays executable.
+    """
+    umask = current_umask()
+    items = [Path(path)]
+    if items[0].is_dir() and not items[0].is_symlink():
+        items += [Path(root) / name for root, dirs, files in os.walk(path) for name in dirs + files]
+    for item in items:
+        info = item.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue  # chmod would change what the link points to
+        wanted = info.st_mode | ((0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~umask)
+        if stat.S_IMODE(wanted) != stat.S_IMODE(info.st_mode):
+            os.chmod(item, stat.S_IMODE(wanted))
+
+
+# ----- atomic writes ---------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `final`, on any error it is deleted.
@@ -68,6 +120,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if final.exists() and not overwrite:
             raise FileExistsError(final)
+        grant_umask_modes(tmp)
         _move_into_place(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +159,7 @@ def atomic_file(path: Path, write: Callable[[Path], None], before_replace: Calla
     os.close(fd)
     try:
         write(Path(tmp))
+        grant_umask_modes(Path(tmp))  # after `write`, which may have replaced the file with one of its own
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
