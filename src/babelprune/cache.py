@@ -5,6 +5,11 @@ folder and renamed into place only when complete. A disk that fills up on
 the way (ENOSPC) ends in one sentence, with the temporary removed and any
 previous output left as it was.
 
+A process killed outright (kill -9, a lost machine) cannot remove its
+temporary, so each one's name says who made it:
+`.NAME.partial-<pid>-<host tag>-<random>`. The next write of the same
+output removes the temporaries whose process is gone (`remove_stale_partials`)
+and says so through the "babelprune" logger, one warning per path.
 Outputs get the modes the user's umask gives (0755 / 0644 with umask 022),
 not the private 0700 / 0600 of `tempfile` and safetensors (`grant_umask_modes`).
 """
@@ -13,11 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,6 +113,147 @@ def grant_umask_modes(path: Path) -> None:
             os.chmod(item, stat.S_IMODE(wanted))
 
 
+# ----- temporaries of interrupted runs ----------------------------------------------
+
+_log = logging.getLogger("babelprune")
+# Temporaries whose maker cannot be checked (named before pids were recorded, or made on
+# another machine sharing the folder) count as abandoned once nothing in them changed for this
+# long; a foreign host's writer may be slow, so it gets longer.
+UNMARKED_STALE_AFTER_S = 3600.0
+FOREIGN_STALE_AFTER_S = 24 * 3600.0
+_ROLES = ("partial", "previous")  # a temporary being written / a previous output set aside
+_OWNER = re.compile(r"^(\d+)-([0-9a-f]{8})-")
+_CLOCK_SLACK_S = 2.0  # /proc/stat's boot time has whole seconds
+
+
+def _host_tag() -> str:
+    """A short, file-name-safe tag of this machine's name (pids mean nothing on another machine)."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _temp_prefix(final: Path, role: str) -> str:
+    return f".{final.name}.{role}-{os.getpid()}-{_host_tag()}-"
+
+
+def _newest_change(path: Path) -> float:
+    """The latest modification time of `path` or of anything inside it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _describe_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counting from the pid
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _maker_is_gone(path: Path, owner: re.Match | None, now: float) -> bool:
+    """Whether the process that made the temporary `path` has ended (never guess so of a live writer)."""
+    if owner is None:
+        return now - _newest_change(path) > UNMARKED_STALE_AFTER_S
+    pid, host = int(owner.group(1)), owner.group(2)
+    if host != _host_tag():
+        return now - _newest_change(path) > FOREIGN_STALE_AFTER_S
+    if pid == os.getpid():
+        return False  # this process is writing it (another thread, an enclosing write)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # PermissionError: the pid belongs to another user's live process
+    # The pid is in use, but by its maker only if that process started before the temporary last
+    # changed: after a reboot or a wrap-around the pid names some unrelated, newer process.
+    started = _process_start(pid)
+    return started is not None and started > path.lstat().st_mtime + _CLOCK_SLACK_S
+
+
+def _put_back_previous(aside: Path, final: Path) -> bool:
+    """Restore an output that a run killed between its two renames had set aside (`final` is missing)."""
+    previous = aside / final.name
+    if final.exists() or not previous.exists():
+        return False
+    try:
+        os.rename(previous, final)
+    except OSError:
+        return False
+    _log.warning("Restored %s, which an interrupted run had set aside as %s.", final, aside.name)
+    return True
+
+
+def _delete(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return not os.path.lexists(path)
+
+
+def remove_stale_partials(final: Path) -> list[Path]:
+    """Remove the temporaries that killed runs left beside `final`; return what was removed.
+
+    Only babelprune's own names for `final` are considered (`.NAME.partial-*`,
+    `.NAME.previous-*` in the same folder), and only those whose process has
+    ended: a run writing the same output at this moment keeps its temporary.
+    An output that a killed run had set aside while replacing it is put back
+    when nothing took its place. Each removal is logged as a warning of the
+    "babelprune" logger.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for role in _ROLES:
+        head = f".{final.name}.{role}-"
+        for path in sorted(final.parent.glob(glob.escape(head) + "*")):
+            try:
+                if not _maker_is_gone(path, _OWNER.match(path.name[len(head):]), now):
+                    continue
+                restored = role == "previous" and _put_back_previous(path, final)
+                size = _size(path)
+            except OSError:  # its maker finished or another run removed it meanwhile, or it is not ours to read
+                continue
+            if not _delete(path):
+                continue
+            removed.append(path)
+            if restored:
+                continue  # the folder left is empty; the restore was reported
+            what = "a partial output" if role == "partial" else "a previous output, already replaced,"
+            _log.warning("Removed %s left by an interrupted run: %s (%s).", what, path.name, _describe_size(size))
+    return removed
+
+
 # ----- atomic writes ---------------------------------------------------------------
 
 
@@ -112,10 +264,12 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     An interrupted run (Ctrl-C included) therefore leaves no half-written
     output, and with `overwrite` the previous `final` stays whole until the
     new one is in place. A full disk becomes a BabelpruneError naming `final`.
+    What killed runs left beside `final` is removed first (`remove_stale_partials`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    remove_stale_partials(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final, "partial"), dir=final.parent))
     try:
         yield tmp
         if final.exists() and not overwrite:
@@ -134,7 +288,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.previous-", dir=final.parent))
+    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(final, "previous"), dir=final.parent))
     previous = aside / final.name
     os.rename(final, previous)
     try:
@@ -152,10 +306,12 @@ def atomic_file(path: Path, write: Callable[[Path], None], before_replace: Calla
     `before_replace` runs just before the rename (a last check, e.g. that
     nobody wrote `path` meanwhile). Any failure (a full disk, Ctrl-C)
     deletes the temporary; a full disk becomes a BabelpruneError naming `path`.
+    What killed runs left beside `path` is removed first (`remove_stale_partials`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path, "partial"), dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
