@@ -166,12 +166,26 @@ class SavedRecord(_Record):
         return cls.model_validate(payload)
 
     @classmethod
+    def _check_version(cls, path: Path, payload: Any) -> None:
+        """Refuse a file from a newer babelprune: its fields may mean something this one would misread."""
+        field = cls.model_fields.get("schema_version")
+        version = payload.get("schema_version") if isinstance(payload, dict) else None
+        if field is None or not isinstance(version, int) or isinstance(version, bool) or version <= field.default:
+            return
+        raise BabelpruneError(
+            f"{path} was written by a newer babelprune (schema {version}, this one reads up to {field.default}); "
+            "upgrade babelprune to read it."
+        )
+
+    @classmethod
     def load(cls, path: Path):
         path = Path(path)
         if not path.is_file():
             raise BabelpruneError(f"No {cls.MISSING} at {path}; give the JSON written by `{cls.COMMAND}`.")
         try:
-            return cls._from_payload(json.loads(path.read_text(encoding="utf-8")))
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            cls._check_version(path, payload)
+            return cls._from_payload(payload)
         except (json.JSONDecodeError, ValidationError, UnicodeDecodeError, AttributeError) as exc:
             first = str(exc).splitlines()[0]
             raise BabelpruneError(
