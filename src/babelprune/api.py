@@ -206,6 +206,16 @@ def model_info(loaded: LoadedModel) -> ModelInfo:
     )
 
 
+def _check_positions(loaded: LoadedModel, seq_len: int) -> None:
+    """A window longer than the model's positions would be scored past what it was built for: refused."""
+    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise BabelpruneError(
+            f"--seq-len {seq_len} is longer than the {limit} positions model '{loaded.spec}' has (max_position_embeddings); "
+            f"give --seq-len {limit} or less."
+        )
+
+
 def evaluate(
     loaded: LoadedModel,
     corpus: Corpus | str,
@@ -246,6 +256,7 @@ def evaluate(
         )
         settings = {"max_queries": max_tokens, "batch_size": batch_size}
     else:
+        _check_positions(loaded, seq_len)
         scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
     if loaded.mask_bank:  # every score says which mask of the bank served it
         scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
