@@ -48,7 +48,11 @@ def get_corpus(spec: str) -> Corpus:
             )
         return HFDatasetCorpus(dataset)
     path = Path(spec).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".jsonl"):
+    try:
+        local = path.is_dir() or (path.is_file() and path.suffix.lower() == ".jsonl")
+    except OSError:  # a name the file system cannot hold (too long): no such corpus
+        local = False
+    if local:
         return FilesCorpus(path)
     raise BabelpruneError(
         f"Unknown corpus '{spec}': use a built-in corpus ({', '.join(corpus_names())}), "
