@@ -44,7 +44,7 @@ def resolve_spec(spec: str) -> Path | str:
     if spec in ALIASES:
         return ALIASES[spec][1]()
     path = Path(spec).expanduser()
-    if path.exists():
+    if _exists(path):
         if not (path / "config.json").is_file():
             raise BabelpruneError(f"{path} has no config.json; give a Hugging Face model folder or one of: {', '.join(ALIASES)}.")
         # Before any transformers call could prompt for the folder's code; pickled weights are refused where
@@ -57,6 +57,14 @@ def resolve_spec(spec: str) -> Path | str:
         f"Unknown model '{spec}': it is not a built-in alias ({', '.join(ALIASES)}), "
         "an existing folder, or a hub id of the form owner/name."
     )
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the file system cannot hold (too long) names nothing."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _how_to_redo(spec: str, source: Path | str) -> str:
@@ -75,7 +83,7 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     pruning metadata and, in the per-language setting, its mask bank.
     """
     folder = Path(spec).expanduser()
-    loader = saved_format_loader(folder)
+    loader = saved_format_loader(folder) if _exists(folder) else None
     if loader is not None:
         check_model_folder(folder)  # a marker file does not make a folder's own code or pickles safe
         loaded = loader(folder)
