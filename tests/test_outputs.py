@@ -80,7 +80,7 @@ def test_an_existing_output_is_replaced_only_with_overwrite_and_only_when_babelp
     ours = lambda path: path.read_text() == "ours"  # noqa: E731
     with pytest.raises(BabelpruneError, match="exists; choose another --out, remove it, or give --overwrite"):
         check_output_file(target, "--out", (".json",), recognise=ours)
-    with pytest.raises(BabelpruneError, match="was not written by this babelprune command"):
+    with pytest.raises(BabelpruneError, match="is not a file written by babelprune, so --overwrite leaves it alone"):
         check_output_file(target, "--out", (".json",), overwrite=True, recognise=ours)
     target.write_text("ours")
     assert check_output_file(target, "--out", (".json",), overwrite=True, recognise=ours) == target
@@ -149,7 +149,7 @@ def test_eval_out_refuses_a_users_file_and_overwrites_its_own_result_only_when_a
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--out", str(users))
     assert code == 2 and "exists" in err and "--overwrite" in err
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--out", str(users), "--overwrite")
-    assert code == 2 and "was not written by this babelprune command" in err
+    assert code == 2 and "is not a file written by `babelprune eval`" in err
     assert users.read_text() == '{"mine": true}'
     ours = tmp_path / "result.json"
     lm_result({"en": 2.0}).save(ours)
@@ -174,7 +174,7 @@ def test_compare_chart_creates_its_folder_and_replaces_only_a_chart_it_drew(monk
     other = tmp_path / "photo.png"
     other.write_bytes(b"\x89PNG\r\n\x1a\n not drawn by babelprune")
     code, _, err = run_cli(monkeypatch, capsys, "compare", str(dense), str(pruned), "--chart", str(other), "--overwrite")
-    assert code == 2 and "was not written by this babelprune command" in err
+    assert code == 2 and "is not a file written by `babelprune compare`" in err
     assert other.read_bytes().endswith(b"not drawn by babelprune")
 
 
@@ -197,3 +197,23 @@ def test_eval_results_are_recognised_by_their_fields(tmp_path):
     lm_result({"en": 2.0}).save(ours)
     theirs.write_text(json.dumps({"model": "x", "scores": []}))
     assert is_eval_result_file(ours) and not is_eval_result_file(theirs)
+
+
+def test_a_partial_left_by_a_killed_run_is_removed_by_the_next_write_and_said_in_one_note(monkeypatch, capsys, tmp_path):
+    import subprocess
+
+    from babelprune.cache import _host_tag
+
+    dead_pid = subprocess.Popen(["true"])  # its pid names no process once it has ended
+    dead_pid.wait()
+    dense, pruned = tmp_path / "dense.json", tmp_path / "pruned.json"
+    lm_result({"en": 2.0, "fr": 2.5}).save(dense)
+    lm_result({"en": 2.2, "fr": 2.6}, method="wanda").save(pruned)
+    chart = tmp_path / "chart.png"
+    debris = tmp_path / f".chart.png.partial-{dead_pid.pid}-{_host_tag()}-abcd1234"
+    debris.write_bytes(b"\0" * 2048)
+    code, out, err = run_cli(monkeypatch, capsys, "compare", str(dense), str(pruned), "--chart", str(chart))
+    assert code == 0, err
+    assert not debris.exists() and chart.is_file()
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and debris.name in notes[0] and "interrupted run" in notes[0]

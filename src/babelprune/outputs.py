@@ -39,6 +39,7 @@ def check_output_file(
     overwrite: bool = False,
     recognise: Recogniser | None = None,
     reuse: bool = False,
+    writer: str = "babelprune",
 ) -> Path:
     """`path` as a file output of `option` (e.g. '--out'), or one sentence saying what is wrong with it.
 
@@ -47,7 +48,8 @@ def check_output_file(
     an existing file is one babelprune wrote (None: the command offers no
     overwrite, so an existing file is always refused). With `reuse` an
     existing file is the command's to go on with (a results store a sweep
-    resumes; the store checks whose it is when it opens it).
+    resumes; the store checks whose it is when it opens it). `writer` names
+    the command whose outputs `recognise` knows, for the message.
     """
     path = _named(path, option)
     if path.is_dir():
@@ -59,7 +61,7 @@ def check_output_file(
         _check_writable(path.absolute().parent, option, path)
         return path
     if path.exists() or path.is_symlink():
-        _refuse_existing(path, option, "file", overwrite, recognise)
+        _refuse_existing(path, option, "file", overwrite, recognise, writer)
     _check_parent(path, option)
     return path
 
@@ -71,6 +73,7 @@ def check_output_folder(
     overwrite: bool = False,
     recognise: Recogniser | None = None,
     reuse: Recogniser | None = None,
+    writer: str = "babelprune",
 ) -> Path:
     """`path` as a folder output of `option`, or one sentence saying what is wrong with it.
 
@@ -86,7 +89,7 @@ def check_output_folder(
         if reuse is not None and reuse(path):
             _check_writable(path, option)
             return path
-        _refuse_existing(path, option, "folder", overwrite, recognise)
+        _refuse_existing(path, option, "folder", overwrite, recognise, writer)
     _check_parent(path, option)
     return path
 
@@ -102,14 +105,14 @@ def _named(path: Path | str, option: str) -> Path:
     return path
 
 
-def _refuse_existing(path: Path, option: str, kind: str, overwrite: bool, recognise: Recogniser | None) -> None:
+def _refuse_existing(path: Path, option: str, kind: str, overwrite: bool, recognise: Recogniser | None, writer: str) -> None:
     if recognise is None:
         raise BabelpruneError(f"Output {kind} {_show(path)} exists; choose another {option} or remove it.")
     if not overwrite:
         raise BabelpruneError(f"Output {kind} {_show(path)} exists; choose another {option}, remove it, or give --overwrite.")
     if path.is_symlink() or not recognise(path):
         raise BabelpruneError(
-            f"{_show(path)} was not written by this babelprune command, so --overwrite leaves it alone; choose another {option}."
+            f"{_show(path)} is not a {kind} written by {writer}, so --overwrite leaves it alone; choose another {option}."
         )
 
 
