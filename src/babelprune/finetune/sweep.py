@@ -34,6 +34,14 @@ DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9, 0.98)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
+def is_sweep_folder(folder: Path) -> bool:
+    """Whether `folder` is one `run_sweep` goes on writing into: it holds only run folders, the report, or nothing."""
+    from babelprune.finetune.settings import holds_run, is_finetune_folder
+
+    return all(entry.name == "report" or entry.name.startswith(".") or is_finetune_folder(entry) or holds_run(entry)
+               for entry in Path(folder).iterdir())
+
+
 def run_folder_name(sparsity: float, seed: int) -> str:
     """The folder of one sweep run, e.g. "sparsity0.70-seed1"."""
     return f"sparsity{sparsity:.2f}-seed{seed}"
