@@ -46,10 +46,10 @@ def sweep_command(
     if dry_run:
         _print_plan(plan, path)
         return
-    from babelprune.sweep.store import ResultsStore
+    from babelprune.sweep.store import ResultsStore, check_store
 
-    if path.exists():  # a file that is not a store, or one from a newer babelprune: refused before any work
-        ResultsStore(path, create=False).close()
+    if path.exists():  # a file that is not a store, or one from a newer babelprune: refused before any work, read-only
+        check_store(path)
 
     if backend == "ray":
         from babelprune.sweep.ray_backend import ray_cluster, run_ray
@@ -66,9 +66,12 @@ def sweep_command(
             torch.set_num_threads(cpus)
         with ResultsStore(path) as results:
             summary = run_local(plan, results, console=console)
+    # Runs another sweep on the same store finished while this one waited for them are neither done here nor before.
+    elsewhere = summary.planned - summary.skipped - len(summary.done) - len(summary.failed)
     console.print(
         f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, "
-        f"{len(summary.failed)} failed; results in [bold]{path}[/bold]", highlight=False,
+        + (f"{elsewhere} done by another sweep, " if elsewhere else "")
+        + f"{len(summary.failed)} failed; results in [bold]{path}[/bold]", highlight=False,
     )
     if not summary.ok:
         err_console.print(f"[bold red]{len(summary.failed)} run(s) failed[/bold red]; `babelprune runs {path}` shows their errors, "

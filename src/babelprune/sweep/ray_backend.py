@@ -9,6 +9,12 @@ into the store as it arrives (one transaction each, as the local backend
 does). When a model's runs are all handed out, its idle actors are freed
 for the next model.
 
+The driver claims each run in the store before it hands it out, as the
+local backend does (babelprune.sweep.local.SweepClaims): the claim names the
+driver's process, whose heartbeat thread keeps it fresh while an actor
+runs it, and the actors die with the driver. A run another sweep holds is
+waited for once nothing else is left, and taken over if that sweep dies.
+
 `ray` is imported here only, on use: without it the sweep stops in one
 sentence naming the extra to install. An address that cannot be reached is
 one sentence too, before anything runs.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections import deque
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +34,7 @@ from rich.console import Console
 from babelprune.errors import BabelpruneError
 from babelprune.sweep.display import SweepDisplay, SweepSummary
 from babelprune.sweep.experiment import TASK_KINDS
-from babelprune.sweep.local import by_model, pending_runs, workdir_for
+from babelprune.sweep.local import WAIT_SECONDS, SweepClaims, by_model, pending_runs, workdir_for
 from babelprune.sweep.runs import Plan, RunSpec
 from babelprune.sweep.store import ResultsStore, RunRecord
 
@@ -110,16 +117,18 @@ def ray_cluster(address: str | None = None, cpus: int | None = None):
         ray.shutdown()
 
 
-def run_ray(ray, plan: Plan, store: ResultsStore, progress: bool = True, console: Console | None = None) -> SweepSummary:
+def run_ray(ray, plan: Plan, store: ResultsStore, progress: bool = True, console: Console | None = None,
+            wait_seconds: float = WAIT_SECONDS) -> SweepSummary:
     """Run every pending run as Ray actor calls; the driver writes each record into the store as it returns."""
     todo = pending_runs(plan, store)
     with SweepDisplay(len(plan.runs), len(todo), progress, console) as display:
         if todo:
-            _drive(ray, plan, todo, store, display)
+            _drive(ray, plan, todo, store, SweepClaims(store, display), display, wait_seconds)
     return display.summary
 
 
-def _drive(ray, plan: Plan, todo: list[RunSpec], store: ResultsStore, display: SweepDisplay) -> None:
+def _drive(ray, plan: Plan, todo: list[RunSpec], store: ResultsStore, claims: SweepClaims, display: SweepDisplay,
+           wait_seconds: float) -> None:
     resources = plan.experiment.resources
     options = {"num_cpus": resources.cpus}
     if resources.memory_gb is not None:
@@ -131,24 +140,43 @@ def _drive(ray, plan: Plan, todo: list[RunSpec], store: ResultsStore, display: S
     inflight: dict = {}  # object ref -> (actor, model, spec)
     actors: dict[str, list] = {model: [] for model in queues}
 
-    def hand_out(actor, model: str) -> None:
-        spec = queues[model].popleft()
+    def next_claimed(model: str) -> RunSpec | None:
+        """The model's next run this driver could claim (those another sweep holds wait in `claims`)."""
+        while queues[model]:
+            spec = queues[model].popleft()
+            if claims.take(spec):
+                return spec
+        return None
+
+    def hand_out(actor, model: str, spec: RunSpec) -> None:
         display.started(spec)
         inflight[actor.run.remote(spec)] = (actor, model, spec)
 
     def fill() -> None:
-        # Give idle room to the models with the most runs left, one actor at a time.
+        # Give idle room to the models with the most runs left, one actor at a time (and only for a claimed run).
         while sum(len(group) for group in actors.values()) < slots:
             waiting = [model for model, queue in queues.items() if queue]
             if not waiting:
                 return
             model = max(waiting, key=lambda name: len(queues[name]))
+            spec = next_claimed(model)
+            if spec is None:
+                continue
             actor = actor_class.remote(model, workdir)
             actors[model].append(actor)
-            hand_out(actor, model)
+            hand_out(actor, model, spec)
 
     fill()
-    while inflight:
+    while inflight or claims.waiting:
+        if not inflight:  # only runs another sweep holds are left: look again, then wait for them
+            for spec in list(claims.waiting.values()):
+                queues.setdefault(spec.model, deque()).append(spec)
+                actors.setdefault(spec.model, [])
+            fill()
+            if not inflight and claims.waiting:
+                claims.announce()
+                time.sleep(wait_seconds)
+            continue
         ready, _ = ray.wait(list(inflight), num_returns=1)
         actor, model, spec = inflight.pop(ready[0])
         try:
@@ -160,10 +188,11 @@ def _drive(ray, plan: Plan, todo: list[RunSpec], store: ResultsStore, display: S
             actors[model].remove(actor)
             ray.kill(actor)
             actor = None
-        store.put(record)
+        store.put(record)  # drops the claim in the same transaction
         display.finished(record)
-        if actor is not None and queues[model]:
-            hand_out(actor, model)
+        spec = next_claimed(model) if actor is not None else None
+        if spec is not None:
+            hand_out(actor, model, spec)
         elif actor is not None:
             actors[model].remove(actor)
             ray.kill(actor)  # its model has no run left: free its CPUs and memory
