@@ -200,7 +200,9 @@ def pruned_by_engine(family: str, method: str, calib: Calibration, order: str = 
     model = tiny_model(family)
     loaded = LoadedModel(model=model, tokenizer=None, spec=f"tiny-{family}", path=None, kind=adapter_for(model).kind)
     # The reference counts every token once; these calibrations give languages unequal token counts.
-    prune(loaded, PruneConfig(method=method, sparsity=SPARSITY, order=order, balance="tokens"), calib, progress=False)
+    # It prunes every block to one sparsity: uniform, where mwanda's own default is CWL.
+    config = PruneConfig(method=method, sparsity=SPARSITY, order=order, balance="tokens", allocation="uniform")
+    prune(loaded, config, calib, progress=False)
     return {name: weight_matrix(linear) == 0 for name, linear in named_linears(model, adapter_for(model)).items()}
 
 
@@ -234,7 +236,8 @@ def calibration_without_near_ties(family: str, method: str, languages) -> tuple[
 def test_the_reference_implements_the_documented_defaults():
     # If a default changes, the reference above must change with it.
     config = PruneConfig(method="mwanda")
-    assert config.order == "one-pass" and config.allocation == "uniform" and config.per_row
+    # mwanda's default allocation is CWL; the reference checks its scores and masks under a uniform one
+    assert config.order == "one-pass" and config.allocation == "cwl" and config.per_row
     assert (config.mwanda.language_aware, config.mwanda.alpha, config.mwanda.activation_prob) == (True, MWANDA_ALPHA, False)
 
 

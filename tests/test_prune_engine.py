@@ -165,7 +165,8 @@ def test_magnitude_needs_no_calibration():
     [
         (dict(method="wanda", pattern="3:5"), "divisible by 5"),
         (dict(method="sparsegpt", setting="per-language"), "sparsegpt"),
-        (dict(method="wanda", pattern="2:4", allocation="owl"), "allocation uniform"),
+        # refused by the config itself now, before the engine sees it
+        (dict(method="wanda", pattern="2:4", allocation="owl"), "fixes every block's sparsity"),
     ],
 )
 def test_bad_requests_fail_before_any_weight_changes(config, message):

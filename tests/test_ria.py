@@ -106,7 +106,7 @@ def test_mwanda_method_reads_the_score_from_the_config():
 
 
 def test_score_ria_needs_the_mwanda_method():
-    with pytest.raises(BabelpruneError, match="--method mwanda"):
+    with pytest.raises(BabelpruneError, match="M-Wanda's and has no effect with method=wanda; drop it, or use method=mwanda"):
         PruneConfig(method="wanda", mwanda=MWandaConfig(score="ria"))
     with pytest.raises(BabelpruneError):
         MWandaOptions(score="sparsegpt")
@@ -137,7 +137,8 @@ def test_mwanda_score_ria_with_every_part_off_gives_ria_masks_on_a_tiny_model():
         return {name: weight_matrix(m) == 0 for name, m in named_linears(model.model, adapter_for(model.model)).items()}
 
     off = MWandaConfig(language_aware=False, activation_prob=False, score="ria")
-    ria_masks, mwanda_masks = masks(PruneConfig(method="ria")), masks(PruneConfig(method="mwanda", mwanda=off))
+    # uniform: RIA's own allocation (mwanda's default, CWL, would move sparsity between blocks)
+    ria_masks, mwanda_masks = masks(PruneConfig(method="ria")), masks(PruneConfig(method="mwanda", allocation="uniform", mwanda=off))
     wanda_masks = masks(PruneConfig(method="wanda"))
     assert all(torch.equal(ria_masks[name], mwanda_masks[name]) for name in ria_masks)
     assert any(not torch.equal(ria_masks[name], wanda_masks[name]) for name in ria_masks)  # RIA is not Wanda

@@ -81,6 +81,8 @@ class PruneResult:
             "setting": self.config.setting,
             "config": self.config.to_dict(),
             "allocation": self.config.allocation if not self.config.nm else "uniform",
+            # which of M-Wanda's parts ran (None for other methods): language-aware statistics, activation term, CWL, score
+            "mwanda_parts": self.config.mwanda_parts(),
             "block_sparsity_targets": self.block_sparsity_targets,
             "allocation_stats": self.allocation_stats,
             "starting_sparsity": self.starting_sparsity,
