@@ -11,6 +11,15 @@ same mapping an experiment file's entry holds). A mapped flag typed together
 with `--config` is refused in one sentence rather than silently overriding
 or being overridden; the flags that are not part of the config (the model,
 the calibration data, the output folder...) still apply.
+
+A flag that is typed but cannot change the result in the combination given
+(`--alpha` with `--method wanda`, `--sparsity` with `--pattern 2:4`, a
+`--refit-*` knob without `--reconstruct`...) is refused in one sentence
+before any model is loaded (`prune_config_from_flags`,
+`refuse_prune_options_without_effect`); a config file's fields are held to
+the same rules by PruneConfig itself. Whether a flag was typed comes from
+click (`given_parameters`), not from comparing its value with the default:
+`--alpha 0.5` with wanda says as much as `--alpha 0.3`.
 """
 
 from __future__ import annotations
@@ -95,6 +104,8 @@ def nested_fields(flags: Mapping[str, str], values: Mapping[str, Any]) -> dict[s
     data: dict[str, Any] = {}
     for parameter, path in flags.items():
         value = values[parameter]
+        if value is None and parameter not in CONVERTERS:
+            continue  # a flag whose default is None leaves the field to the config's own default (e.g. PruneConfig.sparsity)
         if parameter in SWITCHES:
             data[path] = {} if value else None
             continue
@@ -117,8 +128,139 @@ def config_from_flags(model, flags: Mapping[str, str], values: Mapping[str, Any]
     return model.model_validate(nested_fields(flags, values))
 
 
+def given_parameters(values: Mapping[str, Any]) -> set[str]:
+    """The command's parameters the user gave (typed, or from the environment), not left at their defaults.
+
+    Read from click's record of where each value came from, inside a running command; without
+    one (a command function called directly), from the flags in sys.argv.
+    """
+    context = _current_context()
+    if context is None:
+        return {name for name in values if typed_flags({name: name})}
+    sources = {name: context.get_parameter_source(name) for name in values}
+    # By name: typer's own copy of click and click itself each have a ParameterSource enum.
+    return {name for name, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def _current_context():
+    """The running command's click context, or None. Typer runs commands on its own copy of click
+    (typer._click) in recent versions, on click itself in older ones: both are asked."""
+    import importlib
+
+    for module in ("typer._click.globals", "click.globals"):
+        try:
+            context = importlib.import_module(module).get_current_context(silent=True)
+        except ImportError:
+            continue
+        if context is not None:
+            return context
+    return None
+
+
+def _prune_flag(path: str) -> str | None:
+    """The prune parameter that sets a PruneConfig field (None for fields no flag sets, e.g. lam)."""
+    return next((parameter for parameter, field in PRUNE_FLAGS.items() if field == path), None)
+
+
+def _cli_name(path: str, value: str | None) -> str:
+    """A PruneConfig field as the command line spells it: --method wanda, --score ria, --reconstruct."""
+    parameter = _prune_flag(path)
+    name = flag_name(parameter) if parameter is not None else path
+    return name if value is None else f"{name} {value}"
+
+
+def _typed_spelling(parameter: str, value: Any) -> str:
+    """The flag as typed: --no-language-aware for a switch turned off."""
+    return "--no-" + parameter.replace("_", "-") if value is False else flag_name(parameter)
+
+
+def prune_config_from_flags(values: Mapping[str, Any], given: set[str]):
+    """The PruneConfig the prune flags spell; a typed flag whose field has no effect in it is one sentence.
+
+    The config is first built keeping such fields, to name the flag rather than the field,
+    then validated in full.
+    """
+    from babelprune.prune.config import KEEP_FIELDS_WITHOUT_EFFECT, PruneConfig
+
+    data = nested_fields(PRUNE_FLAGS, values)
+    lenient = PruneConfig.model_validate(data, context=KEEP_FIELDS_WITHOUT_EFFECT)
+    for item in lenient.fields_without_effect():
+        parameter = _prune_flag(item.field)
+        if parameter is not None and parameter in given:
+            raise BabelpruneError(item.sentence(_typed_spelling(parameter, values[parameter]), _cli_name))
+    return PruneConfig.model_validate(data)
+
+
+# Parameters of `prune` that only structured pruning reads, and those only one-shot pruning reads besides its config.
+STRUCTURED_ONLY = ("importance", "gqa", "ranking")
+ONESHOT_ONLY = ("language_budget", "budget_rounds", "holdout_samples", "save_format", "values")
+CALIBRATION_PARAMETERS = ("calib", "calib_langs", "samples", "seq_len", "seed")
+SPELLED = {"save_format": "--format"}  # parameters whose flag is not --<name>
+
+
+def _flag(parameter: str, values: Mapping[str, Any]) -> str:
+    return SPELLED.get(parameter) or _typed_spelling(parameter, values.get(parameter))
+
+
+def refuse_prune_options_without_effect(config, given: set[str], values: Mapping[str, Any]) -> None:
+    """`prune`'s typed options that cannot change the result of `config`, refused in one sentence before any work.
+
+    The config's own fields are checked when it is built (`prune_config_from_flags`, or
+    PruneConfig for a --config file); these are the options around it: the structured or
+    one-shot options of the other kind, the refit and language-budget knobs when those are
+    off, the calibration text of a run that reads none, --values without a sparse copy.
+    """
+    from babelprune.prune.config import StructuredConfig
+    from babelprune.prune.methods import METHODS
+
+    def refuse(parameter: str, why: str, fix: str) -> None:
+        raise BabelpruneError(f"{_flag(parameter, values)} {why}; {fix}.")
+
+    typed = [parameter for parameter in values if parameter in given]
+    if isinstance(config, StructuredConfig):
+        how = "--structured" if values.get("config_file") is None else "a --config file with units"
+        for parameter in typed:
+            oneshot_field = parameter in PRUNE_FLAGS and parameter not in STRUCTURED_FLAGS and parameter not in CALIBRATION_PARAMETERS
+            if parameter in ONESHOT_ONLY or oneshot_field:
+                refuse(parameter, f"has no effect on structured pruning ({how}), which removes whole units",
+                       f"drop it, or prune one-shot without {how}")
+            if parameter in CALIBRATION_PARAMETERS and not config.needs_calibration:
+                refuse(parameter, f"chooses calibration text, which --importance {config.importance} does not read",
+                       "drop it or use another --importance")
+            if parameter == "gqa" and "heads" not in config.units:
+                refuse(parameter, f"chooses how attention heads are removed, and --structured {','.join(config.units)} "
+                       "removes none", "drop it or add heads to --structured")
+        return
+    budget = values.get("language_budget") == "minimax"
+    reads_statistics = METHODS[config.method].needs_calibration or config.reconstruct is not None
+    reads_text = reads_statistics or config.allocation != "uniform" or budget
+    saved = values.get("save_format") or ("hf" if config.setting == "per-language" else "both")
+    for parameter in typed:
+        if parameter in STRUCTURED_ONLY:
+            refuse(parameter, "is an option of structured pruning and has no effect without --structured",
+                   "drop it or add --structured UNITS")
+        if parameter.startswith("refit_") and config.reconstruct is None:
+            refuse(parameter, "sets the refit of the kept weights, which is off", "add --reconstruct or drop it")
+        if parameter in ("budget_rounds", "holdout_samples") and not budget:
+            refuse(parameter, "sets the language budget, which is off", "add --language-budget minimax or drop it")
+        if parameter == "language_budget" and budget and not reads_statistics:
+            refuse(parameter, f"changes how much each language counts in the calibration statistics, which --method "
+                   f"{config.method} without --reconstruct does not read", "choose another --method or add --reconstruct")
+        if parameter == "language_budget" and budget and config.balance == "tokens":
+            refuse(parameter, "weighs calibration languages, but --balance tokens counts every token once",
+                   "use --balance languages or drop --language-budget")
+        if parameter == "values" and saved == "hf":
+            default = "" if values.get("save_format") else ", the per-language setting's default,"
+            refuse(parameter, f"sets the type of the sparse copy, which --format hf{default} does not write",
+                   "add --format sparse or both, or drop --values")
+        if parameter in CALIBRATION_PARAMETERS and not reads_text:
+            refuse(parameter, f"chooses calibration text, which --method {config.method} with a uniform allocation "
+                   "and no --reconstruct does not read", "drop it")
+
+
 # How a parameter is spelled on the command line when it is not --<name> (and --no-<name> for switches).
-SPELLINGS: dict[str, tuple[str, ...]] = {"keep_reserved": ("--keep-reserved", "--drop-reserved")}
+SPELLINGS: dict[str, tuple[str, ...]] = {"keep_reserved": ("--keep-reserved", "--drop-reserved"), "save_format": ("--format",),
+                                         "config_file": ("--config",)}
 
 
 def typed_flags(flags: Mapping[str, str], argv: list[str] | None = None) -> list[str]:
