@@ -62,7 +62,8 @@ def test_nested_fields_and_the_calibration_expand_too(tmp_path, corpus, model_fo
     assert len(plan.runs) == 2 * 3
     assert {run.verb.mwanda.alpha for run in plan.runs} == {0.3, 0.5}
     assert {run.calibration.samples for run in plan.runs} == {1, 2, 4}
-    assert "mwanda 50% alpha=0.3 samples=1" in {run.label for run in plan.runs}
+    # mwanda's default allocation is CWL, part of the method, and the label says it
+    assert "mwanda 50% cwl alpha=0.3 samples=1" in {run.label for run in plan.runs}
 
 
 def test_labels_are_short_names(tmp_path, corpus, model_folder):
@@ -162,7 +163,7 @@ def test_runs_from_different_entries_with_one_label_are_told_apart(tmp_path, cor
             {"kind": "oneshot", "prune": {"method": "mwanda", "sparsity": 0.5, "mwanda": {"alpha": 2.0}}},
             {"kind": "oneshot", "prune": {"method": "wanda", "sparsity": 0.5}}]
     labels = [run.label for run in _plan(tmp_path, experiment(model_folder, corpus, runs)).runs]
-    assert labels == ["mwanda 50% alpha=0.5", "mwanda 50% alpha=2.0", "wanda 50%"]
+    assert labels == ["mwanda 50% cwl alpha=0.5", "mwanda 50% cwl alpha=2.0", "wanda 50%"]
 
 
 def test_the_mwanda_recipe_is_the_documented_grid():

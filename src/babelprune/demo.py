@@ -1,8 +1,9 @@
 """The main job: a small built-in sweep on a real multilingual model, ending in the HTML report.
 
 `babelprune demo` runs the packaged `demo` recipe (src/babelprune/sweep/recipes/demo.yaml):
-gemma3-270m dense, then magnitude, wanda, sparsegpt and mwanda at 50% and the
-recommended configuration (mwanda + refit) at 2:4, each scored on the Bible's
+gemma3-270m dense, then magnitude, wanda, sparsegpt and mwanda (its paper's method,
+CWL layer-wise sparsity included) at 50% and the recommended configuration
+(mwanda + refit) at 2:4, each scored on the Bible's
 22 languages and on 16 UDHR languages that calibration never saw. Every
 finished run goes into a results store, so an interrupted demo picks up where
 it stopped; the report is written from the store at the end.

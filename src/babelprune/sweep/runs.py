@@ -12,6 +12,13 @@ defaults filled in, the calibration (when the run uses it), the evaluation
 sets and the babelprune version. The same file gives the same keys,
 reordering entries or evaluation sets changes none, and changing any field
 that matters changes the key of the runs it touches.
+
+A field that cannot change a run's result (`mwanda: {alpha: ...}` on a wanda
+run, `sparsity` or `allocation` on a 2:4 run: `PruneConfig.fields_without_effect`)
+is left out of that run's config before it is keyed, so the grid points that
+differ only there are one run; the plan says so once per field in its
+`notes` ("mwanda.alpha has no effect on wanda runs ..."). A grid crossing
+methods with one method's options is natural, so it is not refused.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pydantic import BaseModel
 
 from babelprune.configfile import ConfigFile, Path_, read_config_file
 from babelprune.errors import BabelpruneError
-from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
+from babelprune.prune.config import KEEP_FIELDS_WITHOUT_EFFECT, NoEffect, PruneConfig, StructuredConfig, TrimConfig, same_value
 from babelprune.finetune.prune_config import TaskDynamicRun, TaskStructuredRun
 from babelprune.sweep.experiment import TASK_KINDS, VERB_KEYS, CalibrationSpec, EvaluationSet, Experiment, FinetuneRun, RunEntry
 
@@ -61,6 +68,9 @@ class Plan:
     experiment: Experiment
     runs: list[RunSpec]
     duplicates: int  # runs of the grid that another entry already gives (same key), merged
+    # One sentence per field left out of some runs' keys because it has no effect on them, with the
+    # grid points it touched and the runs they are: "mwanda.alpha has no effect on wanda runs ...".
+    notes: tuple[str, ...] = ()
 
 
 def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
@@ -74,6 +84,8 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
     several_models = len(experiment.models) > 1
     runs: dict[str, RunSpec] = {}
     total = 0
+    # (field, runs) -> (grid points that wrote it, their keys, whether any wrote other than the default)
+    without_effect: dict[tuple[str, str], tuple[int, set[str], bool]] = {}
     for index, entry in enumerate(experiment.runs):
         where = ("runs", index)
         entry_calibrations = calibrations
@@ -81,13 +93,18 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
             entry_calibrations = _expand(file, CalibrationSpec, entry.calibration, where + ("calibration",))
         verbs = _verbs(file, entry, where)
         for model in experiment.models:
-            for verb, verb_choices in verbs:
+            for verb, verb_choices, dropped in verbs:
                 for calibration, calibration_choices in entry_calibrations:
                     spec = _spec(experiment, model, entry.kind, verb, calibration, evaluation,
                                  {**verb_choices, **_prefixed("calibration", calibration_choices)}, several_models, index)
                     total += 1
                     runs.setdefault(spec.key, spec)
-    plan = Plan(experiment, distinct_labels(list(runs.values())), total - len(runs))
+                    for field, what, differed in dropped:
+                        points, keys, changed = without_effect.get((field, what), (0, set(), False))
+                        without_effect[(field, what)] = (points + 1, keys | {spec.key}, changed or differed)
+    # A field written at its default changes no key: only those that merged or renamed runs are said.
+    notes = tuple(_note(field, what, points, len(keys)) for (field, what), (points, keys, changed) in without_effect.items() if changed)
+    plan = Plan(experiment, distinct_labels(list(runs.values())), total - len(runs), notes)
     if check_data:
         check_sources(file, plan)
     return plan
@@ -123,13 +140,17 @@ def distinct_labels(runs: list[RunSpec]) -> list[RunSpec]:
 # ----- grids ---------------------------------------------------------------------------
 
 
-def _verbs(file: ConfigFile, entry: RunEntry, where: Path_) -> list[tuple[BaseModel | None, dict[str, Any]]]:
+def _verbs(file: ConfigFile, entry: RunEntry, where: Path_) -> list[tuple[BaseModel | None, dict[str, Any], tuple]]:
+    """(config, its grid choices, the fields left out of it for having no effect) of every grid point."""
     if entry.kind == "dense":
-        return [(None, {})]
+        return [(None, {}, ())]
     model = VERB_CONFIGS[entry.kind]
-    verbs = _expand(file, model, entry.verb, where + (VERB_KEYS[entry.kind],))
+    if model is PruneConfig:
+        verbs = _expand_oneshot(file, entry.verb, where + (VERB_KEYS[entry.kind],))
+    else:
+        verbs = [(verb, choices, ()) for verb, choices in _expand(file, model, entry.verb, where + (VERB_KEYS[entry.kind],))]
     if entry.kind == "structured":
-        for verb, _ in verbs:
+        for verb, _, _ in verbs:
             if verb.setting == "per-language":
                 raise file.error(where + ("structured", "setting"), "a sweep runs structured pruning in the shared setting only "
                                  "(per-language gives one model per language); use `babelprune prune --structured "
@@ -149,6 +170,69 @@ def _expand(file: ConfigFile, model: type[BaseModel], data: dict[str, Any], wher
             # at the line of the value that caused it (in a grid list, the item)
             raise file.validation_error(exc, model, where) from None
     return configs
+
+
+# A sweep's one-shot runs take their calibration windows from the experiment's `calibration` (its seed
+# included), so PruneConfig.seed, which `babelprune prune` passes to the calibration, decides nothing here.
+SWEEP_SEED = NoEffect("seed", 0, "chooses calibration windows only in `babelprune prune`; a sweep's runs take theirs "
+                      "from calibration.seed", "set calibration.seed instead", "oneshot runs of a sweep")
+
+
+def _expand_oneshot(file: ConfigFile, data: dict[str, Any], where: Path_) -> list[tuple[PruneConfig, dict[str, Any], tuple]]:
+    """Every PruneConfig of a grid, each without the written fields that have no effect on it.
+
+    Such a field (alpha on a wanda run, sparsity on a 2:4 run...) goes back to its default
+    before the config is validated and keyed, so grid points that differ only there are one
+    run. Each config comes with (field, runs, whether the written value differed from the
+    default) for every field left out, for the plan's notes.
+    """
+    found = []
+    for concrete, choices in _grid(PruneConfig, data, where, file):
+        try:
+            lenient = PruneConfig.model_validate(concrete, context=KEEP_FIELDS_WITHOUT_EFFECT)
+            dropped: list[tuple[str, str, bool]] = []
+            seen: set[str] = set()
+            for item in [*lenient.fields_without_effect(), SWEEP_SEED]:
+                if item.field in seen or not _written(concrete, item.field):
+                    continue
+                seen.add(item.field)
+                value = lenient.value_at(item.field)
+                concrete = _without(concrete, item.field)
+                choices = {key: choice for key, choice in choices.items()
+                           if key != item.field and not key.startswith(item.field + ".")}
+                dropped.append((item.field, item.runs, not same_value(value, item.default)))
+            found.append((PruneConfig.model_validate(concrete), choices, tuple(dropped)))
+        except Exception as exc:  # noqa: BLE001 - ValidationError or BabelpruneError, turned into one sentence
+            if not isinstance(exc, BabelpruneError) and type(exc).__name__ != "ValidationError":
+                raise
+            raise file.validation_error(exc, PruneConfig, where) from None
+    return found
+
+
+def _written(data: dict[str, Any], path: str) -> bool:
+    """Whether a config mapping spells the dotted field itself (not just its default)."""
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _without(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """A copy of the config mapping without the dotted field (its section kept, even when left empty)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return {key: value for key, value in data.items() if key != head}
+    return {**data, head: _without(data[head], rest)}
+
+
+def _note(field: str, runs: str, points: int, distinct: int) -> str:
+    """The plan's sentence for a field left out of some runs' keys."""
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    verb = "is" if points == 1 else "are"
+    return f"{field} has no effect on {runs}, so their keys leave it out: {count(points, 'grid point')} {verb} {count(distinct, 'run')}."
 
 
 def _grid(model: type[BaseModel] | None, data: dict[str, Any], where: Path_, file: ConfigFile):
