@@ -34,7 +34,8 @@ from babelprune.report.intervals import resolved
 CALIBRATED = ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
 UNSEEN = ["de", "it", "pt", "ja", "ko", "tr", "id", "vi"]
 OFF = dict(language_aware=False, activation_prob=False)
-# The recommended configuration today (M-Wanda's defaults + --reconstruct) and the rows that could replace it.
+# The recommended configuration when this table was made (M-Wanda's scoring, uniform allocation, + --reconstruct)
+# and the rows that could replace it. Every mwanda row names its allocation (mwanda's default is now CWL).
 RECOMMENDED = "LA alpha=0.5 + refit"
 CHALLENGERS = ("sparsegpt", "LA alpha=0.5 + CWL + refit", "sparsegpt mask + refit")
 

@@ -73,7 +73,8 @@ def measure(args) -> dict:
     from babelprune.prune.config import PruneConfig, ReconstructConfig
 
     folder = Path(args.folder)
-    config = PruneConfig(method=args.method, calib_batch=args.calib_batch or None,
+    # uniform: the rows (and docs/results/prune_memory.md) are mwanda's scoring without its default CWL
+    config = PruneConfig(method=args.method, calib_batch=args.calib_batch or None, allocation="uniform",
                          reconstruct=ReconstructConfig() if args.reconstruct else None)
 
     def calibration_for(loaded):

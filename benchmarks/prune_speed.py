@@ -12,7 +12,8 @@ back. With the medians over --repeats rounds it reports:
   memory ratio = median over rounds of (peak RSS while pruning - RSS before the model was loaded
                  - the dense copy this script keeps) / dense model bytes
 Methods: magnitude, wanda and sparsegpt (one-pass and two-pass, all windows in one forward or 8 at a
-time), mwanda (defaults, with CWL, with --reconstruct, with both; 8 windows at a time); --only picks rows by label.
+time), mwanda (uniform allocation, with CWL (its default), with --reconstruct, with both; 8 windows at a time);
+--only picks rows by label.
 Writes docs/results/prune_speed.md.
 """
 
@@ -36,7 +37,7 @@ RUNS = [
     ("wanda", "wanda", "one-pass", "uniform", 8, False),
     ("wanda", "wanda", "two-pass", "uniform", 0, False),
     ("wanda", "wanda", "two-pass", "uniform", 8, False),
-    ("mwanda (defaults)", "mwanda", "one-pass", "uniform", 8, False),
+    ("mwanda (uniform)", "mwanda", "one-pass", "uniform", 8, False),
     ("mwanda + CWL", "mwanda", "one-pass", "cwl", 8, False),
     ("mwanda + refit", "mwanda", "one-pass", "uniform", 8, True),
     ("mwanda + CWL + refit", "mwanda", "one-pass", "cwl", 8, True),
@@ -64,8 +65,13 @@ def measure(args) -> dict:
     adapter = adapter_for(loaded.model)
     dense_weights = snapshot(loaded.model)
     copy_bytes = sum(w.numel() * w.element_size() for w in dense_weights.values())
+    # Windows per forward shape the calibration statistics only: magnitude, which reads none, takes no batch.
+    from babelprune.prune.methods import METHODS
+
+    reads_calibration = METHODS[args.method].needs_calibration or args.reconstruct
+    batch = {"calib_batch": args.calib_batch or None} if reads_calibration else {}
     config = PruneConfig(
-        method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, calib_batch=args.calib_batch or None,
+        method=args.method, sparsity=0.5, order=args.order, allocation=args.allocation, **batch,
         reconstruct=ReconstructConfig() if args.reconstruct else None,
     )
 

@@ -266,7 +266,11 @@ def _amount(config: PruneConfig) -> str:
 
 
 def _is_plain(config: PruneConfig) -> bool:
-    """The method with its documented defaults: no M-Wanda option changed, uniform allocation, no refit."""
+    """The base the tables compare: no M-Wanda option changed, uniform allocation, no refit.
+
+    Uniform is every other method's default; mwanda's own default is CWL, so its base here is
+    mwanda with a uniform allocation (the recipe names it) and CWL is one of its variants.
+    """
     return config.mwanda == MWandaConfig() and config.allocation == "uniform" and config.reconstruct is None
 
 
@@ -294,7 +298,7 @@ def _contest_row(dense: RunRecord, baseline: RunRecord, candidate: RunRecord, na
 
 
 def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baselines: tuple[str, ...] = ("wanda", "sparsegpt")) -> str:
-    """The candidate (its defaults) against each baseline in every setting; then each variant of it against its default."""
+    """The candidate (its default scoring, uniform allocation) against each baseline in every setting; then each variant of it against that."""
     dense = next((r for r in records if r.kind == "dense" and r.state == "done"), None)
     oneshot = [(r, _prune(r)) for r in records if r.kind == "oneshot" and r.state == "done"]
     plain = {(config.method, _amount(config)): r for r, config in oneshot if _is_plain(config)}
@@ -304,7 +308,7 @@ def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baseli
     header = ["| setting | evaluation set | baseline | candidate mean | baseline mean | difference [95%] | verdict |",
               "|---|---|---|---:|---:|---|---|"]
     lines = ["## One-shot pruning", "",
-             f"{candidate} (its defaults) against each baseline in the same setting: the mean over languages of the increase "
+             f"{candidate} (its default scoring, uniform allocation) against each baseline in the same setting: the mean over languages of the increase "
              "of bits per byte from dense, and the paired difference (candidate - baseline) with its 95% interval "
              "(bootstrap over evaluation windows); negative: the candidate loses less.", "", *header]
     for amount in sorted({amount for method, amount in plain if method == candidate}):
@@ -313,13 +317,13 @@ def oneshot_markdown(records: list[RunRecord], candidate: str = "mwanda", baseli
                 lines += _contest_row(dense, plain[(baseline, amount)], plain[(candidate, amount)], (baseline, candidate), amount)
     if variants:
         lines += ["", f"### {candidate}'s ablation", "",
-                  f"Each variant of {candidate} against {candidate} with its defaults (the baseline column) and against "
+                  f"Each variant of {candidate} against {candidate} with its default scoring and a uniform allocation (the baseline column) and against "
                   "wanda, in the same setting and on the same windows.", "", *header]
         for record, config in sorted(variants, key=lambda item: (_amount(item[1]), _variant(item[1]))):
             amount, name = _amount(config), f"{candidate} {_variant(config)}"
             for baseline in (candidate, "wanda"):
                 if (baseline, amount) in plain:
-                    label = f"{candidate} (default)" if baseline == candidate else baseline
+                    label = f"{candidate} (uniform)" if baseline == candidate else baseline
                     lines += _contest_row(dense, plain[(baseline, amount)], record, (label, name), f"{amount}, {name}")
     return "\n".join(lines) + "\n"
 
