@@ -191,8 +191,8 @@ def choose_kept_ids(
             f"The tokenizer's special token {token!r} has id {beyond[0]}, beyond the model's {embedding_rows} "
             "embedding rows, so a trimmed vocabulary would lose it; resize the model's embeddings to the tokenizer first."
         )
-    if not seen - required:  # only what the tokenizer needs anyway would be left: a model that can write nothing
-        most = max((n for i, n in counts.items() if i not in required), default=0)
+    if not seen:  # only what the tokenizer needs anyway would be left: the text's own tokens all gone
+        most = max(counts.values(), default=0)
         raise BabelpruneError(
             f"--min-count {min_count} keeps none of the tokens the text uses (the most frequent one appears {most:,} "
             f"times); give --min-count {max(1, most)} or less."
