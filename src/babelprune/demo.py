@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.text import Text
 
 from babelprune.errors import BabelpruneError
 
@@ -72,8 +73,8 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
     check_out(out, overwrite=True)  # a folder that is not a babelprune report is refused before any work
     experiment, dropped = demo_experiment(model, max_tokens)
     if dropped:
-        console.print(f"[yellow]note:[/yellow] the UDHR is not fetched, so the evaluation set(s) {', '.join(dropped)} are left "
-                      "out; `babelprune data fetch udhr` adds 16 languages calibration never saw.", highlight=False)
+        console.print(Text.assemble(("note:", "yellow"), f" the UDHR is not fetched, so the evaluation set(s) {', '.join(dropped)} are left "
+                      "out; `babelprune data fetch udhr` adds 16 languages calibration never saw."), highlight=False)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{DEMO_RECIPE}.yaml"
         path.write_text(yaml.safe_dump(experiment, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -83,6 +84,6 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
     page = write_report(store, out, overwrite=True)
     console.print(
         f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, {len(summary.failed)} failed; "
-        f"store [bold]{store}[/bold]; report [bold]{page}[/bold]", highlight=False,
+        f"store {store}; report {page}", highlight=False, markup=False,
     )
     return DemoOutcome(report=page, store=store, dropped_sets=dropped, ok=summary.ok)

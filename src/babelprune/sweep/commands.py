@@ -11,13 +11,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from babelprune.choices import SweepBackend
 from babelprune.errors import BabelpruneError
 
 # Wide enough for the run tables when the output is a file or a pipe (as babelprune.cli's console).
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup is off: labels, errors and paths are printed as the text they are; styles come from rich.text.Text.
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def sweep_command(
@@ -27,9 +29,10 @@ def sweep_command(
     dry_run: Annotated[bool, typer.Option(help="Validate the file and list the runs with their keys and state; run nothing.")] = False,
     backend: Annotated[SweepBackend, typer.Option(help="local: one run after the other in this process; ray: Ray tasks.")] = "local",
     address: Annotated[Optional[str], typer.Option(help="--backend ray: an existing cluster (auto, or ray://host:port); default: start a local Ray.")] = None,
-    cpus: Annotated[Optional[int], typer.Option(help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
+    cpus: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
 ) -> None:
     """Run every run of an experiment file, skipping those the store has done; each finished run is one transaction."""
+    from babelprune.outputs import STORE_SUFFIXES, check_output_file
     from babelprune.sweep.experiment import recipe_path
     from babelprune.sweep.runs import plan_experiment
 
@@ -43,6 +46,7 @@ def sweep_command(
         raise BabelpruneError(f"--cpus is {cpus}; give a positive number of CPUs.")
     plan = plan_experiment(experiment)
     path = store or Path(f"{plan.experiment.name}.sqlite")
+    check_output_file(path, "--store", STORE_SUFFIXES, reuse=True)  # a store is resumed, so an existing one is welcome
     if dry_run:
         _print_plan(plan, path)
         return
@@ -71,11 +75,11 @@ def sweep_command(
     console.print(
         f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, "
         + (f"{elsewhere} done by another sweep, " if elsewhere else "")
-        + f"{len(summary.failed)} failed; results in [bold]{path}[/bold]", highlight=False,
+        + f"{len(summary.failed)} failed; results in {path}", highlight=False,
     )
     if not summary.ok:
-        err_console.print(f"[bold red]{len(summary.failed)} run(s) failed[/bold red]; `babelprune runs {path}` shows their errors, "
-                          "and running the sweep again retries them.", highlight=False)
+        err_console.print(Text.assemble((f"{len(summary.failed)} run(s) failed", "bold red"), f"; `babelprune runs {path}` shows their errors, "
+                          "and running the sweep again retries them."), highlight=False)
         raise typer.Exit(1)
 
 
@@ -106,7 +110,7 @@ def recipes_command() -> None:
 
     for name in recipe_names():
         plan = plan_experiment(recipe_path(name), check_data=False)
-        console.print(f"[bold]{name}[/bold]  {len(plan.runs)} runs: {plan.experiment.description}", highlight=False)
+        console.print(Text.assemble((name, "bold"), f"  {len(plan.runs)} runs: {plan.experiment.description}"), highlight=False)
 
 
 def runs_command(
@@ -124,7 +128,7 @@ def runs_command(
     for column in ("key", "run", "kind", "state", "seconds", "finished", "error"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for record in records:
-        state = "[green]done[/green]" if record.state == "done" else "[red]failed[/red]"
+        state = Text(record.state, style="green" if record.state == "done" else "red")
         table.add_row(record.key, record.label, record.kind, state, f"{record.seconds:.1f}", record.finished[:19],
                       record.error or "")
     console.print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from babelprune.sweep.runs import RunSpec
@@ -32,7 +33,7 @@ class SweepDisplay:
         self.running: dict[str, str] = {}  # key -> label
         # Runs take minutes: estimate the time left from every finished run, not from the last 30 s.
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(),  # run labels are text, not markup MofNCompleteColumn(),
             TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
             console=self.console, disable=not enabled or todo == 0, speed_estimate_period=7 * 24 * 3600,
@@ -54,9 +55,9 @@ class SweepDisplay:
         self.running.pop(record.key, None)
         (self.summary.done if record.state == "done" else self.summary.failed).append(record.key)
         if record.state == "done":
-            self.progress.console.print(f"[green]done[/]   {record.key}  {record.label}  ({record.seconds:.1f} s)", highlight=False)
+            self.progress.console.print(Text.assemble(("done", "green"), f"   {record.key}  {record.label}  ({record.seconds:.1f} s)"), highlight=False)
         else:
-            self.progress.console.print(f"[red]failed[/] {record.key}  {record.label}: {record.error}", highlight=False, markup=True)
+            self.progress.console.print(Text.assemble(("failed", "red"), f" {record.key}  {record.label}: {record.error}"), highlight=False)
         self.progress.update(self.task, advance=1, done=len(self.summary.done), failed=len(self.summary.failed))
         self._describe()
 

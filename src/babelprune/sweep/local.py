@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from babelprune.cache import is_disk_full
 from babelprune.sweep.display import SweepDisplay, SweepSummary
@@ -71,7 +72,7 @@ class SweepClaims:
         if claim.outcome == "claimed":
             if claim.taken_from:
                 self.display.progress.console.print(
-                    f"[yellow]taking over[/] {run.key}  {run.label}: its sweep ({claim.taken_from}) stopped", highlight=False)
+                    Text.assemble(("taking over", "yellow"), f" {run.key}  {run.label}: its sweep ({claim.taken_from}) stopped"), highlight=False)
             return True
         if claim.outcome == "done":
             self.display.progress.update(self.display.task, advance=1)
