@@ -600,7 +600,8 @@ RUNS: dict[str, Run] = {
     "babelprune prune --method wanda --setting per-language --calib-langs en,fr,sw --out pruned-perlang": Run(
         "readme-tour", (pruned_folder("pruned-perlang", "wanda", 0.5, mask_languages="en,fr,sw"),), extra=CALIB_BUDGET,
     ),
-    "babelprune prune --method mwanda --allocation cwl --reconstruct --out pruned-refit": Run(
+    # mwanda's default allocation is CWL: the record says so without --allocation cwl
+    "babelprune prune --method mwanda --reconstruct --out pruned-refit": Run(
         "readme-tour", (pruned_folder("pruned-refit", "mwanda", 0.5), refit_record("pruned-refit"),
                         cwl_record("pruned-refit")), extra=CALIB_BUDGET,
     ),
@@ -950,10 +951,14 @@ def test_readme_python_snippet_runs_on_tiny_models(tmp_path, monkeypatch, capsys
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [line.split()[0] for line in printed[:3]] == ["en", "fr", "sw"], printed
     assert {score.language for score in EvalResult.load(tmp_path / "dense.json").scores} == {"en", "fr", "sw"}
-    achieved = float(printed[3].split()[0])
-    assert abs(achieved - 0.5) < 0.01, printed[3]
+    achieved, targets = printed[3].split(maxsplit=1)
+    targets = json.loads(targets)
+    # mwanda runs CWL: the blocks' targets differ and average 0.5; each row rounds its own share down, which
+    # on the tiny model's narrow rows moves the achieved sparsity by a point or two
+    assert len(set(targets)) > 1 and abs(sum(targets) / len(targets) - 0.5) < 1e-6, printed[3]
+    assert abs(float(achieved) - 0.5) < 0.02, printed[3]
     record = json.loads((tmp_path / "pruned-mwanda" / "babelprune_pruning.json").read_text(encoding="utf-8"))
-    assert record["method"] == "mwanda"
+    assert record["method"] == "mwanda" and record["allocation"] == "cwl"
 
 
 # --------------------------------------------------------------------------- the collector itself
