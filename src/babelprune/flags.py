@@ -231,6 +231,7 @@ def refuse_prune_options_without_effect(config, given: set[str], values: Mapping
                 refuse(parameter, f"chooses how attention heads are removed, and --structured {','.join(config.units)} "
                        "removes none", "drop it or add heads to --structured")
         return
+    _refuse_cwl_on_one_language(config, values)
     budget = values.get("language_budget") == "minimax"
     reads_statistics = METHODS[config.method].needs_calibration or config.reconstruct is not None
     reads_text = reads_statistics or config.allocation != "uniform" or budget
@@ -256,6 +257,20 @@ def refuse_prune_options_without_effect(config, given: set[str], values: Mapping
         if parameter in CALIBRATION_PARAMETERS and not reads_text:
             refuse(parameter, f"chooses calibration text, which --method {config.method} with a uniform allocation "
                    "and no --reconstruct does not read", "drop it")
+
+
+def _refuse_cwl_on_one_language(config, values: Mapping[str, Any]) -> None:
+    """CWL compares calibration languages: one language in --calib-langs is refused here, before the model loads.
+
+    mwanda runs CWL unless told otherwise, so the sentence names the way out.
+    """
+    languages = _language_list(values.get("calib_langs"))
+    if config.allocation == "cwl" and languages is not None and len(languages) < 2:
+        default = " (mwanda's default allocation)" if config.method == "mwanda" else ""
+        raise BabelpruneError(
+            f"CWL layer-wise sparsity{default} compares calibration languages, so it needs at least two in --calib-langs; "
+            "give more, or add --allocation uniform."
+        )
 
 
 # How a parameter is spelled on the command line when it is not --<name> (and --no-<name> for switches).

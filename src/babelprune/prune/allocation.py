@@ -6,7 +6,8 @@ target s exactly (up to float rounding):
 * uniform: every block gets s.
 * OWL (Yin et al. 2024, "outlier-weighed layer-wise sparsity"): blocks with
   more outlier Wanda scores are more important and get LOWER sparsity.
-* CWL (cross-lingual layer-wise sparsity, from M-Wanda, Choenni & Titov 2025):
+* CWL (cross-lingual layer-wise sparsity, from M-Wanda, Choenni & Titov 2025;
+  mwanda's default allocation, babelprune.prune.config):
   blocks where the languages' input statistics correlate least (Spearman
   rank correlation of per-language input norms, each distinct input once)
   are the most language-specific and get LOWER sparsity.

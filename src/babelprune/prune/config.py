@@ -64,13 +64,17 @@ class NoEffect:
     runs: str  # the runs it has no effect on, as a sweep's plan says it: "wanda runs", "2:4 runs"
 
     def sentence(self, subject: str, name: Callable[[str, str | None], str]) -> str:
-        """`subject` (the field as written) `why`; `fix`. — its references spelled by `name(path, value)`."""
+        """"<subject> <why>; <fix>.", each reference to a field spelled by `name(path, value)`."""
         text = f"{subject} {self.why}; {self.fix}."
         return _REFERENCE.sub(lambda match: name(match.group(1), match.group(2)), text)
 
 
 def config_key_name(path: str, value: str | None) -> str:
-    """A field as a config file or an experiment names it: method=wanda, mwanda.alpha."""
+    """A field as a config file or an experiment names it: method=wanda, mwanda.alpha.
+
+    Other fields' values are glued to their names, so that the one value the sentence quotes
+    alone, the refused field's own, is the one babelprune.configfile finds the line of.
+    """
     return path if value is None else f"{path}={value}"
 
 
