@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -38,6 +39,9 @@ from babelprune.errors import BabelpruneError, describe_validation_error, one_li
 from babelprune.outputs import check_output_file, check_output_folder
 from babelprune.sweep import commands as sweep_commands
 
+# The largest count an option takes: beyond it a C integer inside torch or the OS would overflow.
+MAX_INT = 2**31 - 1
+
 app = typer.Typer(help="Prune multilingual language models and see, language by language, what pruning costs.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: list languages, fetch corpora into the cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -57,7 +61,7 @@ def _split_langs(langs: Optional[str], option: str = "--langs") -> list[str] | N
     """A comma-separated languages option as a list (None when not given; given but naming none is refused)."""
     from babelprune.data.tasks import language_list
 
-    codes = language_list(langs)
+    codes = language_list(langs, f"in {option}")
     if langs is not None and not codes:
         raise BabelpruneError(f"{option} {langs!r} names no language; give codes separated by commas, such as {option} en,fr,sw.")
     return codes or None
@@ -78,20 +82,21 @@ def eval_command(
     corpus: Annotated[str, typer.Option(help="bible, udhr, a folder/JSONL of your text, or hf:<dataset>.")] = "bible",
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated language codes (default: all the corpus has).")] = None,
     split: Annotated[Split, typer.Option(help="Which part of the corpus: held-out text, calibration text, or all.")] = "eval",
-    seq_len: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 256,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Predicted tokens per language (queries for encoders).")] = 2048,
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
+    seq_len: Annotated[int, typer.Option(max=MAX_INT, min=2, help="Window length in tokens.")] = 256,
+    max_tokens: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language (queries for encoders).")] = 2048,
+    batch_size: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Windows per forward pass.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here (a .json file; missing folders are created).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out that `babelprune eval` wrote.")] = False,
 ) -> None:
     """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
-    from babelprune.api import evaluate, get_corpus, load_model
+    from babelprune.api import check_sources, evaluate, get_corpus, load_model
     from babelprune.outputs import check_output_file
     from babelprune.report.records import is_eval_result_file
     from babelprune.report.tables import rich_table
 
     if out is not None:
-        check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file)
+        check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file, writer="`babelprune eval`")
+    check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(_split_langs(langs, "--langs")) if langs is not None else None
     loaded = load_model(model)
@@ -107,16 +112,16 @@ def prune_command(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist).")],
     model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of the dense model.")] = "gemma3-270m",
     method: Annotated[Method, typer.Option(help="One-shot pruning method.")] = "wanda",
-    sparsity: Annotated[float, typer.Option(help="Share of block weights to zero, in [0, 1).")] = 0.5,
+    sparsity: Annotated[Optional[float], typer.Option(help="Share of block weights to zero, in [0, 1) (default 0.5; an N:M pattern fixes it, so it takes none).")] = None,
     pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
-    allocation: Annotated[Allocation, typer.Option(help="Layer-wise sparsity (cwl: M-Wanda's cross-lingual allocation).")] = "uniform",
+    allocation: Annotated[Optional[Allocation], typer.Option(help="Layer-wise sparsity (default: the method's own, cwl for mwanda, M-Wanda's cross-lingual allocation, uniform for the others and under N:M).")] = None,
     setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
     order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
-    calib_batch: Annotated[int, typer.Option(help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
+    calib_batch: Annotated[int, typer.Option(max=MAX_INT, help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
     calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
-    samples: Annotated[int, typer.Option(help="Calibration windows per language.")] = 8,
-    seq_len: Annotated[int, typer.Option(help="Calibration window length in tokens.")] = 256,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Calibration windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Calibration window length in tokens.")] = 256,
     alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 0.5,
     beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
     language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
@@ -124,7 +129,7 @@ def prune_command(
     score: Annotated[Score, typer.Option(help="M-Wanda: the score its feature term enters (wanda: |W| * f; ria: RIA's relative importance * f^0.5).")] = "wanda",
     save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
     values: Annotated[ValuesDtype, typer.Option(help="Type of the values in the sparse copy: fp16 and bf16 halve its bytes (reloaded as fp32).")] = "fp32",
-    seed: Annotated[int, typer.Option(help="Seed for the choice of calibration windows.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed for the choice of calibration windows.")] = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
     importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
     gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
@@ -133,22 +138,26 @@ def prune_command(
     refit_solver: Annotated[RefitSolver, typer.Option(help="--reconstruct: batched conjugate gradient, or an exact solve per row (slow; small layers).")] = "pcg",
     refit_damp: Annotated[float, typer.Option(help="--reconstruct: damping, as a share of the Hessian's mean diagonal; larger stays closer to the dense kept weights.")] = RefitDefaults.damp,
     refit_shrink: Annotated[float, typer.Option(help="--reconstruct: in [0, 1]; 0 keeps the full refit, 1 the mask method's weights.")] = RefitDefaults.shrink,
-    refit_iterations: Annotated[int, typer.Option(help="--reconstruct: conjugate-gradient iterations at most.")] = RefitDefaults.iterations,
+    refit_iterations: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--reconstruct: conjugate-gradient iterations at most.")] = RefitDefaults.iterations,
     balance: Annotated[Balance, typer.Option(help="languages: each calibration language counts by its weight; tokens: every token counts once.")] = "languages",
     language_weights: Annotated[Optional[str], typer.Option(help="Weights of calibration languages in the statistics and Hessians, e.g. sw=2,en=1 (others weigh 1).")] = None,
     language_budget: Annotated[LanguageBudget, typer.Option(help="minimax: prune in rounds, raising the weight of the languages that lose most on held-out windows.")] = "none",
-    budget_rounds: Annotated[int, typer.Option(help="--language-budget: pruning rounds.")] = 3,
-    holdout_samples: Annotated[int, typer.Option(help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
+    budget_rounds: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--language-budget: pruning rounds.")] = 3,
+    holdout_samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole pruning config (a file with `units` is structured); its flags may not be typed too.")] = None,
     offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
-    from babelprune.api import calibrate, load_model, prune, save_pruned
-    from babelprune.flags import PRUNE_FLAGS, STRUCTURED_FLAGS, config_from_flags, read_verb_config, refuse_typed_flags
+    from babelprune.api import calibrate, check_sources, load_model, prune, save_pruned
+    from babelprune.flags import (
+        PRUNE_FLAGS, STRUCTURED_FLAGS, config_from_flags, given_parameters, prune_config_from_flags, read_verb_config,
+        refuse_prune_options_without_effect, refuse_typed_flags,
+    )
     from babelprune.prune.config import PruneConfig, StructuredConfig
     from babelprune.prune.methods import METHODS
 
     flags = dict(locals())
+    given = given_parameters(flags)  # typed options, told apart from defaults: one that has no effect is refused
     check_output_folder(out, "--out")
     if config_file is not None:
         refuse_typed_flags(config_file, PRUNE_FLAGS | STRUCTURED_FLAGS)
@@ -156,16 +165,22 @@ def prune_command(
     elif structured is not None:
         config = config_from_flags(StructuredConfig, STRUCTURED_FLAGS, flags)
     else:
-        config = config_from_flags(PruneConfig, PRUNE_FLAGS, flags)
+        config = prune_config_from_flags(flags, given)
     if isinstance(config, StructuredConfig) and offload == "disk":
         raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
+    refuse_prune_options_without_effect(config, given, flags)
     if isinstance(config, StructuredConfig):
         _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, seed)
         return
+    seed = config.seed  # the config's seed chooses the windows, a --config file's too
     budget = language_budget == "minimax"
     if budget and _split_langs(calib_langs) is not None and len(_split_langs(calib_langs)) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
     needs_data = METHODS[config.method].needs_calibration or config.allocation != "uniform" or config.reconstruct is not None or budget
+    # The configuration first (pure), then the model's name and the calibration text, all before any loading.
+    check_sources(model=model)
+    if needs_data:
+        check_sources(corpus=calib, languages=_split_langs(calib_langs, "--calib-langs"))
     if offload == "disk":
         _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values)
         return
@@ -187,6 +202,9 @@ def prune_command(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s{refit_note}; saved to {out}"
     )
+    parts = result.config.mwanda_parts_line()  # which of M-Wanda's parts ran (the record's mwanda_parts)
+    if parts is not None:
+        console.print(parts, highlight=False)
 
 
 def _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs, samples, seq_len, seed, save_format, values) -> None:
@@ -204,6 +222,9 @@ def _prune_offloaded(out, model, config, budget, needs_data, calib, calib_langs,
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s, one block at a time from disk; saved to {out}"
     )
+    parts = result.config.mwanda_parts_line()
+    if parts is not None:
+        console.print(parts, highlight=False)
 
 
 def _print_budget_rounds(budget: dict) -> None:
@@ -225,11 +246,15 @@ def _print_budget_rounds(budget: dict) -> None:
 
 def _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, seed) -> None:
     """Structured pruning: physically remove heads / FFN neurons / blocks; per-language writes one model per language."""
-    from babelprune.api import calibrate, load_model, prune_structured
+    from babelprune.api import calibrate, check_sources, load_model, prune_structured
     from babelprune.cache import atomic_dir
     from babelprune.prune.structured import prune_copy
     from babelprune.formats.structured import save_structured
+    from babelprune.names import child_path
 
+    check_sources(model=model)
+    if config.needs_calibration:
+        check_sources(corpus=calib, languages=_split_langs(calib_langs, "--calib-langs"))
     loaded = load_model(model)
     calibration = calibrate(loaded, calib, _split_langs(calib_langs), samples, seq_len, seed) if config.needs_calibration else None
     result = prune_structured(loaded, config, calibration)
@@ -237,7 +262,8 @@ def _prune_structured(out, model, config, calib, calib_langs, samples, seq_len, 
         with atomic_dir(out) as folder:
             for lang, selection in result.per_language.items():
                 pruned = prune_copy(loaded, selection)
-                save_structured(pruned.model, loaded.tokenizer, folder / lang, result.metadata() | {"language": lang})
+                # A language code is data: child_path refuses any code that would name a place outside the folder.
+                save_structured(pruned.model, loaded.tokenizer, child_path(folder, lang, "language code"), result.metadata() | {"language": lang})
     else:
         save_structured(loaded.model, loaded.tokenizer, out, result.metadata())
     console.print(
@@ -261,7 +287,7 @@ def compare_command(
     from babelprune.report.tables import comparison_table
 
     if chart is not None:
-        check_output_file(chart, "--chart", CHART_FORMATS, overwrite=overwrite, recognise=is_chart_written_here)
+        check_output_file(chart, "--chart", CHART_FORMATS, overwrite=overwrite, recognise=is_chart_written_here, writer="`babelprune compare`")
     dense_result = EvalResult.load(dense)
     comparisons = [compare(dense_result, EvalResult.load(path)) for path in pruned]
     console.print(comparison_table(comparisons))
@@ -282,7 +308,7 @@ def report_command(
     from babelprune.outputs import check_output_folder
     from babelprune.report.html import is_report_folder, write_report
 
-    check_output_folder(out, "--out", overwrite=overwrite, recognise=is_report_folder)
+    check_output_folder(out, "--out", overwrite=overwrite, recognise=is_report_folder, writer="`babelprune report`")
     page = write_report(store, out, overwrite=overwrite)
     console.print(Text.assemble("Report written to ", (str(page), "bold")))
 
@@ -290,13 +316,13 @@ def report_command(
 @app.command("bench-speed")
 def bench_speed_command(
     models: Annotated[list[str], typer.Argument(help="Models to compare (aliases, folders, hub ids); the first is the reference.")],
-    seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence.")] = 128,
-    batch: Annotated[int, typer.Option(min=1, help="Sequences per batch for throughput.")] = 8,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs (the median is reported).")] = 5,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 2,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: torch's).")] = None,
-    new_tokens: Annotated[int, typer.Option(min=0, help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
-    prompt_tokens: Annotated[int, typer.Option(min=1, help="Causal LMs: prompt tokens before the generated ones.")] = 16,
+    seq_len: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Tokens per sequence.")] = 128,
+    batch: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Sequences per batch for throughput.")] = 8,
+    runs: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Timed runs (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(max=MAX_INT, min=0, help="Untimed runs first.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Torch threads (default: torch's).")] = None,
+    new_tokens: Annotated[int, typer.Option(max=MAX_INT, min=0, help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Causal LMs: prompt tokens before the generated ones.")] = 16,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Peak resident memory of each model, loaded again in a fresh process after the timing.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON (a .json file; missing folders are created).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json that `babelprune bench-speed` wrote.")] = False,
@@ -307,13 +333,15 @@ def bench_speed_command(
 
     # Spinning OpenMP threads collapse on a busy machine; must be set before torch starts its pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from babelprune.api import load_model
+    from babelprune.api import check_sources, load_model
     from babelprune.cache import atomic_write_text
     from babelprune.evaluate.speed import footprint_table, is_speed_reports_file, measure_speeds, speed_table
     from babelprune.outputs import check_output_file
 
     if json_out is not None:
-        check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file)
+        check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file, writer="`babelprune bench-speed`")
+    for spec in models:
+        check_sources(model=spec)
     loaded = [load_model(spec) for spec in models]
     reports = measure_speeds(loaded, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
                              new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory)
@@ -339,22 +367,31 @@ def _task_from_options(task: str, task_option: list[str] | None):
 
 
 def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps, seed, gmp_scope,
-                    gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train, max_eval, checkpoint_every):
+                    gmp_embeddings, gmp_start, gmp_end, gmp_interval, perturbations, max_train, max_eval, checkpoint_every,
+                    max_length=128, scores_only=False):
     """The task and the base fine-tuning configuration of `finetune-sweep`."""
     from babelprune.finetune.config import FinetuneConfig
+    from babelprune.flags import name_list
     from babelprune.prune.gradual import RelativeGMPConfig
 
     chosen = _task_from_options(task, task_option)
     base = FinetuneConfig(
         lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, mode=mode, source_lang=source_lang,
-        languages=_split_langs(langs), perturbations=_split_langs(perturbations), max_train_examples=max_train,
-        max_eval_examples=max_eval, checkpoint_every=checkpoint_every,
+        languages=_split_langs(langs), perturbations=name_list(perturbations), max_train_examples=max_train,
+        max_eval_examples=max_eval, checkpoint_every=checkpoint_every, max_length=max_length, save_model=not scores_only,
         # The schedule in shares of each run's steps; its final sparsity is a placeholder that
         # `config_for` replaces (and validating it here refuses a bad schedule even for a dense run).
         gmp=RelativeGMPConfig(final_sparsity=0.5, start=gmp_start, end=gmp_end, interval=gmp_interval,
                               scope=gmp_scope, include_embeddings=gmp_embeddings),
     )
     return chosen, base
+
+
+def _check_task_languages(task, config) -> None:
+    """The task has data for the training language (zero-shot) and each evaluation language: checked before any model loads."""
+    wanted = [*([config.source_lang] if config.mode == "zero-shot" else []), *(config.languages or [])]
+    for lang in dict.fromkeys(wanted):
+        task.check_language(lang)
 
 
 @app.command("tasks")
@@ -380,33 +417,68 @@ def finetune_command(
     gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
     gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
     gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
-    gmp_interval: Annotated[Optional[int], typer.Option(help="Steps between mask updates (default: about ten updates from start to end).")] = None,
+    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
     epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of everything random.")] = 0,
     perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")] = None,
-    max_train: Annotated[Optional[int], typer.Option(help="At most this many training examples per run.")] = 256,
-    max_eval: Annotated[Optional[int], typer.Option(help="At most this many test examples per language.")] = 20,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (an interrupted run resumes from the last one).")] = None,
+    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many test examples per language.")] = 20,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps (an interrupted run resumes from the last one).")] = None,
+    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model (for large sweeps).")] = False,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole fine-tuning config (mode, train_per_language, gmp...); its flags may not be typed too.")] = None,
 ) -> None:
-    """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed."""
+    """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed; save each run's model."""
+    from babelprune.api import check_sources
     from babelprune.finetune.config import FinetuneConfig
-    from babelprune.finetune.trainer import finetune
+    from babelprune.finetune.settings import check_run_folder
+    from babelprune.finetune.trainer import finetune, saved_models
     from babelprune.flags import FINETUNE_FLAGS, config_from_flags, verb_config
 
     values = dict(locals())
+    check_run_folder(out)  # a folder that is neither empty nor a fine-tuning run is refused; a run folder resumes
+    check_output_folder(out, "--out", reuse=lambda folder: True)
+    flags = {**FINETUNE_FLAGS, "max_length": "max_length"}  # so that --config refuses a typed --max-length too
     if config_file is None:
-        config_from_flags(FinetuneConfig, FINETUNE_FLAGS, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
-    config = verb_config(config_file, FinetuneConfig, FINETUNE_FLAGS, values)
+        config_from_flags(FinetuneConfig, flags, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
+    config = verb_config(config_file, FinetuneConfig, flags, values)
+    if scores_only:  # not a setting of the scores, so it may stand beside --config
+        config = config.model_copy(update={"save_model": False})
+    check_sources(model=model)
+    chosen = _task_from_options(task, task_option)
+    _check_task_languages(chosen, config)
     # on_notice: e.g. a language with fewer training examples than train_per_language asks
-    result = finetune(model, _task_from_options(task, task_option), config, out, on_notice=_note)
+    result = finetune(model, chosen, config, out, on_notice=_note)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
         gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
         console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
     console.print(f"Result written to {out}")
+    for folder in saved_models(out) if config.save_model else []:
+        console.print(f"Model saved to {folder} (load it with load_model or AutoModel; its task head is beside it)", highlight=False)
+
+
+def _number_list(text: str, kind: type, option: str, example: str) -> list:
+    """A comma-separated list of numbers, or one sentence naming the part that is not one."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [kind(part) for part in parts]
+    except ValueError:
+        bad = next(part for part in parts if not _parses(part, kind))
+        raise BabelpruneError(f"{option} {text!r}: {bad!r} is not a number; give numbers separated by commas, such as {option} {example}.") from None
+    if any(value != value or value in (float("inf"), float("-inf")) for value in values):  # NaN or infinite
+        raise BabelpruneError(f"{option} {text!r} holds a value that is not finite; give numbers such as {option} {example}.")
+    return values
+
+
+def _parses(part: str, kind: type) -> bool:
+    try:
+        kind(part)
+    except ValueError:
+        return False
+    return True
 
 
 @app.command("finetune-sweep")
@@ -424,25 +496,31 @@ def finetune_sweep_command(
     gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
     gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
     gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
-    gmp_interval: Annotated[Optional[int], typer.Option(help="Steps between mask updates (default: about ten updates from start to end).")] = None,
+    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
     epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
     perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities.")] = None,
-    max_train: Annotated[Optional[int], typer.Option(help="Training examples per run.")] = 256,
-    max_eval: Annotated[Optional[int], typer.Option(help="Test examples per language.")] = 50,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = 10,
+    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Test examples per language.")] = 50,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps.")] = 10,
+    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model per run.")] = False,
 ) -> None:
     """Fine-tune at several sparsities and seeds in one command; then write the per-language report."""
-    from babelprune.finetune.sweep import run_sweep
+    from babelprune.api import check_sources
+    from babelprune.finetune.sweep import is_sweep_folder, run_sweep
     from babelprune.report.finetune_report import write_finetune_report
 
-    levels = [float(x) for x in sparsities.split(",")]
-    seed_list = [int(x) for x in seeds.split(",")]
+    check_output_folder(out, "--out", reuse=is_sweep_folder)
+    levels = _number_list(sparsities, float, "--sparsities", "0,0.5,0.7")
+    seed_list = _number_list(seeds, int, "--seeds", "0,1,2")
     chosen, base = _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size, epochs, max_steps,
                                    seed_list[0], gmp_scope, gmp_embeddings, gmp_start, gmp_end, gmp_interval,
-                                   perturbations, max_train, max_eval, checkpoint_every)
+                                   perturbations, max_train, max_eval, checkpoint_every, max_length, scores_only)
+    check_sources(model=model)
+    _check_task_languages(chosen, base)
     results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out, on_notice=console.print)
     report = write_finetune_report(results, out / "report")
     console.print(f"{len(results)} runs; report written to {report}")
@@ -454,25 +532,28 @@ def train_dynamic_command(
     model: Annotated[str, typer.Option(help="Alias, folder or hub id.")] = "e5-small",
     task: Annotated[Optional[str], typer.Option(help="Encoders: task to fine-tune on (default bible-genre); LMs: none.")] = None,
     levels: Annotated[str, typer.Option(help="Sparsity levels trained (0 is always added).")] = "0.3,0.5,0.7",
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training steps.")] = 200,
     importance: Annotated[DynamicImportance, typer.Option(help="How units are ranked before training.")] = "magnitude",
-    samples_per_step: Annotated[int, typer.Option(help="Random levels per step besides the smallest and the full width.")] = 1,
+    samples_per_step: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Random levels per step besides the smallest and the full width.")] = 1,
     distill: Annotated[bool, typer.Option(help="Distil every width from the full model.")] = True,
     calib: Annotated[str, typer.Option(help="LMs: corpus of the distillation text.")] = "bible",
     calib_langs: Annotated[Optional[str], typer.Option(help="LMs: languages of the distillation text.")] = None,
-    samples: Annotated[int, typer.Option(help="LMs: windows per language.")] = 8,
-    seq_len: Annotated[int, typer.Option(help="LMs: window length.")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="LMs: windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="LMs: window length.")] = 256,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed.")] = 0,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole DynamicConfig (levels, steps, importance, units, distill...); its flags may not be typed too.")] = None,
 ) -> None:
     """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
-    from babelprune.api import calibrate, load_model
+    from babelprune.api import calibrate, check_sources, load_model
     from babelprune.data.tasks import get_task
     from babelprune.flags import DYNAMIC_FLAGS, verb_config
     from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
 
     config = verb_config(config_file, DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
     check_output_folder(out, "--out")
+    check_sources(model=model, corpus=calib, languages=_split_langs(calib_langs, "--calib-langs"))
+    if task is not None:
+        get_task(task)
     loaded = load_model(model)
     if loaded.kind == "encoder":
         result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
@@ -489,9 +570,12 @@ def slice_command(
     sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
 ) -> None:
     """Cut a dynamically trained model to any size, without retraining."""
-    from babelprune.formats.dynamic import slice_width
+    from babelprune.formats.dynamic import read_dynamic_metadata, slice_width
+    from babelprune.prune.kernels import check_sparsity
 
     check_output_folder(out, "--out")
+    check_sparsity(sparsity)
+    read_dynamic_metadata(model)  # a folder train-dynamic wrote: checked before any weights are read
     console.print(Text.assemble("Sliced model saved to ", (str(slice_width(model, sparsity, out)), "bold")))
 
 
@@ -502,18 +586,19 @@ def trim_vocab_command(
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages to keep (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
     corpus: Annotated[str, typer.Option(help="Corpus whose calibration split is tokenized: bible, udhr, a folder/JSONL, hf:<dataset>.")] = "bible",
     extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
-    min_count: Annotated[int, typer.Option(help="Keep a token only if the text uses it at least this often.")] = 1,
+    min_count: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Keep a token only if the text uses it at least this often.")] = 1,
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
 ) -> None:
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
-    from babelprune.api import get_corpus, load_model, save_trimmed, trim_vocabulary
+    from babelprune.api import check_sources, get_corpus, load_model, save_trimmed, trim_vocabulary
     from babelprune.data.files import _read_utf8, split_paragraphs
     from babelprune.flags import TRIM_FLAGS, verb_config
     from babelprune.models.inspect import count_parameters
     from babelprune.prune.config import TrimConfig
 
     config = verb_config(config_file, TrimConfig, TRIM_FLAGS, dict(locals()))
+    check_sources(model=model)
     text = get_corpus(config.corpus)
     if config.languages:
         text.check_languages(config.languages)
@@ -540,9 +625,10 @@ def export_command(
     dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size).")] = "f32",
 ) -> None:
     """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
-    from babelprune.api import export_gguf, load_model
+    from babelprune.api import check_sources, export_gguf, load_model
 
     check_output_file(out, "--out", (".gguf",))  # before loading: a taken name costs nothing
+    check_sources(model=model)
     written = export_gguf(load_model(model), out, dtype)
     console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
 
@@ -552,14 +638,17 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Report folder (a report written earlier is replaced).")] = Path("babelprune-report"),
     store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
+    from babelprune.api import check_sources
     from babelprune.demo import run_demo
     from babelprune.outputs import STORE_SUFFIXES
     from babelprune.report.html import is_report_folder
 
-    check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder)
+    if model is not None:
+        check_sources(model=model)
+    check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
     check_output_file(store if store is not None else out.with_name(out.name + ".sqlite"), "--store", STORE_SUFFIXES, reuse=True)
     outcome = run_demo(out, store, model, max_tokens, console)
     if not outcome.ok:
@@ -606,11 +695,26 @@ def _fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+class _NoteHandler(logging.Handler):
+    """The library's warnings (e.g. a partial output of a killed run removed) as one 'note:' line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _note(one_line(record.getMessage()))
+
+
+def _show_library_warnings() -> None:
+    log = logging.getLogger("babelprune")
+    if not any(isinstance(handler, _NoteHandler) for handler in log.handlers):
+        log.addHandler(_NoteHandler(level=logging.WARNING))
+    log.propagate = False
+
+
 def main() -> None:
     """Entry point: user errors become one red sentence and exit status 2, never a traceback."""
     from pydantic import ValidationError
     from typer.exceptions import TyperException
 
+    _show_library_warnings()
     try:
         status = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
         if isinstance(status, int) and status:
