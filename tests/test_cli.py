@@ -24,7 +24,7 @@ def test_missing_model_folder_is_named(monkeypatch, capsys, tmp_path):
 
 
 def test_unknown_language_lists_what_the_corpus_has(monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", "gemma9", "--corpus", "tests/fixtures/tiny.jsonl", "--langs", "xx")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", "gemma3-270m", "--corpus", "tests/fixtures/tiny.jsonl", "--langs", "xx")
     assert code == 2
     assert "'xx'" in err and "it has:" in err
 

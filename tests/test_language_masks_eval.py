@@ -24,15 +24,15 @@ def test_each_language_is_scored_with_its_own_mask(tmp_path):
     }
     tok = char_tokenizer()
     banked = LoadedModel(model, tok, "tiny", None, "causal-lm", pruning={"method": "wanda"}, mask_bank=bank)
-    with_bank = {s.language: s.nll_nats for s in evaluate(banked, corpus, ["en", "fr"], "all", max_tokens=64, progress=False).scores}
+    with_bank = {s.language: s.nll_nats for s in evaluate(banked, corpus, ["en", "fr"], "all", seq_len=64, max_tokens=64, progress=False).scores}
     for name, module in linears.items():
         assert torch.equal(weight_matrix(module), dense[name])  # restored after each language
 
     plain = LoadedModel(model, tok, "tiny", None, "causal-lm")
-    fr_dense = evaluate(plain, corpus, ["fr"], "all", max_tokens=64, progress=False).scores[0].nll_nats
+    fr_dense = evaluate(plain, corpus, ["fr"], "all", seq_len=64, max_tokens=64, progress=False).scores[0].nll_nats
     for module in linears.values():
         weight_matrix(module).zero_()
-    en_zeroed = evaluate(plain, corpus, ["en"], "all", max_tokens=64, progress=False).scores[0].nll_nats
+    en_zeroed = evaluate(plain, corpus, ["en"], "all", seq_len=64, max_tokens=64, progress=False).scores[0].nll_nats
     assert with_bank["fr"] == fr_dense
     assert with_bank["en"] == en_zeroed
-    assert en_zeroed != evaluate(LoadedModel(tiny_model("llama"), tok, "t", None, "causal-lm"), corpus, ["en"], "all", max_tokens=64, progress=False).scores[0].nll_nats
+    assert en_zeroed != evaluate(LoadedModel(tiny_model("llama"), tok, "t", None, "causal-lm"), corpus, ["en"], "all", seq_len=64, max_tokens=64, progress=False).scores[0].nll_nats

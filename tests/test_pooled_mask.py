@@ -45,21 +45,21 @@ def test_every_score_names_the_mask_that_served_it(corpus):
     model = loaded()
     calibration = build_calibration(model.tokenizer, corpus, ["en", "fr"], samples_per_language=2, seq_len=16)
     prune(model, PruneConfig(method="wanda", setting="per-language"), calibration, progress=False)
-    result = evaluate(model, corpus, ["en", "fr", "de"], "all", max_tokens=64, progress=False)
+    result = evaluate(model, corpus, ["en", "fr", "de"], "all", seq_len=64, max_tokens=64, progress=False)
     assert {s.language: s.mask for s in result.scores} == {"en": "en", "fr": "fr", "de": POOLED_MASK}
     # The uncalibrated language got exactly the pooled mask's score.
     from babelprune.formats.pruned import apply_language_mask
 
     plain = LoadedModel(model.model, model.tokenizer, "tiny", None, "causal-lm")
     with apply_language_mask(model.model, model.mask_bank, POOLED_MASK):
-        pooled_de = evaluate(plain, corpus, ["de"], "all", max_tokens=64, progress=False).scores[0]
+        pooled_de = evaluate(plain, corpus, ["de"], "all", seq_len=64, max_tokens=64, progress=False).scores[0]
     assert next(s for s in result.scores if s.language == "de").nll_nats == pooled_de.nll_nats
     table = markdown_table(result)
     assert "| mask |" in table and f"| {POOLED_MASK} |" in table
 
 
 def test_dense_results_have_no_mask_column(corpus):
-    result = evaluate(loaded(), corpus, ["en"], "all", max_tokens=32, progress=False)
+    result = evaluate(loaded(), corpus, ["en"], "all", seq_len=64, max_tokens=32, progress=False)
     assert result.scores[0].mask is None and "mask" not in markdown_table(result)
 
 
@@ -69,5 +69,5 @@ def test_a_bank_without_pooled_mask_refuses_uncalibrated_languages(corpus):
     prune(model, PruneConfig(method="wanda", setting="per-language"), calibration, progress=False)
     del model.mask_bank[POOLED_MASK]  # as saved by babelprune before the pooled mask existed
     with pytest.raises(BabelpruneError, match="no mask for 'de' and no pooled mask") as info:
-        evaluate(model, corpus, ["en", "de"], "all", max_tokens=32, progress=False)
+        evaluate(model, corpus, ["en", "de"], "all", seq_len=64, max_tokens=32, progress=False)
     assert "\n" not in str(info.value) and "en, fr" in str(info.value)

@@ -17,7 +17,7 @@ from babelprune.evaluate.lm import score_windows
 from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
-from babelprune.models.loading import load_model
+from babelprune.models.loading import check_model_spec, load_model
 from babelprune.prune.calibration import Calibration, build_calibration
 from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
@@ -37,6 +37,20 @@ __all__ = [
 # Calibration languages when none are given: eight Bible languages over six
 # scripts and all three resource levels; the other fourteen stay unseen.
 DEFAULT_CALIBRATION_LANGUAGES = ("en", "es", "fr", "zh", "ru", "ar", "hi", "sw")
+
+
+def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None) -> None:
+    """Refuse a model name, corpus or language the verbs would refuse later, before any model is loaded.
+
+    Nothing is loaded or converted: a model name is checked by its form and
+    its folder's files, a corpus by opening it and listing its languages.
+    """
+    if model is not None:
+        check_model_spec(model)
+    if corpus is not None:
+        text = get_corpus(corpus)
+        if languages:
+            text.check_languages(list(languages))
 
 
 def calibrate(

@@ -68,7 +68,10 @@ ABSENT_WHEN_ZERO: dict[str, str] = {"gmp": "gmp_final"}
 def _language_weights(text: str | None) -> dict[str, float]:
     from babelprune.prune.balance import parse_language_weights
 
-    return parse_language_weights(text)
+    weights = parse_language_weights(text)
+    if text is not None and not weights:  # typed, but naming no language: a slip, not "no weights"
+        raise BabelpruneError(f"--language-weights {text!r} names no language; write them as sw=2,en=1, or leave the option out.")
+    return weights
 
 
 def _language_list(text: str | None) -> list[str] | None:
@@ -77,20 +80,33 @@ def _language_list(text: str | None) -> list[str] | None:
     return language_list(text) or None
 
 
+def name_list(text: str | None) -> list[str] | None:
+    """'words,chars' -> ['words', 'chars']; a typed list of only separators is refused."""
+    if text is None:
+        return None
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise BabelpruneError(f"{text!r} names nothing; give names separated by commas, such as words,chars.")
+    return names
+
+
 def _levels(text: str) -> tuple[float, ...]:
-    from babelprune.errors import BabelpruneError
+    import math
 
     try:
-        return tuple(float(level) for level in text.split(",") if level.strip())
+        levels = tuple(float(level) for level in text.split(",") if level.strip())
     except ValueError:
-        raise BabelpruneError(f"--levels {text!r} is not a comma-separated list of sparsities; give e.g. 0.3,0.5,0.7.") from None
+        levels = ()
+    if not levels or not all(math.isfinite(level) for level in levels):
+        raise BabelpruneError(f"--levels {text!r} is not a comma-separated list of sparsities; give e.g. 0.3,0.5,0.7.")
+    return levels
 
 
 # Flags whose text the config reads in another form.
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "language_weights": _language_weights,
     "langs": _language_list,
-    "perturbations": _language_list,  # "words,chars" -> ["words", "chars"]
+    "perturbations": name_list,  # "words,chars" -> ["words", "chars"]
     "levels": _levels,
 }
 

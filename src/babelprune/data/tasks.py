@@ -166,7 +166,10 @@ def language_list(languages: Sequence[str] | str | None, where: str = "") -> lis
     if languages is None:
         return None
     if isinstance(languages, str):
-        languages = [part.strip() for part in languages.split(",") if part.strip()]
+        text, languages = languages, [part.strip() for part in languages.split(",") if part.strip()]
+        if not languages:  # typed, but only separators or spaces: a slip, not "every language"
+            place = f" {where}" if where else ""
+            raise BabelpruneError(f"The language list {text!r}{place} names no language; give codes separated by commas, such as en,fr,sw.")
     return [check_language_code(lang, where) for lang in dict.fromkeys(languages)]
 
 

@@ -35,7 +35,7 @@ class FinetuneConfig(BaseModel):
     to None, for real experiments.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an infinite rate or epoch count is a slip
     lr: float = 1e-4
     head_lr: float | None = None  # learning rate of the classifier layer; None: `lr`
     head_init: HeadInit = "probe"  # "probe": a linear probe on the frozen encoder first (LP-FT); or "random"
@@ -79,6 +79,16 @@ class FinetuneConfig(BaseModel):
         choices, what = _CHOICES[info.field_name]
         if value not in choices:
             raise BabelpruneError(f"Unknown {what} {value!r}; use one of {', '.join(choices)}.")
+        return value
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known_perturbations(cls, value: list[str] | None) -> list[str] | None:
+        from babelprune.evaluate.perturb import PERTURBATION_KINDS
+
+        for kind in value or []:
+            if kind not in PERTURBATION_KINDS:
+                raise BabelpruneError(f"Unknown perturbation {kind!r}; use one of {', '.join(PERTURBATION_KINDS)}.")
         return value
 
     @model_validator(mode="after")

@@ -59,6 +59,21 @@ def resolve_spec(spec: str) -> Path | str:
     )
 
 
+def check_model_spec(spec: str) -> None:
+    """Refuse, in one sentence, a model name `load_model` would refuse, without loading or converting anything.
+
+    Commands call it first, so a mistyped model costs nothing even when
+    other work (reading a corpus, checking outputs) comes before the load.
+    """
+    if spec in ALIASES:
+        return
+    folder = Path(spec).expanduser()
+    if _exists(folder) and saved_format_loader(folder) is not None:
+        check_model_folder(folder)
+        return
+    resolve_spec(spec)  # not an alias, so nothing is converted: the folder's files or the hub id's form are checked
+
+
 def _exists(path: Path) -> bool:
     """Whether `path` exists; a name the file system cannot hold (too long) names nothing."""
     try:

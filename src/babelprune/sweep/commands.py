@@ -45,6 +45,8 @@ def sweep_command(
     if cpus is not None and cpus < 1:
         raise BabelpruneError(f"--cpus is {cpus}; give a positive number of CPUs.")
     plan = plan_experiment(experiment)
+    for note in plan.notes:  # e.g. a grid field without effect on some runs, left out of their keys
+        err_console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False)
     path = store or Path(f"{plan.experiment.name}.sqlite")
     check_output_file(path, "--store", STORE_SUFFIXES, reuse=True)  # a store is resumed, so an existing one is welcome
     if dry_run:
