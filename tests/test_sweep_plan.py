@@ -198,3 +198,11 @@ def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, t
     code, _, err = run_cli(monkeypatch, capsys, "sweep")
     assert code == 2 and "Give an experiment file or --recipe NAME" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["tiny\n", "x" * 201, "../tiny", ".hidden", "a/b"])
+def test_an_experiment_name_that_could_not_name_its_store_file_is_refused(tmp_path, corpus, model_folder, name):
+    from babelprune.errors import BabelpruneError
+
+    with pytest.raises(BabelpruneError, match="a name is letters, digits"):
+        _plan(tmp_path, experiment(model_folder, corpus, [{"kind": "dense"}], name=name))

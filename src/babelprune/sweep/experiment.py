@@ -127,7 +127,7 @@ class Experiment(_Strict):
     @field_validator("name")
     @classmethod
     def _file_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if len(value) > 200 or not _NAME.fullmatch(value):  # fullmatch: '$' alone would let a final newline through
             raise ValueError("a name is letters, digits, '.', '_' or '-' (it names the default store file)")
         return value
 
