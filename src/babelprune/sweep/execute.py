@@ -201,7 +201,8 @@ def _finetune(spec: RunSpec, workdir: Path) -> dict[str, Any]:
 
     folder = Path(workdir) / spec.key
     clock = time.perf_counter()
-    result = finetune(spec.model, get_task(spec.verb.task, **spec.verb.task_options), spec.verb.config, folder,
+    config = spec.verb.config.model_copy(update={"save_model": False})  # the folder is dropped below: keep no model in it
+    result = finetune(spec.model, get_task(spec.verb.task, **spec.verb.task_options), config, folder,
                       progress=False, rerun_changed=True, on_notice=lambda line: None)
     shutil.rmtree(folder, ignore_errors=True)
     measured = {"finetune_seconds": round(time.perf_counter() - clock, 3), "achieved_sparsity": result.achieved_sparsity,
