@@ -651,7 +651,7 @@ RUNS: dict[str, Run] = {
     "babelprune finetune --model e5-small --task bible-genre --gmp-final 0.7 --out ft-70": Run(
         "readme-dynamic", (finetune_result("ft-70", sparsity=0.7),), extra=FINETUNE_BUDGET,
     ),
-    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --out sweep": Run(
+    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --scores-only --out sweep": Run(
         "readme-dynamic", (sweep_folder("sweep", "0,0.5,0.7,0.9,0.98", "0,1,2"),),
         extra=SWEEP_BUDGET,
     ),
@@ -676,7 +676,7 @@ RUNS: dict[str, Run] = {
     "babelprune finetune --model e5-small --task bible-genre --gmp-final 0.7 --langs en,sw,zh --out runs/gmp70": Run(
         "finetune-doc", (finetune_result("runs/gmp70", "en,sw,zh", sparsity=0.7),), extra=FINETUNE_BUDGET,
     ),
-    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --out runs/sweep": Run(
+    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --scores-only --out runs/sweep": Run(
         "finetune-doc", (sweep_folder("runs/sweep", "0,0.5,0.7,0.9,0.98", "0,1,2"),),
         extra=SWEEP_BUDGET,
     ),
