@@ -232,3 +232,13 @@ def test_hostile_values_in_every_option_end_in_one_sentence_and_write_nothing(mo
     assert not Path("/escaped").exists(), "a command wrote at the absolute path it was given as a name"
     assert not failures, "\n".join(map(repr, failures))
     assert not accepted, "accepted hostile values:\n" + "\n".join(map(repr, accepted))
+
+
+def test_text_that_looks_like_markup_is_printed_as_it_is(monkeypatch, capsys, tmp_path):
+    """A corpus folder named '[/x]' (a Rich closing tag) is listed by `data list` with its name intact."""
+    folder = tmp_path / "[red]" / "[/x]"
+    folder.mkdir(parents=True)
+    (folder / "en.txt").write_text("In the beginning.\n\nAnd the earth was.\n", encoding="utf-8")
+    code, out, err = run_cli(monkeypatch, capsys, "data", "list", str(folder))
+    assert code == 0, err
+    assert "[/x]: 1 languages" in out and "[red]" in out and "en" in out
