@@ -235,10 +235,13 @@ def test_hostile_values_in_every_option_end_in_one_sentence_and_write_nothing(mo
 
 
 def test_text_that_looks_like_markup_is_printed_as_it_is(monkeypatch, capsys, tmp_path):
-    """A corpus folder named '[/x]' (a Rich closing tag) is listed by `data list` with its name intact."""
+    """A store whose path holds '[/x]' (a Rich closing tag) is listed by `runs` with its path intact."""
+    from babelprune.sweep.store import ResultsStore
+
     folder = tmp_path / "[red]" / "[/x]"
     folder.mkdir(parents=True)
-    (folder / "en.txt").write_text("In the beginning.\n\nAnd the earth was.\n", encoding="utf-8")
-    code, out, err = run_cli(monkeypatch, capsys, "data", "list", str(folder))
+    with ResultsStore(folder / "s.sqlite"):
+        pass
+    code, out, err = run_cli(monkeypatch, capsys, "runs", str(folder / "s.sqlite"))
     assert code == 0, err
-    assert "[/x]: 1 languages" in out and "[red]" in out and "en" in out
+    assert "[red]/[/x]/s.sqlite: 0 runs" in out  # the title, tags and all (before: a MarkupError)
