@@ -240,3 +240,15 @@ def test_a_fine_tuning_result_from_a_newer_babelprune_is_refused(tmp_path):
 def test_a_result_of_this_version_still_loads(tmp_path):
     (tmp_path / "dense.json").write_text(json.dumps(_eval_payload(SCHEMA_VERSION)))
     assert EvalResult.load(tmp_path / "dense.json").schema_version == SCHEMA_VERSION
+
+
+def test_a_store_nobody_writes_has_no_wal_files_beside_it_after_a_sweep_and_a_read(tmp_path):
+    from babelprune.sweep.store import ResultsStore
+
+    path = tmp_path / "s.sqlite"
+    with ResultsStore(path) as store:
+        assert (tmp_path / "s.sqlite-wal").exists()  # while a sweep writes: write-ahead log
+        store.keys()
+    with ResultsStore(path, create=False) as reader:
+        assert reader.keys() == set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]

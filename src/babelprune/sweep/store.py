@@ -306,7 +306,23 @@ class ResultsStore:
                 self._db.execute("DELETE FROM claims WHERE token = ?", (self.token,))
             except sqlite3.Error:
                 pass  # they go stale and are taken over
+        if self.writable:
+            self._leave_write_ahead_log()
         self._db.close()
+
+    def _leave_write_ahead_log(self) -> None:
+        """Put a store nobody else has open back in rollback mode, so the -wal and -shm files go.
+
+        A read-only reader (`runs`, `report`) cannot remove them, so a store left
+        in WAL mode would keep them beside it for good. The switch needs the only
+        connection; with another sweep or a reader attached it fails at once and
+        the store stays in WAL mode (the next sweep to open it switches anyway).
+        """
+        try:
+            self._db.execute("PRAGMA busy_timeout = 0")
+            self._db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass
 
     def _close_quietly(self) -> None:
         if self._db is not None:
