@@ -142,9 +142,9 @@ def test_cli_method_choices_are_the_registered_methods():
 
 
 def test_cli_choices_match_the_library_configs():
+    from babelprune.models.layouts import GqaMode
     from babelprune.prune.structured import ImportanceName
     from babelprune.prune.structured.selection import Ranking
-    from babelprune.prune.structured.units import GqaMode
 
     from babelprune import choices
 

@@ -18,11 +18,11 @@ from babelprune.formats.pruned import MASKS_FILE, save_pruned
 from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import remove_neurons
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import prune
-from babelprune.prune.structured.units import remove_neurons
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 

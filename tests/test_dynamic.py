@@ -16,6 +16,7 @@ from babelprune.formats.dynamic import DYNAMIC_FILE, HEAD_FILE, load_dynamic, lo
 from babelprune.formats.structured import STRUCTURE_FILE
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import LayerLayout, layer_layouts
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.dynamic import (
@@ -29,7 +30,6 @@ from babelprune.prune.structured.dynamic import (
     width_masks,
 )
 from babelprune.prune.structured.selection import Importance, apply_selection
-from babelprune.prune.structured.units import LayerLayout, layer_layouts
 from tests.tiny_models import TINY_FAMILIES, model_output, tiny_inputs, tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 

@@ -27,10 +27,10 @@ from babelprune.formats import gguf as gguf_format
 from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel, model_kind
+from babelprune.models.layouts import remove_heads, remove_neurons
 from babelprune.models.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
-from babelprune.prune.structured.units import remove_heads, remove_neurons
 from tests.cli_runner import run_cli
 from tests.tiny_models import tiny_config, tiny_model
 from tests.tiny_subword import TEXTS, tiny_bpe, tiny_model_for

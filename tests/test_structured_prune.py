@@ -9,9 +9,9 @@ import torch
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import model_params
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured import L0Settings, prune_copy, structured_prune
-from babelprune.prune.structured.units import model_params
 from tests.tiny_models import model_output, tiny_inputs, tiny_model
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from babelprune.models.layouts import model_params
 from babelprune.models.loading import load_model
 from babelprune.formats.structured import load_structured, save_structured
 from babelprune.prune.structured import structured_prune
-from babelprune.prune.structured.units import model_params
 
 pytestmark = pytest.mark.real
 

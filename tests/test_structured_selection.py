@@ -7,12 +7,12 @@ import torch
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for
+from babelprune.models.layouts import layer_layouts, total_block_params
 from babelprune.prune.structured.selection import (
     Importance,
     apply_selection,
     select_units,
 )
-from babelprune.prune.structured.units import layer_layouts, total_block_params
 from tests.tiny_models import model_output, tiny_inputs, tiny_model
 
 # Tiny Llama, by hand: per block attention 32*32 (q) + 2*16*32 (k, v) + 32*32 (o) = 3072 and

@@ -15,7 +15,7 @@ from babelprune.formats.structured import (
     load_structured,
     save_structured,
 )
-from babelprune.prune.structured.units import (
+from babelprune.models.layouts import (
     layer_layouts,
     model_params,
     remove_blocks,

@@ -1,4 +1,4 @@
-"""Structured units: counting, costs, and physical removal that keeps models consistent."""
+"""Structured units (`babelprune.models.layouts`): counting, costs, and physical removal that keeps models consistent."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for, weight_matrix
-from babelprune.prune.structured.units import (
+from babelprune.models.layouts import (
     STRUCTURE_KEY,
     config_matches_weights,
     head_unit_map,
@@ -203,3 +203,15 @@ def test_block_removal_errors():
         remove_blocks(model, adapter, [0, 5])
     with pytest.raises(BabelpruneError, match="at least one FFN neuron"):
         remove_neurons(model, adapter, 0, [])
+
+
+def test_old_import_path_names_the_same_objects():
+    # Code written against babelprune.prune.structured.units must get the layouts themselves, not copies.
+    from babelprune.models import layouts
+    from babelprune.prune.structured import units
+
+    assert units.__all__
+    for name in units.__all__:
+        assert getattr(units, name) is getattr(layouts, name), name
+    public = {name for name in vars(layouts) if not name.startswith("_") and getattr(getattr(layouts, name), "__module__", None) == layouts.__name__}
+    assert public <= set(units.__all__)

@@ -15,7 +15,7 @@ from babelprune.finetune.heads import TaskHead
 from babelprune.finetune.prune_config import TaskPruneConfig, TaskStructuredRun
 from babelprune.finetune.task_importance import JointL0, allocation_selection, fold_gates, task_gradient_importance, train_joint_l0
 from babelprune.models.adapters import adapter_for
-from babelprune.prune.structured.units import layer_layouts, total_block_params
+from babelprune.models.layouts import layer_layouts, total_block_params
 from tests.tiny_models import HEADS, INTERMEDIATE, LAYERS, tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 

@@ -65,7 +65,7 @@ from babelprune.evaluate.probes import all_probes, time_call
 from babelprune.evaluate.sizes import folder_bytes, model_bytes, stored_weights
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel
-from babelprune.prune.structured.units import layer_layouts, total_block_params
+from babelprune.models.layouts import layer_layouts, total_block_params
 
 __all__ = ["SpeedReport", "flops_per_token", "measure_speed", "measure_speeds", "model_bytes", "speed_markdown",
            "speed_ratios", "speed_table", "footprint_markdown", "footprint_table"]

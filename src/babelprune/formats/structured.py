@@ -30,7 +30,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.formats.hf import check_model_folder, load_tokenizer, new_model, read_weights
 from babelprune.models.adapters import ArchAdapter, adapter_for
 from babelprune.models.base import LoadedModel, model_kind
-from babelprune.prune.structured.units import (
+from babelprune.models.layouts import (
     STRUCTURE_KEY,
     layer_layouts,
     record_structure,

@@ -28,6 +28,14 @@ from typing import Literal
 
 import torch
 from babelprune.errors import BabelpruneError
+from babelprune.models.layouts import (
+    GqaMode,
+    check_head_removal,
+    layer_layouts,
+    model_params,
+    structure_of,
+    total_block_params,
+)
 from babelprune.progress import progress_bar
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
@@ -49,14 +57,6 @@ from babelprune.prune.structured.selection import (
     Selection,
     apply_selection,
     select_units,
-)
-from babelprune.prune.structured.units import (
-    GqaMode,
-    check_head_removal,
-    layer_layouts,
-    model_params,
-    structure_of,
-    total_block_params,
 )
 
 ImportanceName = Literal["magnitude", "gradient", "activation", "l0"]

@@ -57,6 +57,11 @@ from torch import nn
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.windows import SEPARATOR, start_token_id
+from babelprune.models.layouts import (
+    check_head_removal,
+    layer_layouts,
+    structure_of,
+)
 from babelprune.progress import progress_bar
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
@@ -68,11 +73,6 @@ from babelprune.prune.kernels import check_sparsity
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
     Selection,
-)
-from babelprune.prune.structured.units import (
-    check_head_removal,
-    layer_layouts,
-    structure_of,
 )
 
 _TOKENIZE_CHUNK = 64  # training texts tokenized at a time while filling the ranking windows

@@ -13,6 +13,11 @@ from torch import nn
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import ArchAdapter, adapter_for, fused_qkv_rows
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import (
+    LayerLayout,
+    layer_layouts,
+    shrink_linear,
+)
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
     activation_importance,
@@ -26,11 +31,6 @@ from babelprune.prune.structured.selection import (
     Importance,
     Selection,
     select_units,
-)
-from babelprune.prune.structured.units import (
-    LayerLayout,
-    layer_layouts,
-    shrink_linear,
 )
 
 

@@ -39,10 +39,7 @@ from torch import nn
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import ArchAdapter, adapter_for, weight_matrix
-from babelprune.prune.calibration import Calibration
-from babelprune.prune.stats import LanguageStats
-from babelprune.prune.structured.selection import Importance
-from babelprune.prune.structured.units import (
+from babelprune.models.layouts import (
     GqaMode,
     LayerLayout,
     head_unit_map,
@@ -50,6 +47,9 @@ from babelprune.prune.structured.units import (
     neuron_unit_map,
     reduce_to_units,
 )
+from babelprune.prune.calibration import Calibration
+from babelprune.prune.stats import LanguageStats
+from babelprune.prune.structured.selection import Importance
 
 Units = set[str]
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]

@@ -38,6 +38,14 @@ from torch import nn
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for
+from babelprune.models.layouts import (
+    GqaMode,
+    head_unit_map,
+    layer_layouts,
+    neuron_unit_map,
+    total_block_params,
+    unit_costs,
+)
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
     LossFn,
@@ -50,14 +58,6 @@ from babelprune.prune.structured.importance import (
     neuron_gates,
 )
 from babelprune.prune.structured.selection import Importance
-from babelprune.prune.structured.units import (
-    GqaMode,
-    head_unit_map,
-    layer_layouts,
-    neuron_unit_map,
-    total_block_params,
-    unit_costs,
-)
 
 BETA = 2.0 / 3.0
 LIMIT_LOW = -0.1

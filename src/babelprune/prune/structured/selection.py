@@ -34,8 +34,7 @@ from torch import nn
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import ArchAdapter, adapter_for
-from babelprune.prune.kernels import check_sparsity
-from babelprune.prune.structured.units import (
+from babelprune.models.layouts import (
     GqaMode,
     LayerLayout,
     block_params,
@@ -49,6 +48,7 @@ from babelprune.prune.structured.units import (
     remove_neurons,
     unit_costs,
 )
+from babelprune.prune.kernels import check_sparsity
 
 Ranking = Literal["global", "per-layer"]
 DEFAULT_TOLERANCE = 0.01
