@@ -39,7 +39,7 @@ _EXPORTS = {
     "PruneConfig": "babelprune.api",
     "StructuredConfig": "babelprune.api",
     "TrimConfig": "babelprune.api",
-    "EvalResult": "babelprune.report.records",
+    "EvalResult": "babelprune.records.eval",
     "BabelpruneError": "babelprune.errors",
 }
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
         write_report,
     )
     from babelprune.errors import BabelpruneError
-    from babelprune.report.records import EvalResult
+    from babelprune.records.eval import EvalResult
 
 
 def __getattr__(name: str) -> Any:

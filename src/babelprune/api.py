@@ -26,7 +26,7 @@ from babelprune.formats.gguf import export_gguf
 from babelprune.formats.pruned import apply_language_mask, save_pruned
 from babelprune.formats.trimmed import save_trimmed
 from babelprune.prune.offload import open_offloaded, prune_offloaded
-from babelprune.report.records import EvalResult, LMScore, ModelInfo, PruningInfo
+from babelprune.records.eval import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",

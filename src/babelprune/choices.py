@@ -50,6 +50,9 @@ Ranking = Literal["global", "per-layer"]
 
 # Corpora.
 Split = Literal["calib", "eval", "all"]
+# A language's resource level (babelprune.data.languages, after Joshi et al. 2020). Here, at the bottom,
+# so that the typed records (babelprune.records) can name it without importing the data package.
+ResourceLevel = Literal["high", "medium", "low"]
 
 # Sweeps (babelprune.sweep): where the runs of an experiment run.
 SweepBackend = Literal["local", "ray"]

@@ -91,7 +91,7 @@ def eval_command(
     """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
     from babelprune.api import check_sources, evaluate, get_corpus, load_model
     from babelprune.outputs import check_output_file
-    from babelprune.report.records import is_eval_result_file
+    from babelprune.records.eval import is_eval_result_file
     from babelprune.report.tables import rich_table
 
     if out is not None:
@@ -283,7 +283,7 @@ def compare_command(
     from babelprune.outputs import check_output_file
     from babelprune.report.compare import compare
     from babelprune.report.plots import CHART_FORMATS, degradation_chart, is_chart_written_here
-    from babelprune.report.records import EvalResult
+    from babelprune.records.eval import EvalResult
     from babelprune.report.tables import comparison_table
 
     if chart is not None:

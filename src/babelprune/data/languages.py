@@ -15,9 +15,9 @@ more than one script ('zh-Hans', 'sr-Cyrl').
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-ResourceLevel = Literal["high", "medium", "low"]
+from babelprune.choices import ResourceLevel  # re-exported: its home is choices, so records need not import data
+
 RESOURCE_LEVELS: tuple[ResourceLevel, ...] = ("high", "medium", "low")
 
 

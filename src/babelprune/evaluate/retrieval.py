@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from babelprune.data.corpus import Corpus
 from babelprune.errors import BabelpruneError
 from babelprune.models.base import LoadedModel
-from babelprune.report.records import RetrievalScore
+from babelprune.records.eval import RetrievalScore
 
 SOURCE_LANGUAGE = "en"
 # e5 models expect a task prefix; "query: " is their convention for symmetric tasks.

@@ -13,7 +13,7 @@ from babelprune.data.tasks import TRAINING_MODES, Example, Task, TrainingMode, T
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import Pooling
 from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
-from babelprune.report.finetune_records import FinetuneResult
+from babelprune.records.finetune import FinetuneResult
 
 HeadInit = Literal["probe", "random"]
 

@@ -15,7 +15,7 @@ from babelprune.evaluate.retrieval import mean_pooled_embeddings, top1_correct
 from babelprune.evaluate.task_metrics import task_score
 from babelprune.finetune.config import FinetuneConfig, default_perturbations, limit_examples
 from babelprune.finetune.heads import TaskHead, predict
-from babelprune.report.finetune_records import TaskScore
+from babelprune.records.finetune import TaskScore
 
 
 def _score(

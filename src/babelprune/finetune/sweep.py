@@ -28,7 +28,7 @@ from babelprune.finetune.trainer import Notice, current_settings, finetune, fini
 from babelprune.names import child_path
 from babelprune.prune.gradual import RelativeGMPConfig
 from babelprune.prune.kernels import check_sparsity
-from babelprune.report.finetune_records import FinetuneResult
+from babelprune.records.finetune import FinetuneResult
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9, 0.98)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)

@@ -61,7 +61,7 @@ from babelprune.progress import progress_bar
 from babelprune.prune.structured.importance import magnitude_importance
 from babelprune.prune.structured.selection import apply_selection, select_units
 from babelprune.prune.structured.units import layer_layouts, total_block_params
-from babelprune.report.task_prune_records import LanguageOutcomes, ModelScores, TaskPruneResult
+from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult
 
 SCORED_KINDS = ("classification", "pair-classification")
 _CLASSIFIER = "classifier.safetensors"

@@ -90,7 +90,7 @@ from babelprune.finetune.settings import (
     run_settings,
 )
 from babelprune.prune.gradual import GMPConfig, GradualPruner, gmp_targets
-from babelprune.report.finetune_records import FinetuneResult
+from babelprune.records.finetune import FinetuneResult
 
 __all__ = ["FinetuneConfig", "finetune", "plan_runs", "planned_steps"]
 

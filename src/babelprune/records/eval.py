@@ -17,9 +17,9 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from babelprune.cache import atomic_write_text
-from babelprune.data.languages import ResourceLevel
+from babelprune.choices import ResourceLevel
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import MIN_ITEMS, bits_per_byte_interval, ratio_interval
+from babelprune.records.intervals import MIN_ITEMS, bits_per_byte_interval, ratio_interval
 
 SCHEMA_VERSION = 1
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict
 
 from babelprune.data.languages import RESOURCE_LEVELS, ResourceLevel, language_info
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import percentile_interval, relative_change_replicates
-from babelprune.report.records import EvalResult
+from babelprune.records.eval import EvalResult
+from babelprune.records.intervals import percentile_interval, relative_change_replicates
 
 
 class LanguageChange(BaseModel):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from babelprune.errors import BabelpruneError
-from babelprune.report.intervals import bits_per_byte_replicates, draws, percentile_interval, resolved
-from babelprune.report.records import EvalResult
+from babelprune.records.eval import EvalResult
+from babelprune.records.intervals import bits_per_byte_replicates, draws, percentile_interval, resolved
 
 Interval = tuple[float, float]
 

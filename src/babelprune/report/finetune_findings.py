@@ -36,10 +36,10 @@ import numpy as np
 
 from babelprune.data.languages import RESOURCE_LEVELS, language_info
 from babelprune.errors import BabelpruneError
+from babelprune.records.finetune import FinetuneResult
+from babelprune.records.intervals import BOOTSTRAP_SAMPLES, draws, percentile_interval, resolved
 from babelprune.report import finetune_report as ft
 from babelprune.report.compare import spearman
-from babelprune.report.finetune_records import FinetuneResult
-from babelprune.report.intervals import BOOTSTRAP_SAMPLES, draws, percentile_interval, resolved
 
 PERMUTATIONS = 10_000
 Interval = tuple[float, float] | None

@@ -34,8 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from babelprune.cache import atomic_write_text  # noqa: E402
 from babelprune.data.languages import RESOURCE_LEVELS, language_info  # noqa: E402
 from babelprune.errors import BabelpruneError  # noqa: E402
+from babelprune.records.finetune import FinetuneResult  # noqa: E402
 from babelprune.report.compare import spearman  # noqa: E402
-from babelprune.report.finetune_records import FinetuneResult  # noqa: E402
 
 # Size in GiB of each language's CC-100 text, the pretraining data of XLM-R
 # (Conneau et al. 2020, appendix table 6), which multilingual-e5 starts from.

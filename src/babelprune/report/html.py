@@ -26,19 +26,20 @@ from babelprune import __version__
 from babelprune.cache import atomic_dir
 from babelprune.data.languages import RESOURCE_LEVELS, language_info
 from babelprune.errors import BabelpruneError
+from babelprune.records.eval import now
+from babelprune.records.finetune import FinetuneResult
+from babelprune.records.run import RunRecord
 from babelprune.report import finetune_report as ft
 from babelprune.report.figures import overlap_heatmap, plain, speed_size_chart
-from babelprune.report.finetune_records import FinetuneResult
 from babelprune.report.html_finetune import findings_parts, split_by_embeddings
-from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_li2022 import task_pruning_section
+from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
-from babelprune.report.records import now
 from babelprune.report.runs import (
     SIZE_FIELDS, SPEED_FIELDS, describe, eval_set_view, evaluation_sets, has_language_masks, mask_overlap, measured,
     numeric_measurements,
 )
-from babelprune.sweep.store import ResultsStore, RunRecord
+from babelprune.sweep.store import ResultsStore
 
 INDEX = "index.html"
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from babelprune.data.languages import language_info
 from babelprune.errors import BabelpruneError
+from babelprune.records.finetune import FinetuneResult
 from babelprune.report.finetune_findings import Estimate, condition_findings, condition_of
-from babelprune.report.finetune_records import FinetuneResult
 from babelprune.report.html_parts import Cell, Page, integer, paragraph, source, table
 
 HOW = ("95% intervals from a bootstrap over seeds (paired by seed, one draw for every language) and test items "

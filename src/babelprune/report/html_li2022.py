@@ -3,7 +3,7 @@
 Every figure comes from outcomes item by item (1 right, 0 wrong), so every
 change is paired: a change of a pruned model against the dense fine-tuned
 model, or of one method against another, resamples the same test items for
-both sides (seeded per language, babelprune.report.intervals). A mean over
+both sides (seeded per language, babelprune.records.intervals). A mean over
 languages resamples each language's items with its own draws and averages
 the languages' differences, so a language with few items does not drown the
 others. "n.s.": the 95% interval contains 0.
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from babelprune.records.intervals import MIN_ITEMS, draws, percentile_interval, resolved
+from babelprune.records.run import RunRecord
+from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult
 from babelprune.report.html_parts import Cell, Page, integer, num, paragraph, plural, source, table
-from babelprune.report.intervals import MIN_ITEMS, draws, percentile_interval, resolved
-from babelprune.report.task_prune_records import LanguageOutcomes, ModelScores, TaskPruneResult
-from babelprune.sweep.store import RunRecord
 
 Pair = tuple[str, list[int], list[int]]  # language, outcomes of side A, of side B, on the same items
 

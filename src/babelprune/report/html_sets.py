@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from babelprune.data.languages import RESOURCE_LEVELS
+from babelprune.records.eval import EvalResult
+from babelprune.records.intervals import BOOTSTRAP_SAMPLES, CONFIDENCE, resolved
 from babelprune.report.compare import Comparison
 from babelprune.report.contest import Contest
 from babelprune.report.figures import language_sparsity_chart, plain, resource_chart, sparsity_chart
 from babelprune.report.html_parts import Cell, Page, marked, num, paragraph, plural, source, table
-from babelprune.report.intervals import BOOTSTRAP_SAMPLES, CONFIDENCE, resolved
 from babelprune.report.plots import degradation_chart, language_bar_chart
-from babelprune.report.records import EvalResult
 from babelprune.report.runs import (
     CONTEST_BASELINE, BaselineGroup, Compared, EvalSetView, contests, levels_present, resource_levels, sparsity_curves,
 )

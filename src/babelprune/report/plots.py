@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from babelprune.data.languages import RESOURCE_LEVELS  # noqa: E402
-from babelprune.report.records import EvalResult  # noqa: E402
+from babelprune.records.eval import EvalResult  # noqa: E402
 from babelprune.report.tables import grouped_scores  # noqa: E402
 
 RESOURCE_COLOURS = {"high": "#1b6ca8", "medium": "#f2a541", "low": "#c8553d"}

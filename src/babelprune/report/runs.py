@@ -22,11 +22,11 @@ import numpy as np
 
 from babelprune.data.languages import RESOURCE_LEVELS
 from babelprune.errors import BabelpruneError
+from babelprune.records.eval import EvalResult
+from babelprune.records.intervals import percentile_interval, relative_change_replicates
+from babelprune.records.run import RunRecord
 from babelprune.report.compare import Comparison, compare, measurement_differences
 from babelprune.report.contest import Contest, contest
-from babelprune.report.intervals import percentile_interval, relative_change_replicates
-from babelprune.report.records import EvalResult
-from babelprune.sweep.store import RunRecord
 
 Interval = tuple[float, float]
 # The baseline every other method of a sparsity is contested against, when the group has it.

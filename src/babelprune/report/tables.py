@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from babelprune.data.languages import RESOURCE_LEVELS
-from babelprune.report.intervals import resolved
-from babelprune.report.records import EvalResult, LMScore
+from babelprune.records.eval import EvalResult, LMScore
+from babelprune.records.intervals import resolved
 
 
 def grouped_scores(result: EvalResult) -> list[tuple[str, list]]:

@@ -26,10 +26,10 @@ from typing import Any
 
 from babelprune.cache import disk_full_error, is_disk_full
 from babelprune.errors import BabelpruneError, one_line
-from babelprune.report.records import EvalResult, now
+from babelprune.records.eval import EvalResult, now
+from babelprune.records.run import RunRecord
 from babelprune.sweep.experiment import CalibrationSpec
 from babelprune.sweep.runs import RunSpec
-from babelprune.sweep.store import RunRecord
 
 
 class ModelSession:

@@ -36,16 +36,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from babelprune.cache import disk_full_error
 from babelprune.errors import BabelpruneError
-from babelprune.report.finetune_records import FinetuneResult
-from babelprune.report.records import EvalResult, now
-from babelprune.report.task_prune_records import TaskPruneResult
+from babelprune.records.eval import now
+# RunRecord lives with the other typed records, below the report package that reads it; it is
+# re-exported here for code that imported it from the store.
+from babelprune.records.run import RunRecord, RunState  # noqa: F401
 
 STORE_FORMAT = "babelprune-results"
 # 1: meta and runs; 2: claims (a version-1 store gets the table when a sweep opens it).
@@ -57,38 +58,6 @@ CLAIM_STALE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 15.0
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-
-RunState = Literal["done", "failed"]
-
-
-class RunRecord(BaseModel):
-    """What one finished run leaves in the store.
-
-    `config` is the run's whole configuration (the dict its key is the hash
-    of); `evaluations` maps an evaluation set's name ("bible", "udhr"...) to
-    its per-language result; `pruning` is the pruning record of the model
-    (method, config, sparsity per layer...), None for a dense run.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str
-    sweep: str  # the experiment's name
-    kind: str  # "dense", "oneshot", "structured", "finetune", "trim"...
-    label: str  # a short human name of the run, e.g. "wanda 50%"
-    config: dict[str, Any]
-    state: RunState
-    evaluations: dict[str, EvalResult] = Field(default_factory=dict)
-    finetune: FinetuneResult | None = None
-    pruning: dict[str, Any] | None = None
-    task_pruning: TaskPruneResult | None = None  # task-structured and task-dynamic runs: outcomes item by item
-    measurements: dict[str, Any] = Field(default_factory=dict)  # speed, size, seconds of each stage...
-    error: str | None = None  # the failed run's error, one line
-    environment: dict[str, Any] = Field(default_factory=dict)  # commit, versions, threads, host
-    started: str = ""
-    finished: str = Field(default_factory=now)
-    seconds: float = 0.0
-
 
 _TABLES_1 = [
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
