@@ -1,4 +1,4 @@
-"""The babelprune package has no import cycle among its own modules.
+"""The babelprune package has no import cycle among its own modules, and its packages keep to their floors.
 
 Every import statement counts, those inside functions included, since a
 function-level import only hides a cycle until the function runs. An edge
@@ -9,6 +9,13 @@ import thing` names the package `babelprune.prune` (its __init__). Importing
 `a.b` is a package of the importing module itself (Python has started it
 before the importer). Cycles through a package __init__ are found that way.
 Only imports under `if TYPE_CHECKING:` are left out: they never run.
+
+The same graph checks the floor plan of docs/architecture.md: each top-level
+package (or module) of babelprune sits on a floor, and imports only from its
+own floor or below, and no two packages import each other. The imports that
+still climb are listed in EXCEPTIONS, which must be exactly the climbing
+edges the graph has: a new climbing import fails, and so does a fixed one
+left in the list.
 """
 
 from __future__ import annotations
@@ -197,3 +204,124 @@ def test_cycle_through_a_package_init_is_found(tmp_path):
 def test_babelprune_has_no_import_cycle():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+# The floor plan, bottom first (docs/architecture.md). "__init__" is the package babelprune itself.
+FLOORS: list[tuple[str, ...]] = [
+    ("errors", "choices", "progress", "outputs", "names"),
+    ("cache", "configfile"),
+    ("records",),  # above cache: a record's `save` writes atomically with cache.atomic_write_text
+    ("data", "models"),
+    ("formats",),
+    ("evaluate",),
+    ("prune",),
+    ("finetune",),
+    ("flags", "api"),
+    ("sweep",),
+    ("report",),
+    ("demo", "__init__"),
+    ("cli",),
+]
+
+# The imports (importer, imported) that climb to a higher floor today; docs/architecture.md says why, group by group.
+# Regenerate with: python -c "import sys; sys.path.insert(0, 'tests'); import test_import_graph as t;
+#   print(sorted(t.climbing_edges(t.import_graph(), t.FLOORS)))"
+EXCEPTIONS: set[tuple[str, str]] = {
+    # EXCEPTIONS-START
+    # A fine-tuning result names its pruning schedule, GMPConfig, which prune.gradual defines and validates.
+    ("babelprune.records.finetune", "babelprune.prune"),
+    ("babelprune.records.finetune", "babelprune.prune.gradual"),
+    # The write_report verb renders the HTML report (a function-level import).
+    ("babelprune.api", "babelprune.report"),
+    ("babelprune.api", "babelprune.report.html"),
+    # __version__ lives in the package __init__, which the packaging reads; that __init__ is light (PEP 562).
+    ("babelprune.report.html", "babelprune"),
+    ("babelprune.sweep.execute", "babelprune"),
+    ("babelprune.sweep.runs", "babelprune"),
+    # Loading a model folder asks the saved formats which of them wrote it.
+    ("babelprune.models.loading", "babelprune.formats"),
+    ("babelprune.models.loading", "babelprune.formats.hf"),
+    ("babelprune.models.loading", "babelprune.formats.registry"),
+    # The dynamic format holds a task head and applies structured selections level by level.
+    ("babelprune.formats.dynamic", "babelprune.finetune"),
+    ("babelprune.formats.dynamic", "babelprune.finetune.heads"),
+    ("babelprune.formats.dynamic", "babelprune.prune"),
+    ("babelprune.formats.dynamic", "babelprune.prune.kernels"),
+    ("babelprune.formats.dynamic", "babelprune.prune.structured"),
+    ("babelprune.formats.dynamic", "babelprune.prune.structured.dynamic_widths"),
+    ("babelprune.formats.dynamic", "babelprune.prune.structured.selection"),
+    # Dynamic Sparsification trains: it uses the fine-tuning task head and training loop helpers.
+    ("babelprune.prune.structured.dynamic", "babelprune.finetune"),
+    ("babelprune.prune.structured.dynamic", "babelprune.finetune.heads"),
+    ("babelprune.prune.structured.dynamic", "babelprune.finetune.trainer"),
+    # EXCEPTIONS-END
+}
+
+
+def package_of(module: str) -> str:
+    """The top-level package or module of `module` within its root package ("__init__" for the root itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def floor_numbers(floors: list[tuple[str, ...]]) -> dict[str, int]:
+    return {package: number for number, packages in enumerate(floors) for package in packages}
+
+
+def climbing_edges(graph: dict[str, set[str]], floors: list[tuple[str, ...]]) -> set[tuple[str, str]]:
+    """Every import (importer, imported) whose imported module lies on a higher floor than its importer."""
+    floor = floor_numbers(floors)
+    return {
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        if floor[package_of(target)] > floor[package_of(module)]
+    }
+
+
+def mutual_packages(graph: dict[str, set[str]], leave_out: set[tuple[str, str]] = frozenset()) -> set[tuple[str, str]]:
+    """The pairs of packages (sorted) that import each other, edges in `leave_out` not counted."""
+    edges = {
+        (package_of(module), package_of(target))
+        for module, targets in graph.items()
+        for target in targets
+        if (module, target) not in leave_out and package_of(module) != package_of(target)
+    }
+    return {tuple(sorted(edge)) for edge in edges if edge[::-1] in edges}
+
+
+def test_floor_checker_on_a_hand_made_graph():
+    floors = [("low",), ("high", "side")]
+    graph = {
+        "pkg": set(),
+        "pkg.low.a": {"pkg.high.b"},  # climbs: low is below high
+        "pkg.high.b": {"pkg.low.a", "pkg.side"},  # legal: down a floor, and across its own floor
+        "pkg.side": {"pkg.high"},
+        "pkg.high": {"pkg.side"},  # legal floors, but high and side import each other
+    }
+    assert climbing_edges(graph, floors) == {("pkg.low.a", "pkg.high.b")}
+    assert mutual_packages(graph) == {("high", "low"), ("high", "side")}
+    assert mutual_packages(graph, leave_out={("pkg.low.a", "pkg.high.b")}) == {("high", "side")}
+
+
+def test_every_babelprune_package_has_a_floor():
+    packages = {package_of(module) for module in import_graph()}
+    floors = set(floor_numbers(FLOORS))
+    assert packages == floors, f"without a floor: {sorted(packages - floors)}; no such package: {sorted(floors - packages)}"
+
+
+def test_babelprune_imports_climb_only_where_listed():
+    climbing = climbing_edges(import_graph(), FLOORS)
+    new = sorted(climbing - EXCEPTIONS)
+    fixed = sorted(EXCEPTIONS - climbing)
+    assert not new, "imports that climb to a higher floor (import downward, or list them in EXCEPTIONS with a reason "
+    "in docs/architecture.md): " + "; ".join(f"{a} -> {b}" for a, b in new)
+    assert not fixed, "EXCEPTIONS that no longer climb (remove them, here and in docs/architecture.md): " + "; ".join(
+        f"{a} -> {b}" for a, b in fixed
+    )
+
+
+def test_no_two_babelprune_packages_import_each_other():
+    # A pair held together only by a listed climbing import is that exception's business, not a new pair.
+    pairs = mutual_packages(import_graph(), leave_out=EXCEPTIONS)
+    assert not pairs, "packages that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in sorted(pairs))
