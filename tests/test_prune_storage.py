@@ -1,6 +1,7 @@
 """Saving and loading pruned models: HF folder, sparse format, per-language mask bank."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,6 +121,17 @@ def test_metadata_describes_the_run_and_lists_the_files(tmp_path):
     assert {"config.json", "model.safetensors", "sparse/sparse.safetensors", "sparse/config.json", METADATA_FILE} <= set(metadata["files"])
     assert all((out / name).is_file() for name in metadata["files"])
     assert read_pruning_metadata(tmp_path) is None
+
+
+def test_save_pruned_reads_only_what_prune_outcome_names(tmp_path):
+    # Formats sit below the pruning engine: a run reaches save_pruned through the PruneOutcome
+    # fields (config.setting, mask_bank, metadata()), so any object with them writes the same folder.
+    loaded, result = pruned_shared("llama")
+    stand_in = SimpleNamespace(config=SimpleNamespace(setting="shared"), mask_bank=None, metadata=result.metadata)
+    out = save_pruned(loaded, stand_in, tmp_path / "stand-in", format="hf")
+    real = save_pruned(loaded, result, tmp_path / "real", format="hf")
+    assert (out / "model.safetensors").read_bytes() == (real / "model.safetensors").read_bytes()
+    assert read_pruning_metadata(out) == read_pruning_metadata(real)
 
 
 # ----- sparse format -----------------------------------------------------------

@@ -36,7 +36,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -49,9 +49,8 @@ from babelprune.cache import atomic_dir, read_json_record
 from babelprune.choices import ValuesDtype
 from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.formats.hf import check_weight_files, load_tokenizer, model_class, new_model, refuse_remote_code
-from babelprune.models.adapters import adapter_for, weight_matrix
+from babelprune.models.adapters import adapter_for, named_linears, weight_matrix
 from babelprune.models.base import LoadedModel, model_kind
-from babelprune.prune.engine import PruneResult, named_linears
 
 METADATA_FILE = "babelprune_pruning.json"
 MASKS_FILE = "masks.safetensors"
@@ -67,6 +66,28 @@ StorageFormat = Literal["hf", "sparse", "both"]
 VALUES_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Masks = dict[str, torch.Tensor]  # "<block>.<name>" -> bool (out, in), True = pruned
 MaskBank = dict[str, Masks]  # language -> masks
+
+
+class _Setting(Protocol):
+    @property
+    def setting(self) -> str: ...
+
+
+class PruneOutcome(Protocol):
+    """What a pruned folder records of a pruning run (`babelprune.prune.engine.PruneResult` has it).
+
+    Formats sit below the pruning engine, so they read a run through these
+    fields rather than importing the engine's result class.
+    """
+
+    @property
+    def config(self) -> _Setting: ...  # .setting: "shared" or "per-language"
+
+    @property
+    def mask_bank(self) -> MaskBank | None: ...
+
+    def metadata(self) -> dict: ...  # the pruning record written to METADATA_FILE
+
 
 # Integer types of each element width, to test floats for zero on their bits.
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -384,7 +405,7 @@ def apply_language_mask(model: nn.Module, bank: MaskBank, lang: str) -> Iterator
 # ----- the output folder ---------------------------------------------------------
 
 
-def _metadata(loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, files: list[str]) -> dict:
+def _metadata(loaded: LoadedModel, result: PruneOutcome, fmt: StorageFormat, files: list[str]) -> dict:
     metadata = result.metadata() | {
         "format_version": FORMAT_VERSION,
         "parent": loaded.spec,
@@ -402,7 +423,7 @@ def _metadata(loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, file
 
 
 def save_pruned(
-    loaded: LoadedModel, result: PruneResult, out: Path, format: StorageFormat | None = None, values: ValuesDtype = "fp32"
+    loaded: LoadedModel, result: PruneOutcome, out: Path, format: StorageFormat | None = None, values: ValuesDtype = "fp32"
 ) -> Path:
     """Write a pruned model to the new folder `out` (see the module docstring); returns `out`.
 
@@ -432,7 +453,7 @@ def save_pruned(
     return out
 
 
-def finish_pruned_folder(tmp: Path, loaded: LoadedModel, result: PruneResult, fmt: StorageFormat, values: ValuesDtype) -> None:
+def finish_pruned_folder(tmp: Path, loaded: LoadedModel, result: PruneOutcome, fmt: StorageFormat, values: ValuesDtype) -> None:
     """The last files of an output folder whose weights are written: the tokenizer and the pruning record."""
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(tmp)

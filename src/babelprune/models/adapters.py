@@ -414,6 +414,15 @@ def adapter_for(model_or_config: object) -> ArchAdapter:
 # ----- linear weights as (out, in) --------------------------------------------
 
 
+def named_linears(model: nn.Module, adapter: ArchAdapter) -> dict[str, nn.Module]:
+    """Every block linear of the model by "<block>.<name>", the key pruning masks and records use."""
+    return {
+        f"{index}.{name}": linear
+        for index, block in enumerate(adapter.get_blocks(model))
+        for name, linear in adapter.block_linears(block).items()
+    }
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight of a linear as an (out, in) matrix sharing the module's storage.
 

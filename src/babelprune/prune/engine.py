@@ -21,7 +21,8 @@ from torch import nn
 
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
-from babelprune.models.adapters import ArchAdapter, adapter_for, linear_in_features, weight_matrix
+# named_linears is defined with the adapters (formats reads it too); it stays importable from here.
+from babelprune.models.adapters import ArchAdapter, adapter_for, linear_in_features, named_linears, weight_matrix
 from babelprune.models.base import LoadedModel
 from babelprune.prune.allocation import (
     allocate_cwl,
@@ -94,14 +95,6 @@ class PruneResult:
             "language_budget": self.language_budget,
             "seconds": self.seconds,
         }
-
-
-def named_linears(model: nn.Module, adapter: ArchAdapter) -> dict[str, nn.Module]:
-    return {
-        f"{index}.{name}": linear
-        for index, block in enumerate(adapter.get_blocks(model))
-        for name, linear in adapter.block_linears(block).items()
-    }
 
 
 def snapshot_linears(model: nn.Module) -> dict[str, torch.Tensor]:
