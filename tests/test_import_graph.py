@@ -246,7 +246,6 @@ EXCEPTIONS: set[tuple[str, str]] = {
     ("babelprune.formats.dynamic", "babelprune.finetune"),
     ("babelprune.formats.dynamic", "babelprune.finetune.heads"),
     ("babelprune.formats.dynamic", "babelprune.prune"),
-    ("babelprune.formats.dynamic", "babelprune.prune.kernels"),
     ("babelprune.formats.dynamic", "babelprune.prune.structured"),
     ("babelprune.formats.dynamic", "babelprune.prune.structured.dynamic_widths"),
     ("babelprune.formats.dynamic", "babelprune.prune.structured.selection"),

@@ -207,3 +207,15 @@ def test_threshold_path_equals_a_stable_sort_with_many_ties():
         got = lowest_scores_mask(scores, k)
         assert torch.equal(got, expected), k
         assert torch.all(got.sum(dim=1) == k)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), "0.5", None])
+def test_check_sparsity_refuses_what_is_not_a_fraction_below_one(bad):
+    from babelprune.choices import check_sparsity
+    from babelprune.prune import kernels
+
+    # One check, defined at the bottom (choices) and still importable from prune.kernels.
+    assert kernels.check_sparsity is check_sparsity
+    with pytest.raises(BabelpruneError, match="Sparsity"):
+        check_sparsity(bad)
+    assert check_sparsity(0) == 0.0 and isinstance(check_sparsity(0), float) and check_sparsity(0.5) == 0.5

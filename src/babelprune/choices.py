@@ -7,7 +7,10 @@ without importing torch.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
+
+from babelprune.errors import BabelpruneError
 
 # One-shot pruning (babelprune.prune.config, babelprune.prune.methods).
 Method = Literal["magnitude", "wanda", "ria", "mwanda", "sparsegpt"]
@@ -60,3 +63,18 @@ SweepBackend = Literal["local", "ray"]
 # Fine-tuning (the training modes of babelprune.data.tasks; babelprune.prune.gradual).
 TrainingMode = Literal["zero-shot", "multilingual", "monolingual"]
 GmpScope = Literal["per-layer", "global"]
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Return `sparsity` as a float if it lies in [0, 1), else raise BabelpruneError.
+
+    Here, at the bottom, because configs, the pruning engine and the formats
+    (slicing a dynamic model) all check a sparsity the same way.
+    """
+    if not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+        raise BabelpruneError(f"Sparsity {sparsity!r} is not a number; give a fraction such as 0.5.")
+    if not 0.0 <= sparsity < 1.0:
+        raise BabelpruneError(
+            f"Sparsity {sparsity} is outside [0, 1); give the fraction of weights to remove, e.g. 0.5."
+        )
+    return float(sparsity)

@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from babelprune.cache import atomic_dir
+from babelprune.choices import check_sparsity
 from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.finetune.heads import TaskHead
 from babelprune.formats.hf import load_hf_model
 from babelprune.formats.structured import save_structured
 from babelprune.models.base import LoadedModel
-from babelprune.prune.kernels import check_sparsity
 from babelprune.prune.structured.dynamic_widths import level_selection
 from babelprune.prune.structured.selection import DEFAULT_TOLERANCE, Selection, apply_selection
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from babelprune.choices import check_sparsity  # defined at the bottom floor; importable from here as before
 from babelprune.errors import BabelpruneError
 
 # Guards floor(s * n) against float noise such as 0.7 * 10 = 6.9999999.
@@ -32,17 +33,6 @@ _FLOOR_EPS = 1e-9
 # --------------------------------------------------------------------------
 # Validation and counting
 # --------------------------------------------------------------------------
-
-
-def check_sparsity(sparsity: float) -> float:
-    """Return `sparsity` as a float if it lies in [0, 1), else raise BabelpruneError."""
-    if not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
-        raise BabelpruneError(f"Sparsity {sparsity!r} is not a number; give a fraction such as 0.5.")
-    if not 0.0 <= sparsity < 1.0:
-        raise BabelpruneError(
-            f"Sparsity {sparsity} is outside [0, 1); give the fraction of weights to remove, e.g. 0.5."
-        )
-    return float(sparsity)
 
 
 def check_nm(n: int, m: int, width: int | None = None) -> None:
