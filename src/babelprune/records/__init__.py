@@ -6,9 +6,9 @@ store's `RunRecord` are pydantic models that evaluation, fine-tuning, sweeps
 and reports all read and write. They live here, below those packages, so
 that each of them imports its records downward (docs/architecture.md).
 
-The names below are imported on first use (PEP 562): `FinetuneResult` names
-the pruning schedule `GMPConfig`, whose module imports torch, and a reader
-of evaluation results alone should not pay for it.
+The names below are imported on first use (PEP 562): importing one record
+module (`babelprune.records.eval`) runs this __init__ first, and it then
+loads none of the others.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ _EXPORTS = {
     "FINETUNE_SCHEMA_VERSION": "babelprune.records.finetune",
     "FinetuneResult": "babelprune.records.finetune",
     "TaskScore": "babelprune.records.finetune",
+    "GMPConfig": "babelprune.records.gmp",
+    "RelativeGMPConfig": "babelprune.records.gmp",
     "RunRecord": "babelprune.records.run",
     "RunState": "babelprune.records.run",
     "LanguageOutcomes": "babelprune.records.task_prune",
@@ -46,6 +48,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
     from babelprune.records.eval import EvalResult, LMScore, LanguageMeta, LanguageScore, MetricRecord, ModelInfo, PRIMARY_METRIC, PruningInfo, RetrievalScore, SCHEMA_VERSION, SavedRecord, is_eval_result_file, now
     from babelprune.records.finetune import FINETUNE_SCHEMA_VERSION, FinetuneResult, TaskScore
+    from babelprune.records.gmp import GMPConfig, RelativeGMPConfig
     from babelprune.records.run import RunRecord, RunState
     from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult
 

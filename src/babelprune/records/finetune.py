@@ -19,10 +19,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from babelprune.choices import ResourceLevel
-# The one climbing import of the records: the schedule a run followed is the pruning package's own
-# type (GMPConfig validates with prune's kernels); docs/architecture.md lists it among the exceptions.
-from babelprune.prune.gradual import GMPConfig
 from babelprune.records.eval import MetricRecord, SavedRecord, now
+from babelprune.records.gmp import GMPConfig
 
 FINETUNE_SCHEMA_VERSION = 1
 
