@@ -12,7 +12,7 @@ import torch
 from babelprune.data.tasks import Example, Task
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.heads import TaskHead, encode
-from babelprune.formats.dynamic import DYNAMIC_FILE, HEAD_FILE, load_dynamic, load_task_head, save_dynamic, slice_width
+from babelprune.formats.dynamic import DYNAMIC_FILE, HEAD_FILE
 from babelprune.formats.structured import STRUCTURE_FILE
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
@@ -23,8 +23,12 @@ from babelprune.prune.structured.dynamic import (
     DynamicConfig,
     distillation_loss,
     level_selection,
+    load_dynamic,
+    load_task_head,
     permute_units,
     sandwich_levels,
+    save_dynamic,
+    slice_width,
     train_dynamic,
     unit_orders,
     width_masks,
@@ -354,6 +358,21 @@ def test_a_corrupt_task_head_is_reported(tmp_path):
     (broken / HEAD_FILE).write_text("{not json")
     with pytest.raises(BabelpruneError, match="task head"):
         load_task_head(broken, tiny_model("bert"))
+
+
+def test_a_task_head_that_does_not_fit_its_encoder_is_reported(tmp_path):
+    # The files read fine (formats.dynamic); building the head around the encoder fails: the same sentence.
+    from safetensors.torch import save_file
+
+    from babelprune.formats.dynamic import HEAD_WEIGHTS
+
+    (tmp_path / HEAD_FILE).write_text(json.dumps({"kind": "classification", "labels": ["a", "b"], "pooling": "mean", "dropout": 0.0}))
+    save_file({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, str(tmp_path / HEAD_WEIGHTS))
+    with pytest.raises(BabelpruneError, match=f"The task head in {tmp_path} is corrupt or missing; re-run the dynamic training"):
+        load_task_head(tmp_path, tiny_model("bert"))
+    (tmp_path / HEAD_FILE).write_text(json.dumps({"kind": "classification"}))
+    with pytest.raises(BabelpruneError, match="is corrupt or missing"):
+        load_task_head(tmp_path, tiny_model("bert"))
 
 
 # ----------------------------------------------------------------------------- the real encoder

@@ -34,7 +34,7 @@ class WorkStarted(Exception):
 # is still checked for real (load_model runs up to reading the weights).
 WORK = [
     ("babelprune.models.loading", "load_hf_model"), ("babelprune.api", "calibrate"), ("babelprune.api", "export_gguf"),
-    ("babelprune.prune.offload", "open_offloaded"), ("babelprune.formats.dynamic", "slice_width"),
+    ("babelprune.prune.offload", "open_offloaded"), ("babelprune.prune.structured.dynamic", "slice_width"),
     ("babelprune.finetune.trainer", "finetune"), ("babelprune.finetune.sweep", "run_sweep"),
     ("babelprune.demo", "run_demo"), ("babelprune.sweep.local", "run_local"), ("babelprune.sweep.ray_backend", "run_ray"),
     ("babelprune.data.udhr", "fetch_udhr"),

@@ -22,13 +22,14 @@ class ModelLoaded(Exception):
 def no_loading(monkeypatch):
     """Every way a command loads a model raises ModelLoaded instead."""
     import babelprune.api as api
+    from babelprune.prune.structured import dynamic as dynamic_training  # not "babelprune.prune...": that name is the prune verb
 
     def refuse(*args, **kwargs):
         raise ModelLoaded(args[0] if args else "")
 
     for name in ("load_model", "calibrate", "export_gguf"):
         monkeypatch.setattr(api, name, refuse)
-    monkeypatch.setattr("babelprune.formats.dynamic.slice_width", refuse)
+    monkeypatch.setattr(dynamic_training, "slice_width", refuse)
     return refuse
 
 

@@ -570,7 +570,8 @@ def slice_command(
     sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
 ) -> None:
     """Cut a dynamically trained model to any size, without retraining."""
-    from babelprune.formats.dynamic import read_dynamic_metadata, slice_width
+    from babelprune.formats.dynamic import read_dynamic_metadata
+    from babelprune.prune.structured.dynamic import slice_width
     from babelprune.prune.kernels import check_sparsity
 
     check_output_folder(out, "--out")

@@ -51,7 +51,7 @@ from babelprune.models.base import LoadedModel
 
 FINETUNED_FILE = "babelprune_finetuned.json"
 # The task head's files: the same names and contents as `babelprune.formats.dynamic` writes
-# (HEAD_FILE, HEAD_WEIGHTS there), repeated because that module imports the fine-tuning package.
+# (HEAD_FILE, HEAD_WEIGHTS there), repeated so that neither format module depends on the other.
 HEAD_FILE = "babelprune_task_head.json"
 HEAD_WEIGHTS = "task_head.safetensors"
 HEAD_KEYS = ("kind", "labels", "pooling", "dropout")  # what rebuilding the head needs

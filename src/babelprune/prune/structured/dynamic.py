@@ -47,6 +47,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -55,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from babelprune.data.tasks import Example, Task
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.evaluate.windows import SEPARATOR, start_token_id
 from babelprune.models.layouts import (
     check_head_removal,
@@ -65,7 +66,18 @@ from babelprune.models.layouts import (
 from babelprune.progress import progress_bar
 from babelprune.finetune.heads import IGNORE_INDEX, TaskHead, encode
 from babelprune.finetune.trainer import batch_indices, check_examples, linear_schedule
-from babelprune.formats.dynamic import DYNAMIC_FILE, DYNAMIC_UNITS, FORMAT_VERSION, DynamicModel
+from babelprune.formats.dynamic import (
+    DYNAMIC_FILE,
+    DYNAMIC_UNITS,
+    FORMAT_VERSION,
+    REDO,
+    head_error,
+    read_dynamic_metadata,
+    read_head_files,
+    write_dynamic_folder,
+    write_sliced_folder,
+)
+from babelprune.formats.hf import load_hf_model
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
@@ -73,7 +85,97 @@ from babelprune.prune.kernels import check_sparsity
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
     Selection,
+    apply_selection,
 )
+
+# ----- the dynamic model in memory: saving, loading, slicing ----------------------------
+# Here, beside the training, rather than in babelprune.formats.dynamic: a dynamic model holds a
+# task head (babelprune.finetune.heads) and slicing applies a structured selection, while the
+# format module below them writes and reads plain parts only.
+
+
+@dataclass
+class DynamicModel:
+    """A dynamically trained model: full width, units in ranked order, and what `babelprune_dynamic.json` holds."""
+
+    loaded: LoadedModel
+    head: TaskHead | None  # the task head around `loaded.model`; None for language models
+    metadata: dict[str, Any]
+
+    @property
+    def levels(self) -> list[float]:
+        return list(self.metadata["levels"])
+
+    def selection(self, sparsity: float) -> Selection:
+        """The units kept at `sparsity` (a prefix of every block's units)."""
+        return level_selection(self.loaded.model, sparsity, self.metadata["units"], self.metadata.get("tolerance", DEFAULT_TOLERANCE))
+
+    def save(self, out: Path) -> Path:
+        return save_dynamic(self, out)
+
+
+def _head_parts(head: TaskHead, info: dict[str, Any]) -> tuple[dict[str, Any], nn.Linear]:
+    """What the format writes of a task head: its description and its classifier."""
+    return info, head.classifier
+
+
+def save_dynamic(dynamic: DynamicModel, out: Path) -> Path:
+    """A normal HF folder (full-width, reordered weights) + `babelprune_dynamic.json` (+ the task head)."""
+    head = _head_parts(dynamic.head, dynamic.metadata["task"]) if dynamic.head is not None else None
+    return write_dynamic_folder(dynamic.loaded.model, dynamic.loaded.tokenizer, dynamic.metadata, head, out)
+
+
+def load_task_head(folder: Path | str, encoder: nn.Module) -> TaskHead | None:
+    """The task head saved in a dynamic or sliced folder, around `encoder`, in eval mode; None when there is none."""
+    files = read_head_files(folder)
+    if files is None:
+        return None
+    info, weights = files
+    try:
+        head = TaskHead(encoder, info["kind"], len(info["labels"]), info["pooling"], info["dropout"])
+        head.classifier.load_state_dict(weights)
+    except Exception as exc:  # a description or shapes that do not fit mean the same to the user as damaged files
+        raise head_error(Path(folder)) from exc
+    return head.eval()
+
+
+def load_dynamic(folder: Path | str) -> DynamicModel:
+    """Reload a folder written by `save_dynamic` (model in eval mode, metadata in `loaded.pruning`)."""
+    metadata = read_dynamic_metadata(folder)
+    loaded = load_hf_model(Path(folder), str(folder), REDO)
+    loaded.pruning = metadata
+    return DynamicModel(loaded, load_task_head(folder, loaded.model), metadata)
+
+
+def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | str) -> Path:
+    """Cut a dynamic model to `sparsity` without training; save it as a normal smaller model in `out`.
+
+    Keeps the first units of every block (`level_selection`), removes the rest
+    physically and saves with `save_structured` (plus the task head, whose
+    input width does not change), so `load_structured` / `load_model` reload
+    it. A `DynamicModel` given in memory is left untouched.
+    """
+    out = Path(out)
+    refuse_existing_output(out)
+    from_folder = not isinstance(source, DynamicModel)
+    dynamic = load_dynamic(source) if from_folder else source  # type: ignore[arg-type]
+    sparsity = check_sparsity(sparsity)
+    deepest = max(dynamic.levels)
+    if sparsity > deepest + 1e-9:
+        raise BabelpruneError(f"The model was trained down to sparsity {deepest}, not {sparsity}; slice at {deepest} or less, or train deeper levels.")
+    selection = dynamic.selection(sparsity)
+    model = dynamic.loaded.model if from_folder else copy.deepcopy(dynamic.loaded.model)
+    with torch.no_grad():
+        apply_selection(model, selection)
+    meta = dynamic.metadata
+    metadata = {
+        "method": "dynamic", "sparsity": sparsity, "setting": "shared", "achieved_sparsity": round(selection.sparsity, 6),
+        "parent": str(source) if from_folder else meta.get("parent"),
+        "dynamic": {"units": meta["units"], "importance": meta.get("importance"), "levels": meta["levels"]},
+    }
+    head = _head_parts(dynamic.head, meta["task"]) if dynamic.head is not None else None
+    return write_sliced_folder(model, dynamic.loaded.tokenizer, metadata, head, out)
+
 
 _TOKENIZE_CHUNK = 64  # training texts tokenized at a time while filling the ranking windows
 
@@ -399,7 +501,7 @@ def train_dynamic(
 
 
 
-# The widths and the storage halves live in their own modules; their names are part of this module's API.
+# The widths live in their own module; their names are part of this module's API.
 from babelprune.prune.structured.dynamic_widths import (  # noqa: E402
     Order,
     distillation_loss,
@@ -409,13 +511,6 @@ from babelprune.prune.structured.dynamic_widths import (  # noqa: E402
     sandwich_levels,
     unit_orders,
     width_masks,
-)
-from babelprune.formats.dynamic import (  # noqa: E402
-    load_dynamic,
-    load_task_head,
-    read_dynamic_metadata,
-    save_dynamic,
-    slice_width,
 )
 
 __all__ = [
