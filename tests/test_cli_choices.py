@@ -15,20 +15,30 @@ import pytest
 import typer
 
 from babelprune import cli
-from babelprune.choices import Method, StructuredUnit
+from babelprune.choices import StructuredUnit
 from tests.cli_runner import run_cli
 
-# Options whose values come from a fixed set: each must be annotated as a Literal.
+# Options whose values come from a fixed set: each must be annotated as a Literal, or take its values
+# from a registry when the command runs (cli.RegistryChoices: --method, from the method registry).
 CHOICE_OPTIONS = {"method", "allocation", "setting", "order", "save_format", "importance", "gqa", "ranking", "split",
                   "mode", "gmp_scope"}
 
 
-def _commands(app: typer.Typer, prefix: tuple[str, ...] = ()):
-    """(command words, callback) of every command, sub-apps included."""
+def _command_infos(app: typer.Typer, prefix: tuple[str, ...] = ()):
+    """(command words, typer's CommandInfo) of every command, sub-apps included."""
     for info in app.registered_commands:
-        yield prefix + (info.name or info.callback.__name__.replace("_", "-"),), info.callback
+        yield prefix + (info.name or info.callback.__name__.replace("_", "-"),), info
     for group in app.registered_groups:
-        yield from _commands(group.typer_instance, prefix + (group.name,))
+        yield from _command_infos(group.typer_instance, prefix + (group.name,))
+
+
+def _commands(app: typer.Typer):
+    """(command words, callback) of every command, sub-apps included."""
+    for words, info in _command_infos(app):
+        yield words, info.callback
+
+
+COMMAND_INFOS = dict(_command_infos(cli.app))
 
 
 def _literal_values(annotation) -> tuple[str, ...] | None:
@@ -38,6 +48,14 @@ def _literal_values(annotation) -> tuple[str, ...] | None:
     if typing.get_origin(annotation) is typing.Union:
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _choice_values(words, name, annotation) -> tuple[str, ...] | None:
+    """The values an option accepts: a registry-backed option's names registered now, else its Literal's."""
+    cls = COMMAND_INFOS[words].cls
+    if cls is not None and issubclass(cls, cli.RegistryChoices) and name in cls.CHOICES:
+        return cls.CHOICES[name]()
+    return _literal_values(annotation)
 
 
 def _parameters(callback):
@@ -70,7 +88,7 @@ CHOICES = [
     (words, name, flag)
     for words, callback in _commands(cli.app)
     for name, (annotation, _, flag, _) in _parameters(callback).items()
-    if _literal_values(annotation)
+    if _choice_values(words, name, annotation)
 ]
 
 
@@ -86,7 +104,8 @@ def test_fixed_value_options_are_literal_choices(words):
     callback = dict(_commands(cli.app))[words]
     for name, (annotation, *_rest) in _parameters(callback).items():
         if name in CHOICE_OPTIONS:
-            assert _literal_values(annotation), f"{' '.join(words)} --{name} takes fixed values but is not a Literal"
+            assert _choice_values(words, name, annotation), \
+                f"{' '.join(words)} --{name} takes fixed values but is neither a Literal nor registry-backed"
 
 
 @pytest.mark.parametrize(("words", "name", "flag"), CHOICES, ids=lambda v: v if isinstance(v, str) else " ".join(v))
@@ -101,7 +120,7 @@ def test_a_bad_choice_is_one_line_and_writes_nothing(monkeypatch, capsys, tmp_pa
     assert len(lines) == 1, err
     assert "Traceback" not in err + out
     assert flag in lines[0] and "'NO-SUCH-VALUE'" in lines[0]
-    for value in _literal_values(params[name][0]):
+    for value in _choice_values(words, name, params[name][0]):
         assert repr(value) in lines[0]  # the line lists what would have been accepted
     assert list(workdir.iterdir()) == []
 
@@ -135,10 +154,15 @@ def test_config_rules_end_in_one_sentence(monkeypatch, capsys, tmp_path, args, e
     assert not out.exists()
 
 
-def test_cli_method_choices_are_the_registered_methods():
+def test_cli_method_choices_are_the_registered_methods(monkeypatch, capsys):
+    # What --help shows, not what the annotation says: --method is a plain str that gets its choices
+    # from the registry when the command runs.
     from babelprune.prune.methods import METHODS
 
-    assert set(typing.get_args(Method)) == set(METHODS)
+    monkeypatch.setenv("COLUMNS", "400")
+    code, out, _ = run_cli(monkeypatch, capsys, "prune", "--help")
+    assert code == 0
+    assert "<" + "|".join(METHODS) + ">" in out
 
 
 def test_cli_choices_match_the_library_configs():

@@ -12,8 +12,8 @@ from typing import Literal
 
 from babelprune.errors import BabelpruneError
 
-# One-shot pruning (babelprune.prune.config, babelprune.prune.methods).
-Method = Literal["magnitude", "wanda", "ria", "mwanda", "sparsegpt"]
+# One-shot pruning (babelprune.prune.config). The methods themselves are no fixed set: they are the names
+# registered in babelprune.prune.methods.METHODS, which the config and `babelprune prune --method` read.
 Score = Literal["wanda", "ria"]  # the score M-Wanda's feature term enters
 Allocation = Literal["uniform", "owl", "cwl"]
 Setting = Literal["shared", "per-language"]

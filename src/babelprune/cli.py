@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -23,7 +25,6 @@ from babelprune.choices import (
     GgufDtype,
     GmpScope,
     GqaMode,
-    Method,
     Offload,
     Order,
     Ranking,
@@ -50,6 +51,35 @@ app.add_typer(data_app, name="data")
 # (a code such as '[/x]' is not a Rich tag); styled parts are built with rich.text.Text.
 console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def _method_names() -> tuple[str, ...]:
+    """The one-shot methods registered now, in the order they were registered."""
+    from babelprune.prune.methods import METHODS
+
+    return tuple(METHODS)
+
+
+class RegistryChoices(typer.core.TyperCommand):
+    """A command whose registry-backed options take as choices the names registered when it runs.
+
+    typer reads an option's choices from its annotation, and a Literal there would freeze the
+    registry at import: a method registered afterwards would be missing from --help and refused.
+    So these options are annotated `str`, and just before parsing (which --help is part of) each
+    gets the Literal of the names registered at that moment: help, the one-line error for a bad
+    value and shell completion then list them exactly as for any other choice option.
+    """
+
+    # option name -> the names it accepts; the registry is imported only when the command runs
+    CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {"method": _method_names}
+
+    def parse_args(self, ctx, args):
+        for param in self.params:
+            names = self.CHOICES.get(param.name)
+            if names is not None:
+                param.type_descriptor = dataclasses.replace(param.type_descriptor, annotation=Literal[names()])
+                param._runtime_param = None  # typer caches the coercion built from the old annotation
+        return super().parse_args(ctx, args)
 
 
 def _note(line: str) -> None:
@@ -107,11 +137,11 @@ def eval_command(
         console.print(Text(f"Result written to {out}"))
 
 
-@app.command("prune")
+@app.command("prune", cls=RegistryChoices)
 def prune_command(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist).")],
     model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of the dense model.")] = "gemma3-270m",
-    method: Annotated[Method, typer.Option(help="One-shot pruning method.")] = "wanda",
+    method: Annotated[str, typer.Option(help="One-shot pruning method.")] = "wanda",  # choices: RegistryChoices
     sparsity: Annotated[Optional[float], typer.Option(help="Share of block weights to zero, in [0, 1) (default 0.5; an N:M pattern fixes it, so it takes none).")] = None,
     pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
     allocation: Annotated[Optional[Allocation], typer.Option(help="Layer-wise sparsity (default: the method's own, cwl for mwanda, M-Wanda's cross-lingual allocation, uniform for the others and under N:M).")] = None,
