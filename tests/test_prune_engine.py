@@ -5,31 +5,15 @@ import torch
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for, weight_matrix
-from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import MWandaConfig, PruneConfig
 from babelprune.prune.engine import named_linears, prune
+from babelprune.prune.methods import METHODS
 from babelprune.prune.sequential import capture_block_inputs, run_block
+from tests.method_matrix import MATRIX, calibration, loaded, masks_of  # noqa: F401 (re-exported to other tests)
 from tests.tiny_models import TINY_FAMILIES, tiny_model
 
 ALL_PARTS_OFF = MWandaConfig(language_aware=False, activation_prob=False)
-
-
-def loaded(family: str, seed: int = 0) -> LoadedModel:
-    model = tiny_model(family, seed=seed)
-    return LoadedModel(model=model, tokenizer=None, spec=f"tiny-{family}", path=None, kind=adapter_for(model).kind)
-
-
-def calibration(model, languages=("en", "fr", "sw"), per_language=2, seq_len=8, seed=0) -> Calibration:
-    generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.get_text_config().vocab_size
-    ids = torch.randint(4, vocab, (per_language * len(languages), seq_len), generator=generator)
-    labels = tuple(lang for lang in languages for _ in range(per_language))
-    return Calibration(ids, labels, "random-ids")
-
-
-def masks_of(model) -> dict[str, torch.Tensor]:
-    return {name: weight_matrix(linear) == 0 for name, linear in named_linears(model, adapter_for(model)).items()}
 
 
 def reference_wanda(model, calib: Calibration, sparsity: float) -> dict[str, torch.Tensor]:
@@ -101,25 +85,12 @@ def test_mwanda_with_every_part_off_is_exactly_wanda(family):
         assert torch.equal(mask, masks_of(mwanda_model.model)[name]), name
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "mwanda", "sparsegpt"])
-def test_each_layer_reaches_exactly_the_target_sparsity(method):
-    model = loaded("llama")
-    config = PruneConfig(method=method, sparsity=0.5, allocation="uniform")
-    result = prune(model, config, calibration(model.model), progress=False)
-    # Every row of every layer (widths 32 and 64) loses exactly half its weights.
-    for name, linear in named_linears(model.model, adapter_for(model.model)).items():
-        zeros_per_row = (weight_matrix(linear) == 0).sum(dim=1)
-        assert torch.all(zeros_per_row == weight_matrix(linear).shape[1] // 2), name
-    assert result.achieved_sparsity == pytest.approx(0.5)
-    assert set(result.layer_sparsity.values()) == {0.5}
-
-
-def test_two_four_pattern_keeps_two_of_every_four():
-    model = loaded("qwen2")
-    prune(model, PruneConfig(method="wanda", pattern="2:4"), calibration(model.model), progress=False)
-    for name, linear in named_linears(model.model, adapter_for(model.model)).items():
-        groups = (weight_matrix(linear) != 0).reshape(weight_matrix(linear).shape[0], -1, 4)
-        assert torch.all(groups.sum(dim=-1) == 2), name
+# Every registered method, read from the registry: a method added to babelprune.prune.methods runs
+# these without this file changing.
+@pytest.mark.parametrize("check", MATRIX, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_registered_method_passes_the_shared_matrix(method, check):
+    check(method)
 
 
 @pytest.mark.parametrize("allocation", ["owl", "cwl"])
@@ -130,15 +101,6 @@ def test_layerwise_allocation_has_mean_target_and_reaches_it(allocation):
     assert sum(targets) / len(targets) == pytest.approx(0.5, abs=1e-6)
     assert all(0.4 - 1e-9 <= t <= 0.6 + 1e-9 for t in targets)
     assert targets[0] != targets[1]  # the two blocks differ in their statistics
-
-
-def test_same_seed_and_data_give_the_same_masks():
-    first, second = loaded("mistral"), loaded("mistral")
-    calib = calibration(first.model)
-    for model in (first, second):
-        prune(model, PruneConfig(method="mwanda", sparsity=0.6), calib, progress=False)
-    for name, mask in masks_of(first.model).items():
-        assert torch.equal(mask, masks_of(second.model)[name])
 
 
 def test_per_language_setting_keeps_dense_weights_and_a_mask_per_language():
@@ -152,12 +114,6 @@ def test_per_language_setting_keeps_dense_weights_and_a_mask_per_language():
             assert float(masks[name].float().mean()) == pytest.approx(0.5)
     # Different calibration text gives different masks somewhere.
     assert any(not torch.equal(result.mask_bank["en"][n], result.mask_bank["sw"][n]) for n in dense)
-
-
-def test_magnitude_needs_no_calibration():
-    model = loaded("opt")
-    result = prune(model, PruneConfig(method="magnitude", sparsity=0.25), None, progress=False)
-    assert result.calibration is None and result.achieved_sparsity == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(
@@ -176,11 +132,6 @@ def test_bad_requests_fail_before_any_weight_changes(config, message):
         prune(model, PruneConfig(**config), calibration(model.model), progress=False)
     for name, linear in named_linears(model.model, adapter_for(model.model)).items():
         assert torch.equal(weight_matrix(linear), before[name])
-
-
-def test_wanda_without_calibration_is_refused():
-    with pytest.raises(BabelpruneError, match="calibration"):
-        prune(loaded("llama"), PruneConfig(method="wanda"), None, progress=False)
 
 
 def test_cwl_needs_two_languages():
