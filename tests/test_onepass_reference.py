@@ -32,12 +32,15 @@ from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import named_linears, prune
+from babelprune.prune.methods import METHODS
 from tests.tiny_models import ALL_TINY_FAMILIES, tiny_model
 
 SPARSITY = 0.5
 # docs/methods.md, "M-Wanda as implemented here": defaults are language-aware
 # statistics with alpha = 0.5, no activation-probability term, uniform allocation.
 MWANDA_ALPHA = 0.5
+# docs/methods.md, "RIA": S_ij = RI_ij * ||X_j||_2 ^ a with a = 0.5.
+RIA_EXPONENT = 0.5
 # Linears the methods define as reading one and the same input tensor.
 SHARED_INPUT_GROUPS = (("q", "k", "v"), ("gate", "up"))
 # Windows per language, deliberately unequal so that M-Wanda's per-token
@@ -51,6 +54,10 @@ SEQ_LEN = 20
 # between the last pruned and the first kept score must exceed this share.
 MIN_RELATIVE_GAP = 1e-5  # float32 noise on a score is about 1e-7 of it, 1e-6 at worst
 SEEDS_TO_TRY = 10
+# Scores the engine computes without rounding: |W| of a float32 weight is the same number in float64,
+# so ties (some tiny models repeat weight values) are real ties on both sides, broken the same way
+# (lower index first), and no calibration could move them apart.
+EXACT_SCORES = {"magnitude"}
 
 
 # --------------------------------------------------------------------------
@@ -91,7 +98,41 @@ def mwanda_input_weight(tokens: list[list[float]], token_languages: list[str]) -
     return weights
 
 
-INPUT_WEIGHTS = {"wanda": wanda_input_weight, "mwanda": mwanda_input_weight}
+def relative_importance(rows: list[list[float]]) -> list[list[float]]:
+    """RIA's RI_ij = |W_ij| / sum_k |W_ik| + |W_ij| / sum_k |W_kj| (an all-zero row or column adds 0)."""
+    row_sums = [sum(abs(w) for w in row) for row in rows]
+    column_sums = [sum(abs(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return [
+        [(abs(w) / row_sums[i] if row_sums[i] else 0.0) + (abs(w) / column_sums[j] if column_sums[j] else 0.0)
+         for j, w in enumerate(row)]
+        for i, row in enumerate(rows)
+    ]
+
+
+def magnitude_reference(rows, tokens, token_languages) -> list[list[float]]:
+    return [[abs(w) for w in row] for row in rows]
+
+
+def wanda_reference(rows, tokens, token_languages) -> list[list[float]]:
+    feature_weight = wanda_input_weight(tokens, token_languages)
+    return [[abs(w) * f for w, f in zip(row, feature_weight)] for row in rows]
+
+
+def mwanda_reference(rows, tokens, token_languages) -> list[list[float]]:
+    feature_weight = mwanda_input_weight(tokens, token_languages)
+    return [[abs(w) * f for w, f in zip(row, feature_weight)] for row in rows]
+
+
+def ria_reference(rows, tokens, token_languages) -> list[list[float]]:
+    feature_weight = wanda_input_weight(tokens, token_languages)
+    return [[r * f**RIA_EXPONENT for r, f in zip(row, feature_weight)] for row in relative_importance(rows)]
+
+
+# Scores (out rows of `in` floats) from the weight rows and the tokens a linear receives. Only methods
+# whose result is a mask chosen from per-weight scores have a reference here; SparseGPT also updates
+# the kept weights (tests/test_sparsegpt.py checks it against textbook sequential OBS).
+REFERENCE_SCORES = {"magnitude": magnitude_reference, "wanda": wanda_reference, "ria": ria_reference,
+                    "mwanda": mwanda_reference}
 
 
 def lowest_in_each_row(scores: list[list[float]], sparsity: float) -> tuple[list[list[int]], float]:
@@ -140,7 +181,7 @@ class OnePassReference:
 
     def __init__(self, model: nn.Module, method: str, window_languages: list[str], sparsity: float) -> None:
         self.model = model
-        self.input_weight = INPUT_WEIGHTS[method]
+        self.score = REFERENCE_SCORES[method]
         self.window_languages = window_languages
         self.sparsity = sparsity
         self.masks: dict[str, torch.Tensor] = {}
@@ -155,8 +196,7 @@ class OnePassReference:
         for window, lang in zip(per_window.double().tolist(), self.window_languages):
             tokens.extend(window)  # every position is one token: the windows hold no padding
             token_languages.extend([lang] * len(window))
-        feature_weight = self.input_weight(tokens, token_languages)
-        scores = [[abs(w) * f for w, f in zip(row, feature_weight)] for row in weight_rows(linear)]
+        scores = self.score(weight_rows(linear), tokens, token_languages)
         rows, gap = lowest_in_each_row(scores, self.sparsity)
         self.smallest_gap = min(self.smallest_gap, gap)
         self.masks[name] = prune_rows_in_place(linear, rows)
@@ -199,9 +239,11 @@ def calibration_for(model: nn.Module, languages: tuple[tuple[str, int], ...], se
 def pruned_by_engine(family: str, method: str, calib: Calibration, order: str = "one-pass") -> dict[str, torch.Tensor]:
     model = tiny_model(family)
     loaded = LoadedModel(model=model, tokenizer=None, spec=f"tiny-{family}", path=None, kind=adapter_for(model).kind)
-    # The reference counts every token once; these calibrations give languages unequal token counts.
+    # The reference counts every token once; these calibrations give languages unequal token counts
+    # (a method that reads no statistics, magnitude, refuses the option as having no effect).
     # It prunes every block to one sparsity: uniform, where mwanda's own default is CWL.
-    config = PruneConfig(method=method, sparsity=SPARSITY, order=order, balance="tokens", allocation="uniform")
+    balance = "tokens" if METHODS[method].needs_calibration else "languages"
+    config = PruneConfig(method=method, sparsity=SPARSITY, order=order, balance=balance, allocation="uniform")
     prune(loaded, config, calib, progress=False)
     return {name: weight_matrix(linear) == 0 for name, linear in named_linears(model, adapter_for(model)).items()}
 
@@ -223,7 +265,7 @@ def calibration_without_near_ties(family: str, method: str, languages) -> tuple[
     for seed in range(SEEDS_TO_TRY):
         calib = calibration_for(tiny_model(family), languages, seed=seed)
         reference = pruned_by_reference(family, method, calib)
-        if reference.smallest_gap > MIN_RELATIVE_GAP:
+        if reference.smallest_gap > MIN_RELATIVE_GAP or method in EXACT_SCORES:
             return calib, reference
     pytest.fail(f"every one of {SEEDS_TO_TRY} calibrations has a near-tie at a cut; try more seeds")
 
@@ -239,6 +281,7 @@ def test_the_reference_implements_the_documented_defaults():
     # mwanda's default allocation is CWL; the reference checks its scores and masks under a uniform one
     assert config.order == "one-pass" and config.allocation == "cwl" and config.per_row
     assert (config.mwanda.language_aware, config.mwanda.alpha, config.mwanda.activation_prob) == (True, MWANDA_ALPHA, False)
+    assert PruneConfig(method="ria").ria_exponent == RIA_EXPONENT
 
 
 def test_reference_selection_by_hand():
@@ -253,6 +296,9 @@ def test_reference_selection_by_hand():
     assert mwanda_input_weight(tokens, languages) == pytest.approx(
         [1.75, (root2 + 2) / 2 + 0.5 * (2 - root2) / 2]
     )
+    # RIA: rows sum to |1| + |-3| = 4 and 2 + 0 = 2, both columns to 3; the zero weight scores 0.
+    first, second = relative_importance([[1.0, -3.0], [2.0, 0.0]])
+    assert first == pytest.approx([1 / 4 + 1 / 3, 3 / 4 + 1]) and second == pytest.approx([1 + 2 / 3, 0.0])
     # Per row, floor(0.5 * 4) = 2 lowest; the tie in row 1 (1.0 at j=0 and j=2) goes to j=0.
     rows, gap = lowest_in_each_row([[4.0, 1.0, 3.0, 2.0], [1.0, 5.0, 1.0, 0.5]], 0.5)
     assert rows == [[1, 3], [3, 0]]
@@ -260,7 +306,7 @@ def test_reference_selection_by_hand():
 
 
 @pytest.mark.parametrize("languages", [THREE_LANGUAGES, TWO_LANGUAGES], ids=["3-languages", "2-languages"])
-@pytest.mark.parametrize("method", ["wanda", "mwanda"])
+@pytest.mark.parametrize("method", sorted(REFERENCE_SCORES))
 @pytest.mark.parametrize("family", ALL_TINY_FAMILIES)
 def test_one_pass_engine_gives_the_reference_masks(family, method, languages):
     calib, reference = calibration_without_near_ties(family, method, languages)
