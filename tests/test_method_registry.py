@@ -9,6 +9,10 @@ function: no Literal, flag table or test list to extend.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,6 +60,22 @@ def test_prune_help_lists_the_methods_registered_when_it_runs(monkeypatch, capsy
     request.getfixturevalue("toy")  # registered after the CLI was imported and had already run once
     after = _help(monkeypatch, capsys)
     assert "<" + "|".join(METHODS) + ">" in after and f"|{TOY}>" in after
+
+
+def test_prune_help_lists_the_methods_without_importing_torch():
+    # --help reads the registry, so the registry must stay light: methods.py imports its kernels
+    # (and torch) inside the functions that run them. A fresh interpreter shows what it imports.
+    code = (
+        "import sys\n"
+        "from babelprune import cli\n"
+        "sys.argv = ['babelprune', 'prune', '--help']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "COLUMNS": "400"})
+    assert "<" + "|".join(METHODS) + ">" in result.stdout
+    assert result.stdout.rstrip().endswith("torch imported: False")
 
 
 def test_a_wrong_method_name_lists_the_toy_in_one_line(toy, monkeypatch, capsys, tmp_path):
