@@ -68,6 +68,8 @@ class RegistryChoices(typer.core.TyperCommand):
     So these options are annotated `str`, and just before parsing (which --help is part of) each
     gets the Literal of the names registered at that moment: help, the one-line error for a bad
     value and shell completion then list them exactly as for any other choice option.
+    This reads typer's own parameter description (`type_descriptor`, typer 0.29): if a typer
+    release changes it, tests/test_cli_choices.py and tests/test_method_registry.py fail.
     """
 
     # option name -> the names it accepts; the registry is imported only when the command runs
