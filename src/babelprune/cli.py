@@ -78,7 +78,9 @@ class RegistryChoices(typer.core.TyperCommand):
     def parse_args(self, ctx, args):
         for param in self.params:
             names = self.CHOICES.get(param.name)
-            if names is not None:
+            if names is not None and hasattr(param, "type_descriptor"):
+                # Without typer's description (another typer) the option stays a plain string that the
+                # config checks against the registry: still one sentence listing the methods.
                 param.type_descriptor = dataclasses.replace(param.type_descriptor, annotation=Literal[names()])
                 param._runtime_param = None  # typer caches the coercion built from the old annotation
         return super().parse_args(ctx, args)
