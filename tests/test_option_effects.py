@@ -21,9 +21,7 @@ from babelprune.prune.config import PruneConfig
 from babelprune.prune.methods import METHODS
 from babelprune.sweep.runs import plan_experiment
 from tests.cli_runner import run_cli
-from tests.sweep_fixtures import experiment, write_experiment, write_tiny_corpus
-from tests.tiny_models import tiny_model
-from tests.tiny_tokenizer import char_tokenizer
+from tests.sweep_fixtures import experiment, write_experiment
 
 CORPUS = "tests/fixtures/tiny.jsonl"
 SMALL = ["--calib", CORPUS, "--calib-langs", "en,fr", "--seq-len", "4", "--samples", "1", "--format", "hf"]
@@ -45,12 +43,7 @@ def no_loading(monkeypatch):
         monkeypatch.setattr(babelprune.api, name, refuse)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return str(folder)
+from tests.test_verb_configs import tiny_lm_folder  # noqa: E402,F401 - a saved tiny causal LM (fixture)
 
 
 # (options, the start of the sentence): each option typed has no effect in its combination.
@@ -269,16 +262,7 @@ def test_other_methods_record_no_mwanda_parts_and_print_none(monkeypatch, capsys
 # ----- sweeps: a field without effect is left out of the key -------------------------------
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "tiny.jsonl")
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    (folder / "config.json").write_text("{}")  # planning never loads a model
-    return folder
+from tests.test_sweep_plan import corpus, model_folder  # noqa: E402,F401 - the plan tests' fixtures (planning loads no model)
 
 
 def _plan(tmp_path, model_folder, corpus, runs, name="exp.yaml"):

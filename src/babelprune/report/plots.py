@@ -113,25 +113,3 @@ def degradation_chart(comparisons: list, path: Path) -> Path:
     return path
 
 
-# Written into every chart's metadata, so that `compare --chart x --overwrite` recognises a chart it drew.
-CHART_MARK = "babelprune compare"
-CHART_FORMATS = (".png", ".svg", ".pdf")
-
-
-def save_chart(figure, path: Path) -> None:
-    """Save `figure` at `path` (its suffix picks the format) atomically, saying in its metadata who drew it."""
-    from babelprune.cache import atomic_file
-
-    form = path.suffix.lower().lstrip(".")
-    metadata = {"Software": CHART_MARK} if form == "png" else {"Creator": CHART_MARK}
-    try:
-        atomic_file(path, lambda tmp: figure.savefig(tmp, dpi=120, format=form, metadata=metadata))
-    finally:
-        plt.close(figure)
-
-
-def is_chart_written_here(path: Path) -> bool:
-    """Whether `path` is a chart that `save_chart` wrote (its metadata names babelprune)."""
-    from babelprune.outputs import file_mentions
-
-    return file_mentions(path, CHART_MARK.encode())
