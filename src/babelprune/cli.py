@@ -92,13 +92,10 @@ def _note(line: str) -> None:
 
 
 def _split_langs(langs: Optional[str], option: str = "--langs") -> list[str] | None:
-    """A comma-separated languages option as a list (None when not given; given but naming none is refused)."""
+    """A comma-separated languages option as a list (None when not given; language_list refuses one naming none)."""
     from babelprune.data.tasks import language_list
 
-    codes = language_list(langs, f"in {option}")
-    if langs is not None and not codes:
-        raise BabelpruneError(f"{option} {langs!r} names no language; give codes separated by commas, such as {option} en,fr,sw.")
-    return codes or None
+    return language_list(langs, f"in {option}")
 
 
 @app.command("models")
@@ -496,23 +493,18 @@ def finetune_command(
 
 def _number_list(text: str, kind: type, option: str, example: str) -> list:
     """A comma-separated list of numbers, or one sentence naming the part that is not one."""
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        values = [kind(part) for part in parts]
-    except ValueError:
-        bad = next(part for part in parts if not _parses(part, kind))
-        raise BabelpruneError(f"{option} {text!r}: {bad!r} is not a number; give numbers separated by commas, such as {option} {example}.") from None
-    if any(value != value or value in (float("inf"), float("-inf")) for value in values):  # NaN or infinite
-        raise BabelpruneError(f"{option} {text!r} holds a value that is not finite; give numbers such as {option} {example}.")
+    import math
+
+    values = []
+    for part in (part.strip() for part in text.split(",")):
+        try:
+            value = kind(part)
+        except ValueError:
+            raise BabelpruneError(f"{option} {text!r}: {part!r} is not a number; give numbers separated by commas, such as {option} {example}.") from None
+        if not math.isfinite(value):
+            raise BabelpruneError(f"{option} {text!r} holds a value that is not finite; give numbers such as {option} {example}.")
+        values.append(value)
     return values
-
-
-def _parses(part: str, kind: type) -> bool:
-    try:
-        kind(part)
-    except ValueError:
-        return False
-    return True
 
 
 @app.command("finetune-sweep")
@@ -677,14 +669,15 @@ def demo_command(
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.api import check_sources
-    from babelprune.demo import run_demo
+    from babelprune.demo import default_store, run_demo
     from babelprune.outputs import STORE_SUFFIXES
     from babelprune.report.html import is_report_folder
 
     if model is not None:
         check_sources(model=model)
     check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
-    check_output_file(store if store is not None else out.with_name(out.name + ".sqlite"), "--store", STORE_SUFFIXES, reuse=True)
+    store = store if store is not None else default_store(out)
+    check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
     outcome = run_demo(out, store, model, max_tokens, console)
     if not outcome.ok:
         raise typer.Exit(1)

@@ -59,6 +59,12 @@ def demo_experiment(model: str | None = None, max_tokens: int | None = None) -> 
     return experiment, dropped
 
 
+def default_store(out: Path) -> Path:
+    """The demo's results store when none is given: `<out>.sqlite` beside the report folder."""
+    out = Path(out)
+    return out.with_name(out.name + ".sqlite")
+
+
 def run_demo(out: Path, store: Path | None = None, model: str | None = None, max_tokens: int | None = None,
              console: Console | None = None) -> DemoOutcome:
     """Run (or resume) the demo sweep into `store` (default: `<out>.sqlite` beside the report) and write the report to `out`."""
@@ -69,7 +75,7 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
 
     console = console or Console()
     out = Path(out)
-    store = Path(store) if store is not None else out.with_name(out.name + ".sqlite")
+    store = Path(store) if store is not None else default_store(out)
     check_out(out, overwrite=True)  # a folder that is not a babelprune report is refused before any work
     experiment, dropped = demo_experiment(model, max_tokens)
     if dropped:

@@ -42,8 +42,6 @@ def sweep_command(
         experiment = recipe_path(recipe)
     if address is not None and backend != "ray":
         raise BabelpruneError("--address names a Ray cluster; add --backend ray, or drop --address to run here.")
-    if cpus is not None and cpus < 1:
-        raise BabelpruneError(f"--cpus is {cpus}; give a positive number of CPUs.")
     plan = plan_experiment(experiment)
     for note in plan.notes:  # e.g. a grid field without effect on some runs, left out of their keys
         err_console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False)
