@@ -418,13 +418,6 @@ def _finetune_setup(task, task_option, mode, source_lang, langs, lr, batch_size,
     return chosen, base
 
 
-def _check_task_languages(task, config) -> None:
-    """The task has data for the training language (zero-shot) and each evaluation language: checked before any model loads."""
-    wanted = [*([config.source_lang] if config.mode == "zero-shot" else []), *(config.languages or [])]
-    for lang in dict.fromkeys(wanted):
-        task.check_language(lang)
-
-
 @app.command("tasks")
 def tasks_command() -> None:
     """List the built-in tasks and their options."""
@@ -466,7 +459,7 @@ def finetune_command(
     from babelprune.api import check_sources
     from babelprune.finetune.config import FinetuneConfig
     from babelprune.finetune.settings import check_run_folder
-    from babelprune.finetune.trainer import finetune, saved_models
+    from babelprune.finetune.trainer import finetune, plan_runs, saved_models
     from babelprune.flags import FINETUNE_FLAGS, config_from_flags, verb_config
 
     values = dict(locals())
@@ -480,7 +473,7 @@ def finetune_command(
         config = config.model_copy(update={"save_model": False})
     check_sources(model=model)
     chosen = _task_from_options(task, task_option)
-    _check_task_languages(chosen, config)
+    plan_runs(chosen, config)  # every task input that could fail later (languages, examples), before any model loads
     # on_notice: e.g. a language with fewer training examples than train_per_language asks
     result = finetune(model, chosen, config, out, on_notice=_note)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
@@ -537,6 +530,7 @@ def finetune_sweep_command(
     """Fine-tune at several sparsities and seeds in one command; then write the per-language report."""
     from babelprune.api import check_sources
     from babelprune.finetune.sweep import is_sweep_folder, run_sweep
+    from babelprune.finetune.trainer import plan_runs
     from babelprune.report.finetune_report import write_finetune_report
 
     check_output_folder(out, "--out", reuse=is_sweep_folder)
@@ -546,7 +540,7 @@ def finetune_sweep_command(
                                    seed_list[0], gmp_scope, gmp_embeddings, gmp_start, gmp_end, gmp_interval,
                                    perturbations, max_train, max_eval, checkpoint_every, max_length, scores_only)
     check_sources(model=model)
-    _check_task_languages(chosen, base)
+    plan_runs(chosen, base)  # the task's checks, once for the sweep, before any model loads
     results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out, on_notice=console.print)
     report = write_finetune_report(results, out / "report")
     console.print(f"{len(results)} runs; report written to {report}")

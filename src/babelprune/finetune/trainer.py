@@ -60,7 +60,6 @@ from rich.progress import Progress
 from babelprune.data.tasks import Example, Task, TrainingRun, get_task, training_runs
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
-from babelprune.evaluate.perturb import PERTURBATION_KINDS
 from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from babelprune.finetune.config import (
     FinetuneConfig,
@@ -134,9 +133,7 @@ def plan_runs(task: Task, config: FinetuneConfig) -> list[TrainingRun]:
     """The training runs of `config`, after checking every input that could fail later (no training yet)."""
     langs = eval_languages(task, config)
     perturbations = config.perturbations if config.perturbations is not None else default_perturbations(task)
-    for kind in perturbations:
-        if kind not in PERTURBATION_KINDS:
-            raise BabelpruneError(f"Unknown perturbation '{kind}'; use one of {', '.join(PERTURBATION_KINDS)}.")
+    for kind in perturbations:  # the names themselves are checked by FinetuneConfig
         if kind == "entities" and task.kind != "token-classification":
             raise BabelpruneError(
                 f"Entity replacement needs a token-classification task, and '{task.name}' is {task.kind}; "
