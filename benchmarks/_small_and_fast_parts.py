@@ -13,7 +13,7 @@ from babelprune.api import evaluate, get_corpus, load_model, save_trimmed, trim_
 from babelprune.evaluate.sizes import folder_bytes, model_bytes
 from babelprune.evaluate.speed import SpeedReport
 from babelprune.models.inspect import count_parameters
-from babelprune.models.loading import resolve_spec
+from babelprune.formats.loading import resolve_spec
 from babelprune.prune.vocab import choose_kept_ids, count_token_ids
 from babelprune.report.compare import Comparison, compare
 from babelprune.report.intervals import draws, percentile_interval

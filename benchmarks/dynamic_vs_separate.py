@@ -41,7 +41,7 @@ from babelprune.data.tasks import get_task
 from babelprune.evaluate.task_metrics import task_score
 from babelprune.finetune.heads import TaskHead, predict
 from babelprune.models.adapters import adapter_for
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.prune.structured import structured_prune
 from babelprune.prune.structured.dynamic import (
     DynamicConfig,

@@ -182,7 +182,7 @@ def main() -> None:
     if args.folder:  # child process: one measurement, as JSON
         print(json.dumps(measure(args)))
         return
-    from babelprune.models.loading import resolve_spec
+    from babelprune.formats.loading import resolve_spec
 
     only = args.only.split(",") if args.only else None
     model_rows = []

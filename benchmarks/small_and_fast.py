@@ -58,7 +58,7 @@ from babelprune.api import DEFAULT_CALIBRATION_LANGUAGES, calibrate, evaluate, g
 from babelprune.api import prune, save_pruned, save_trimmed, trim_vocabulary  # noqa: E402
 from babelprune.evaluate.speed import footprint_markdown, measure_speeds, speed_markdown  # noqa: E402
 from babelprune.formats.structured import save_structured  # noqa: E402
-from babelprune.models.loading import resolve_spec  # noqa: E402
+from babelprune.formats.loading import resolve_spec  # noqa: E402
 from babelprune.prune.config import PruneConfig  # noqa: E402
 from babelprune.prune.structured import structured_prune  # noqa: E402
 from babelprune.report.compare import compare  # noqa: E402

@@ -53,7 +53,7 @@ from babelprune.evaluate.speed import (
 )
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.formats.structured import save_structured
 from babelprune.prune.structured import select_units, structured_prune
 from babelprune.prune.structured.importance import magnitude_importance

@@ -19,7 +19,7 @@ from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.models.layouts import remove_neurons
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import prune

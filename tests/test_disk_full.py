@@ -18,7 +18,7 @@ from babelprune import cache
 from babelprune.cache import atomic_dir, atomic_write_text
 from babelprune.errors import BabelpruneError
 from babelprune.formats import pruned as pruned_format
-from babelprune.prune.structured.dynamic import DynamicModel, save_dynamic
+from babelprune.finetune.dynamic import DynamicModel, save_dynamic
 from babelprune.formats.pruned import save_pruned
 from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for

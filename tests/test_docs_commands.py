@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 from babelprune import cli
-from babelprune.models import loading
+from babelprune.formats import loading
 from babelprune.report.finetune_records import FinetuneResult
 from babelprune.report.records import EvalResult
 from tests.doc_commands import (

@@ -17,9 +17,9 @@ from babelprune.formats.structured import STRUCTURE_FILE
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.models.layouts import LayerLayout, layer_layouts
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.prune.calibration import Calibration
-from babelprune.prune.structured.dynamic import (
+from babelprune.finetune.dynamic import (
     DynamicConfig,
     distillation_loss,
     level_selection,

@@ -14,8 +14,8 @@ from babelprune.data.tasks import Example
 from babelprune.formats.dynamic import DYNAMIC_FILE
 from babelprune.models.adapters import adapter_for
 from babelprune.models.layouts import layer_layouts
-from babelprune.models.loading import load_model
-from babelprune.prune.structured.dynamic import training_windows, train_dynamic
+from babelprune.formats.loading import load_model
+from babelprune.finetune.dynamic import training_windows, train_dynamic
 from babelprune.prune.structured.importance import gradient_importance
 from tests.test_dynamic import ToyTask, _calibration, _encoder, _task_config
 from tests.tiny_models import tiny_model

@@ -26,9 +26,9 @@ from babelprune.finetune.saved import load_finetuned_head
 from babelprune.finetune.trainer import current_settings, finetune, finished_result, plan_runs, saved_models
 from babelprune.formats.pruned import load_sparse
 from babelprune.models.inspect import block_sparsity
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.prune.gradual import GMPConfig
-from babelprune.prune.structured.dynamic import DynamicConfig
+from babelprune.finetune.dynamic import DynamicConfig
 from tests.cli_runner import run_cli
 from tests.test_finetune_cli import TASK
 from tests.test_finetune_trainer import TinyGenreTask, tiny_config

@@ -11,6 +11,7 @@ import pytest
 import babelprune
 import babelprune.api
 import babelprune.errors
+import babelprune.report.html
 import babelprune.report.records
 
 
@@ -21,7 +22,7 @@ def run_python(code: str) -> str:
 def test_import_babelprune_does_not_import_torch_or_transformers():
     code = "import json, sys, babelprune; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'babelprune'))))"
     loaded = json.loads(run_python(code))
-    assert loaded == ["babelprune"]
+    assert loaded == ["babelprune", "babelprune.version"]
 
 
 def test_first_use_of_a_verb_imports_it():
@@ -35,6 +36,7 @@ def test_top_level_names_are_the_api_objects():
     assert babelprune.PruneConfig is babelprune.api.PruneConfig
     assert babelprune.EvalResult is babelprune.report.records.EvalResult
     assert babelprune.BabelpruneError is babelprune.errors.BabelpruneError
+    assert babelprune.write_report is babelprune.report.html.write_report
 
 
 def test_prune_stays_the_verb_after_the_prune_subpackage_is_imported():

@@ -28,7 +28,7 @@ from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel, model_kind
 from babelprune.models.layouts import remove_heads, remove_neurons
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from tests.cli_runner import run_cli

@@ -33,8 +33,8 @@ class WorkStarted(Exception):
 # Where each command's real work starts (module, attribute): replaced by `WorkStarted`. A model's name
 # is still checked for real (load_model runs up to reading the weights).
 WORK = [
-    ("babelprune.models.loading", "load_hf_model"), ("babelprune.api", "calibrate"), ("babelprune.api", "export_gguf"),
-    ("babelprune.prune.offload", "open_offloaded"), ("babelprune.prune.structured.dynamic", "slice_width"),
+    ("babelprune.formats.loading", "load_hf_model"), ("babelprune.api", "calibrate"), ("babelprune.api", "export_gguf"),
+    ("babelprune.prune.offload", "open_offloaded"), ("babelprune.finetune.dynamic", "slice_width"),
     ("babelprune.finetune.trainer", "finetune"), ("babelprune.finetune.sweep", "run_sweep"),
     ("babelprune.demo", "run_demo"), ("babelprune.sweep.local", "run_local"), ("babelprune.sweep.ray_backend", "run_ray"),
     ("babelprune.data.udhr", "fetch_udhr"),
@@ -173,7 +173,7 @@ def sandbox(tmp_path, monkeypatch):
 
     for module, attribute in WORK:
         monkeypatch.setattr(importlib.import_module(module), attribute, started)
-    from babelprune.models.loading import ALIASES
+    from babelprune.formats.loading import ALIASES
 
     for alias, (description, _) in ALIASES.items():  # converting a built-in model is work too
         monkeypatch.setitem(ALIASES, alias, (description, started))

@@ -11,11 +11,8 @@ before the importer). Cycles through a package __init__ are found that way.
 Only imports under `if TYPE_CHECKING:` are left out: they never run.
 
 The same graph checks the floor plan of docs/architecture.md: each top-level
-package (or module) of babelprune sits on a floor, and imports only from its
-own floor or below, and no two packages import each other. The imports that
-still climb are listed in EXCEPTIONS, which must be exactly the climbing
-edges the graph has: a new climbing import fails, and so does a fixed one
-left in the list.
+package (or module) of babelprune sits on a floor, imports only from its own
+floor or below (no exception), and no two packages import each other.
 """
 
 from __future__ import annotations
@@ -208,7 +205,7 @@ def test_babelprune_has_no_import_cycle():
 
 # The floor plan, bottom first (docs/architecture.md). "__init__" is the package babelprune itself.
 FLOORS: list[tuple[str, ...]] = [
-    ("errors", "choices", "progress", "outputs", "names"),
+    ("errors", "choices", "progress", "outputs", "names", "version"),
     ("cache", "configfile"),
     ("records",),  # above cache: a record's `save` writes atomically with cache.atomic_write_text
     ("data", "models"),
@@ -222,30 +219,6 @@ FLOORS: list[tuple[str, ...]] = [
     ("demo", "__init__"),
     ("cli",),
 ]
-
-# The imports (importer, imported) that climb to a higher floor today; docs/architecture.md says why, group by group.
-# Regenerate with: python -c "import sys; sys.path.insert(0, 'tests'); import test_import_graph as t;
-#   print(sorted(t.climbing_edges(t.import_graph(), t.FLOORS)))"
-EXCEPTIONS: set[tuple[str, str]] = {
-    # EXCEPTIONS-START
-    # The write_report verb renders the HTML report (a function-level import).
-    ("babelprune.api", "babelprune.report"),
-    ("babelprune.api", "babelprune.report.html"),
-    # __version__ is the package's public attribute, defined in its __init__ (light: verbs load on first use).
-    ("babelprune.report.html", "babelprune"),
-    ("babelprune.sweep.execute", "babelprune"),
-    ("babelprune.sweep.runs", "babelprune"),
-    # Loading a model folder asks the saved formats which of them wrote it.
-    ("babelprune.models.loading", "babelprune.formats"),
-    ("babelprune.models.loading", "babelprune.formats.hf"),
-    ("babelprune.models.loading", "babelprune.formats.registry"),
-    # Dynamic Sparsification trains: it uses the fine-tuning task head and training loop helpers.
-    ("babelprune.prune.structured.dynamic", "babelprune.finetune"),
-    ("babelprune.prune.structured.dynamic", "babelprune.finetune.heads"),
-    ("babelprune.prune.structured.dynamic", "babelprune.finetune.trainer"),
-    # EXCEPTIONS-END
-}
-
 
 def package_of(module: str) -> str:
     """The top-level package or module of `module` within its root package ("__init__" for the root itself)."""
@@ -299,20 +272,14 @@ def test_every_babelprune_package_has_a_floor():
     assert packages == floors, f"without a floor: {sorted(packages - floors)}; no such package: {sorted(floors - packages)}"
 
 
-def test_babelprune_imports_climb_only_where_listed():
-    climbing = climbing_edges(import_graph(), FLOORS)
-    new = sorted(climbing - EXCEPTIONS)
-    fixed = sorted(EXCEPTIONS - climbing)
-    assert not new, "imports that climb to a higher floor (import downward, or list them in EXCEPTIONS with a reason "
-    "in docs/architecture.md): " + "; ".join(f"{a} -> {b}" for a, b in new)
-    assert not fixed, "EXCEPTIONS that no longer climb (remove them, here and in docs/architecture.md): " + "; ".join(
-        f"{a} -> {b}" for a, b in fixed
-    )
+def test_no_babelprune_import_climbs():
+    climbing = sorted(climbing_edges(import_graph(), FLOORS))
+    assert not climbing, "imports that climb to a higher floor (import downward: move the shared piece to the lower "
+    "package, or pass it in): " + "; ".join(f"{a} -> {b}" for a, b in climbing)
 
 
 def test_no_two_babelprune_packages_import_each_other():
-    # A pair held together only by a listed climbing import is that exception's business, not a new pair.
-    pairs = mutual_packages(import_graph(), leave_out=EXCEPTIONS)
+    pairs = mutual_packages(import_graph())
     assert not pairs, "packages that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in sorted(pairs))
 
 

@@ -22,7 +22,7 @@ class ModelLoaded(Exception):
 def no_loading(monkeypatch):
     """Every way a command loads a model raises ModelLoaded instead."""
     import babelprune.api as api
-    from babelprune.prune.structured import dynamic as dynamic_training  # not "babelprune.prune...": that name is the prune verb
+    from babelprune.finetune import dynamic as dynamic_training  # not "babelprune.prune...": that name is the prune verb
 
     def refuse(*args, **kwargs):
         raise ModelLoaded(args[0] if args else "")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from babelprune.errors import BabelpruneError
 from babelprune.formats.hf import load_config
-from babelprune.models.loading import load_model, resolve_spec
+from babelprune.formats.loading import load_model, resolve_spec
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 

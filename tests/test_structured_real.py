@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from babelprune.models.layouts import model_params
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.formats.structured import load_structured, save_structured
 from babelprune.prune.structured import structured_prune
 

@@ -11,7 +11,7 @@ from babelprune import cli
 from babelprune.errors import BabelpruneError
 from babelprune.flags import DYNAMIC_FLAGS, PRUNE_FLAGS, STRUCTURED_FLAGS, SWITCHES, TRIM_FLAGS, CONVERTERS, nested_fields, read_verb_config
 from babelprune.prune.config import PruneConfig, ReconstructConfig, StructuredConfig, TrimConfig
-from babelprune.prune.structured.dynamic import DynamicConfig
+from babelprune.finetune.dynamic import DynamicConfig
 from tests.cli_runner import run_cli
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer

@@ -19,7 +19,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from babelprune.version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -35,7 +35,7 @@ _EXPORTS = {
     "save_pruned": "babelprune.api",
     "save_trimmed": "babelprune.api",
     "trim_vocabulary": "babelprune.api",
-    "write_report": "babelprune.api",
+    "write_report": "babelprune.report.html",
     "PruneConfig": "babelprune.api",
     "StructuredConfig": "babelprune.api",
     "TrimConfig": "babelprune.api",
@@ -49,8 +49,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
     from babelprune.api import (
         PruneConfig, StructuredConfig, TrimConfig, calibrate, evaluate, export_gguf, get_corpus, load_model,
         open_offloaded, prune, prune_offloaded, prune_structured, save_pruned, save_trimmed, trim_vocabulary,
-        write_report,
     )
+    from babelprune.report.html import write_report
     from babelprune.errors import BabelpruneError
     from babelprune.records.eval import EvalResult
 

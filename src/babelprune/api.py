@@ -17,7 +17,7 @@ from babelprune.evaluate.lm import score_windows
 from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
-from babelprune.models.loading import check_model_spec, load_model
+from babelprune.formats.loading import check_model_spec, load_model
 from babelprune.prune.calibration import Calibration, build_calibration
 from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
@@ -30,7 +30,7 @@ from babelprune.records.eval import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
-    "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary", "write_report",
+    "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary",
     "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
@@ -321,10 +321,3 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
                 )
             )
     return scores
-
-
-def write_report(store_path: Path | str, out: Path | str, overwrite: bool = False) -> Path:
-    """Write a self-contained HTML report (out/index.html and out/figures/) from a results store; returns the page's path."""
-    from babelprune.report.html import write_report as _write_report
-
-    return _write_report(store_path, out, overwrite=overwrite)

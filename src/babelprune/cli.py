@@ -101,7 +101,7 @@ def _split_langs(langs: Optional[str], option: str = "--langs") -> list[str] | N
 @app.command("models")
 def models_command() -> None:
     """List the built-in model aliases."""
-    from babelprune.models.loading import ALIASES
+    from babelprune.formats.loading import ALIASES
 
     for alias, (description, _) in ALIASES.items():
         console.print(Text.assemble((alias, "bold"), "  ", description))
@@ -567,7 +567,7 @@ def train_dynamic_command(
     from babelprune.api import calibrate, check_sources, load_model
     from babelprune.data.tasks import get_task
     from babelprune.flags import DYNAMIC_FLAGS, verb_config
-    from babelprune.prune.structured.dynamic import DynamicConfig, train_dynamic
+    from babelprune.finetune.dynamic import DynamicConfig, train_dynamic
 
     config = verb_config(config_file, DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
     check_output_folder(out, "--out")
@@ -591,7 +591,7 @@ def slice_command(
 ) -> None:
     """Cut a dynamically trained model to any size, without retraining."""
     from babelprune.formats.dynamic import read_dynamic_metadata
-    from babelprune.prune.structured.dynamic import slice_width
+    from babelprune.finetune.dynamic import slice_width
     from babelprune.prune.kernels import check_sparsity
 
     check_output_folder(out, "--out")

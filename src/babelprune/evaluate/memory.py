@@ -115,7 +115,7 @@ def _child(argv: list[str] | None = None) -> None:
     import torch
 
     from babelprune.evaluate.probes import all_probes
-    from babelprune.models.loading import load_model
+    from babelprune.formats.loading import load_model
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

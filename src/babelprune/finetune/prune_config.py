@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
 from babelprune.prune.kernels import check_sparsity
-from babelprune.prune.structured.dynamic import DynamicConfig
+from babelprune.finetune.dynamic import DynamicConfig
 
 TaskImportance = Literal["magnitude", "gradient", "l0"]
 TaskUnit = Literal["heads", "ffn"]

@@ -21,7 +21,7 @@ from babelprune.finetune.config import FinetuneConfig
 from babelprune.finetune.heads import TaskHead
 from babelprune.formats.finetuned import read_task_head, save_finetuned
 from babelprune.models.base import LoadedModel
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 
 MODEL_DIR = "model"  # a run folder's saved model: <out>/runs/<run>/model
 

@@ -56,7 +56,7 @@ from babelprune.finetune.trainer import build_head, current_settings, plan_runs,
 from babelprune.formats.finetuned import write_task_head
 from babelprune.formats.structured import save_structured
 from babelprune.models.adapters import adapter_for
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.progress import progress_bar
 from babelprune.prune.structured.importance import magnitude_importance
 from babelprune.prune.structured.selection import apply_selection, select_units
@@ -239,7 +239,7 @@ def run_task_dynamic(
     model_spec: str, run: TaskDynamicRun, cache: Path, progress: bool = False, models_out: Path | None = None,
 ) -> TaskPruneResult:
     """Train once with Dynamic Sparsification on the task, cut at every level, score each cut on every language."""
-    from babelprune.prune.structured.dynamic import train_dynamic
+    from babelprune.finetune.dynamic import train_dynamic
 
     task, config, dynamic = _task(run.task, run.task_options), run.finetune, run.dynamic
     if models_out is not None:

@@ -76,7 +76,7 @@ from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe
 from babelprune.finetune.saved import MODEL_DIR, head_info, save_head_model
 from babelprune.formats.finetuned import FINETUNED_FILE, has_finetuned_model
 from babelprune.models.adapters import adapter_for
-from babelprune.models.loading import load_model
+from babelprune.formats.loading import load_model
 from babelprune.names import child_path
 from babelprune.finetune.settings import (
     RESULT_FILE,

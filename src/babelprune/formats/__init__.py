@@ -10,7 +10,7 @@
     registry    which format a folder holds (marker file -> loader), for `load_model`
     gguf        export only: a causal LM and its tokenizer as one GGUF file (llama.cpp)
 
-Loading (`babelprune.models.loading`) and pruning both import from here;
-nothing here imports `babelprune.models.loading`, so the two never import
+Loading (`babelprune.formats.loading`) and pruning both import from here;
+nothing here imports `babelprune.formats.loading`, so the two never import
 each other.
 """

@@ -11,7 +11,7 @@ This module writes and reads those files from plain parts (a model, its
 tokenizer, dicts, tensors): it sits below the pruning engine and the
 fine-tuning package. The dynamic model in memory (`DynamicModel`), its
 task head and slicing it to a width (`slice_width`) live with the training
-in `babelprune.prune.structured.dynamic`; a sliced model is saved in the
+in `babelprune.finetune.dynamic`; a sliced model is saved in the
 structured format (`babelprune.formats.structured`).
 """
 

@@ -49,7 +49,7 @@ from babelprune.formats.registry import saved_format_loader
 from babelprune.formats.stream import SafetensorsStream
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel, model_kind
-from babelprune.models.loading import resolve_spec
+from babelprune.formats.loading import resolve_spec
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import BlockStore, PruneResult, prune

@@ -22,7 +22,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from babelprune import __version__
+from babelprune.version import __version__
 from babelprune.cache import atomic_dir
 from babelprune.data.languages import RESOURCE_LEVELS, language_info
 from babelprune.errors import BabelpruneError

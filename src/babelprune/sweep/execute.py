@@ -90,7 +90,7 @@ def environment() -> dict[str, Any]:
     import torch
     import transformers
 
-    from babelprune import __version__
+    from babelprune.version import __version__
 
     return {
         "commit": _git_commit(), "babelprune": __version__, "torch": torch.__version__,

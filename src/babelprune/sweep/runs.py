@@ -311,7 +311,7 @@ def run_key(config: dict[str, Any]) -> str:
 def run_config(model: str, kind: str, verb: BaseModel | None, calibration: CalibrationSpec | None,
                evaluation: tuple[EvaluationSet, ...]) -> dict[str, Any]:
     """Everything that decides a run's result, as plain JSON (what its key hashes)."""
-    from babelprune import __version__
+    from babelprune.version import __version__
 
     return {
         "model": model_key(model),
@@ -392,7 +392,7 @@ def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
 def check_sources(file: ConfigFile, plan: Plan) -> None:
     """Every model and corpus the runs name exists and has the languages asked for, before anything runs."""
     from babelprune.data.registry import get_corpus
-    from babelprune.models.loading import ALIASES, resolve_spec
+    from babelprune.formats.loading import ALIASES, resolve_spec
 
     for index, model in enumerate(plan.experiment.models):
         if model not in ALIASES and not Path(model).expanduser().exists():
