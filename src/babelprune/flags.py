@@ -24,7 +24,7 @@ click (`given_parameters`), not from comparing its value with the default:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,50 @@ def _levels(text: str) -> tuple[float, ...]:
     if not levels or not all(math.isfinite(level) for level in levels):
         raise BabelpruneError(f"--levels {text!r} is not a comma-separated list of sparsities; give e.g. 0.3,0.5,0.7.")
     return levels
+
+
+def method_names() -> tuple[str, ...]:
+    """The one-shot methods `--method` takes: those registered now (`babelprune.prune.methods.register`), in order.
+
+    Light: the registry imports no torch, so `babelprune prune --help` stays fast.
+    """
+    from babelprune.prune.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def language_option(text: str | None, option: str = "--langs") -> list[str] | None:
+    """A comma-separated languages option as a list (None when not given); one naming no language is refused."""
+    from babelprune.data.tasks import language_list
+
+    return language_list(text, f"in {option}")
+
+
+def number_list(text: str, kind: type, option: str, example: str) -> list:
+    """A comma-separated list of numbers, or one sentence naming the part that is not one."""
+    import math
+
+    values = []
+    for part in (part.strip() for part in text.split(",")):
+        try:
+            value = kind(part)
+        except ValueError:
+            raise BabelpruneError(f"{option} {text!r}: {part!r} is not a number; give numbers separated by commas, such as {option} {example}.") from None
+        if not math.isfinite(value):
+            raise BabelpruneError(f"{option} {text!r} holds a value that is not finite; give numbers such as {option} {example}.")
+        values.append(value)
+    return values
+
+
+def task_options(items: Sequence[str] | None) -> dict[str, str | int]:
+    """Repeated --task-option key=value items as a mapping (digits become numbers)."""
+    options: dict[str, str | int] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not value:
+            raise BabelpruneError(f"Task option '{item}' is not of the form key=value.")
+        options[key] = int(value) if value.isdigit() else value
+    return options
 
 
 # Flags whose text the config reads in another form.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from babelprune.data.corpus import Corpus, Segment
@@ -139,6 +140,11 @@ class FilesCorpus(Corpus):
                 for index, (seg_id, group, text) in enumerate(items)
             ]
         return by_lang
+
+
+def text_file_segments(paths: Sequence[Path | str]) -> list[str]:
+    """The paragraphs (or lines) of UTF-8 text files, each a segment as a corpus's text is; a bad file is one sentence."""
+    return [segment for path in paths for segment in split_paragraphs(_read_utf8(Path(path)))]
 
 
 def _read_utf8(path: Path) -> str:

@@ -32,23 +32,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from babelprune.errors import BabelpruneError
 from babelprune.models.base import LoadedModel
+from babelprune.records.speed import PeakMemory  # noqa: F401 - re-exported: the record lives below
 
 # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
-
-
-class PeakMemory(BaseModel):
-    """Resident bytes of a fresh process that loaded one model and ran its probes once."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base: int  # after the imports, before loading
-    loaded: int  # right after loading
-    peak: int  # the process's peak (VmHWM), loading and running included
 
 
 def current_rss() -> int:

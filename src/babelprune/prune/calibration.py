@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase
 
 from babelprune.data.corpus import Corpus
@@ -14,6 +15,18 @@ from babelprune.evaluate.windows import SEPARATOR, start_token_id
 
 # Segments tokenized at a time while filling a language's token stream.
 _TOKENIZE_CHUNK = 64
+
+
+class CalibrationSpec(BaseModel):
+    """Which calibration windows to build (babelprune.api.calibrate): a command's --calib options, a sweep's `calibration`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: str = "bible"
+    languages: list[str] | None = None  # None: the 8 default calibration languages the corpus has
+    samples: int = Field(8, ge=1)  # windows per language
+    seq_len: int = Field(256, ge=2)
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -334,6 +334,15 @@ class PruneConfig(BaseModel):
         return _nm_of(self.pattern)
 
     @property
+    def needs_calibration(self) -> bool:
+        """Whether pruning reads calibration text: the method's statistics, the refit, or a layer-wise allocation
+        (which compares blocks on the text; under N:M the pattern fixes each block's sparsity, so it reads none)."""
+        from babelprune.prune.methods import METHODS
+
+        uses_statistics = METHODS[self.method].needs_calibration or self.reconstruct is not None
+        return uses_statistics or (self.allocation != "uniform" and self.nm is None)
+
+    @property
     def effective_sparsity(self) -> float:
         """The share of weights an N:M pattern removes, or the unstructured target."""
         return 1 - self.nm[0] / self.nm[1] if self.nm else self.sparsity

@@ -74,6 +74,13 @@ class PruneResult:
     language_shares: dict[str, float] = field(default_factory=dict)  # each calibration language's share of the statistics
     language_budget: dict | None = None  # --language-budget: every round's weights and held-out losses
 
+    def mean_refit_errors(self) -> tuple[float, float] | None:
+        """The refit's mean relative layer error on calibration, (masked, refitted); None without a refit."""
+        if not self.refit_errors:
+            return None
+        pairs = list(self.refit_errors.values())
+        return sum(pair[0] for pair in pairs) / len(pairs), sum(pair[1] for pair in pairs) / len(pairs)
+
     def metadata(self) -> dict:
         # method / sparsity / setting at the top level, like every babelprune pruning record.
         return {
@@ -160,8 +167,7 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
                 )
         if config.allocation != "uniform":
             raise BabelpruneError(f"Allocation '{config.allocation}' varies sparsity per block, which an N:M pattern fixes; use --allocation uniform.")
-    needs_data = _needs_calibration(config, method) or (config.allocation != "uniform" and not config.nm)
-    if needs_data and calibration is None:
+    if config.needs_calibration and calibration is None:
         raise BabelpruneError(f"Method '{config.method}' with allocation '{config.allocation}' needs calibration text; give --calib.")
     if calibration is not None and config.language_weights:
         check_weighted_languages(config.language_weights, calibration)

@@ -37,6 +37,9 @@ _EXPORTS = {
     "GMPConfig": "babelprune.records.gmp",
     "RelativeGMPConfig": "babelprune.records.gmp",
     "RunRecord": "babelprune.records.run",
+    "PeakMemory": "babelprune.records.speed",
+    "SpeedReport": "babelprune.records.speed",
+    "is_speed_reports_file": "babelprune.records.speed",
     "RunState": "babelprune.records.run",
     "LanguageOutcomes": "babelprune.records.task_prune",
     "ModelScores": "babelprune.records.task_prune",
@@ -50,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
     from babelprune.records.finetune import FINETUNE_SCHEMA_VERSION, FinetuneResult, TaskScore
     from babelprune.records.gmp import GMPConfig, RelativeGMPConfig
     from babelprune.records.run import RunRecord, RunState
+    from babelprune.records.speed import PeakMemory, SpeedReport, is_speed_reports_file
     from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult
 
 

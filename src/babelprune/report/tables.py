@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from babelprune.data.languages import RESOURCE_LEVELS
+from babelprune.evaluate.speed import footprint_table, speed_table  # noqa: F401 - the speed tables, with the other tables the CLI prints
 from babelprune.records.eval import EvalResult, LMScore
 from babelprune.records.intervals import resolved
 

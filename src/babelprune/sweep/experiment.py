@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from babelprune.choices import Split
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
+from babelprune.prune.calibration import CalibrationSpec  # noqa: F401 - the experiment's `calibration` shape, defined with the windows it asks for
 
 RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune", "task-structured", "task-dynamic"]
 # kind -> the key of an entry that holds its verb's config (dense has none)
@@ -43,16 +44,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CalibrationSpec(_Strict):
-    """The calibration windows (babelprune.api.calibrate) of the runs that need them."""
-
-    corpus: str = "bible"
-    languages: list[str] | None = None  # None: the 8 default calibration languages the corpus has
-    samples: int = Field(8, ge=1)  # windows per language
-    seq_len: int = Field(256, ge=2)
-    seed: int = 0
 
 
 class EvaluationSet(_Strict):

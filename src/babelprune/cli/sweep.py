@@ -1,25 +1,18 @@
-"""The sweep commands of the CLI: `babelprune sweep`, `babelprune recipes`, `babelprune runs` (registered in babelprune.cli).
-
-Like the rest of the CLI they only parse, call the library and print.
-"""
+"""Sweeps and their reports: `sweep`, `recipes`, `runs`, `report`, `demo`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from babelprune.choices import SweepBackend
+from babelprune.cli.common import MAX_INT, console, err_console, note
 from babelprune.errors import BabelpruneError
+from babelprune.outputs import STORE_SUFFIXES, check_output_file, check_output_folder
 
-# Wide enough for the run tables when the output is a file or a pipe (as babelprune.cli's console).
-# Markup is off: labels, errors and paths are printed as the text they are; styles come from rich.text.Text.
-console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
-err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def sweep_command(
@@ -32,7 +25,6 @@ def sweep_command(
     cpus: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
 ) -> None:
     """Run every run of an experiment file, skipping those the store has done; each finished run is one transaction."""
-    from babelprune.outputs import STORE_SUFFIXES, check_output_file
     from babelprune.sweep.experiment import recipe_path
     from babelprune.sweep.runs import plan_experiment
 
@@ -43,8 +35,8 @@ def sweep_command(
     if address is not None and backend != "ray":
         raise BabelpruneError("--address names a Ray cluster; add --backend ray, or drop --address to run here.")
     plan = plan_experiment(experiment)
-    for note in plan.notes:  # e.g. a grid field without effect on some runs, left out of their keys
-        err_console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False)
+    for line in plan.notes:  # e.g. a grid field without effect on some runs, left out of their keys
+        note(line)
     path = store or Path(f"{plan.experiment.name}.sqlite")
     check_output_file(path, "--store", STORE_SUFFIXES, reuse=True)  # a store is resumed, so an existing one is welcome
     if dry_run:
@@ -132,3 +124,37 @@ def runs_command(
         table.add_row(record.key, record.label, record.kind, state, f"{record.seconds:.1f}", record.finished[:19],
                       record.error or "")
     console.print(table)
+
+
+def report_command(
+    store: Annotated[Path, typer.Argument(help="Results store (.sqlite) that `babelprune sweep` fills.")],
+    out: Annotated[Path, typer.Option(help="Folder for index.html and figures/ (must not exist, unless --overwrite).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder written by this command.")] = False,
+) -> None:
+    """A self-contained HTML page with figures from a results store: per-language change per method, curves, failures."""
+    from babelprune.report.html import is_report_folder, write_report
+
+    check_output_folder(out, "--out", overwrite=overwrite, recognise=is_report_folder, writer="`babelprune report`")
+    page = write_report(store, out, overwrite=overwrite)
+    console.print(Text.assemble("Report written to ", (str(page), "bold")))
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Report folder (a report written earlier is replaced).")] = Path("babelprune-report"),
+    store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
+) -> None:
+    """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
+    from babelprune.api import check_sources
+    from babelprune.demo import default_store, run_demo
+    from babelprune.report.html import is_report_folder
+
+    if model is not None:
+        check_sources(model=model)
+    check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
+    store = store if store is not None else default_store(out)
+    check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
+    outcome = run_demo(out, store, model, max_tokens, console)
+    if not outcome.ok:
+        raise typer.Exit(1)

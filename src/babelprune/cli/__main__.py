@@ -1,0 +1,5 @@
+"""`python -m babelprune.cli ...` runs the command line."""
+
+from babelprune.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""What every command module shares: the consoles, the note line, integer bounds, registry-backed choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Literal
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from babelprune.flags import method_names
+
+# The largest count an option takes: beyond it a C integer inside torch or the OS would overflow.
+MAX_INT = 2**31 - 1
+
+# Wide enough for per-language tables when the output is a file or a pipe.
+# Markup is off: paths, language codes and labels are the user's text and print as typed
+# (a code such as '[/x]' is not a Rich tag); styled parts are built with rich.text.Text.
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def note(line: str) -> None:
+    """A remark about the run on standard error: 'note:' in yellow, then the text as it is."""
+    err_console.print(Text.assemble(("note:", "yellow"), " ", line), highlight=False)
+
+
+class RegistryChoices(typer.core.TyperCommand):
+    """A command whose registry-backed options take as choices the names registered when it runs.
+
+    typer reads an option's choices from its annotation, and a Literal there would freeze the
+    registry at import: a method registered afterwards would be missing from --help and refused.
+    So these options are annotated `str`, and just before parsing (which --help is part of) each
+    gets the Literal of the names registered at that moment: help, the one-line error for a bad
+    value and shell completion then list them exactly as for any other choice option.
+    This reads typer's own parameter description (`type_descriptor`, typer 0.29): if a typer
+    release changes it, tests/test_cli_choices.py and tests/test_method_registry.py fail.
+    """
+
+    # option name -> the names it accepts; the registry is imported only when the command runs
+    CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {"method": method_names}
+
+    def parse_args(self, ctx, args):
+        for param in self.params:
+            names = self.CHOICES.get(param.name)
+            if names is not None and hasattr(param, "type_descriptor"):
+                # Without typer's description (another typer) the option stays a plain string that the
+                # config checks against the registry: still one sentence listing the methods.
+                param.type_descriptor = dataclasses.replace(param.type_descriptor, annotation=Literal[names()])
+                param._runtime_param = None  # typer caches the coercion built from the old annotation
+        return super().parse_args(ctx, args)

@@ -1,0 +1,105 @@
+"""Measuring models: `models`, `eval`, `compare`, `bench-speed`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from babelprune.choices import Split
+from babelprune.cli.common import MAX_INT, console, note
+from babelprune.flags import language_option
+from babelprune.outputs import check_output_file
+
+
+def models_command() -> None:
+    """List the built-in model aliases."""
+    from babelprune.api import model_aliases
+
+    for alias, description in model_aliases().items():
+        console.print(Text.assemble((alias, "bold"), "  ", description))
+
+
+def eval_command(
+    model: Annotated[str, typer.Option(help="Alias (gemma3-270m, e5-small), HF folder, or hub id.")] = "gemma3-270m",
+    corpus: Annotated[str, typer.Option(help="bible, udhr, a folder/JSONL of your text, or hf:<dataset>.")] = "bible",
+    langs: Annotated[Optional[str], typer.Option(help="Comma-separated language codes (default: all the corpus has).")] = None,
+    split: Annotated[Split, typer.Option(help="Which part of the corpus: held-out text, calibration text, or all.")] = "eval",
+    seq_len: Annotated[int, typer.Option(max=MAX_INT, min=2, help="Window length in tokens.")] = 256,
+    max_tokens: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language (queries for encoders).")] = 2048,
+    batch_size: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Windows per forward pass.")] = 8,
+    out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here (a .json file; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out that `babelprune eval` wrote.")] = False,
+) -> None:
+    """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
+    from babelprune.api import evaluate_model
+    from babelprune.records.eval import is_eval_result_file
+    from babelprune.report.tables import rich_table
+
+    if out is not None:
+        check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file, writer="`babelprune eval`")
+    result = evaluate_model(model, corpus, language_option(langs, "--langs"), split, seq_len, max_tokens, batch_size)
+    console.print(rich_table(result))
+    if out is not None:
+        result.save(out)
+        console.print(Text(f"Result written to {out}"))
+
+
+def compare_command(
+    dense: Annotated[Path, typer.Argument(help="JSON result of the dense model (from babelprune eval --out).")],
+    pruned: Annotated[list[Path], typer.Argument(help="JSON results of pruned models.")],
+    chart: Annotated[Optional[Path], typer.Option(help="Also draw the per-language degradation chart (.png, .svg or .pdf; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --chart that `babelprune compare` drew.")] = False,
+) -> None:
+    """Per-language change from dense to each pruned model: relative change, worst language, mean by resource level."""
+    from babelprune.records.eval import EvalResult
+    from babelprune.report.compare import compare
+    from babelprune.report.plots import CHART_FORMATS, degradation_chart, is_chart_written_here
+    from babelprune.report.tables import comparison_table
+
+    if chart is not None:
+        check_output_file(chart, "--chart", CHART_FORMATS, overwrite=overwrite, recognise=is_chart_written_here, writer="`babelprune compare`")
+    dense_result = EvalResult.load(dense)
+    comparisons = [compare(dense_result, EvalResult.load(path)) for path in pruned]
+    console.print(comparison_table(comparisons))
+    for line in filter(None, (comparison.dropped_note() for comparison in comparisons)):
+        note(line)
+    if chart is not None:
+        degradation_chart(comparisons, chart)
+        console.print(Text(f"Chart written to {chart}"))
+
+
+def bench_speed_command(
+    models: Annotated[list[str], typer.Argument(help="Models to compare (aliases, folders, hub ids); the first is the reference.")],
+    seq_len: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Tokens per sequence.")] = 128,
+    batch: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Sequences per batch for throughput.")] = 8,
+    runs: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Timed runs (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(max=MAX_INT, min=0, help="Untimed runs first.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Torch threads (default: torch's).")] = None,
+    new_tokens: Annotated[int, typer.Option(max=MAX_INT, min=0, help="Causal LMs: tokens generated greedily at batch 1 per timed run (0: no generation).")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Causal LMs: prompt tokens before the generated ones.")] = 16,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Peak resident memory of each model, loaded again in a fresh process after the timing.")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON (a .json file; missing folders are created).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json that `babelprune bench-speed` wrote.")] = False,
+) -> None:
+    """Latency (batch 1), throughput, generation per token, parameters, bytes on disk, peak memory and FLOPs per token, side by side."""
+    import os
+
+    # Spinning OpenMP threads collapse on a busy machine; must be set before torch starts its pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from babelprune.api import measure_model_speeds, write_speed_reports
+    from babelprune.records.speed import is_speed_reports_file
+    from babelprune.report.tables import footprint_table, speed_table
+
+    if json_out is not None:
+        check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file, writer="`babelprune bench-speed`")
+    reports = measure_model_speeds(models, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
+                                   new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory)
+    console.print(speed_table(reports))
+    if reports[0].has_lm_head:
+        console.print(speed_table(reports, body=True))
+    console.print(footprint_table(reports))
+    if json_out is not None:
+        write_speed_reports(reports, json_out)

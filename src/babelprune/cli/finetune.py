@@ -1,0 +1,163 @@
+"""Training encoders: `tasks`, `finetune`, `finetune-sweep`, `train-dynamic`, `slice`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from babelprune.choices import DynamicImportance, GmpScope, TrainingMode
+from babelprune.cli.common import MAX_INT, console, note
+from babelprune.flags import language_option
+from babelprune.outputs import check_output_folder
+
+
+def tasks_command() -> None:
+    """List the built-in tasks and their options."""
+    from babelprune.api import task_catalog
+
+    for name, options in task_catalog().items():
+        console.print(Text.assemble((name, "bold"), f"  options: {', '.join(options)}"))
+
+
+def finetune_command(
+    out: Annotated[Path, typer.Option(help="Run folder (resumes from its last checkpoint if interrupted).")],
+    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
+    task: Annotated[str, typer.Option(help="bible-genre, bible-retrieval, wikiann, xnli (see `babelprune tasks`).")] = "bible-genre",
+    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
+    mode: Annotated[TrainingMode, typer.Option(help="zero-shot (train on --source-lang), multilingual (all --langs together) or monolingual (one model per language).")] = "zero-shot",
+    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
+    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all the task has).")] = None,
+    gmp_final: Annotated[float, typer.Option(help="Final sparsity of gradual magnitude pruning (0: dense).")] = 0.0,
+    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
+    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
+    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
+    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of everything random.")] = 0,
+    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")] = None,
+    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many test examples per language.")] = 20,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps (an interrupted run resumes from the last one).")] = None,
+    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model (for large sweeps).")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole fine-tuning config (mode, train_per_language, gmp...); its flags may not be typed too.")] = None,
+) -> None:
+    """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed; save each run's model."""
+    from babelprune.api import FinetuneConfig, finetune_to_folder
+    from babelprune.flags import FINETUNE_FLAGS, config_from_flags, task_options, verb_config
+
+    values = dict(locals())
+    check_output_folder(out, "--out", reuse=lambda folder: True)  # a run folder resumes; the verb refuses other folders
+    flags = {**FINETUNE_FLAGS, "max_length": "max_length"}  # so that --config refuses a typed --max-length too
+    if config_file is None:
+        config_from_flags(FinetuneConfig, flags, {**values, "gmp_final": 0.5})  # a bad schedule fails even when dense
+    config = verb_config(config_file, FinetuneConfig, flags, values)
+    if scores_only:  # not a setting of the scores, so it may stand beside --config
+        config = config.model_copy(update={"save_model": False})
+    # on_notice: e.g. a language with fewer training examples than train_per_language asks
+    result, models = finetune_to_folder(model, task, task_options(task_option), config, out, on_notice=note)
+    for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
+        gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
+        console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
+    console.print(f"Result written to {out}")
+    for folder in models:
+        console.print(f"Model saved to {folder} (load it with load_model or AutoModel; its task head is beside it)", highlight=False)
+
+
+def finetune_sweep_command(
+    out: Annotated[Path, typer.Option(help="Sweep folder: one subfolder per run; finished runs are kept.")],
+    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
+    task: Annotated[str, typer.Option(help="Task name (see `babelprune tasks`).")] = "bible-genre",
+    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
+    sparsities: Annotated[str, typer.Option(help="Final GMP sparsities (0 = dense).")] = "0,0.5,0.7,0.9,0.98",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+    mode: Annotated[TrainingMode, typer.Option(help="Training mode (see `babelprune finetune --help`).")] = "zero-shot",
+    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
+    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all).")] = None,
+    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
+    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
+    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
+    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
+    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
+    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities.")] = None,
+    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Training examples per run.")] = 256,
+    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Test examples per language.")] = 50,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps.")] = 10,
+    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model per run.")] = False,
+) -> None:
+    """Fine-tune at several sparsities and seeds in one command; then write the per-language report."""
+    from babelprune.api import check_sources
+    from babelprune.api import FinetuneConfig
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.sweep import is_sweep_folder, run_sweep
+    from babelprune.finetune.trainer import plan_runs
+    from babelprune.flags import FINETUNE_FLAGS, config_from_flags, number_list, task_options
+    from babelprune.report.finetune_report import write_finetune_report
+
+    values = dict(locals())
+    check_output_folder(out, "--out", reuse=is_sweep_folder)
+    levels = number_list(sparsities, float, "--sparsities", "0,0.5,0.7")
+    seed_list = number_list(seeds, int, "--seeds", "0,1,2")
+    # The schedule in shares of each run's steps; its final sparsity is a placeholder that each run's level
+    # replaces (and validating it here refuses a bad schedule even for a dense run).
+    flags = {**FINETUNE_FLAGS, "max_length": "max_length"}
+    base = config_from_flags(FinetuneConfig, flags, {**values, "gmp_final": 0.5, "seed": seed_list[0]})
+    base = base.model_copy(update={"save_model": not scores_only})
+    check_sources(model=model)
+    chosen = get_task(task, **task_options(task_option))
+    plan_runs(chosen, base)  # the task's checks, once for the sweep, before any model loads
+    results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out, on_notice=console.print)
+    report = write_finetune_report(results, out / "report")
+    console.print(f"{len(results)} runs; report written to {report}")
+
+
+def train_dynamic_command(
+    out: Annotated[Path, typer.Option(help="Folder for the dynamic model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, folder or hub id.")] = "e5-small",
+    task: Annotated[Optional[str], typer.Option(help="Encoders: task to fine-tune on (default bible-genre); LMs: none.")] = None,
+    levels: Annotated[str, typer.Option(help="Sparsity levels trained (0 is always added).")] = "0.3,0.5,0.7",
+    steps: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training steps.")] = 200,
+    importance: Annotated[DynamicImportance, typer.Option(help="How units are ranked before training.")] = "magnitude",
+    samples_per_step: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Random levels per step besides the smallest and the full width.")] = 1,
+    distill: Annotated[bool, typer.Option(help="Distil every width from the full model.")] = True,
+    calib: Annotated[str, typer.Option(help="LMs: corpus of the distillation text.")] = "bible",
+    calib_langs: Annotated[Optional[str], typer.Option(help="LMs: languages of the distillation text.")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="LMs: windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="LMs: window length.")] = 256,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed.")] = 0,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole DynamicConfig (levels, steps, importance, units, distill...); its flags may not be typed too.")] = None,
+) -> None:
+    """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
+    from babelprune.api import CalibrationSpec, DynamicConfig, train_dynamic_to_folder
+    from babelprune.flags import DYNAMIC_FLAGS, verb_config
+
+    config = verb_config(config_file, DynamicConfig, DYNAMIC_FLAGS, dict(locals()))
+    check_output_folder(out, "--out")
+    calibration = CalibrationSpec(corpus=calib, languages=language_option(calib_langs, "--calib-langs"), samples=samples,
+                                  seq_len=seq_len)
+    result = train_dynamic_to_folder(model, config, out, task, calibration)
+    console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to {out}; cut it with `babelprune slice`.")
+
+
+def slice_command(
+    model: Annotated[Path, typer.Argument(help="A folder written by `babelprune train-dynamic`.")],
+    out: Annotated[Path, typer.Option(help="Folder for the smaller model (must not exist).")],
+    sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
+) -> None:
+    """Cut a dynamically trained model to any size, without retraining."""
+    from babelprune.api import slice_to_folder
+
+    check_output_folder(out, "--out")
+    console.print(Text.assemble("Sliced model saved to ", (str(slice_to_folder(model, sparsity, out)), "bold")))

@@ -1,0 +1,169 @@
+"""Pruning and shrinking a model into a folder or file: `prune`, `trim-vocab`, `export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from babelprune.choices import (
+    CALIB_BATCH,
+    Allocation,
+    Balance,
+    ExportFormat,
+    GgufDtype,
+    GqaMode,
+    LanguageBudget,
+    Offload,
+    Order,
+    Ranking,
+    RefitDefaults,
+    RefitSolver,
+    Score,
+    Setting,
+    StorageFormat,
+    StructuredImportance,
+    ValuesDtype,
+)
+from babelprune.cli.common import MAX_INT, RegistryChoices, console
+from babelprune.errors import BabelpruneError
+from babelprune.flags import language_option
+from babelprune.outputs import check_output_file, check_output_folder
+
+
+def prune_command(
+    out: Annotated[Path, typer.Option(help="Folder for the pruned model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of the dense model.")] = "gemma3-270m",
+    method: Annotated[str, typer.Option(help="One-shot pruning method.")] = "wanda",  # choices: RegistryChoices
+    sparsity: Annotated[Optional[float], typer.Option(help="Share of block weights to zero, in [0, 1) (default 0.5; an N:M pattern fixes it, so it takes none).")] = None,
+    pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4 or 4:8.")] = "unstructured",
+    allocation: Annotated[Optional[Allocation], typer.Option(help="Layer-wise sparsity (default: the method's own, cwl for mwanda, M-Wanda's cross-lingual allocation, uniform for the others and under N:M).")] = None,
+    setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
+    order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
+    calib_batch: Annotated[int, typer.Option(max=MAX_INT, help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
+    calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
+    calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Calibration windows per language.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Calibration window length in tokens.")] = 256,
+    alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 0.5,
+    beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
+    language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
+    activation_prob: Annotated[bool, typer.Option(help="M-Wanda: activation-probability term.")] = False,
+    score: Annotated[Score, typer.Option(help="M-Wanda: the score its feature term enters (wanda: |W| * f; ria: RIA's relative importance * f^0.5).")] = "wanda",
+    save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
+    values: Annotated[ValuesDtype, typer.Option(help="Type of the values in the sparse copy: fp16 and bf16 halve its bytes (reloaded as fp32).")] = "fp32",
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed for the choice of calibration windows.")] = 0,
+    structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
+    importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
+    gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
+    ranking: Annotated[Ranking, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
+    reconstruct: Annotated[bool, typer.Option(help="Refit each layer's kept weights to its dense outputs on the calibration inputs (shared setting).")] = False,
+    refit_solver: Annotated[RefitSolver, typer.Option(help="--reconstruct: batched conjugate gradient, or an exact solve per row (slow; small layers).")] = "pcg",
+    refit_damp: Annotated[float, typer.Option(help="--reconstruct: damping, as a share of the Hessian's mean diagonal; larger stays closer to the dense kept weights.")] = RefitDefaults.damp,
+    refit_shrink: Annotated[float, typer.Option(help="--reconstruct: in [0, 1]; 0 keeps the full refit, 1 the mask method's weights.")] = RefitDefaults.shrink,
+    refit_iterations: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--reconstruct: conjugate-gradient iterations at most.")] = RefitDefaults.iterations,
+    balance: Annotated[Balance, typer.Option(help="languages: each calibration language counts by its weight; tokens: every token counts once.")] = "languages",
+    language_weights: Annotated[Optional[str], typer.Option(help="Weights of calibration languages in the statistics and Hessians, e.g. sw=2,en=1 (others weigh 1).")] = None,
+    language_budget: Annotated[LanguageBudget, typer.Option(help="minimax: prune in rounds, raising the weight of the languages that lose most on held-out windows.")] = "none",
+    budget_rounds: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--language-budget: pruning rounds.")] = 3,
+    holdout_samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole pruning config (a file with `units` is structured); its flags may not be typed too.")] = None,
+    offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
+) -> None:
+    """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
+    from babelprune.api import CalibrationSpec, PruneConfig, StructuredConfig, prune_to_folder
+    from babelprune.flags import (
+        PRUNE_FLAGS, STRUCTURED_FLAGS, config_from_flags, given_parameters, prune_config_from_flags, read_verb_config,
+        refuse_prune_options_without_effect, refuse_typed_flags,
+    )
+
+    flags = dict(locals())
+    given = given_parameters(flags)  # typed options, told apart from defaults: one that has no effect is refused
+    check_output_folder(out, "--out")
+    if config_file is not None:
+        refuse_typed_flags(config_file, PRUNE_FLAGS | STRUCTURED_FLAGS)
+        config = read_verb_config(config_file, [StructuredConfig, PruneConfig])
+    elif structured is not None:
+        config = config_from_flags(StructuredConfig, STRUCTURED_FLAGS, flags)
+    else:
+        config = prune_config_from_flags(flags, given)
+    refuse_prune_options_without_effect(config, given, flags)
+    calibration = CalibrationSpec(corpus=calib, languages=language_option(calib_langs, "--calib-langs"), samples=samples,
+                                  seq_len=seq_len, seed=seed)
+    result = prune_to_folder(model, config, out, calibration, language_budget=language_budget, budget_rounds=budget_rounds,
+                             holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values)
+    if isinstance(config, StructuredConfig):
+        console.print(
+            f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
+            f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to {out}"
+        )
+        return
+    if result.language_budget:
+        _print_budget_rounds(result.language_budget)
+    means = result.mean_refit_errors()
+    refit_note = f"; refit lowered the mean layer error on calibration from {means[0]:.4f} to {means[1]:.4f}" if means else ""
+    where = ", one block at a time from disk" if offload == "disk" else ""
+    console.print(
+        f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
+        f"in {result.seconds:.1f} s{where}{refit_note}; saved to {out}"
+    )
+    parts = result.config.mwanda_parts_line()  # which of M-Wanda's parts ran (the record's mwanda_parts)
+    if parts is not None:
+        console.print(parts, highlight=False)
+
+
+def _print_budget_rounds(budget: dict) -> None:
+    """One row per round: the weights it pruned with and each language's held-out loss."""
+    from rich.table import Table
+
+    languages = list(budget["rounds"][0]["losses"])
+    table = Table(title=f"language budget: increase of held-out {budget['unit']} (weight)")
+    table.add_column("round")
+    for lang in languages:
+        table.add_column(lang, justify="right")
+    table.add_column("worst", justify="right")
+    for number, entry in enumerate(budget["rounds"], start=1):
+        marker = " (kept)" if number == budget["chosen_round"] else ""
+        cells = [f"{entry['losses'][lang]:+.3f} ({entry['weights'][lang]:.2f})" for lang in languages]
+        table.add_row(f"{number}{marker}", *cells, f"{max(entry['losses'].values()):+.3f}")
+    console.print(table)
+
+
+def trim_vocab_command(
+    out: Annotated[Path, typer.Option(help="Folder for the trimmed model (must not exist).")],
+    model: Annotated[str, typer.Option(help="Alias, HF folder or hub id (a pruned folder works too).")] = "gemma3-270m",
+    langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages to keep (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
+    corpus: Annotated[str, typer.Option(help="Corpus whose calibration split is tokenized: bible, udhr, a folder/JSONL, hf:<dataset>.")] = "bible",
+    extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
+    min_count: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Keep a token only if the text uses it at least this often.")] = 1,
+    keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
+) -> None:
+    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
+    from babelprune.api import TrimConfig, trim_to_folder
+    from babelprune.flags import TRIM_FLAGS, verb_config
+
+    config = verb_config(config_file, TrimConfig, TRIM_FLAGS, dict(locals()))
+    check_output_folder(out, "--out")
+    trim, before, after = trim_to_folder(model, config, out, extra or [])
+    console.print(
+        f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
+        f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
+    )
+    console.print(Text(f"Trimmed model written to {out}"))
+
+
+def export_command(
+    model: Annotated[str, typer.Argument(help="Alias, HF folder or hub id of a causal LM (pruned, trimmed or structured folders too).")],
+    out: Annotated[Path, typer.Option(help="The file to write (must not exist).")],
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="File format: gguf (llama.cpp; llama and gemma3 models).")] = "gguf",
+    dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size).")] = "f32",
+) -> None:
+    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
+    from babelprune.api import export_model
+
+    check_output_file(out, "--out", (".gguf",))  # before loading: a taken name costs nothing
+    written = export_model(model, out, dtype)
+    console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
