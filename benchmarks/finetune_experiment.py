@@ -12,7 +12,7 @@ last 30% of the steps recover at the final sparsity. Sizes are cut to fit a
 small CPU budget (see --max-per-label, --max-eval).
 
 The runs are a sweep of the results store (babelprune.sweep.finetune_sweep):
---out holds the experiment file, the store and the HTML report, and runs done
+--out holds the experiment file and the store, and runs done
 in the store are skipped, so the command can be stopped and started again;
 adding a sparsity or a seed later runs only the new runs. The folder is keyed
 on a hash of everything else that decides the runs (model, task sizes, the
