@@ -11,31 +11,32 @@ cubic schedule from 10% to 70% of training (per-layer magnitude), so the
 last 30% of the steps recover at the final sparsity. Sizes are cut to fit a
 small CPU budget (see --max-per-label, --max-eval).
 
-Every run writes into its own folder under --out and is skipped when its
-result exists, so the command can be stopped and started again; adding a
-sparsity or a seed later runs only the new runs. Each run folder is keyed on
-a hash of everything that decides it (model, task sizes, the run's
-configuration, the code under src/): a folder made with other settings is
-removed and run again, and the script says so. At the end the report is
-written into docs/results/finetune_experiment.md, its PNG figures next to it.
+The runs are a sweep of the results store (babelprune.sweep.finetune_sweep):
+--out holds the experiment file and the store, and runs done
+in the store are skipped, so the command can be stopped and started again;
+adding a sparsity or a seed later runs only the new runs. The folder is keyed
+on a hash of everything else that decides the runs (model, task sizes, the
+base configuration, threads, the code under src/): a folder made with other
+settings is removed and run again, and the script says so. At the end the
+HTML report is written into docs/results/finetune_experiment/, and
+docs/results/finetune_experiment.md holds the headline findings with their
+intervals and links to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from _common import RESULTS_DIR, keyed_folder, source_fingerprint, write_result_table
-from babelprune.data.tasks import get_task
-from babelprune.finetune import FinetuneConfig, run_sweep
-from babelprune.finetune.sweep import sweep_configs
-from babelprune.report.finetune_report import write_finetune_report
+from babelprune.finetune import FinetuneConfig
+from babelprune.report.html import write_report
+from babelprune.sweep.finetune_sweep import STORE_FILE, run_finetune_sweep
+from babelprune.sweep.store import ResultsStore
+from recipe_results import finetune_markdown
 
 BENCHMARK = {"minutes": 18}
 NAME = "finetune_experiment"
@@ -59,49 +60,32 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task = get_task("bible-genre", max_per_label=args.max_per_label, max_eval=args.max_eval)
+    options = {"max_per_label": args.max_per_label, "max_eval": args.max_eval}
     base = FinetuneConfig(
         lr=args.lr, batch_size=args.batch_size, epochs=1, mode="zero-shot", source_lang="en",
         perturbations=["words", "chars"], perturbation_rate=0.15, eval_batch_size=16,
         max_train_examples=None, max_eval_examples=None,  # the task options above set the sizes
     )
+    fields = {"model": args.model, "task": "bible-genre", **options, "config": base.model_dump(mode="json"),
+              "threads": args.threads, "code": source_fingerprint()}
+    keyed_folder(args.out, fields, "sweep")
     started = time.perf_counter()
-
-    def report_run(name, result) -> None:
-        clean = [s.value for s in result.scores if s.perturbation is None]
-        print(
-            f"{time.perf_counter() - started:7.0f}s  {name}: {result.steps} steps in {result.seconds:.0f}s, "
-            f"sparsity {result.achieved_sparsity:.3f}, mean {task.metric} {sum(clean) / len(clean):.3f} "
-            f"over {len(clean)} languages",
-            flush=True,
-        )
-
-    sparsities, seeds = _floats(args.sparsities), [int(s) for s in _floats(args.seeds)]
-    claim_run_folders(args, task, base, sparsities, seeds)
-    results = run_sweep(args.model, task, sparsities, seeds, base, out_dir=args.out, progress=False, on_result=report_run)
-    write_report(results, args.threads)
+    swept = run_finetune_sweep(args.model, "bible-genre", args.out, task_options=options, base=base,
+                               sparsities=_floats(args.sparsities), seeds=[int(s) for s in _floats(args.seeds)],
+                               progress=False)
+    print(f"{time.perf_counter() - started:.0f}s: {len(swept.summary.done)} runs done now, {swept.summary.skipped} before, "
+          f"{len(swept.summary.failed)} failed", flush=True)
+    write_results(args.out / STORE_FILE, args.threads)
 
 
-def claim_run_folders(args, task, base: FinetuneConfig, sparsities: list[float], seeds: list[int]) -> None:
-    """Key every run folder on what decides it, so that a run made with other settings is not reused."""
-    code = source_fingerprint()
-    for name, config in sweep_configs(task, base, sparsities, seeds).items():
-        fields = {"model": args.model, "task": task.name, "max_per_label": args.max_per_label, "max_eval": args.max_eval,
-                  "config": config.model_dump(mode="json"), "threads": args.threads, "code": code}
-        keyed_folder(args.out / name, fields, name)
-
-
-def write_report(results, threads: int) -> None:
-    """The sweep's report as docs/results/finetune_experiment.md, its figures renamed next to it."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = write_finetune_report(results, Path(tmp)).read_text(encoding="utf-8")
-        for figure in Path(tmp).glob("*.png"):
-            target = RESULTS_DIR / f"{NAME}-{figure.name}"
-            shutil.move(str(figure), target)
-            report = report.replace(f"]({figure.name})", f"]({target.name})")
-    title, _, body = report.partition("\n")
-    write_result_table(NAME, re.sub(r"^#\s*", "", title), body, threads=threads)
+def write_results(store: Path, threads: int) -> None:
+    """The HTML report in docs/results/finetune_experiment/, and the headline findings as docs/results/finetune_experiment.md."""
+    report = write_report(store, RESULTS_DIR / NAME, overwrite=True)
+    with ResultsStore(store, create=False) as results:
+        done = results.records(state="done")
+    body = (f"The whole report, with every language, the robustness gaps, the low-resource analysis and its figures: "
+            f"[{NAME}/{report.name}]({NAME}/{report.name}).\n\n" + finetune_markdown(done))
+    write_result_table(NAME, "e5-small on bible-genre: gradual magnitude pruning during fine-tuning", body, threads=threads)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ def expected_rows() -> dict[str, int]:
         "measurements": 1 + compared,
         f"finetune {FINETUNE_TITLE}": len(FINETUNE_VALUES),
         f"finetune languages {FINETUNE_TITLE}": languages,
+        f"finetune resources {FINETUNE_TITLE}": 1,  # one pruned sparsity: 50% (the records have no perturbed sets)
         f"findings {FINETUNE_TITLE}": 1,  # one pruned condition: 50%
         f"findings languages {FINETUNE_TITLE}": languages,
         "failed": 1,

@@ -299,12 +299,20 @@ def finetune_result(path: str, languages: str | None = None, sparsity: float | N
 
 
 def sweep_folder(path: str, sparsities: str, seeds: str) -> Check:
+    """A fine-tuning sweep's folder: its experiment file, a store with one done run per sparsity and seed, the HTML report."""
+
     def check(outcome: Outcome) -> None:
-        results = [FinetuneResult.load(p) for p in (outcome.folder / path).glob("*/result.json")]
-        got = {(result.sparsity, result.seed) for result in results}
+        from babelprune.sweep.store import ResultsStore
+
+        folder = outcome.folder / path
+        with ResultsStore(folder / "results.sqlite", create=False) as store:
+            records = store.records()
+        assert all(record.state == "done" and record.kind == "finetune" for record in records), records
+        got = {(record.finetune.sparsity, record.finetune.seed) for record in records}
         wanted = {(float(s), int(seed)) for s in sparsities.split(",") for seed in seeds.split(",")}
         assert got == wanted, got
-        assert list((outcome.folder / path / "report").glob("*.md")), "no report"
+        assert (folder / "experiment.yaml").is_file()
+        assert "Fine-tuning" in (folder / "report" / "index.html").read_text(encoding="utf-8")
 
     return check
 
@@ -651,7 +659,7 @@ RUNS: dict[str, Run] = {
     "babelprune finetune --model e5-small --task bible-genre --gmp-final 0.7 --out ft-70": Run(
         "readme-dynamic", (finetune_result("ft-70", sparsity=0.7),), extra=FINETUNE_BUDGET,
     ),
-    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --scores-only --out sweep": Run(
+    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --out sweep": Run(
         "readme-dynamic", (sweep_folder("sweep", "0,0.5,0.7,0.9,0.98", "0,1,2"),),
         extra=SWEEP_BUDGET,
     ),
@@ -676,7 +684,7 @@ RUNS: dict[str, Run] = {
     "babelprune finetune --model e5-small --task bible-genre --gmp-final 0.7 --langs en,sw,zh --out runs/gmp70": Run(
         "finetune-doc", (finetune_result("runs/gmp70", "en,sw,zh", sparsity=0.7),), extra=FINETUNE_BUDGET,
     ),
-    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --scores-only --out runs/sweep": Run(
+    "babelprune finetune-sweep --model e5-small --task bible-genre --sparsities 0,0.5,0.7,0.9,0.98 --seeds 0,1,2 --out runs/sweep": Run(
         "finetune-doc", (sweep_folder("runs/sweep", "0,0.5,0.7,0.9,0.98", "0,1,2"),),
         extra=SWEEP_BUDGET,
     ),

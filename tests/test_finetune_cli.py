@@ -80,3 +80,24 @@ def test_help_lists_the_modes_and_scopes(monkeypatch, capsys, command):
     assert code == 0
     assert "zero-shot|multilingual|monolingual" in text and "per-layer|global" in text
     assert "--gmp-start" in text and "--gmp-end" in text and "--gmp-interval" in text
+
+
+def test_the_sweep_writes_its_experiment_store_and_report_and_skips_done_runs(monkeypatch, capsys, tmp_path, tiny_folder):
+    from babelprune.sweep.store import ResultsStore
+
+    out = tmp_path / "sweep"
+    args = ["finetune-sweep", "--model", tiny_folder, *TASK, "--batch-size", "4", "--max-steps", "2",
+            "--sparsities", "0,0.5", "--seeds", "0", "--out", str(out)]
+    code, printed, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    # The work folder of the runs' checkpoints may stay behind, empty.
+    assert {p.name for p in out.iterdir()} - {"results-work"} == {"experiment.yaml", "report", "results.sqlite"}
+    with ResultsStore(out / "results.sqlite", create=False) as store:
+        assert sorted((r.finetune.sparsity, r.finetune.seed) for r in store.records(state="done")) == [(0.0, 0), (0.5, 0)]
+    report = out / "report" / "index.html"
+    assert report.is_file()
+    assert "2 runs: 2 done now, 0 done before, 0 failed; results in" in " ".join(printed.split())
+    assert "report written to" in printed
+    code, printed, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "2 runs: 0 done now, 2 done before, 0 failed" in " ".join(printed.split())

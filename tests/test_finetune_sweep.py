@@ -1,29 +1,57 @@
-"""Sweeps: one configuration per sparsity and seed, one folder each, finished runs reused."""
+"""The fine-tuning sweep as a sweep of the results store: its experiment file, its runs, old run folders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-import babelprune.finetune.sweep as sweep_module
 from babelprune.errors import BabelpruneError
-from babelprune.finetune.sweep import run_folder_name, run_sweep, sweep_configs
+from babelprune.finetune.config import FinetuneConfig
 from babelprune.prune.gradual import GMPConfig, RelativeGMPConfig
-from tests.test_finetune_trainer import TinyGenreTask, tiny_config
-from tests.tiny_models import tiny_model
-from tests.tiny_tokenizer import char_tokenizer
+from babelprune.records.finetune import FinetuneResult
+from babelprune.sweep import finetune_sweep as shortcut
+from babelprune.sweep.finetune_sweep import (
+    config_for,
+    experiment_data,
+    is_finetune_sweep_folder,
+    plan_data,
+    run_finetune_sweep,
+    sweep_configs,
+)
+from babelprune.sweep.runs import plan_experiment
+from babelprune.sweep.store import ResultsStore
+
+WIKIANN = {"source": str(Path(__file__).parent / "fixtures" / "tasks" / "wikiann")}
+BASE = FinetuneConfig(max_steps=2, batch_size=4, max_train_examples=8, max_eval_examples=2, languages=["en", "sw"],
+                      perturbations=[], checkpoint_every=1, max_length=48)
 
 
-def test_folder_names():
-    assert run_folder_name(0.0, 0) == "sparsity0.00-seed0"
-    assert run_folder_name(0.98, 2) == "sparsity0.98-seed2"
+def _sweep(model: str, out: Path, base: FinetuneConfig = BASE, sparsities=(0.0,), seeds=(0,), notices=None):
+    return run_finetune_sweep(model, "wikiann", out, task_options=WIKIANN, base=base, sparsities=sparsities, seeds=seeds,
+                              progress=False, on_notice=(notices.append if notices is not None else None))
 
 
-def test_configs_seed_by_seed_with_default_schedule():
-    configs = sweep_configs(TinyGenreTask(), tiny_config(max_steps=20), sparsities=(0.0, 0.5), seeds=(0, 1))
-    assert list(configs) == ["sparsity0.00-seed0", "sparsity0.50-seed0", "sparsity0.00-seed1", "sparsity0.50-seed1"]
-    assert configs["sparsity0.00-seed1"].gmp is None and configs["sparsity0.00-seed1"].seed == 1
+def _no_training(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("babelprune.finetune.trainer.finetune", refuse)
+
+
+def _records(out: Path) -> dict:
+    with ResultsStore(out / "results.sqlite", create=False) as store:
+        return {record.label: record for record in store.records()}
+
+
+# ----------------------------------------------------------------------------- the configurations
+
+
+def test_configs_go_seed_by_seed_with_the_default_schedule():
+    configs = sweep_configs(BASE, sparsities=(0.0, 0.5), seeds=(0, 1))
+    assert [(c.gmp.final_sparsity if c.gmp else 0.0, c.seed) for c in configs] == [(0.0, 0), (0.5, 0), (0.0, 1), (0.5, 1)]
     # The default schedule is in shares of each run's steps: 10% to 70%.
-    gmp = configs["sparsity0.50-seed0"].gmp
+    gmp = configs[1].gmp
     assert isinstance(gmp, RelativeGMPConfig) and (gmp.final_sparsity, gmp.start, gmp.end) == (0.5, 0.1, 0.7)
     # 20 steps: start round(2.0) = 2, end round(14.0) = 14, interval ceil(12 / 10) = 2.
     steps = gmp.for_steps(20)
@@ -31,102 +59,106 @@ def test_configs_seed_by_seed_with_default_schedule():
 
 
 def test_configs_keep_the_base_shares_with_the_new_final_sparsity():
-    base = tiny_config(gmp=RelativeGMPConfig(final_sparsity=0.3, start=0.0, end=0.5, interval=3, scope="global"))
-    gmp = sweep_configs(TinyGenreTask(), base, sparsities=(0.9,), seeds=(0,))["sparsity0.90-seed0"].gmp
-    assert gmp == RelativeGMPConfig(final_sparsity=0.9, start=0.0, end=0.5, interval=3, scope="global")
+    base = FinetuneConfig(gmp=RelativeGMPConfig(final_sparsity=0.3, start=0.0, end=0.5, interval=3, scope="global"))
+    assert config_for(base, 0.9, 0).gmp == RelativeGMPConfig(final_sparsity=0.9, start=0.0, end=0.5, interval=3, scope="global")
 
 
 def test_configs_keep_the_base_schedule_with_the_new_final_sparsity():
-    base = tiny_config(gmp=GMPConfig(final_sparsity=0.3, start_step=1, end_step=5, interval=1, scope="global"))
-    gmp = sweep_configs(TinyGenreTask(), base, sparsities=(0.9,), seeds=(0,))["sparsity0.90-seed0"].gmp
+    base = FinetuneConfig(gmp=GMPConfig(final_sparsity=0.3, start_step=1, end_step=5, interval=1, scope="global"))
+    gmp = config_for(base, 0.9, 2).gmp
     assert (gmp.final_sparsity, gmp.start_step, gmp.end_step, gmp.scope) == (0.9, 1, 5, "global")
 
 
 def test_bad_sweeps_are_refused():
     with pytest.raises(BabelpruneError, match="outside"):
-        sweep_configs(TinyGenreTask(), tiny_config(), sparsities=(0.0, 1.0), seeds=(0,))
+        sweep_configs(BASE, sparsities=(0.0, 1.0), seeds=(0,))
     with pytest.raises(BabelpruneError, match="at least one sparsity and one seed"):
-        sweep_configs(TinyGenreTask(), tiny_config(), sparsities=(0.5,), seeds=())
+        sweep_configs(BASE, sparsities=(0.5,), seeds=())
 
 
-def test_sweep_runs_each_configuration_once_and_resumes(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
-    base = tiny_config(max_steps=3, languages=["en"], perturbations=[])
-    results = run_sweep(tiny_bert_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
-    assert [(r.sparsity, r.seed, r.method) for r in results] == [(0.0, 0, "dense"), (0.5, 0, "gmp")]
-    assert results[1].achieved_sparsity == 0.5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparsity0.00-seed0", "sparsity0.50-seed0"]
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(sweep_module, "finetune", no_training)
-    again = run_sweep(tiny_bert_folder, TinyGenreTask(), (0.0, 0.5), (0,), base, out_dir=tmp_path, progress=False)
-    assert again == results
-
-
-
-# ----------------------------------------------------------------------------- stale runs are redone, not reused
+@pytest.mark.parametrize("schedule", [None, RelativeGMPConfig(final_sparsity=0.2, start=0.0, end=0.5, scope="global"),
+                                      GMPConfig(final_sparsity=0.2, start_step=0, end_step=1, interval=1)],
+                         ids=["default", "shares", "steps"])
+def test_the_experiment_file_plans_exactly_the_rule_s_configurations(tiny_bert_folder, schedule):
+    base = BASE.model_copy(update={"gmp": schedule, "lr": 3e-4})
+    plan, text = plan_data(experiment_data(tiny_bert_folder, "wikiann", WIKIANN, base, (0.0, 0.5, 0.7), (1, 0)))
+    planned = [run.verb.config for run in plan.runs]
+    wanted = [config_for(base, sparsity, seed) for seed in (1, 0) for sparsity in (0.0, 0.5, 0.7)]
+    # The store sweep keeps scores only; the rest is the rule's, in the rule's order (seed by seed).
+    assert planned == [config.model_copy(update={"save_model": True}) for config in wanted]
+    assert [run.label for run in plan.runs][:3] == ["finetune wikiann dense seed 1", "finetune wikiann gmp 50% seed 1",
+                                                    "finetune wikiann gmp 70% seed 1"]
+    assert "lr: 0.0003" in text and "save_model" not in text
 
 
-class SizedGenreTask(TinyGenreTask):
-    """The tiny genre task with an option that changes its training set, as `max_per_label` does."""
-
-    def __init__(self, train_size: int = 16) -> None:
-        super().__init__()
-        self.train_size = train_size
-
-    def _examples(self, lang, split):
-        examples = super()._examples(lang, split)
-        return examples[: self.train_size] if split == "train" else examples
+# ----------------------------------------------------------------------------- running into the store
 
 
-def _sweep(model, task, base, out_dir, notices):
-    return run_sweep(model, task, (0.0,), (0,), base, out_dir=out_dir, progress=False, on_notice=notices.append)
+def test_the_sweep_runs_into_its_store_and_skips_done_runs(tiny_bert_folder, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    first = _sweep(tiny_bert_folder, out, sparsities=(0.0, 0.5))
+    assert (first.summary.planned, len(first.summary.done), first.summary.skipped, first.imported) == (2, 2, 0, 0)
+    records = _records(out)
+    assert set(records) == {"finetune wikiann dense seed 0", "finetune wikiann gmp 50% seed 0"}
+    assert records["finetune wikiann gmp 50% seed 0"].finetune.achieved_sparsity == 0.5
+    # `babelprune sweep <out>/experiment.yaml --store <out>/results.sqlite` would find every run done.
+    assert {run.key for run in plan_experiment(out / "experiment.yaml").runs} == {r.key for r in records.values()}
+    assert is_finetune_sweep_folder(out)
+
+    _no_training(monkeypatch)
+    again = _sweep(tiny_bert_folder, out, sparsities=(0.0, 0.5))
+    assert (again.summary.planned, again.summary.done, again.summary.skipped) == (2, [], 2)
 
 
-def _count_trainings(monkeypatch) -> list[str]:
-    """Record the folder of every run the sweep trains (the training itself still happens)."""
-    trained: list[str] = []
-    real_finetune = sweep_module.finetune
-
-    def counting(model, task, config, out, **options):
-        trained.append(out.name)
-        return real_finetune(model, task, config, out, **options)
-
-    monkeypatch.setattr(sweep_module, "finetune", counting)
-    return trained
+def test_a_store_of_other_settings_is_refused_before_anything_is_written(tiny_bert_folder, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    _sweep(tiny_bert_folder, out)
+    written = (out / "experiment.yaml").read_text(encoding="utf-8")
+    _no_training(monkeypatch)
+    with pytest.raises(BabelpruneError, match=r"other settings \(lr\)"):
+        _sweep(tiny_bert_folder, out, base=BASE.model_copy(update={"lr": 3e-4}))
+    assert (out / "experiment.yaml").read_text(encoding="utf-8") == written
+    assert len(_records(out)) == 1
 
 
-SWEEP_BASE = dict(max_steps=2, languages=["en"], perturbations=[])
+def test_a_folder_of_anything_else_is_not_a_sweep_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    assert not is_finetune_sweep_folder(tmp_path)
 
 
-def test_a_changed_model_reruns_the_sweep_run_and_says_so(tiny_bert_folder, other_tiny_folder, tmp_path, monkeypatch):  # noqa: F811
-    trained, notices = _count_trainings(monkeypatch), []
-    base = tiny_config(**SWEEP_BASE)
-    first = _sweep(tiny_bert_folder, TinyGenreTask(), base, tmp_path, notices)
-    same = _sweep(tiny_bert_folder, TinyGenreTask(), base, tmp_path, notices)
-    assert trained == ["sparsity0.00-seed0"] and notices == [] and same == first  # same settings: reused
-    other = _sweep(other_tiny_folder, TinyGenreTask(), base, tmp_path, notices)
-    assert trained == ["sparsity0.00-seed0", "sparsity0.00-seed0"]
-    assert notices == ["run sparsity0.00-seed0: settings changed (model), rerunning"]
-    assert other[0].model == other_tiny_folder
-    reloaded = _sweep(other_tiny_folder, TinyGenreTask(), base, tmp_path, notices)
-    assert reloaded == other and len(trained) == 2  # the new run is the one kept
+# ----------------------------------------------------------------------------- the earlier folder-per-run sweep
 
 
-def test_a_changed_task_option_reruns_the_sweep_run(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
-    trained, notices = _count_trainings(monkeypatch), []
-    base = tiny_config(**SWEEP_BASE)
-    first = _sweep(tiny_bert_folder, SizedGenreTask(train_size=16), base, tmp_path, notices)
-    smaller = _sweep(tiny_bert_folder, SizedGenreTask(train_size=8), base, tmp_path, notices)
-    assert len(trained) == 2
-    assert notices == ["run sparsity0.00-seed0: settings changed (task train_size, task examples), rerunning"]
-    assert (first[0].train_examples, smaller[0].train_examples) == ({"en": 16}, {"en": 8})
+def _old_run(model: str, out: Path, config: FinetuneConfig) -> FinetuneResult:
+    """A run folder as the earlier `finetune-sweep` wrote it, e.g. <out>/sparsity0.00-seed0/."""
+    from babelprune.data.tasks import get_task
+    from babelprune.finetune.trainer import finetune
+
+    return finetune(model, get_task("wikiann", **WIKIANN), config, out, progress=False)
 
 
-def test_a_changed_configuration_reruns_the_sweep_run(tiny_bert_folder, tmp_path, monkeypatch):  # noqa: F811
-    trained, notices = _count_trainings(monkeypatch), []
-    _sweep(tiny_bert_folder, TinyGenreTask(), tiny_config(**SWEEP_BASE), tmp_path, notices)
-    longer = _sweep(tiny_bert_folder, TinyGenreTask(), tiny_config(**{**SWEEP_BASE, "max_steps": 3}), tmp_path, notices)
-    assert len(trained) == 2 and longer[0].steps == 3
+def test_old_run_folders_are_imported_not_trained_again(tiny_bert_folder, tmp_path, monkeypatch):
+    out = tmp_path / "old"
+    old = _old_run(tiny_bert_folder, out / "sparsity0.00-seed0", BASE)
+    (out / "report").mkdir()
+    (out / "report" / "finetune_report.md").write_text("# the Markdown report\n", encoding="utf-8")
+    assert is_finetune_sweep_folder(out)
+    _no_training(monkeypatch)
+    swept = _sweep(tiny_bert_folder, out)
+    assert (swept.imported, swept.summary.skipped, swept.summary.done) == (1, 1, [])
+    (record,) = _records(out).values()
+    assert record.state == "done" and record.finetune == old
+    assert record.measurements["imported_from"] == str(out / "sparsity0.00-seed0")
+    assert (out / "sparsity0.00-seed0" / "result.json").is_file()  # the old folder is left as it was
+    assert not (out / "report").exists()  # the old Markdown report makes way for the HTML one
+
+
+def test_an_old_run_of_other_settings_is_trained_again_and_said_so(tiny_bert_folder, tmp_path):
+    out = tmp_path / "old"
+    _old_run(tiny_bert_folder, out / "sparsity0.00-seed0", BASE.model_copy(update={"max_steps": 1}))
+    notices: list[str] = []
+    swept = _sweep(tiny_bert_folder, out, notices=notices)
     assert notices == ["run sparsity0.00-seed0: settings changed (max_steps), rerunning"]
+    assert (swept.imported, len(swept.summary.done)) == (0, 1)
+    (record,) = _records(out).values()
+    assert record.finetune.steps == 2 and "imported_from" not in record.measurements

@@ -35,7 +35,7 @@ class WorkStarted(Exception):
 WORK = [
     ("babelprune.formats.loading", "load_hf_model"), ("babelprune.api", "calibrate"), ("babelprune.api", "export_gguf"),
     ("babelprune.prune.offload", "open_offloaded"), ("babelprune.finetune.dynamic", "slice_width"),
-    ("babelprune.finetune.trainer", "finetune"), ("babelprune.finetune.sweep", "run_sweep"),
+    ("babelprune.finetune.trainer", "finetune"), ("babelprune.sweep.finetune_sweep", "run_finetune_sweep"),
     ("babelprune.demo", "run_demo"), ("babelprune.sweep.local", "run_local"), ("babelprune.sweep.ray_backend", "run_ray"),
     ("babelprune.data.udhr", "fetch_udhr"),
 ]

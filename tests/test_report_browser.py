@@ -89,7 +89,7 @@ def test_the_console_shows_no_error(loaded):
 def test_every_figure_loaded(page):
     images = page.execute_script(
         "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-    assert len(images) == 10  # dense, two change charts, curves, languages by sparsity, resource levels, overlap, speed, two fine-tuning
+    assert len(images) == 11  # dense, two change charts, curves, languages by sparsity, resource levels, overlap, speed, three fine-tuning
     not_loaded = [src for src, complete, width in images if not complete or width <= 0]
     assert not not_loaded, not_loaded
 

@@ -266,13 +266,17 @@ def test_a_run_named_like_a_path_is_refused_before_anything(tmp_path):
     assert _tree(tmp_path) == {"escaped"}
 
 
-def test_sweep_run_folders_stay_inside_out_dir(tmp_path, monkeypatch):
-    from babelprune.finetune import sweep
-    from babelprune.finetune.config import FinetuneConfig
+def test_old_sweep_run_folders_stay_inside_out_dir(tmp_path, monkeypatch):
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(sweep, "sweep_configs", lambda *args: {"../escaped": FinetuneConfig()})
+    from babelprune.finetune.config import FinetuneConfig
+    from babelprune.sweep import finetune_sweep
+
+    monkeypatch.setattr(finetune_sweep, "old_run_folder", lambda sparsity, seed: "../escaped")
+    run = SimpleNamespace(key="k", verb=SimpleNamespace(config=FinetuneConfig(), task="bible-genre", task_options={}))
+    store = SimpleNamespace(keys=lambda state: set())
     with pytest.raises(BabelpruneError, match=r"sweep run folder '\.\./escaped' cannot be a file name") as error:
-        sweep.run_sweep("model", object(), out_dir=tmp_path / "out")
+        finetune_sweep.import_old_runs(tmp_path / "out", SimpleNamespace(runs=[run]), store, "model", print)
     _one_sentence(error)
     assert _tree(tmp_path) == set()
 

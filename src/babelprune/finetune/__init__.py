@@ -16,7 +16,6 @@ gradually, then score it in every language, on clean and perturbed test sets.
 from babelprune.finetune.config import FinetuneConfig, planned_steps
 from babelprune.finetune.heads import Batch, TaskHead, encode, predict
 from babelprune.finetune.saved import FinetunedModel, load_finetuned_head
-from babelprune.finetune.sweep import run_sweep, sweep_configs
 from babelprune.finetune.trainer import finetune, plan_runs
 
 __all__ = [
@@ -30,6 +29,4 @@ __all__ = [
     "plan_runs",
     "planned_steps",
     "predict",
-    "run_sweep",
-    "sweep_configs",
 ]

@@ -38,7 +38,7 @@ from babelprune.data.languages import RESOURCE_LEVELS, language_info
 from babelprune.errors import BabelpruneError
 from babelprune.records.finetune import FinetuneResult
 from babelprune.records.intervals import BOOTSTRAP_SAMPLES, draws, percentile_interval, resolved
-from babelprune.report import finetune_report as ft
+from babelprune.report import finetune_analysis as ft
 from babelprune.report.compare import spearman
 
 PERMUTATIONS = 10_000

@@ -4,8 +4,9 @@ The page (DIR/index.html) shows what the store holds; for each evaluation
 set the dense scores per language, every run's per-language change against
 its dense baseline with paired intervals, quality against sparsity, the
 change per resource level, method against method; then the overlap of
-per-language masks, speed against size, fine-tuning results and the failed
-runs. Every number is read or computed from the store's records.
+per-language masks, speed against size, fine-tuning results (scores and
+robustness gaps per sparsity, the low-resource analysis, the findings per
+condition with intervals) and the failed runs. Every number is read or computed from the store's records.
 
 Figures are PNG files in DIR/figures/, referenced relatively rather than
 inlined as data URIs: the page stays small and quick to open, and each
@@ -29,9 +30,11 @@ from babelprune.errors import BabelpruneError
 from babelprune.records.eval import now
 from babelprune.records.finetune import FinetuneResult
 from babelprune.records.run import RunRecord
-from babelprune.report import finetune_report as ft
+from babelprune.report import finetune_analysis as ft
 from babelprune.report.figures import overlap_heatmap, plain, speed_size_chart
-from babelprune.report.html_finetune import findings_parts, split_by_embeddings
+from babelprune.report.html_finetune import (
+    findings_parts, language_table, resource_parts, robustness_parts, sparsity_text, split_by_embeddings,
+)
 from babelprune.report.html_li2022 import task_pruning_section
 from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
@@ -195,10 +198,6 @@ def speed_section(page: Page, done: list[RunRecord]) -> str:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def _sparsity(value: float) -> str:
-    return f"{value:.0%}" if value else "dense"
-
-
 def _finetune_group(page: Page, results: list[FinetuneResult], title: str) -> list[str]:
     parts = [page.heading(3, title)]
     try:
@@ -210,22 +209,27 @@ def _finetune_group(page: Page, results: list[FinetuneResult], title: str) -> li
     levels = {level: ft.average_over_languages(results, keep=lambda lang, level=level: language_info(lang).resource == level)
               for level in RESOURCE_LEVELS}
     levels = {level: curve for level, curve in levels.items() if curve}
-    summary = [[Cell(_sparsity(s), s), num(statistics.fmean(r.achieved_sparsity for r in group)), integer(len(group)),
-                Cell(str(overall[s]), overall[s].mean, css="num"), *(Cell(str(levels[lv][s]), levels[lv][s].mean, css="num") for lv in levels)]
+    gaps = {kind: ft.average_over_languages(results, kind, "gap") for kind in results[0].perturbations()}
+    summary = [[Cell(sparsity_text(s), s), num(statistics.fmean(r.achieved_sparsity for r in group)), integer(len(group)),
+                *(Cell(str(curve[s]), curve[s].mean, css="num") for curve in (overall, *levels.values(), *gaps.values()))]
                for s, group in groups.items()]
-    scores = ft.language_scores(results)
-    per_language = [[lang, language_info(lang).resource, *(Cell(str(scores[s][lang]), scores[s][lang].mean, css="num") for s in scores)]
-                    for lang in scores[0.0]]
     seeds = sorted({r.seed for r in results})
     parts += [
-        source(f"{plural(len(results), 'fine-tuning result')} (seeds {', '.join(map(str, seeds))}); {metric}, mean ± standard deviation over seeds."),
-        table(["sparsity", "achieved", "runs", "all languages", *(f"{lv} resource" for lv in levels)], summary, name=f"finetune {title}"),
-        table(["language", "resource", *(_sparsity(s) for s in scores)], per_language, name=f"finetune languages {title}"),
+        source(f"{plural(len(results), 'fine-tuning result')} (seeds {', '.join(map(str, seeds))}); {metric}, mean ± standard "
+               "deviation over seeds; a gap is the clean score minus the perturbed one."),
+        table(["sparsity", "achieved", "runs", "all languages", *(f"{lv} resource" for lv in levels), *(f"gap {k}" for k in gaps)],
+              summary, name=f"finetune {title}"),
+        language_table(results, f"finetune languages {title}"),
+        *robustness_parts(results, title),
+        *resource_parts(results, title),
     ]
     if any(s > 0 for s in groups):
         parts += [
             page.figure(lambda path: ft.change_scatter(results, path), f"finetune-{title}-change", "change against resource class",
                         "Each language's change from dense against its resource class (mean over seeds)."),
+            page.figure(lambda path: ft.change_scatter(results, path, "cc100_gib"), f"finetune-{title}-pretraining",
+                        "change against pretraining data", "Each language's change from dense against the size of its "
+                        "CC-100 text, XLM-R's pretraining data (mean over seeds)."),
             page.figure(lambda path: ft.sparsity_curves(results, path), f"finetune-{title}-curves", "score against sparsity",
                         "Mean clean score per resource level, and the robustness gap per perturbation, against sparsity."),
         ]

@@ -205,8 +205,12 @@ def _finetune(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     result = finetune(spec.model, get_task(spec.verb.task, **spec.verb.task_options), config, folder,
                       progress=False, rerun_changed=True, on_notice=lambda line: None)
     shutil.rmtree(folder, ignore_errors=True)
-    measured = {"finetune_seconds": round(time.perf_counter() - clock, 3), "achieved_sparsity": result.achieved_sparsity,
-                "steps": result.steps}
+    return finetune_outcome(result, time.perf_counter() - clock)
+
+
+def finetune_outcome(result, seconds: float) -> dict[str, Any]:
+    """The parts of a fine-tuning run's record: its result, measurements and pruning (also for runs read from elsewhere)."""
+    measured = {"finetune_seconds": round(seconds, 3), "achieved_sparsity": result.achieved_sparsity, "steps": result.steps}
     return {"finetune": result, "measurements": measured, "pruning": {"method": result.method, "sparsity": result.sparsity}}
 
 

@@ -15,7 +15,8 @@ seeds, sparsity 0 being the dense baseline), this module computes:
   differ in it (in zero-shot mode only the source language has any);
 - which languages gain and which lose.
 
-`write_finetune_report` writes all of it as Markdown with PNG figures.
+The HTML report (`babelprune.report.html`, `babelprune.report.html_finetune`)
+lays all of it out, with the figures drawn here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from babelprune.cache import atomic_write_text  # noqa: E402
 from babelprune.data.languages import RESOURCE_LEVELS, language_info  # noqa: E402
 from babelprune.errors import BabelpruneError  # noqa: E402
 from babelprune.records.finetune import FinetuneResult  # noqa: E402
@@ -157,6 +157,11 @@ def correlations(changes: dict[str, float], train_counts: dict[str, int]) -> dic
     }
 
 
+def critical_rho(languages: int) -> float | None:
+    """|rho| above which a Spearman correlation over `languages` differs from 0 at the 5% level (normal approximation)."""
+    return 1.96 / math.sqrt(languages - 1) if languages > 1 else None
+
+
 def gainers_and_losers(changes: dict[str, float]) -> tuple[list[str], list[str]]:
     """Languages whose score rose (largest gain first) and fell (largest loss first)."""
     gain = sorted((lang for lang, c in changes.items() if c > 0), key=lambda lang: -changes[lang])
@@ -237,131 +242,60 @@ def sparsity_curves(results: Sequence[FinetuneResult], path: Path) -> Path:
     return Path(path)
 
 
-# --------------------------------------------------------------------------- Markdown
+# --------------------------------------------------------------------------- robustness and resources
 
 
-def _row(cells: Sequence[object]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+@dataclass(frozen=True)
+class Robustness:
+    """The mean gap (clean - perturbed) of one perturbation at one sparsity."""
+
+    perturbation: str
+    sparsity: float
+    gap: MeanStd  # over seeds, of the per-seed mean over languages
+    share: float | None  # the mean gap over the mean clean score; None when the clean score is 0
+    smaller: int | None  # languages whose gap is smaller than dense (None for the dense runs themselves)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
-
-
-def summary_lines(results: Sequence[FinetuneResult]) -> list[str]:
-    groups = by_sparsity(results)
-    kinds = results[0].perturbations()
-    overall = average_over_languages(results)
-    per_level = {
-        level: average_over_languages(results, keep=lambda lang, level=level: language_info(lang).resource == level)
-        for level in RESOURCE_LEVELS
-    }
-    gaps = {kind: average_over_languages(results, kind, "gap") for kind in kinds}
-    levels = [level for level in RESOURCE_LEVELS if per_level[level]]
-    header = ["sparsity", "achieved", "runs", "all languages", *(f"{lv} resource" for lv in levels), *(f"gap {k}" for k in kinds)]
-    rows = []
-    for sparsity, group in groups.items():
-        achieved = statistics.fmean(r.achieved_sparsity for r in group)
-        rows.append([
-            f"{sparsity:.0%}" if sparsity else "dense", f"{achieved:.3f}", len(group), overall[sparsity],
-            *(per_level[lv][sparsity] for lv in levels), *(gaps[k][sparsity] for k in kinds),
-        ])
-    return _table(header, rows)
-
-
-def robustness_lines(results: Sequence[FinetuneResult]) -> list[str]:
-    """Mean gap per perturbation and sparsity, also as a share of the clean score, and how many languages improve.
+def robustness(results: Sequence[FinetuneResult]) -> list[Robustness]:
+    """Every perturbation's mean gap at every sparsity, also as a share of the clean score.
 
     A model at chance level has nothing left to lose, so its gap is small:
-    compare gaps together with the clean scores, or as a share of them.
+    the share of the clean score, and how many languages narrow their gap,
+    say more than the gap alone.
     """
     clean = average_over_languages(results)
-    rows = []
+    found = []
     for kind in results[0].perturbations():
-        gaps = average_over_languages(results, kind, "gap")
         per_language = language_scores(results, kind, "gap")
         dense = per_language[0.0]
-        for sparsity, gap in gaps.items():
-            smaller = "" if sparsity == 0 else sum(per_language[sparsity][lang].mean < dense[lang].mean for lang in dense)
-            share = gap.mean / clean[sparsity].mean if clean[sparsity].mean else float("nan")
-            rows.append([kind, f"{sparsity:.0%}" if sparsity else "dense", gap, f"{share:.0%}", smaller])
-    header = ["perturbation", "sparsity", "mean gap", "gap / clean score", "languages with a smaller gap than dense"]
-    return _table(header, rows)
+        for sparsity, gap in average_over_languages(results, kind, "gap").items():
+            smaller = None if sparsity == 0 else sum(per_language[sparsity][lang].mean < dense[lang].mean for lang in dense)
+            share = gap.mean / clean[sparsity].mean if clean[sparsity].mean else None
+            found.append(Robustness(kind, sparsity, gap, share, smaller))
+    return found
 
 
-def language_lines(results: Sequence[FinetuneResult], perturbation: str | None = None, field: str = "value") -> list[str]:
-    table = language_scores(results, perturbation, field)
-    sparsities = list(table)
-    header = ["language", "resource (class)", *(f"{s:.0%}" if s else "dense" for s in sparsities)]
-    rows = []
-    for lang in table[0.0]:
-        info = language_info(lang)
-        rows.append([f"{lang} ({info.name})", f"{info.resource} ({info.joshi_class})", *(table[s][lang] for s in sparsities)])
-    return _table(header, rows)
+@dataclass(frozen=True)
+class ResourceAnalysis:
+    """How one sparsity changed each language's clean score from dense, against the language's resources."""
+
+    sparsity: float
+    changes: dict[str, float]  # language -> mean over seeds, sparse - dense
+    correlations: dict[str, float | None]  # `correlations`: joshi_class, cc100_gib, train_examples
+    gain: list[str]  # largest gain first
+    loss: list[str]  # largest loss first
+
+    @property
+    def mean_change(self) -> float:
+        return statistics.fmean(self.changes.values())
 
 
-def analysis_lines(results: Sequence[FinetuneResult]) -> list[str]:
-    langs = common_languages(results)
-    counts = training_counts(results, langs)
-    lines = ["Spearman correlation of each language's change (sparse - dense, clean score) with:", ""]
-    rows, verdicts = [], []
+def resource_analysis(results: Sequence[FinetuneResult]) -> list[ResourceAnalysis]:
+    """The low-resource analysis of every pruned sparsity, in increasing order."""
+    counts = training_counts(results, common_languages(results))
+    found = []
     for sparsity in [s for s in by_sparsity(results) if s > 0]:
         changes = language_changes(results, sparsity)
-        rho = correlations(changes, counts)
         gain, loss = gainers_and_losers(changes)
-        mean_change = statistics.fmean(changes.values())
-        rows.append([
-            f"{sparsity:.0%}", f"{100 * mean_change:+.1f}", _fmt(rho["joshi_class"]), _fmt(rho["cc100_gib"]),
-            _fmt(rho["train_examples"]), len(gain), len(loss),
-        ])
-        gained = ", ".join(f"{lang} {100 * changes[lang]:+.1f}" for lang in gain) or "none"
-        lost = ", ".join(f"{lang} {100 * changes[lang]:+.1f}" for lang in loss) or "none"
-        verdicts += [f"- **{sparsity:.0%}**: gain: {gained}; lose: {lost}."]
-    header = ["sparsity", "mean change (points)", "Joshi class", "CC-100 size", "training examples",
-              "languages gaining", "languages losing"]
-    lines += _table(header, rows)
-    critical = 1.96 / math.sqrt(len(langs) - 1) if len(langs) > 1 else float("nan")
-    lines += [
-        "A positive correlation means that higher-resource languages change for the better (or lose less),",
-        "a negative one that lower-resource languages do. n/a: fewer than three distinct values.",
-        f"With {len(langs)} languages, |rho| above about {critical:.2f} differs from 0 at the 5% level",
-        "(normal approximation, 1.96 / sqrt(n - 1)).", "",
-    ]
-    return lines + ["Changes per language (points, mean over seeds):", "", *verdicts, ""]
-
-
-def write_finetune_report(results: Sequence[FinetuneResult], out_dir: Path, title: str | None = None) -> Path:
-    """Write ``finetune_report.md`` and its PNG figures into `out_dir`; return the Markdown path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    first = results[0]
-    groups = by_sparsity(results)
-    seeds = sorted({r.seed for r in results})
-    change_scatter(results, out_dir / "change_vs_resource.png", "joshi_class")
-    change_scatter(results, out_dir / "change_vs_pretraining.png", "cc100_gib")
-    sparsity_curves(results, out_dir / "sparsity_curves.png")
-    lines = [
-        f"# {title or f'{first.model} on {first.task}: gradual magnitude pruning during fine-tuning'}", "",
-        f"Mode {first.mode}, trained on {', '.join(first.train_languages) or 'nothing'}; "
-        f"{len(common_languages(results))} evaluation languages; sparsities {', '.join(f'{s:.0%}' for s in groups)}; "
-        f"seeds {', '.join(map(str, seeds))}; {first.steps} steps per run. Values are {first.scores[0].metric}, "
-        "mean ± std over seeds.", "",
-        "## Summary", "", *summary_lines(results),
-        "## Robustness", "", *robustness_lines(results),
-        "## Clean score per language", "", *language_lines(results),
-    ]
-    for kind in first.perturbations():
-        lines += [f"## Robustness gap per language: {kind} (clean - perturbed)", "", *language_lines(results, kind, "gap")]
-    lines += [
-        "## Low-resource analysis", "", *analysis_lines(results),
-        "![change vs resource class](change_vs_resource.png)", "",
-        "![change vs pretraining data](change_vs_pretraining.png)", "",
-        "![score and gaps vs sparsity](sparsity_curves.png)", "",
-    ]
-    path = out_dir / "finetune_report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+        found.append(ResourceAnalysis(sparsity, changes, correlations(changes, counts), gain, loss))
+    return found
