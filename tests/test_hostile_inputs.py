@@ -30,12 +30,13 @@ class WorkStarted(Exception):
     """The command accepted its arguments and began its real work."""
 
 
-# Where each command's real work starts (module, attribute): replaced by `WorkStarted`. A model's name
+# Where each command's real work starts (module, attribute): replaced by `WorkStarted` (finetune-sweep checks its
+# model and task while planning, and starts its work in run_local, as a sweep does). A model's name
 # is still checked for real (load_model runs up to reading the weights).
 WORK = [
     ("babelprune.formats.loading", "load_hf_model"), ("babelprune.api", "calibrate"), ("babelprune.api", "export_gguf"),
     ("babelprune.prune.offload", "open_offloaded"), ("babelprune.finetune.dynamic", "slice_width"),
-    ("babelprune.finetune.trainer", "finetune"), ("babelprune.sweep.finetune_sweep", "run_finetune_sweep"),
+    ("babelprune.finetune.trainer", "finetune"),
     ("babelprune.demo", "run_demo"), ("babelprune.sweep.local", "run_local"), ("babelprune.sweep.ray_backend", "run_ray"),
     ("babelprune.data.udhr", "fetch_udhr"),
 ]

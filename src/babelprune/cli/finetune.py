@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from babelprune.choices import DynamicImportance, GmpScope, TrainingMode
-from babelprune.cli.common import MAX_INT, console, note
+from babelprune.cli.common import MAX_INT, console, err_console, note
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_folder
 
@@ -72,7 +72,7 @@ def finetune_command(
 
 
 def finetune_sweep_command(
-    out: Annotated[Path, typer.Option(help="Sweep folder: one subfolder per run; finished runs are kept.")],
+    out: Annotated[Path, typer.Option(help="Sweep folder: its experiment file, results store and report; done runs are skipped.")],
     model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
     task: Annotated[str, typer.Option(help="Task name (see `babelprune tasks`).")] = "bible-genre",
     task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
@@ -95,32 +95,35 @@ def finetune_sweep_command(
     max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Test examples per language.")] = 50,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps.")] = 10,
     max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
-    scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model per run.")] = False,
+    # A sweep of the results store keeps the scores only; the flag stays so that older commands still run.
+    scores_only: Annotated[bool, typer.Option("--scores-only", hidden=True, help="Kept for older commands: a sweep keeps the scores only.")] = False,
 ) -> None:
-    """Fine-tune at several sparsities and seeds in one command; then write the per-language report."""
-    from babelprune.api import check_sources
+    """Fine-tune at several sparsities and seeds in one command (a sweep of the results store); then write the HTML report."""
     from babelprune.api import FinetuneConfig
-    from babelprune.data.tasks import get_task
-    from babelprune.finetune.sweep import is_sweep_folder, run_sweep
-    from babelprune.finetune.trainer import plan_runs
     from babelprune.flags import FINETUNE_FLAGS, config_from_flags, number_list, task_options
-    from babelprune.report.finetune_report import write_finetune_report
+    from babelprune.report.html import write_report
+    from babelprune.sweep.finetune_sweep import REPORT_FOLDER, is_finetune_sweep_folder, run_finetune_sweep
 
     values = dict(locals())
-    check_output_folder(out, "--out", reuse=is_sweep_folder)
+    check_output_folder(out, "--out", reuse=is_finetune_sweep_folder)
     levels = number_list(sparsities, float, "--sparsities", "0,0.5,0.7")
     seed_list = number_list(seeds, int, "--seeds", "0,1,2")
     # The schedule in shares of each run's steps; its final sparsity is a placeholder that each run's level
     # replaces (and validating it here refuses a bad schedule even for a dense run).
     flags = {**FINETUNE_FLAGS, "max_length": "max_length"}
     base = config_from_flags(FinetuneConfig, flags, {**values, "gmp_final": 0.5, "seed": seed_list[0]})
-    base = base.model_copy(update={"save_model": not scores_only})
-    check_sources(model=model)
-    chosen = get_task(task, **task_options(task_option))
-    plan_runs(chosen, base)  # the task's checks, once for the sweep, before any model loads
-    results = run_sweep(model, chosen, levels, seed_list, base, out_dir=out, on_notice=console.print)
-    report = write_finetune_report(results, out / "report")
-    console.print(f"{len(results)} runs; report written to {report}")
+    # Every check (schedules, task, languages, model) is made before the sweep writes anything.
+    swept = run_finetune_sweep(model, task, out, task_options=task_options(task_option), base=base, sparsities=levels,
+                               seeds=seed_list, console=console, on_notice=note)
+    summary = swept.summary
+    report = write_report(swept.store, out / REPORT_FOLDER, overwrite=True)  # the runs that failed are listed in it
+    console.print(f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before"
+                  + (f" ({swept.imported} read from the old run folders)" if swept.imported else "")
+                  + f", {len(summary.failed)} failed; results in {swept.store}; report written to {report}", highlight=False)
+    if not summary.ok:
+        err_console.print(f"{len(summary.failed)} run(s) failed; `babelprune runs {swept.store}` shows their errors, and "
+                          "running the command again retries them.", highlight=False)
+        raise typer.Exit(1)
 
 
 def train_dynamic_command(

@@ -281,9 +281,11 @@ def run_finetune_sweep(
     Every check (schedules, task, languages, model, a store of other settings) happens before
     anything is written. `on_notice(line)` hears of old run folders that are trained again.
     """
+    from babelprune.api import check_sources
     from babelprune.sweep.local import run_local
     from babelprune.sweep.store import check_store
 
+    check_sources(model=model)  # the name's form, as every command checks it, before the plan reads anything
     out = Path(out)
     plan, text = plan_data(experiment_data(model, task, task_options or {}, base or FinetuneConfig(), sparsities, seeds))
     store_path = out / STORE_FILE

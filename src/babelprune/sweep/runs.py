@@ -326,7 +326,15 @@ def run_config(model: str, kind: str, verb: BaseModel | None, calibration: Calib
 def local_path(spec: str) -> str:
     """An existing file or folder by its absolute path (Ray workers may start elsewhere), anything else as written."""
     path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    return str(path.resolve()) if _exists(path) else spec
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the file system cannot hold (too long) names nothing."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _with_local_corpus(config):
@@ -395,7 +403,7 @@ def check_sources(file: ConfigFile, plan: Plan) -> None:
     from babelprune.formats.loading import ALIASES, resolve_spec
 
     for index, model in enumerate(plan.experiment.models):
-        if model not in ALIASES and not Path(model).expanduser().exists():
+        if model not in ALIASES and not _exists(Path(model).expanduser()):
             try:
                 resolve_spec(model)
             except BabelpruneError as exc:
