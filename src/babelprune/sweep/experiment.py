@@ -120,7 +120,7 @@ class RunEntry(BaseModel):
 def _entry_problems(data: dict[str, Any]) -> list[InitErrorDetails]:
     """What a `runs` entry gets wrong about the registry: its kind, then each key that no kind takes."""
     problems: list[InitErrorDetails] = []
-    if "kind" in data and data["kind"] not in RUN_KINDS:
+    if "kind" in data and not (isinstance(data["kind"], str) and data["kind"] in RUN_KINDS):
         problems.append(InitErrorDetails(type=PydanticCustomError("literal_error", "{sentence}", {"sentence": unknown_kind()}),
                                          loc=("kind",), input=data["kind"]))
     keys = verb_keys()
@@ -130,7 +130,8 @@ def _entry_problems(data: dict[str, Any]) -> list[InitErrorDetails]:
         if key not in keys:
             known = ", ".join(sorted({*RunEntry.model_fields, *keys}))
             unknown = PydanticCustomError("unknown_key", "unknown key '{key}'; the keys here are: {known}", {"key": key, "known": known})
-            problems.append(InitErrorDetails(type=unknown, loc=(key,), input=value))
+            # The input as a mapping, as pydantic gives it for an unknown key: the sentence quotes the key, not its value.
+            problems.append(InitErrorDetails(type=unknown, loc=(key,), input={key: value}))
             continue
         try:
             _VERB_CONFIG.validate_python(value)
