@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig
 from babelprune.prune.kernels import check_sparsity
+from babelprune.prune.structured.methods import check_importance_setting
 from babelprune.finetune.dynamic import DynamicConfig
 
 TaskImportance = Literal["magnitude", "gradient", "l0"]
@@ -70,8 +71,7 @@ class TaskPruneConfig(BaseModel):
             raise BabelpruneError(f"refinetune_steps is {self.refinetune_steps}; give 0 (no second fine-tuning) or more.")
         if not 0.0 < self.l0_warmup <= 1.0:
             raise BabelpruneError(f"l0_warmup is {self.l0_warmup}; give a share in (0, 1].")
-        if self.importance == "magnitude" and self.setting == "per-language":
-            raise BabelpruneError("Magnitude importance uses no data, so it cannot differ per language; use setting shared or another importance.")
+        check_importance_setting(self.importance, self.setting, "setting")
         return self
 
 

@@ -27,6 +27,8 @@ from transformers.pytorch_utils import Conv1D
 
 from babelprune.errors import BabelpruneError
 
+ModelKind = Literal["causal-lm", "encoder"]  # how a model is evaluated (babelprune.models.base.model_kind)
+
 FusedLayout = Literal["concat", "per_head"]
 
 
@@ -142,7 +144,7 @@ class ArchAdapter:
     structure: StructureParts | None = None  # None: no structured pruning for this family
 
     @property
-    def kind(self) -> Literal["causal-lm", "encoder"]:
+    def kind(self) -> ModelKind:
         return "causal-lm" if self.decoder else "encoder"
 
     # ----- modules -------------------------------------------------------
@@ -399,10 +401,15 @@ def _model_type_of(model_or_config: object) -> str | None:
     return _model_type_of(inner) if inner is not None else None
 
 
+def find_adapter(model_type: str | None) -> ArchAdapter | None:
+    """The adapter of an HF model type, None when the table has none."""
+    return _BY_MODEL_TYPE.get(model_type) if model_type else None
+
+
 def adapter_for(model_or_config: object) -> ArchAdapter:
     """The adapter of a model, a config, a `LoadedModel` or a model type string."""
     model_type = _model_type_of(model_or_config)
-    adapter = _BY_MODEL_TYPE.get(model_type) if model_type else None
+    adapter = find_adapter(model_type)
     if adapter is None:
         raise BabelpruneError(
             f"Model type '{model_type}' is not supported; use a model of one of these families: "

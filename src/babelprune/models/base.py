@@ -4,20 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-ModelKind = Literal["causal-lm", "encoder"]
+from babelprune.models.adapters import ModelKind, find_adapter
 
-_ENCODER_TYPES = {"bert", "xlm-roberta", "roberta"}
+# Encoders babelprune loads and evaluates but has no adapter for (it cannot prune them). RoBERTa's
+# config may say is_decoder or name a causal-LM head and still be a bidirectional encoder.
+_ENCODERS_WITHOUT_ADAPTER = {"roberta"}
 
 
 def model_kind(config) -> ModelKind:
-    """'causal-lm' for decoder LMs, 'encoder' for BERT-style models."""
-    if config.model_type in _ENCODER_TYPES or getattr(config, "is_decoder", None) is False and not any(
+    """'causal-lm' for decoder LMs, 'encoder' for BERT-style models.
+
+    A model type in the adapter table (babelprune.models.adapters) is what
+    its adapter says (`ArchAdapter.kind`), so the table is the one rule for
+    the families babelprune prunes. Only other model types fall back to the
+    config: RoBERTa is an encoder, and otherwise a config that says it is no
+    decoder and names no causal-LM head is one.
+    """
+    adapter = find_adapter(config.model_type)
+    if adapter is not None:
+        return adapter.kind
+    if config.model_type in _ENCODERS_WITHOUT_ADAPTER or getattr(config, "is_decoder", None) is False and not any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])
     ):
         return "encoder"

@@ -384,16 +384,18 @@ class StructuredConfig(BaseModel):
         return check_sparsity(value)
 
     @model_validator(mode="after")
-    def _magnitude_is_shared(self) -> StructuredConfig:
-        if self.importance == "magnitude" and self.setting == "per-language":
-            raise BabelpruneError(
-                "Magnitude importance uses no data, so it cannot differ per language; use --setting shared or another importance."
-            )
+    def _per_language_only_with_data(self) -> StructuredConfig:
+        # Imported here: the registry's package loads the models' code, which a one-shot config never needs.
+        from babelprune.prune.structured.methods import check_importance_setting
+
+        check_importance_setting(self.importance, self.setting, "--setting")
         return self
 
     @property
     def needs_calibration(self) -> bool:
-        return self.importance != "magnitude"
+        from babelprune.prune.structured.methods import importance_method
+
+        return importance_method(self.importance).uses_data
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

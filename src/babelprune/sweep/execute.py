@@ -2,10 +2,11 @@
 
 `ModelSession` holds the loaded model, a copy of its dense block weights and
 the calibration windows already built; `execute(session, spec)` puts the
-dense weights back, runs the spec's verb through babelprune.api, evaluates
-the result on every evaluation set and returns a `RunRecord`. Runs that
-change the model's shape (structured pruning, vocabulary trimming) work on
-a deep copy, so the session's model stays the dense one.
+dense weights back, runs the spec's kind (its `apply`, registered in
+babelprune.sweep.kinds), evaluates the result on every evaluation set and
+returns a `RunRecord`. Kinds that change the model's shape (structured
+pruning, vocabulary trimming) work on a deep copy, so the session's model
+stays the dense one; task kinds run on their own (`run_task`).
 
 A run that raises is returned as a "failed" record with its error on one
 line, and the sweep goes on. A full disk is not a run's failure: it stops
@@ -17,7 +18,6 @@ from __future__ import annotations
 import copy
 import functools
 import platform
-import shutil
 import socket
 import subprocess
 import time
@@ -29,6 +29,7 @@ from babelprune.errors import BabelpruneError, one_line
 from babelprune.records.eval import EvalResult, now
 from babelprune.records.run import RunRecord
 from babelprune.sweep.experiment import CalibrationSpec
+from babelprune.sweep.kinds import run_kind
 from babelprune.sweep.runs import RunSpec
 
 
@@ -147,25 +148,15 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _run(session: ModelSession | None, spec: RunSpec, workdir: Path) -> dict[str, Any]:
-    if spec.kind == "finetune":
-        return _finetune(spec, workdir)
-    if spec.kind in ("task-structured", "task-dynamic"):
-        return _task_pruning(spec, workdir)
-    from babelprune.api import model_info, prune, prune_structured, trim_vocabulary
+    kind = run_kind(spec.kind)
+    if kind.task:
+        return kind.run_task(spec, workdir)
+    from babelprune.api import model_info
 
-    loaded = session.fresh(private=spec.kind in ("structured", "trim"))
+    loaded = session.fresh(private=kind.reshapes)
     calibration = session.calibration(spec.calibration) if spec.calibration is not None else None
     clock = time.perf_counter()
-    measured: dict[str, Any] = {}
-    if spec.kind == "oneshot":
-        result = prune(loaded, spec.verb, calibration, progress=False)
-        measured["achieved_sparsity"] = result.achieved_sparsity
-    elif spec.kind == "structured":
-        result = prune_structured(loaded, spec.verb, calibration, progress=False)
-        measured["achieved_sparsity"] = result.achieved_sparsity
-    elif spec.kind == "trim":
-        trim = trim_vocabulary(loaded, spec.verb)
-        measured["kept_tokens"] = len(trim.kept_ids)
+    measured: dict[str, Any] = dict(kind.apply(loaded, spec.verb, calibration))
     measured["prune_seconds"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     evaluations = {item.name: _evaluate(session, loaded, item) for item in spec.evaluation}
@@ -192,46 +183,3 @@ def _pruning_record(pruning: dict | None) -> dict | None:
     if isinstance(record.get("vocabulary"), dict):
         record["vocabulary"].pop("kept_ids", None)
     return record
-
-
-def _finetune(spec: RunSpec, workdir: Path) -> dict[str, Any]:
-    """Fine-tune in <workdir>/<key> (its checkpoints let a killed run resume), then drop that folder."""
-    from babelprune.data.tasks import get_task
-    from babelprune.finetune.trainer import finetune
-
-    folder = Path(workdir) / spec.key
-    clock = time.perf_counter()
-    config = spec.verb.config.model_copy(update={"save_model": False})  # the folder is dropped below: keep no model in it
-    result = finetune(spec.model, get_task(spec.verb.task, **spec.verb.task_options), config, folder,
-                      progress=False, rerun_changed=True, on_notice=lambda line: None)
-    shutil.rmtree(folder, ignore_errors=True)
-    return finetune_outcome(result, time.perf_counter() - clock)
-
-
-def finetune_outcome(result, seconds: float) -> dict[str, Any]:
-    """The parts of a fine-tuning run's record: its result, measurements and pruning (also for runs read from elsewhere)."""
-    measured = {"finetune_seconds": round(seconds, 3), "achieved_sparsity": result.achieved_sparsity, "steps": result.steps}
-    return {"finetune": result, "measurements": measured, "pruning": {"method": result.method, "sparsity": result.sparsity}}
-
-
-def _task_pruning(spec: RunSpec, workdir: Path) -> dict[str, Any]:
-    """A task-structured or task-dynamic run; the dense fine-tuned model is kept in <workdir>/task-dense for the next runs."""
-    from babelprune.finetune.task_structured import run_task_dynamic, run_task_structured
-
-    clock, cpu = time.perf_counter(), time.process_time()
-    cache = Path(workdir) / "task-dense"
-    if spec.kind == "task-structured":
-        result = run_task_structured(spec.model, spec.verb, cache)
-    else:
-        result = run_task_dynamic(spec.model, spec.verb, cache)
-    models = result.models
-    # CPU seconds of every thread: on a shared machine, wall seconds overstate what the run costs alone
-    measured = {"task_seconds": round(time.perf_counter() - clock, 3), "cpu_seconds": round(time.process_time() - cpu, 3),
-                "dense_parameters": result.dense.parameters,
-                "dense_items_per_second": result.dense.items_per_second}
-    if spec.kind == "task-structured":  # per-language: the mean over the languages' models (each scored on its own language)
-        measured.update(parameters=round(sum(m.parameters for m in models) / len(models)),
-                        achieved_sparsity=round(sum(m.sparsity for m in models) / len(models), 6),
-                        items_per_second=round(sum(m.items_per_second for m in models) / len(models), 3))
-    pruning = {"method": f"{spec.kind}-{result.importance}", "sparsity": result.target_sparsity, "setting": result.setting}
-    return {"task_pruning": result, "measurements": measured, "pruning": pruning}

@@ -13,7 +13,8 @@
 
 Each entry of `runs` names its kind and holds that verb's config under the
 verb's key: `prune` (a PruneConfig), `structured` (a StructuredConfig),
-`trim` (a TrimConfig) or `finetune` (a task and a FinetuneConfig). A field
+`trim` (a TrimConfig) or `finetune` (a task and a FinetuneConfig), or the
+key and config of any kind registered in babelprune.sweep.kinds. A field
 given as a list expands into a grid over its values (a field that itself
 takes a list, such as `languages`, expands over a list of lists); the
 experiment's `calibration` expands the same way, and an entry may replace
@@ -24,21 +25,23 @@ it with its own. The grid is expanded and every config validated in
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from babelprune.choices import Split
 from babelprune.errors import BabelpruneError
-from babelprune.finetune.config import FinetuneConfig
 from babelprune.prune.calibration import CalibrationSpec  # noqa: F401 - the experiment's `calibration` shape, defined with the windows it asks for
+from babelprune.sweep.kinds import RUN_KINDS, TASK_KINDS, FinetuneRun, unknown_kind, verb_keys
 
-RunKind = Literal["dense", "oneshot", "structured", "trim", "finetune", "task-structured", "task-dynamic"]
-# kind -> the key of an entry that holds its verb's config (dense has none)
-VERB_KEYS: dict[str, str] = {"oneshot": "prune", "structured": "structured", "trim": "trim", "finetune": "finetune",
-                             "task-structured": "task_structured", "task-dynamic": "task_dynamic"}
-# Kinds that load, train and score their own model on a task (no evaluation sets, no shared model session).
-TASK_KINDS = ("finetune", "task-structured", "task-dynamic")
+# A run's kind: a name registered in babelprune.sweep.kinds.RUN_KINDS (not a fixed Literal, so that a
+# kind registered later is one an experiment file may name). TASK_KINDS: those that load, train and score
+# their own model on a task (no evaluation sets, no shared model session); FinetuneRun: the finetune
+# kind's config. Both are re-exported from there.
+RunKind = str
+__all__ = ["TASK_KINDS", "CalibrationSpec", "EvaluationSet", "Experiment", "FinetuneRun", "Resources", "RunEntry", "RunKind",
+           "default_store_name", "recipe_names", "recipe_path"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -58,17 +61,6 @@ class EvaluationSet(_Strict):
     batch_size: int = Field(8, ge=1)
 
 
-class FinetuneRun(_Strict):
-    """A fine-tuning run (babelprune.finetune): the task and the FinetuneConfig (gmp: the pruning schedule)."""
-
-    task: str = "bible-genre"
-    task_options: dict[str, str | int] = Field(default_factory=dict)
-    config: FinetuneConfig = Field(default_factory=FinetuneConfig)
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-
 class Resources(_Strict):
     """What one Ray task asks for (the local backend runs one run at a time and ignores them)."""
 
@@ -76,22 +68,34 @@ class Resources(_Strict):
     memory_gb: float | None = Field(None, gt=0)
 
 
-class RunEntry(_Strict):
-    """One entry of `runs`: a kind and, under its verb's key, a config whose list fields are grids."""
+_VERB_CONFIG = TypeAdapter(dict[str, Any] | None)  # a verb's config as written: a mapping whose list fields are grids
 
+
+class RunEntry(BaseModel):
+    """One entry of `runs`: a kind and, under its verb's key, a config whose list fields are grids.
+
+    The verbs' keys (prune, structured, trim, finetune, task_structured,
+    task_dynamic) are those of the registered kinds, so they are no fields
+    here: `_registered_names` checks the kind and the keys against the
+    registry when the entry is read, with the errors a field would give.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     kind: RunKind
-    prune: dict[str, Any] | None = None
-    structured: dict[str, Any] | None = None
-    trim: dict[str, Any] | None = None
-    finetune: dict[str, Any] | None = None
-    task_structured: dict[str, Any] | None = None  # a TaskStructuredRun (task, finetune, prune)
-    task_dynamic: dict[str, Any] | None = None  # a TaskDynamicRun (task, finetune, dynamic)
     calibration: dict[str, Any] | None = None  # replaces the experiment's calibration for this entry
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _registered_names(cls, data: Any, handler):
+        problems = _entry_problems(data) if isinstance(data, dict) else []
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return handler(data)
 
     @model_validator(mode="after")
     def _only_its_own_verb(self) -> RunEntry:
-        own = VERB_KEYS.get(self.kind)
-        others = [key for key in VERB_KEYS.values() if key != own and getattr(self, key) is not None]
+        own = RUN_KINDS[self.kind].key
+        others = [key for key in verb_keys() if key != own and getattr(self, key, None) is not None]
         if others:
             where = f"its config goes under '{own}'" if own else "it takes no config"
             raise ValueError(f"a '{self.kind}' run has no '{others[0]}' ({where})")
@@ -100,8 +104,32 @@ class RunEntry(_Strict):
     @property
     def verb(self) -> dict[str, Any]:
         """The verb's config as written ({} when left out: every default)."""
-        own = VERB_KEYS.get(self.kind)
-        return dict(getattr(self, own) or {}) if own else {}
+        own = RUN_KINDS[self.kind].key
+        return dict(getattr(self, own, None) or {}) if own else {}
+
+
+def _entry_problems(data: dict[str, Any]) -> list[InitErrorDetails]:
+    """What a `runs` entry gets wrong about the registry: its kind, then each key that no kind takes."""
+    problems: list[InitErrorDetails] = []
+    if "kind" in data and not (isinstance(data["kind"], str) and data["kind"] in RUN_KINDS):
+        problems.append(InitErrorDetails(type=PydanticCustomError("literal_error", "{sentence}", {"sentence": unknown_kind()}),
+                                         loc=("kind",), input=data["kind"]))
+    keys = verb_keys()
+    for key, value in data.items():
+        if key in RunEntry.model_fields:
+            continue
+        if key not in keys:
+            known = ", ".join(sorted({*RunEntry.model_fields, *keys}))
+            unknown = PydanticCustomError("unknown_key", "unknown key '{key}'; the keys here are: {known}", {"key": key, "known": known})
+            # The input as a mapping, as pydantic gives it for an unknown key: the sentence quotes the key, not its value.
+            problems.append(InitErrorDetails(type=unknown, loc=(key,), input={key: value}))
+            continue
+        try:
+            _VERB_CONFIG.validate_python(value)
+        except ValidationError as exc:
+            problems += [InitErrorDetails(type=e["type"], loc=(key, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                         for e in exc.errors()]
+    return problems
 
 
 class Experiment(_Strict):
@@ -138,7 +166,7 @@ class Experiment(_Strict):
 
     @model_validator(mode="after")
     def _something_to_measure(self) -> Experiment:
-        if not self.evaluation and any(entry.kind not in TASK_KINDS for entry in self.runs):
+        if not self.evaluation and any(not RUN_KINDS[entry.kind].task for entry in self.runs):
             raise ValueError(
                 "the experiment has runs to evaluate but no evaluation sets; add `evaluation:` with at least one "
                 "{name, corpus} entry"

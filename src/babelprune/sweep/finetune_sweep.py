@@ -230,7 +230,7 @@ def imported_record(run: RunSpec, folder: Path) -> RunRecord:
     """The done record of a planned run whose result an earlier sweep left in `folder`."""
     from babelprune.finetune.settings import RESULT_FILE
     from babelprune.records.finetune import FinetuneResult
-    from babelprune.sweep.execute import finetune_outcome
+    from babelprune.sweep.kinds import finetune_outcome
 
     result = FinetuneResult.load(folder / RESULT_FILE)
     outcome = finetune_outcome(result, result.seconds)

@@ -36,15 +36,11 @@ from pydantic import BaseModel
 
 from babelprune.configfile import ConfigFile, Path_, read_config_file
 from babelprune.errors import BabelpruneError
-from babelprune.prune.config import KEEP_FIELDS_WITHOUT_EFFECT, NoEffect, PruneConfig, StructuredConfig, TrimConfig, same_value
-from babelprune.finetune.prune_config import TaskDynamicRun, TaskStructuredRun
-from babelprune.sweep.experiment import TASK_KINDS, VERB_KEYS, CalibrationSpec, EvaluationSet, Experiment, FinetuneRun, RunEntry
+from babelprune.prune.config import KEEP_FIELDS_WITHOUT_EFFECT, same_value
+from babelprune.sweep.experiment import CalibrationSpec, EvaluationSet, Experiment, RunEntry
+from babelprune.sweep.kinds import Kind, local_path, path_exists, run_kind, with_local_corpus
 
 KEY_LENGTH = 16  # hex digits of the sha256: collisions are out of reach for any sweep
-VERB_CONFIGS: dict[str, type[BaseModel]] = {
-    "oneshot": PruneConfig, "structured": StructuredConfig, "trim": TrimConfig, "finetune": FinetuneRun,
-    "task-structured": TaskStructuredRun, "task-dynamic": TaskDynamicRun,
-}
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class RunSpec:
     model: str
     kind: str
     label: str
-    verb: BaseModel | None  # PruneConfig, StructuredConfig, TrimConfig, FinetuneRun; None for dense
+    verb: BaseModel | None  # the config of its kind (PruneConfig, StructuredConfig...); None for dense
     calibration: CalibrationSpec | None  # None: the run uses no calibration text
     evaluation: tuple[EvaluationSet, ...]
     config: dict[str, Any]  # exactly what the key hashes; stored with the run
@@ -80,7 +76,7 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
         raise BabelpruneError(f"{file.name} line 1: an experiment file is a mapping (name:, models:, runs:...); fix it and run again.")
     experiment = file.validate(Experiment)
     calibrations = _expand(file, CalibrationSpec, experiment.calibration, ("calibration",))
-    evaluation = tuple(sorted((_with_local_corpus(item) for item in experiment.evaluation), key=lambda item: item.name))
+    evaluation = tuple(sorted((with_local_corpus(item) for item in experiment.evaluation), key=lambda item: item.name))
     several_models = len(experiment.models) > 1
     runs: dict[str, RunSpec] = {}
     total = 0
@@ -142,19 +138,17 @@ def distinct_labels(runs: list[RunSpec]) -> list[RunSpec]:
 
 def _verbs(file: ConfigFile, entry: RunEntry, where: Path_) -> list[tuple[BaseModel | None, dict[str, Any], tuple]]:
     """(config, its grid choices, the fields left out of it for having no effect) of every grid point."""
-    if entry.kind == "dense":
+    kind = run_kind(entry.kind)
+    if kind.config is None:
         return [(None, {}, ())]
-    model = VERB_CONFIGS[entry.kind]
-    if model is PruneConfig:
-        verbs = _expand_oneshot(file, entry.verb, where + (VERB_KEYS[entry.kind],))
+    written = where + (kind.key,)
+    if kind.without_effect is not None:
+        verbs = _expand_leaving_out(file, kind, entry.verb, written)
     else:
-        verbs = [(verb, choices, ()) for verb, choices in _expand(file, model, entry.verb, where + (VERB_KEYS[entry.kind],))]
-    if entry.kind == "structured":
+        verbs = [(verb, choices, ()) for verb, choices in _expand(file, kind.config, entry.verb, written)]
+    if kind.check_config is not None:
         for verb, _, _ in verbs:
-            if verb.setting == "per-language":
-                raise file.error(where + ("structured", "setting"), "a sweep runs structured pruning in the shared setting only "
-                                 "(per-language gives one model per language); use `babelprune prune --structured "
-                                 "--setting per-language` for it", "per-language")
+            kind.check_config(file, verb, written)
     return verbs
 
 
@@ -172,27 +166,23 @@ def _expand(file: ConfigFile, model: type[BaseModel], data: dict[str, Any], wher
     return configs
 
 
-# A sweep's one-shot runs take their calibration windows from the experiment's `calibration` (its seed
-# included), so PruneConfig.seed, which `babelprune prune` passes to the calibration, decides nothing here.
-SWEEP_SEED = NoEffect("seed", 0, "chooses calibration windows only in `babelprune prune`; a sweep's runs take theirs "
-                      "from calibration.seed", "set calibration.seed instead", "oneshot runs of a sweep")
+def _expand_leaving_out(file: ConfigFile, kind: Kind, data: dict[str, Any], where: Path_) -> list[tuple[BaseModel, dict[str, Any], tuple]]:
+    """Every config of a grid (a PruneConfig, for oneshot), each without the written fields that have no effect on it.
 
-
-def _expand_oneshot(file: ConfigFile, data: dict[str, Any], where: Path_) -> list[tuple[PruneConfig, dict[str, Any], tuple]]:
-    """Every PruneConfig of a grid, each without the written fields that have no effect on it.
-
-    Such a field (alpha on a wanda run, sparsity on a 2:4 run...) goes back to its default
+    Such a field (alpha on a wanda run, sparsity on a 2:4 run...: the config's own
+    `fields_without_effect()`, and the kind's `without_effect`) goes back to its default
     before the config is validated and keyed, so grid points that differ only there are one
     run. Each config comes with (field, runs, whether the written value differed from the
     default) for every field left out, for the plan's notes.
     """
+    model = kind.config
     found = []
-    for concrete, choices in _grid(PruneConfig, data, where, file):
+    for concrete, choices in _grid(model, data, where, file):
         try:
-            lenient = PruneConfig.model_validate(concrete, context=KEEP_FIELDS_WITHOUT_EFFECT)
+            lenient = model.model_validate(concrete, context=KEEP_FIELDS_WITHOUT_EFFECT)
             dropped: list[tuple[str, str, bool]] = []
             seen: set[str] = set()
-            for item in [*lenient.fields_without_effect(), SWEEP_SEED]:
+            for item in [*lenient.fields_without_effect(), *kind.without_effect]:
                 if item.field in seen or not _written(concrete, item.field):
                     continue
                 seen.add(item.field)
@@ -201,11 +191,11 @@ def _expand_oneshot(file: ConfigFile, data: dict[str, Any], where: Path_) -> lis
                 choices = {key: choice for key, choice in choices.items()
                            if key != item.field and not key.startswith(item.field + ".")}
                 dropped.append((item.field, item.runs, not same_value(value, item.default)))
-            found.append((PruneConfig.model_validate(concrete), choices, tuple(dropped)))
+            found.append((model.model_validate(concrete), choices, tuple(dropped)))
         except Exception as exc:  # noqa: BLE001 - ValidationError or BabelpruneError, turned into one sentence
             if not isinstance(exc, BabelpruneError) and type(exc).__name__ != "ValidationError":
                 raise
-            raise file.validation_error(exc, PruneConfig, where) from None
+            raise file.validation_error(exc, model, where) from None
     return found
 
 
@@ -289,13 +279,7 @@ def _prefixed(prefix: str, choices: dict[str, Any]) -> dict[str, Any]:
 
 def uses_calibration(kind: str, verb: BaseModel | None) -> bool:
     """Whether a run reads calibration text (so that its calibration belongs to its key)."""
-    if kind == "oneshot":
-        from babelprune.prune.methods import METHODS
-
-        return METHODS[verb.method].needs_calibration or verb.allocation != "uniform" or verb.reconstruct is not None
-    if kind == "structured":
-        return verb.needs_calibration
-    return False
+    return run_kind(kind).uses_calibration(verb)
 
 
 def model_key(model: str) -> str:
@@ -318,34 +302,16 @@ def run_config(model: str, kind: str, verb: BaseModel | None, calibration: Calib
         "kind": kind,
         "verb": verb.model_dump(mode="json") if verb is not None else None,
         "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
-        "evaluation": [item.model_dump(mode="json") for item in evaluation] if kind not in TASK_KINDS else None,
+        "evaluation": [item.model_dump(mode="json") for item in evaluation] if not run_kind(kind).task else None,
         "babelprune": __version__,
     }
 
 
-def local_path(spec: str) -> str:
-    """An existing file or folder by its absolute path (Ray workers may start elsewhere), anything else as written."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if _exists(path) else spec
-
-
-def _exists(path: Path) -> bool:
-    """Whether `path` exists; a name the file system cannot hold (too long) names nothing."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _with_local_corpus(config):
-    """A config whose `corpus` names a local file or folder, with that path made absolute."""
-    return config.model_copy(update={"corpus": local_path(config.corpus)}) if config is not None else None
-
-
 def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: CalibrationSpec, evaluation, choices,
           several_models: bool, entry: int) -> RunSpec:
-    calibration = _with_local_corpus(calibration) if uses_calibration(kind, verb) else None
-    verb = _with_local_corpus(verb) if kind == "trim" else verb
+    calibration = with_local_corpus(calibration) if uses_calibration(kind, verb) else None
+    localize = run_kind(kind).localize
+    verb = localize(verb) if localize is not None else verb
     config = run_config(model, kind, verb, calibration, evaluation)
     label = run_label(kind, verb, choices)
     written = model
@@ -353,39 +319,14 @@ def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: Cali
     return RunSpec(
         key=run_key(config), sweep=experiment.name, model=model, kind=kind,
         label=f"{label} ({written})" if several_models else label, verb=verb, calibration=calibration,
-        evaluation=evaluation if kind not in TASK_KINDS else (), config=config, entry=entry,
+        evaluation=evaluation if not run_kind(kind).task else (), config=config, entry=entry,
     )
 
 
 def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
     """A short human name: "wanda 50%", "mwanda 2:4 alpha=0.3", "structured ffn gradient 30%", "dense"."""
-    shown: set[str] = set()
-    if kind == "dense":
-        words = ["dense"]
-    elif kind == "oneshot":
-        words = [verb.method, verb.pattern if verb.nm else f"{verb.sparsity:.0%}"]
-        words += [verb.allocation] if verb.allocation != "uniform" else []
-        words += ["per-language"] if verb.setting == "per-language" else []
-        words += ["+ refit"] if verb.reconstruct is not None else []
-        shown = {"method", "sparsity", "pattern", "allocation", "setting", "reconstruct"}
-    elif kind == "structured":
-        words = ["structured", ",".join(verb.units), verb.importance, f"{verb.sparsity:.0%}"]
-        shown = {"units", "importance", "sparsity"}
-    elif kind == "trim":
-        words = ["trim", ",".join(verb.languages) if verb.languages else "8 languages"]
-        shown = {"languages"}
-    elif kind == "task-structured":
-        prune = verb.prune
-        words = [kind, ",".join(prune.units), prune.importance, prune.setting, f"{prune.sparsity:.0%}"]
-        shown = {"prune.units", "prune.importance", "prune.setting", "prune.sparsity"}
-    elif kind == "task-dynamic":
-        dynamic = verb.dynamic
-        words = [kind, ",".join(dynamic.units), dynamic.importance, "levels " + ",".join(f"{s:g}" for s in dynamic.levels)]
-        shown = {"dynamic.units", "dynamic.importance", "dynamic.levels"}
-    else:
-        gmp = verb.config.gmp
-        words = ["finetune", verb.task, f"gmp {gmp.final_sparsity:.0%}" if gmp is not None else "dense", f"seed {verb.config.seed}"]
-        shown = {"task", "config.gmp", "config.gmp.final_sparsity", "config.seed"}
+    words, shown = run_kind(kind).label(verb)
+    words = list(words)
     for field, value in choices.items():
         if field in shown or isinstance(value, dict):
             continue
@@ -399,58 +340,66 @@ def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
 
 def check_sources(file: ConfigFile, plan: Plan) -> None:
     """Every model and corpus the runs name exists and has the languages asked for, before anything runs."""
-    from babelprune.data.registry import get_corpus
     from babelprune.formats.loading import ALIASES, resolve_spec
 
     for index, model in enumerate(plan.experiment.models):
-        if model not in ALIASES and not _exists(Path(model).expanduser()):
+        if model not in ALIASES and not path_exists(Path(model).expanduser()):
             try:
                 resolve_spec(model)
             except BabelpruneError as exc:
                 raise file.error(("models", index), str(exc), model) from None
-    corpora: dict[str, Any] = {}
-
-    def check(where: Path_, corpus: str, languages: list[str] | None) -> None:
-        try:
-            if corpus not in corpora:
-                corpora[corpus] = get_corpus(corpus)
-        except BabelpruneError as exc:
-            raise file.error(where + ("corpus",), str(exc), corpus) from None
-        try:
-            if languages:
-                corpora[corpus].check_languages(list(languages))
-        except BabelpruneError as exc:
-            unknown = next((lang for lang in languages if lang not in corpora[corpus].languages()), None)
-            raise file.error(where + ("languages",), str(exc), unknown) from None
-
+    checks = SourceChecks(file)
     for index, item in enumerate(plan.experiment.evaluation):
-        check(("evaluation", index), item.corpus, item.languages)
-    tasks: dict[str, Any] = {}  # one task per name and options: building one reads its whole corpus
+        checks.corpus(("evaluation", index), item.corpus, item.languages)
     for run in plan.runs:
         entry = ("runs", run.entry)
         if run.calibration is not None:
             own = plan.experiment.runs[run.entry].calibration is not None
-            check(entry + ("calibration",) if own else ("calibration",), run.calibration.corpus, run.calibration.languages)
-        if run.kind == "trim":
-            check(entry + ("trim",), run.verb.corpus, run.verb.languages)
-        if run.kind in TASK_KINDS:
-            _check_task(file, run, tasks)
+            checks.corpus(entry + ("calibration",) if own else ("calibration",), run.calibration.corpus, run.calibration.languages)
+        kind = run_kind(run.kind)
+        if kind.check_sources is not None:
+            kind.check_sources(checks, run, entry + (kind.key,))
 
 
-def _check_task(file: ConfigFile, run: RunSpec, tasks: dict[str, Any]) -> None:
-    from babelprune.data.tasks import get_task
-    from babelprune.finetune.trainer import plan_runs
+class SourceChecks:
+    """The checks a kind's `check_sources` asks for; each corpus and task is built once per plan."""
 
-    try:
-        name = json.dumps([run.verb.task, run.verb.task_options], sort_keys=True)
-        if name not in tasks:  # building a task reads its corpus: once per distinct task
-            tasks[name] = get_task(run.verb.task, **run.verb.task_options)
-        task = tasks[name]
-        if run.kind != "finetune" and task.kind not in ("classification", "pair-classification"):
-            raise BabelpruneError(f"task '{task.name}' is a {task.kind} task; {run.kind} runs score classification tasks item by item")
-        plan_runs(task, run.verb.config if run.kind == "finetune" else run.verb.finetune)
-    except BabelpruneError as exc:
-        raise file.error(("runs", run.entry, VERB_KEYS[run.kind]), f"{run.label}: {exc}") from None
+    def __init__(self, file: ConfigFile) -> None:
+        self.file = file
+        self._corpora: dict[str, Any] = {}
+        self._tasks: dict[str, Any] = {}  # one task per name and options: building one reads its whole corpus
+
+    def corpus(self, where: Path_, corpus: str, languages: list[str] | None) -> None:
+        """The corpus exists and has the languages (`where`: the mapping that names them)."""
+        from babelprune.data.registry import get_corpus
+
+        try:
+            if corpus not in self._corpora:
+                self._corpora[corpus] = get_corpus(corpus)
+        except BabelpruneError as exc:
+            raise self.file.error(where + ("corpus",), str(exc), corpus) from None
+        try:
+            if languages:
+                self._corpora[corpus].check_languages(list(languages))
+        except BabelpruneError as exc:
+            unknown = next((lang for lang in languages if lang not in self._corpora[corpus].languages()), None)
+            raise self.file.error(where + ("languages",), str(exc), unknown) from None
+
+    def task(self, run: RunSpec, where: Path_, finetune, classification_only: bool) -> None:
+        """The run's task exists (scored item by item when `classification_only`) and `finetune` can train on it."""
+        from babelprune.data.tasks import get_task
+        from babelprune.finetune.trainer import plan_runs
+
+        try:
+            name = json.dumps([run.verb.task, run.verb.task_options], sort_keys=True)
+            if name not in self._tasks:
+                self._tasks[name] = get_task(run.verb.task, **run.verb.task_options)
+            task = self._tasks[name]
+            if classification_only and task.kind not in ("classification", "pair-classification"):
+                raise BabelpruneError(f"task '{task.name}' is a {task.kind} task; {run.kind} runs score classification tasks item by item")
+            plan_runs(task, finetune)
+        except BabelpruneError as exc:
+            raise self.file.error(where, f"{run.label}: {exc}") from None
 
 
 def describe_run(run: RunSpec) -> str:

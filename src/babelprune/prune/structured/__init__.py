@@ -9,9 +9,10 @@ matrix physically smaller and the model faster:
 
 Importance: "magnitude" (no data), "activation" (Wanda), "gradient" (gate
 gradients for heads and neurons, Taylor for blocks) and "l0" (hard-concrete
-gates); see `importance.py` and `l0.py`. Sparsity is the share of the
-blocks' attention and FFN parameters removed; see `selection.py` for how
-units are chosen.
+gates); see `importance.py` and `l0.py`. Each is one entry of the registry
+in `methods.py` (`IMPORTANCES`), through which the functions below
+dispatch. Sparsity is the share of the blocks' attention and FFN parameters
+removed; see `selection.py` for how units are chosen.
 
 Settings: "shared" pools every calibration language into one ranking and
 prunes the model in place; "per-language" ranks units once per language and
@@ -24,9 +25,10 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
+from babelprune.choices import Setting
+from babelprune.choices import StructuredImportance as ImportanceName
 from babelprune.errors import BabelpruneError
 from babelprune.models.layouts import (
     GqaMode,
@@ -41,14 +43,9 @@ from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.kernels import check_sparsity
-from babelprune.prune.structured.importance import (
-    LossFn,
-    activation_importance,
-    check_units,
-    gradient_importance,
-    magnitude_importance,
-)
-from babelprune.prune.structured.l0 import L0Settings, L0Trace, train_l0
+from babelprune.prune.structured.importance import LossFn, check_units
+from babelprune.prune.structured.l0 import L0Settings, L0Trace
+from babelprune.prune.structured.methods import IMPORTANCES, ImportanceTask, check_importance_setting, importance_method
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
     Importance,
@@ -59,12 +56,12 @@ from babelprune.prune.structured.selection import (
     select_units,
 )
 
-ImportanceName = Literal["magnitude", "gradient", "activation", "l0"]
-Setting = Literal["shared", "per-language"]
-IMPORTANCE_METHODS = ("magnitude", "gradient", "activation", "l0")
+# The built-in importances, for code that imported this tuple; the live set is IMPORTANCES.
+IMPORTANCE_METHODS = tuple(IMPORTANCES)
 
 __all__ = [
-    "IMPORTANCE_METHODS", "Importance", "L0Settings", "LayerKeep", "Selection", "StructuredResult",
+    "IMPORTANCES", "IMPORTANCE_METHODS", "Importance", "ImportanceName", "L0Settings", "LayerKeep", "Selection",
+    "StructuredResult",
     "apply_selection", "compute_importance", "prune_copy",
     "select_units", "structured_prune",
 ]
@@ -128,14 +125,12 @@ def _check(loaded: LoadedModel, units: set[str], importance: str, sparsity: floa
     structure_of(adapter)
     if "heads" in units:
         check_head_removal(adapter)
-    if importance not in IMPORTANCE_METHODS:
-        raise BabelpruneError(f"Unknown importance '{importance}'; choose one of: {', '.join(IMPORTANCE_METHODS)}.")
+    method = importance_method(importance)
     if setting not in ("shared", "per-language"):
         raise BabelpruneError(f"Unknown setting '{setting}'; use 'shared' or 'per-language'.")
-    if importance != "magnitude" and calibration is None:
+    if method.uses_data and calibration is None:
         raise BabelpruneError(f"Importance '{importance}' needs calibration text; give --calib.")
-    if importance == "magnitude" and setting == "per-language":
-        raise BabelpruneError("Magnitude importance uses no data, so it cannot differ per language; use --setting shared or another importance.")
+    check_importance_setting(importance, setting, "--setting")
 
 
 def compute_importance(
@@ -143,19 +138,9 @@ def compute_importance(
     gqa: GqaMode = "query", loss_fn: LossFn | None = None, batch_size: int = 1, sparsity: float = 0.5,
     l0: L0Settings | None = None,
 ) -> tuple[dict[str, Importance], dict[str, L0Trace]]:
-    """Importance per calibration language ({"all": ...} for magnitude); L0 is trained toward `sparsity`."""
-    model, units = loaded.model, check_units(units)
-    mask_id = getattr(loaded.tokenizer, "mask_token_id", None)
-    if importance == "magnitude":
-        return {"all": magnitude_importance(model, units, gqa)}, {}
-    if importance == "activation":
-        return activation_importance(model, calibration, units, gqa, batch_size), {}
-    if importance == "gradient":
-        return gradient_importance(model, calibration, units, gqa, loss_fn, batch_size, mask_id), {}
-    per_lang, traces = {}, {}
-    for lang in calibration.language_set:
-        per_lang[lang], traces[lang] = train_l0(model, calibration.subset([lang]), units, sparsity, gqa, loss_fn, l0 or L0Settings(), mask_id)
-    return per_lang, traces
+    """Importance per calibration language ({"all": ...} for one that uses no data); L0 is trained toward `sparsity`."""
+    task = ImportanceTask(loaded, check_units(units), calibration, gqa, loss_fn, batch_size, sparsity, l0)
+    return importance_method(importance).fn(task)
 
 
 def _pooled(per_language: dict[str, Importance]) -> Importance:
@@ -195,12 +180,9 @@ def structured_prune(
     bar = progress_bar(progress, counted=False)
     with bar:
         task = bar.add_task(f"structured {importance}: scoring {', '.join(sorted(units))}")
-        if importance == "l0" and setting == "shared":
-            mask_id = getattr(loaded.tokenizer, "mask_token_id", None)
-            pooled, trace = train_l0(model, calibration, units, sparsity, gqa, loss_fn, l0 or L0Settings(), mask_id)
-            per_lang, traces = {"all": pooled}, {"all": trace}
-        else:
-            per_lang, traces = compute_importance(loaded, units, importance, calibration, gqa, loss_fn, batch_size, sparsity, l0)
+        # Shared: an importance may score the languages together (L0 trains one set of gates on all of them).
+        scoring = ImportanceTask(loaded, units, calibration, gqa, loss_fn, batch_size, sparsity, l0, pooled=setting == "shared")
+        per_lang, traces = importance_method(importance).fn(scoring)
         bar.update(task, description=f"structured {importance}: removing units")
         if setting == "shared":
             selection = select_units(model, _pooled(per_lang), sparsity, ranking, tolerance)
