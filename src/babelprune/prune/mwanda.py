@@ -2,7 +2,7 @@
 
 Wanda scores a weight by |W_ij| times its input's norm over all calibration
 tokens. M-Wanda keeps the per-language statistics apart and adds three
-switchable parts; its scoring lives here:
+switchable parts; all of them live here:
 
 * `MWandaConfig`: the options of M-Wanda's scoring (`PruneConfig.mwanda`).
   `MWandaConfig(language_aware=False)` turns every scoring part off: the
@@ -13,6 +13,11 @@ switchable parts; its scoring lives here:
   f_j for features active in every language or mainly in one.
 * the two scores: `mwanda_scores`, |W_ij| * f_j (Wanda's) or
   RI_ij * f_j ** a (RIA's), chosen by `MWandaConfig.score`.
+* CWL, cross-lingual layer-wise sparsity: `block_cross_lingual_correlation`
+  measures each block by the Spearman rank correlation of its per-language
+  input norms (each distinct input once); `allocate_cwl` gives the least
+  correlated, most language-specific blocks the lowest sparsity (it shares
+  `allocation.spread_sparsity` with OWL).
 
 The method is registered as "mwanda" with the other built-in one-shot
 methods in `babelprune.prune.methods`; CWL is `PruneConfig.allocation='cwl'`,
@@ -21,13 +26,17 @@ run by the engine's allocation pre-pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from babelprune.choices import Score
 from babelprune.errors import BabelpruneError
+from babelprune.prune.allocation import DEFAULT_LAMBDA, spread_sparsity
 from babelprune.prune.kernels import RIA_EXPONENT, ria_scores, wanda_scores
+from babelprune.prune.stats import LanguageStats
 
 # --------------------------------------------------------------------------
 # Options
@@ -145,3 +154,70 @@ def mwanda_scores(
     if options.score == "ria":
         return ria_scores(weight, feature_weight, exponent)
     return wanda_scores(weight, feature_weight)
+
+
+# --------------------------------------------------------------------------
+# CWL: cross-lingual layer-wise sparsity
+# --------------------------------------------------------------------------
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 0 .. n-1 of each row of `values` (rows, n), ties sharing their average rank.
+
+    The tensor form of `report.compare.spearman`'s ranks: here every language's
+    row of thousands of features is ranked at once.
+    """
+    ordered = values.sort(dim=-1).values.contiguous()
+    first = torch.searchsorted(ordered, values.contiguous(), right=False)  # entries strictly below
+    past = torch.searchsorted(ordered, values.contiguous(), right=True)  # entries below or equal
+    return (first + past - 1).double() / 2
+
+
+def cross_lingual_correlation(norms_per_lang: Tensor) -> float:
+    """Mean pairwise Spearman rank correlation between languages' statistics vectors.
+
+    norms_per_lang: (L, in), one vector per language (e.g. n_j^l). Needs L >= 2.
+    Ranks make the measure scale-free: a few outlier features with norms
+    hundreds of times the rest (common in LLM activations) would otherwise
+    decide a Pearson correlation alone and push every block towards 1.
+    A constant vector has no defined correlation; it counts as 0 with any other.
+    """
+    if norms_per_lang.ndim != 2 or norms_per_lang.shape[0] < 2:
+        raise BabelpruneError("Cross-lingual correlation needs statistics for at least two languages.")
+    ranks = average_ranks(norms_per_lang.detach().double())  # (L, in)
+    centred = ranks - ranks.mean(dim=1, keepdim=True)
+    length = centred.norm(dim=1, keepdim=True)
+    unit = torch.where(length > 0, centred / length.clamp_min(1e-300), torch.zeros_like(centred))
+    corr = unit @ unit.T  # (L, L) Pearson correlations of the ranks
+    rows, cols = torch.triu_indices(ranks.shape[0], ranks.shape[0], offset=1)
+    return float(corr[rows, cols].mean())
+
+
+def distinct_inputs(stats_per_linear: Sequence[LanguageStats]) -> list[LanguageStats]:
+    """The statistics objects of a block's linears, each distinct input once, in order.
+
+    q, k and v (and gate and up) read one tensor, and the collector gives them
+    one shared statistics object: it must count once, not three (two) times.
+    """
+    seen: dict[int, LanguageStats] = {}
+    for stats in stats_per_linear:
+        seen.setdefault(id(stats), stats)
+    return list(seen.values())
+
+
+def block_cross_lingual_correlation(stats_per_linear: Sequence[LanguageStats]) -> float:
+    """A block's cross-lingual correlation: the mean over its distinct inputs' (L, in_k) statistics.
+
+    Averaged per input rather than concatenated: concatenating inputs of very
+    different scale (e.g. attention input and MLP down-projection input)
+    would let the scale gap between them dominate the correlation.
+    """
+    inputs = distinct_inputs(stats_per_linear)
+    if len(inputs) == 0:
+        raise BabelpruneError("CWL needs the statistics of at least one linear layer per block.")
+    return sum(cross_lingual_correlation(stats.per_language_norm()) for stats in inputs) / len(inputs)
+
+
+def allocate_cwl(correlations: Sequence[float], sparsity: float, lam: float = DEFAULT_LAMBDA) -> list[float]:
+    """CWL sparsities: lower correlation (more language-specific) -> lower sparsity; mean exactly `sparsity`."""
+    return spread_sparsity([-float(c) for c in correlations], sparsity, lam)
