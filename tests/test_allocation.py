@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from babelprune.errors import BabelpruneError
-from babelprune.prune.allocation import (
-    allocate_cwl,
-    allocate_owl,
-    allocate_uniform,
-    block_cross_lingual_correlation,
-    cross_lingual_correlation,
-    distinct_inputs,
-    owl_outlier_ratio,
-    spread_sparsity,
-)
+from babelprune.prune.allocation import allocate_owl, allocate_uniform, owl_outlier_ratio, spread_sparsity
+from babelprune.prune.mwanda import allocate_cwl, block_cross_lingual_correlation, cross_lingual_correlation, distinct_inputs
 from babelprune.prune.stats import LanguageStats
 
 

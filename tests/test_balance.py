@@ -6,7 +6,7 @@ import torch
 from babelprune.errors import BabelpruneError
 from babelprune.prune.balance import language_shares, parse_language_weights, token_scale
 from babelprune.prune.calibration import Calibration
-from babelprune.prune.kernels import MWandaOptions, mwanda_feature_weight
+from babelprune.prune.mwanda import MWandaConfig, mwanda_feature_weight
 from babelprune.prune.sequential import StatsCollector
 from babelprune.prune.stats import LanguageStats
 
@@ -78,7 +78,7 @@ def test_the_collector_sums_scaled_per_language_hessians():
 
 def test_weighted_mwanda_statistics_use_the_weighted_mean_and_spread():
     norms = torch.tensor([[1.0, 4.0], [3.0, 4.0]])  # (L=2, in=2)
-    options = MWandaOptions(language_aware=True, alpha=1.0)
+    options = MWandaConfig(language_aware=True, alpha=1.0)
     # shares 3/4, 1/4: mu = [1.5, 4], sigma = sqrt(3/4 * 0.25 + 1/4 * 2.25) = sqrt(0.75), 0
     weighted = mwanda_feature_weight(torch.zeros(2), norms, None, options, torch.tensor([0.75, 0.25]))
     assert torch.allclose(weighted, torch.tensor([1.5 + 0.75**0.5, 4.0], dtype=torch.float64))

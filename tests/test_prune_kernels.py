@@ -6,21 +6,19 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from babelprune.errors import BabelpruneError
 from babelprune.prune.kernels import (
-    MWandaOptions,
-    activation_protection,
     lowest_scores_mask,
     apply_mask,
     magnitude_scores,
-    mwanda_feature_weight,
-    mwanda_scores,
     nm_mask,
     pruned_count,
     unstructured_mask,
     wanda_scores,
 )
+from babelprune.prune.mwanda import MWandaConfig, activation_protection, mwanda_feature_weight, mwanda_scores
 from babelprune.prune.stats import LanguageStats
 
 T, F = True, False
@@ -129,7 +127,7 @@ def _three_language_stats(seed: int = 0) -> tuple[LanguageStats, torch.Tensor]:
 def test_mwanda_all_parts_off_is_exactly_wanda():
     stats, all_tokens = _three_language_stats()
     weight = torch.randn(12, 16, generator=torch.Generator().manual_seed(3))
-    off = MWandaOptions()
+    off = MWandaConfig(language_aware=False)  # activation_prob is off by default
     got = mwanda_scores(
         weight, stats.pooled_norm(), stats.per_language_norm(), stats.activation_probability(), off
     )
@@ -140,13 +138,27 @@ def test_mwanda_all_parts_off_is_exactly_wanda():
     assert torch.equal(unstructured_mask(got, 0.5), reference)
 
 
+def test_mwanda_all_parts_off_hand_case_is_wanda():
+    # Per-language norms and activation probabilities that would change every score if either part ran.
+    weight = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    pooled = torch.tensor([2.0, 1.0])
+    per_lang = torch.tensor([[1.0, 9.0], [5.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    off = MWandaConfig(language_aware=False)
+    assert mwanda_feature_weight(pooled, per_lang, p, off) is pooled
+    # |W_ij| * ||X_j||: row 0 [1*2, 2*1] = [2, 2], row 1 [3*2, 0.5*1] = [6, 0.5].
+    got = mwanda_scores(weight, pooled, per_lang, p, off)
+    assert torch.equal(got, torch.tensor([[2.0, 2.0], [6.0, 0.5]]))
+    assert torch.equal(got, wanda_scores(weight, pooled))
+
+
 def test_language_aware_with_one_language_keeps_wanda_mask():
     # One language: n_j = ||X_j|| / sqrt(T), a constant rescaling, so row rankings are unchanged.
     gen = torch.Generator().manual_seed(5)
     stats = LanguageStats(16, ["en"])
     stats.update(torch.randn(30, 16, generator=gen), "en")
     weight = torch.randn(8, 16, generator=gen)
-    options = MWandaOptions(language_aware=True, alpha=1.0)
+    options = MWandaConfig(language_aware=True, alpha=1.0)
     got = mwanda_scores(weight, stats.pooled_norm(), stats.per_language_norm(), None, options)
     assert torch.equal(unstructured_mask(got, 0.5), unstructured_mask(wanda_scores(weight, stats.pooled_norm()), 0.5))
 
@@ -158,11 +170,11 @@ def test_alpha_protects_feature_strong_in_one_language():
     pooled = torch.tensor([1.0, 1.0])  # unused when language_aware
     # mu = [1, 0.8]; population sigma = [0, 0.8].
     # alpha = 0: scores [1, 0.8] -> feature 1 pruned.
-    no_alpha = mwanda_scores(weight, pooled, per_lang, None, MWandaOptions(language_aware=True, alpha=0.0))
+    no_alpha = mwanda_scores(weight, pooled, per_lang, None, MWandaConfig(language_aware=True, alpha=0.0))
     assert torch.allclose(no_alpha, torch.tensor([[1.0, 0.8]]))
     assert torch.equal(unstructured_mask(no_alpha, 0.5), torch.tensor([[F, T]]))
     # alpha = 1: scores [1 + 0, 0.8 + 0.8] = [1, 1.6] -> feature 1 kept, feature 0 pruned.
-    with_alpha = mwanda_scores(weight, pooled, per_lang, None, MWandaOptions(language_aware=True, alpha=1.0))
+    with_alpha = mwanda_scores(weight, pooled, per_lang, None, MWandaConfig(language_aware=True, alpha=1.0))
     assert torch.allclose(with_alpha, torch.tensor([[1.0, 1.6]]))
     assert torch.equal(unstructured_mask(with_alpha, 0.5), torch.tensor([[T, F]]))
 
@@ -179,10 +191,10 @@ def test_activation_probability_factor_hand_case():
     weight = torch.tensor([[1.0, 1.0, 1.0]])
     pooled = torch.tensor([1.0, 1.3, 1.5])
     # Without the factor: scores [1, 1.3, 1.5]; floor(3 * 1/3) = 1 pruned -> feature 0.
-    plain = mwanda_scores(weight, pooled, None, p, MWandaOptions())
+    plain = mwanda_scores(weight, pooled, None, p, MWandaConfig(language_aware=False))
     assert torch.equal(unstructured_mask(plain, 1 / 3), torch.tensor([[T, F, F]]))
     # With beta = 1: [1*1.8, 1.3*1.3, 1.5*1.1] = [1.8, 1.69, 1.65] -> feature 2 pruned.
-    options = MWandaOptions(activation_prob=True, beta=1.0)
+    options = MWandaConfig(language_aware=False, activation_prob=True, beta=1.0)
     protected = mwanda_scores(weight, pooled, None, p, options)
     assert torch.allclose(protected, torch.tensor([[1.8, 1.69, 1.65]]))
     assert torch.equal(unstructured_mask(protected, 1 / 3), torch.tensor([[F, F, T]]))
@@ -190,11 +202,16 @@ def test_activation_probability_factor_hand_case():
 
 def test_mwanda_missing_statistics_raise():
     with pytest.raises(BabelpruneError):
-        mwanda_feature_weight(torch.ones(3), None, None, MWandaOptions(language_aware=True))
+        mwanda_feature_weight(torch.ones(3), None, None, MWandaConfig(language_aware=True))
     with pytest.raises(BabelpruneError):
-        mwanda_feature_weight(torch.ones(3), None, None, MWandaOptions(activation_prob=True))
-    with pytest.raises(BabelpruneError):
-        MWandaOptions(beta=-1.0)
+        mwanda_feature_weight(torch.ones(3), None, None, MWandaConfig(language_aware=False, activation_prob=True))
+
+
+@pytest.mark.parametrize("field", ["alpha", "beta", "tau"])
+@pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
+def test_mwanda_config_refuses_negative_and_non_finite_values(field, value):
+    with pytest.raises(ValidationError, match=field):
+        MWandaConfig(**{field: value})
 
 
 def test_threshold_path_equals_a_stable_sort_with_many_ties():

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from babelprune.errors import BabelpruneError
 from babelprune.prune.config import MWandaConfig, PruneConfig
 from babelprune.prune.kernels import (
-    MWandaOptions,
     magnitude_scores,
-    mwanda_scores,
     nm_mask,
     relative_importance,
     ria_scores,
     unstructured_mask,
 )
 from babelprune.prune.methods import METHODS, LayerTask
+from babelprune.prune.mwanda import mwanda_scores
 from babelprune.prune.stats import LanguageStats
 
 T, F = True, False
@@ -79,16 +79,19 @@ def test_ria_rejects_bad_exponent_and_width():
 
 
 def test_mwanda_ria_with_parts_off_is_ria():
-    options = MWandaOptions(score="ria")
+    options = MWandaConfig(language_aware=False, score="ria")
     pooled = torch.tensor([1.0, 1.0, 9.0])
     assert torch.equal(mwanda_scores(W, pooled, None, None, options), ria_scores(W, pooled))
+    # RIA's exponent is passed on (PruneConfig.ria_exponent): a = 1 gives RIA's a = 1 score, not a = 0.5's.
+    with_a1 = mwanda_scores(W, pooled, None, None, options, exponent=1.0)
+    assert torch.equal(with_a1, ria_scores(W, pooled, 1.0)) and not torch.equal(with_a1, ria_scores(W, pooled))
 
 
 def test_mwanda_ria_uses_language_aware_norms_raised_to_a():
     # n^en = [1, 1, 3], n^fr = [1, 1, 1]: mu = [1, 1, 2], sigma = [0, 0, 1].
     # alpha = 2 -> f = [1, 1, 4], f^0.5 = [1, 1, 2]: row 0 [2/3, 5/4, 7/6], row 1 [5/8, 3/8, 3].
     per_language = torch.tensor([[1.0, 1.0, 3.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
-    options = MWandaOptions(language_aware=True, alpha=2.0, score="ria")
+    options = MWandaConfig(language_aware=True, alpha=2.0, score="ria")
     got = mwanda_scores(W, torch.ones(3), per_language, None, options)
     assert torch.allclose(got, torch.tensor([[2 / 3, 5 / 4, 7 / 6], [5 / 8, 3 / 8, 3.0]]))
     # Row 0 now drops column 0 (2/3), where plain RIA with equal norms dropped column 2.
@@ -108,8 +111,8 @@ def test_mwanda_method_reads_the_score_from_the_config():
 def test_score_ria_needs_the_mwanda_method():
     with pytest.raises(BabelpruneError, match="M-Wanda's and has no effect with method=wanda; drop it, or use method=mwanda"):
         PruneConfig(method="wanda", mwanda=MWandaConfig(score="ria"))
-    with pytest.raises(BabelpruneError):
-        MWandaOptions(score="sparsegpt")
+    with pytest.raises(ValidationError, match="score"):
+        MWandaConfig(score="sparsegpt")
 
 
 # ----------------------------------------------------------------- through the engine and the command line

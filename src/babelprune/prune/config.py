@@ -19,14 +19,14 @@ from babelprune.choices import (
     Ranking,
     RefitDefaults,
     RefitSolver,
-    Score,
     Setting,
     Split,
     StructuredImportance,
     StructuredUnit,
 )
 from babelprune.errors import BabelpruneError
-from babelprune.prune.kernels import RIA_EXPONENT, MWandaOptions, check_nm, check_sparsity
+from babelprune.prune.kernels import RIA_EXPONENT, check_nm, check_sparsity
+from babelprune.prune.mwanda import MWandaConfig  # M-Wanda's own options; configs name it from here too
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 DEFAULT_SPARSITY = 0.5  # unstructured; an N:M pattern fixes the sparsity at 1 - N/M
@@ -83,27 +83,6 @@ def same_value(value: Any, default: Any) -> bool:
     if isinstance(value, float) and isinstance(default, (int, float)) and not isinstance(default, bool):
         return math.isclose(value, default, rel_tol=1e-9, abs_tol=1e-12)
     return value == default
-
-
-class MWandaConfig(BaseModel):
-    """M-Wanda's switchable scoring parts (its third part, CWL, is `allocation='cwl'`, mwanda's default allocation).
-
-    Defaults were chosen by the sweep recorded in docs/methods.md.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    language_aware: bool = True  # score by mu_j + alpha * sigma_j over languages
-    alpha: float = Field(0.5, ge=0)  # weight of the cross-language spread
-    activation_prob: bool = False  # protect features active in all / mainly one language (hurt in the sweep)
-    beta: float = Field(1.0, ge=0)  # strength of that protection
-    tau: float = Field(1e-2, ge=0)  # |x| above tau counts as active (the FFN down-projection's input: x > 0)
-    score: Score = "wanda"  # wanda: |W_ij| * f_j; ria: RIA's relative importance * f_j ** ria_exponent
-
-    def options(self, cwl: bool, lam: float, exponent: float = RIA_EXPONENT) -> MWandaOptions:
-        return MWandaOptions(
-            language_aware=self.language_aware, alpha=self.alpha, activation_prob=self.activation_prob,
-            beta=self.beta, tau=self.tau, cwl=cwl, lam=lam, score=self.score, exponent=exponent,
-        )
 
 
 class ReconstructConfig(BaseModel):

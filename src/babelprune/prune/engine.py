@@ -24,19 +24,14 @@ from babelprune.progress import progress_bar
 # named_linears is defined with the adapters (formats reads it too); it stays importable from here.
 from babelprune.models.adapters import ArchAdapter, adapter_for, linear_in_features, named_linears, weight_matrix
 from babelprune.models.base import LoadedModel
-from babelprune.prune.allocation import (
-    allocate_cwl,
-    allocate_owl,
-    allocate_uniform,
-    block_cross_lingual_correlation,
-    owl_outlier_ratio,
-)
+from babelprune.prune.allocation import allocate_owl, allocate_uniform, owl_outlier_ratio
 from babelprune.prune.balance import check_weighted_languages, language_shares, token_scale
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import wanda_scores
 from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
+from babelprune.prune.mwanda import allocate_cwl, block_cross_lingual_correlation
 from babelprune.prune.reconstruct import RefitSystem, reconstruct
 from babelprune.prune.sequential import (
     StatsCollector,

@@ -1,4 +1,6 @@
-"""Pruning scores and masks: magnitude, Wanda, RIA, M-Wanda, unstructured and N:M.
+"""Pruning scores and masks: magnitude, Wanda, RIA, unstructured and N:M.
+
+M-Wanda's scores build on Wanda's and RIA's here; they live in `babelprune.prune.mwanda`.
 
 Conventions used throughout `babelprune.prune`:
 
@@ -18,7 +20,6 @@ All functions are pure: tensors in, tensors out; inputs are never modified.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -69,7 +70,7 @@ def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
 
     `feature_weight` (in,) is Wanda's input norm ||X_j||_2 over the
     calibration tokens (or M-Wanda's replacement for it, see
-    `mwanda_feature_weight`). Computed in float32.
+    `mwanda.mwanda_feature_weight`). Computed in float32.
     """
     _check_feature_weight(weight, feature_weight)
     return magnitude_scores(weight) * feature_weight.detach().float().unsqueeze(0)
@@ -168,119 +169,3 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
 def apply_mask(weight: Tensor, pruned: Tensor) -> Tensor:
     """A copy of `weight` with the pruned entries set to zero."""
     return weight.masked_fill(pruned, 0)
-
-
-# --------------------------------------------------------------------------
-# M-Wanda (Choenni & Titov 2025)
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MWandaOptions:
-    """The switchable parts of M-Wanda. All parts off gives exactly Wanda.
-
-    * language_aware / alpha: score inputs by mu_j + alpha * sigma_j, the mean
-      and (population) standard deviation over languages of the per-language,
-      per-token-normalised input norms n_j^l = ||X_j^l||_2 / sqrt(T_l).
-      A feature strong in a single language has a large sigma, so alpha > 0
-      protects it. Off: Wanda's pooled norm ||X_j||_2 over all tokens.
-    * activation_prob / beta: multiply scores by
-      1 + beta * max(min_l p_j^l, max_l p_j^l - mean_l p_j^l), where p_j^l is the
-      share of language l's tokens on which input j is active (see
-      `LanguageStats`, which applies the threshold tau). The first term
-      protects features active in every language, the second features active
-      mainly in one language.
-    * cwl / lam: cross-lingual layer-wise sparsity (see `allocation.allocate_cwl`);
-      an allocation choice, it does not change the scores here.
-    * tau: activation threshold, used when collecting statistics (`LanguageStats`).
-    * score / exponent: which score f_j enters. "wanda": |W_ij| * f_j;
-      "ria": RIA's relative importance RI_ij * f_j ** exponent (see `ria_scores`).
-    """
-
-    language_aware: bool = False
-    alpha: float = 0.0
-    activation_prob: bool = False
-    beta: float = 0.0
-    tau: float = 1e-2
-    cwl: bool = False
-    lam: float = 0.08
-    score: str = "wanda"
-    exponent: float = RIA_EXPONENT
-
-    def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "tau", "lam", "exponent"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise BabelpruneError(f"M-Wanda option {name}={value} must be a non-negative number.")
-        if self.score not in ("wanda", "ria"):
-            raise BabelpruneError(f"Unknown M-Wanda score {self.score!r}; use 'wanda' or 'ria'.")
-
-
-def activation_protection(activation_probability: Tensor, beta: float) -> Tensor:
-    """Per-input factor 1 + beta * max(shared, specific), shape (in,).
-
-    activation_probability: (L, in), p_j^l in [0, 1].
-    shared = min over languages; specific = max minus mean over languages.
-    """
-    p = activation_probability.double()
-    shared = p.min(dim=0).values
-    specific = p.max(dim=0).values - p.mean(dim=0)
-    return 1.0 + beta * torch.maximum(shared, specific)
-
-
-def mwanda_feature_weight(
-    pooled_norm: Tensor,
-    per_language_norm: Tensor | None = None,
-    activation_probability: Tensor | None = None,
-    options: MWandaOptions = MWandaOptions(),
-    language_weights: Tensor | None = None,
-) -> Tensor:
-    """The per-input factor f_j that M-Wanda multiplies |W_ij| by, shape (in,).
-
-    pooled_norm: (in,) Wanda's ||X_j||_2 over all calibration tokens.
-    per_language_norm: (L, in) n_j^l, needed when options.language_aware.
-    activation_probability: (L, in) p_j^l, needed when options.activation_prob.
-    language_weights: (L,) shares summing to 1; mu_j and sigma_j become the
-    weighted mean and standard deviation over languages (None: equal shares).
-    With every option off this returns `pooled_norm` itself, so the scores and
-    masks are exactly Wanda's.
-    """
-    if options.language_aware:
-        if per_language_norm is None:
-            raise BabelpruneError("Language-aware M-Wanda needs per-language input norms; collect them first.")
-        norms = per_language_norm.double()  # (L, in)
-        if language_weights is None:
-            mu = norms.mean(dim=0)
-            # Population std: defined (zero) for a single language, where unbiased std is NaN.
-            sigma = norms.std(dim=0, unbiased=False)
-        else:
-            shares = language_weights.double().unsqueeze(1)  # (L, 1)
-            mu = (shares * norms).sum(dim=0)
-            sigma = (shares * (norms - mu).square()).sum(dim=0).sqrt()
-        weight = mu + options.alpha * sigma
-    else:
-        weight = pooled_norm
-    if options.activation_prob:
-        if activation_probability is None:
-            raise BabelpruneError("M-Wanda's activation-probability part needs activation statistics; collect them first.")
-        weight = weight.double() * activation_protection(activation_probability, options.beta)
-    return weight
-
-
-def mwanda_scores(
-    weight: Tensor,
-    pooled_norm: Tensor,
-    per_language_norm: Tensor | None = None,
-    activation_probability: Tensor | None = None,
-    options: MWandaOptions = MWandaOptions(),
-    language_weights: Tensor | None = None,
-) -> Tensor:
-    """M-Wanda scores, shape (out, in): |W_ij| * f_j, or RI_ij * f_j ** a with score "ria".
-
-    f_j is `mwanda_feature_weight`: M-Wanda's language-aware statistics take
-    the place of the pooled input norm in either score.
-    """
-    feature_weight = mwanda_feature_weight(pooled_norm, per_language_norm, activation_probability, options, language_weights)
-    if options.score == "ria":
-        return ria_scores(weight, feature_weight, options.exponent)
-    return wanda_scores(weight, feature_weight)

@@ -94,11 +94,9 @@ def ria(task: LayerTask) -> tuple[Tensor | None, Tensor]:
 
 @register("mwanda", needs_activity=True)
 def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
-    """Wanda (or RIA) with language-aware statistics and activation probability (Choenni & Titov 2025)."""
-    from babelprune.prune.kernels import mwanda_scores
-    config = task.config
-    options = config.mwanda.options(cwl=config.allocation == "cwl", lam=config.lam, exponent=config.ria_exponent)
-    stats = task.stats
+    """Wanda (or RIA) with language-aware statistics and activation probability (Choenni & Titov 2025; babelprune.prune.mwanda)."""
+    from babelprune.prune.mwanda import mwanda_scores
+    options, stats = task.config.mwanda, task.stats
     scores = mwanda_scores(
         task.weight,
         stats.pooled_norm(),
@@ -106,6 +104,7 @@ def mwanda(task: LayerTask) -> tuple[Tensor | None, Tensor]:
         stats.activation_probability() if options.activation_prob else None,
         options,
         stats.language_weights(),
+        exponent=task.config.ria_exponent,
     )
     return _prune_by_scores(scores, task)
 
