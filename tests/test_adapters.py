@@ -29,6 +29,10 @@ EXPECTED_SIZES = {
     "gemma2": (2, 32, 4, 2, 16, 64, 128),
     "gemma3": (2, 32, 4, 2, 16, 64, 128),
     "gemma3-multimodal": (2, 32, 4, 2, 16, 64, 128),
+    "qwen3": (2, 32, 4, 2, 16, 64, 128),  # head_dim stated apart from 32 / 4
+    "cohere": (2, 32, 4, 2, 8, 64, 128),
+    "phi3": (2, 32, 4, 2, 8, 64, 128),
+    "olmo2": (2, 32, 4, 2, 8, 64, 128),
     "gpt2": (2, 32, 4, 4, 8, 128, 128),  # FFN defaults to 4 * 32
     "bloom": (2, 32, 4, 4, 8, 128, 128),  # FFN is always 4 * 32
     "opt": (2, 32, 4, 4, 8, 64, 128),
@@ -39,10 +43,11 @@ EXPECTED_SIZES = {
 GATED = ("q", "k", "v", "o", "gate", "up", "down")
 PLAIN = ("q", "k", "v", "o", "up", "down")
 FUSED = ("qkv", "o", "up", "down")
+FUSED_GATED = ("qkv", "o", "gate_up", "down")  # Phi-3: gate and up in one linear too
 EXPECTED_LINEARS = {
     "llama": GATED, "qwen2": GATED, "mistral": GATED, "gemma": GATED, "gemma2": GATED,
-    "gemma3": GATED, "gemma3-multimodal": GATED,
-    "gpt2": FUSED, "bloom": FUSED,
+    "gemma3": GATED, "gemma3-multimodal": GATED, "qwen3": GATED, "cohere": GATED, "olmo2": GATED,
+    "gpt2": FUSED, "bloom": FUSED, "phi3": FUSED_GATED,
     "opt": PLAIN, "bert": PLAIN, "xlm-roberta": PLAIN,
 }
 
@@ -51,6 +56,7 @@ EXPECTED_TIED = {
     "llama": False, "qwen2": False, "mistral": False,
     "gemma": True, "gemma2": True, "gemma3": True, "gemma3-multimodal": True,
     "gpt2": True, "bloom": True, "opt": True,
+    "qwen3": False, "cohere": True, "phi3": False, "olmo2": False,
 }
 
 
@@ -79,8 +85,8 @@ def test_blocks_are_found_and_expose_every_part(family):
         assert tuple(linears) == EXPECTED_LINEARS[family]
         assert adapter.linear_names() == EXPECTED_LINEARS[family]
         assert all(isinstance(m, (nn.Linear, Conv1D)) for m in linears.values())
-    # The gate exists exactly for the gated families.
-    assert adapter.ffn.is_gated == ("gate" in EXPECTED_LINEARS[family])
+    # The gate exists exactly for the gated families, fused with up or not.
+    assert adapter.ffn.is_gated == bool({"gate", "gate_up"} & set(EXPECTED_LINEARS[family]))
     # Different blocks hold different modules.
     assert adapter.block_linears(blocks[0])["o"] is not adapter.block_linears(blocks[1])["o"]
 
@@ -99,7 +105,10 @@ def test_weight_shapes_are_out_by_in_and_agree_with_the_config(family):
             assert shapes["k"] == (kv * head_dim, hidden)
             assert shapes["v"] == (kv * head_dim, hidden)
         assert shapes["o"] == (hidden, heads * head_dim)
-        assert shapes["up"] == (ffn, hidden)
+        if "gate_up" in shapes:
+            assert shapes["gate_up"] == (2 * ffn, hidden)
+        else:
+            assert shapes["up"] == (ffn, hidden)
         assert shapes["down"] == (hidden, ffn)
         if "gate" in shapes:
             assert shapes["gate"] == (ffn, hidden)
@@ -138,7 +147,8 @@ def test_zeroing_through_weight_matrix_changes_the_model_output(family):
 def test_zeroing_a_column_disconnects_that_input_feature(family):
     model = tiny_model(family)
     adapter = adapter_for(model)
-    up = adapter.block_linears(adapter.get_blocks(model)[1])["up"]
+    linears = adapter.block_linears(adapter.get_blocks(model)[1])
+    up = linears.get("up", linears.get("gate_up"))
     j = 5
     x = torch.randn(2, linear_in_features(up))
     x_moved = x.clone()

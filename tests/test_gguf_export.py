@@ -40,6 +40,8 @@ SENTENCES = [text for texts in TEXTS.values() for text in texts]
 # What Gemma 3 says that GGUF readers assume rather than read (see babelprune.formats.gguf).
 GEMMA3_GGUF_LAYERS = 6  # five local blocks, then a global one
 GEMMA3_GGUF_HEAD_DIM = 256  # transformers' reader assumes query_pre_attn_scalar 256, llama.cpp the head width
+QWEN3_GGUF_HEAD_DIM = 128  # transformers' reader keeps Qwen3Config's default head width
+ROUND_TRIP_FAMILIES = ["llama", "gemma3", "qwen3"]
 
 
 # --------------------------------------------------------------------------- tiny models the file can describe
@@ -80,6 +82,17 @@ def llama_for_gguf(tokenizer, seed: int = 0):
     return _random_norms(tiny_model_for("llama", tokenizer, seed), seed)
 
 
+def qwen3_for_gguf(tokenizer, seed: int = 0, tied: bool = False):
+    """A tiny Qwen3 with the head width GGUF readers assume; its q/k norms random like the others."""
+    config = tiny_config("qwen3")
+    settings = {**config.to_dict(), "head_dim": QWEN3_GGUF_HEAD_DIM, "tie_word_embeddings": tied,
+                "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(type(config)(**settings)).float().eval()
+    return _random_norms(model, seed)
+
+
 def _random_norms(model, seed: int):
     """Norm weights away from their initial 0 / 1, so a wrong offset or a swapped norm shows in the logits."""
     generator = torch.Generator().manual_seed(seed)
@@ -96,6 +109,8 @@ def tiny_for_gguf(family: str):
         tokenizer = tiny_bpe()
         return gemma3_for_gguf(tokenizer), tokenizer
     tokenizer = llama_tokenizer()
+    if family == "qwen3":
+        return qwen3_for_gguf(tokenizer), tokenizer
     return llama_for_gguf(tokenizer), tokenizer
 
 
@@ -156,7 +171,7 @@ def one_sentence(error: pytest.ExceptionInfo) -> str:
 # --------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ROUND_TRIP_FAMILIES)
 def test_f32_round_trip_reproduces_logits_and_tokens(family, tmp_path):
     model, tokenizer = tiny_for_gguf(family)
     path = tmp_path / f"{family}.gguf"
@@ -167,7 +182,8 @@ def test_f32_round_trip_reproduces_logits_and_tokens(family, tmp_path):
     # What llama.cpp reads and transformers does not: the space prefix; and the merges transformers uses as they are.
     merges = [" ".join(pair) for pair in gguf_format._merge_pairs(gguf_format._backend_state(tokenizer, "tiny"))]
     assert metadata(path, "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.merges", "tokenizer.ggml.model") == {
-        "tokenizer.ggml.add_space_prefix": family == "llama", "tokenizer.ggml.merges": merges,
+        # Gemma's tokenizer adds no "▁" first; the others are llama_tokenizer()
+        "tokenizer.ggml.add_space_prefix": family != "gemma3", "tokenizer.ggml.merges": merges,
         "tokenizer.ggml.model": "llama",
     }
     back, back_tokenizer = reload(path)
@@ -181,7 +197,7 @@ def test_f32_round_trip_reproduces_logits_and_tokens(family, tmp_path):
     torch.testing.assert_close(read, original, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ROUND_TRIP_FAMILIES)
 def test_f16_round_trip_is_close_and_halves_the_matrices(family, tmp_path):
     model, tokenizer = tiny_for_gguf(family)
     path = tmp_path / f"{family}-f16.gguf"
@@ -199,7 +215,7 @@ def test_f16_round_trip_is_close_and_halves_the_matrices(family, tmp_path):
     torch.testing.assert_close(read, original, rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ROUND_TRIP_FAMILIES)
 def test_pruned_folder_keeps_exactly_its_zeros_in_f32(family, tmp_path):
     model, tokenizer = tiny_for_gguf(family)
     loaded = as_loaded(model, tokenizer)
@@ -321,10 +337,34 @@ def test_an_encoder_is_refused_by_name(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_family_without_a_mapping_is_refused(tmp_path):
+@pytest.mark.parametrize(("family", "architecture"), [
+    ("qwen2", "Qwen2ForCausalLM"), ("cohere", "CohereForCausalLM"), ("phi3", "Phi3ForCausalLM"),
+    ("olmo2", "Olmo2ForCausalLM"),
+])
+def test_a_family_without_a_mapping_is_refused(family, architecture, tmp_path):
     with pytest.raises(BabelpruneError) as error:
-        export_gguf(as_loaded(tiny_model("qwen2"), char_tokenizer(), "tiny-qwen2"), tmp_path / "q.gguf")
-    assert "Qwen2ForCausalLM" in one_sentence(error) and "LlamaForCausalLM" in str(error.value)
+        export_gguf(as_loaded(tiny_model(family), char_tokenizer(), f"tiny-{family}"), tmp_path / "q.gguf")
+    assert architecture in one_sentence(error) and "LlamaForCausalLM" in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_tied_qwen3_round_trips_without_its_output_matrix(tmp_path):
+    tokenizer = llama_tokenizer()
+    model = qwen3_for_gguf(tokenizer, tied=True)
+    path = tmp_path / "tied.gguf"
+    export_gguf(as_loaded(model, tokenizer), path)
+    assert "output.weight" not in tensor_types(path) and "blk.0.attn_q_norm.weight" in tensor_types(path)
+    back = reload(path)[0]
+    assert back.config.tie_word_embeddings
+    ids = batch_ids(tokenizer)
+    torch.testing.assert_close(logits(back, ids), logits(model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_qwen3_head_width_the_reader_would_not_assume_is_refused(tmp_path):
+    model = tiny_model("qwen3")  # head_dim 16: transformers' reader would build 128-wide heads
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(as_loaded(model, llama_tokenizer(), "tiny-qwen3"), tmp_path / "q.gguf")
+    assert "head_dim = 16" in one_sentence(error) and "128" in str(error.value)
     assert not list(tmp_path.iterdir())
 
 

@@ -90,7 +90,7 @@ def test_jaccard_overlap_hand_case():
 # ----- HF folder ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "qwen3", "cohere", "phi3", "olmo2"])
 def test_hf_folder_loads_with_plain_transformers_and_gives_identical_outputs(tmp_path, family):
     loaded, result = pruned_shared(family)
     out = save_pruned(loaded, result, tmp_path / "out")
@@ -137,7 +137,7 @@ def test_save_pruned_reads_only_what_prune_outcome_names(tmp_path):
 # ----- sparse format -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "bert"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "bert", "qwen3", "cohere", "phi3", "olmo2"])
 def test_sparse_state_dict_is_bit_identical(tmp_path, family):
     loaded, result = pruned_shared(family)
     # A kept -0.0 must come back as -0.0, not as a pruned +0.0.
@@ -151,7 +151,7 @@ def test_sparse_state_dict_is_bit_identical(tmp_path, family):
         assert torch.equal(torch.signbit(got[key]), torch.signbit(tensor)), key
 
 
-@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+@pytest.mark.parametrize("family", ["gemma3", "gpt2", "cohere"])
 def test_sparse_only_folder_rebuilds_a_tied_model(tmp_path, family):
     loaded, result = pruned_shared(family)
     out = save_pruned(loaded, result, tmp_path / "out", format="sparse")

@@ -77,3 +77,29 @@ def test_errors_before_any_change():
     with pytest.raises(BabelpruneError, match="Unknown importance"):
         structured_prune(_loaded("llama"), {"ffn"}, "random", 0.3, progress=False)
     assert model_params(loaded.model) == model_params(tiny_model("bloom"))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "cohere", "phi3", "olmo2"])
+def test_new_families_lose_units_and_blocks_and_reload(family, tmp_path):
+    from babelprune.formats.structured import load_structured, save_structured
+
+    units = {"ffn"} if family == "phi3" else {"heads", "ffn"}  # Phi-3 keeps its heads (refused below)
+    loaded, inputs = _loaded(family), tiny_inputs(tiny_model(family))
+    dense = model_params(loaded.model)
+    result = structured_prune(loaded, units, "gradient", 0.3, _calibration(), progress=False)
+    assert 0.25 < result.achieved_sparsity <= 0.3 and model_params(loaded.model) < dense
+    if family != "phi3":
+        assert sum(width["heads"] for width in result.widths) < 2 * 4
+    logits = model_output(loaded.model, inputs)
+    assert logits.shape == (2, 8, 128) and torch.isfinite(logits).all()
+    save_structured(loaded.model, None, tmp_path / "narrow")
+    assert torch.equal(model_output(load_structured(tmp_path / "narrow").model, inputs), logits)
+    shallow = _loaded(family)  # blocks go in a run of their own, on the dense model: one of two blocks is half
+    structured_prune(shallow, {"blocks"}, "magnitude", 0.5, progress=False)
+    logits = model_output(shallow.model, inputs)
+    assert len(shallow.model.model.layers) == 1 and logits.shape == (2, 8, 128)
+    save_structured(shallow.model, None, tmp_path / "shallow")
+    assert torch.equal(model_output(load_structured(tmp_path / "shallow").model, inputs), logits)
+    if family == "phi3":
+        with pytest.raises(BabelpruneError, match="fused qkv"):
+            structured_prune(_loaded("phi3"), {"heads"}, "magnitude", 0.3, progress=False)

@@ -30,7 +30,7 @@ def _prune_unevenly(model) -> None:
     """Block 0 loses a head unit and 10 neurons, block 1 only 3 neurons: widths differ per block."""
     adapter = adapter_for(model)
     layout = layer_layouts(model, adapter)[0]
-    if adapter.family != "bloom":
+    if adapter.structure.head_removal_blocker is None:  # BLOOM and Phi-3 keep their heads
         kept_kv = list(range(1, layout.n_kv_heads))
         remove_heads(model, adapter, 0, [h for h in range(layout.n_heads) if h // layout.group_size in kept_kv], kept_kv)
     remove_neurons(model, adapter, 0, range(10, layout.ffn))

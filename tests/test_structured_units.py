@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from babelprune.errors import BabelpruneError
 from babelprune.models.adapters import adapter_for, weight_matrix
@@ -20,10 +21,12 @@ from babelprune.models.layouts import (
     total_block_params,
     unit_costs,
 )
-from tests.tiny_models import ALL_TINY_FAMILIES, model_output, tiny_inputs, tiny_model
+from tests.tiny_models import ALL_TINY_FAMILIES, model_output, tiny_config, tiny_inputs, tiny_model
 
-GQA_FAMILIES = ("llama", "qwen2", "mistral", "gemma3", "gemma", "gemma2", "gemma3-multimodal")
-HEAD_FAMILIES = tuple(f for f in ALL_TINY_FAMILIES if f != "bloom")
+GQA_FAMILIES = ("llama", "qwen2", "mistral", "gemma3", "gemma", "gemma2", "gemma3-multimodal", "qwen3", "cohere")
+# Heads are refused for BLOOM and Phi-3; OLMo 2's q/k norms span every head, so removing a
+# zeroed head changes the kept heads' statistics: it has tests of its own below.
+HEAD_FAMILIES = tuple(f for f in ALL_TINY_FAMILIES if f not in ("bloom", "phi3", "olmo2"))
 
 
 def test_layouts_count_heads_and_neurons():
@@ -112,16 +115,89 @@ def test_removing_zeroed_units_changes_no_output(family, gqa):
     assert weight_matrix(o).shape == (adapter.hidden_size(model.config), expected_heads * layouts[0].head_dim)
 
 
-def test_bloom_heads_are_refused_but_neurons_removed():
-    model = tiny_model("bloom")
+@pytest.mark.parametrize(("family", "reason"), [("bloom", "ALiBi"), ("phi3", "splits the fused qkv output")])
+def test_heads_are_refused_but_neurons_removed(family, reason):
+    model = tiny_model(family)
     adapter = adapter_for(model)
-    with pytest.raises(BabelpruneError, match="ALiBi"):
+    with pytest.raises(BabelpruneError, match=reason):
         remove_heads(model, adapter, 0, [0, 1, 2], [0, 1, 2])
+    ffn = layer_layouts(model, adapter)[0].ffn
     inputs = tiny_inputs(model)
     with torch.no_grad():
         _zero_units(model, {0: ("head", set(), {3, 4})})
         before = model_output(model, inputs)
-        remove_neurons(model, adapter, 0, [n for n in range(128) if n not in (3, 4)])
+        remove_neurons(model, adapter, 0, [n for n in range(ffn) if n not in (3, 4)])
+    torch.testing.assert_close(model_output(model, inputs), before, atol=1e-5, rtol=1e-5)
+    assert layer_layouts(model, adapter)[0].ffn == ffn - 2
+
+
+def test_phi3_neuron_removal_cuts_both_halves_of_gate_up():
+    model = tiny_model("phi3")
+    adapter = adapter_for(model)
+    mlp = adapter.get_blocks(model)[0].mlp
+    gate_up, down = mlp.gate_up_proj.weight.detach().clone(), mlp.down_proj.weight.detach().clone()
+    remove_neurons(model, adapter, 0, [0, 5, 63])
+    # Rows [gate 0, 5, 63 | up 0, 5, 63] of the (2 * 64, 32) weight, and the same columns of down, by hand.
+    assert torch.equal(mlp.gate_up_proj.weight, gate_up[[0, 5, 63, 64, 69, 127]])
+    assert torch.equal(mlp.down_proj.weight, down[:, [0, 5, 63]])
+    x = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        gate, up = x @ gate_up[[0, 5, 63]].T, x @ gate_up[[64, 69, 127]].T
+        expected = (torch.nn.functional.silu(gate) * up) @ down[:, [0, 5, 63]].T
+        torch.testing.assert_close(mlp(x), expected)
+
+
+def _random_qk_norms(model) -> None:
+    """q/k norm weights away from their initial ones, so a wrong slice shows in the outputs."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+def test_olmo2_head_removal_slices_q_and_k_norms_as_olmo2_builds_fewer_heads():
+    model = tiny_model("olmo2")
+    _random_qk_norms(model)
+    dense = {name: value.clone() for name, value in model.state_dict().items()}
+    adapter = adapter_for(model)
+    for i in range(2):  # every block keeps kv group 1: kv head 1 and query heads 2 and 3
+        remove_heads(model, adapter, i, [2, 3], [1])
+    record_structure(model, adapter)
+    # A fresh OLMo 2 of 2 query heads and 1 kv head, given the kept heads' rows sliced by hand (head_dim 8).
+    q_rows, kv_rows = list(range(16, 32)), list(range(8, 16))
+    sliced = {}
+    for name, value in dense.items():
+        if name.endswith(("q_proj.weight", "q_norm.weight")):
+            value = value[q_rows]
+        elif name.endswith(("k_proj.weight", "v_proj.weight", "k_norm.weight")):
+            value = value[kv_rows]
+        elif name.endswith("o_proj.weight"):
+            value = value[:, q_rows]
+        sliced[name] = value
+    assert model.model.layers[0].self_attn.q_norm.weight.shape == (16,)
+    assert model.model.layers[0].self_attn.k_norm.weight.shape == (8,)
+    reference = type(model)(model.config).eval()
+    reference.load_state_dict(sliced)
+    inputs = tiny_inputs(model)
+    torch.testing.assert_close(model_output(model, inputs), model_output(reference, inputs))
+
+
+def test_cohere_qk_norm_slices_move_with_their_heads():
+    # Command R's optional qk-norm: a LayerNorm per head over head_dim, weight (heads, head_dim).
+    config = tiny_config("cohere")
+    config.use_qk_norm = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    _random_qk_norms(model)
+    adapter = adapter_for(model)
+    q_norm = adapter.get_blocks(model)[0].self_attn.q_norm.weight.detach().clone()
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        _zero_units(model, {0: ("query", {0, 3}, set())})
+        before = model_output(model, inputs)
+        remove_heads(model, adapter, 0, [1, 2], [0, 1])
+    assert torch.equal(adapter.get_blocks(model)[0].self_attn.q_norm.weight, q_norm[[1, 2]])
     torch.testing.assert_close(model_output(model, inputs), before, atol=1e-5, rtol=1e-5)
 
 
@@ -173,12 +249,14 @@ def test_non_uniform_or_inexpressible_widths_keep_the_dense_config():
     assert (attention.num_attention_heads, attention.all_head_size) == (3, 24)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3", "cohere", "phi3", "olmo2"])
 def test_removing_an_identity_block_changes_no_output(family):
     model = tiny_model(family)
     adapter = adapter_for(model)
     block = adapter.get_blocks(model)[0]
-    with torch.no_grad():  # no attention output and no FFN output: a pre-norm block passes its input on
+    # No attention output and no FFN output: a pre-norm block passes its input on, and so do OLMo 2's
+    # post-norms (of zeros) and Cohere's parallel sum.
+    with torch.no_grad():
         weight_matrix(adapter.attention_linears(block)["o"]).zero_()
         weight_matrix(adapter.ffn_linears(block)["down"]).zero_()
         before = model_output(model, tiny_inputs(model))

@@ -3,7 +3,8 @@
 Tests across babelprune need real architectures (the same module names,
 shapes and forward code as the full-size models) but not real weights. Each
 family here is built from a config of 2 blocks, hidden width 32 and 4
-attention heads (2 key/value heads for the grouped-query families), so one
+attention heads (2 key/value heads for the grouped-query families: the
+Llama-like ones, Qwen3, Cohere, Phi-3 and OLMo 2), so one
 model builds in a few tens of milliseconds.
 
     model = tiny_model("llama")               # LlamaForCausalLM, eval, float32
@@ -24,6 +25,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BloomConfig,
+    CohereConfig,
     Gemma2Config,
     Gemma3Config,
     Gemma3TextConfig,
@@ -31,16 +33,22 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
     OPTConfig,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
+    Qwen3Config,
     SiglipVisionConfig,
     XLMRobertaConfig,
 )
 
 # The families every architecture-aware test is run over.
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gemma3", "gpt2", "bloom", "opt", "bert", "xlm-roberta")
+TINY_FAMILIES = (
+    "llama", "qwen2", "mistral", "gemma3", "qwen3", "cohere", "phi3", "olmo2",
+    "gpt2", "bloom", "opt", "bert", "xlm-roberta",
+)
 # Cheap extras sharing a layout above (Gemma 1/2 are Llama-like; the multimodal
 # Gemma3 wraps the gemma3 text model next to a vision tower).
 EXTRA_FAMILIES = ("gemma", "gemma2", "gemma3-multimodal")
@@ -58,6 +66,9 @@ KV_HEADS = 2  # for the grouped-query families
 INTERMEDIATE = 64
 MAX_POSITIONS = 64
 GEMMA_HEAD_DIM = 16  # deliberately != HIDDEN // HEADS, as in real Gemma models
+QWEN3_HEAD_DIM = 16  # likewise: Qwen3 states head_dim (128) apart from hidden / heads
+# Families whose config defaults name token ids past the tiny vocabulary get these.
+_SMALL_TOKEN_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 _LLAMA_LIKE = dict(
     vocab_size=VOCAB,
@@ -117,6 +128,15 @@ def tiny_config(family: str) -> PretrainedConfig:
             num_attention_heads=2, image_size=16, patch_size=4,
         )
         return Gemma3Config(text_config=_gemma3_text_config(), vision_config=vision, mm_tokens_per_image=4)
+    if family == "qwen3":
+        return Qwen3Config(**_LLAMA_LIKE, head_dim=QWEN3_HEAD_DIM)
+    if family == "cohere":
+        # Aya 23 / Aya Expanse settings: no qk-norm, tied embeddings, logits scaled by logit_scale.
+        return CohereConfig(**_LLAMA_LIKE, **_SMALL_TOKEN_IDS, use_qk_norm=False, logit_scale=0.25)
+    if family == "phi3":
+        return Phi3Config(**_LLAMA_LIKE, **_SMALL_TOKEN_IDS)
+    if family == "olmo2":
+        return Olmo2Config(**_LLAMA_LIKE, **_SMALL_TOKEN_IDS)
     if family == "gpt2":
         # n_inner=None: the FFN width is the GPT-2 default of 4 * n_embd = 128.
         return GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,

@@ -54,7 +54,7 @@ class GgufExport:
     """What `export_gguf` wrote."""
 
     path: Path
-    architecture: str  # the GGUF architecture: "llama" or "gemma3"
+    architecture: str  # the GGUF architecture: "llama", "gemma3" or "qwen3"
     tensor_count: int
     size_bytes: int
     dtype: GgufDtype
@@ -66,7 +66,7 @@ class GgufExport:
 
 
 def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32") -> GgufExport:
-    """Write `loaded` (a llama or Gemma 3 causal LM) and its tokenizer to the new GGUF file `path`."""
+    """Write `loaded` (a Llama, Gemma 3 or Qwen3 causal LM) and its tokenizer to the new GGUF file `path`."""
     path = Path(path)
     if dtype not in ("f32", "f16"):
         raise BabelpruneError(f"GGUF dtype '{dtype}' is not supported; choose f32 or f16.")
@@ -205,12 +205,41 @@ def _gemma3_transform(name: str, tensor: torch.Tensor, config) -> torch.Tensor:
     return tensor + 1.0 if name.endswith("norm.weight") else tensor
 
 
+# transformers' GGUF reader does not read Qwen3's head width (attention.key_length): it keeps Qwen3Config's default.
+QWEN3_HEAD_DIM = 128
+
+
+def _qwen3_settings(config) -> list[tuple[str, object, object]]:
+    return [
+        ("hidden_act", config.hidden_act, "silu"),
+        ("attention_bias", config.attention_bias, False),
+        ("rope_type", _rope(config).get("rope_type", "default"), "default"),
+        ("head_dim", _head_dim(config), QWEN3_HEAD_DIM),
+        ("use_sliding_window", bool(getattr(config, "use_sliding_window", False)), False),
+    ]
+
+
+def _qwen3_hparams(writer, config) -> None:
+    _common_hparams(writer, config)
+    # llama.cpp reads the head width from key_length (Qwen3's is not hidden / heads).
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+
+
+def _unchanged(name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+    # Qwen3 rotates the two halves of each head in llama.cpp too (NeoX style): no row reordering.
+    return tensor
+
+
 # transformers model_type -> family
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", _llama_settings, _llama_hparams, _llama_transform),
     "gemma3_text": Family("gemma3", _gemma3_settings, _gemma3_hparams, _gemma3_transform),
+    "qwen3": Family("qwen3", _qwen3_settings, _qwen3_hparams, _unchanged),
 }
-_SUPPORTED = "llama (LlamaForCausalLM) and gemma3 (Gemma3ForCausalLM)"
+_SUPPORTED = "llama (LlamaForCausalLM), gemma3 (Gemma3ForCausalLM) and qwen3 (Qwen3ForCausalLM)"
 
 
 def family_of(loaded: LoadedModel) -> Family:

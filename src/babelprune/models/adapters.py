@@ -17,7 +17,7 @@ which hides GPT-2's `Conv1D` (stored transposed, as (in, out)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -38,7 +38,7 @@ class AttentionParts:
 
     Either q/k/v are separate linears, or `fused_qkv` is one linear whose
     output stacks them, laid out as `fused_layout` says:
-      - "concat" (GPT-2 `c_attn`): rows are [q (H*d) | k (KV*d) | v (KV*d)];
+      - "concat" (GPT-2 `c_attn`, Phi-3 `qkv_proj`): rows are [q (H*d) | k (KV*d) | v (KV*d)];
       - "per_head" (BLOOM `query_key_value`): rows are grouped by head,
         [h0: q d, k d, v d | h1: q d, k d, v d | ...].
     """
@@ -60,16 +60,39 @@ class FFNParts:
     """Paths, relative to one block, of the feed-forward linears.
 
     `gate` is set for gated FFNs (SwiGLU/GeGLU: down(act(gate(x)) * up(x))),
-    None for plain ones (down(act(up(x)))).
+    None for plain ones (down(act(up(x)))). `gate_up` replaces both `gate` and
+    `up` when one linear computes them together (Phi-3 `gate_up_proj`): its
+    rows are [gate (ffn) | up (ffn)], so neuron j owns rows j and ffn + j.
     """
 
-    up: str
     down: str
+    up: str | None = None
     gate: str | None = None
+    gate_up: str | None = None
 
     @property
     def is_gated(self) -> bool:
-        return self.gate is not None
+        return self.gate is not None or self.gate_up is not None
+
+    @property
+    def is_fused(self) -> bool:
+        return self.gate_up is not None
+
+
+@dataclass(frozen=True)
+class HeadNorm:
+    """A q or k norm whose weight is one slice per head, in head order.
+
+    OLMo 2 normalizes the whole q (k) projection output, so its weight spans
+    heads * head_dim; Cohere's optional qk-norm keeps a (heads, head_dim)
+    weight. Either way the weight, read as (heads, -1), has one row per head.
+    `heads` says which heads: "query" heads or key/value ("kv") heads.
+    A block without the module (Cohere with qk-norm off) has nothing to cut.
+    Qwen3's q/k norms act on head_dim alone, shared by every head: not listed.
+    """
+
+    path: str  # relative to one block
+    heads: Literal["query", "kv"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,8 @@ class StructureParts:
     explicit head_dim, so num_attention_heads does not also fix the head width).
     `head_removal_blocker`: why heads cannot be removed in this family, if so.
     `per_layer_lists`: config attributes holding one entry per block.
+    `head_norms`: norms inside attention whose weight holds one slice per head
+    (see `HeadNorm`); they are cut and reordered together with the heads.
     """
 
     attention_module: str
@@ -95,6 +120,7 @@ class StructureParts:
     heads_in_config: bool = False
     head_removal_blocker: str | None = None
     per_layer_lists: tuple[str, ...] = ("layer_types",)
+    head_norms: tuple[HeadNorm, ...] = ()
 
 
 def fused_qkv_rows(layout: FusedLayout, n_heads: int, n_kv_heads: int, head_dim: int) -> dict[str, torch.Tensor]:
@@ -208,9 +234,13 @@ class ArchAdapter:
         return {name: self._module_at(block, path) for name, path in paths.items()}
 
     def ffn_linears(self, block: nn.Module) -> dict[str, nn.Module]:
-        """{"gate","up","down"} for gated FFNs, {"up","down"} otherwise."""
-        paths = {"gate": self.ffn.gate} if self.ffn.is_gated else {}
-        paths |= {"up": self.ffn.up, "down": self.ffn.down}
+        """{"gate","up","down"} for gated FFNs, {"gate_up","down"} when fused, {"up","down"} otherwise."""
+        parts = self.ffn
+        if parts.is_fused:
+            paths = {"gate_up": parts.gate_up}
+        else:
+            paths = ({"gate": parts.gate} if parts.gate is not None else {}) | {"up": parts.up}
+        paths |= {"down": parts.down}
         return {name: self._module_at(block, path) for name, path in paths.items()}
 
     def block_linears(self, block: nn.Module) -> dict[str, nn.Module]:
@@ -220,7 +250,10 @@ class ArchAdapter:
     def linear_names(self) -> tuple[str, ...]:
         """The keys `block_linears` returns for this family, in the same order."""
         attention = ("qkv", "o") if self.attention.is_fused else ("q", "k", "v", "o")
-        ffn = ("gate", "up", "down") if self.ffn.is_gated else ("up", "down")
+        if self.ffn.is_fused:
+            ffn = ("gate_up", "down")
+        else:
+            ffn = ("gate", "up", "down") if self.ffn.is_gated else ("up", "down")
         return attention + ffn
 
     # ----- sizes from the config ------------------------------------------
@@ -281,8 +314,19 @@ _BERT_STRUCTURE = StructureParts(
 )
 
 
-def _llama_like(family: str, model_types: tuple[str, ...], prefix: str = "") -> ArchAdapter:
-    """Llama-layout decoders: `layers`, `embed_tokens`, `norm`, q/k/v/o and a gated MLP."""
+# q_norm / k_norm weights with one slice per head (OLMo 2 always, Cohere with use_qk_norm).
+_QK_HEAD_NORMS = (HeadNorm("self_attn.q_norm", "query"), HeadNorm("self_attn.k_norm", "kv"))
+
+
+def _llama_like(
+    family: str, model_types: tuple[str, ...], prefix: str = "", structure: StructureParts = _LLAMA_STRUCTURE
+) -> ArchAdapter:
+    """Llama-layout decoders: `layers`, `embed_tokens`, `norm`, q/k/v/o and a gated MLP.
+
+    Where the norms sit around the sublayers (Gemma's sandwich, OLMo 2's
+    post-norms, Cohere's one norm feeding attention and FFN in parallel) does
+    not matter here: pruning touches the linears, and the block runs as a whole.
+    """
     return ArchAdapter(
         family=family,
         model_types=model_types,
@@ -292,7 +336,7 @@ def _llama_like(family: str, model_types: tuple[str, ...], prefix: str = "") -> 
         attention=_LLAMA_ATTENTION,
         ffn=_LLAMA_FFN,
         decoder=True,
-        structure=_LLAMA_STRUCTURE,
+        structure=structure,
     )
 
 
@@ -305,6 +349,28 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
     _llama_like("gemma3", ("gemma3_text",)),
     # Gemma3ForConditionalGeneration: the text model sits next to a vision tower.
     _llama_like("gemma3-multimodal", ("gemma3",), prefix="language_model."),
+    # Qwen3's q_norm / k_norm act on head_dim, shared by every head: nothing to cut with heads.
+    _llama_like("qwen3", ("qwen3",)),
+    _llama_like("cohere", ("cohere",), structure=replace(_LLAMA_STRUCTURE, head_norms=_QK_HEAD_NORMS)),
+    _llama_like("olmo2", ("olmo2",), structure=replace(_LLAMA_STRUCTURE, head_norms=_QK_HEAD_NORMS)),
+    ArchAdapter(
+        family="phi3",
+        model_types=("phi3",),
+        blocks="layers",
+        embeddings="embed_tokens",
+        final_norm="norm",
+        attention=AttentionParts(fused_qkv="self_attn.qkv_proj", fused_layout="concat", o="self_attn.o_proj"),
+        ffn=FFNParts(gate_up="mlp.gate_up_proj", down="mlp.down_proj"),
+        decoder=True,
+        structure=StructureParts(
+            attention_module="self_attn",
+            mlp_module="mlp",
+            head_removal_blocker=(
+                "its attention splits the fused qkv output at the query head count of the config, "
+                "which every block shares"
+            ),
+        ),
+    ),
     ArchAdapter(
         family="gpt2",
         model_types=("gpt2",),

@@ -9,7 +9,7 @@ Units, per block:
   share it ("group"), or a single query head ("query"), removed evenly within
   groups so that every group keeps the same number of query heads.
 * FFN neurons: one row of gate and up (gated FFNs) or of up, and one column of
-  down ("neuron").
+  down ("neuron"); in a fused gate_up (Phi-3) neuron j is rows j and ffn + j.
 * whole blocks.
 
 Query head h belongs to key/value group h // r, r = query heads per kv head
@@ -84,14 +84,14 @@ def check_head_removal(adapter: ArchAdapter) -> None:
 def layer_layout(adapter: ArchAdapter, block: nn.Module, head_dim: int) -> LayerLayout:
     """The widths of one block, from the shapes of its linears."""
     attention = adapter.attention_linears(block)
+    # o reads the query heads' outputs in every family: its columns are heads * head_dim.
+    n_heads = weight_matrix(attention["o"]).shape[1] // head_dim
     if adapter.attention.is_fused:
-        # Fused families here have one kv head per query head: rows = 3 * heads * head_dim.
-        n_heads = weight_matrix(attention["qkv"]).shape[0] // (3 * head_dim)
-        n_kv = n_heads
+        # The fused rows are q (H*d) then k and v (KV*d each), whatever their order.
+        n_kv = (weight_matrix(attention["qkv"]).shape[0] - n_heads * head_dim) // (2 * head_dim)
     else:
-        n_heads = weight_matrix(attention["q"]).shape[0] // head_dim
         n_kv = weight_matrix(attention["k"]).shape[0] // head_dim
-    ffn = weight_matrix(adapter.ffn_linears(block)["up"]).shape[0]
+    ffn = weight_matrix(adapter.ffn_linears(block)["down"]).shape[1]
     return LayerLayout(n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, ffn=ffn)
 
 
@@ -127,11 +127,25 @@ def head_unit_map(adapter: ArchAdapter, layout: LayerLayout, kind: HeadUnit) -> 
     return {"q": (0, q_rows), "k": (0, kv_rows), "v": (0, kv_rows), "o": (1, q_rows)}
 
 
+def ffn_rows(adapter: ArchAdapter, neurons: torch.Tensor, ffn: int) -> dict[str, torch.Tensor]:
+    """Rows of the FFN input linears that hold the given neurons, in the order given.
+
+    Separate gate and up: row j of each. A fused gate_up of 2 * ffn rows
+    ([gate | up]): rows j and ffn + j, the gate half first so that it stays
+    the first half the forward splits off.
+    """
+    parts = adapter.ffn
+    if parts.is_fused:
+        return {"gate_up": torch.cat([neurons, neurons + ffn])}
+    return ({"gate": neurons} if parts.gate is not None else {}) | {"up": neurons}
+
+
 def neuron_unit_map(adapter: ArchAdapter, layout: LayerLayout) -> UnitMap:
-    """Rows of gate/up and columns of down, one neuron each."""
+    """Rows of gate/up (or the fused gate_up) and columns of down, one neuron each."""
     neurons = torch.arange(layout.ffn)
-    rows = {"gate": (0, neurons)} if adapter.ffn.is_gated else {}
-    return rows | {"up": (0, neurons), "down": (1, neurons)}
+    # Indexed by row, each input linear's rows name their neuron: for fused gate_up, j then j again.
+    rows = {name: (0, index % layout.ffn) for name, index in ffn_rows(adapter, neurons, layout.ffn).items()}
+    return rows | {"down": (1, neurons)}
 
 
 def reduce_to_units(per_index: dict[str, tuple[torch.Tensor, torch.Tensor]], unit_map: UnitMap, n_units: int) -> torch.Tensor:
@@ -246,7 +260,28 @@ def remove_heads(model: nn.Module, adapter: ArchAdapter, index: int, keep_q: Seq
         block.set_submodule(parts.k, shrink_linear(linears["k"], rows=kv_rows))
         block.set_submodule(parts.v, shrink_linear(linears["v"], rows=kv_rows))
     block.set_submodule(parts.o, shrink_linear(linears["o"], cols=q_rows))
+    select_head_norms(structure_of(adapter), block, {"query": keep_q, "kv": keep_kv}, d)
     _set_head_attrs(structure_of(adapter), block, len(keep_q), len(keep_kv), d)
+
+
+def select_head_norms(structure: StructureParts, block: nn.Module, heads: dict[str, Sequence[int]], head_dim: int) -> None:
+    """Keep (or reorder) the per-head slices of the block's head norms: heads["query"] / heads["kv"], in order.
+
+    OLMo 2's q_norm is an RMSNorm over the whole q projection width, so with
+    fewer heads it normalizes over the kept heads only: the kept heads keep
+    their own weight slices, but their statistics no longer include removed
+    heads. That is how Olmo2Attention built with fewer heads computes, so the
+    narrower model reloads as it runs; a reordering keeps the function exactly.
+    """
+    for norm in structure.head_norms:
+        try:
+            module = block.get_submodule(norm.path)
+        except AttributeError:
+            continue  # this model has the norm switched off (Cohere without use_qk_norm)
+        weight, keep = module.weight, torch.as_tensor(list(heads[norm.heads]), dtype=torch.long)
+        per_head = weight.detach().reshape(-1, head_dim)[keep]  # (kept, head_dim): (H*d,) and (H, d) alike
+        shape = (len(keep), head_dim) if weight.dim() > 1 else (-1,)
+        module.weight = nn.Parameter(per_head.reshape(shape).contiguous().clone(), requires_grad=weight.requires_grad)
 
 
 def _set_head_attrs(structure: StructureParts, block: nn.Module, n_heads: int, n_kv: int, head_dim: int) -> None:
@@ -265,16 +300,22 @@ def remove_neurons(model: nn.Module, adapter: ArchAdapter, index: int, keep: Seq
     if keep.numel() == 0:
         raise BabelpruneError("A block must keep at least one FFN neuron; lower the sparsity or remove the block instead.")
     block = adapter.get_blocks(model)[index]
-    linears, parts = adapter.ffn_linears(block), adapter.ffn
-    if parts.is_gated:
-        block.set_submodule(parts.gate, shrink_linear(linears["gate"], rows=keep))
-    block.set_submodule(parts.up, shrink_linear(linears["up"], rows=keep))
-    block.set_submodule(parts.down, shrink_linear(linears["down"], cols=keep))
+    select_neurons(adapter, block, keep)
     structure = structure_of(adapter)
     if structure.mlp_module:
         mlp = block.get_submodule(structure.mlp_module)
         for name in structure.ffn_width_attrs:
             setattr(mlp, name, int(keep.numel()))
+
+
+def select_neurons(adapter: ArchAdapter, block: nn.Module, neurons: torch.Tensor) -> None:
+    """Rebuild the block's FFN linears with only the given neurons, in the order given."""
+    linears, parts = adapter.ffn_linears(block), adapter.ffn
+    ffn = weight_matrix(linears["down"]).shape[1]
+    paths = {"gate": parts.gate, "up": parts.up, "gate_up": parts.gate_up}
+    for name, rows in ffn_rows(adapter, neurons, ffn).items():
+        block.set_submodule(paths[name], shrink_linear(linears[name], rows=rows))
+    block.set_submodule(parts.down, shrink_linear(linears["down"], cols=neurons))
 
 
 def remove_blocks(model: nn.Module, adapter: ArchAdapter, keep: Sequence[int]) -> None:

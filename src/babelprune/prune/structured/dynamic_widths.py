@@ -16,7 +16,10 @@ from babelprune.models.base import LoadedModel
 from babelprune.models.layouts import (
     LayerLayout,
     layer_layouts,
+    select_head_norms,
+    select_neurons,
     shrink_linear,
+    structure_of,
 )
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
@@ -84,14 +87,12 @@ def _permute_heads(adapter: ArchAdapter, block: nn.Module, layout: LayerLayout, 
         block.set_submodule(parts.k, shrink_linear(linears["k"], rows=kv_rows))
         block.set_submodule(parts.v, shrink_linear(linears["v"], rows=kv_rows))
     block.set_submodule(parts.o, shrink_linear(linears["o"], cols=q_rows))
+    # Per-head norm slices (OLMo 2, Cohere's qk-norm) move with their heads.
+    select_head_norms(structure_of(adapter), block, {"query": order, "kv": kv_order}, d)
 
 
 def _permute_neurons(adapter: ArchAdapter, block: nn.Module, order: list[int]) -> None:
-    parts, linears, index = adapter.ffn, adapter.ffn_linears(block), torch.as_tensor(order, dtype=torch.long)
-    if parts.is_gated:
-        block.set_submodule(parts.gate, shrink_linear(linears["gate"], rows=index))
-    block.set_submodule(parts.up, shrink_linear(linears["up"], rows=index))
-    block.set_submodule(parts.down, shrink_linear(linears["down"], cols=index))
+    select_neurons(adapter, block, torch.as_tensor(order, dtype=torch.long))
 
 
 @torch.no_grad()
