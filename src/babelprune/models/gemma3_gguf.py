@@ -31,6 +31,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from babelprune.errors import BabelpruneError
 from babelprune.models import gguf_cache
 from babelprune.models.gguf_cache import (
+    CHECK_SENTENCES,
     MARKER_FILE,  # noqa: F401  (callers name gemma3_gguf.MARKER_FILE)
     check_perplexity,
     conversion_steps,
@@ -55,17 +56,6 @@ Piece = sp_pb2.ModelProto.SentencePiece
 # GGUF token types use the same numbers as SentencePiece piece types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# Short real sentences the conversion checks its tokenizer and model on.
-CHECK_SENTENCES = (
-    "In the beginning was the Word, and the Word was with God.",
-    "Au commencement était la Parole, et la Parole était avec Dieu.",
-    "В начале было Слово, и Слово было у Бога.",
-    "في البدء كان الكلمة، والكلمة كان عند الله.",
-    "आदि में वचन था, और वचन परमेश्वर के साथ था।",
-    "太初有道，道与神同在，道就是神。",
-    "初めに言があった。言は神と共にあった。",
-    "태초에 말씀이 계시니라.  이 말씀이 하나님과 함께 계셨으니\n\tdef f(x):\n        return x ** 2 🙂",
-)
 # The converted model scores perplexity ~5 on the English check sentence; a
 # broken conversion (wrong weights or tokenizer) scores in the hundreds or more.
 MAX_CHECK_PERPLEXITY = 50.0

@@ -27,6 +27,18 @@ from babelprune.errors import BabelpruneError
 
 MARKER_FILE = "babelprune_source.json"
 
+# Short real sentences the conversion checks its tokenizer and model on.
+CHECK_SENTENCES = (
+    "In the beginning was the Word, and the Word was with God.",
+    "Au commencement était la Parole, et la Parole était avec Dieu.",
+    "В начале было Слово, и Слово было у Бога.",
+    "في البدء كان الكلمة، والكلمة كان عند الله.",
+    "आदि में वचन था, और वचन परमेश्वर के साथ था।",
+    "太初有道，道与神同在，道就是神。",
+    "初めに言があった。言は神と共にあった。",
+    "태초에 말씀이 계시니라.  이 말씀이 하나님과 함께 계셨으니\n\tdef f(x):\n        return x ** 2 🙂",
+)
+
 
 def model_folder(alias: str) -> Path:
     """Where the converted folder of a built-in model lives in the cache."""
