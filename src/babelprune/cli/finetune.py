@@ -13,6 +13,28 @@ from babelprune.cli.common import MAX_INT, console, err_console, note
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_folder
 
+# The options `finetune` and `finetune-sweep` share, declared once (each command keeps its own defaults).
+EncoderOption = Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")]
+TaskOption = Annotated[str, typer.Option(help="bible-genre, bible-retrieval, wikiann, xnli (see `babelprune tasks`).")]
+TaskOptionsOption = Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")]
+ModeOption = Annotated[TrainingMode, typer.Option(help="zero-shot (train on --source-lang), multilingual (all --langs together) or monolingual (one model per language).")]
+SourceLangOption = Annotated[str, typer.Option(help="Training language in zero-shot mode.")]
+LangsOption = Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all the task has).")]
+GmpScopeOption = Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")]
+GmpEmbeddingsOption = Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")]
+GmpStartOption = Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")]
+GmpEndOption = Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")]
+GmpIntervalOption = Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")]
+LrOption = Annotated[float, typer.Option(help="Learning rate.")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")]
+EpochsOption = Annotated[float, typer.Option(help="Passes over the training set.")]
+MaxStepsOption = Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")]
+PerturbationsOption = Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")]
+MaxTrainOption = Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many training examples per run.")]
+MaxEvalOption = Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many test examples per language.")]
+CheckpointEveryOption = Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps (an interrupted run resumes from the last one).")]
+MaxLengthOption = Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")]
+
 
 def tasks_command() -> None:
     """List the built-in tasks and their options."""
@@ -24,28 +46,28 @@ def tasks_command() -> None:
 
 def finetune_command(
     out: Annotated[Path, typer.Option(help="Run folder (resumes from its last checkpoint if interrupted).")],
-    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
-    task: Annotated[str, typer.Option(help="bible-genre, bible-retrieval, wikiann, xnli (see `babelprune tasks`).")] = "bible-genre",
-    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
-    mode: Annotated[TrainingMode, typer.Option(help="zero-shot (train on --source-lang), multilingual (all --langs together) or monolingual (one model per language).")] = "zero-shot",
-    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
-    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all the task has).")] = None,
+    model: EncoderOption = "e5-small",
+    task: TaskOption = "bible-genre",
+    task_option: TaskOptionsOption = None,
+    mode: ModeOption = "zero-shot",
+    source_lang: SourceLangOption = "en",
+    langs: LangsOption = None,
     gmp_final: Annotated[float, typer.Option(help="Final sparsity of gradual magnitude pruning (0: dense).")] = 0.0,
-    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
-    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
-    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
-    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
-    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
-    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
+    gmp_scope: GmpScopeOption = "per-layer",
+    gmp_embeddings: GmpEmbeddingsOption = False,
+    gmp_start: GmpStartOption = 0.1,
+    gmp_end: GmpEndOption = 0.7,
+    gmp_interval: GmpIntervalOption = None,
+    lr: LrOption = 1e-4,
+    batch_size: BatchSizeOption = 16,
+    epochs: EpochsOption = 1.0,
+    max_steps: MaxStepsOption = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of everything random.")] = 0,
-    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities (comma-separated; default by task).")] = None,
-    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many training examples per run.")] = 256,
-    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="At most this many test examples per language.")] = 20,
-    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps (an interrupted run resumes from the last one).")] = None,
-    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    perturbations: PerturbationsOption = None,
+    max_train: MaxTrainOption = 256,
+    max_eval: MaxEvalOption = 20,
+    checkpoint_every: CheckpointEveryOption = None,
+    max_length: MaxLengthOption = 128,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model (for large sweeps).")] = False,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole fine-tuning config (mode, train_per_language, gmp...); its flags may not be typed too.")] = None,
 ) -> None:
@@ -73,28 +95,28 @@ def finetune_command(
 
 def finetune_sweep_command(
     out: Annotated[Path, typer.Option(help="Sweep folder: its experiment file, results store and report; done runs are skipped.")],
-    model: Annotated[str, typer.Option(help="Encoder: alias, folder or hub id.")] = "e5-small",
-    task: Annotated[str, typer.Option(help="Task name (see `babelprune tasks`).")] = "bible-genre",
-    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (see `babelprune tasks`); repeatable.")] = None,
+    model: EncoderOption = "e5-small",
+    task: TaskOption = "bible-genre",
+    task_option: TaskOptionsOption = None,
     sparsities: Annotated[str, typer.Option(help="Final GMP sparsities (0 = dense).")] = "0,0.5,0.7,0.9,0.98",
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
-    mode: Annotated[TrainingMode, typer.Option(help="Training mode (see `babelprune finetune --help`).")] = "zero-shot",
-    source_lang: Annotated[str, typer.Option(help="Training language in zero-shot mode.")] = "en",
-    langs: Annotated[Optional[str], typer.Option(help="Evaluation languages (default: all).")] = None,
-    gmp_scope: Annotated[GmpScope, typer.Option(help="Magnitude ranking within each matrix or over all of them.")] = "per-layer",
-    gmp_embeddings: Annotated[bool, typer.Option(help="Also prune the word-embedding matrix.")] = False,
-    gmp_start: Annotated[float, typer.Option(help="Pruning starts at this share of each run's steps, in [0, 1).")] = 0.1,
-    gmp_end: Annotated[float, typer.Option(help="Pruning reaches the final sparsity at this share of each run's steps, in (0, 1], after --gmp-start.")] = 0.7,
-    gmp_interval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Steps between mask updates (default: about ten updates from start to end).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Training batch size.")] = 16,
-    epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Optimizer steps (overrides --epochs).")] = None,
-    perturbations: Annotated[Optional[str], typer.Option(help="words, chars, entities.")] = None,
-    max_train: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Training examples per run.")] = 256,
-    max_eval: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Test examples per language.")] = 50,
-    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Checkpoint every N steps.")] = 10,
-    max_length: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Longest input in tokens (at most the model's positions, e.g. 512 for e5-small).")] = 128,
+    mode: ModeOption = "zero-shot",
+    source_lang: SourceLangOption = "en",
+    langs: LangsOption = None,
+    gmp_scope: GmpScopeOption = "per-layer",
+    gmp_embeddings: GmpEmbeddingsOption = False,
+    gmp_start: GmpStartOption = 0.1,
+    gmp_end: GmpEndOption = 0.7,
+    gmp_interval: GmpIntervalOption = None,
+    lr: LrOption = 1e-4,
+    batch_size: BatchSizeOption = 16,
+    epochs: EpochsOption = 1.0,
+    max_steps: MaxStepsOption = None,
+    perturbations: PerturbationsOption = None,
+    max_train: MaxTrainOption = 256,
+    max_eval: MaxEvalOption = 50,
+    checkpoint_every: CheckpointEveryOption = 10,
+    max_length: MaxLengthOption = 128,
     # A sweep of the results store keeps the scores only; the flag stays so that older commands still run.
     scores_only: Annotated[bool, typer.Option("--scores-only", hidden=True, help="Kept for older commands: a sweep keeps the scores only.")] = False,
 ) -> None:
