@@ -206,7 +206,7 @@ def test_babelprune_has_no_import_cycle():
 # The floor plan, bottom first (docs/architecture.md). "__init__" is the package babelprune itself.
 FLOORS: list[tuple[str, ...]] = [
     ("errors", "choices", "progress", "outputs", "names", "version"),
-    ("cache", "configfile"),
+    ("cache", "configfile", "devices"),
     ("records",),  # above cache: a record's `save` writes atomically with cache.atomic_write_text
     ("data", "models"),
     ("formats",),

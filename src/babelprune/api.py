@@ -7,9 +7,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 
-from babelprune.choices import GgufDtype, LanguageBudget, Offload, StorageFormat, ValuesDtype
+
+from babelprune.choices import DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, StorageFormat, ValuesDtype
 from babelprune.data.corpus import Corpus, Split
+from babelprune.devices import dtype_name, resolve
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
@@ -221,6 +224,8 @@ def model_info(loaded: LoadedModel) -> ModelInfo:
         architecture=architectures[0],
         n_parameters=count_parameters(loaded.model),
         block_sparsity=round(sparsity, 6),
+        device=str(loaded.device),
+        dtype=dtype_name(loaded.dtype),
     )
 
 
@@ -356,12 +361,14 @@ def fetch_corpus(name: str) -> Path:
 
 
 def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
-                   seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8) -> EvalResult:
-    """Load `model` and score it per language on `corpus` (names and languages checked before loading)."""
+                   seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8, *,
+                   device: DeviceName = "cpu", dtype: ModelDtype = "auto") -> EvalResult:
+    """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading)."""
+    place, dtype = resolve(device, dtype)
     check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(list(languages)) if languages is not None else None
-    return evaluate(load_model(model), text, languages, split, seq_len, max_tokens, batch_size)
+    return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size)
 
 
 def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
@@ -384,6 +391,8 @@ def prune_to_folder(
     offload: Offload = "none",
     save_format: StorageFormat | None = None,
     values: ValuesDtype = "fp32",
+    device: DeviceName = "cpu",
+    dtype: ModelDtype = "auto",
 ):
     """Load `model`, prune it as `config` says and write it to `out`; returns the pruning result.
 
@@ -391,13 +400,15 @@ def prune_to_folder(
     PruneConfig's own `seed` chooses its windows. With a language budget, `holdout_samples` more
     windows per language are drawn and held out to measure each round. `offload="disk"` reads and
     writes one block at a time. A structured per-language result writes one model per language,
-    in `out/<language>`. Every name, language and setting is checked before the model is loaded.
+    in `out/<language>`. The model is pruned in `dtype` on `device` (its statistics stay float32 or
+    float64). Every name, language and setting is checked before the model is loaded.
     """
     calibration = calibration or CalibrationSpec()
+    place, dtype = resolve(device, dtype)
     if isinstance(config, StructuredConfig):
         if offload == "disk":
             raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
-        return _prune_structured_to_folder(model, config, out, calibration)
+        return _prune_structured_to_folder(model, config, out, calibration, place, dtype)
     calibration = calibration.model_copy(update={"seed": config.seed})
     budget = language_budget == "minimax"
     if budget and calibration.languages is not None and len(calibration.languages) < 2:
@@ -411,11 +422,13 @@ def prune_to_folder(
             raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
         from babelprune.prune.offload import check_offload_request
 
+        if place.type != "cpu" or dtype != torch.float32:
+            raise BabelpruneError("--offload disk prunes in float32 on the CPU; drop --offload, or --device and --dtype.")
         check_offload_request(config)
         offloaded = open_offloaded(model)
         windows = _calibrate_spec(offloaded.loaded, calibration) if needs_data else None
         return prune_offloaded(offloaded, config, windows, Path(out), save_format, values)
-    loaded = load_model(model)
+    loaded = load_model(model, dtype, place)
     held = holdout_samples if budget else 0
     windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
     holdout = None
@@ -426,7 +439,8 @@ def prune_to_folder(
     return result
 
 
-def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path | str, calibration: CalibrationSpec):
+def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path | str, calibration: CalibrationSpec,
+                                device: torch.device, dtype: torch.dtype):
     """Remove heads / FFN neurons / blocks and save; per-language writes one model per calibration language."""
     from babelprune.cache import atomic_dir
     from babelprune.formats.structured import save_structured
@@ -436,7 +450,7 @@ def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path 
     check_sources(model=model)
     if config.needs_calibration:
         _check_calibration_sources(calibration)
-    loaded = load_model(model)
+    loaded = load_model(model, dtype, device)
     windows = _calibrate_spec(loaded, calibration) if config.needs_calibration else None
     result = prune_structured(loaded, config, windows)
     if result.per_language:
@@ -476,13 +490,20 @@ def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32"):
     return export_gguf(load_model(model), out, dtype)
 
 
-def measure_model_speeds(models: Sequence[str], **settings):
-    """Load each model and time it side by side (`babelprune.evaluate.speed.measure_speeds`); the first is the reference."""
+def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto", **settings):
+    """Load each model in `dtype` on `device` and time it side by side (`babelprune.evaluate.speed.measure_speeds`).
+
+    The first model is the reference. Peak memory (`memory=True`) is the resident memory of a CPU process,
+    so it is measured only for models on the CPU.
+    """
     from babelprune.evaluate.speed import measure_speeds
 
+    place, dtype = resolve(device, dtype)
+    if settings.get("memory") and place.type != "cpu":
+        raise BabelpruneError(f"Peak memory is measured as the resident memory of a CPU process, not on {place}; add --no-memory.")
     for spec in models:
         check_sources(model=spec)
-    return measure_speeds([load_model(spec) for spec in models], **settings)
+    return measure_speeds([load_model(spec, dtype, place) for spec in models], **settings)
 
 
 def write_speed_reports(reports, path: Path | str) -> None:

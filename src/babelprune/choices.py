@@ -29,6 +29,14 @@ LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 CALIB_BATCH = 8
 Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a time (babelprune.prune.offload)
 
+# Where a model runs and in which floating-point type (babelprune.devices resolves both).
+# A device is text rather than a Literal, since "cuda:N" names any of N cards: "auto" (CUDA if
+# present, else MPS, else the CPU), "cpu", "cuda", "cuda:0", "cuda:1"..., "mps".
+DeviceName = str
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+# "auto": float32 on the CPU and MPS, bfloat16 on a CUDA card that supports it, else float16.
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]
 GgufDtype = Literal["f32", "f16"]

@@ -5,13 +5,20 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from babelprune.choices import DEVICE_FORMS, ModelDtype
 from babelprune.flags import method_names
+
+# --device and --dtype, shared by the commands that load a model; the library checks the device against the machine.
+DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {DEVICE_FORMS} (auto: CUDA, else MPS, else the CPU).")]
+DtypeOption = Annotated[ModelDtype, typer.Option(
+    help="Type of the model's weights (auto: float32 on the CPU and MPS, bfloat16 on CUDA where supported, else float16); "
+    "pruning statistics stay float32 or float64.")]
 
 # The largest count an option takes: beyond it a C integer inside torch or the OS would overflow.
 MAX_INT = 2**31 - 1

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from babelprune.choices import Split
-from babelprune.cli.common import MAX_INT, console, note
+from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, console, note
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_file
 
@@ -32,6 +32,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(max=MAX_INT, min=1, help="Windows per forward pass.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here (a .json file; missing folders are created).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out that `babelprune eval` wrote.")] = False,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
     from babelprune.api import evaluate_model
@@ -40,7 +42,8 @@ def eval_command(
 
     if out is not None:
         check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file, writer="`babelprune eval`")
-    result = evaluate_model(model, corpus, language_option(langs, "--langs"), split, seq_len, max_tokens, batch_size)
+    result = evaluate_model(model, corpus, language_option(langs, "--langs"), split, seq_len, max_tokens, batch_size,
+                            device=device, dtype=dtype)
     console.print(rich_table(result))
     if out is not None:
         result.save(out)
@@ -83,6 +86,8 @@ def bench_speed_command(
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Peak resident memory of each model, loaded again in a fresh process after the timing.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the reports as JSON (a .json file; missing folders are created).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json that `babelprune bench-speed` wrote.")] = False,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Latency (batch 1), throughput, generation per token, parameters, bytes on disk, peak memory and FLOPs per token, side by side."""
     import os
@@ -96,7 +101,7 @@ def bench_speed_command(
     if json_out is not None:
         check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file, writer="`babelprune bench-speed`")
     reports = measure_model_speeds(models, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
-                                   new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory)
+                                   new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory, device=device, dtype=dtype)
     console.print(speed_table(reports))
     if reports[0].has_lm_head:
         console.print(speed_table(reports, body=True))

@@ -27,7 +27,7 @@ from babelprune.choices import (
     StructuredImportance,
     ValuesDtype,
 )
-from babelprune.cli.common import MAX_INT, RegistryChoices, console
+from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, RegistryChoices, console
 from babelprune.errors import BabelpruneError
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_file, check_output_folder
@@ -71,6 +71,8 @@ def prune_command(
     holdout_samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="--language-budget: calibration windows per language held out to measure each round.")] = 2,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole pruning config (a file with `units` is structured); its flags may not be typed too.")] = None,
     offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import CalibrationSpec, PruneConfig, StructuredConfig, prune_to_folder
@@ -93,7 +95,8 @@ def prune_command(
     calibration = CalibrationSpec(corpus=calib, languages=language_option(calib_langs, "--calib-langs"), samples=samples,
                                   seq_len=seq_len, seed=seed)
     result = prune_to_folder(model, config, out, calibration, language_budget=language_budget, budget_rounds=budget_rounds,
-                             holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values)
+                             holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values,
+                             device=device, dtype=dtype)
     if isinstance(config, StructuredConfig):
         console.print(
             f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "

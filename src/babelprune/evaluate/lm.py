@@ -32,15 +32,15 @@ class NLLTotals:
     window_bytes: tuple[int, ...] = ()
 
 
-def _pad_batch(windows: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad windows into ids (B, T) and attention mask (B, T)."""
+def _pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad windows into ids (B, T) and attention mask (B, T), built on the CPU and sent to `device` at once."""
     longest = max(len(w.ids) for w in windows)
-    ids = torch.full((len(windows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    ids = torch.full((len(windows), longest), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(windows), longest), dtype=torch.long, device="cpu")
     for row, window in enumerate(windows):
-        ids[row, : len(window.ids)] = torch.tensor(window.ids)
+        ids[row, : len(window.ids)] = torch.tensor(window.ids, dtype=torch.long, device="cpu")
         mask[row, : len(window.ids)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ def batch_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> 
     source = hidden[:, :-1][valid]  # (N, H)
     targets = ids[:, 1:][valid]  # (N,)
     row_of_target = valid.nonzero()[:, 0]  # (N,): the window each target belongs to
-    per_row = torch.zeros(ids.shape[0], dtype=torch.float64)
+    per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=hidden.device)
     for start in range(0, source.shape[0], HEAD_CHUNK):
         logits = head_logits(model, source[start : start + HEAD_CHUNK]).float()
         nll = token_nll(logits, targets[start : start + HEAD_CHUNK])  # (chunk,)
@@ -91,10 +91,11 @@ def score_windows(
     """NLL of every window and in total, batched by similar length to limit padding."""
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
     per_window = [0.0] * len(windows)
+    device = model.get_input_embeddings().weight.device  # where the ids are read
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            ids, mask = _pad_batch([windows[i] for i in rows], pad_id)
+            ids, mask = _pad_batch([windows[i] for i in rows], pad_id, device)
             for row, nll in zip(rows, batch_nll(model, ids, mask).tolist()):
                 per_window[row] = nll
             if on_batch is not None:

@@ -74,11 +74,11 @@ def memory_source(loaded: LoadedModel, stored: bool) -> str:
 
 
 def measure_peak_memory(source: str, seq_len: int, batch_size: int, new_tokens: int, prompt_tokens: int,
-                        threads: int | None = None, seed: int = 0) -> PeakMemory:
-    """Load `source` in a child process, run every probe once, and return its resident memory."""
+                        threads: int | None = None, seed: int = 0, dtype: str = "float32") -> PeakMemory:
+    """Load `source` in `dtype` on the CPU in a child process, run every probe once, and return its resident memory."""
     command = [sys.executable, "-m", "babelprune.evaluate.memory", source, "--seq-len", str(seq_len),
                "--batch", str(batch_size), "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens),
-               "--seed", str(seed)] + (["--threads", str(threads)] if threads is not None else [])
+               "--seed", str(seed), "--dtype", dtype] + (["--threads", str(threads)] if threads is not None else [])
     # The child imports the same babelprune as this process, whatever its working folder.
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -99,6 +99,7 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 
     import torch
@@ -109,7 +110,7 @@ def _child(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     base = current_rss()
-    loaded = load_model(args.source)
+    loaded = load_model(args.source, dtype=args.dtype)
     after_load = current_rss()
     with torch.inference_mode():
         for call in all_probes(loaded, args.seq_len, args.batch, args.new_tokens, args.prompt_tokens, [], args.seed).values():

@@ -35,7 +35,9 @@ def random_ids(model: nn.Module, batch: int, seq_len: int, seed: int = 0) -> tor
     """(batch, seq_len) token ids drawn from the vocabulary with a seeded generator (the first ids, often special, skipped)."""
     vocab = int(model.config.get_text_config().vocab_size)
     low = 4 if vocab > 8 else 0
-    return torch.randint(low, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    # Drawn on the CPU, so a seed gives the same ids on every device, then moved to where the embeddings are.
+    ids = torch.randint(low, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed), device="cpu")
+    return ids.to(model.get_input_embeddings().weight.device)
 
 
 def has_separate_body(model: nn.Module) -> bool:
@@ -96,10 +98,17 @@ def all_probes(loaded: LoadedModel, seq_len: int, batch_size: int, new_tokens: i
     return probes
 
 
+def _wait_for_device() -> None:
+    """A CUDA call returns before its kernels finish: wait for them, so the time is the work's (no-op on the CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_call(call: Probe) -> float:
     """Wall seconds of one call (its output dropped before returning)."""
     started = time.perf_counter()
     output = call()
+    _wait_for_device()
     seconds = time.perf_counter() - started
     del output
     return seconds

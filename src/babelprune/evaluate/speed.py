@@ -58,6 +58,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from babelprune.devices import dtype_name
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.memory import measure_peak_memory, memory_source
 from babelprune.evaluate.probes import all_probes, time_call
@@ -200,8 +201,8 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
                     index = (run + offset) % len(models)
                     for name, call in probes[index].items():
                         samples[index][name].append(time_call(call))
-        memories = [measure_peak_memory(source, seq_len, batch_size, new_tokens, prompt_tokens, threads, seed)
-                    for source in sources] if sources else [None] * len(models)
+        memories = [measure_peak_memory(source, seq_len, batch_size, new_tokens, prompt_tokens, threads, seed, dtype_name(loaded.dtype))
+                    for source, loaded in zip(sources, models)] if sources else [None] * len(models)
         return [speed_report(loaded, s, seq_len, batch_size, warmup, counts, prompt_tokens, peak)
                 for loaded, s, counts, peak in zip(models, samples, generated, memories)]
     finally:

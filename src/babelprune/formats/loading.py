@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from babelprune.choices import DeviceName, ModelDtype
+from babelprune.devices import resolve
 from babelprune.errors import BabelpruneError
 from babelprune.formats.hf import check_model_folder, load_hf_model, refuse_remote_code
 from babelprune.formats.registry import saved_format_loader
@@ -102,12 +104,15 @@ def _how_to_redo(spec: str, source: Path | str) -> str:
     return "delete the model from the Hugging Face cache and download it again"
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model and its tokenizer in eval mode on the CPU.
+def load_model(spec: str, dtype: ModelDtype | torch.dtype = torch.float32, device: DeviceName | torch.device = "cpu") -> LoadedModel:
+    """Load a model and its tokenizer in eval mode, its weights in `dtype` on `device`.
 
     A folder written by babelprune (see `babelprune.formats`) loads with its
-    pruning metadata and, in the per-language setting, its mask bank.
+    pruning metadata and, in the per-language setting, its mask bank, which
+    moves to `device` with the model. The device and dtype are checked before
+    anything is read: one that this machine cannot run is refused in one sentence.
     """
+    place, dtype = resolve(device, dtype)
     folder = Path(spec).expanduser()
     loader = saved_format_loader(folder) if _exists(folder) else None
     if loader is not None:
@@ -115,6 +120,21 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
         loaded = loader(folder)
         loaded.spec = spec
         loaded.model.eval()
-        return loaded
+        return place_model(loaded, place, dtype)
     source = resolve_spec(spec)
-    return load_hf_model(source, spec, _how_to_redo(spec, source), dtype)
+    return place_model(load_hf_model(source, spec, _how_to_redo(spec, source), dtype), place, dtype)
+
+
+def place_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Cast the model's floating-point weights to `dtype`, then move it and its mask bank to `device`.
+
+    Only parameters are cast, as `from_pretrained(dtype=...)` does: buffers
+    computed at build time (rotary frequencies) keep the float32 they were made in.
+    """
+    for parameter in loaded.model.parameters():
+        if parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
+    loaded.model.to(device)
+    if loaded.mask_bank:
+        loaded.mask_bank = {key: {name: mask.to(device) for name, mask in masks.items()} for key, masks in loaded.mask_bank.items()}
+    return loaded

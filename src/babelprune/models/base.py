@@ -58,3 +58,13 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (its first parameter's device; every loader moves them together)."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the model's weights (its first floating parameter's)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)

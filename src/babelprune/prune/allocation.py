@@ -53,7 +53,7 @@ def spread_sparsity(importance: Sequence[float], sparsity: float, lam: float = D
     s = check_sparsity(sparsity)
     if not math.isfinite(lam) or lam < 0:
         raise BabelpruneError(f"The sparsity spread lambda={lam} must be a non-negative number, e.g. 0.08.")
-    values = torch.tensor([float(v) for v in importance], dtype=torch.float64)
+    values = torch.tensor([float(v) for v in importance], dtype=torch.float64, device="cpu")  # one number per block
     if values.numel() == 0:
         raise BabelpruneError("Layer-wise allocation needs at least one block.")
     if not torch.isfinite(values).all():

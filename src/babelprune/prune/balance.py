@@ -87,7 +87,8 @@ def token_scale(calibration: Calibration, balance: str, weights: dict[str, float
     tokens = _token_counts(calibration)
     total_tokens = sum(tokens.values())
     shares = language_shares(calibration, balance, weights)
-    scale = torch.tensor([shares[lang] * total_tokens / tokens[lang] for lang in calibration.language_set], dtype=torch.float64)
+    # On the CPU: a handful of factors; each LanguageStats takes its copy to the device of its layer.
+    scale = torch.tensor([shares[lang] * total_tokens / tokens[lang] for lang in calibration.language_set], dtype=torch.float64, device="cpu")
     if torch.allclose(scale, torch.ones_like(scale), rtol=0, atol=1e-12):
         return None  # balanced calibration, equal weights: the pooled statistics already are balanced
     return scale

@@ -44,7 +44,7 @@ class Calibration:
     def rows(self) -> dict[str, torch.Tensor]:
         """Row indices (as a LongTensor) of each language."""
         return {
-            lang: torch.tensor([i for i, row_lang in enumerate(self.languages) if row_lang == lang])
+            lang: torch.tensor([i for i, row_lang in enumerate(self.languages) if row_lang == lang], dtype=torch.long, device=self.ids.device)
             for lang in self.language_set
         }
 

@@ -19,6 +19,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from babelprune.devices import dtype_name
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
 # named_linears is defined with the adapters (formats reads it too); it stays importable from here.
@@ -68,6 +69,8 @@ class PruneResult:
     refit_errors: dict[str, list[float]] = field(default_factory=dict)
     language_shares: dict[str, float] = field(default_factory=dict)  # each calibration language's share of the statistics
     language_budget: dict | None = None  # --language-budget: every round's weights and held-out losses
+    device: str = "cpu"  # where the model was pruned, e.g. "cuda:0"
+    dtype: str = "float32"  # the model's weights' type while pruning; statistics are float32 or float64 whatever it is
 
     def mean_refit_errors(self) -> tuple[float, float] | None:
         """The refit's mean relative layer error on calibration, (masked, refitted); None without a refit."""
@@ -95,6 +98,8 @@ class PruneResult:
             "language_shares": self.language_shares,
             "refit_errors": self.refit_errors,
             "language_budget": self.language_budget,
+            "device": self.device,
+            "dtype": self.dtype,
             "seconds": self.seconds,
         }
 
@@ -282,7 +287,9 @@ def _block_pruner(
         collector = StatsCollector(calibration.language_set, needs_hessian, config.mwanda.tau, method.needs_activity, scale)
         if method.needs_activity:  # the down-projection's input follows the activation: active means x > 0
             down = adapter.ffn_linears(block)["down"]
-            collector.by_name["down"] = post_activation_stats(linear_in_features(down), collector.languages, token_scale=scale)
+            collector.by_name["down"] = post_activation_stats(
+                linear_in_features(down), collector.languages, token_scale=scale, device=weight_matrix(down).device
+            )
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats):
@@ -348,6 +355,8 @@ def prune(
         allocation_stats=allocation_stats,
         refit_errors=refit_errors,
         language_shares=language_shares(calibration, config.balance, config.language_weights) if calibration else {},
+        device=str(loaded.device),
+        dtype=dtype_name(loaded.dtype),
     )
 
 

@@ -189,7 +189,7 @@ def cross_lingual_correlation(norms_per_lang: Tensor) -> float:
     length = centred.norm(dim=1, keepdim=True)
     unit = torch.where(length > 0, centred / length.clamp_min(1e-300), torch.zeros_like(centred))
     corr = unit @ unit.T  # (L, L) Pearson correlations of the ranks
-    rows, cols = torch.triu_indices(ranks.shape[0], ranks.shape[0], offset=1)
+    rows, cols = torch.triu_indices(ranks.shape[0], ranks.shape[0], offset=1, device=corr.device)
     return float(corr[rows, cols].mean())
 
 

@@ -49,7 +49,7 @@ class RefitReport:
 def damped_hessian(hessian: Tensor, damp: float) -> Tensor:
     """H + damp * mean(diag H) * I in float64; an all-zero H gets damp * I."""
     h = hessian.detach().double()
-    return h + _damping(h, damp) * torch.eye(h.shape[0], dtype=h.dtype)
+    return h + _damping(h, damp) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
 
 
 def _damping(hessian: Tensor, damp: float) -> float:
@@ -168,7 +168,7 @@ class RefitSystem:
     @classmethod
     def of(cls, hessian: Tensor, damp: float) -> RefitSystem:
         lam = _damping(hessian, damp)
-        damped = hessian.detach().float() + lam * torch.eye(hessian.shape[0])
+        damped = hessian.detach().float() + lam * torch.eye(hessian.shape[0], device=hessian.device)
         return cls(damped=damped, lam=lam)
 
     def energy(self, difference: Tensor, gradient: Tensor) -> float:

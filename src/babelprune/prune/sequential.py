@@ -60,7 +60,8 @@ def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, ids: torch.Tens
         blocks[index] = _Catcher(block, adapter.block_returns_tuple, store)
     try:
         extra = {"use_cache": False} if adapter.decoder else {}
-        adapter.base_model(model)(input_ids=ids, **extra)
+        # The calibration ids live on the CPU; the embeddings read them where their weights are.
+        adapter.base_model(model)(input_ids=ids.to(adapter.get_embeddings(model).weight.device), **extra)
     finally:
         for index, block in enumerate(originals):
             blocks[index] = block
@@ -75,7 +76,7 @@ def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index
 
 def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
     """slice(a, b) when `index` is a, a+1, ..., b-1; the index itself otherwise."""
-    if len(index) and torch.equal(index, torch.arange(int(index[0]), int(index[0]) + len(index))):
+    if len(index) and torch.equal(index, torch.arange(int(index[0]), int(index[0]) + len(index), device=index.device)):
         return slice(int(index[0]), int(index[0]) + len(index))
     return index
 
@@ -114,9 +115,10 @@ class StatsCollector:
     def __call__(self, name: str, x: torch.Tensor) -> LanguageStats:
         return self._current(name, x)
 
-    def new_stats(self, in_features: int) -> LanguageStats:
+    def new_stats(self, in_features: int, device: torch.device) -> LanguageStats:
         return LanguageStats(
-            in_features, self.languages, tau=self.tau, track_activity=self.track_activity, token_scale=self.token_scale
+            in_features, self.languages, tau=self.tau, track_activity=self.track_activity, token_scale=self.token_scale,
+            device=device,
         )
 
 
@@ -136,7 +138,7 @@ class BatchStats:
         by_name = self.collector.by_name
         cached = self._cache.get(id(x))
         if cached is None or cached[0]() is not x:
-            stats = by_name.get(name) or self.collector.new_stats(x.shape[-1])
+            stats = by_name.get(name) or self.collector.new_stats(x.shape[-1], x.device)
             # Some blocks flatten (N, T, in) to (N*T, in) before a linear (OPT's FFN): undo it.
             per_sample = x.reshape(self.n_samples, -1, x.shape[-1])  # (N, T, in)
             for lang, rows in self.rows.items():
@@ -153,7 +155,7 @@ class BatchStats:
         if scale_of is None:
             stats.add_hessian(x.reshape(-1, x.shape[-1]).float())
             return
-        root_scale = torch.zeros(self.n_samples)  # (N,): every row belongs to one language
+        root_scale = torch.zeros(self.n_samples, device=per_sample.device)  # (N,): every row belongs to one language
         for lang, rows in self.rows.items():
             root_scale[rows] = float(scale_of[self.collector.languages.index(lang)]) ** 0.5
         stats.add_hessian((per_sample.float() * root_scale.view(-1, 1, 1)).reshape(-1, x.shape[-1]))

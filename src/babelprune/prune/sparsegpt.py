@@ -53,7 +53,7 @@ def inverse_hessian_factor(hessian: Tensor, damp: float = DEFAULT_DAMP) -> tuple
     h = hessian.detach().double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0  # dead inputs: any positive value keeps H invertible; their weights are zeroed
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     mean_diag = torch.diagonal(h).mean()
     for attempt in range(_MAX_DAMP_RETRIES + 1):
         damped = h + (damp * 10**attempt) * mean_diag * eye
@@ -158,7 +158,7 @@ def sparsegpt_prune(
     factor = factor64.float()
     work_t = weight.detach().float().T.contiguous()  # (in, out): one input column per row
     work_t[dead] = 0.0
-    pruned_t = torch.zeros(in_features, out_features, dtype=torch.bool)
+    pruned_t = torch.zeros(in_features, out_features, dtype=torch.bool, device=weight.device)
 
     for start, end, quota in _block_quotas(in_features, per_row, block_size):
         block_t = work_t[start:end]  # (width, out) view: updated in place

@@ -29,7 +29,10 @@ every block's FFN down-projection.
 
 Sums are kept in float64; each batch's products are computed in float32
 (fast matmul) and then added to the float64 totals, so accumulating many
-batches does not lose precision.
+batches does not lose precision. Inputs in bfloat16 or float16 are
+converted to float32 first: the statistics' precision never follows the
+model's. Every total lives on the device given at construction, the
+layer's own, so a model on a GPU keeps its statistics there.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def gram(tokens: Tensor, pieces: int = 4) -> Tensor:
     """
     width = tokens.shape[1]
     edges = [round(i * width / pieces) for i in range(pieces + 1)]
-    out = torch.empty(width, width, dtype=tokens.dtype)
+    out = torch.empty(width, width, dtype=tokens.dtype, device=tokens.device)
     for start, end in zip(edges[:-1], edges[1:]):
         if start == end:
             continue
@@ -78,6 +81,7 @@ class LanguageStats:
         track_activity: bool = True,
         active_rule: ActiveRule = "abs",
         token_scale: Tensor | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         if in_features < 1:
             raise BabelpruneError(f"A linear layer needs at least one input feature, got {in_features}.")
@@ -91,21 +95,25 @@ class LanguageStats:
             raise BabelpruneError("The token scale needs one positive factor per language.")
         self.in_features = in_features
         self.languages = list(languages)
-        self.token_scale = None if token_scale is None else token_scale.double()  # (L,) or None: pooled
+        self.device = torch.device(device)  # the layer's: every total lives beside the inputs it sums
+        self.token_scale = None if token_scale is None else token_scale.double().to(self.device)  # (L,) or None: pooled
         self.tau = float(tau)
         self.active_rule = active_rule
         self._index = {lang: i for i, lang in enumerate(self.languages)}
         n_lang = len(self.languages)
-        self._sum_squares = torch.zeros(n_lang, in_features, dtype=torch.float64)  # (L, in)
+        self._sum_squares = self._zeros(n_lang, in_features, dtype=torch.float64)  # (L, in)
         # Activity counts cost a comparison per input; only M-Wanda reads them.
-        self._active = torch.zeros(n_lang, in_features, dtype=torch.int64) if track_activity else None  # (L, in)
-        self._tokens = torch.zeros(n_lang, dtype=torch.int64)  # (L,)
-        self._hessian = torch.zeros(in_features, in_features, dtype=torch.float64) if track_hessian else None
+        self._active = self._zeros(n_lang, in_features, dtype=torch.int64) if track_activity else None  # (L, in)
+        self._tokens = self._zeros(n_lang, dtype=torch.int64)  # (L,)
+        self._hessian = self._zeros(in_features, in_features, dtype=torch.float64) if track_hessian else None
         # update() adds to the Hessian only when asked here; a caller that feeds it whole batches
         # through add_hessian() (babelprune.prune.sequential) must not have each batch counted twice.
         self._hessian_by_update = track_hessian
         # Values derived from the statistics (e.g. a damped float32 Hessian shared by q, k and v), dropped on every new batch.
         self._derived: dict = {}
+
+    def _zeros(self, *shape: int, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(*shape, dtype=dtype, device=self.device)
 
     @property
     def token_counts(self) -> dict[str, int]:
@@ -139,7 +147,7 @@ class LanguageStats:
         """Add scale * X^T X of a batch of tokens (T, in) of any languages: one matrix product for all of them."""
         product = gram(tokens)  # (in, in) float32
         if self._hessian is None:
-            self._hessian = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
+            self._hessian = self._zeros(self.in_features, self.in_features, dtype=torch.float64)
         self._hessian.add_(product, alpha=scale)  # into the float64 total
         self._derived.clear()
 
@@ -191,9 +199,11 @@ class LanguageStats:
 
 
 def post_activation_stats(
-    in_features: int, languages: Sequence[str], track_activity: bool = True, token_scale: Tensor | None = None
+    in_features: int, languages: Sequence[str], track_activity: bool = True, token_scale: Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> LanguageStats:
     """Statistics for an input that follows the FFN's activation function: active means x_j > 0."""
     return LanguageStats(
-        in_features, languages, tau=0.0, track_activity=track_activity, active_rule="positive", token_scale=token_scale
+        in_features, languages, tau=0.0, track_activity=track_activity, active_rule="positive", token_scale=token_scale,
+        device=device,
     )

@@ -115,6 +115,9 @@ class ModelInfo(_Record):
     architecture: str  # e.g. Gemma3ForCausalLM
     n_parameters: int
     block_sparsity: float  # share of exact zeros in the blocks' linear weights
+    # Where it ran and in which floating-point type ("cuda:0", "bfloat16"); None in results saved before they were recorded.
+    device: str | None = None
+    dtype: str | None = None
 
 
 class PruningInfo(_Record):

@@ -129,7 +129,9 @@ def activation_importance(model: nn.Module, calibration: Calibration, units: Uni
     handles = []
     for i, block in enumerate(adapter.get_blocks(model)):
         for name, linear in adapter.block_linears(block).items():
-            stats[i, name] = LanguageStats(weight_matrix(linear).shape[1], languages, track_activity=False)
+            stats[i, name] = LanguageStats(
+                weight_matrix(linear).shape[1], languages, track_activity=False, device=weight_matrix(linear).device
+            )
 
             def hook(module, args, key=(i, name)):
                 stats[key].update(args[0], current["lang"])

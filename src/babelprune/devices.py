@@ -1,0 +1,109 @@
+"""Where a model runs and in which floating-point type: names in, `torch.device` / `torch.dtype` out.
+
+`resolve_device("auto")` picks CUDA when a card is present, else Apple's
+MPS, else the CPU; a device this machine lacks, or a name of no known form,
+is refused in one sentence that lists the devices the machine has.
+`resolve_dtype(name, device)` turns "auto" into the type that device runs
+best (float32 on the CPU and MPS, bfloat16 on CUDA cards that support it,
+else float16) and refuses a type the device cannot run.
+
+Both only read what torch reports about the machine; nothing is allocated
+except one probe tensor when a type's support on MPS must be tried.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from babelprune.choices import DEVICE_FORMS, ModelDtype
+from babelprune.errors import BabelpruneError
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here, as names `resolve_device` accepts: "cpu", then "cuda:0".., then "mps"."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _refusal(name: object, why: str) -> BabelpruneError:
+    return BabelpruneError(f"Device {name!r} {why}; this machine has: {', '.join(available_devices())}.")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device `name` means on this machine ("auto": CUDA, else MPS, else the CPU)."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = name.strip().lower() if isinstance(name, str) else ""
+    if not _DEVICE_FORM.match(text):
+        raise _refusal(name, f"is not a device name (give {DEVICE_FORMS})")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _refusal(name, "is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise _refusal(name, "is not available")
+    if device.type == "mps" and not _mps_available():
+        raise _refusal(name, "is not available")
+    return device
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """The type "auto" stands for on `device`: half precision only on CUDA, where it is fast and well supported."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_dtype(name: ModelDtype | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype `name` means on `device`; one sentence when the device cannot run it."""
+    if isinstance(name, torch.dtype):
+        dtype = name
+    elif name == "auto":
+        return auto_dtype(device)
+    elif name in DTYPES:
+        dtype = DTYPES[name]
+    else:
+        raise BabelpruneError(f"Model dtype {name!r} is not one of: auto, {', '.join(DTYPES)}.")
+    if dtype not in DTYPES.values():
+        raise BabelpruneError(f"Model dtype {dtype} is not one of: {', '.join(DTYPES)}.")
+    if not runs_on(dtype, device):
+        raise BabelpruneError(f"{device} cannot run {dtype_name(dtype)} on this machine; give --dtype float32 or --dtype auto.")
+    return dtype
+
+
+def runs_on(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `device` computes in `dtype` (the CPU runs all three, slowly in half precision)."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "mps" and dtype != torch.float32:
+        try:
+            torch.ones(1, dtype=dtype, device=device).matmul(torch.ones(1, dtype=dtype, device=device))
+        except (RuntimeError, TypeError):
+            return False
+    return True
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: the name records and flags use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve(device: str | torch.device = "cpu", dtype: ModelDtype | torch.dtype = "auto") -> tuple[torch.device, torch.dtype]:
+    """Both at once, the device first (the dtype's "auto" and its checks depend on it)."""
+    place = resolve_device(device)
+    return place, resolve_dtype(dtype, place)

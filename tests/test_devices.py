@@ -1,0 +1,242 @@
+"""Devices and precision: names resolved against the machine, models loaded in a dtype on a device,
+pruning and evaluation that create every tensor where the model's weights are, bfloat16 statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babelprune import devices
+from babelprune.devices import resolve_device, resolve_dtype
+from babelprune.errors import BabelpruneError
+from babelprune.evaluate.lm import score_windows
+from babelprune.evaluate.windows import Window
+from babelprune.formats.loading import load_model
+from babelprune.models.adapters import adapter_for, weight_matrix
+from babelprune.prune.config import PruneConfig
+from babelprune.prune.engine import named_linears, prune
+from babelprune.prune.stats import LanguageStats
+from tests.cli_runner import run_cli
+from tests.method_matrix import calibration, loaded, masks_of
+from tests.sweep_fixtures import write_tiny_model
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """This machine as one without CUDA or MPS, whatever it really has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
+
+
+# ----- names -------------------------------------------------------------------------
+
+
+def test_auto_is_the_cpu_where_there_is_nothing_else(cpu_only):
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+
+
+def test_auto_prefers_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "mps"])
+def test_a_missing_device_is_one_sentence_naming_what_exists(cpu_only, name):
+    with pytest.raises(BabelpruneError) as error:
+        resolve_device(name)
+    assert str(error.value) == f"Device {name!r} is not available; this machine has: cpu."
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "", " ", "cuda:", "cpu:0", "a\nb"])
+def test_a_malformed_device_is_one_sentence(cpu_only, name):
+    with pytest.raises(BabelpruneError, match=r"is not a device name .*this machine has: cpu\.$"):
+        resolve_device(name)
+
+
+def test_auto_dtype_follows_the_device(monkeypatch):
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_a_dtype_the_device_cannot_run_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(BabelpruneError, match=r"^cuda cannot run bfloat16 on this machine; give --dtype float32"):
+        resolve_dtype("bfloat16", torch.device("cuda"))
+    with pytest.raises(BabelpruneError, match="is not one of"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+# ----- loading -----------------------------------------------------------------------
+
+
+def test_load_model_casts_to_the_dtype_and_records_it(tmp_path):
+    folder = write_tiny_model(tmp_path / "tiny")
+    model = load_model(str(folder), dtype="bfloat16", device="cpu")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    assert (model.device, model.dtype) == (torch.device("cpu"), torch.bfloat16)
+    assert load_model(str(folder)).dtype == torch.float32  # the default stays float32
+
+
+def test_a_pruned_folder_loads_in_bfloat16_with_its_mask_bank(tmp_path):
+    from babelprune.api import prune as api_prune
+    from babelprune.formats.pruned import save_pruned
+
+    folder = write_tiny_model(tmp_path / "tiny")
+    dense = load_model(str(folder))
+    result = api_prune(dense, PruneConfig(method="wanda", sparsity=0.5, setting="per-language"), calibration(dense.model), progress=False)
+    save_pruned(dense, result, tmp_path / "pruned")
+    reloaded = load_model(str(tmp_path / "pruned"), dtype="bfloat16")
+    assert reloaded.dtype == torch.bfloat16 and reloaded.pruning["dtype"] == "float32"
+    for key, masks in result.mask_bank.items():
+        assert all(torch.equal(reloaded.mask_bank[key][name], mask) for name, mask in masks.items())
+
+
+def test_eval_and_prune_records_say_where_and_in_what_they_ran(tmp_path):
+    from babelprune.api import evaluate_model, prune_to_folder
+    from tests.sweep_fixtures import write_tiny_corpus
+
+    folder = write_tiny_model(tmp_path / "tiny")
+    corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
+    result = evaluate_model(str(folder), str(corpus), max_tokens=32, seq_len=16, dtype="bfloat16")
+    assert (result.model.device, result.model.dtype) == ("cpu", "bfloat16")
+    pruned = prune_to_folder(str(folder), PruneConfig(method="magnitude", sparsity=0.5), tmp_path / "out", dtype="bfloat16")
+    assert (pruned.metadata()["device"], pruned.metadata()["dtype"]) == ("cpu", "bfloat16")
+
+
+# ----- every tensor where the weights are ---------------------------------------------
+# With torch's default device set to "meta", a tensor created without `device=` has no data: mixing it
+# with the model's CPU tensors raises, and reading it (.item(), .tolist()) raises too. A meta index into a
+# CPU tensor does not raise but reads garbage, so each run's masks are also compared with a plain run's.
+
+META_RUNS = {
+    "wanda": dict(method="wanda"),
+    "sparsegpt": dict(method="sparsegpt"),
+    "mwanda+refit": dict(method="mwanda", reconstruct={}),
+    "mwanda-activity-cwl": dict(method="mwanda", allocation="cwl", mwanda={"activation_prob": True}),
+    "wanda-owl-weighted-exact-refit": dict(method="wanda", allocation="owl", language_weights={"sw": 2.0}, reconstruct={"solver": "exact"}),
+    "wanda-two-pass-batched": dict(method="wanda", order="two-pass", calib_batch=2),
+    "wanda-lockstep": dict(method="wanda", calib_batch=2),
+    "ria-per-language": dict(method="ria", setting="per-language"),
+}
+
+
+@pytest.mark.parametrize("options", META_RUNS.values(), ids=META_RUNS.keys())
+def test_pruning_creates_no_tensor_off_the_models_device(options):
+    config = PruneConfig(sparsity=0.5, **options)
+    plain, probed = loaded("llama"), loaded("llama")
+    calib = calibration(plain.model)
+    plain_result = prune(plain, config, calib, progress=False)
+    with torch.device("meta"):
+        probed_result = prune(probed, config, calib, progress=False)
+    for name, mask in masks_of(plain.model).items():
+        assert torch.equal(masks_of(probed.model)[name], mask), name
+    assert probed_result.refit_errors == plain_result.refit_errors
+
+
+def test_evaluation_creates_no_tensor_off_the_models_device():
+    model = loaded("llama").model
+    generator = torch.Generator().manual_seed(0)
+    windows = [Window(torch.randint(4, 128, (n,), generator=generator).tolist(), n_bytes=3 * n) for n in (9, 12, 5)]
+    plain = score_windows(model, windows, pad_id=0, batch_size=2)
+    with torch.device("meta"):
+        probed = score_windows(model, windows, pad_id=0, batch_size=2)
+    assert probed == plain
+
+
+# ----- bfloat16 ----------------------------------------------------------------------
+
+
+def _bf16_and_fp32_copy():
+    """A bfloat16 tiny llama and a float32 copy of the same (bf16-rounded) weights."""
+    low = loaded("llama")
+    low.model.to(torch.bfloat16)
+    high = loaded("llama")
+    high.model.load_state_dict({key: value.float() for key, value in low.model.state_dict().items()})
+    return low, high
+
+
+def _prune_recording_scores(model, method, calib) -> dict:
+    """Prune with `method`, keeping each layer's float32 scores as the method saw them ("block.name" -> (out, in))."""
+    from babelprune.prune.kernels import magnitude_scores, wanda_scores
+    from babelprune.prune.methods import METHODS, Method
+
+    by_weight, original = {}, METHODS[method]
+
+    def recording(task):
+        stats = task.stats
+        by_weight[task.weight.data_ptr()] = magnitude_scores(task.weight) if stats is None else wanda_scores(task.weight, stats.pooled_norm())
+        return original.fn(task)
+
+    METHODS[method] = Method(method, recording, original.needs_calibration)
+    try:
+        prune(model, PruneConfig(method=method, sparsity=0.5), calib, progress=False)
+    finally:
+        METHODS[method] = original
+    linears = named_linears(model.model, adapter_for(model.model))
+    return {name: by_weight[weight_matrix(linear).data_ptr()] for name, linear in linears.items()}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_a_bfloat16_model_gets_the_masks_of_its_float32_copy_up_to_ties(method):
+    low, high = _bf16_and_fp32_copy()
+    calib = calibration(low.model)
+    prune(low, PruneConfig(method=method, sparsity=0.5), calib, progress=False)
+    scores = _prune_recording_scores(high, method, calib)
+    for name, mask in masks_of(high.model).items():
+        differs = masks_of(low.model)[name] != mask  # (out, in)
+        if not differs.any():
+            continue
+        # The two models compute activations in different precisions, so an input norm can differ by
+        # bfloat16's rounding, 2^-8 relative, per layer the error passed through; two weights may swap
+        # places only where their float32 scores lie that close to the row's cut.
+        row_scores = scores[name]
+        cut = row_scores.kthvalue(row_scores.shape[1] // 2, dim=1, keepdim=True).values  # (out, 1)
+        near_cut = (row_scores - cut).abs() <= 2 * 2**-8 * cut.abs()
+        assert bool(near_cut[differs].all()), f"{name}: masks differ away from the cut"
+    if method == "magnitude":  # no activations at all: the same weights give the same masks exactly
+        assert all(torch.equal(masks_of(low.model)[n], m) for n, m in masks_of(high.model).items())
+
+
+def test_statistics_of_bfloat16_activations_are_float32_or_wider():
+    stats = LanguageStats(4, ["en"], track_hessian=True)
+    inputs = torch.randn(3, 5, 4).to(torch.bfloat16)
+    stats.update(inputs, "en")
+    assert stats.pooled_norm().dtype == torch.float64
+    assert stats.hessian().dtype == torch.float64
+    assert stats.per_language_norm().dtype == torch.float64
+    expected = inputs.reshape(-1, 4).double().square().sum(dim=0).sqrt()
+    torch.testing.assert_close(stats.pooled_norm(), expected, rtol=1e-6, atol=0)
+
+
+def test_pruning_a_bfloat16_model_keeps_its_statistics_wide():
+    low = loaded("llama")
+    low.model.to(torch.bfloat16)
+    seen = []
+    from babelprune.prune.methods import METHODS, Method
+
+    def record(task):
+        seen.append((task.stats.pooled_norm().dtype, task.stats.hessian().dtype))
+        return None, torch.zeros_like(task.weight, dtype=torch.bool)
+
+    METHODS["probe"] = Method("probe", record, True, needs_hessian=True)
+    try:
+        prune(low, PruneConfig(method="probe", sparsity=0.5), calibration(low.model), progress=False)
+    finally:
+        del METHODS["probe"]
+    assert seen and set(seen) == {(torch.float64, torch.float64)}
+
+
+# ----- the command line --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["eval", "--out", "{tmp}/r.json"], ["prune", "--out", "{tmp}/p"], ["bench-speed", "gemma3-270m", "--json", "{tmp}/s.json"]])
+def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
+    assert code == 2
+    assert "Device 'cuda' is not available; this machine has: cpu." in " ".join(err.split())
+    assert list(tmp_path.iterdir()) == []
