@@ -12,10 +12,11 @@ from babelprune.sweep.store import ResultsStore
 from tests.sweep_fixtures import write_tiny_model
 
 
-def test_the_demo_recipe_is_six_runs_on_two_evaluation_sets():
+def test_the_demo_recipe_is_seven_runs_on_two_evaluation_sets():
     plan = plan_experiment(recipe_path("demo"), check_data=False)
     labels = sorted(run.label for run in plan.runs)
-    assert len(plan.runs) == 6
+    assert len(plan.runs) == 7
+    assert "mwanda 50% cwl + refit" in labels  # the recommended configuration at 50%
     assert sum(run.kind == "dense" for run in plan.runs) == 1
     assert [name for name in (e.name for e in plan.experiment.evaluation)] == ["bible", "udhr"]
     assert plan.experiment.evaluation[1].languages == list(demo.DEMO_UDHR_LANGUAGES)

@@ -2,8 +2,8 @@
 
 `babelprune demo` runs the packaged `demo` recipe (src/babelprune/sweep/recipes/demo.yaml):
 gemma3-270m dense, then magnitude, wanda, sparsegpt and mwanda (its paper's method,
-CWL layer-wise sparsity included) at 50% and the recommended configuration
-(mwanda + refit) at 2:4, each scored on the Bible's
+CWL layer-wise sparsity included) and the recommended configuration (mwanda + CWL
++ refit) at 50%, and the recommended configuration at 2:4 (mwanda + refit), each scored on the Bible's
 22 languages and on 16 UDHR languages that calibration never saw. Every
 finished run goes into a results store, so an interrupted demo picks up where
 it stopped; the report is written from the store at the end.

@@ -145,7 +145,7 @@ def demo_command(
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
 ) -> None:
-    """The main job: the built-in `demo` sweep (dense, four methods at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
+    """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.api import check_sources
     from babelprune.demo import default_store, run_demo
     from babelprune.report.html import is_report_folder

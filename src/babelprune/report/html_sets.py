@@ -144,18 +144,22 @@ def curve_section(page: Page, group: BaselineGroup, set_name: str) -> str:
          marked(f"{100 * point.worst:+.1f}%{percent_interval(point.worst_interval)}{significance(point.worst_interval)}", 100 * point.worst)]
         for curve in curves for point in curve.points
     ]
-    parts += [
-        source(f"Mean and worst-language change of {_metric(group.result)} from the dense {_run_name(group.dense)}, one line per method "
-               f"and configuration (runs that differ only in sparsity); {_PAIRED}."),
-        page.figure(lambda path: sparsity_chart(curves, metric, path), f"{set_name}-sparsity", "quality against sparsity",
-                    f"{_metric(group.result)}: % worse than dense against sparsity; bars: 95% intervals."),
-        page.figure(lambda path: language_sparsity_chart(curves, metric, path), f"{set_name}-sparsity-languages",
-                    "every language against sparsity",
-                    f"{_metric(group.result)}: % worse than dense against sparsity, one line per language (colour: resource "
-                    "level), one panel per method; the languages that lose most at the highest sparsity are named. Their "
-                    "intervals are in the per-language tables above."),
-        table(["method", "sparsity (%)", "mean change", "worst language", "its change"], rows, name=f"curves {set_name}"),
-    ]
+    parts.append(source(f"Mean and worst-language change of {_metric(group.result)} from the dense {_run_name(group.dense)}, one line "
+                        f"per method and configuration (runs that differ only in sparsity); {_PAIRED}."))
+    if any(len(curve.points) >= 2 for curve in curves):
+        parts += [
+            page.figure(lambda path: sparsity_chart(curves, metric, path), f"{set_name}-sparsity", "quality against sparsity",
+                        f"{_metric(group.result)}: % worse than dense against sparsity; bars: 95% intervals."),
+            page.figure(lambda path: language_sparsity_chart(curves, metric, path), f"{set_name}-sparsity-languages",
+                        "every language against sparsity",
+                        f"{_metric(group.result)}: % worse than dense against sparsity, one line per language (colour: resource "
+                        "level), one panel per method; the languages that lose most at the highest sparsity are named. Their "
+                        "intervals are in the per-language tables above."),
+        ]
+    else:  # a curve through one point shows nothing the table does not
+        parts.append(paragraph("Every method ran at one sparsity, so no curve is drawn; the table below gives each run's change.",
+                               "empty"))
+    parts.append(table(["method", "sparsity (%)", "mean change", "worst language", "its change"], rows, name=f"curves {set_name}"))
     return "\n".join(parts)
 
 
