@@ -7,6 +7,7 @@ literal dict named BENCHMARK:
 
     BENCHMARK = {"minutes": 3}                    # estimated wall time on 2 shared cores
     BENCHMARK = {"minutes": 25, "args": ["--x", "1"]}   # extra arguments for this run
+    BENCHMARK = {"minutes": 10, "needs": "cuda"}  # skipped, and said so, on a machine without CUDA
 
 The dict is read without importing the script (so listing is instant). Each
 benchmark runs as `python benchmarks/<name>.py [args]` from the repository
@@ -36,6 +37,7 @@ class Benchmark:
     path: Path
     minutes: float
     args: tuple[str, ...] = ()
+    needs: str | None = None  # "cuda": run only where torch sees a CUDA device
 
 
 def read_marker(path: Path) -> dict | None:
@@ -60,7 +62,7 @@ def discover(directory: Path = BENCHMARKS_DIR) -> tuple[list[Benchmark], list[st
         if marker is None:
             unmarked.append(path.stem)
             continue
-        found.append(Benchmark(path.stem, path, float(marker["minutes"]), tuple(marker.get("args", ()))))
+        found.append(Benchmark(path.stem, path, float(marker["minutes"]), tuple(marker.get("args", ())), marker.get("needs")))
     found.sort(key=lambda b: (b.minutes, b.name))
     return found, unmarked
 
@@ -77,8 +79,17 @@ def select(benchmarks: list[Benchmark], only: str, skip: str, max_minutes: float
     return chosen
 
 
+def cuda_available() -> bool:
+    import torch  # here, not at the top: listing the benchmarks stays instant
+
+    return torch.cuda.is_available()
+
+
 def run(benchmark: Benchmark) -> float:
     """Run one benchmark; return its wall time in seconds, or exit with a clear message if it fails."""
+    if benchmark.needs == "cuda" and not cuda_available():
+        print(f"\n=== {benchmark.name}: skipped, it needs a CUDA device and this machine has none", flush=True)
+        return 0.0
     command = [sys.executable, str(benchmark.path.relative_to(REPO)), *benchmark.args]
     print(f"\n=== {benchmark.name} (about {benchmark.minutes:g} min): {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()

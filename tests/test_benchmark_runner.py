@@ -60,3 +60,15 @@ def test_a_failing_benchmark_stops_with_its_name(tmp_path, monkeypatch):
     assert run_all.run(ok) >= 0
     with pytest.raises(SystemExit, match=r"benchmark broken failed \(exit code 3\)"):
         run_all.run(broken)
+
+
+def test_a_benchmark_that_needs_cuda_is_skipped_without_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all, "REPO", tmp_path)
+    _script(tmp_path, "gpu", '{"minutes": 1, "needs": "cuda"}', "raise SystemExit(3)\n")
+    (benchmark,) = run_all.discover(tmp_path)[0]
+    assert benchmark.needs == "cuda"
+    monkeypatch.setattr(run_all, "cuda_available", lambda: False)
+    assert run_all.run(benchmark) == 0.0  # skipped: the failing script never ran
+    monkeypatch.setattr(run_all, "cuda_available", lambda: True)
+    with pytest.raises(SystemExit, match=r"benchmark gpu failed \(exit code 3\)"):
+        run_all.run(benchmark)
