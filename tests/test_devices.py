@@ -240,3 +240,62 @@ def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing
     assert code == 2
     assert "Device 'cuda' is not available; this machine has: cpu." in " ".join(err.split())
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- training: fine-tuning and dynamic training ---------------------------------------
+
+
+@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"]])
+def test_a_missing_device_for_training_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
+    assert code == 2
+    assert "Device 'cuda' is not available; this machine has: cpu." in " ".join(err.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+GMP_TWO_STEPS = {"final_sparsity": 0.5, "start_step": 1, "end_step": 2, "interval": 1}
+
+
+def _tiny_finetune(folder, out, **placement):
+    from babelprune.finetune.trainer import finetune
+    from tests.test_finetune_trainer import TinyGenreTask, tiny_config
+
+    config = tiny_config(languages=["en"], perturbations=[], max_steps=2, gmp=GMP_TWO_STEPS)
+    return finetune(folder, TinyGenreTask(), config, out, progress=False, **placement)
+
+
+def test_a_bfloat16_fine_tuning_run_trains_and_says_so(tiny_bert_folder, tmp_path):
+    import json
+
+    result = _tiny_finetune(tiny_bert_folder, tmp_path / "run", dtype="bfloat16")
+    assert (result.device, result.dtype) == ("cpu", "bfloat16")
+    assert result.achieved_sparsity == pytest.approx(0.5, abs=0.01)
+    assert all(0.0 <= score.value <= 1.0 for score in result.scores)
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert (settings["config"]["device"], settings["config"]["dtype"]) == ("cpu", "bfloat16")
+    saved = load_model(str(tmp_path / "run" / "runs" / "en" / "model"))
+    assert saved.pruning["parent"] == tiny_bert_folder
+
+
+def test_the_default_placement_keeps_the_settings_of_older_runs_and_another_dtype_is_another_run(tiny_bert_folder, tmp_path):
+    import json
+
+    result = _tiny_finetune(tiny_bert_folder, tmp_path / "run")
+    assert (result.device, result.dtype) == ("cpu", "float32")
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert "device" not in settings["config"] and "dtype" not in settings["config"]  # the key of a run made before the choice
+    with pytest.raises(BabelpruneError, match=r"other settings \(device, dtype\)"):
+        _tiny_finetune(tiny_bert_folder, tmp_path / "run", dtype="bfloat16")
+
+
+def test_dynamic_training_in_bfloat16_trains_and_records_its_placement():
+    from babelprune.finetune.dynamic import DynamicConfig, train_dynamic
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    config = DynamicConfig(levels=(0.5,), steps=2, batch_size=2, samples_per_step=0)
+    result = train_dynamic(model, config, calibration=calibration(model.model), progress=False)
+    assert (result.model.metadata["device"], result.model.metadata["dtype"]) == ("cpu", "bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(loss)) for losses in result.history.values() for _, loss in losses)
