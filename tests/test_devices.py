@@ -299,3 +299,64 @@ def test_dynamic_training_in_bfloat16_trains_and_records_its_placement():
     assert (result.model.metadata["device"], result.model.metadata["dtype"]) == ("cpu", "bfloat16")
     assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
     assert all(torch.isfinite(torch.tensor(loss)) for losses in result.history.values() for _, loss in losses)
+
+
+# ----- structured pruning and a fine-tuning step under a meta default device ----------------
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "gradient", "activation", "l0"])
+def test_structured_pruning_creates_no_tensor_off_the_models_device(importance):
+    from babelprune.prune.structured import L0Settings, prune_copy, structured_prune
+
+    plain, probed = loaded("llama"), loaded("llama")
+    calib = calibration(plain.model)
+    options = dict(setting="per-language", progress=False)
+    if importance == "magnitude":
+        options = dict(progress=False)  # reads no data, so one selection for every language
+    if importance == "l0":
+        options = dict(progress=False, l0=L0Settings(steps=2))  # L0 trains its gates on all languages together
+    plain_result = structured_prune(plain, {"heads", "ffn"}, importance, 0.5, calib, **options)
+    with torch.device("meta"):
+        probed_result = structured_prune(probed, {"heads", "ffn"}, importance, 0.5, calib, **options)
+        copies = {lang: prune_copy(probed, s) for lang, s in (probed_result.per_language or {}).items()}
+    assert probed_result.metadata()["kept"] == plain_result.metadata()["kept"]
+    assert probed_result.metadata()["kept_per_language"] == plain_result.metadata()["kept_per_language"]
+    for lang, copy in copies.items():
+        expected = prune_copy(plain, plain_result.per_language[lang])
+        assert all(torch.equal(a, b) for a, b in zip(copy.model.parameters(), expected.model.parameters(), strict=True))
+
+
+def test_a_fine_tuning_step_creates_no_tensor_off_the_models_device(tiny_bert_folder):
+    from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe, predict
+    from tests.test_finetune_trainer import TinyGenreTask, tiny_config
+
+    task, config = TinyGenreTask(), tiny_config()
+    examples = task.examples("en", "train")[:4]
+
+    def one_step(loaded):
+        torch.manual_seed(0)
+        head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
+        init_head_by_probe(head, loaded.tokenizer, examples, 4, config.max_length, config.text_prefix)
+        head.train()
+        batch = encode(loaded.tokenizer, examples, head.kind, config.max_length, config.text_prefix, device=head.device)
+        head.loss(head(batch), batch.labels).backward()
+        return head, predict(head, loaded.tokenizer, examples, 2, config.max_length, config.text_prefix)
+
+    plain, plain_predictions = one_step(load_model(tiny_bert_folder))
+    probed_model = load_model(tiny_bert_folder)  # loading itself builds the model under torch's default device
+    with torch.device("meta"):
+        probed, probed_predictions = one_step(probed_model)
+    assert probed_predictions == plain_predictions
+    for (name, a), b in zip(plain.named_parameters(), probed.parameters(), strict=True):
+        assert torch.equal(a, b) and (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+
+def test_a_structured_record_says_where_and_in_what_it_ran():
+    from babelprune.prune.structured import structured_prune
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    result = structured_prune(model, {"heads", "ffn"}, "activation", 0.5, calibration(model.model), progress=False)
+    assert (result.metadata()["device"], result.metadata()["dtype"]) == ("cpu", "bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
