@@ -360,3 +360,40 @@ def test_a_structured_record_says_where_and_in_what_it_ran():
     result = structured_prune(model, {"heads", "ffn"}, "activation", 0.5, calibration(model.model), progress=False)
     assert (result.metadata()["device"], result.metadata()["dtype"]) == ("cpu", "bfloat16")
     assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+
+
+# ----- speed reports -----------------------------------------------------------------
+
+
+def test_a_speed_report_says_where_and_in_what_it_ran():
+    from babelprune.evaluate.speed import measure_speed
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    report = measure_speed(model, seq_len=8, batch_size=2, runs=1, warmup=0, threads=1)
+    assert (report.device, report.dtype) == ("cpu", "bfloat16")
+
+
+def test_an_older_speed_report_without_device_and_dtype_is_still_one(tmp_path):
+    import json
+
+    from babelprune.evaluate.speed import measure_speed
+    from babelprune.records.speed import SpeedReport, is_speed_reports_file
+
+    report = measure_speed(loaded("llama"), seq_len=8, batch_size=2, runs=1, warmup=0, threads=1)
+    older = {key: value for key, value in report.model_dump(mode="json").items() if key not in ("device", "dtype")}
+    (tmp_path / "old.json").write_text(json.dumps([older]))
+    assert is_speed_reports_file(tmp_path / "old.json")
+    assert SpeedReport.model_validate(older).device is None
+
+
+@pytest.mark.parametrize(("device", "waits"), [("mps", ["mps"]), ("cuda", ["cuda"]), ("cpu", [])])
+def test_timing_waits_for_the_kernels_of_its_device(monkeypatch, device, waits):
+    from babelprune.evaluate.probes import time_call
+
+    waited = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert time_call(lambda: None, torch.device(device)) >= 0
+    assert waited == waits
