@@ -240,3 +240,160 @@ def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing
     assert code == 2
     assert "Device 'cuda' is not available; this machine has: cpu." in " ".join(err.split())
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- training: fine-tuning and dynamic training ---------------------------------------
+
+
+@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"]])
+def test_a_missing_device_for_training_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
+    assert code == 2
+    assert "Device 'cuda' is not available; this machine has: cpu." in " ".join(err.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+GMP_TWO_STEPS = {"final_sparsity": 0.5, "start_step": 1, "end_step": 2, "interval": 1}
+
+
+def _tiny_finetune(folder, out, **placement):
+    from babelprune.finetune.trainer import finetune
+    from tests.test_finetune_trainer import TinyGenreTask, tiny_config
+
+    config = tiny_config(languages=["en"], perturbations=[], max_steps=2, gmp=GMP_TWO_STEPS)
+    return finetune(folder, TinyGenreTask(), config, out, progress=False, **placement)
+
+
+def test_a_bfloat16_fine_tuning_run_trains_and_says_so(tiny_bert_folder, tmp_path):
+    import json
+
+    result = _tiny_finetune(tiny_bert_folder, tmp_path / "run", dtype="bfloat16")
+    assert (result.device, result.dtype) == ("cpu", "bfloat16")
+    assert result.achieved_sparsity == pytest.approx(0.5, abs=0.01)
+    assert all(0.0 <= score.value <= 1.0 for score in result.scores)
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert (settings["config"]["device"], settings["config"]["dtype"]) == ("cpu", "bfloat16")
+    saved = load_model(str(tmp_path / "run" / "runs" / "en" / "model"))
+    assert saved.pruning["parent"] == tiny_bert_folder
+
+
+def test_the_default_placement_keeps_the_settings_of_older_runs_and_another_dtype_is_another_run(tiny_bert_folder, tmp_path):
+    import json
+
+    result = _tiny_finetune(tiny_bert_folder, tmp_path / "run")
+    assert (result.device, result.dtype) == ("cpu", "float32")
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert "device" not in settings["config"] and "dtype" not in settings["config"]  # the key of a run made before the choice
+    with pytest.raises(BabelpruneError, match=r"other settings \(device, dtype\)"):
+        _tiny_finetune(tiny_bert_folder, tmp_path / "run", dtype="bfloat16")
+
+
+def test_dynamic_training_in_bfloat16_trains_and_records_its_placement():
+    from babelprune.finetune.dynamic import DynamicConfig, train_dynamic
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    config = DynamicConfig(levels=(0.5,), steps=2, batch_size=2, samples_per_step=0)
+    result = train_dynamic(model, config, calibration=calibration(model.model), progress=False)
+    assert (result.model.metadata["device"], result.model.metadata["dtype"]) == ("cpu", "bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(loss)) for losses in result.history.values() for _, loss in losses)
+
+
+# ----- structured pruning and a fine-tuning step under a meta default device ----------------
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "gradient", "activation", "l0"])
+def test_structured_pruning_creates_no_tensor_off_the_models_device(importance):
+    from babelprune.prune.structured import L0Settings, prune_copy, structured_prune
+
+    plain, probed = loaded("llama"), loaded("llama")
+    calib = calibration(plain.model)
+    options = dict(setting="per-language", progress=False)
+    if importance == "magnitude":
+        options = dict(progress=False)  # reads no data, so one selection for every language
+    if importance == "l0":
+        options = dict(progress=False, l0=L0Settings(steps=2))  # L0 trains its gates on all languages together
+    plain_result = structured_prune(plain, {"heads", "ffn"}, importance, 0.5, calib, **options)
+    with torch.device("meta"):
+        probed_result = structured_prune(probed, {"heads", "ffn"}, importance, 0.5, calib, **options)
+        copies = {lang: prune_copy(probed, s) for lang, s in (probed_result.per_language or {}).items()}
+    assert probed_result.metadata()["kept"] == plain_result.metadata()["kept"]
+    assert probed_result.metadata()["kept_per_language"] == plain_result.metadata()["kept_per_language"]
+    for lang, copy in copies.items():
+        expected = prune_copy(plain, plain_result.per_language[lang])
+        assert all(torch.equal(a, b) for a, b in zip(copy.model.parameters(), expected.model.parameters(), strict=True))
+
+
+def test_a_fine_tuning_step_creates_no_tensor_off_the_models_device(tiny_bert_folder):
+    from babelprune.finetune.heads import TaskHead, encode, init_head_by_probe, predict
+    from tests.test_finetune_trainer import TinyGenreTask, tiny_config
+
+    task, config = TinyGenreTask(), tiny_config()
+    examples = task.examples("en", "train")[:4]
+
+    def one_step(loaded):
+        torch.manual_seed(0)
+        head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
+        init_head_by_probe(head, loaded.tokenizer, examples, 4, config.max_length, config.text_prefix)
+        head.train()
+        batch = encode(loaded.tokenizer, examples, head.kind, config.max_length, config.text_prefix, device=head.device)
+        head.loss(head(batch), batch.labels).backward()
+        return head, predict(head, loaded.tokenizer, examples, 2, config.max_length, config.text_prefix)
+
+    plain, plain_predictions = one_step(load_model(tiny_bert_folder))
+    probed_model = load_model(tiny_bert_folder)  # loading itself builds the model under torch's default device
+    with torch.device("meta"):
+        probed, probed_predictions = one_step(probed_model)
+    assert probed_predictions == plain_predictions
+    for (name, a), b in zip(plain.named_parameters(), probed.parameters(), strict=True):
+        assert torch.equal(a, b) and (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+
+def test_a_structured_record_says_where_and_in_what_it_ran():
+    from babelprune.prune.structured import structured_prune
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    result = structured_prune(model, {"heads", "ffn"}, "activation", 0.5, calibration(model.model), progress=False)
+    assert (result.metadata()["device"], result.metadata()["dtype"]) == ("cpu", "bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+
+
+# ----- speed reports -----------------------------------------------------------------
+
+
+def test_a_speed_report_says_where_and_in_what_it_ran():
+    from babelprune.evaluate.speed import measure_speed
+
+    model = loaded("llama")
+    model.model.to(torch.bfloat16)
+    report = measure_speed(model, seq_len=8, batch_size=2, runs=1, warmup=0, threads=1)
+    assert (report.device, report.dtype) == ("cpu", "bfloat16")
+
+
+def test_an_older_speed_report_without_device_and_dtype_is_still_one(tmp_path):
+    import json
+
+    from babelprune.evaluate.speed import measure_speed
+    from babelprune.records.speed import SpeedReport, is_speed_reports_file
+
+    report = measure_speed(loaded("llama"), seq_len=8, batch_size=2, runs=1, warmup=0, threads=1)
+    older = {key: value for key, value in report.model_dump(mode="json").items() if key not in ("device", "dtype")}
+    (tmp_path / "old.json").write_text(json.dumps([older]))
+    assert is_speed_reports_file(tmp_path / "old.json")
+    assert SpeedReport.model_validate(older).device is None
+
+
+@pytest.mark.parametrize(("device", "waits"), [("mps", ["mps"]), ("cuda", ["cuda"]), ("cpu", [])])
+def test_timing_waits_for_the_kernels_of_its_device(monkeypatch, device, waits):
+    from babelprune.evaluate.probes import time_call
+
+    waited = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert time_call(lambda: None, torch.device(device)) >= 0
+    assert waited == waits

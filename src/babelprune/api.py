@@ -515,12 +515,15 @@ def write_speed_reports(reports, path: Path | str) -> None:
     atomic_write_text(Path(path), json.dumps([report.model_dump(mode="json") for report in reports], indent=2) + "\n")
 
 
-def finetune_to_folder(model: str, task: str, task_options: dict, config, out: Path | str, on_notice=None):
+def finetune_to_folder(model: str, task: str, task_options: dict, config, out: Path | str, on_notice=None, *,
+                       device: DeviceName = "cpu", dtype: ModelDtype = "auto"):
     """Fine-tune `model` on `task` as `config` says into the run folder `out` (resumed when it holds this run).
 
-    Returns the `FinetuneResult` and the folders of the models it saved. The folder, the model's
-    name and every task input (languages, examples) are checked before any model is loaded.
+    Returns the `FinetuneResult` and the folders of the models it saved. The model trains in `dtype`
+    on `device`. The device, the folder, the model's name and every task input (languages, examples)
+    are checked before any model is loaded.
     """
+    resolve(device, dtype)  # a device this machine lacks is refused before the folder is looked at
     from babelprune.data.tasks import get_task
     from babelprune.finetune.settings import check_run_folder
     from babelprune.finetune.trainer import finetune, plan_runs, saved_models
@@ -529,17 +532,20 @@ def finetune_to_folder(model: str, task: str, task_options: dict, config, out: P
     check_sources(model=model)
     chosen = get_task(task, **task_options)
     plan_runs(chosen, config)
-    result = finetune(model, chosen, config, Path(out), on_notice=on_notice)
+    result = finetune(model, chosen, config, Path(out), on_notice=on_notice, device=device, dtype=dtype)
     return result, (saved_models(Path(out)) if config.save_model else [])
 
 
 def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | None = None,
-                            calibration: CalibrationSpec | None = None):
+                            calibration: CalibrationSpec | None = None, *,
+                            device: DeviceName = "cpu", dtype: ModelDtype = "auto"):
     """Dynamic Sparsification: rank units, train across widths and save a sliceable model to `out`.
 
     An encoder trains on `task` (bible-genre when None); a causal LM distils on the calibration
-    text, whose windows `config.seed` chooses. Returns the `DynamicResult`.
+    text, whose windows `config.seed` chooses. The model trains in `dtype` on `device`; the saved
+    weights keep that dtype. Returns the `DynamicResult`.
     """
+    place, dtype = resolve(device, dtype)
     from babelprune.data.tasks import get_task
     from babelprune.finetune.dynamic import train_dynamic
 
@@ -548,7 +554,7 @@ def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | Non
     _check_calibration_sources(calibration)
     if task is not None:
         get_task(task)
-    loaded = load_model(model)
+    loaded = load_model(model, dtype, place)
     if loaded.kind == "encoder":
         result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
     else:

@@ -14,6 +14,7 @@ except one probe tensor when a type's support on MPS must be tried.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -107,3 +108,27 @@ def resolve(device: str | torch.device = "cpu", dtype: ModelDtype | torch.dtype 
     """Both at once, the device first (the dtype's "auto" and its checks depend on it)."""
     place = resolve_device(device)
     return place, resolve_dtype(dtype, place)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A resolved device and dtype: where a model is loaded and trained, and in which type."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def is_default(self) -> bool:
+        """CPU float32: what every record made before --device and --dtype existed ran in."""
+        return self.device.type == "cpu" and self.dtype == torch.float32
+
+    def record(self) -> dict[str, str]:
+        """{"device": "cuda", "dtype": "bfloat16"}: the names records keep."""
+        return {"device": str(self.device), "dtype": dtype_name(self.dtype)}
+
+
+CPU_FLOAT32 = Placement(torch.device("cpu"), torch.float32)
+
+
+def placement(device: str | torch.device = "cpu", dtype: ModelDtype | torch.dtype = "auto") -> Placement:
+    """`resolve` as one value: the device and dtype these names mean on this machine."""
+    return Placement(*resolve(device, dtype))

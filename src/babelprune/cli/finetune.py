@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from babelprune.choices import DynamicImportance, GmpScope, TrainingMode
-from babelprune.cli.common import MAX_INT, console, err_console, note
+from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, console, err_console, note
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_folder
 
@@ -70,6 +70,8 @@ def finetune_command(
     max_length: MaxLengthOption = 128,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Keep the scores only: save no fine-tuned model (for large sweeps).")] = False,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole fine-tuning config (mode, train_per_language, gmp...); its flags may not be typed too.")] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Fine-tune an encoder on a multilingual task while pruning gradually; score every language, clean and perturbed; save each run's model."""
     from babelprune.api import FinetuneConfig, finetune_to_folder
@@ -84,7 +86,7 @@ def finetune_command(
     if scores_only:  # not a setting of the scores, so it may stand beside --config
         config = config.model_copy(update={"save_model": False})
     # on_notice: e.g. a language with fewer training examples than train_per_language asks
-    result, models = finetune_to_folder(model, task, task_options(task_option), config, out, on_notice=note)
+    result, models = finetune_to_folder(model, task, task_options(task_option), config, out, on_notice=note, device=device, dtype=dtype)
     for score in sorted(result.scores, key=lambda s: (s.language, s.perturbation or "")):
         gap = f"  gap {score.gap:+.3f}" if score.gap is not None else ""
         console.print(f"{score.language:6s} {score.perturbation or 'clean':9s} {score.metric} {score.value:.3f}{gap}")
@@ -163,6 +165,8 @@ def train_dynamic_command(
     seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="LMs: window length.")] = 256,
     seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed.")] = 0,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole DynamicConfig (levels, steps, importance, units, distill...); its flags may not be typed too.")] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Dynamic Sparsification: rank units once, train with weights shared across widths, save a sliceable model."""
     from babelprune.api import CalibrationSpec, DynamicConfig, train_dynamic_to_folder
@@ -172,7 +176,7 @@ def train_dynamic_command(
     check_output_folder(out, "--out")
     calibration = CalibrationSpec(corpus=calib, languages=language_option(calib_langs, "--calib-langs"), samples=samples,
                                   seq_len=seq_len)
-    result = train_dynamic_to_folder(model, config, out, task, calibration)
+    result = train_dynamic_to_folder(model, config, out, task, calibration, device=device, dtype=dtype)
     console.print(f"Dynamic model trained in {result.seconds:.0f} s; saved to {out}; cut it with `babelprune slice`.")
 
 

@@ -98,17 +98,22 @@ def all_probes(loaded: LoadedModel, seq_len: int, batch_size: int, new_tokens: i
     return probes
 
 
-def _wait_for_device() -> None:
-    """A CUDA call returns before its kernels finish: wait for them, so the time is the work's (no-op on the CPU)."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+def wait_for_device(device: torch.device | None = None) -> None:
+    """A CUDA or MPS call returns before its kernels finish: wait for them, so the time is the work's.
+
+    A no-op on the CPU. Without a device, CUDA is waited for once it is in use (a model may be there).
+    """
+    if device is not None and device.type == "mps":
+        torch.mps.synchronize()
+    elif (device is not None and device.type == "cuda") or (device is None and torch.cuda.is_initialized()):
+        torch.cuda.synchronize(device)
 
 
-def time_call(call: Probe) -> float:
-    """Wall seconds of one call (its output dropped before returning)."""
+def time_call(call: Probe, device: torch.device | None = None) -> float:
+    """Wall seconds of one call on `device` (its output dropped before returning)."""
     started = time.perf_counter()
     output = call()
-    _wait_for_device()
+    wait_for_device(device)
     seconds = time.perf_counter() - started
     del output
     return seconds

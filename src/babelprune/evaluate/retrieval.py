@@ -45,6 +45,7 @@ def mean_pooled_embeddings(
     truncated. The model runs in eval mode; its previous mode is restored.
     """
     limit = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    device = next(model.parameters()).device  # each batch is moved where the weights are
     rows: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
@@ -55,19 +56,20 @@ def mean_pooled_embeddings(
                     [prefix + text for text in texts[start : start + batch_size]],
                     padding=True, truncation=True, max_length=limit, return_tensors="pt",
                 )
-                hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-                rows.append(mean_pool(hidden.float(), batch["attention_mask"]))  # (B, H)
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+                rows.append(mean_pool(hidden.float(), mask))  # (B, H)
     finally:
         model.train(was_training)
     if not rows:
-        return torch.empty(0, model.config.hidden_size)
+        return torch.empty(0, model.config.hidden_size, device=device)
     return F.normalize(torch.cat(rows), dim=-1)
 
 
 def top1_hits(queries: torch.Tensor, candidates: torch.Tensor) -> list[bool]:
     """For each query (N, H): whether its own row of candidates (N, H) is its nearest neighbour."""
     nearest = (queries @ candidates.T).argmax(dim=1)  # (N,)
-    return (nearest == torch.arange(len(queries))).tolist()
+    return (nearest == torch.arange(len(queries), device=nearest.device)).tolist()
 
 
 def top1_correct(queries: torch.Tensor, candidates: torch.Tensor) -> int:

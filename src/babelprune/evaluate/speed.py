@@ -151,7 +151,7 @@ def speed_report(loaded: LoadedModel, samples: dict[str, list[float]], seq_len: 
         runs=len(samples["latency"]), warmup=warmup, threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         samples_ms={name: [round(1000 * s, 4) for s in values] for name, values in samples.items()},
-        memory=memory, **generation,
+        memory=memory, device=str(loaded.device), dtype=dtype_name(loaded.dtype), **generation,
     )
 
 
@@ -189,10 +189,10 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
             generated: list[list[int]] = [[] for _ in models]
             probes = [all_probes(loaded, seq_len, batch_size, new_tokens, prompt_tokens, counts, seed)
                       for loaded, counts in zip(models, generated)]
-            for model_probes in probes:
+            for loaded, model_probes in zip(models, probes):
                 for call in model_probes.values():
                     for _ in range(warmup):
-                        time_call(call)
+                        time_call(call, loaded.device)
             for counts in generated:
                 counts.clear()  # only the timed calls count
             samples = [{name: [] for name in model_probes} for model_probes in probes]
@@ -200,7 +200,7 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
                 for offset in range(len(models)):
                     index = (run + offset) % len(models)
                     for name, call in probes[index].items():
-                        samples[index][name].append(time_call(call))
+                        samples[index][name].append(time_call(call, models[index].device))
         memories = [measure_peak_memory(source, seq_len, batch_size, new_tokens, prompt_tokens, threads, seed, dtype_name(loaded.dtype))
                     for source, loaded in zip(sources, models)] if sources else [None] * len(models)
         return [speed_report(loaded, s, seq_len, batch_size, warmup, counts, prompt_tokens, peak)

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from babelprune.data.tasks import Example, Task
+from babelprune.devices import dtype_name
 from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.evaluate.windows import SEPARATOR, start_token_id
 from babelprune.models.layouts import (
@@ -259,17 +260,18 @@ class _Objective:
     forward: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _task_objective(tokenizer, kind: str, examples: list[Example], config: DynamicConfig) -> _Objective:
+def _task_objective(tokenizer, kind: str, examples: list[Example], config: DynamicConfig, device: torch.device) -> _Objective:
     def batch(step: int):
         chosen = batch_indices(step, len(examples), config.batch_size, config.seed)
-        return encode(tokenizer, [examples[i] for i in chosen], kind, config.max_length, config.text_prefix)  # type: ignore[arg-type]
+        return encode(tokenizer, [examples[i] for i in chosen], kind, config.max_length, config.text_prefix, device=device)  # type: ignore[arg-type]
 
     return _Objective(batch, lambda module, b: (module(b), b.labels))  # (B, C) and (B,), or per token
 
 
-def _lm_objective(calibration: Calibration, config: DynamicConfig) -> _Objective:
+def _lm_objective(calibration: Calibration, config: DynamicConfig, device: torch.device) -> _Objective:
     def batch(step: int) -> torch.Tensor:
-        return calibration.ids[batch_indices(step, calibration.ids.shape[0], config.batch_size, config.seed)]  # (B, T)
+        # The windows stay on the CPU; each step's batch alone goes to the model's device.
+        return calibration.ids[batch_indices(step, calibration.ids.shape[0], config.batch_size, config.seed)].to(device)  # (B, T)
 
     def forward(module: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, :-1]  # (B, T-1, V)
@@ -319,8 +321,9 @@ def training_windows(tokenizer, examples: Sequence[Example], source: str, seq_le
     windows, languages = [], []
     for lang, stream in streams.items():
         count = min(windows_per_language, len(stream) // body_length)
-        body = torch.tensor(stream[: count * body_length]).reshape(count, body_length)  # (count, T - 1)
-        windows.append(torch.cat([torch.full((count, 1), start_token_id(tokenizer)), body], dim=1))  # (count, T)
+        # On the CPU, as every calibration's windows are: each batch goes to the model's device when it is used.
+        body = torch.tensor(stream[: count * body_length], device="cpu").reshape(count, body_length)  # (count, T - 1)
+        windows.append(torch.cat([torch.full((count, 1), start_token_id(tokenizer), device="cpu"), body], dim=1))  # (count, T)
         languages += [lang] * count
     return Calibration(torch.cat(windows), tuple(languages), f"{source}:train")
 
@@ -473,9 +476,9 @@ def train_dynamic(
     head, info = None, None
     if task is not None:
         head, info = TaskHead(model, task.kind, len(task.labels), config.pooling, config.dropout), _task_info(task, config)
-        objective = _task_objective(loaded.tokenizer, task.kind, examples, config)
+        objective = _task_objective(loaded.tokenizer, task.kind, examples, config, loaded.device)
     else:
-        objective = _lm_objective(calibration, config)  # type: ignore[arg-type]
+        objective = _lm_objective(calibration, config, loaded.device)  # type: ignore[arg-type]
     if config.freeze_embeddings:
         adapter_for(model).get_embeddings(model).weight.requires_grad_(False)
     teacher = config.teacher if config.teacher != "auto" else ("full-width" if head is not None else "dense")
@@ -492,6 +495,7 @@ def train_dynamic(
         "order": orders, "task": info, "calibration": calibration.describe() if calibration is not None else None,
         "ranking": _ranking_info(loaded, config.importance, ranking_data, ranking_data is not calibration),
         "config": config.model_dump(mode="json"), "steps": config.steps, "seconds": seconds,
+        "device": str(loaded.device), "dtype": dtype_name(loaded.dtype),
     }
     loaded.pruning = metadata
     achieved = {level: s.sparsity for level, s in selections.items()}

@@ -70,21 +70,31 @@ def encode(
     max_length: int = 128,
     prefix: str = "",
     with_labels: bool = True,
+    device: torch.device | None = None,
 ) -> Batch:
-    """Tokenize a batch of examples for a head of `kind`, padded to the longest one."""
+    """Tokenize a batch of examples for a head of `kind`, padded to the longest one, its tensors on `device`.
+
+    The tokenizer returns lists and the tensors are made here, on `device` directly: a tensor made
+    without one would land on torch's default device, which need not be the model's.
+    """
     check_head_kind(kind)
     if kind == "token-classification":
-        return _encode_tokens(tokenizer, examples, max_length, with_labels)
+        return _encode_tokens(tokenizer, examples, max_length, with_labels, device)
     texts = [prefix + (example.text or "") for example in examples]
     pairs = [example.text_pair or "" for example in examples] if kind == "pair-classification" else None
-    encoded = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    inputs = {name: encoded[name] for name in _ENCODER_INPUTS if name in encoded}
-    labels = torch.tensor([example.label for example in examples]) if with_labels else None
-    return Batch(inputs=inputs, labels=labels)
+    encoded = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length)
+    labels = torch.tensor([example.label for example in examples], device=device) if with_labels else None
+    return Batch(inputs=_input_tensors(encoded, device), labels=labels)
+
+
+def _input_tensors(encoded, device: torch.device | None) -> dict[str, torch.Tensor]:
+    """The encoder's inputs of a padded tokenizer output, as int64 tensors (B, T) on `device`."""
+    return {name: torch.tensor(encoded[name], dtype=torch.long, device=device) for name in _ENCODER_INPUTS if name in encoded}
 
 
 def _encode_tokens(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int, with_labels: bool
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int, with_labels: bool,
+    device: torch.device | None = None,
 ) -> Batch:
     if not getattr(tokenizer, "is_fast", False):
         raise BabelpruneError(
@@ -92,10 +102,9 @@ def _encode_tokens(
             "load the model with its tokenizer.json."
         )
     words = [list(example.tokens or ()) for example in examples]
-    encoded = tokenizer(
-        words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    labels = torch.full(encoded["input_ids"].shape, IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    encoded = tokenizer(words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length)
+    # Labels are filled in as lists and made a tensor once: one copy to the device, not one per word.
+    labels = [[IGNORE_INDEX] * len(ids) for ids in encoded["input_ids"]]  # (B, T)
     positions: list[list[int]] = []
     for row, example in enumerate(examples):
         starts: dict[int, int] = {}  # word index -> its first sub-token
@@ -107,9 +116,9 @@ def _encode_tokens(
         if with_labels:
             for word, tag in enumerate(example.tags or ()):
                 if word in starts:
-                    labels[row, starts[word]] = tag
-    inputs = {name: encoded[name] for name in _ENCODER_INPUTS if name in encoded}
-    return Batch(inputs=inputs, labels=labels if with_labels else None, word_positions=positions)
+                    labels[row][starts[word]] = tag
+    label_tensor = torch.tensor(labels, dtype=torch.long, device=device) if with_labels else None
+    return Batch(inputs=_input_tensors(encoded, device), labels=label_tensor, word_positions=positions)
 
 
 class TaskHead(nn.Module):
@@ -128,7 +137,14 @@ class TaskHead(nn.Module):
         self.kind = kind
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        # Where the encoder's weights are and in their type: the pooled features meet the classifier there.
+        place = next(encoder.parameters())
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels, device=place.device, dtype=place.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the head's weights are: its batches are made there."""
+        return self.classifier.weight.device
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits: (B, num_labels) for sequence tasks, (B, T, num_labels) for token tasks."""
@@ -180,7 +196,7 @@ def predict(
     predicted: list = [None] * len(examples)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
-        batch = encode(tokenizer, [examples[i] for i in chosen], head.kind, max_length, prefix, with_labels=False)
+        batch = encode(tokenizer, [examples[i] for i in chosen], head.kind, max_length, prefix, with_labels=False, device=head.device)
         for index, value in zip(chosen, head.predictions(head(batch), batch), strict=True):
             predicted[index] = value
     return predicted
@@ -208,7 +224,7 @@ def head_features(
     head.eval()
     features, labels = [], []
     for start in range(0, len(examples), batch_size):
-        batch = encode(tokenizer, examples[start : start + batch_size], head.kind, max_length, prefix)
+        batch = encode(tokenizer, examples[start : start + batch_size], head.kind, max_length, prefix, device=head.device)
         hidden = head.encoder(**batch.inputs).last_hidden_state  # (B, T, H)
         assert batch.labels is not None
         if head.kind == "token-classification":
@@ -233,8 +249,8 @@ def fit_softmax_regression(
     gradient for the fine-tuning that follows.
     """
     features = features.detach().float()
-    weight = torch.zeros(num_labels, features.shape[1], requires_grad=True)
-    bias = torch.zeros(num_labels, requires_grad=True)
+    weight = torch.zeros(num_labels, features.shape[1], device=features.device, requires_grad=True)
+    bias = torch.zeros(num_labels, device=features.device, requires_grad=True)
     optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(steps):

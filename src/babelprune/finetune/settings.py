@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from babelprune.cache import atomic_write_text
 from babelprune.data.tasks import Task, TrainingRun
+from babelprune.devices import CPU_FLOAT32, Placement
 from babelprune.errors import BabelpruneError
 from babelprune.finetune.config import FinetuneConfig, limit_examples, scores_config
 
@@ -80,15 +81,21 @@ def _examples_digest(task: Task, runs: list[TrainingRun], langs: list[str], conf
 
 
 def run_settings(
-    model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun], langs: list[str]
+    model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun], langs: list[str],
+    place: Placement = CPU_FLOAT32,
 ) -> RunSettings:
-    """The settings of fine-tuning `model_spec` on `task` with `config` (`runs` and `langs` as planned)."""
+    """The settings of fine-tuning `model_spec` on `task` with `config` (`runs` and `langs` as planned) in `place`.
+
+    Another device or dtype gives other numbers, so it is part of the config; CPU float32 is left out,
+    so that the settings of runs made before there was a choice stay what they were.
+    """
     described = {
         **_plain_options(task),
         "name": task.name, "kind": task.kind, "labels": list(task.labels), "metric": task.metric,
         "languages": task.languages(), "examples": _examples_digest(task, runs, langs, config),
     }
-    return RunSettings(model=model_spec, task=described, config=scores_config(config))
+    where = {} if place.is_default() else place.record()
+    return RunSettings(model=model_spec, task=described, config=scores_config(config) | where)
 
 
 def holds_run(folder: Path) -> bool:

@@ -89,7 +89,7 @@ def task_gradient_importance(head: TaskHead, tokenizer, examples: Sequence[Examp
     head.eval()
     with grads_only_on(head, []), torch.enable_grad(), _gates_on(head, gates):
         for start in range(0, len(examples), config.batch_size):
-            batch = encode(tokenizer, examples[start : start + config.batch_size], head.kind, config.max_length, config.text_prefix)
+            batch = encode(tokenizer, examples[start : start + config.batch_size], head.kind, config.max_length, config.text_prefix, device=head.device)
             for kind in scored:  # (N, units): gate n scales example n only
                 gates[kind] = [torch.ones(len(batch), n, requires_grad=True) for n in widths[kind]]
             # Per-example losses summed: the gradient of example n's gates is dL_n/dxi_n alone.
@@ -150,7 +150,7 @@ def train_joint_l0(head: TaskHead, tokenizer, examples: Sequence[Example], units
                 sampled[kind] = [sample_gates(a, torch.rand(a.shape, generator=generator).clamp(_EPS, 1 - _EPS)).unsqueeze(0)
                                  for a in kind_alphas]
             chosen = batch_indices(step, len(examples), config.batch_size, config.seed)
-            batch = encode(tokenizer, [examples[i] for i in chosen], head.kind, config.max_length, config.text_prefix)
+            batch = encode(tokenizer, [examples[i] for i in chosen], head.kind, config.max_length, config.text_prefix, device=head.device)
             task_loss = head.loss(head(batch), batch.labels)
             expected = expected_sparsity([prob_nonzero(a) for a in every], costs, total)
             goal = initial + (target - initial) * min(1.0, step / warmup_steps)

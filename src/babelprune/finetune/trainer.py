@@ -58,6 +58,7 @@ import torch
 from rich.progress import Progress
 
 from babelprune.data.tasks import Example, Task, TrainingRun, get_task, training_runs
+from babelprune.devices import CPU_FLOAT32, Placement, placement
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
 from babelprune.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -175,9 +176,9 @@ def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def build_head(model_spec: str, task: Task, config: FinetuneConfig) -> tuple[TaskHead, object]:
-    """The encoder of `model_spec` with a fresh head (initialised from the seed), and its tokenizer."""
-    loaded = load_model(model_spec)
+def build_head(model_spec: str, task: Task, config: FinetuneConfig, place: Placement = CPU_FLOAT32) -> tuple[TaskHead, object]:
+    """The encoder of `model_spec` in `place` with a fresh head (initialised from the seed), and its tokenizer."""
+    loaded = load_model(model_spec, place.dtype, place.device)
     if loaded.kind != "encoder":
         raise BabelpruneError(
             f"Model '{model_spec}' is a {loaded.kind}, not an encoder; fine-tune an encoder such as e5-small."
@@ -215,7 +216,8 @@ def batch_indices(step: int, n_examples: int, batch_size: int, seed: int) -> lis
     """Example indices of 1-based optimizer step `step`: a slice of the epoch's seeded permutation."""
     per_epoch = math.ceil(n_examples / batch_size)
     epoch, position = divmod(step - 1, per_epoch)
-    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    # On the CPU whatever the model's device: the order is the same on every machine.
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch), device="cpu")
     return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
@@ -238,7 +240,7 @@ def train_run(
     head.train()
     for step in range(start + 1, total + 1):
         chosen = batch_indices(step, len(run.train), config.batch_size, config.seed)
-        batch = encode(tokenizer, [run.train[i] for i in chosen], head.kind, config.max_length, config.text_prefix)
+        batch = encode(tokenizer, [run.train[i] for i in chosen], head.kind, config.max_length, config.text_prefix, device=head.device)
         loss = head.loss(head(batch), batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,9 +301,9 @@ def _achieved_sparsity(pruner: GradualPruner | None, encoder, config: FinetuneCo
 
 
 def _run_result(
-    model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores
+    model_spec, task, config, mode, train_langs, train_counts, pruner, head_encoder, steps, seconds, scores, place: Placement
 ) -> FinetuneResult:
-    return FinetuneResult(
+    return FinetuneResult(**place.record(),
         model=model_spec, task=task.name, mode=mode, train_languages=train_langs, train_examples=train_counts,
         seed=config.seed, sparsity=config.gmp.final_sparsity if config.gmp else 0.0,
         gmp=pruner.config if pruner is not None else None,  # the run's schedule in steps
@@ -326,6 +328,7 @@ def _combine(results: list[FinetuneResult], config: FinetuneConfig, seconds: flo
 def finetune(
     model_spec: str, task: Task | str, config: FinetuneConfig, out: Path, progress: bool = True,
     on_step: StepCallback | None = None, rerun_changed: bool = False, on_notice: Notice | None = None,
+    device: str = "cpu", dtype: str = "auto",
 ) -> FinetuneResult:
     """Fine-tune `model_spec` on `task` (pruning gradually if `config.gmp`), score every language.
 
@@ -345,13 +348,17 @@ def finetune(
     configuration), it is refused, or with `rerun_changed` its outputs are
     removed and the run is trained again, after `on_notice` (default: a
     logged warning) was told what changed.
+
+    The model is loaded and trained in `dtype` on `device` (names as `babelprune.devices.resolve`
+    takes them); anything but CPU float32 is part of the settings, so a run resumes only where it began.
     """
     started = time.perf_counter()
+    place = placement(device, dtype)  # a device this machine lacks is refused before anything is read
     out = Path(out)
     check_run_folder(out)  # before the task's data or the model is loaded
     task = get_task(task) if isinstance(task, str) else task
     runs = plan_runs(task, config)  # every input check happens here, before any training
-    settings = current_settings(model_spec, task, config, runs)
+    settings = current_settings(model_spec, task, config, runs, place)
     changes = recorded_changes(out, settings)
     if changes and not rerun_changed:
         raise BabelpruneError(
@@ -364,12 +371,12 @@ def finetune(
     bar = progress_bar(progress)
     with bar:
         if task.kind == "retrieval":
-            result = _retrieval_run(model_spec, task, config, started)
+            result = _retrieval_run(model_spec, task, config, started, place)
             record_settings(out, settings)
         else:
             notice = on_notice or _log.warning
             results = [
-                _train_and_score(model_spec, task, config, run, out, settings, bar, on_step, notice) for run in runs
+                _train_and_score(model_spec, task, config, run, out, settings, bar, on_step, notice, place) for run in runs
             ]
             result = _combine(results, config, time.perf_counter() - started)
             result = record_train_sizes(task, config, result, on_notice or _log.warning)
@@ -377,9 +384,10 @@ def finetune(
     return result
 
 
-def current_settings(model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun]) -> RunSettings:
-    """The settings that key `config`'s result on `task` (`runs` from `plan_runs`)."""
-    return run_settings(model_spec, task, config, runs, eval_languages(task, config))
+def current_settings(model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun],
+                     place: Placement = CPU_FLOAT32) -> RunSettings:
+    """The settings that key `config`'s result on `task` (`runs` from `plan_runs`) when trained in `place`."""
+    return run_settings(model_spec, task, config, runs, eval_languages(task, config), place)
 
 
 def clear_run_outputs(out: Path) -> None:
@@ -411,8 +419,8 @@ def saved_models(out: Path) -> list[Path]:
     return sorted(path.parent for path in (Path(out) / "runs").glob(f"*/{MODEL_DIR}/{FINETUNED_FILE}"))
 
 
-def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float) -> FinetuneResult:
-    loaded = load_model(model_spec)
+def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started: float, place: Placement) -> FinetuneResult:
+    loaded = load_model(model_spec, place.dtype, place.device)
     check_length_fits(loaded.model.config, config.max_length, model_spec)  # else a long text crashes the scoring
     pruner = None
     schedule = run_schedule(config, 0)  # no training: a schedule of 0 steps prunes at once, at step 0
@@ -421,11 +429,12 @@ def _retrieval_run(model_spec: str, task: Task, config: FinetuneConfig, started:
         pruner.update_masks(schedule.final_sparsity)
     scores = evaluate_retrieval(loaded.model, loaded.tokenizer, task, eval_languages(task, config), config)
     seconds = time.perf_counter() - started
-    return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, seconds, scores)
+    return _run_result(model_spec, task, config, "none", [], {}, pruner, loaded.model, 0, seconds, scores, place)
 
 
 def _train_and_score(
-    model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step, notice: Notice
+    model_spec, task, config, run: TrainingRun, out: Path, settings: RunSettings, bar: Progress, on_step, notice: Notice,
+    place: Placement = CPU_FLOAT32,
 ) -> FinetuneResult:
     """One training run in ``<out>/runs/<run>``: its result if finished (`out`'s settings are checked), else train.
 
@@ -439,7 +448,7 @@ def _train_and_score(
         # Scores are kept, the model is not: training again (from the seed) gives both.
         notice(f"run {run.name} was scored without saving its model (scores only); training it again to save the model")
     started = time.perf_counter()
-    head, tokenizer = build_head(model_spec, task, config)
+    head, tokenizer = build_head(model_spec, task, config, place)
     record_settings(out, settings)  # once the model is known to fit: nothing is written for bad input
     checkpoints = folder / "checkpoints"
     pruner, steps = train_run(head, tokenizer, run, config, checkpoints, _fingerprint(settings, run), bar, on_step)
@@ -453,7 +462,7 @@ def _train_and_score(
         counts[example.lang] = counts.get(example.lang, 0) + 1
     seconds = time.perf_counter() - started
     result = _run_result(
-        model_spec, task, config, config.mode, list(counts), counts, pruner, head.encoder, steps, seconds, scores
+        model_spec, task, config, config.mode, list(counts), counts, pruner, head.encoder, steps, seconds, scores, place
     )
     result.save(folder / RESULT_FILE)
     shutil.rmtree(checkpoints, ignore_errors=True)

@@ -129,20 +129,20 @@ def fused_qkv_rows(layout: FusedLayout, n_heads: int, n_kv_heads: int, head_dim:
     Returns {"q": (n_heads*head_dim,), "k": (n_kv*head_dim,), "v": (n_kv*head_dim,)}
     long tensors, each listing the rows in head order, so
     `weight_matrix(qkv)[rows["q"]]` is the query weight as a separate q_proj
-    would hold it.
+    would hold it. The indices are on the CPU, whatever the weight's device (torch indexes any device with them).
     """
     if layout == "concat":
         q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
         return {
-            "q": torch.arange(0, q_size),
-            "k": torch.arange(q_size, q_size + kv_size),
-            "v": torch.arange(q_size + kv_size, q_size + 2 * kv_size),
+            "q": torch.arange(0, q_size, device="cpu"),
+            "k": torch.arange(q_size, q_size + kv_size, device="cpu"),
+            "v": torch.arange(q_size + kv_size, q_size + 2 * kv_size, device="cpu"),
         }
     if layout == "per_head":
         if n_kv_heads != n_heads:
             raise ValueError("a per-head fused qkv needs as many key/value heads as query heads")
         # (n_heads, 3, head_dim) grid of row numbers: [h, 0] are head h's q rows, etc.
-        grid = torch.arange(n_heads * 3 * head_dim).view(n_heads, 3, head_dim)
+        grid = torch.arange(n_heads * 3 * head_dim, device="cpu").view(n_heads, 3, head_dim)
         return {name: grid[:, i, :].reshape(-1) for i, name in enumerate(("q", "k", "v"))}
     raise ValueError(f"unknown fused qkv layout {layout!r}")
 

@@ -105,8 +105,9 @@ def layer_layouts(model: nn.Module, adapter: ArchAdapter) -> list[LayerLayout]:
 
 def _head_to_unit(layout: LayerLayout, kind: HeadUnit) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit of each query head (H,), unit of each kv head (KV,), -1 when kv heads are in no unit)."""
-    heads = torch.arange(layout.n_heads)
-    kv = torch.arange(layout.n_kv_heads)
+    # Unit maps are index bookkeeping on the CPU, whatever the model's device (as are the importances they reduce to).
+    heads = torch.arange(layout.n_heads, device="cpu")
+    kv = torch.arange(layout.n_kv_heads, device="cpu")
     if kind == "query":
         return heads, torch.full_like(kv, -1)
     return heads // layout.group_size, kv
@@ -121,7 +122,7 @@ def head_unit_map(adapter: ArchAdapter, layout: LayerLayout, kind: HeadUnit) -> 
     if adapter.attention.is_fused:
         rows = fused_qkv_rows(adapter.attention.fused_layout, layout.n_heads, layout.n_kv_heads, d)
         total = sum(len(r) for r in rows.values())
-        fused = torch.full((total,), -1, dtype=torch.long)
+        fused = torch.full((total,), -1, dtype=torch.long, device="cpu")
         fused[rows["q"]], fused[rows["k"]], fused[rows["v"]] = q_rows, kv_rows, kv_rows
         return {"qkv": (0, fused), "o": (1, q_rows)}
     return {"q": (0, q_rows), "k": (0, kv_rows), "v": (0, kv_rows), "o": (1, q_rows)}
@@ -142,7 +143,7 @@ def ffn_rows(adapter: ArchAdapter, neurons: torch.Tensor, ffn: int) -> dict[str,
 
 def neuron_unit_map(adapter: ArchAdapter, layout: LayerLayout) -> UnitMap:
     """Rows of gate/up (or the fused gate_up) and columns of down, one neuron each."""
-    neurons = torch.arange(layout.ffn)
+    neurons = torch.arange(layout.ffn, device="cpu")
     # Indexed by row, each input linear's rows name their neuron: for fused gate_up, j then j again.
     rows = {name: (0, index % layout.ffn) for name, index in ffn_rows(adapter, neurons, layout.ffn).items()}
     return rows | {"down": (1, neurons)}
@@ -154,9 +155,9 @@ def reduce_to_units(per_index: dict[str, tuple[torch.Tensor, torch.Tensor]], uni
     per_index: name -> (per-row values (out,), per-column values (in,)); the
     axis the unit map names is read. Returns (n_units,) float64.
     """
-    total = torch.zeros(n_units, dtype=torch.float64)
+    total = torch.zeros(n_units, dtype=torch.float64, device="cpu")
     for name, (axis, units) in unit_map.items():
-        values = per_index[name][axis].double()
+        values = per_index[name][axis].double().cpu()  # a few numbers per unit, read by the selection on the CPU
         inside = units >= 0
         total.index_add_(0, units[inside], values[inside])
     return total
@@ -166,7 +167,7 @@ def linear_index_costs(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Parameters freed by removing each row (weights + bias entry) and each column of a linear."""
     out_features, in_features = weight_matrix(linear).shape
     row_cost = in_features + (1 if getattr(linear, "bias", None) is not None else 0)
-    return torch.full((out_features,), float(row_cost)), torch.full((in_features,), float(out_features))
+    return torch.full((out_features,), float(row_cost), device="cpu"), torch.full((in_features,), float(out_features), device="cpu")
 
 
 def unit_costs(adapter: ArchAdapter, block: nn.Module, unit_map: UnitMap, n_units: int) -> torch.Tensor:
@@ -221,8 +222,9 @@ def shrink_linear(linear: nn.Module, rows: torch.Tensor | None = None, cols: tor
 
 def _rows_of_heads(heads: Sequence[int], head_dim: int) -> torch.Tensor:
     """Row (or column) numbers of the given heads, in the order given."""
-    heads = torch.as_tensor(list(heads), dtype=torch.long)
-    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).reshape(-1)
+    # Index bookkeeping on the CPU whatever the model's device: torch indexes any device's weight with it.
+    heads = torch.as_tensor(list(heads), dtype=torch.long, device="cpu")
+    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim, device="cpu")).reshape(-1)
 
 
 def check_head_keep(layout: LayerLayout, keep_q: Sequence[int], keep_kv: Sequence[int]) -> None:
@@ -278,7 +280,7 @@ def select_head_norms(structure: StructureParts, block: nn.Module, heads: dict[s
             module = block.get_submodule(norm.path)
         except AttributeError:
             continue  # this model has the norm switched off (Cohere without use_qk_norm)
-        weight, keep = module.weight, torch.as_tensor(list(heads[norm.heads]), dtype=torch.long)
+        weight, keep = module.weight, torch.as_tensor(list(heads[norm.heads]), dtype=torch.long, device="cpu")
         per_head = weight.detach().reshape(-1, head_dim)[keep]  # (kept, head_dim): (H*d,) and (H, d) alike
         shape = (len(keep), head_dim) if weight.dim() > 1 else (-1,)
         module.weight = nn.Parameter(per_head.reshape(shape).contiguous().clone(), requires_grad=weight.requires_grad)
@@ -296,7 +298,7 @@ def _set_head_attrs(structure: StructureParts, block: nn.Module, n_heads: int, n
 
 def remove_neurons(model: nn.Module, adapter: ArchAdapter, index: int, keep: Sequence[int] | torch.Tensor) -> None:
     """Keep only the listed FFN neurons of block `index`."""
-    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    keep = torch.as_tensor(keep, dtype=torch.long, device="cpu").sort().values
     if keep.numel() == 0:
         raise BabelpruneError("A block must keep at least one FFN neuron; lower the sparsity or remove the block instead.")
     block = adapter.get_blocks(model)[index]

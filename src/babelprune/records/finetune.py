@@ -69,6 +69,8 @@ class FinetuneResult(SavedRecord):
     steps: int
     seconds: float
     config: dict[str, Any] = Field(default_factory=dict)  # the full fine-tuning configuration
+    device: str | None = None  # where it was trained ("cpu", "cuda:0"); None in results made before the choice existed
+    dtype: str | None = None  # the weights' type while training ("float32", "bfloat16"); None likewise
     created: str = Field(default_factory=now)
     scores: list[TaskScore]
 

@@ -53,6 +53,8 @@ class SpeedReport(BaseModel):
     new_tokens: int | None = None  # new tokens every timed generate call produced
     generate_ms_per_token: float | None = None  # median wall time of one generate call / new_tokens
     memory: PeakMemory | None = None  # a fresh process that loaded the model and ran each probe once
+    device: str | None = None  # where the model ran ("cpu", "cuda:0", "mps"); None in reports made before the choice existed
+    dtype: str | None = None  # the type of its weights ("float32", "bfloat16"); None likewise
 
 
 def is_speed_reports_file(path: Path) -> bool:
@@ -61,5 +63,6 @@ def is_speed_reports_file(path: Path) -> bool:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    fields = set(SpeedReport.model_fields)
+    # The required fields only: a report written before an optional field existed is still one.
+    fields = {name for name, field in SpeedReport.model_fields.items() if field.is_required()}
     return isinstance(payload, list) and bool(payload) and all(isinstance(item, dict) and fields <= item.keys() for item in payload)

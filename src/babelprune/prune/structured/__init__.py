@@ -30,6 +30,7 @@ import torch
 from babelprune.choices import Setting
 from babelprune.choices import StructuredImportance as ImportanceName
 from babelprune.errors import BabelpruneError
+from babelprune.devices import dtype_name
 from babelprune.models.layouts import (
     GqaMode,
     check_head_removal,
@@ -88,6 +89,8 @@ class StructuredResult:
     calibration: dict | None = None
     seconds: float = 0.0
     l0_traces: dict[str, L0Trace] = field(default_factory=dict)
+    device: str = "cpu"  # where the model was scored and pruned
+    dtype: str = "float32"  # the type of its weights meanwhile
 
     def metadata(self) -> dict:
         """A JSON-able summary (kept heads per block; neuron counts rather than indices)."""
@@ -108,6 +111,7 @@ class StructuredResult:
             "params_before": self.params_before, "params_after": self.params_after,
             "model_params_before": self.model_params_before, "model_params_after": self.model_params_after,
             "widths": self.widths, "calibration": self.calibration, "seconds": self.seconds,
+            "device": self.device, "dtype": self.dtype,
             "kept": kept(self.selection) if self.selection else None,
             "kept_per_language": {lang: kept(s) for lang, s in (self.per_language or {}).items()} or None,
         }
@@ -202,6 +206,7 @@ def structured_prune(
         widths=_widths(loaded), selection=selection, per_language=chosen,
         calibration=calibration.describe() if calibration is not None else None,
         seconds=round(time.perf_counter() - started, 3), l0_traces=traces,
+        device=str(loaded.device), dtype=dtype_name(loaded.dtype),
     )
 
 

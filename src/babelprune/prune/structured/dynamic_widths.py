@@ -155,13 +155,13 @@ def width_masks(model: nn.Module, selection: Selection) -> Iterator[None]:
     """
     head_masks: dict[int, torch.Tensor] = {}
     neuron_masks: dict[int, torch.Tensor] = {}
+    # Where the weights are and in their type: a float32 mask would promote half-precision activations.
+    weight = next(model.parameters())
     for i, (layout, keep) in enumerate(zip(layer_layouts(model, adapter_for(model)), selection.layers, strict=True)):
         if len(keep.query_heads) < layout.n_heads:
-            head_masks[i] = torch.zeros(1, layout.n_heads)  # (G=1, H): the same mask for every sample
-            head_masks[i][0, keep.query_heads] = 1.0
+            head_masks[i] = _keep_mask(layout.n_heads, keep.query_heads, weight)  # (G=1, H): the same mask for every sample
         if len(keep.neurons) < layout.ffn:
-            neuron_masks[i] = torch.zeros(1, layout.ffn)  # (G=1, ffn)
-            neuron_masks[i][0, keep.neurons] = 1.0
+            neuron_masks[i] = _keep_mask(layout.ffn, keep.neurons, weight)  # (G=1, ffn)
     with contextlib.ExitStack() as stack:
         if head_masks:
             stack.enter_context(head_gates(model, "query", head_masks.get))
@@ -170,10 +170,17 @@ def width_masks(model: nn.Module, selection: Selection) -> Iterator[None]:
         yield
 
 
+def _keep_mask(width: int, kept: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """(1, width): 1 at the `kept` units, 0 elsewhere, on the device and in the dtype of `like`."""
+    mask = torch.zeros(1, width, device=like.device, dtype=like.dtype)
+    mask[0, list(kept)] = 1.0
+    return mask
+
+
 def sandwich_levels(levels: Sequence[float], samples: int, generator: torch.Generator) -> list[float]:
     """The widths of one step: the full model, the smallest width, then `samples` random levels in between."""
     middle = list(levels[1:-1])
-    picked = torch.randperm(len(middle), generator=generator)[: min(samples, len(middle))].sort().values.tolist()
+    picked = torch.randperm(len(middle), generator=generator, device="cpu")[: min(samples, len(middle))].sort().values.tolist()
     return list(dict.fromkeys([levels[0], levels[-1], *(middle[i] for i in picked)]))
 
 

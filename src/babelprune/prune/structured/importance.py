@@ -73,11 +73,12 @@ def _reduce(model: nn.Module, adapter: ArchAdapter, units: Units, gqa: GqaMode, 
     layouts = layer_layouts(model, adapter)
     heads, neurons, blocks = [], [], []
     for i, block in enumerate(adapter.get_blocks(model)):
-        per_index, block_total = {}, torch.zeros((), dtype=torch.float64)
+        # Scores are computed where the weights are; their per-unit sums are CPU bookkeeping.
+        per_index, block_total = {}, torch.zeros((), dtype=torch.float64, device="cpu")
         for name, linear in adapter.block_linears(block).items():
             scores = matrix_fn(i, name, linear).double()  # (out, in)
             per_index[name] = (scores.sum(dim=1), scores.sum(dim=0))
-            block_total += scores.sum()
+            block_total += scores.sum().cpu()
         layout = layouts[i]
         if "heads" in units:
             kind = layout.head_unit(gqa)
@@ -112,7 +113,9 @@ def _batches(calibration: Calibration, lang: str, batch_size: int) -> Iterator[t
         yield calibration.ids[rows[start : start + batch_size]]
 
 
-def _model_inputs(ids: torch.Tensor, adapter: ArchAdapter) -> dict[str, torch.Tensor]:
+def _model_inputs(ids: torch.Tensor, adapter: ArchAdapter, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A batch of calibration windows (kept on the CPU) as the model's inputs, on its device."""
+    ids = ids.to(next(model.parameters()).device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     return batch | ({"use_cache": False} if adapter.decoder else {})
 
@@ -141,7 +144,7 @@ def activation_importance(model: nn.Module, calibration: Calibration, units: Uni
         for lang in languages:
             current["lang"] = lang
             for ids in _batches(calibration, lang, batch_size):
-                adapter.base_model(model)(**_model_inputs(ids, adapter))  # no LM head: its logits are not needed
+                adapter.base_model(model)(**_model_inputs(ids, adapter, model))  # no LM head: its logits are not needed
     finally:
         for handle in handles:
             handle.remove()
@@ -162,7 +165,7 @@ GateOf = Callable[[int], torch.Tensor | None]  # block index -> (G, units) gates
 
 def query_head_units(layout: LayerLayout, gqa: GqaMode) -> torch.Tensor:
     """(n_heads,) the head unit of each query head of a block."""
-    heads = torch.arange(layout.n_heads)
+    heads = torch.arange(layout.n_heads, device="cpu")  # an index into the gates, which are on the CPU too
     return heads if layout.head_unit(gqa) == "query" else heads // layout.group_size
 
 
@@ -247,7 +250,8 @@ def masked_token_loss(mask_token_id: int | None, seed: int = 0) -> LossFn:
 
     def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"]
-        chosen = torch.rand(ids.shape, generator=generator) < MASK_SHARE
+        # Drawn on the CPU (the same positions on every device), then moved to the inputs.
+        chosen = (torch.rand(ids.shape, generator=generator, device="cpu") < MASK_SHARE).to(ids.device)
         chosen[:, 0] = False  # the start token ([CLS]) is never predicted
         chosen[:, 1] |= ~chosen[:, 1:].any(dim=1)  # at least one position per sample
         inputs = ids.masked_fill(chosen, mask_token_id) if mask_token_id is not None else ids
@@ -318,12 +322,13 @@ def gradient_importance(model: nn.Module, calibration: Calibration, units: Units
     with (grads_only_on(model, weights), torch.enable_grad(),
           head_gates(model, gqa, lambda i: gates["heads"].get(i)), neuron_gates(model, lambda i: gates["ffn"].get(i))):
         for lang in calibration.language_set:
-            sums = {kind: [torch.zeros(n, dtype=torch.float64) for n in gate_widths[kind]] for kind in gated}
+            # Gates and their gradient sums stay on the CPU: the forward hook moves each gate to the activations.
+            sums = {kind: [torch.zeros(n, dtype=torch.float64, device="cpu") for n in gate_widths[kind]] for kind in gated}
             for ids in _batches(calibration, lang, batch_size):
                 for kind in gated:  # (N, units) per block: gate n only scales sample n
-                    gates[kind] = {i: torch.ones(ids.shape[0], n, requires_grad=True) for i, n in enumerate(gate_widths[kind])}
+                    gates[kind] = {i: torch.ones(ids.shape[0], n, device="cpu", requires_grad=True) for i, n in enumerate(gate_widths[kind])}
                 # Per-sample losses summed: the gradient of sample n's gates is dL_n/dxi_n alone.
-                loss_fn(model, _model_inputs(ids, adapter)).sum().backward()
+                loss_fn(model, _model_inputs(ids, adapter, model)).sum().backward()
                 for kind in gated:
                     for i, gate in gates[kind].items():
                         if gate.grad is not None:  # None: the block does not reach the loss

@@ -151,7 +151,8 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
     start = init_log_alpha(settings.droprate_init)
     head_alpha = [nn.Parameter(torch.full_like(c, start)) for c in head_costs]
     neuron_alpha = [nn.Parameter(torch.full_like(c, start)) for c in neuron_costs]
-    lambdas = nn.Parameter(torch.zeros(2))
+    # The gates' parameters are CPU bookkeeping like the unit costs; the forward hooks move the sampled gates.
+    lambdas = nn.Parameter(torch.zeros(2, device="cpu"))
     optimizer = torch.optim.Adam(head_alpha + neuron_alpha, lr=settings.lr, betas=(settings.momentum, 0.999))
     # Plain SGD: the lambdas move in proportion to the gap (Adam would move them at a fixed pace and overshoot).
     lambda_optimizer = torch.optim.SGD([lambdas], lr=settings.lambda_lr)
@@ -165,7 +166,7 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
     generator = torch.Generator().manual_seed(settings.seed)
     sampled: dict[str, list[torch.Tensor]] = {"heads": [], "ffn": []}
     trace = L0Trace()
-    order = torch.randperm(calibration.ids.shape[0], generator=generator)
+    order = torch.randperm(calibration.ids.shape[0], generator=generator, device="cpu")
     with grads_only_on(model, []), torch.enable_grad(), contextlib.ExitStack() as stack:
         if head_alpha:
             stack.enter_context(head_gates(model, gqa, lambda i: sampled["heads"][i].unsqueeze(0)))
@@ -173,10 +174,10 @@ def train_l0(model: nn.Module, calibration: Calibration, units: Units, target: f
             stack.enter_context(neuron_gates(model, lambda i: sampled["ffn"][i].unsqueeze(0)))  # (1, ffn): one gate for the batch
         for step in range(settings.steps):
             for name, alphas in (("heads", head_alpha), ("ffn", neuron_alpha)):
-                sampled[name] = [sample_gates(a, torch.rand(a.shape, generator=generator).clamp(_EPS, 1 - _EPS)) for a in alphas]
+                sampled[name] = [sample_gates(a, torch.rand(a.shape, generator=generator, device="cpu").clamp(_EPS, 1 - _EPS)) for a in alphas]
             start_row = (step * settings.batch_size) % len(order)
             ids = calibration.ids[order[start_row : start_row + settings.batch_size]]
-            task = loss_fn(model, _model_inputs(ids, adapter)).mean()
+            task = loss_fn(model, _model_inputs(ids, adapter, model)).mean()
             expected = expected_sparsity([prob_nonzero(a) for a in head_alpha + neuron_alpha], head_costs + neuron_costs, total)
             goal = initial + (target - initial) * min(1.0, (step + 1) / warmup_steps)
             objective = task + lagrangian_penalty(expected, goal, lambdas[0], lambdas[1])

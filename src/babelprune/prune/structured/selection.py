@@ -125,7 +125,7 @@ def _head_candidates(adapter, blocks, layouts, heads, gqa, layer_ids) -> _Candid
         costs = unit_costs(adapter, blocks[i], head_unit_map(adapter, layout, kind), n_units)
         if kind == "query":  # slices: the j-th least important query head of every group
             order = scores.view(layout.n_kv_heads, layout.group_size).argsort(dim=1, stable=True)
-            members = order + torch.arange(layout.n_kv_heads).unsqueeze(1) * layout.group_size  # (KV, r) head ids
+            members = order + torch.arange(layout.n_kv_heads, device=order.device).unsqueeze(1) * layout.group_size  # (KV, r) head ids
             slices = [tuple(members[:, j].tolist()) for j in range(layout.group_size)]
             out.caps[i] = layout.group_size - 1
         else:
@@ -156,7 +156,7 @@ def _neuron_candidates(adapter, blocks, layouts, neurons, layer_ids) -> _Candida
 
 def _greedy(c: _Candidates, budget: float) -> tuple[list[int], float, float | None]:
     """Take candidates by ascending score while they fit; (taken, removed, cheapest cost still takeable)."""
-    order = torch.tensor(c.scores, dtype=torch.float64).argsort(stable=True).tolist() if c.scores else []
+    order = torch.tensor(c.scores, dtype=torch.float64, device="cpu").argsort(stable=True).tolist() if c.scores else []
     taken, removed, count = [], 0.0, dict.fromkeys(c.caps, 0)
     skipped: float | None = None
     for k in order:
