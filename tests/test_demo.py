@@ -63,7 +63,7 @@ def test_the_demo_runs_on_real_text_resumes_and_writes_the_report(tmp_path):
     html = first.report.read_text(encoding="utf-8")
     with ResultsStore(first.store, create=False) as store:
         records = store.records()
-    assert len(records) == 6 and {r.state for r in records} == {"done"}
+    assert len(records) == 7 and {r.state for r in records} == {"done"}
     expected_sets = {"bible"} if first.dropped_sets else {"bible", "udhr"}
     assert all(set(r.evaluations) == expected_sets for r in records)
     assert len(records[0].evaluations["bible"].scores) == 22

@@ -151,7 +151,7 @@ def test_a_config_file_seed_chooses_the_calibration_windows(monkeypatch, capsys,
         seeds.append(seed)
         raise Loaded
 
-    monkeypatch.setattr(babelprune.api, "load_model", lambda spec: None)
+    monkeypatch.setattr(babelprune.api, "load_model", lambda *args, **kwargs: None)
     monkeypatch.setattr(babelprune.api, "calibrate", calibrate)
     config = tmp_path / "p.yaml"
     config.write_text("method: wanda\nseed: 7\n")

@@ -188,7 +188,7 @@ def test_the_mwanda_recipe_is_the_documented_grid():
 def test_recipes_are_listed_and_an_unknown_one_names_them(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(monkeypatch, capsys, "recipes")
-    assert code == 0 and "mwanda  24 runs" in out and "demo  6 runs" in out and "ogueji2022  33 runs" in out
+    assert code == 0 and "mwanda  24 runs" in out and "demo  7 runs" in out and "ogueji2022  33 runs" in out
     assert "li2022  61 runs" in out
     code, _, err = run_cli(monkeypatch, capsys, "sweep", "--recipe", "mwandaa")
     lines = [line for line in err.splitlines() if line.strip()]
