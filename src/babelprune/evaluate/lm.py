@@ -44,8 +44,12 @@ def _pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tupl
 
 
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head on hidden rows (N, H) -> logits (N, V), with the model's final soft-capping if it has one."""
+    """LM head on hidden rows (N, H) -> logits (N, V), with the model's logit scale or soft-capping if it has one."""
     logits = model.get_output_embeddings()(hidden)
+    # Cohere (Aya) multiplies its logits by a constant; the model object holds the value its forward uses.
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
