@@ -4,20 +4,26 @@ micro-batch, and in every case the masks of pruning in place."""
 
 from __future__ import annotations
 
+import json
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from babelprune.api import CalibrationSpec, onload_device, prune_to_folder
 from babelprune.errors import BabelpruneError
 from babelprune.formats.loading import load_model
-from babelprune.formats.pruned import save_pruned
+from babelprune.formats.pruned import METADATA_FILE, save_pruned
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.prune import engine
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.engine import named_linears, prune
 from babelprune.prune.offload import open_offloaded, prune_offloaded
 from babelprune.prune.onload import OnloadedBlocks
+from tests.cli_runner import run_cli
+from tests.sweep_fixtures import write_tiny_corpus
 from tests.test_offload import assert_same_state, source_folder, state_of
 from tests.test_prune_engine import calibration, loaded, masks_of
 from tests.test_prune_lockstep import assert_same_pruning, weights_of
@@ -256,3 +262,153 @@ def test_the_per_language_setting_onloads_and_streams_too():
         for name, mask in masks.items():
             assert torch.equal(result.mask_bank[key][name], mask), (key, name)
     assert all(not bool((weight_matrix(m) == 0).any()) for m in named_linears(onloaded.model, adapter_for(onloaded.model)).values())
+
+
+# ----- the verbs and the command -------------------------------------------------------
+
+TINY_CORPUS = str(Path(__file__).parent / "fixtures" / "tiny.jsonl")
+SPEC = CalibrationSpec(corpus=TINY_CORPUS, languages=["en", "fr"], samples=2, seq_len=16)  # 4 windows of 16 tokens
+WINDOW = 16 * 32 * 4  # one window's hidden states in the tiny llama (H = 32), float32
+CALIB_ARGS = ("--calib", TINY_CORPUS, "--calib-langs", "en,fr", "--samples", "1", "--seq-len", "16")
+
+
+def folder_masks(folder: Path) -> dict[str, torch.Tensor]:
+    return masks_of(load_model(str(folder)).model)
+
+
+def assert_same_masks(a: Path, b: Path) -> None:
+    first, second = folder_masks(a), folder_masks(b)
+    assert first.keys() == second.keys()
+    for name, mask in first.items():
+        assert torch.equal(mask, second[name]), name
+
+
+@pytest.mark.parametrize("offload", ["none", "disk"])
+def test_prune_to_folder_onloads_streams_and_records_it(tmp_path, offload):
+    source = source_folder(tmp_path, "llama")
+    plain = prune_to_folder(str(source), PruneConfig(method="sparsegpt"), tmp_path / "plain", SPEC)
+    result = prune_to_folder(str(source), PruneConfig(method="sparsegpt"), tmp_path / "onloaded", SPEC, offload=offload,
+                             onload="sequential", activation_memory="2KiB")
+    assert_same_masks(tmp_path / "plain", tmp_path / "onloaded")
+    record = json.loads((tmp_path / "onloaded" / METADATA_FILE).read_text())
+    assert (record["onload"], record["activation_memory"], record["activation_windows"]) == ("sequential", 2048, 1)
+    assert (record["device"], plain.onload, plain.activation_windows) == ("cpu", "none", None)
+    assert result.activation_windows == 1
+
+
+@pytest.mark.parametrize(
+    ("place", "onload", "expected"),
+    [("cpu", "auto", None), ("cuda", "auto", "cuda"), ("cpu", "sequential", "cpu"), ("cuda", "sequential", "cuda"),
+     ("cuda", "none", None), ("mps", "auto", "mps")],
+)
+def test_an_accelerator_onloads_unless_told_not_to(place, onload, expected):
+    target = onload_device(torch.device(place), onload)
+    assert (None if target is None else str(target)) == expected
+
+
+def test_an_unknown_onload_is_one_sentence():
+    with pytest.raises(BabelpruneError, match=r"^--onload 'lazy' is not one of: auto, sequential, none\.$"):
+        onload_device(torch.device("cpu"), "lazy")
+
+
+def test_disk_offload_prunes_in_bfloat16_as_in_memory(tmp_path):
+    source = source_folder(tmp_path, "llama")
+    config = PruneConfig(method="wanda")
+    prune_to_folder(str(source), config, tmp_path / "in-memory", SPEC, dtype="bfloat16")
+    prune_to_folder(str(source), config, tmp_path / "offloaded", SPEC, dtype="bfloat16", offload="disk")
+    stored, offloaded = load_file(tmp_path / "in-memory" / "model.safetensors"), load_file(tmp_path / "offloaded" / "model.safetensors")
+    assert stored.keys() == offloaded.keys() and {t.dtype for t in stored.values()} == {torch.bfloat16}
+    for key, tensor in stored.items():
+        assert torch.equal(tensor, offloaded[key]), key
+
+
+def out_of_memory_on_call(number: int):
+    """An engine._prune_linear that runs out of CUDA memory on its `number`-th call (after some layers were pruned)."""
+    calls = []
+    original = engine._prune_linear
+
+    def prune_linear(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(*args, **kwargs)
+
+    return prune_linear
+
+
+@pytest.mark.parametrize(
+    ("options", "advice"),
+    [
+        (dict(onload="sequential"), "lower --calib-batch, or give --activation-memory (such as 2GB) to keep the calibration "
+                                    "activations beyond it in CPU memory"),
+        (dict(onload="sequential", activation_memory="1MiB", offload="disk"), "lower --calib-batch, or lower --activation-memory (now 1 MiB)"),
+        (dict(onload="none"), "let the weights stay on the CPU with --onload sequential (one block on the device at a time), "
+                              "or lower --calib-batch"),
+    ],
+    ids=["onloaded", "offloaded-with-budget", "whole-model-on-the-device"],
+)
+def test_running_out_of_memory_is_one_sentence_and_leaves_nothing(tmp_path, monkeypatch, options, advice):
+    source = source_folder(tmp_path, "llama")
+    monkeypatch.setattr(engine, "_prune_linear", out_of_memory_on_call(9))  # block 1: block 0 is already pruned
+    with pytest.raises(BabelpruneError) as caught:
+        prune_to_folder(str(source), PruneConfig(method="wanda"), tmp_path / "out", SPEC, **options)
+    assert str(caught.value) == f"Out of memory on cuda while pruning {source}; {advice}."
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]  # no folder, no partial one beside it
+
+
+def test_the_command_says_it_in_one_line(tmp_path, monkeypatch, capsys):
+    source = source_folder(tmp_path, "llama")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine, "_prune_linear", out_of_memory_on_call(3))
+    code, out, err = run_cli(monkeypatch, capsys, "prune", "--model", str(source), "--method", "wanda", "--calib", TINY_CORPUS,
+                             "--calib-langs", "en,fr", "--samples", "2", "--seq-len", "16", "--offload", "disk", "--out", "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Out of memory on cuda while pruning" in lines[0] and "--calib-batch" in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+
+
+def test_evaluation_running_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
+    from babelprune import api
+
+    source = source_folder(tmp_path, "llama")
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(api, "score_windows", no_memory)
+    corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
+    with pytest.raises(BabelpruneError, match=r"^Out of memory on cuda while evaluating .*; lower --batch-size or --seq-len\.$"):
+        api.evaluate_model(str(source), str(corpus), max_tokens=8, seq_len=8)
+
+
+def test_the_command_streams_activations_and_says_so(tmp_path, monkeypatch, capsys):
+    source = source_folder(tmp_path, "llama")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "prune", "--model", str(source), "--method", "wanda", "--calib", TINY_CORPUS,
+                             "--calib-langs", "en,fr", "--samples", "2", "--seq-len", "16", "--activation-memory", f"{2 * WINDOW}",
+                             "--onload", "sequential", "--out", "out")
+    assert code == 0, err
+    assert "activations streamed 2 windows at a time" in out and "moved to" not in out  # on the CPU nothing moves
+    record = json.loads((tmp_path / "out" / METADATA_FILE).read_text())
+    assert (record["onload"], record["activation_memory"], record["activation_windows"]) == ("sequential", 2 * WINDOW, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([*CALIB_ARGS, "--activation-memory", "lots"], "--activation-memory 'lots' is not a size"),
+        ([*CALIB_ARGS, "--activation-memory", "0MB"], "is no memory at all"),
+        (["--method", "magnitude", "--activation-memory", "1GB"], "--activation-memory bounds the calibration activations, "
+                                                                  "which --method magnitude"),
+        (["--structured", "heads", "--activation-memory", "1GB"], "--activation-memory has no effect on structured pruning"),
+        (["--structured", "heads", "--onload", "sequential"], "--onload moves one block at a time to the device"),
+        (["--onload", "later"], "Invalid value for '--onload'"),
+    ],
+)
+def test_the_command_refuses_memory_options_in_one_sentence(tmp_path, monkeypatch, capsys, args, expected):
+    source = source_folder(tmp_path, "llama")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "prune", "--model", str(source), "--out", "out", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and expected in err and (len(lines) == 1 or "Usage" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
