@@ -397,3 +397,63 @@ def test_timing_waits_for_the_kernels_of_its_device(monkeypatch, device, waits):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert time_call(lambda: None, torch.device(device)) >= 0
     assert waited == waits
+
+
+# ----- memory sizes and running out of memory ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GiB", 3 * 2**29), ("4096", 4096), ("3kb", 3000), (" 10 B ", 10),
+     ("0.5KiB", 512), (".5MB", 500_000), (2048, 2048)],
+)
+def test_sizes_are_read_in_decimal_and_binary_units(text, size):
+    assert devices.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["2 parsecs", "GB", "-1GB", "1e9", "2 G B", "", "1,5GB", "nanGB", True])
+def test_a_text_that_is_not_a_size_is_one_sentence(text):
+    with pytest.raises(BabelpruneError, match=r"^--activation-memory .* is not a size; give .* such as 2GB") as caught:
+        devices.parse_size(text)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["0", "0GB", "0.1", 0, -5])
+def test_a_size_of_nothing_is_refused(text):
+    with pytest.raises(BabelpruneError, match=r"is no memory at all; give a positive size such as 2GB\.$"):
+        devices.parse_size(text)
+
+
+def test_sizes_are_written_in_binary_units():
+    assert [devices.format_size(n) for n in (1023, 1024, 1536, 3 * 2**30, 5 * 2**40)] == ["1023 B", "1 KiB", "1.5 KiB", "3 GiB", "5 TiB"]
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "cuda"),
+        (RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"), "mps"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried"), "cpu"),
+    ],
+)
+def test_running_out_of_memory_is_one_sentence_naming_what_to_lower(error, where):
+    asked = []
+
+    def advice(device_type):
+        asked.append(device_type)
+        return "lower --calib-batch"
+
+    with pytest.raises(BabelpruneError) as caught:
+        with devices.out_of_memory("pruning tiny", advice):
+            raise error
+    place = "the CPU" if where == "cpu" else where
+    assert str(caught.value) == f"Out of memory on {place} while pruning tiny; lower --calib-batch."
+    assert asked == [where] and caught.value.__suppress_context__
+
+
+def test_other_errors_pass_through_the_out_of_memory_guard():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with devices.out_of_memory("pruning", lambda where: "never"):
+            raise RuntimeError("shape mismatch")
+    with devices.out_of_memory("pruning", lambda where: "never"):
+        pass  # and nothing at all happens without an error

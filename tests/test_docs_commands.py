@@ -628,6 +628,11 @@ RUNS: dict[str, Run] = {
         "methods-offload", (pruned_folder("pruned-offload", "wanda", 0.5), prints("one block at a time from disk")),
         extra=CALIB_BUDGET,
     ),
+    "babelprune prune --model gemma3-270m --method sparsegpt --activation-memory 16MiB --out pruned-streamed": Run(
+        "methods-streamed", (pruned_folder("pruned-streamed", "sparsegpt", 0.5),
+                             json_file("pruned-streamed/babelprune_pruning.json", activation_memory=16 * 2**20, onload="none")),
+        extra=CALIB_BUDGET,
+    ),
     "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json": Run(
         # Four languages, not all 22: every verse of a language is tokenized before --max-tokens applies.
         "readme-tour", (eval_record("mwanda.json", "en,fr,sw,zh"),), extra=(*EVAL_BUDGET, "--langs", "en,fr,sw,zh"),

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 
-from babelprune.choices import DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, StorageFormat, ValuesDtype
+from babelprune.choices import DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, StorageFormat, ValuesDtype
 from babelprune.data.corpus import Corpus, Split
-from babelprune.devices import dtype_name, resolve
+from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, resolve
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
@@ -83,19 +83,28 @@ def prune(
     language_budget: LanguageBudget = "none",
     holdout: Calibration | None = None,
     budget_rounds: int = 3,
+    *,
+    onload: torch.device | str | None = None,
+    activation_memory: int | str | None = None,
 ) -> PruneResult:
     """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`.
 
     language_budget="minimax" prunes `budget_rounds` times, raising the
     weight of the languages that lost most on the `holdout` windows, and
     keeps the best round (see `babelprune.prune.budget`).
+    `onload`: a device each block is moved to while it is pruned, the weights
+    staying where they are (the CPU); `activation_memory` (bytes, or a size
+    such as "2GB"): calibration hidden states allowed on it, the rest kept in
+    CPU memory (see `babelprune.prune.onload`). Neither changes the masks.
     """
+    budget = parse_size(activation_memory) if activation_memory is not None else None
     if language_budget == "minimax":
         from babelprune.prune.budget import prune_with_language_budget
 
-        result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress)
+        result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress,
+                                            onload=onload, activation_memory=budget)
     else:
-        result = _prune(loaded, config, calibration, progress)
+        result = _prune(loaded, config, calibration, progress, onload=onload, activation_memory=budget)
     vocabulary = (loaded.pruning or {}).get("vocabulary")  # a trimmed model stays trimmed: keep its record
     loaded.pruning = result.metadata() | {"parent": loaded.spec} | ({"vocabulary": vocabulary} if vocabulary else {})
     loaded.mask_bank = result.mask_bank
@@ -368,7 +377,8 @@ def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] |
     check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(list(languages)) if languages is not None else None
-    return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size)
+    with out_of_memory(f"evaluating {model}", lambda where: "lower --batch-size or --seq-len"):
+        return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size)
 
 
 def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
@@ -393,6 +403,8 @@ def prune_to_folder(
     values: ValuesDtype = "fp32",
     device: DeviceName = "cpu",
     dtype: ModelDtype = "auto",
+    onload: Onload = "auto",
+    activation_memory: str | int | None = None,
 ):
     """Load `model`, prune it as `config` says and write it to `out`; returns the pruning result.
 
@@ -402,41 +414,88 @@ def prune_to_folder(
     writes one block at a time. A structured per-language result writes one model per language,
     in `out/<language>`. The model is pruned in `dtype` on `device` (its statistics stay float32 or
     float64). Every name, language and setting is checked before the model is loaded.
+
+    One-shot pruning on an accelerator keeps the weights on the CPU (or on disk) and moves each
+    block to `device` while it is pruned (`onload="auto"` or `"sequential"`; `"none"` loads the
+    whole model on the device). `activation_memory` ("2GB", "512MiB", or bytes) bounds the
+    calibration hidden states kept on the device; beyond it they stay in CPU memory and stream in
+    by micro-batch. Running out of memory is one sentence naming what to lower, and leaves no `out`.
     """
     calibration = calibration or CalibrationSpec()
     place, dtype = resolve(device, dtype)
+    memory = parse_size(activation_memory) if activation_memory is not None else None
     if isinstance(config, StructuredConfig):
         if offload == "disk":
             raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
-        return _prune_structured_to_folder(model, config, out, calibration, place, dtype)
+        if onload == "sequential" or memory is not None:
+            raise BabelpruneError(
+                "--onload sequential and --activation-memory serve one-shot pruning, but structured pruning (--structured) "
+                "loads the whole model on the device; drop them."
+            )
+        with out_of_memory(f"pruning {model}", lambda where: "lower --samples or --seq-len"):
+            return _prune_structured_to_folder(model, config, out, calibration, place, dtype)
     calibration = calibration.model_copy(update={"seed": config.seed})
-    budget = language_budget == "minimax"
-    if budget and calibration.languages is not None and len(calibration.languages) < 2:
+    target = onload_device(place, onload)
+    budget_run = language_budget == "minimax"
+    if budget_run and calibration.languages is not None and len(calibration.languages) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
-    needs_data = config.needs_calibration or budget
+    needs_data = config.needs_calibration or budget_run
     check_sources(model=model)
     if needs_data:
         _check_calibration_sources(calibration)
+    advice = _pruning_memory_advice(target is not None, memory, offload)
     if offload == "disk":
-        if budget:
+        if budget_run:
             raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
         from babelprune.prune.offload import check_offload_request
 
-        if place.type != "cpu" or dtype != torch.float32:
-            raise BabelpruneError("--offload disk prunes in float32 on the CPU; drop --offload, or --device and --dtype.")
+        if place.type != "cpu" and target is None:
+            raise BabelpruneError(f"--offload disk keeps the weights on disk, so --onload none cannot put the whole model on {place}; drop --onload none.")
         check_offload_request(config)
-        offloaded = open_offloaded(model)
+        offloaded = open_offloaded(model, dtype)
         windows = _calibrate_spec(offloaded.loaded, calibration) if needs_data else None
-        return prune_offloaded(offloaded, config, windows, Path(out), save_format, values)
-    loaded = load_model(model, dtype, place)
-    held = holdout_samples if budget else 0
-    windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
-    holdout = None
-    if budget:
-        windows, holdout = windows.split_holdout(held)
-    result = prune(loaded, config, windows, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds)
-    save_pruned(loaded, result, out, save_format, values)
+        with out_of_memory(f"pruning {model}", advice):  # the folder is written inside a temporary one: nothing is left
+            return prune_offloaded(offloaded, config, windows, Path(out), save_format, values, onload=target, activation_memory=memory)
+    with out_of_memory(f"pruning {model}", advice):  # the folder is written only once pruning is done, atomically
+        # Onloaded, the weights stay on the CPU; the device sees one block at a time.
+        loaded = load_model(model, dtype, torch.device("cpu") if target is not None else place)
+        held = holdout_samples if budget_run else 0
+        windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
+        holdout = None
+        if budget_run:
+            windows, holdout = windows.split_holdout(held)
+        result = prune(loaded, config, windows, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds,
+                       onload=target, activation_memory=memory)
+        save_pruned(loaded, result, out, save_format, values)
     return result
+
+
+def onload_device(place: torch.device, onload: Onload) -> torch.device | None:
+    """The device blocks are moved to one at a time while pruning (None: the whole model is loaded on `place`).
+
+    "auto" onloads to an accelerator and not on the CPU, where the weights already are.
+    """
+    if onload not in ("auto", "sequential", "none"):
+        raise BabelpruneError(f"--onload {onload!r} is not one of: auto, sequential, none.")
+    if onload == "none" or (onload == "auto" and place.type == "cpu"):
+        return None
+    return place
+
+
+def _pruning_memory_advice(onloaded: bool, budget: int | None, offload: Offload):
+    """What to lower when pruning runs out of memory, on the CPU ("cpu") or on the accelerator."""
+    lower_budget = f"lower --activation-memory (now {format_size(budget)})" if budget is not None else (
+        "give --activation-memory (such as 2GB) to keep the calibration activations beyond it in CPU memory")
+
+    def advice(where: str) -> str:
+        if where == "cpu":
+            weights = "" if offload == "disk" else ", or add --offload disk to keep the weights on disk"
+            return f"lower --calib-batch or --samples, {lower_budget}{weights}"
+        if not onloaded:
+            return "let the weights stay on the CPU with --onload sequential (one block on the device at a time), or lower --calib-batch"
+        return f"lower --calib-batch, or {lower_budget}"
+
+    return advice
 
 
 def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path | str, calibration: CalibrationSpec,

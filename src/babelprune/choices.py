@@ -28,6 +28,10 @@ LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 # (docs/results/prune_memory.md).
 CALIB_BATCH = 8
 Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a time (babelprune.prune.offload)
+# Where the weights stay while one-shot pruning runs on a device (babelprune.prune.onload). sequential: on the
+# CPU (or disk), each block moved to the device while it is pruned; none: the whole model on the device;
+# auto: sequential on an accelerator, none on the CPU (where the two are the same).
+Onload = Literal["auto", "sequential", "none"]
 
 # Where a model runs and in which floating-point type (babelprune.devices resolves both).
 # A device is text rather than a Literal, since "cuda:N" names any of N cards: "auto" (CUDA if

@@ -17,6 +17,7 @@ from babelprune.choices import (
     GqaMode,
     LanguageBudget,
     Offload,
+    Onload,
     Order,
     Ranking,
     RefitDefaults,
@@ -73,6 +74,8 @@ def prune_command(
     offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
+    onload: Annotated[Onload, typer.Option(help="sequential: the weights stay on the CPU (or disk) and each block moves to --device while it is pruned; none: the whole model on --device; auto: sequential on an accelerator.")] = "auto",
+    activation_memory: Annotated[Optional[str], typer.Option(help="Calibration hidden states allowed on the device, e.g. 2GB or 512MiB; beyond it they stay in CPU memory and stream in by micro-batch (same masks).")] = None,
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import CalibrationSpec, PruneConfig, StructuredConfig, prune_to_folder
@@ -96,7 +99,7 @@ def prune_command(
                                   seq_len=seq_len, seed=seed)
     result = prune_to_folder(model, config, out, calibration, language_budget=language_budget, budget_rounds=budget_rounds,
                              holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, onload=onload, activation_memory=activation_memory)
     if isinstance(config, StructuredConfig):
         console.print(
             f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
@@ -108,6 +111,11 @@ def prune_command(
     means = result.mean_refit_errors()
     refit_note = f"; refit lowered the mean layer error on calibration from {means[0]:.4f} to {means[1]:.4f}" if means else ""
     where = ", one block at a time from disk" if offload == "disk" else ""
+    if result.onload == "sequential" and result.device != "cpu":  # on the CPU nothing moves
+        where += f", each block moved to {result.device} while it was pruned"
+    if result.activation_windows is not None:
+        windows = result.activation_windows
+        where += f", activations streamed {windows} window{'s' if windows > 1 else ''} at a time"
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s{where}{refit_note}; saved to {out}"
