@@ -20,11 +20,12 @@ reverses when it reads a file back:
 Only what the file can state is exported. llama.cpp and transformers derive
 some settings from the architecture instead of reading them (Gemma 3: every
 6th block global, local rope base 10000, attention scaled by 1/sqrt(head
-dim); Cohere, Phi-3, OLMo 2: attention exactly as wide as the hidden state);
-a model whose config departs from them, an encoder, another family, or a
-per-language mask bank is refused with one sentence. f32 keeps the
-weights bit for bit, so pruned zeros stay zeros; f16 halves the file, and
-norm weights stay f32 as llama.cpp keeps them.
+dim); Cohere, Phi-3, OLMo 2: attention exactly as wide as the hidden state;
+Cohere: per-head q/k norms exactly from 64 blocks on); a model whose config
+departs from them, an encoder, another family, or a per-language mask bank
+is refused with one sentence. f32 keeps the weights bit for bit, so pruned
+zeros stay zeros; f16 halves the file, and norm weights stay f32 as
+llama.cpp keeps them.
 """
 
 from __future__ import annotations
@@ -248,13 +249,20 @@ def _full_width_attention(config) -> tuple[str, object, object]:
     return ("num_attention_heads x head_dim", config.num_attention_heads * _head_dim(config), config.hidden_size)
 
 
+# llama.cpp's command-r loads per-head q/k norms exactly when a model has this many blocks or more
+# (Command R+ has 64, Aya 23 and Aya Expanse fewer and no qk-norm): the file cannot say otherwise.
+COMMAND_R_QK_NORM_BLOCKS = 64
+
+
 def _cohere_settings(config) -> list[tuple[str, object, object]]:
+    blocks = config.num_hidden_layers
     return [
         ("hidden_act", config.hidden_act, "silu"),
         ("attention_bias", config.attention_bias, False),
         ("rope_type", _rope(config).get("rope_type", "default"), "default"),
         # llama.cpp's command-r has no output matrix: its LM head is always the token embedding.
         ("tie_word_embeddings", bool(config.tie_word_embeddings), True),
+        (f"use_qk_norm at {blocks} blocks", bool(config.use_qk_norm), blocks >= COMMAND_R_QK_NORM_BLOCKS),
         _full_width_attention(config),
     ]
 
