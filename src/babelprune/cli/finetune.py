@@ -184,9 +184,12 @@ def slice_command(
     model: Annotated[Path, typer.Argument(help="A folder written by `babelprune train-dynamic`.")],
     out: Annotated[Path, typer.Option(help="Folder for the smaller model (must not exist).")],
     sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
-    """Cut a dynamically trained model to any size, without retraining."""
+    """Cut a dynamically trained model to any size, without retraining (the sliced model is saved in --dtype)."""
     from babelprune.api import slice_to_folder
 
     check_output_folder(out, "--out")
-    console.print(Text.assemble("Sliced model saved to ", (str(slice_to_folder(model, sparsity, out)), "bold")))
+    sliced = slice_to_folder(model, sparsity, out, device=device, dtype=dtype)
+    console.print(Text.assemble("Sliced model saved to ", (str(sliced), "bold")))
