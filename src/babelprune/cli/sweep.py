@@ -147,6 +147,8 @@ def demo_command(
     store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.api import check_sources
@@ -158,6 +160,6 @@ def demo_command(
     check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
     store = store if store is not None else default_store(out)
     check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
-    outcome = run_demo(out, store, model, max_tokens, console)
+    outcome = run_demo(out, store, model, max_tokens, console, device=device, dtype=dtype)
     if not outcome.ok:
         raise typer.Exit(1)
