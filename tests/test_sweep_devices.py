@@ -263,3 +263,13 @@ def test_ray_takes_the_options_the_backend_asks_for():
         actor_class.options(**actor_options(resources, device))  # Ray checks the options as they are given, no cluster needed
     with pytest.raises(ValueError):
         actor_class.options(num_gpus=-1)  # and would refuse a wrong one: the check above means something
+
+
+def test_the_documented_precision_grid_plans_the_runs_the_docs_name(tmp_path, cpu_only, monkeypatch):
+    from tests.doc_commands import REPO, code_block_after
+
+    monkeypatch.chdir(tmp_path)  # no local folder named like the model or corpus
+    path = tmp_path / "precision.yaml"
+    path.write_text(code_block_after(REPO / "docs" / "sweeps.md", "## Devices and precision", "yaml"), encoding="utf-8")
+    plan = plan_experiment(path, check_data=False)
+    assert [run.label for run in plan.runs] == ["dense", "dense bfloat16", "wanda 50%", "wanda 50% bfloat16", "sparsegpt 2:4"]
