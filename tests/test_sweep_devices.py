@@ -127,6 +127,14 @@ def test_runs_execute_in_their_dtype_and_their_records_say_so(tmp_path, assets):
         nll = [[score.nll_nats for score in record.evaluations["tiny"].scores] for record in (high, low)]
         assert nll[0] != nll[1]
         assert nll[1] == pytest.approx(nll[0], rel=0.05)
+    # The report compares each pruned run with the dense run of its own dtype: the change pruning made, not bfloat16's too.
+    from babelprune.report.runs import eval_set_view
+
+    with ResultsStore(tmp_path / "runs.sqlite", create=False) as store:
+        view = eval_set_view("tiny", store.records())
+    assert not view.unmatched
+    pairs = {(group.dense.label, run.comparison.label) for group in view.groups for run in group.runs}
+    assert pairs == {("dense", "wanda 50%"), ("dense bfloat16", "wanda 50% bfloat16")}
 
 
 def test_a_fine_tuning_run_of_a_sweep_trains_in_its_dtype(tmp_path, tiny_bert_folder, one_torch_thread):
