@@ -46,12 +46,15 @@ __all__ = [
 DEFAULT_CALIBRATION_LANGUAGES = ("en", "es", "fr", "zh", "ru", "ar", "hi", "sw")
 
 
-def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None) -> None:
-    """Refuse a model name, corpus or language the verbs would refuse later, before any model is loaded.
+def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None,
+                  device: DeviceName | None = None, dtype: ModelDtype = "auto") -> None:
+    """Refuse a device, model name, corpus or language the verbs would refuse later, before any model is loaded.
 
-    Nothing is loaded or converted: a model name is checked by its form and
-    its folder's files, a corpus by opening it and listing its languages.
+    Nothing is loaded or converted: a device (with `dtype`) is checked against this machine, a
+    model name by its form and its folder's files, a corpus by opening it and listing its languages.
     """
+    if device is not None:
+        resolve(device, dtype)
     if model is not None:
         check_model_spec(model)
     if corpus is not None:

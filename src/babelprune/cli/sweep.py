@@ -155,8 +155,7 @@ def demo_command(
     from babelprune.demo import default_store, run_demo
     from babelprune.report.html import is_report_folder
 
-    if model is not None:
-        check_sources(model=model)
+    check_sources(model=model, device=device, dtype=dtype)  # a device this machine lacks: refused before any work
     check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
     store = store if store is not None else default_store(out)
     check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
