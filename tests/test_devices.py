@@ -233,7 +233,8 @@ def test_pruning_a_bfloat16_model_keeps_its_statistics_wide():
 # ----- the command line --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["eval", "--out", "{tmp}/r.json"], ["prune", "--out", "{tmp}/p"], ["bench-speed", "gemma3-270m", "--json", "{tmp}/s.json"]])
+@pytest.mark.parametrize("command", [["eval", "--out", "{tmp}/r.json"], ["prune", "--out", "{tmp}/p"], ["bench-speed", "gemma3-270m", "--json", "{tmp}/s.json"],
+                                     ["slice", "{tmp}/dynamic", "--out", "{tmp}/sliced"], ["demo", "--out", "{tmp}/report"]])
 def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
     args = [part.replace("{tmp}", str(tmp_path)) for part in command]
     code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
@@ -245,7 +246,8 @@ def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing
 # ----- training: fine-tuning and dynamic training ---------------------------------------
 
 
-@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"]])
+@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"],
+                                     ["finetune-sweep", "--out", "{tmp}/s"]])
 def test_a_missing_device_for_training_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
     args = [part.replace("{tmp}", str(tmp_path)) for part in command]
     code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")

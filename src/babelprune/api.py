@@ -46,12 +46,15 @@ __all__ = [
 DEFAULT_CALIBRATION_LANGUAGES = ("en", "es", "fr", "zh", "ru", "ar", "hi", "sw")
 
 
-def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None) -> None:
-    """Refuse a model name, corpus or language the verbs would refuse later, before any model is loaded.
+def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None,
+                  device: DeviceName | None = None, dtype: ModelDtype = "auto") -> None:
+    """Refuse a device, model name, corpus or language the verbs would refuse later, before any model is loaded.
 
-    Nothing is loaded or converted: a model name is checked by its form and
-    its folder's files, a corpus by opening it and listing its languages.
+    Nothing is loaded or converted: a device (with `dtype`) is checked against this machine, a
+    model name by its form and its folder's files, a corpus by opening it and listing its languages.
     """
+    if device is not None:
+        resolve(device, dtype)
     if model is not None:
         check_model_spec(model)
     if corpus is not None:
@@ -622,12 +625,19 @@ def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | Non
     return result
 
 
-def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str) -> Path:
-    """Cut a model `train-dynamic` wrote to `sparsity` of its block parameters removed, into `out`; returns `out`."""
+def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str, *,
+                    device: DeviceName = "cpu", dtype: ModelDtype = "auto") -> Path:
+    """Cut a model `train-dynamic` wrote to `sparsity` of its block parameters removed, into `out`; returns `out`.
+
+    The model is loaded in `dtype` on `device` and cut there: slicing runs no forward pass, so the
+    device only says where the weights are cut, and the dtype is the type the sliced model is saved in.
+    """
     from babelprune.choices import check_sparsity
+    from babelprune.devices import Placement
     from babelprune.finetune.dynamic import slice_width
     from babelprune.formats.dynamic import read_dynamic_metadata
 
+    place = Placement(*resolve(device, dtype))  # a device this machine lacks is refused before the folder is read
     check_sparsity(sparsity)
     read_dynamic_metadata(Path(folder))  # a folder train-dynamic wrote: checked before any weights are read
-    return slice_width(Path(folder), sparsity, Path(out))
+    return slice_width(Path(folder), sparsity, Path(out), place)

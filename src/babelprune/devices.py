@@ -52,13 +52,23 @@ def _refusal(name: object, why: str) -> BabelpruneError:
     return BabelpruneError(f"Device {name!r} {why}; this machine has: {', '.join(available_devices())}.")
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """The torch device `name` means on this machine ("auto": CUDA, else MPS, else the CPU)."""
+def device_form(name: object) -> str:
+    """`name` as a device name ("CUDA:1 " -> "cuda:1"), refused when it has no device's form; availability is not checked.
+
+    What an experiment file is checked against when it is read: its runs may be meant for the
+    machines of a Ray cluster, not the one that reads the file.
+    """
     if isinstance(name, torch.device):
         name = str(name)
     text = name.strip().lower() if isinstance(name, str) else ""
     if not _DEVICE_FORM.match(text):
         raise _refusal(name, f"is not a device name (give {DEVICE_FORMS})")
+    return text
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device `name` means on this machine ("auto": CUDA, else MPS, else the CPU)."""
+    text = device_form(name)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
     device = torch.device(text)
@@ -217,3 +227,25 @@ def out_of_memory(doing: str, advice: Callable[[str], str]) -> Iterator[None]:
             torch.cuda.empty_cache()
         place = "the CPU" if where == "cpu" else where
         raise BabelpruneError(f"Out of memory on {place} while {doing}; {advice(where)}.") from None
+
+
+def planned_names(device: str, dtype: ModelDtype) -> tuple[str, str]:
+    """The device and dtype a run planned here will run in, as names, without needing that device here.
+
+    ("auto", "auto") becomes what this machine has ("cuda", "bfloat16"; "cpu", "float32"), so a
+    run's name says what it computes in. A named device is only checked for its form: a sweep may
+    be planned on a machine without the GPUs of the Ray cluster that runs it. The dtype "auto" of a
+    CUDA device is what this machine's card runs best, or bfloat16 where there is no card here (every
+    CUDA card of the last generations runs it; one that does not refuses the run when it starts).
+    """
+    text = device_form(device)
+    if text == "auto":
+        text = resolve_device("auto").type
+    kind = torch.device(text).type
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise BabelpruneError(f"Model dtype {dtype!r} is not one of: auto, {', '.join(DTYPES)}.")
+        return text, dtype
+    if kind == "cuda":
+        return text, dtype_name(auto_dtype(torch.device("cuda"))) if torch.cuda.is_available() else "bfloat16"
+    return text, "float32"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,12 @@ DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {DEVICE_
 DtypeOption = Annotated[ModelDtype, typer.Option(
     help="Type of the model's weights (auto: float32 on the CPU and MPS, bfloat16 on CUDA where supported, else float16); "
     "pruning statistics stay float32 or float64.")]
+
+# `sweep` takes them as replacements of the experiment file's own: left out, the file decides (cpu and auto when it says nothing).
+SweepDeviceOption = Annotated[Optional[str], typer.Option(
+    "--device", help=f"Replace the experiment's device: {DEVICE_FORMS} (default: the file's `device`, else cpu); entries that name their own keep it.")]
+SweepDtypeOption = Annotated[Optional[ModelDtype], typer.Option(
+    "--dtype", help="Replace the experiment's dtype (default: the file's `dtype`, else auto); entries that name their own keep it.")]
 
 # The largest count an option takes: beyond it a C integer inside torch or the OS would overflow.
 MAX_INT = 2**31 - 1

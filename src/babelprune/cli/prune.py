@@ -152,7 +152,10 @@ def trim_vocab_command(
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
 ) -> None:
-    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
+    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match.
+
+    It takes no --device or --dtype: the model never runs; the text is tokenized and rows of the embedding and LM head are kept, on the CPU in float32.
+    """
     from babelprune.api import TrimConfig, trim_to_folder
     from babelprune.flags import TRIM_FLAGS, verb_config
 
@@ -172,7 +175,10 @@ def export_command(
     export_format: Annotated[ExportFormat, typer.Option("--format", help="File format: gguf (llama.cpp; llama and gemma3 models).")] = "gguf",
     dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size).")] = "f32",
 ) -> None:
-    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
+    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load.
+
+    It takes no --device: the model never runs; its weights are read on the CPU and written out. --dtype here is the type of the file's weights (f32 or f16), not the type a model runs in.
+    """
     from babelprune.api import export_model
 
     check_output_file(out, "--out", (".gguf",))  # before loading: a taken name costs nothing
