@@ -44,6 +44,8 @@ ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]
 GgufDtype = Literal["f32", "f16"]
+# llama.cpp's quantization mixes `export --quant` offers (its LLAMA_FTYPE_MOSTLY_* names), finest first.
+GgufQuant = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
 
 
 class RefitDefaults:

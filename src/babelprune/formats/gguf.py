@@ -63,14 +63,24 @@ class GgufExport:
     size_bytes: int
     dtype: GgufDtype
     vocab_size: int
+    # Set when llama.cpp's quantizer wrote the file (babelprune.formats.gguf_quant).
+    quant: str | None = None  # the mix: "Q4_K_M"...
+    imatrix: str = "none"  # "none", "balanced" or the one language the importance matrix comes from
+    imatrix_languages: tuple[str, ...] = ()
+    # Tensors whose rows the mix's k-quant cannot take (width not a multiple of 256), -> the type llama.cpp gave them.
+    fallbacks: dict[str, str] | None = None
 
     @property
     def megabytes(self) -> float:
         return self.size_bytes / 1e6
 
 
-def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32") -> GgufExport:
-    """Write `loaded` (a causal LM of a family in FAMILIES) and its tokenizer to the new GGUF file `path`."""
+def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32",
+                metadata: dict[str, object] | None = None) -> GgufExport:
+    """Write `loaded` (a causal LM of a family in FAMILIES) and its tokenizer to the new GGUF file `path`.
+
+    `metadata`: more keys to state (strings, integers or lists of strings), e.g. babelprune.quantize.*.
+    """
     path = Path(path)
     if dtype not in ("f32", "f16"):
         raise BabelpruneError(f"GGUF dtype '{dtype}' is not supported; choose f32 or f16.")
@@ -82,7 +92,7 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32")
     vocab = describe_tokenizer(loaded.tokenizer, rows, loaded.spec, config)
     tensors = list(gguf_tensors(loaded.model, family, dtype, loaded.spec))
     name = Path(str(loaded.spec).rstrip("/")).name or family.arch
-    write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name))
+    write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name, metadata))
     return GgufExport(path, family.arch, len(tensors), path.stat().st_size, dtype, len(vocab.tokens))
 
 
@@ -438,6 +448,28 @@ def gguf_tensors(model, family: Family, dtype: GgufDtype, spec: str) -> Iterator
         yield name, _stored(family.transform(name, tensor.to(torch.float32), config), dtype, name, spec)
 
 
+def linear_gguf_names(loaded: LoadedModel) -> dict[str, str]:
+    """Module name of each weight matrix the file holds -> its GGUF tensor name ("model.layers.0.self_attn.q_proj"
+    -> "blk.0.attn_q.weight"); a tied LM head, which the file leaves out, is left out here too."""
+    import gguf
+
+    model = loaded.model
+    family = family_of(loaded)
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == family.arch)
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    out = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if module.weight.data_ptr() == embedding.data_ptr() and head.data_ptr() == embedding.data_ptr():
+            continue  # tied: GGUF ties by omission
+        name = names.get_name(f"{module_name}.weight", try_suffixes=(".weight", ".bias"))
+        if name is not None:
+            out[module_name] = name
+    return out
+
+
 # ------------------------------------------------------------------ tokenizer
 
 
@@ -593,7 +625,8 @@ def _add_vocabulary(writer, vocab: GgufVocabulary) -> None:
 # ------------------------------------------------------------------ writing
 
 
-def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensors, dtype: GgufDtype, name: str) -> None:
+def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensors, dtype: GgufDtype, name: str,
+               metadata: dict[str, object] | None = None) -> None:
     """Metadata, tokenizer and tensors into `file`, in GGUF's order (header, key/values, tensor data)."""
     import gguf
 
@@ -606,6 +639,13 @@ def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensor
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_vocabulary(writer, vocab)
+        for key, value in (metadata or {}).items():
+            if isinstance(value, str):
+                writer.add_string(key, value)
+            elif isinstance(value, int):
+                writer.add_uint32(key, value)
+            else:
+                writer.add_array(key, list(value))
         for tensor_name, array in tensors:
             writer.add_tensor(tensor_name, array)
         writer.write_header_to_file()
