@@ -15,6 +15,7 @@ from babelprune.data.corpus import Corpus, Split
 from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, resolve
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 from babelprune.progress import progress_bar
 from babelprune.evaluate.lm import score_windows
 from babelprune.evaluate.windows import make_windows
@@ -546,10 +547,65 @@ def trim_to_folder(model: str, config: TrimConfig, out: Path | str, extra_files:
     return trim, before, count_parameters(loaded.model)
 
 
-def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32"):
-    """Load `model` and write it with its tokenizer as one GGUF file; returns the `GgufExport` record."""
-    check_sources(model=model)
-    return export_gguf(load_model(model), out, dtype)
+def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32", quant: str | None = None,
+                 imatrix: str | None = None, calibration: CalibrationSpec | None = None):
+    """Load `model` and write it with its tokenizer as one GGUF file; returns the `GgufExport` record.
+
+    With `quant` (a mix of `choices.GgufQuant`), the `dtype` file is quantized by llama.cpp's own quantizer
+    (llama-cpp-python). `imatrix` weighs its rounding: "balanced" (each calibration language's mean squared
+    linear inputs, averaged with the languages weighted equally), one language's code (that language alone)
+    or "none"; left out, "balanced" for the mixes that read a matrix (all but Q8_0). The matrix comes from
+    `calibration` (the default CalibrationSpec when None), run on the CPU in float32. Every refusal (unknown
+    mix, no llama-cpp-python, a matrix without a mix) comes before any model is loaded.
+    """
+    if quant is None:
+        if imatrix not in (None, "none") or calibration is not None:
+            raise BabelpruneError("An importance matrix and its calibration text weigh quantization; add --quant, "
+                                  "or leave out --imatrix and the calibration options.")
+        check_sources(model=model)
+        return export_gguf(load_model(model), out, dtype)
+    from babelprune.formats.gguf_quant import READS_NO_IMATRIX, check_quant, export_quantized, llama_cpp_bindings
+
+    check_quant(quant)
+    llama_cpp_bindings()  # before any work: without llama-cpp-python, one sentence naming the extra
+    kind = imatrix or ("none" if quant in READS_NO_IMATRIX else "balanced")
+    if kind == "none" and calibration is not None:
+        raise BabelpruneError("Calibration text builds the importance matrix; with --imatrix none leave out "
+                              "the calibration options.")
+    if kind != "none" and quant in READS_NO_IMATRIX:
+        raise BabelpruneError(f"{quant} reads no importance matrix; leave out --imatrix or give --imatrix none.")
+    calibration = calibration or CalibrationSpec()
+    if kind not in ("none", "balanced"):
+        kind = check_language_code(kind, "in --imatrix", "give balanced, none or a calibration language's code")
+        if calibration.languages is not None and kind not in calibration.languages:
+            raise BabelpruneError(f"--imatrix {kind} names no calibration language ({', '.join(calibration.languages)}); "
+                                  "add it to --calib-langs or use balanced.")
+    if kind == "none":
+        check_sources(model=model)
+        return export_quantized(load_model(model), out, quant, dtype)
+    check_sources(model=model, corpus=calibration.corpus, languages=calibration.languages)
+    loaded = load_model(model)
+    return export_quantized(loaded, out, quant, dtype, language_importance(loaded, kind, calibration))
+
+
+def language_importance(loaded: LoadedModel, kind: str, spec: CalibrationSpec | None = None):
+    """The importance matrix of `loaded`'s GGUF weights: "balanced" over the calibration languages, or one language's."""
+    from babelprune.formats.gguf import linear_gguf_names
+    from babelprune.formats.imatrix import ImportanceMatrix
+    from babelprune.prune.imatrix import importance_values, linear_input_stats
+
+    spec = spec or CalibrationSpec()
+    windows = calibrate(loaded, spec.corpus, spec.languages, spec.samples, spec.seq_len, spec.seed)
+    if kind != "balanced" and kind not in windows.language_set:
+        raise BabelpruneError(f"--imatrix {kind} names no calibration language ({', '.join(windows.language_set)}); "
+                              "add it to --calib-langs or use balanced.")
+    names = linear_gguf_names(loaded)
+    skip = [name for name, _ in loaded.model.named_modules() if name not in names]
+    values = importance_values(linear_input_stats(loaded.model, windows, skip=skip), kind)
+    languages = tuple(windows.language_set) if kind == "balanced" else (kind,)
+    return ImportanceMatrix({names[module]: array for module, array in values.items()}, kind, languages,
+                            tokens=int(windows.ids.numel()), chunk_size=int(windows.ids.shape[1]),
+                            chunks=int(windows.ids.shape[0]), datasets=(windows.corpus,))
 
 
 def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto", **settings):

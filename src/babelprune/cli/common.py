@@ -20,6 +20,13 @@ DtypeOption = Annotated[ModelDtype, typer.Option(
     help="Type of the model's weights (auto: float32 on the CPU and MPS, bfloat16 on CUDA where supported, else float16); "
     "pruning statistics stay float32 or float64.")]
 
+# The calibration text, shared by the commands that run a model over it (prune; export's importance matrix).
+CalibOption = Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")]
+CalibLangsOption = Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")]
+SamplesOption = Annotated[int, typer.Option(min=1, max=2**31 - 1, help="Calibration windows per language.")]
+SeqLenOption = Annotated[int, typer.Option(min=2, max=2**31 - 1, help="Calibration window length in tokens.")]
+SeedOption = Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Seed for the choice of calibration windows.")]
+
 # `sweep` takes them as replacements of the experiment file's own: left out, the file decides (cpu and auto when it says nothing).
 SweepDeviceOption = Annotated[Optional[str], typer.Option(
     "--device", help=f"Replace the experiment's device: {DEVICE_FORMS} (default: the file's `device`, else cpu); entries that name their own keep it.")]
