@@ -234,11 +234,24 @@ def test_every_eligible_linear_is_converted_and_the_others_are_named(fake_kernel
         for name, linear in linears.items():
             assert isinstance(linear.weight, Marked) == (name != "0.down"), name
         assert len(fake_kernels) == 13
+        assert all(len(linear._forward_pre_hooks) == (name != "0.down") for name, linear in linears.items())
         with torch.no_grad():
             assert torch.equal(model(ids).logits, dense_logits)  # the same values: the same logits
-    for name, linear in linears.items():  # dense again, with the same values
+    for name, linear in linears.items():  # dense again, with the same values, and no hook left behind
+        assert not linear._forward_pre_hooks, name
         assert type(linear.weight) is nn.Parameter and not isinstance(linear.weight.data, Marked), name
         assert torch.equal(linear.weight, before[name]), name
+
+
+def test_a_converted_linear_gets_its_input_contiguous(fake_kernels):
+    # torch's sparse linear reshapes its input with .view, which a permuted (strided) input cannot take.
+    seen = []
+    model = eligible_llama()
+    linear = named_linears(model, adapter_for(model))["0.q"]
+    with semi_structured_linears(model):
+        linear.register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+        linear(torch.randn(64, 2, 3, dtype=torch.float16).permute(1, 2, 0))  # (2, 3, 64), strided
+    assert seen == [True]
 
 
 def test_a_model_with_no_two_four_linear_is_said_to_run_dense(fake_kernels):

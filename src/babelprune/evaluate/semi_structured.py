@@ -153,6 +153,11 @@ def _cutlass_without_cusparselt() -> Iterator[None]:
         base._FORCE_CUTLASS = False
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the linear's input (..., in) as a contiguous tensor."""
+    return (args[0].contiguous(), *args[1:])
+
+
 @contextlib.contextmanager
 def semi_structured_linears(model: nn.Module, kernels: SparseKernels = "2:4") -> Iterator[SparseKernelRecord]:
     """Inside, every convertible block linear of `model` holds a semi-structured weight; dense again on exit.
@@ -168,6 +173,7 @@ def semi_structured_linears(model: nn.Module, kernels: SparseKernels = "2:4") ->
     linears = named_linears(model, adapter_for(model))
     left_dense: dict[str, list[str]] = {}
     converted: dict[str, bool] = {}  # name -> whether its dense weight required grad, to restore it alike
+    hooks = []
     used = None
     try:
         with torch.no_grad(), _cutlass_without_cusparselt():
@@ -181,11 +187,16 @@ def semi_structured_linears(model: nn.Module, kernels: SparseKernels = "2:4") ->
                 converted[name] = dense.requires_grad
                 # A tensor subclass stays itself inside nn.Parameter; F.linear then dispatches to the sparse product.
                 linear.weight = nn.Parameter(sparse, requires_grad=False)
+                # torch's sparse linear flattens the input with .view(-1, in): an input that is a strided view
+                # (a permuted attention output) would fail there, so it is made contiguous first (free when it is).
+                hooks.append(linear.register_forward_pre_hook(_contiguous_input))
                 used = used or getattr(type(sparse), "BACKEND", None)
                 del dense
         yield SparseKernelRecord(kernels=kernels, backend=used, total=len(linears), converted=len(converted),
                                  left_dense=left_dense)
     finally:
+        for hook in hooks:
+            hook.remove()
         with torch.no_grad():
             for name, requires_grad in converted.items():
                 linear = linears[name]
