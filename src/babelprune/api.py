@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 
-from babelprune.choices import DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, StorageFormat, ValuesDtype
+from babelprune.choices import (
+    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, SparseKernels, StorageFormat, ValuesDtype,
+)
 from babelprune.data.corpus import Corpus, Split
 from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, resolve
 from babelprune.data.registry import get_corpus
@@ -18,6 +20,7 @@ from babelprune.errors import BabelpruneError
 from babelprune.names import check_language_code
 from babelprune.progress import progress_bar
 from babelprune.evaluate.lm import score_windows
+from babelprune.evaluate.semi_structured import check_sparse_kernels, converted_models
 from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
@@ -263,6 +266,7 @@ def evaluate(
     pruning: PruningInfo | None = None,
     progress: bool = True,
     window_cache: dict | None = None,
+    sparse_kernels: SparseKernels = "none",
 ) -> EvalResult:
     """Evaluate a model on each language of a corpus.
 
@@ -274,6 +278,10 @@ def evaluate(
     the same tokenizer on the same corpus objects (a sweep); each language's
     windows are tokenized once and reused (keyed by the corpus object, so the
     caller keeps those alive, and by language, split, seq_len and max_tokens).
+
+    `sparse_kernels="2:4"` scores the model with its 2:4 block linears as semi-structured weights
+    (a CUDA device in float16 or bfloat16; babelprune.evaluate.semi_structured), dense again
+    afterwards; the result's `model.sparse_kernels` says which were converted and why others were not.
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
@@ -282,22 +290,27 @@ def evaluate(
     if batch_size < 1 or max_tokens < 1:
         raise BabelpruneError("--batch-size and --max-tokens must be positive integers.")
     settings = {"seq_len": seq_len, "max_tokens": max_tokens, "batch_size": batch_size}
-    started = time.perf_counter()
-    if loaded.kind == "encoder":
-        from babelprune.evaluate.retrieval import retrieval_scores
-
-        scores = retrieval_scores(
-            loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress,
-            view=lambda lang: language_view(loaded, lang),
-        )
-        settings = {"max_queries": max_tokens, "batch_size": batch_size}
-    else:
+    if loaded.kind != "encoder":
         _check_positions(loaded, seq_len)
-        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
+    info = model_info(loaded)  # read from the dense weights, before any is compressed
+    started = time.perf_counter()
+    with converted_models([loaded], sparse_kernels) as (kernels,):
+        if loaded.kind == "encoder":
+            from babelprune.evaluate.retrieval import retrieval_scores
+
+            scores = retrieval_scores(
+                loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress,
+                view=lambda lang: language_view(loaded, lang),
+            )
+            settings = {"max_queries": max_tokens, "batch_size": batch_size}
+        else:
+            scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
+    if kernels is not None:
+        info = info.model_copy(update={"sparse_kernels": kernels})
     if loaded.mask_bank:  # every score says which mask of the bank served it
         scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
     return EvalResult(
-        model=model_info(loaded),
+        model=info,
         pruning=pruning or pruning_info(loaded),
         corpus=corpus.name,
         split=split,
@@ -375,14 +388,19 @@ def fetch_corpus(name: str) -> Path:
 
 def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
                    seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8, *,
-                   device: DeviceName = "cpu", dtype: ModelDtype = "auto") -> EvalResult:
-    """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading)."""
+                   device: DeviceName = "cpu", dtype: ModelDtype = "auto", sparse_kernels: SparseKernels = "none") -> EvalResult:
+    """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading).
+
+    `sparse_kernels="2:4"` runs its 2:4 block linears with PyTorch's semi-structured kernels (see `evaluate`).
+    """
     place, dtype = resolve(device, dtype)
+    check_sparse_kernels(sparse_kernels, place, dtype)
     check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(list(languages)) if languages is not None else None
     with out_of_memory(f"evaluating {model}", lambda where: "lower --batch-size or --seq-len"):
-        return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size)
+        return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size,
+                        sparse_kernels=sparse_kernels)
 
 
 def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
@@ -608,20 +626,23 @@ def language_importance(loaded: LoadedModel, kind: str, spec: CalibrationSpec | 
                             chunks=int(windows.ids.shape[0]), datasets=(windows.corpus,))
 
 
-def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto", **settings):
+def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto",
+                         sparse_kernels: SparseKernels = "none", **settings):
     """Load each model in `dtype` on `device` and time it side by side (`babelprune.evaluate.speed.measure_speeds`).
 
     The first model is the reference. Peak memory (`memory=True`) is the resident memory of a CPU process,
-    so it is measured only for models on the CPU.
+    so it is measured only for models on the CPU. `sparse_kernels="2:4"` times every model with its 2:4
+    block linears as PyTorch semi-structured weights (CUDA, float16 or bfloat16); each report says which.
     """
     from babelprune.evaluate.speed import measure_speeds
 
     place, dtype = resolve(device, dtype)
+    check_sparse_kernels(sparse_kernels, place, dtype)
     if settings.get("memory") and place.type != "cpu":
         raise BabelpruneError(f"Peak memory is measured as the resident memory of a CPU process, not on {place}; add --no-memory.")
     for spec in models:
         check_sources(model=spec)
-    return measure_speeds([load_model(spec, dtype, place) for spec in models], **settings)
+    return measure_speeds([load_model(spec, dtype, place) for spec in models], sparse_kernels=sparse_kernels, **settings)
 
 
 def write_speed_reports(reports, path: Path | str) -> None:

@@ -40,6 +40,10 @@ DeviceName = str
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 # "auto": float32 on the CPU and MPS, bfloat16 on a CUDA card that supports it, else float16.
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+# Which sparse kernels a model's block linears run with on a CUDA card (babelprune.evaluate.semi_structured):
+# none: dense matrix products; 2:4: every block linear whose weight is 2:4 along its inputs becomes a
+# semi-structured tensor (torch.sparse.to_sparse_semi_structured: cuSPARSELt or CUTLASS).
+SparseKernels = Literal["none", "2:4"]
 
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from babelprune.choices import DEVICE_FORMS, ModelDtype
+from babelprune.choices import DEVICE_FORMS, ModelDtype, SparseKernels
 from babelprune.flags import method_names
 
 # --device and --dtype, shared by the commands that load a model; the library checks the device against the machine.
@@ -19,6 +19,10 @@ DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {DEVICE_
 DtypeOption = Annotated[ModelDtype, typer.Option(
     help="Type of the model's weights (auto: float32 on the CPU and MPS, bfloat16 on CUDA where supported, else float16); "
     "pruning statistics stay float32 or float64.")]
+# --sparse-kernels, shared by `eval` and `bench-speed`: the library refuses it off CUDA or in float32.
+SparseKernelsOption = Annotated[SparseKernels, typer.Option(
+    help="2:4: run every block linear whose weight is 2:4 along its inputs with PyTorch's semi-structured sparse kernels "
+    "(needs --device cuda and float16 or bfloat16); the others stay dense and are named. none: dense kernels.")]
 
 # The calibration text, shared by the commands that run a model over it (prune; export's importance matrix).
 CalibOption = Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")]
@@ -46,6 +50,16 @@ err_console = Console(stderr=True, soft_wrap=True, markup=False)
 def note(line: str) -> None:
     """A remark about the run on standard error: 'note:' in yellow, then the text as it is."""
     err_console.print(Text.assemble(("note:", "yellow"), " ", line), highlight=False)
+
+
+def show_sparse_kernels(record, spec: str | None = None) -> None:
+    """What `--sparse-kernels` converted: one line when every block linear was, else a note naming those left dense."""
+    if record is None:
+        return
+    if record.complete:
+        console.print(Text(record.summary(spec)))
+    else:
+        note(record.summary(spec))
 
 
 class RegistryChoices(typer.core.TyperCommand):
