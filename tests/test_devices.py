@@ -459,3 +459,23 @@ def test_other_errors_pass_through_the_out_of_memory_guard():
             raise RuntimeError("shape mismatch")
     with devices.out_of_memory("pruning", lambda where: "never"):
         pass  # and nothing at all happens without an error
+
+
+def test_pruning_on_a_device_without_float64_is_refused_before_loading(monkeypatch, tmp_path):
+    # MPS has no float64; pruning's sums and solvers need it. Pretend the machine resolved to MPS.
+    import babelprune.api as api
+    from babelprune.prune.config import PruneConfig
+
+    monkeypatch.setattr(api, "resolve", lambda device, dtype: (torch.device("mps"), torch.float32))
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(BabelpruneError, match="float64, which MPS does not have; run it with --device cpu"):
+        api.prune_to_folder("gemma3-270m", PruneConfig(method="magnitude"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_float64_is_a_property_of_the_device_type():
+    from babelprune.devices import has_float64, require_float64
+
+    assert has_float64(torch.device("cpu")) and has_float64(torch.device("cuda", 0))
+    assert not has_float64(torch.device("mps"))
+    require_float64(torch.device("cpu"), "Pruning")  # the CPU passes; the refusal is tested above

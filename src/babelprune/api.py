@@ -14,7 +14,7 @@ from babelprune.choices import (
     DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, SparseKernels, StorageFormat, ValuesDtype,
 )
 from babelprune.data.corpus import Corpus, Split
-from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, resolve
+from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, require_float64, resolve
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
 from babelprune.names import check_language_code
@@ -445,6 +445,7 @@ def prune_to_folder(
     """
     calibration = calibration or CalibrationSpec()
     place, dtype = resolve(device, dtype)
+    require_float64(place, "Pruning")
     memory = parse_size(activation_memory) if activation_memory is not None else None
     if isinstance(config, StructuredConfig):
         if offload == "disk":

@@ -128,6 +128,20 @@ def resolve(device: str | torch.device = "cpu", dtype: ModelDtype | torch.dtype 
     return place, resolve_dtype(dtype, place)
 
 
+def has_float64(device: torch.device) -> bool:
+    """Whether `device` computes in float64: Apple's MPS does not."""
+    return device.type != "mps"
+
+
+def require_float64(device: torch.device, doing: str) -> None:
+    """One sentence when `doing` needs float64 sums (pruning statistics, Hessians, Cholesky) on a device without them."""
+    if not has_float64(device):
+        raise BabelpruneError(
+            f"{doing} accumulates statistics in float64, which {device.type.upper()} does not have; "
+            "run it with --device cpu (the result can be evaluated on this device afterwards)."
+        )
+
+
 @dataclass(frozen=True)
 class Placement:
     """A resolved device and dtype: where a model is loaded and trained, and in which type."""
