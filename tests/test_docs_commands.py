@@ -751,6 +751,9 @@ RUNS: dict[str, Run] = {
     ),
     # docs/vocab.md
     VOCAB_TRIM: Run("vocab-doc", (trimmed_folder("gemma-8langs", "en,es,fr,zh,ru,ar,hi,sw"),)),
+    "babelprune trim-vocab --model gemma3-270m --drop-reserved --keep-script-rank 30000 --out gemma-8langs-scripts": Run(
+        "vocab-doc", (trimmed_folder("gemma-8langs-scripts", "en,es,fr,zh,ru,ar,hi,sw"), prints("--keep-script-rank 30,000")),
+    ),
     VOCAB_DENSE_EVAL: Run("vocab-doc", (eval_record("dense.json", VOCAB_LANGS),), extra=EVAL_BUDGET),
     VOCAB_TRIMMED_EVAL: Run("vocab-doc", (eval_record("trimmed.json", VOCAB_LANGS),), extra=EVAL_BUDGET, needs=(VOCAB_TRIM,)),
     "babelprune compare dense.json trimmed.json": Run(

@@ -145,6 +145,22 @@ def prune_structured(
     return result
 
 
+def language_scripts(languages: Sequence[str]) -> list[str]:
+    """The Unicode scripts `languages` are written in, in first-seen order; a language of unknown script is refused."""
+    from babelprune.data.languages import unicode_scripts
+
+    scripts: list[str] = []
+    for lang in languages:
+        found = unicode_scripts(lang)
+        if found is None:
+            raise BabelpruneError(
+                f"--keep-script-rank needs each kept language's script, and babelprune does not know the script of "
+                f"{lang!r}; leave the option out or keep languages whose script it knows (en, ru, zh, ar, hi...)."
+            )
+        scripts += [name for name in found if name not in scripts]
+    return scripts
+
+
 def trim_vocabulary(
     loaded: LoadedModel,
     corpus: Corpus | str | TrimConfig = "bible",
@@ -154,6 +170,7 @@ def trim_vocabulary(
     keep_reserved: bool = True,
     split: Split = "calib",
     sources: dict | None = None,
+    keep_script_rank: int | None = None,
 ):
     """Keep only the vocabulary the languages' text uses, in place; see `babelprune.prune.vocab`.
 
@@ -161,26 +178,30 @@ def trim_vocabulary(
     languages when None) plus `extra_texts`. Works before or after `prune`;
     `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
     A `TrimConfig` in place of `corpus` gives corpus, languages, split,
-    min_count and keep_reserved at once (the form the CLI and sweeps use).
+    min_count, keep_reserved and keep_script_rank at once (the form the CLI and sweeps use).
+    `keep_script_rank` N also keeps the pieces of the languages' scripts among the
+    tokenizer's N best-ranked pieces (`babelprune.prune.vocab.script_rank_ids`).
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
-    from babelprune.prune.vocab import slice_vocabulary_rows, trim_tokenizer
+    from babelprune.prune.vocab import script_rank_ids, slice_vocabulary_rows, tokenizer_json, trim_tokenizer
 
     if isinstance(corpus, TrimConfig):
         config = corpus
         corpus, languages, split = config.corpus, config.languages, config.split
-        min_count, keep_reserved = config.min_count, config.keep_reserved
+        min_count, keep_reserved, keep_script_rank = config.min_count, config.keep_reserved, config.keep_script_rank
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     if languages is None:
         languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
     languages = corpus.check_languages(list(languages))
     if (loaded.pruning or {}).get("structure"):
         raise BabelpruneError(f"{loaded.spec} was pruned structurally; trim the vocabulary of the dense model first, then prune.")
+    scripts = language_scripts(languages) if keep_script_rank is not None else []
     texts = [text for lang in languages for text in corpus.texts(lang, split)] + list(extra_texts)
     rows = adapter_for(loaded.model).get_embeddings(loaded.model).weight.shape[0]
     counts = count_token_ids(loaded.tokenizer, texts)
-    kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved)
+    rule = script_rank_ids(tokenizer_json(loaded.tokenizer), scripts, keep_script_rank) if keep_script_rank is not None else set()
+    kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved, rule)
     tokenizer = trim_tokenizer(loaded.tokenizer, kept)  # before the model changes: it can still fail cleanly
     slice_vocabulary_rows(loaded.model, kept)
     loaded.tokenizer = tokenizer
@@ -189,6 +210,7 @@ def trim_vocabulary(
         kept_ids=compose_ids(parent["kept_ids"] if parent else None, kept),
         original_size=parent["original_vocab_size"] if parent else rows,
         languages=list(languages), seen_ids=seen, required_ids=required, min_count=min_count,
+        keep_script_rank=keep_script_rank, scripts=scripts, rule_ids=len(kept) - seen - required,
         sources={"parent": loaded.spec, "corpus": corpus.name, "split": split, "keep_reserved": keep_reserved,
                  "extra_texts": len(extra_texts), **(sources or {})},
     )

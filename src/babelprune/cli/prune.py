@@ -162,7 +162,8 @@ def trim_vocab_command(
     extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
     min_count: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Keep a token only if the text uses it at least this often.")] = 1,
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
+    keep_script_rank: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Also keep every piece of the kept languages' scripts (and digits, punctuation) among the tokenizer's N best-ranked pieces, and every letter of those scripts: coverage of text the trimming never read.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved, keep_script_rank).")] = None,
 ) -> None:
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match.
 
@@ -176,7 +177,10 @@ def trim_vocab_command(
     trim, before, after = trim_to_folder(model, config, out, extra or [])
     console.print(
         f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
-        f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
+        f"{trim.required_ids:,} the tokenizer needs"
+        + (f", {trim.rule_ids:,} more by --keep-script-rank {trim.keep_script_rank:,} ({', '.join(trim.scripts)})"
+           if trim.keep_script_rank is not None else "")
+        + f"); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
     )
     console.print(Text(f"Trimmed model written to {out}"))
 

@@ -389,6 +389,16 @@ class TrimConfig(BaseModel):
     split: Split = "calib"
     min_count: int = 1  # keep a token only if the text uses it this often
     keep_reserved: bool = True  # keep the reserved placeholder tokens (<unusedN>) the text does not use
+    # Also keep the pieces of the kept languages' scripts among the tokenizer's N best-ranked pieces
+    # (babelprune.prune.vocab.script_rank_ids); None keeps only what the text uses.
+    keep_script_rank: int | None = None
+
+    @field_validator("keep_script_rank")
+    @classmethod
+    def _positive_rank(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise BabelpruneError(f"--keep-script-rank must be at least 1 (got {value}); it is how many of the tokenizer's best-ranked pieces are considered.")
+        return value
 
     @field_validator("min_count")
     @classmethod
