@@ -31,15 +31,17 @@ been fetched), about --tokens predicted tokens per language in windows of
   float32 score lies within TIE_RTOL of its row's cut), and the relative
   difference of the pruned weights next to bfloat16's own rounding of the
   float32 result (what the refit can agree to at best);
-* memory: resident memory after loading, the peak while pruning and the
-  peak of the whole run (load, calibrate, prune, evaluate), each minus what
-  the process held before the model was loaded, over the float32 model's
-  bytes, and bfloat16's peaks over float32's.
+* memory: the bytes of the weights in each type; the peak resident memory
+  while loading, while pruning and over the whole run (load, calibrate,
+  prune, evaluate), each minus what the process held before the model was
+  loaded, and how much of the run's peak was pages of mapped files; all
+  over the float32 model's bytes, then bfloat16's peaks over float32's.
 
 Every run keeps its record, masks and pruned weights in --out, keyed on its
-settings and the code, so an interrupted benchmark resumes. The run times
-are printed and kept there too; they are not a speed comparison (one run
-each, on whatever else the machine was doing).
+settings and the code, so an interrupted benchmark resumes. Each phase's
+wall and CPU seconds are printed and kept there too; they are not a speed
+comparison (one run each, on whatever else the machine was doing), and the
+table leaves them out.
 
 --tiny runs everything on a tiny random model of gemma3's layout with a
 byte-level tokenizer, calibrated and evaluated on 3 Bible languages, in well under a minute of work
@@ -50,12 +52,14 @@ $BENCHMARK_RESULTS_DIR, else to --out, never to docs/results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +177,70 @@ def block_weights(model) -> dict:
     return {name: weight_matrix(linear) for name, linear in named_linears(model, adapter_for(model)).items()}
 
 
+class Memory:
+    """Samples the process's resident memory every few milliseconds while active, keeping each phase's peak.
+
+    Resident memory counts the pages of mapped files as well as the
+    process's own (anonymous) memory. A model loaded in float32 from its
+    safetensors files may keep its weights as pages of the mapped file, which
+    become resident as they are read; one loaded in bfloat16 is converted
+    into anonymous memory. So each peak also keeps how much of it was
+    file-backed at that moment.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import psutil
+
+        self._process, self.interval = psutil.Process(), interval
+        self.phase = "start"
+        self.peaks: dict[str, tuple[int, int]] = {}  # phase -> (resident bytes, file-backed bytes) at its peak
+        self._stop = threading.Event()
+
+    def sample(self) -> tuple[int, int]:
+        info = self._process.memory_info()
+        return info.rss, info.shared  # on Linux `shared` is RssFile + RssShmem: the file-backed pages
+
+    def _note(self) -> None:
+        now, phase = self.sample(), self.phase
+        if now[0] > self.peaks.get(phase, (-1, 0))[0]:
+            self.peaks[phase] = now
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._note()
+            time.sleep(self.interval)
+
+    def enter(self, phase: str) -> None:
+        """Start a phase; the last sample of the one before closes it."""
+        self._note()
+        self.phase = phase
+        self._note()
+
+    def __enter__(self) -> Memory:
+        self.before = self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._note()
+        self._stop.set()
+        self._thread.join()
+
+    def above_start(self, phases: tuple[str, ...] | None = None) -> tuple[int, int] | None:
+        """The highest peak among `phases` (all by default), minus what the process held before: (resident, file-backed)."""
+        chosen = [self.peaks[p] for p in (phases or tuple(self.peaks)) if p in self.peaks]
+        if not chosen:
+            return None
+        peak = max(chosen)
+        return peak[0] - self.before[0], peak[1] - self.before[1]
+
+
 def run_child(spec_path: Path) -> None:
     """One run as the spec says: load in its dtype, prune (if asked), evaluate, with its resident memory sampled."""
+    import torch
     from safetensors.torch import save_file
 
-    from _common import PeakRSS, rss
     from babelprune.api import calibrate, evaluate, get_corpus, load_model, prune
     from babelprune.cache import atomic_write_text
     from babelprune.data.bible import BibleCorpus
@@ -188,37 +251,43 @@ def run_child(spec_path: Path) -> None:
     config = PruneConfig.model_validate(spec["config"]) if spec["config"] else None
     sets = [(s["name"], BibleCorpus(s["versions"]) if s["name"] == "bible" else get_corpus(s["name"]), s["languages"], s["split"])
             for s in spec["sets"]]
-    seconds, result, pruning_peak = {}, None, None
-    before = rss()
-    with PeakRSS() as whole:
-        started = time.perf_counter()
-        loaded = load_model(spec["model"], spec["dtype"])
-        seconds["load"] = time.perf_counter() - started
-        after_load = rss()
+    wall, cpu, result = {}, {}, None
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        memory.enter(name)
+        started, used = time.perf_counter(), time.process_time()
+        yield
+        # process_time is the CPU time of every thread of this process: less moved by other jobs than the wall clock.
+        wall[name], cpu[name] = time.perf_counter() - started, time.process_time() - used
+
+    with Memory() as memory:
+        with phase("load"):
+            loaded = load_model(spec["model"], spec["dtype"])
         if config is not None:
-            calibration = calibrate(loaded, "bible", spec["calib_languages"], spec["calib_samples"], spec["calib_seq_len"])
+            with phase("calibrate"):
+                calibration = calibrate(loaded, "bible", spec["calib_languages"], spec["calib_samples"], spec["calib_seq_len"])
             # Distances only for the float32 run: ties are judged on the reference scores.
-            with MaskRecorder(loaded.model, folder / "masks", spec["dtype"] == "float32"), PeakRSS() as during:
-                started = time.perf_counter()
+            with MaskRecorder(loaded.model, folder / "masks", spec["dtype"] == "float32"), phase("prune"):
                 result = prune(loaded, config, calibration, progress=False)
-                seconds["prune"] = time.perf_counter() - started
-            pruning_peak = during.peak
-        started = time.perf_counter()
-        evaluations = {name: evaluate(loaded, corpus, languages, split, spec["seq_len"], spec["tokens"], progress=False)
-                       for name, corpus, languages, split in sets}
-        seconds["evaluate"] = time.perf_counter() - started
-    # The float32 model's bytes, whatever this run's type: both runs are measured against the same yardstick.
-    float32_bytes = 4 * sum(parameter.numel() for parameter in loaded.model.parameters())
+        with phase("evaluate"):
+            evaluations = {name: evaluate(loaded, corpus, languages, split, spec["seq_len"], spec["tokens"], progress=False)
+                           for name, corpus, languages, split in sets}
+    parameters = list(loaded.model.parameters())  # tied weights once
     if result is not None:  # written after the measurement, so that saving adds nothing to the peaks
         save_file({name: weight.contiguous() for name, weight in block_weights(loaded.model).items()},
                   str(folder / "weights.safetensors"))
     record = {
         "dtype": spec["dtype"],
-        "float32_bytes": float32_bytes,
-        "after_load": after_load - before,
-        "pruning_peak": None if pruning_peak is None else pruning_peak - before,
-        "run_peak": whole.peak - before,
-        "seconds": {key: round(value, 1) for key, value in seconds.items()},
+        # The float32 model's bytes, whatever this run's type: both runs are measured against the same yardstick.
+        "float32_bytes": 4 * sum(p.numel() for p in parameters),
+        "weight_bytes": sum(p.numel() * p.element_size() for p in parameters),
+        "load_peak": memory.above_start(("load",)),
+        "pruning_peak": memory.above_start(("prune",)),
+        "run_peak": memory.above_start(),
+        "wall_seconds": {key: round(value, 1) for key, value in wall.items()},
+        "cpu_seconds": {key: round(value, 1) for key, value in cpu.items()},
+        "threads": torch.get_num_threads(),
         "block_targets": result.block_sparsity_targets if result is not None else None,
         "achieved_sparsity": result.achieved_sparsity if result is not None else None,
         "evaluations": {name: value.model_dump(mode="json") for name, value in evaluations.items()},
@@ -295,8 +364,9 @@ def run_once(plan: Plan, row: str, dtype: str, root: Path) -> dict:
         sys.exit(f"{row} in {dtype} failed:\n{done.stderr[-4000:]}")
     record = json.loads(record_path.read_text(encoding="utf-8"))
     key_path.write_text(json.dumps({"key": stage_key(fields), "fields": fields}, indent=2, default=str), encoding="utf-8")
-    print(f"{row} {dtype}: {time.perf_counter() - started:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in record['seconds'].items())}); "
-          f"peak of the run {record['run_peak'] / record['float32_bytes']:.2f}x the float32 model", flush=True)
+    phases = ", ".join(f"{k} {v:.0f} s ({record['cpu_seconds'][k]:.0f} s CPU)" for k, v in record["wall_seconds"].items())
+    print(f"{row} {dtype}: {time.perf_counter() - started:.0f} s in all; {phases}; "
+          f"peak of the run {record['run_peak'][0] / record['float32_bytes']:.2f}x the float32 model", flush=True)
     return record
 
 
@@ -500,22 +570,30 @@ def mask_section(plan: Plan, root: Path) -> list[str]:
 
 
 def memory_section(plan: Plan, records: dict) -> list[str]:
-    lines = ["| configuration | dtype | after loading | peak while pruning | peak of the run | peak of the run, bf16 / fp32 |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| configuration | dtype | weights | peak while loading | peak while pruning | peak of the run | "
+             "of it file-backed | peak of the run, bf16 / fp32 | peak while pruning, bf16 / fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in plan.rows:
+        reference = records[(row, "float32")]
         for dtype in DTYPES:
             record = records[(row, dtype)]
             unit = record["float32_bytes"]
-            pruning = "-" if record["pruning_peak"] is None else f"{record['pruning_peak'] / unit:.2f}"
-            ratio = (f"{record['run_peak'] / records[(row, 'float32')]['run_peak']:.2f}"
-                     + (f" (pruning: {record['pruning_peak'] / records[(row, 'float32')]['pruning_peak']:.2f})"
-                        if record["pruning_peak"] is not None else "")) if dtype == "bfloat16" else ""
-            lines.append(f"| {_row_label(row)} | {dtype} | {record['after_load'] / unit:.2f} | {pruning} | "
-                         f"{record['run_peak'] / unit:.2f} | {ratio} |")
+            pruning = "-" if record["pruning_peak"] is None else f"{record['pruning_peak'][0] / unit:.2f}"
+            run_ratio = prune_ratio = ""
+            if dtype != "float32":
+                run_ratio = f"{record['run_peak'][0] / reference['run_peak'][0]:.2f}"
+                if record["pruning_peak"] is not None:
+                    prune_ratio = f"{record['pruning_peak'][0] / reference['pruning_peak'][0]:.2f}"
+            lines.append(f"| {_row_label(row)} | {dtype} | {record['weight_bytes'] / unit:.2f} | {record['load_peak'][0] / unit:.2f} | "
+                         f"{pruning} | {record['run_peak'][0] / unit:.2f} | {max(record['run_peak'][1], 0) / unit:.2f} | "
+                         f"{run_ratio} | {prune_ratio} |")
     unit = records[(plan.rows[0], "float32")]["float32_bytes"]
-    note = (f"Each run in a fresh process. Resident memory minus what the process held before the model was loaded, over "
-            f"the float32 model's bytes ({unit / 1e6:.0f} MB, every parameter once at 4 bytes), for both types; "
-            "the run's peak covers loading, calibration, pruning and the whole evaluation.")
+    note = (f"Each run in a fresh process. Weights: the bytes of the model's parameters in the run's type. Peaks: resident "
+            f"memory minus what the process held before the model was loaded; the run's peak covers loading, calibration, "
+            f"pruning and the whole evaluation. All over the float32 model's bytes ({unit / 1e6:.4g} MB, every parameter "
+            "once at 4 bytes), for both types. Resident memory counts the pages of mapped files: a float32 model may keep "
+            "its weights as pages of its mapped safetensors files, resident once read, while a bfloat16 one is converted "
+            "into the process's own memory; 'of it file-backed' is the part of the run's peak made of such pages.")
     return ["## Peak memory", note, "\n".join(lines)]
 
 
@@ -534,10 +612,11 @@ def table_markdown(plan: Plan, records: dict, root: Path) -> str:
         f"every run in a fresh process on the CPU. Pruning: 50% unstructured, calibrated on {len(plan.calib_languages)} "
         f"Bible languages ({', '.join(plan.calib_languages)}) x {plan.calib_samples} windows x {plan.calib_seq_len} tokens, "
         f"calibration split; statistics accumulate in float32 and float64 whatever the model's type. Evaluation: {sets}; "
-        f"about {plan.tokens} predicted tokens per language in windows of {plan.seq_len}{versions}. Differences are bits per byte of the bfloat16 run minus the float32 run, with 95% bootstrap intervals paired "
-        "over the windows both scored (the same windows: one tokenizer); 'not resolved' marks an interval that "
-        "contains 0. " + " ".join(plan.notes)
+        f"about {plan.tokens} predicted tokens per language in windows of {plan.seq_len}{versions}. Differences are "
+        "bits per byte of the bfloat16 run minus the float32 run, with 95% bootstrap intervals paired over the windows "
+        "both scored (the same windows: one tokenizer); 'not resolved' marks an interval that contains 0."
     )
+    intro = " ".join([intro, *plan.notes])
     return "\n\n".join([intro, *quality_sections(plan, records, differences), *mask_section(plan, root),
                         *memory_section(plan, records)])
 
