@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from babelprune.api import CalibrationSpec, onload_device, prune_to_folder
+from babelprune import api
+from babelprune.api import CalibrationSpec, DynamicConfig, FinetuneConfig, onload_device, prune_to_folder
 from babelprune.errors import BabelpruneError
 from babelprune.formats.loading import load_model
 from babelprune.formats.pruned import METADATA_FILE, save_pruned
@@ -368,7 +369,7 @@ def test_the_command_says_it_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_evaluation_running_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
-    from babelprune import api
+
 
     source = source_folder(tmp_path, "llama")
 
@@ -412,3 +413,37 @@ def test_the_command_refuses_memory_options_in_one_sentence(tmp_path, monkeypatc
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and expected in err and (len(lines) == 1 or "Usage" in err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+
+
+def test_fine_tuning_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
+    import babelprune.finetune.trainer as trainer
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "finetune", no_memory)
+    monkeypatch.setattr(trainer, "plan_runs", lambda task, config: None)  # no task data is read
+    monkeypatch.setattr(api, "check_sources", lambda **kwargs: None)
+    import babelprune.data.tasks as tasks
+
+    monkeypatch.setattr(tasks, "get_task", lambda name, **options: object())
+    with pytest.raises(BabelpruneError) as caught:
+        api.finetune_to_folder("some-encoder", "bible-genre", {}, FinetuneConfig(), tmp_path / "run")
+    assert str(caught.value) == "Out of memory on cuda while fine-tuning some-encoder; lower --batch-size or --max-length."
+
+
+def test_dynamic_training_out_of_memory_is_one_sentence_and_writes_nothing(tmp_path, monkeypatch):
+    source = source_folder(tmp_path, "llama")
+    import babelprune.finetune.dynamic as dynamic
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(dynamic, "train_dynamic", no_memory)
+    corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
+    spec = CalibrationSpec(corpus=str(corpus), languages=["en", "fr"], samples=1, seq_len=8)
+    with pytest.raises(BabelpruneError) as caught:
+        api.train_dynamic_to_folder(str(source), DynamicConfig(steps=1), tmp_path / "dynamic", calibration=spec)
+    assert str(caught.value) == (f"Out of memory on cuda while training {source} across widths; "
+                                 "lower batch_size or max_length in a --config file (a language model: --seq-len).")
+    assert not (tmp_path / "dynamic").exists()

@@ -694,7 +694,8 @@ def finetune_to_folder(model: str, task: str, task_options: dict, config, out: P
     check_sources(model=model)
     chosen = get_task(task, **task_options)
     plan_runs(chosen, config)
-    result = finetune(model, chosen, config, Path(out), on_notice=on_notice, device=device, dtype=dtype)
+    with out_of_memory(f"fine-tuning {model}", lambda where: "lower --batch-size or --max-length"):
+        result = finetune(model, chosen, config, Path(out), on_notice=on_notice, device=device, dtype=dtype)
     return result, (saved_models(Path(out)) if config.save_model else [])
 
 
@@ -716,12 +717,14 @@ def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | Non
     _check_calibration_sources(calibration)
     if task is not None:
         get_task(task)
-    loaded = load_model(model, dtype, place)
-    if loaded.kind == "encoder":
-        result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
-    else:
-        result = train_dynamic(loaded, config, calibration=_calibrate_spec(loaded, calibration))
-    result.model.save(Path(out))
+    advice = "lower batch_size or max_length in a --config file (a language model: --seq-len)"
+    with out_of_memory(f"training {model} across widths", lambda where: advice):
+        loaded = load_model(model, dtype, place)
+        if loaded.kind == "encoder":
+            result = train_dynamic(loaded, config, task=get_task(task or "bible-genre"))
+        else:
+            result = train_dynamic(loaded, config, calibration=_calibrate_spec(loaded, calibration))
+    result.model.save(Path(out))  # only once training is done
     return result
 
 
