@@ -162,3 +162,11 @@ def test_two_pass_in_small_batches_gives_the_same_masks(family):
         assert torch.equal(mask, masks_of(batched.model)[name]), name
 
 
+
+
+def test_zeros_are_counted_as_equality_with_zero_counts_them():
+    from babelprune.prune.engine import zeros_in
+
+    weight = torch.tensor([[0.0, -0.0, 1.0], [float("nan"), 2.0, 0.0]])
+    assert zeros_in(weight) == int((weight == 0).sum()) == 3  # -0.0 is a zero, NaN is not
+    assert zeros_in(weight.to(torch.bfloat16)) == 3

@@ -236,3 +236,43 @@ def test_check_sparsity_refuses_what_is_not_a_fraction_below_one(bad):
     with pytest.raises(BabelpruneError, match="Sparsity"):
         check_sparsity(bad)
     assert check_sparsity(0) == 0.0 and isinstance(check_sparsity(0), float) and check_sparsity(0.5) == 0.5
+
+
+def _stable_sort_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[..., :k], True)
+    return expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_smallest_equals_torch_kthvalue_split_across_threads_or_not(monkeypatch, dtype):
+    from babelprune.prune import kernels
+
+    scores = torch.randn(40, 300, generator=torch.Generator().manual_seed(0), dtype=dtype).abs()
+    expected = torch.kthvalue(scores, 120, dim=-1, keepdim=True).values
+    assert torch.equal(kernels.kth_smallest(scores, 120), expected)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    monkeypatch.setattr(kernels, "_SPLIT_SELECTION_AT", 1000)  # 12000 entries: 3 threads of 13 or 14 rows
+    try:
+        assert torch.equal(kernels.kth_smallest(scores, 120), expected)
+        # A transposed (non-contiguous) view and a batch of matrices, as SparseGPT and N:M groups pass them.
+        assert torch.equal(kernels.kth_smallest(scores.T, 7), torch.kthvalue(scores.T, 7, dim=-1, keepdim=True).values)
+        batched = scores.reshape(4, 10, 300)
+        assert torch.equal(kernels.kth_smallest(batched, 5), torch.kthvalue(batched, 5, dim=-1, keepdim=True).values)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_tie_at_the_cut_in_one_row_still_gives_the_stable_sort_mask():
+    # Distinct scores take the count shortcut; one row with a tie across its cut must not.
+    scores = torch.rand(5, 100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(lowest_scores_mask(scores, 40), _stable_sort_mask(scores, 40))
+    # Row 2: ten scores of 0.1 (ranks 1-10), ten tied at 0.25 (ranks 11-20), the rest above: k = 15 cuts the ties.
+    scores[2, :10] = 0.25
+    scores[2, 10:] = torch.linspace(0.3, 1.0, 90)
+    scores[2, 50:60] = 0.1
+    got = lowest_scores_mask(scores, 15)
+    assert torch.equal(got, _stable_sort_mask(scores, 15))
+    assert got[2, :5].all() and not got[2, 5:10].any()  # the lower-indexed tied entries go first
+    assert torch.all(got.sum(dim=1) == 15)

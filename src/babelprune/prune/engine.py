@@ -132,6 +132,15 @@ class BlockStore:
 IN_MEMORY = BlockStore()
 
 
+def zeros_in(weight: torch.Tensor) -> int:
+    """How many entries of `weight` are exactly zero.
+
+    count_nonzero reduces the weight in one pass; (weight == 0).sum() first
+    fills a boolean copy of it and sums that, about ten times slower on the CPU.
+    """
+    return weight.numel() - int(torch.count_nonzero(weight))
+
+
 @dataclass
 class ZeroCount:
     """Zeros of the block linears before and after pruning, counted block by block while each is open."""
@@ -142,16 +151,19 @@ class ZeroCount:
     layers: dict[str, float] = field(default_factory=dict)  # "block.name" -> share of zeros after pruning
 
     def count_before(self, linears: dict[str, nn.Module]) -> None:
-        self.before += sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
+        self.before += sum(zeros_in(weight_matrix(m)) for m in linears.values())
         self.total += sum(weight_matrix(m).numel() for m in linears.values())
 
     def count_after(self, index: int, linears: dict[str, nn.Module]) -> None:
-        self.after += sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
-        self.layers.update({f"{index}.{name}": _share_of_zeros(linear) for name, linear in linears.items()})
+        for name, linear in linears.items():  # one count per layer gives both its share and the total
+            weight = weight_matrix(linear)
+            zeros = zeros_in(weight)
+            self.after += zeros
+            self.layers[f"{index}.{name}"] = round(zeros / weight.numel(), 6)
 
 
 def zero_share(linears: dict[str, nn.Module]) -> float:
-    zeros = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
+    zeros = sum(zeros_in(weight_matrix(m)) for m in linears.values())
     return zeros / sum(weight_matrix(m).numel() for m in linears.values())
 
 
@@ -358,11 +370,6 @@ def prune(
         device=str(loaded.device),
         dtype=dtype_name(loaded.dtype),
     )
-
-
-def _share_of_zeros(linear: nn.Module) -> float:
-    weight = weight_matrix(linear)
-    return round(float((weight == 0).sum()) / weight.numel(), 6)
 
 
 def _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar):
