@@ -276,3 +276,39 @@ def test_a_tie_at_the_cut_in_one_row_still_gives_the_stable_sort_mask():
     assert torch.equal(got, _stable_sort_mask(scores, 15))
     assert got[2, :5].all() and not got[2, 5:10].any()  # the lower-indexed tied entries go first
     assert torch.all(got.sum(dim=1) == 15)
+
+
+def test_rows_whose_cut_is_not_a_number_keep_the_threshold_rule():
+    # A row whose k-th score is NaN prunes what lies below NaN: nothing; the other rows are unaffected.
+    scores = torch.rand(4, 100, generator=torch.Generator().manual_seed(2))
+    scores[1, 10:] = float("nan")  # 10 numbers, so the 15th lowest of row 1 is NaN
+    got = lowest_scores_mask(scores, 15)
+    assert not got[1].any()
+    others = torch.tensor([0, 2, 3])
+    assert torch.equal(got[others], _stable_sort_mask(scores[others], 15))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_zeroing_pruned_weights_is_masked_fill_bit_for_bit(dtype):
+    from babelprune.prune.kernels import zero_pruned_
+
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(6, 80, generator=generator).to(dtype)
+    weight[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, -1.0], dtype=dtype)  # pruned: all become +0.0
+    weight[1, :2] = torch.tensor([float("nan"), -0.0], dtype=dtype)  # kept: unchanged, sign of zero included
+    pruned = torch.rand(6, 80, generator=generator) < 0.5
+    pruned[0, :4], pruned[1, :2] = True, False
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[weight.element_size()]
+    for view in (lambda t: t, lambda t: t.T):  # contiguous, and a transposed view (a Conv1D weight's (out, in))
+        expected = view(weight.clone()).masked_fill_(view(pruned), 0)
+        got = view(weight.clone())
+        assert zero_pruned_(got, view(pruned)) is got
+        assert torch.equal(got.view(bits), expected.view(bits))
+
+
+def test_counting_true_entries_matches_torch():
+    from babelprune.prune.kernels import count_true
+
+    mask = torch.rand(7, 90, generator=torch.Generator().manual_seed(5)) < 0.3
+    assert count_true(mask) == int(mask.sum())
+    assert count_true(mask.T) == int(mask.sum())

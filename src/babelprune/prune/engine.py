@@ -29,7 +29,7 @@ from babelprune.prune.allocation import allocate_owl, allocate_uniform, owl_outl
 from babelprune.prune.balance import check_weighted_languages, language_shares, token_scale
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
-from babelprune.prune.kernels import wanda_scores
+from babelprune.prune.kernels import wanda_scores, zero_pruned_
 from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.mwanda import allocate_cwl, block_cross_lingual_correlation
@@ -243,7 +243,7 @@ def _prune_linear(
         )
         refit_errors[name] = [round(report.error_before, 6), round(report.error_after, 6)]
     if new_weight is None:
-        dense.masked_fill_(pruned, 0)
+        zero_pruned_(dense, pruned)
     else:
         write_weight(linear, new_weight)
 
