@@ -29,7 +29,7 @@ from babelprune.prune.allocation import allocate_owl, allocate_uniform, owl_outl
 from babelprune.prune.balance import check_weighted_languages, language_shares, token_scale
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
-from babelprune.prune.kernels import wanda_scores, zero_pruned_
+from babelprune.prune.kernels import count_true, wanda_scores, zero_pruned_
 from babelprune.prune.lockstep import run_block_in_lockstep
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.mwanda import allocate_cwl, block_cross_lingual_correlation
@@ -149,17 +149,27 @@ class ZeroCount:
     after: int = 0
     total: int = 0
     layers: dict[str, float] = field(default_factory=dict)  # "block.name" -> share of zeros after pruning
+    # "block.name" -> how many entries a mask-only method set to zero there (filled by _prune_linear)
+    zeroed: dict[str, int] = field(default_factory=dict)
+    _before_layers: dict[str, int] = field(default_factory=dict)  # "block.name" -> zeros before pruning
 
-    def count_before(self, linears: dict[str, nn.Module]) -> None:
-        self.before += sum(zeros_in(weight_matrix(m)) for m in linears.values())
-        self.total += sum(weight_matrix(m).numel() for m in linears.values())
+    def count_before(self, index: int, linears: dict[str, nn.Module]) -> None:
+        for name, linear in linears.items():
+            weight = weight_matrix(linear)
+            zeros = zeros_in(weight)
+            self._before_layers[f"{index}.{name}"] = zeros
+            self.before += zeros
+            self.total += weight.numel()
 
     def count_after(self, index: int, linears: dict[str, nn.Module]) -> None:
         for name, linear in linears.items():  # one count per layer gives both its share and the total
-            weight = weight_matrix(linear)
-            zeros = zeros_in(weight)
+            key, weight = f"{index}.{name}", weight_matrix(linear)
+            zeroed = self.zeroed.pop(key, None)
+            # A weight without zeros that a mask-only method pruned holds exactly the entries it zeroed:
+            # no pass over the weight is needed (the common case, a dense model).
+            zeros = zeroed if zeroed is not None and self._before_layers.get(key) == 0 else zeros_in(weight)
             self.after += zeros
-            self.layers[f"{index}.{name}"] = round(zeros / weight.numel(), 6)
+            self.layers[key] = round(zeros / weight.numel(), 6)
 
 
 def zero_share(linears: dict[str, nn.Module]) -> float:
@@ -227,9 +237,12 @@ def _needs_calibration(config: PruneConfig, method: Method) -> bool:
 
 def _prune_linear(
     method: Method, config: PruneConfig, linear: nn.Module, stats: LanguageStats | None, sparsity: float,
-    refit_errors: dict[str, list[float]], name: str,
+    refit_errors: dict[str, list[float]], name: str, zeroed: dict[str, int] | None = None,
 ) -> None:
-    """Choose the layer's mask (and weights, for SparseGPT); with --reconstruct, refit the kept weights."""
+    """Choose the layer's mask (and weights, for SparseGPT); with --reconstruct, refit the kept weights.
+
+    When only the mask is applied, `zeroed[name]` (if given) receives how many entries it set to zero.
+    """
     dense = weight_matrix(linear)
     new_weight, pruned = method.fn(LayerTask(dense, stats, sparsity, config))
     if config.reconstruct is not None:
@@ -244,6 +257,8 @@ def _prune_linear(
         refit_errors[name] = [round(report.error_before, 6), round(report.error_after, 6)]
     if new_weight is None:
         zero_pruned_(dense, pruned)
+        if zeroed is not None:
+            zeroed[name] = count_true(pruned)
     else:
         write_weight(linear, new_weight)
 
@@ -264,12 +279,13 @@ def _prune_blocks(
     """Prune every block in place, in order. The masks are the weights' zeros afterwards; none are kept here."""
     blocks = adapter.get_blocks(model)
     task = progress.add_task(label, total=len(blocks))
-    prune_block = _block_pruner(model, adapter, config, method, calibration, targets, refit_errors)
+    zeroed = zeros.zeroed if zeros is not None else None
+    prune_block = _block_pruner(model, adapter, config, method, calibration, targets, refit_errors, zeroed)
     for index, block in enumerate(blocks):
         with store.open(index, block):
             linears = adapter.block_linears(block)
             if zeros is not None:
-                zeros.count_before(linears)
+                zeros.count_before(index, linears)
             prune_block(index, block)
             if zeros is not None:
                 zeros.count_after(index, linears)
@@ -280,13 +296,14 @@ def _prune_blocks(
 def _block_pruner(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
     calibration: Calibration | None, targets: list[float], refit_errors: dict[str, list[float]],
+    zeroed: dict[str, int] | None = None,
 ) -> Callable[[int, nn.Module], None]:
     """The function that prunes block `index`; blocks must be given in order (each feeds the next)."""
     if not _needs_calibration(config, method):
 
         def prune_weights(index: int, block: nn.Module) -> None:
             for name, linear in adapter.block_linears(block).items():
-                _prune_linear(method, config, linear, None, targets[index], refit_errors, f"{index}.{name}")
+                _prune_linear(method, config, linear, None, targets[index], refit_errors, f"{index}.{name}", zeroed)
 
         return prune_weights
     inputs = capture_block_inputs(model, adapter, calibration.ids)
@@ -305,7 +322,7 @@ def _block_pruner(
         if config.order == "one-pass":
 
             def prune_now(name, linear, stats):
-                _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}")
+                _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}", zeroed)
 
             if len(spans) > 1:  # micro-batches of calib_batch windows, in lockstep: the same pass, fewer activations
                 inputs.hidden = run_block_in_lockstep(block, adapter, inputs, index, collector, rows, spans, prune_now)
@@ -319,7 +336,8 @@ def _block_pruner(
                 batch = slice_inputs(inputs, start, end)
                 run_block_with_hooks(block, adapter, batch, index, collector, lambda n, lin, st: seen.__setitem__(n, lin))
             for name, linear in seen.items():
-                _prune_linear(method, config, linear, collector.by_name[name], targets[index], refit_errors, f"{index}.{name}")
+                _prune_linear(method, config, linear, collector.by_name[name], targets[index], refit_errors, f"{index}.{name}",
+                              zeroed)
             inputs.hidden = torch.cat([run_block(block, adapter, slice_inputs(inputs, s, e), index) for s, e in spans])
 
     return prune_on_inputs
