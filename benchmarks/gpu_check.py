@@ -13,13 +13,18 @@ Sections of the table (docs/results/gpu_check.md):
    are real disagreements rather than ties. sparsegpt and the recommended
    configuration (mwanda + cwl + refit): relative Frobenius error of the
    accelerator's pruned weights against the CPU's, held to WEIGHT_RTOL.
+   wanda again with sequential onloading (the model on the CPU, each block
+   moved to the accelerator while it is pruned: what `prune --device cuda`
+   does), against the CPU.
 2. Scale. A random Llama-3-8B-shaped model in bfloat16 kept on the CPU,
-   each block moved to the accelerator for its statistics and pruning (a
-   BlockStore, the engine's hook for where blocks live), pruned at 50% on
-   --samples x --seq-len random tokens with wanda and with the recommended
-   configuration: pruning time over one forward pass of the blocks on the
-   same tokens, onloaded the same way, and peak accelerator memory over one
-   block's bytes, next to the targets.
+   pruned with sequential onloading (the engine's `onload=`: each block
+   moved to the accelerator for its statistics and pruning, the inputs of
+   the first block computed on the CPU), at 50% on --samples x --seq-len
+   random tokens with wanda, with the recommended configuration, and with
+   wanda under an activation budget of a quarter of the hidden states
+   (streamed from pinned CPU memory by micro-batch): pruning time over one
+   forward pass of the blocks on the same tokens, onloaded the same way, and
+   peak accelerator memory over one block's bytes, next to the targets.
 3. 2:4 speed. 2:4-pruned linears as torch.sparse semi-structured tensors
    against dense, per weight shape and token count, and a whole small model.
 
@@ -165,23 +170,27 @@ def block_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: weight_matrix(linear) for name, linear in named_linears(model, adapter_for(model)).items()}
 
 
-def pruned_pair(model: nn.Module, config, calibration, device: torch.device, record: bool):
-    """(CPU copy, accelerator copy) of `model` pruned with `config`; the CPU's cut neighbourhoods when `record`."""
+def pruned_pair(model: nn.Module, config, calibration, device: torch.device, record: bool, onload: bool = False):
+    """(CPU copy, accelerator copy) of `model` pruned with `config`; the CPU's cut neighbourhoods when `record`.
+
+    `onload`: the accelerator's copy stays on the CPU and each block is moved to the accelerator while it is pruned.
+    """
     from babelprune.prune.engine import prune
 
-    on_cpu, on_device = copy.deepcopy(model), copy.deepcopy(model).to(device)
+    on_cpu = copy.deepcopy(model)
+    on_device = copy.deepcopy(model) if onload else copy.deepcopy(model).to(device)
     with cut_neighbourhoods() if record else contextlib.nullcontext({}) as near:
         prune(as_loaded(on_cpu, "cpu copy"), config, calibration, progress=False)
-    prune(as_loaded(on_device, "device copy"), config, calibration, progress=False)
+    prune(as_loaded(on_device, "device copy"), config, calibration, progress=False, onload=device if onload else None)
     return on_cpu, on_device, near
 
 
-def mask_agreement(model: nn.Module, method: str, calibration, device: torch.device) -> tuple[int, int, int]:
+def mask_agreement(model: nn.Module, method: str, calibration, device: torch.device, onload: bool = False) -> tuple[int, int, int]:
     """(entries, entries whose mask differs, those of them beyond ties) for one score method."""
     from babelprune.prune.config import PruneConfig
 
     config = PruneConfig(method=method, allocation="uniform", sparsity=SPARSITY)
-    on_cpu, on_device, near = pruned_pair(model, config, calibration, device, record=True)
+    on_cpu, on_device, near = pruned_pair(model, config, calibration, device, record=True, onload=onload)
     entries = differ = beyond = 0
     device_weights = block_weights(on_device)
     for name, weight in block_weights(on_cpu).items():
@@ -228,10 +237,11 @@ def agreement_section(tiny: bool, device: torch.device) -> str:
         vocab = model.config.get_text_config().vocab_size
         seq_len = 32 if tiny or label in TINY_FAMILIES else 128
         calibration = random_calibration(vocab, windows=2, seq_len=seq_len)
-        for method in ("wanda", "mwanda"):
-            entries, differ, beyond = mask_agreement(model, method, calibration, device)
+        for method, onload in (("wanda", False), ("mwanda", False), ("wanda", True)):
+            entries, differ, beyond = mask_agreement(model, method, calibration, device, onload)
             verdict = "ok" if beyond == 0 else "DISAGREE"
-            rows.append([label, method, f"cpu vs {device}", entries, differ, beyond, "", verdict])
+            name = f"{method}, onloaded" if onload else method
+            rows.append([label, name, f"cpu vs {device}", entries, differ, beyond, "", verdict])
         for name, config in (("sparsegpt", sparsegpt_config()), ("recommended", recommended())):
             error = weight_agreement(model, config, calibration, device)
             verdict = "ok" if error <= WEIGHT_RTOL else "DISAGREE"
@@ -240,7 +250,8 @@ def agreement_section(tiny: bool, device: torch.device) -> str:
     header = ["model", "method", "devices", "entries", "masks differ", "beyond ties", "weight error", "verdict"]
     note = (
         f"Pruned at {SPARSITY:.0%} in float32 on random calibration tokens ({len(LANGUAGES)} languages x 2 windows). "
-        f"wanda and mwanda use the uniform allocation; 'beyond ties' counts differing mask entries whose CPU score "
+        f"wanda and mwanda use the uniform allocation ('onloaded': the model on the CPU, each block moved to {device} "
+        f"while it is pruned); 'beyond ties' counts differing mask entries whose CPU score "
         f"is farther than {TIE_RTOL:g} (relative) from its row's cut, and must be 0. sparsegpt and the recommended "
         f"configuration (mwanda + cwl + refit): relative Frobenius error of the pruned block weights, "
         f"at most {WEIGHT_RTOL:g}."
@@ -255,40 +266,6 @@ def sparsegpt_config():
 
 
 # ----- 2. scale: blocks onloaded one at a time ----------------------------------------
-
-
-class OnloadedBlocks:
-    """Blocks live on the CPU; an open block's tensors are on the work device, copied back only once pruned.
-
-    A BlockStore (babelprune.prune.engine): the engine opens each block just
-    before it runs it, so only one block's weights are on the device at a time.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._home: dict[tuple[nn.Module, str, str], torch.Tensor] = {}
-
-    @contextlib.contextmanager
-    def open(self, index: int, block: nn.Module) -> Iterator[None]:
-        self._home = {}
-        for module in block.modules():
-            for kind in ("_parameters", "_buffers"):
-                for leaf, tensor in getattr(module, kind).items():
-                    if tensor is not None:
-                        self._home[(module, kind, leaf)] = tensor
-                        moved = tensor.to(self.device, non_blocking=True)
-                        getattr(module, kind)[leaf] = nn.Parameter(moved, requires_grad=False) if kind == "_parameters" else moved
-        try:
-            yield
-        finally:
-            for (module, kind, leaf), tensor in self._home.items():
-                getattr(module, kind)[leaf] = tensor
-            self._home = {}
-
-    def pruned(self, index: int, block: nn.Module) -> None:
-        # The pruned weights go back into the CPU copies; a plain forward pass has nothing to copy back.
-        for (module, kind, leaf), home in self._home.items():
-            home.data.copy_(getattr(module, kind)[leaf].data)
 
 
 def fill_random(model: nn.Module, device: torch.device, seed: int = 0) -> None:
@@ -308,7 +285,7 @@ def fill_random(model: nn.Module, device: torch.device, seed: int = 0) -> None:
 
 
 def scale_model(tiny: bool, blocks: int, device: torch.device) -> nn.Module:
-    """The Llama-3-8B-shaped model (a 2-block tiny Llama with --tiny), bfloat16 blocks on the CPU."""
+    """The Llama-3-8B-shaped model (a 2-block tiny Llama with --tiny), bfloat16, every weight on the CPU."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -316,42 +293,36 @@ def scale_model(tiny: bool, blocks: int, device: torch.device) -> nn.Module:
     with init_empty_weights():  # no memory, no slow initialisation: fill_random writes every weight
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     fill_random(model, device)
-    place_outside_blocks(model, device)
     return model.eval()
-
-
-def place_outside_blocks(model: nn.Module, device: torch.device) -> None:
-    """Embeddings, rotary tables and the final norm on the work device; the blocks (and the unused head) stay."""
-    from babelprune.models.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    blocks = adapter.get_blocks(model)
-    for child in adapter.base_model(model).children():
-        if child is not blocks:
-            child.to(device)
 
 
 def block_bytes(model: nn.Module) -> int:
     from babelprune.models.adapters import adapter_for
+    from babelprune.prune.onload import block_bytes as bytes_of
 
-    block = adapter_for(model).get_blocks(model)[0]
-    return sum(t.numel() * t.element_size() for t in [*block.parameters(), *block.buffers()])
+    return bytes_of(adapter_for(model).get_blocks(model)[0])
 
 
-def onloaded_forward(model: nn.Module, ids: torch.Tensor, store: OnloadedBlocks, calib_batch: int | None) -> None:
-    """The blocks on `ids`, onloaded one at a time, in the windows per forward that pruning uses."""
+def hidden_bytes(model: nn.Module, ids: torch.Tensor) -> int:
+    """Bytes of the calibration hidden states (N, T, H) in the model's type."""
+    return ids.numel() * model.config.hidden_size * torch.finfo(model.dtype).bits // 8
+
+
+def onloaded_forward(model: nn.Module, ids: torch.Tensor, device: torch.device, calib_batch: int | None) -> None:
+    """The blocks on `ids`, onloaded one at a time as pruning onloads them, in the windows per forward it uses."""
     from babelprune.models.adapters import adapter_for
-    from babelprune.prune.sequential import batch_spans, capture_block_inputs, run_block, slice_inputs
+    from babelprune.prune.onload import Activations, OnloadedBlocks
+    from babelprune.prune.sequential import batch_spans, capture_block_inputs, run_block, run_in_spans
 
     adapter = adapter_for(model)
+    store = OnloadedBlocks(device)
     with torch.no_grad():
-        inputs = capture_block_inputs(model, adapter, ids)
+        inputs = Activations(device).place(capture_block_inputs(model, adapter, ids))  # computed on the CPU, moved once
         spans = batch_spans(len(ids), calib_batch)
         for index, block in enumerate(adapter.get_blocks(model)):
             with store.open(index, block):
-                outputs = [run_block(block, adapter, slice_inputs(inputs, start, end), index) for start, end in spans]
-                inputs.hidden = torch.cat(outputs)
-    synchronize(store.device)
+                inputs.hidden = run_in_spans(inputs, spans, lambda batch, start, end: run_block(block, adapter, batch, index))
+    synchronize(device)
 
 
 def measured(call: Callable[[], object], device: torch.device) -> tuple[float, int | None]:
@@ -373,29 +344,35 @@ def scale_section(args: argparse.Namespace, device: torch.device) -> str:
     model = scale_model(args.tiny, args.blocks, device)
     samples, seq_len = (4, 32) if args.tiny else (args.samples, args.seq_len)
     calibration = random_calibration(model.config.vocab_size, windows=samples // len(LANGUAGES), seq_len=seq_len)
-    store = OnloadedBlocks(device)
     wanda = PruneConfig(method="wanda", sparsity=SPARSITY)
-    forward = lambda: onloaded_forward(model, calibration.ids, store, wanda.calib_batch)  # noqa: E731
+    forward = lambda: onloaded_forward(model, calibration.ids, device, wanda.calib_batch)  # noqa: E731
     forward_seconds = timed_median(forward)
     _, forward_peak = measured(forward, device)
     unit = block_bytes(model)
+    budget = hidden_bytes(model, calibration.ids) // 4  # a quarter of the hidden states: streamed from CPU memory
     rows = [["one forward pass (median of 3)", f"{forward_seconds:.2f}", "1.00", "", memory_cell(forward_peak, unit), ""]]
-    for label, config, target in (("wanda", wanda, TARGET_WANDA), ("recommended", recommended(), TARGET_RECOMMENDED)):
+    runs = (("wanda", wanda, TARGET_WANDA, None), ("recommended", recommended(), TARGET_RECOMMENDED, None),
+            ("wanda, --activation-memory 1/4", wanda, None, budget))
+    for label, config, target, memory in runs:
         fill_random(model, device)  # every configuration prunes the same dense weights
-        place_outside_blocks(model, device)
-        seconds, peak = measured(lambda: prune(as_loaded(model, "llama-3-8b shape"), config, calibration, False, store), device)
-        memory_target = None if forward_peak is None else TARGET_MEMORY_MARGIN * forward_peak / unit
-        rows.append([label, f"{seconds:.2f}", f"{seconds / forward_seconds:.2f}", f"<= {target:g}",
+        loaded = as_loaded(model, "llama-3-8b shape")
+        seconds, peak = measured(
+            lambda: prune(loaded, config, calibration, False, onload=device, activation_memory=memory), device)  # noqa: B023
+        memory_target = None if forward_peak is None or memory is not None else TARGET_MEMORY_MARGIN * forward_peak / unit
+        rows.append([label, f"{seconds:.2f}", f"{seconds / forward_seconds:.2f}", "" if target is None else f"<= {target:g}",
                      memory_cell(peak, unit), "" if memory_target is None else f"<= {memory_target:.1f}"])
         print(f"scale: {label} pruned in {seconds:.1f} s", flush=True)
     shape = "tiny Llama, 2 blocks" if args.tiny else f"Llama-3-8B shape, {args.blocks} blocks"
     note = (
-        f"{shape}, random bfloat16 weights kept on the CPU, each block onloaded to {device} while it runs; "
+        f"{shape}, random bfloat16 weights kept on the CPU, pruned with sequential onloading (each block moved to "
+        f"{device} while it is pruned; the first block's inputs computed on the CPU); "
         f"{len(calibration.ids)} windows x {seq_len} random tokens, {SPARSITY:.0%} sparsity, "
         f"{wanda.calib_batch} windows per forward. Time ratios are over the forward pass of the blocks on the same "
         f"tokens, onloaded the same way. Peak memory is torch.cuda.max_memory_allocated over one block's bytes "
         f"({unit / 2**20:.3g} MiB); its target is {TARGET_MEMORY_MARGIN:g}x the forward pass's peak "
-        f"(one block, its activations, the embeddings)."
+        f"(one block and the activations). The last row keeps the hidden states beyond a quarter of their "
+        f"{hidden_bytes(model, calibration.ids) / 2**20:.3g} MiB in pinned CPU memory and runs each block in stages, "
+        f"one micro-batch at a time; it has no target."
     )
     header = ["run", "seconds", "x forward", "target", "peak memory / block", "target"]
     return "## 2. Scale: blocks onloaded one at a time\n\n" + note + "\n\n" + table(header, rows)
@@ -444,25 +421,30 @@ def linear_rows(device: torch.device) -> list[list[object]]:
 
 
 def small_model_row(device: torch.device) -> list[object]:
-    """A 4-block Llama (hidden 2048, FFN 5632), every block linear 2:4 and semi-structured, on 16 x 128 tokens."""
-    from torch.sparse import to_sparse_semi_structured
+    """A 4-block Llama (hidden 2048, FFN 5632), every block linear 2:4 and semi-structured, on 16 x 128 tokens.
+
+    The linears are converted by babelprune's own conversion (what `bench-speed --sparse-kernels 2:4` runs),
+    which must take every one of them: a linear left dense would make the row measure less than it says.
+    """
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from babelprune.evaluate.semi_structured import semi_structured_linears
     from babelprune.models.adapters import adapter_for, named_linears
 
     config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=16,
                          num_key_value_heads=4, vocab_size=32000)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float16).to(device).eval()
     ids = torch.randint(4, config.vocab_size, (16, 128), device=device)
-    linears = named_linears(model, adapter_for(model))
     with torch.no_grad():
-        for linear in linears.values():
+        for linear in named_linears(model, adapter_for(model)).values():
             linear.weight.copy_(two_four(linear.weight))
         dense_s = cuda_seconds(lambda: model(ids), device, loops=5)
-        for linear in linears.values():
-            linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight), requires_grad=False)
-        sparse_s = cuda_seconds(lambda: model(ids), device, loops=5)
-    return ["4-block Llama (2048 / 5632)", "16 x 128", f"{dense_s * 1e6:.0f}", f"{sparse_s * 1e6:.0f}", f"{dense_s / sparse_s:.2f}"]
+        with semi_structured_linears(model) as record:
+            if not record.complete:
+                raise SystemExit(f"gpu_check.py: {record.summary('the 4-block Llama')}")
+            sparse_s = cuda_seconds(lambda: model(ids), device, loops=5)
+    return [f"4-block Llama (2048 / 5632), {record.backend}", "16 x 128", f"{dense_s * 1e6:.0f}", f"{sparse_s * 1e6:.0f}",
+            f"{dense_s / sparse_s:.2f}"]
 
 
 def sparse_section(device: torch.device) -> str:

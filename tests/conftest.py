@@ -43,3 +43,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _device_missing(name: str) -> str | None:
+    """Why `name` cannot run here (the reason a test on it is skipped with), or None when it can."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine (torch.cuda.is_available() is False)"
+    if name == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            return "no MPS device on this machine (torch.backends.mps.is_available() is False)"
+    return None
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("mps", marks=pytest.mark.mps)])
+def device(request) -> str:
+    """A device a test runs on: the CPU always; CUDA and MPS where the machine has them, else skipped with the reason.
+
+    Selected with `-m cuda` or `-m mps`; the CPU case is what every machine checks. Availability
+    is looked at when the test runs, not when it is collected, so collecting needs no torch.
+    """
+    why = _device_missing(request.param)
+    if why is not None:
+        pytest.skip(why)
+    return request.param

@@ -38,6 +38,26 @@ def test_model_and_token_budget_replace_the_recipes(monkeypatch):
     assert [e["max_tokens"] for e in experiment["evaluation"]] == [40, 40]
 
 
+def test_the_demo_on_the_cpu_keeps_its_keys_and_another_dtype_is_other_runs(monkeypatch, tmp_path):
+    import yaml
+
+    from babelprune.sweep.experiment import recipe_path
+    from babelprune.sweep.runs import plan_experiment
+
+    monkeypatch.setattr("babelprune.data.udhr.udhr_available", lambda root=None: True)
+
+    def keys_and_labels(experiment: dict) -> list[tuple[str, str]]:
+        path = tmp_path / "demo.yaml"
+        path.write_text(yaml.safe_dump(experiment), encoding="utf-8")
+        return [(run.key, run.label) for run in plan_experiment(path, check_data=False).runs]
+
+    recipe = keys_and_labels(yaml.safe_load(recipe_path(demo.DEMO_RECIPE).read_text(encoding="utf-8")))
+    assert keys_and_labels(demo.demo_experiment()[0]) == recipe
+    low = keys_and_labels(demo.demo_experiment(dtype="bfloat16")[0])
+    assert [label for _, label in low] == [f"{label} bfloat16" for _, label in recipe]
+    assert not {key for key, _ in low} & {key for key, _ in recipe}
+
+
 def test_a_non_positive_token_budget_is_refused():
     with pytest.raises(BabelpruneError, match="--max-tokens is 0"):
         demo.demo_experiment(max_tokens=0)

@@ -233,7 +233,8 @@ def test_pruning_a_bfloat16_model_keeps_its_statistics_wide():
 # ----- the command line --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["eval", "--out", "{tmp}/r.json"], ["prune", "--out", "{tmp}/p"], ["bench-speed", "gemma3-270m", "--json", "{tmp}/s.json"]])
+@pytest.mark.parametrize("command", [["eval", "--out", "{tmp}/r.json"], ["prune", "--out", "{tmp}/p"], ["bench-speed", "gemma3-270m", "--json", "{tmp}/s.json"],
+                                     ["slice", "{tmp}/dynamic", "--out", "{tmp}/sliced"], ["demo", "--out", "{tmp}/report"]])
 def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
     args = [part.replace("{tmp}", str(tmp_path)) for part in command]
     code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
@@ -245,7 +246,8 @@ def test_a_missing_device_on_the_command_line_is_one_sentence_and_writes_nothing
 # ----- training: fine-tuning and dynamic training ---------------------------------------
 
 
-@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"]])
+@pytest.mark.parametrize("command", [["finetune", "--out", "{tmp}/f"], ["train-dynamic", "--out", "{tmp}/d"],
+                                     ["finetune-sweep", "--out", "{tmp}/s"]])
 def test_a_missing_device_for_training_is_one_sentence_and_writes_nothing(cpu_only, monkeypatch, capsys, tmp_path, command):
     args = [part.replace("{tmp}", str(tmp_path)) for part in command]
     code, out, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
@@ -397,3 +399,83 @@ def test_timing_waits_for_the_kernels_of_its_device(monkeypatch, device, waits):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert time_call(lambda: None, torch.device(device)) >= 0
     assert waited == waits
+
+
+# ----- memory sizes and running out of memory ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GiB", 3 * 2**29), ("4096", 4096), ("3kb", 3000), (" 10 B ", 10),
+     ("0.5KiB", 512), (".5MB", 500_000), (2048, 2048)],
+)
+def test_sizes_are_read_in_decimal_and_binary_units(text, size):
+    assert devices.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["2 parsecs", "GB", "-1GB", "1e9", "2 G B", "", "1,5GB", "nanGB", True])
+def test_a_text_that_is_not_a_size_is_one_sentence(text):
+    with pytest.raises(BabelpruneError, match=r"^--activation-memory .* is not a size; give .* such as 2GB") as caught:
+        devices.parse_size(text)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["0", "0GB", "0.1", 0, -5])
+def test_a_size_of_nothing_is_refused(text):
+    with pytest.raises(BabelpruneError, match=r"is no memory at all; give a positive size such as 2GB\.$"):
+        devices.parse_size(text)
+
+
+def test_sizes_are_written_in_binary_units():
+    assert [devices.format_size(n) for n in (1023, 1024, 1536, 3 * 2**30, 5 * 2**40)] == ["1023 B", "1 KiB", "1.5 KiB", "3 GiB", "5 TiB"]
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "cuda"),
+        (RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"), "mps"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried"), "cpu"),
+    ],
+)
+def test_running_out_of_memory_is_one_sentence_naming_what_to_lower(error, where):
+    asked = []
+
+    def advice(device_type):
+        asked.append(device_type)
+        return "lower --calib-batch"
+
+    with pytest.raises(BabelpruneError) as caught:
+        with devices.out_of_memory("pruning tiny", advice):
+            raise error
+    place = "the CPU" if where == "cpu" else where
+    assert str(caught.value) == f"Out of memory on {place} while pruning tiny; lower --calib-batch."
+    assert asked == [where] and caught.value.__suppress_context__
+
+
+def test_other_errors_pass_through_the_out_of_memory_guard():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with devices.out_of_memory("pruning", lambda where: "never"):
+            raise RuntimeError("shape mismatch")
+    with devices.out_of_memory("pruning", lambda where: "never"):
+        pass  # and nothing at all happens without an error
+
+
+def test_pruning_on_a_device_without_float64_is_refused_before_loading(monkeypatch, tmp_path):
+    # MPS has no float64; pruning's sums and solvers need it. Pretend the machine resolved to MPS.
+    import babelprune.api as api
+    from babelprune.prune.config import PruneConfig
+
+    monkeypatch.setattr(api, "resolve", lambda device, dtype: (torch.device("mps"), torch.float32))
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(BabelpruneError, match="float64, which MPS does not have; run it with --device cpu"):
+        api.prune_to_folder("gemma3-270m", PruneConfig(method="magnitude"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_float64_is_a_property_of_the_device_type():
+    from babelprune.devices import has_float64, require_float64
+
+    assert has_float64(torch.device("cpu")) and has_float64(torch.device("cuda", 0))
+    assert not has_float64(torch.device("mps"))
+    require_float64(torch.device("cpu"), "Pruning")  # the CPU passes; the refusal is tested above

@@ -628,6 +628,11 @@ RUNS: dict[str, Run] = {
         "methods-offload", (pruned_folder("pruned-offload", "wanda", 0.5), prints("one block at a time from disk")),
         extra=CALIB_BUDGET,
     ),
+    "babelprune prune --model gemma3-270m --method sparsegpt --activation-memory 16MiB --out pruned-streamed": Run(
+        "methods-streamed", (pruned_folder("pruned-streamed", "sparsegpt", 0.5),
+                             json_file("pruned-streamed/babelprune_pruning.json", activation_memory=16 * 2**20, onload="none")),
+        extra=CALIB_BUDGET,
+    ),
     "babelprune eval --model pruned-mwanda --corpus bible --out mwanda.json": Run(
         # Four languages, not all 22: every verse of a language is tokenized before --max-tokens applies.
         "readme-tour", (eval_record("mwanda.json", "en,fr,sw,zh"),), extra=(*EVAL_BUDGET, "--langs", "en,fr,sw,zh"),
@@ -746,6 +751,9 @@ RUNS: dict[str, Run] = {
     ),
     # docs/vocab.md
     VOCAB_TRIM: Run("vocab-doc", (trimmed_folder("gemma-8langs", "en,es,fr,zh,ru,ar,hi,sw"),)),
+    "babelprune trim-vocab --model gemma3-270m --drop-reserved --keep-script-rank 30000 --out gemma-8langs-scripts": Run(
+        "vocab-doc", (trimmed_folder("gemma-8langs-scripts", "en,es,fr,zh,ru,ar,hi,sw"), prints("--keep-script-rank 30,000")),
+    ),
     VOCAB_DENSE_EVAL: Run("vocab-doc", (eval_record("dense.json", VOCAB_LANGS),), extra=EVAL_BUDGET),
     VOCAB_TRIMMED_EVAL: Run("vocab-doc", (eval_record("trimmed.json", VOCAB_LANGS),), extra=EVAL_BUDGET, needs=(VOCAB_TRIM,)),
     "babelprune compare dense.json trimmed.json": Run(

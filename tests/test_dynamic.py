@@ -307,6 +307,39 @@ def test_slicing_in_memory_leaves_the_model_whole(trained, tmp_path):
     assert {(lay.n_heads, lay.ffn) for lay in layer_layouts(model, adapter_for(model))} == {(4, 64)}
 
 
+def test_slicing_on_the_device_cuts_the_same_weights_as_on_the_cpu(trained, tmp_path, device):
+    from babelprune.devices import placement
+    from safetensors.torch import load_file
+
+    _, folder = trained
+    on_cpu = slice_width(folder, 0.5, tmp_path / "reference")
+    there = slice_width(folder, 0.5, tmp_path / "there", placement(device, "float32"))
+    # Slicing only selects rows and columns: wherever it happens, the saved weights are the same numbers.
+    expected, got = load_file(on_cpu / "model.safetensors"), load_file(there / "model.safetensors")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    recorded = load_model(str(there)).pruning
+    assert recorded["device"].split(":")[0] == device and recorded["dtype"] == "float32"
+
+
+def test_slice_saves_the_model_in_the_dtype_it_is_given(trained, tmp_path, monkeypatch, capsys):
+    from tests.cli_runner import run_cli
+
+    _, folder = trained
+    code, out, err = run_cli(monkeypatch, capsys, "slice", str(folder), "--out", str(tmp_path / "half"), "--sparsity", "0.5",
+                             "--dtype", "bfloat16")
+    assert code == 0, err
+    sliced = load_model(str(tmp_path / "half"), dtype="bfloat16")
+    assert (sliced.pruning["device"], sliced.pruning["dtype"]) == ("cpu", "bfloat16")
+    from safetensors.torch import load_file
+
+    assert {tensor.dtype for tensor in load_file(tmp_path / "half" / "model.safetensors").values()
+            if tensor.is_floating_point()} == {torch.bfloat16}
+    # The default keeps what slicing always did: float32 weights.
+    default = slice_width(folder, 0.5, tmp_path / "default")
+    assert load_model(str(default)).pruning["dtype"] == "float32"
+
+
 def test_lm_slice_and_reload_equals_the_masked_model(tmp_path):
     result = train_dynamic(_lm(), DynamicConfig(levels=(0.5,), steps=2, batch_size=4), calibration=_calibration(), progress=False)
     out = slice_width(save_dynamic(result.model, tmp_path / "dyn"), 0.5, tmp_path / "half")

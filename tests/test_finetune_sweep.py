@@ -91,6 +91,18 @@ def test_the_experiment_file_plans_exactly_the_rule_s_configurations(tiny_bert_f
     assert "lr: 0.0003" in text and "save_model" not in text
 
 
+def test_a_sweep_in_another_dtype_says_so_in_its_file_and_is_a_sweep_of_other_settings(tiny_bert_folder):
+    from babelprune.sweep.finetune_sweep import settings_changes, shared_settings
+
+    plain, plain_text = plan_data(experiment_data(tiny_bert_folder, "wikiann", WIKIANN, BASE, (0.0,), (0,)))
+    low, low_text = plan_data(experiment_data(tiny_bert_folder, "wikiann", WIKIANN, BASE, (0.0,), (0,), dtype="bfloat16"))
+    assert "dtype" not in plain_text and "device" not in plain_text  # the file of a CPU sweep reads as it always has
+    assert "dtype: bfloat16" in low_text and [run.dtype for run in low.runs] == ["bfloat16"]
+    assert low.runs[0].key != plain.runs[0].key
+    # A store of float32 runs is refused to a bfloat16 sweep: the report would average the two.
+    assert settings_changes(shared_settings(low.runs[0].config), shared_settings(plain.runs[0].config)) == ["dtype"]
+
+
 # ----------------------------------------------------------------------------- running into the store
 
 

@@ -42,9 +42,9 @@ def test_every_tiny_family_agrees_with_itself_on_the_cpu(tiny_table):
     rows = [row for row in table_rows(tiny_table) if len(row) == 8 and row[2] == "cpu vs cpu"]
     methods = {(row[0], row[1]) for row in rows}
     for family in TINY_FAMILIES:
-        assert {(family, m) for m in ("wanda", "mwanda", "sparsegpt", "recommended")} <= methods, family
+        assert {(family, m) for m in ("wanda", "mwanda", "sparsegpt", "recommended", "wanda, onloaded")} <= methods, family
     for model, method, _, entries, differ, beyond, error, verdict in rows:
-        if method in ("wanda", "mwanda"):
+        if method in ("wanda", "mwanda", "wanda, onloaded"):
             assert int(entries) > 0 and (differ, beyond) == ("0", "0"), (model, method)
         else:
             assert float(error) == 0.0, (model, method)  # the same code on the same device: the same weights
@@ -54,7 +54,7 @@ def test_every_tiny_family_agrees_with_itself_on_the_cpu(tiny_table):
 def test_the_scale_rows_are_measured_and_the_sparse_section_says_why_it_is_skipped(tiny_table):
     scale = tiny_table.split(SECTIONS[1])[1].split(SECTIONS[2])[0]
     runs = {row[0]: row for row in table_rows(scale)}
-    for run in ("wanda", "recommended"):
+    for run in ("wanda", "recommended", "wanda, --activation-memory 1/4"):
         assert float(runs[run][1]) > 0 and float(runs[run][2]) > 0
     if not torch.cuda.is_available():
         assert "needs CUDA (semi-structured kernels)" in tiny_table.split(SECTIONS[2])[1]
@@ -72,8 +72,8 @@ def test_mask_disagreements_far_from_the_cut_are_counted():
 def test_a_different_mask_on_the_other_device_is_reported(monkeypatch):
     from tests.tiny_models import tiny_model
 
-    def pruned_pair_with_one_flip(model, config, calibration, device, record):
-        on_cpu, on_device, near = original(model, config, calibration, device, record)
+    def pruned_pair_with_one_flip(model, config, calibration, device, record, onload=False):
+        on_cpu, on_device, near = original(model, config, calibration, device, record, onload)
         weight = next(iter(gpu_check.block_weights(on_device).values()))
         # The largest weight is kept, far from the cut: pruning it on one side is a real disagreement.
         largest = torch.unravel_index(weight.abs().argmax(), weight.shape)

@@ -160,7 +160,7 @@ def test_the_experiment_file_checks_kinds_and_keys_against_the_registry(toy_kind
     with pytest.raises(BabelpruneError, match=r"^exp.yaml line 7: runs\[0\].toy.scal: unknown key 'scal'; the keys here are: scale"):
         _plan_text(tmp_path, HEAD + "  - kind: toy\n    toy:\n      scal: 2\n")
     with pytest.raises(BabelpruneError, match=r"^exp.yaml line 6: runs\[0\].toyy: unknown key 'toyy'; the keys here are: "
-                                              r"calibration, finetune, kind, prune, structured, task_dynamic, task_structured, "
+                                              r"calibration, device, dtype, finetune, kind, prune, structured, task_dynamic, task_structured, "
                                               r"toy, toy_task, trim; fix it"):  # the key is quoted, not its value
         _plan_text(tmp_path, HEAD + "  - kind: toy\n    toyy: 2\n")
     with pytest.raises(BabelpruneError, match=r"^exp.yaml line 5: runs\[0\].kind: input should be .* or 'toy-task'; fix it"):

@@ -10,13 +10,17 @@ from pathlib import Path
 import torch
 
 
-from babelprune.choices import DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, StorageFormat, ValuesDtype
+from babelprune.choices import (
+    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, SparseKernels, StorageFormat, ValuesDtype,
+)
 from babelprune.data.corpus import Corpus, Split
-from babelprune.devices import dtype_name, resolve
+from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, require_float64, resolve
 from babelprune.data.registry import get_corpus
 from babelprune.errors import BabelpruneError
+from babelprune.names import check_language_code
 from babelprune.progress import progress_bar
 from babelprune.evaluate.lm import score_windows
+from babelprune.evaluate.semi_structured import check_sparse_kernels, converted_models
 from babelprune.evaluate.windows import make_windows
 from babelprune.models.base import LoadedModel
 from babelprune.models.inspect import block_sparsity, count_parameters
@@ -46,12 +50,15 @@ __all__ = [
 DEFAULT_CALIBRATION_LANGUAGES = ("en", "es", "fr", "zh", "ru", "ar", "hi", "sw")
 
 
-def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None) -> None:
-    """Refuse a model name, corpus or language the verbs would refuse later, before any model is loaded.
+def check_sources(model: str | None = None, corpus: str | None = None, languages: Sequence[str] | None = None,
+                  device: DeviceName | None = None, dtype: ModelDtype = "auto") -> None:
+    """Refuse a device, model name, corpus or language the verbs would refuse later, before any model is loaded.
 
-    Nothing is loaded or converted: a model name is checked by its form and
-    its folder's files, a corpus by opening it and listing its languages.
+    Nothing is loaded or converted: a device (with `dtype`) is checked against this machine, a
+    model name by its form and its folder's files, a corpus by opening it and listing its languages.
     """
+    if device is not None:
+        resolve(device, dtype)
     if model is not None:
         check_model_spec(model)
     if corpus is not None:
@@ -83,19 +90,28 @@ def prune(
     language_budget: LanguageBudget = "none",
     holdout: Calibration | None = None,
     budget_rounds: int = 3,
+    *,
+    onload: torch.device | str | None = None,
+    activation_memory: int | str | None = None,
 ) -> PruneResult:
     """Prune a model in place (shared) or into a per-language mask bank; see `babelprune.prune.engine`.
 
     language_budget="minimax" prunes `budget_rounds` times, raising the
     weight of the languages that lost most on the `holdout` windows, and
     keeps the best round (see `babelprune.prune.budget`).
+    `onload`: a device each block is moved to while it is pruned, the weights
+    staying where they are (the CPU); `activation_memory` (bytes, or a size
+    such as "2GB"): calibration hidden states allowed on it, the rest kept in
+    CPU memory (see `babelprune.prune.onload`). Neither changes the masks.
     """
+    budget = parse_size(activation_memory) if activation_memory is not None else None
     if language_budget == "minimax":
         from babelprune.prune.budget import prune_with_language_budget
 
-        result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress)
+        result = prune_with_language_budget(loaded, config, calibration, holdout, budget_rounds, progress=progress,
+                                            onload=onload, activation_memory=budget)
     else:
-        result = _prune(loaded, config, calibration, progress)
+        result = _prune(loaded, config, calibration, progress, onload=onload, activation_memory=budget)
     vocabulary = (loaded.pruning or {}).get("vocabulary")  # a trimmed model stays trimmed: keep its record
     loaded.pruning = result.metadata() | {"parent": loaded.spec} | ({"vocabulary": vocabulary} if vocabulary else {})
     loaded.mask_bank = result.mask_bank
@@ -129,6 +145,22 @@ def prune_structured(
     return result
 
 
+def language_scripts(languages: Sequence[str]) -> list[str]:
+    """The Unicode scripts `languages` are written in, in first-seen order; a language of unknown script is refused."""
+    from babelprune.data.languages import unicode_scripts
+
+    scripts: list[str] = []
+    for lang in languages:
+        found = unicode_scripts(lang)
+        if found is None:
+            raise BabelpruneError(
+                f"--keep-script-rank needs each kept language's script, and babelprune does not know the script of "
+                f"{lang!r}; leave the option out or keep languages whose script it knows (en, ru, zh, ar, hi...)."
+            )
+        scripts += [name for name in found if name not in scripts]
+    return scripts
+
+
 def trim_vocabulary(
     loaded: LoadedModel,
     corpus: Corpus | str | TrimConfig = "bible",
@@ -138,6 +170,7 @@ def trim_vocabulary(
     keep_reserved: bool = True,
     split: Split = "calib",
     sources: dict | None = None,
+    keep_script_rank: int | None = None,
 ):
     """Keep only the vocabulary the languages' text uses, in place; see `babelprune.prune.vocab`.
 
@@ -145,26 +178,30 @@ def trim_vocabulary(
     languages when None) plus `extra_texts`. Works before or after `prune`;
     `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
     A `TrimConfig` in place of `corpus` gives corpus, languages, split,
-    min_count and keep_reserved at once (the form the CLI and sweeps use).
+    min_count, keep_reserved and keep_script_rank at once (the form the CLI and sweeps use).
+    `keep_script_rank` N also keeps the pieces of the languages' scripts among the
+    tokenizer's N best-ranked pieces (`babelprune.prune.vocab.script_rank_ids`).
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
-    from babelprune.prune.vocab import slice_vocabulary_rows, trim_tokenizer
+    from babelprune.prune.vocab import script_rank_ids, slice_vocabulary_rows, tokenizer_json, trim_tokenizer
 
     if isinstance(corpus, TrimConfig):
         config = corpus
         corpus, languages, split = config.corpus, config.languages, config.split
-        min_count, keep_reserved = config.min_count, config.keep_reserved
+        min_count, keep_reserved, keep_script_rank = config.min_count, config.keep_reserved, config.keep_script_rank
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     if languages is None:
         languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
     languages = corpus.check_languages(list(languages))
     if (loaded.pruning or {}).get("structure"):
         raise BabelpruneError(f"{loaded.spec} was pruned structurally; trim the vocabulary of the dense model first, then prune.")
+    scripts = language_scripts(languages) if keep_script_rank is not None else []
     texts = [text for lang in languages for text in corpus.texts(lang, split)] + list(extra_texts)
     rows = adapter_for(loaded.model).get_embeddings(loaded.model).weight.shape[0]
     counts = count_token_ids(loaded.tokenizer, texts)
-    kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved)
+    rule = script_rank_ids(tokenizer_json(loaded.tokenizer), scripts, keep_script_rank) if keep_script_rank is not None else set()
+    kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved, rule)
     tokenizer = trim_tokenizer(loaded.tokenizer, kept)  # before the model changes: it can still fail cleanly
     slice_vocabulary_rows(loaded.model, kept)
     loaded.tokenizer = tokenizer
@@ -173,6 +210,7 @@ def trim_vocabulary(
         kept_ids=compose_ids(parent["kept_ids"] if parent else None, kept),
         original_size=parent["original_vocab_size"] if parent else rows,
         languages=list(languages), seen_ids=seen, required_ids=required, min_count=min_count,
+        keep_script_rank=keep_script_rank, scripts=scripts, rule_ids=len(kept) - seen - required,
         sources={"parent": loaded.spec, "corpus": corpus.name, "split": split, "keep_reserved": keep_reserved,
                  "extra_texts": len(extra_texts), **(sources or {})},
     )
@@ -250,6 +288,7 @@ def evaluate(
     pruning: PruningInfo | None = None,
     progress: bool = True,
     window_cache: dict | None = None,
+    sparse_kernels: SparseKernels = "none",
 ) -> EvalResult:
     """Evaluate a model on each language of a corpus.
 
@@ -261,6 +300,10 @@ def evaluate(
     the same tokenizer on the same corpus objects (a sweep); each language's
     windows are tokenized once and reused (keyed by the corpus object, so the
     caller keeps those alive, and by language, split, seq_len and max_tokens).
+
+    `sparse_kernels="2:4"` scores the model with its 2:4 block linears as semi-structured weights
+    (a CUDA device in float16 or bfloat16; babelprune.evaluate.semi_structured), dense again
+    afterwards; the result's `model.sparse_kernels` says which were converted and why others were not.
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
@@ -269,22 +312,27 @@ def evaluate(
     if batch_size < 1 or max_tokens < 1:
         raise BabelpruneError("--batch-size and --max-tokens must be positive integers.")
     settings = {"seq_len": seq_len, "max_tokens": max_tokens, "batch_size": batch_size}
-    started = time.perf_counter()
-    if loaded.kind == "encoder":
-        from babelprune.evaluate.retrieval import retrieval_scores
-
-        scores = retrieval_scores(
-            loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress,
-            view=lambda lang: language_view(loaded, lang),
-        )
-        settings = {"max_queries": max_tokens, "batch_size": batch_size}
-    else:
+    if loaded.kind != "encoder":
         _check_positions(loaded, seq_len)
-        scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
+    info = model_info(loaded)  # read from the dense weights, before any is compressed
+    started = time.perf_counter()
+    with converted_models([loaded], sparse_kernels) as (kernels,):
+        if loaded.kind == "encoder":
+            from babelprune.evaluate.retrieval import retrieval_scores
+
+            scores = retrieval_scores(
+                loaded, corpus, languages, split, max_queries=max_tokens, batch_size=batch_size, progress=progress,
+                view=lambda lang: language_view(loaded, lang),
+            )
+            settings = {"max_queries": max_tokens, "batch_size": batch_size}
+        else:
+            scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
+    if kernels is not None:
+        info = info.model_copy(update={"sparse_kernels": kernels})
     if loaded.mask_bank:  # every score says which mask of the bank served it
         scores = [score.model_copy(update={"mask": serving_mask(loaded, score.language)}) for score in scores]
     return EvalResult(
-        model=model_info(loaded),
+        model=info,
         pruning=pruning or pruning_info(loaded),
         corpus=corpus.name,
         split=split,
@@ -362,13 +410,19 @@ def fetch_corpus(name: str) -> Path:
 
 def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
                    seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8, *,
-                   device: DeviceName = "cpu", dtype: ModelDtype = "auto") -> EvalResult:
-    """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading)."""
+                   device: DeviceName = "cpu", dtype: ModelDtype = "auto", sparse_kernels: SparseKernels = "none") -> EvalResult:
+    """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading).
+
+    `sparse_kernels="2:4"` runs its 2:4 block linears with PyTorch's semi-structured kernels (see `evaluate`).
+    """
     place, dtype = resolve(device, dtype)
+    check_sparse_kernels(sparse_kernels, place, dtype)
     check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(list(languages)) if languages is not None else None
-    return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size)
+    with out_of_memory(f"evaluating {model}", lambda where: "lower --batch-size or --seq-len"):
+        return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size,
+                        sparse_kernels=sparse_kernels)
 
 
 def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
@@ -393,6 +447,8 @@ def prune_to_folder(
     values: ValuesDtype = "fp32",
     device: DeviceName = "cpu",
     dtype: ModelDtype = "auto",
+    onload: Onload = "auto",
+    activation_memory: str | int | None = None,
 ):
     """Load `model`, prune it as `config` says and write it to `out`; returns the pruning result.
 
@@ -402,41 +458,89 @@ def prune_to_folder(
     writes one block at a time. A structured per-language result writes one model per language,
     in `out/<language>`. The model is pruned in `dtype` on `device` (its statistics stay float32 or
     float64). Every name, language and setting is checked before the model is loaded.
+
+    One-shot pruning on an accelerator keeps the weights on the CPU (or on disk) and moves each
+    block to `device` while it is pruned (`onload="auto"` or `"sequential"`; `"none"` loads the
+    whole model on the device). `activation_memory` ("2GB", "512MiB", or bytes) bounds the
+    calibration hidden states kept on the device; beyond it they stay in CPU memory and stream in
+    by micro-batch. Running out of memory is one sentence naming what to lower, and leaves no `out`.
     """
     calibration = calibration or CalibrationSpec()
     place, dtype = resolve(device, dtype)
+    require_float64(place, "Pruning")
+    memory = parse_size(activation_memory) if activation_memory is not None else None
     if isinstance(config, StructuredConfig):
         if offload == "disk":
             raise BabelpruneError("--offload disk prunes one-shot (unstructured or N:M), not --structured units; drop one of them.")
-        return _prune_structured_to_folder(model, config, out, calibration, place, dtype)
+        if onload == "sequential" or memory is not None:
+            raise BabelpruneError(
+                "--onload sequential and --activation-memory serve one-shot pruning, but structured pruning (--structured) "
+                "loads the whole model on the device; drop them."
+            )
+        with out_of_memory(f"pruning {model}", lambda where: "lower --samples or --seq-len"):
+            return _prune_structured_to_folder(model, config, out, calibration, place, dtype)
     calibration = calibration.model_copy(update={"seed": config.seed})
-    budget = language_budget == "minimax"
-    if budget and calibration.languages is not None and len(calibration.languages) < 2:
+    target = onload_device(place, onload)
+    budget_run = language_budget == "minimax"
+    if budget_run and calibration.languages is not None and len(calibration.languages) < 2:
         raise BabelpruneError("--language-budget weighs calibration languages against each other; give at least two in --calib-langs.")
-    needs_data = config.needs_calibration or budget
+    needs_data = config.needs_calibration or budget_run
     check_sources(model=model)
     if needs_data:
         _check_calibration_sources(calibration)
+    advice = _pruning_memory_advice(target is not None, memory, offload)
     if offload == "disk":
-        if budget:
+        if budget_run:
             raise BabelpruneError("--language-budget prunes the whole model several times over, which --offload disk cannot do block by block; drop one of them.")
         from babelprune.prune.offload import check_offload_request
 
-        if place.type != "cpu" or dtype != torch.float32:
-            raise BabelpruneError("--offload disk prunes in float32 on the CPU; drop --offload, or --device and --dtype.")
+        if place.type != "cpu" and target is None:
+            raise BabelpruneError(f"--offload disk keeps the weights on disk, so --onload none cannot put the whole model on {place}; drop --onload none.")
         check_offload_request(config)
-        offloaded = open_offloaded(model)
+        offloaded = open_offloaded(model, dtype)
         windows = _calibrate_spec(offloaded.loaded, calibration) if needs_data else None
-        return prune_offloaded(offloaded, config, windows, Path(out), save_format, values)
-    loaded = load_model(model, dtype, place)
-    held = holdout_samples if budget else 0
-    windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
-    holdout = None
-    if budget:
-        windows, holdout = windows.split_holdout(held)
-    result = prune(loaded, config, windows, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds)
-    save_pruned(loaded, result, out, save_format, values)
+        with out_of_memory(f"pruning {model}", advice):  # the folder is written inside a temporary one: nothing is left
+            return prune_offloaded(offloaded, config, windows, Path(out), save_format, values, onload=target, activation_memory=memory)
+    with out_of_memory(f"pruning {model}", advice):  # the folder is written only once pruning is done, atomically
+        # Onloaded, the weights stay on the CPU; the device sees one block at a time.
+        loaded = load_model(model, dtype, torch.device("cpu") if target is not None else place)
+        held = holdout_samples if budget_run else 0
+        windows = _calibrate_spec(loaded, calibration, held) if needs_data else None
+        holdout = None
+        if budget_run:
+            windows, holdout = windows.split_holdout(held)
+        result = prune(loaded, config, windows, language_budget=language_budget, holdout=holdout, budget_rounds=budget_rounds,
+                       onload=target, activation_memory=memory)
+        save_pruned(loaded, result, out, save_format, values)
     return result
+
+
+def onload_device(place: torch.device, onload: Onload) -> torch.device | None:
+    """The device blocks are moved to one at a time while pruning (None: the whole model is loaded on `place`).
+
+    "auto" onloads to an accelerator and not on the CPU, where the weights already are.
+    """
+    if onload not in ("auto", "sequential", "none"):
+        raise BabelpruneError(f"--onload {onload!r} is not one of: auto, sequential, none.")
+    if onload == "none" or (onload == "auto" and place.type == "cpu"):
+        return None
+    return place
+
+
+def _pruning_memory_advice(onloaded: bool, budget: int | None, offload: Offload):
+    """What to lower when pruning runs out of memory, on the CPU ("cpu") or on the accelerator."""
+    lower_budget = f"lower --activation-memory (now {format_size(budget)})" if budget is not None else (
+        "give --activation-memory (such as 2GB) to keep the calibration activations beyond it in CPU memory")
+
+    def advice(where: str) -> str:
+        if where == "cpu":
+            weights = "" if offload == "disk" else ", or add --offload disk to keep the weights on disk"
+            return f"lower --calib-batch or --samples, {lower_budget}{weights}"
+        if not onloaded:
+            return "let the weights stay on the CPU with --onload sequential (one block on the device at a time), or lower --calib-batch"
+        return f"lower --calib-batch, or {lower_budget}"
+
+    return advice
 
 
 def _prune_structured_to_folder(model: str, config: StructuredConfig, out: Path | str, calibration: CalibrationSpec,
@@ -484,26 +588,84 @@ def trim_to_folder(model: str, config: TrimConfig, out: Path | str, extra_files:
     return trim, before, count_parameters(loaded.model)
 
 
-def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32"):
-    """Load `model` and write it with its tokenizer as one GGUF file; returns the `GgufExport` record."""
-    check_sources(model=model)
-    return export_gguf(load_model(model), out, dtype)
+def export_model(model: str, out: Path | str, dtype: GgufDtype = "f32", quant: str | None = None,
+                 imatrix: str | None = None, calibration: CalibrationSpec | None = None):
+    """Load `model` and write it with its tokenizer as one GGUF file; returns the `GgufExport` record.
+
+    With `quant` (a mix of `choices.GgufQuant`), the `dtype` file is quantized by llama.cpp's own quantizer
+    (llama-cpp-python). `imatrix` weighs its rounding: "balanced" (each calibration language's mean squared
+    linear inputs, averaged with the languages weighted equally), one language's code (that language alone)
+    or "none"; left out, "balanced" for the mixes that read a matrix (all but Q8_0). The matrix comes from
+    `calibration` (the default CalibrationSpec when None), run on the CPU in float32. Every refusal (unknown
+    mix, no llama-cpp-python, a matrix without a mix) comes before any model is loaded.
+    """
+    if quant is None:
+        if imatrix not in (None, "none") or calibration is not None:
+            raise BabelpruneError("An importance matrix and its calibration text weigh quantization; add --quant, "
+                                  "or leave out --imatrix and the calibration options.")
+        check_sources(model=model)
+        return export_gguf(load_model(model), out, dtype)
+    from babelprune.formats.gguf_quant import READS_NO_IMATRIX, check_quant, export_quantized, llama_cpp_bindings
+
+    check_quant(quant)
+    llama_cpp_bindings()  # before any work: without llama-cpp-python, one sentence naming the extra
+    kind = imatrix or ("none" if quant in READS_NO_IMATRIX else "balanced")
+    if kind == "none" and calibration is not None:
+        raise BabelpruneError("Calibration text builds the importance matrix; with --imatrix none leave out "
+                              "the calibration options.")
+    if kind != "none" and quant in READS_NO_IMATRIX:
+        raise BabelpruneError(f"{quant} reads no importance matrix; leave out --imatrix or give --imatrix none.")
+    calibration = calibration or CalibrationSpec()
+    if kind not in ("none", "balanced"):
+        kind = check_language_code(kind, "in --imatrix", "give balanced, none or a calibration language's code")
+        if calibration.languages is not None and kind not in calibration.languages:
+            raise BabelpruneError(f"--imatrix {kind} names no calibration language ({', '.join(calibration.languages)}); "
+                                  "add it to --calib-langs or use balanced.")
+    if kind == "none":
+        check_sources(model=model)
+        return export_quantized(load_model(model), out, quant, dtype)
+    check_sources(model=model, corpus=calibration.corpus, languages=calibration.languages)
+    loaded = load_model(model)
+    return export_quantized(loaded, out, quant, dtype, language_importance(loaded, kind, calibration))
 
 
-def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto", **settings):
+def language_importance(loaded: LoadedModel, kind: str, spec: CalibrationSpec | None = None):
+    """The importance matrix of `loaded`'s GGUF weights: "balanced" over the calibration languages, or one language's."""
+    from babelprune.formats.gguf import linear_gguf_names
+    from babelprune.formats.imatrix import ImportanceMatrix
+    from babelprune.prune.imatrix import importance_values, linear_input_stats
+
+    spec = spec or CalibrationSpec()
+    windows = calibrate(loaded, spec.corpus, spec.languages, spec.samples, spec.seq_len, spec.seed)
+    if kind != "balanced" and kind not in windows.language_set:
+        raise BabelpruneError(f"--imatrix {kind} names no calibration language ({', '.join(windows.language_set)}); "
+                              "add it to --calib-langs or use balanced.")
+    names = linear_gguf_names(loaded)
+    skip = [name for name, _ in loaded.model.named_modules() if name not in names]
+    values = importance_values(linear_input_stats(loaded.model, windows, skip=skip), kind)
+    languages = tuple(windows.language_set) if kind == "balanced" else (kind,)
+    return ImportanceMatrix({names[module]: array for module, array in values.items()}, kind, languages,
+                            tokens=int(windows.ids.numel()), chunk_size=int(windows.ids.shape[1]),
+                            chunks=int(windows.ids.shape[0]), datasets=(windows.corpus,))
+
+
+def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", dtype: ModelDtype = "auto",
+                         sparse_kernels: SparseKernels = "none", **settings):
     """Load each model in `dtype` on `device` and time it side by side (`babelprune.evaluate.speed.measure_speeds`).
 
     The first model is the reference. Peak memory (`memory=True`) is the resident memory of a CPU process,
-    so it is measured only for models on the CPU.
+    so it is measured only for models on the CPU. `sparse_kernels="2:4"` times every model with its 2:4
+    block linears as PyTorch semi-structured weights (CUDA, float16 or bfloat16); each report says which.
     """
     from babelprune.evaluate.speed import measure_speeds
 
     place, dtype = resolve(device, dtype)
+    check_sparse_kernels(sparse_kernels, place, dtype)
     if settings.get("memory") and place.type != "cpu":
         raise BabelpruneError(f"Peak memory is measured as the resident memory of a CPU process, not on {place}; add --no-memory.")
     for spec in models:
         check_sources(model=spec)
-    return measure_speeds([load_model(spec, dtype, place) for spec in models], **settings)
+    return measure_speeds([load_model(spec, dtype, place) for spec in models], sparse_kernels=sparse_kernels, **settings)
 
 
 def write_speed_reports(reports, path: Path | str) -> None:
@@ -563,12 +725,19 @@ def train_dynamic_to_folder(model: str, config, out: Path | str, task: str | Non
     return result
 
 
-def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str) -> Path:
-    """Cut a model `train-dynamic` wrote to `sparsity` of its block parameters removed, into `out`; returns `out`."""
+def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str, *,
+                    device: DeviceName = "cpu", dtype: ModelDtype = "auto") -> Path:
+    """Cut a model `train-dynamic` wrote to `sparsity` of its block parameters removed, into `out`; returns `out`.
+
+    The model is loaded in `dtype` on `device` and cut there: slicing runs no forward pass, so the
+    device only says where the weights are cut, and the dtype is the type the sliced model is saved in.
+    """
     from babelprune.choices import check_sparsity
+    from babelprune.devices import Placement
     from babelprune.finetune.dynamic import slice_width
     from babelprune.formats.dynamic import read_dynamic_metadata
 
+    place = Placement(*resolve(device, dtype))  # a device this machine lacks is refused before the folder is read
     check_sparsity(sparsity)
     read_dynamic_metadata(Path(folder))  # a folder train-dynamic wrote: checked before any weights are read
-    return slice_width(Path(folder), sparsity, Path(out))
+    return slice_width(Path(folder), sparsity, Path(out), place)

@@ -28,6 +28,10 @@ LanguageBudget = Literal["none", "minimax"]  # babelprune.prune.budget
 # (docs/results/prune_memory.md).
 CALIB_BATCH = 8
 Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a time (babelprune.prune.offload)
+# Where the weights stay while one-shot pruning runs on a device (babelprune.prune.onload). sequential: on the
+# CPU (or disk), each block moved to the device while it is pruned; none: the whole model on the device;
+# auto: sequential on an accelerator, none on the CPU (where the two are the same).
+Onload = Literal["auto", "sequential", "none"]
 
 # Where a model runs and in which floating-point type (babelprune.devices resolves both).
 # A device is text rather than a Literal, since "cuda:N" names any of N cards: "auto" (CUDA if
@@ -36,10 +40,16 @@ DeviceName = str
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 # "auto": float32 on the CPU and MPS, bfloat16 on a CUDA card that supports it, else float16.
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+# Which sparse kernels a model's block linears run with on a CUDA card (babelprune.evaluate.semi_structured):
+# none: dense matrix products; 2:4: every block linear whose weight is 2:4 along its inputs becomes a
+# semi-structured tensor (torch.sparse.to_sparse_semi_structured: cuSPARSELt or CUTLASS).
+SparseKernels = Literal["none", "2:4"]
 
 # Export to single-file formats (babelprune.formats.gguf).
 ExportFormat = Literal["gguf"]
 GgufDtype = Literal["f32", "f16"]
+# llama.cpp's quantization mixes `export --quant` offers (its LLAMA_FTYPE_MOSTLY_* names), finest first.
+GgufQuant = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
 
 
 class RefitDefaults:

@@ -35,11 +35,13 @@ class DemoOutcome:
     ok: bool  # every run finished
 
 
-def demo_experiment(model: str | None = None, max_tokens: int | None = None) -> tuple[dict, tuple[str, ...]]:
-    """The demo recipe as a dict, with the model and token budget replaced if given.
+def demo_experiment(model: str | None = None, max_tokens: int | None = None, device: str = "cpu",
+                    dtype: str = "auto") -> tuple[dict, tuple[str, ...]]:
+    """The demo recipe as a dict, with the model, token budget, device and dtype replaced if given.
 
     The UDHR set is dropped when the UDHR has not been fetched; its name is
     returned so that the caller says so (the keys of the runs change with it).
+    The CPU in float32 (the defaults) keeps the keys of the runs of demos made before there was a choice.
     """
     from babelprune.data.udhr import udhr_available
     from babelprune.sweep.experiment import recipe_path
@@ -52,6 +54,7 @@ def demo_experiment(model: str | None = None, max_tokens: int | None = None) -> 
             raise BabelpruneError(f"--max-tokens is {max_tokens}; give a positive number of predicted tokens per language.")
         for evaluation in experiment["evaluation"]:
             evaluation["max_tokens"] = max_tokens
+    experiment["device"], experiment["dtype"] = device, dtype
     dropped: tuple[str, ...] = ()
     if not udhr_available():
         dropped = tuple(e["name"] for e in experiment["evaluation"] if e["corpus"] == "udhr")
@@ -66,8 +69,12 @@ def default_store(out: Path) -> Path:
 
 
 def run_demo(out: Path, store: Path | None = None, model: str | None = None, max_tokens: int | None = None,
-             console: Console | None = None) -> DemoOutcome:
-    """Run (or resume) the demo sweep into `store` (default: `<out>.sqlite` beside the report) and write the report to `out`."""
+             console: Console | None = None, *, device: str = "cpu", dtype: str = "auto") -> DemoOutcome:
+    """Run (or resume) the demo sweep into `store` (default: `<out>.sqlite` beside the report) and write the report to `out`.
+
+    Every run's model runs in `dtype` on `device`; a device this machine lacks is refused before any work.
+    """
+    from babelprune.devices import resolve
     from babelprune.report.html import check_out, write_report
     from babelprune.sweep.local import run_local
     from babelprune.sweep.runs import plan_experiment
@@ -76,8 +83,9 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
     console = console or Console()
     out = Path(out)
     store = Path(store) if store is not None else default_store(out)
+    resolve(device, dtype)
     check_out(out, overwrite=True)  # a folder that is not a babelprune report is refused before any work
-    experiment, dropped = demo_experiment(model, max_tokens)
+    experiment, dropped = demo_experiment(model, max_tokens, device, dtype)
     if dropped:
         console.print(Text.assemble(("note:", "yellow"), f" the UDHR is not fetched, so the evaluation set(s) {', '.join(dropped)} are left "
                       "out; `babelprune data fetch udhr` adds 16 languages calibration never saw."), highlight=False)

@@ -48,6 +48,7 @@ STRUCTURED_FLAGS: dict[str, str] = {
 }
 TRIM_FLAGS: dict[str, str] = {
     "langs": "languages", "corpus": "corpus", "min_count": "min_count", "keep_reserved": "keep_reserved",
+    "keep_script_rank": "keep_script_rank",
 }
 FINETUNE_FLAGS: dict[str, str] = {
     "mode": "mode", "source_lang": "source_lang", "langs": "languages", "lr": "lr", "batch_size": "batch_size",
@@ -253,7 +254,7 @@ def prune_config_from_flags(values: Mapping[str, Any], given: set[str]):
 
 # Parameters of `prune` that only structured pruning reads, and those only one-shot pruning reads besides its config.
 STRUCTURED_ONLY = ("importance", "gqa", "ranking")
-ONESHOT_ONLY = ("language_budget", "budget_rounds", "holdout_samples", "save_format", "values")
+ONESHOT_ONLY = ("language_budget", "budget_rounds", "holdout_samples", "save_format", "values", "activation_memory")
 CALIBRATION_PARAMETERS = ("calib", "calib_langs", "samples", "seq_len", "seed")
 SPELLED = {"save_format": "--format"}  # parameters whose flag is not --<name>
 
@@ -287,6 +288,9 @@ def refuse_prune_options_without_effect(config, given: set[str], values: Mapping
             if parameter in CALIBRATION_PARAMETERS and not config.needs_calibration:
                 refuse(parameter, f"chooses calibration text, which --importance {config.importance} does not read",
                        "drop it or use another --importance")
+            if parameter == "onload" and values.get("onload") == "sequential":
+                refuse(parameter, f"moves one block at a time to the device for one-shot pruning, but {how} loads the "
+                       "whole model there", f"drop it, or prune one-shot without {how}")
             if parameter == "gqa" and "heads" not in config.units:
                 refuse(parameter, f"chooses how attention heads are removed, and --structured {','.join(config.units)} "
                        "removes none", "drop it or add heads to --structured")
@@ -317,6 +321,9 @@ def refuse_prune_options_without_effect(config, given: set[str], values: Mapping
         if parameter in CALIBRATION_PARAMETERS and not reads_text:
             refuse(parameter, f"chooses calibration text, which --method {config.method} with a uniform allocation "
                    "and no --reconstruct does not read", "drop it")
+        if parameter == "activation_memory" and not reads_text:
+            refuse(parameter, f"bounds the calibration activations, which --method {config.method} with a uniform "
+                   "allocation and no --reconstruct does not compute", "drop it")
 
 
 def _refuse_cwl_on_one_language(config, values: Mapping[str, Any]) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from babelprune.choices import DEVICE_FORMS, ModelDtype
+from babelprune.choices import DEVICE_FORMS, ModelDtype, SparseKernels
 from babelprune.flags import method_names
 
 # --device and --dtype, shared by the commands that load a model; the library checks the device against the machine.
@@ -19,6 +19,23 @@ DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {DEVICE_
 DtypeOption = Annotated[ModelDtype, typer.Option(
     help="Type of the model's weights (auto: float32 on the CPU and MPS, bfloat16 on CUDA where supported, else float16); "
     "pruning statistics stay float32 or float64.")]
+# --sparse-kernels, shared by `eval` and `bench-speed`: the library refuses it off CUDA or in float32.
+SparseKernelsOption = Annotated[SparseKernels, typer.Option(
+    help="2:4: run every block linear whose weight is 2:4 along its inputs with PyTorch's semi-structured sparse kernels "
+    "(needs --device cuda and float16 or bfloat16); the others stay dense and are named. none: dense kernels.")]
+
+# The calibration text, shared by the commands that run a model over it (prune; export's importance matrix).
+CalibOption = Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")]
+CalibLangsOption = Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")]
+SamplesOption = Annotated[int, typer.Option(min=1, max=2**31 - 1, help="Calibration windows per language.")]
+SeqLenOption = Annotated[int, typer.Option(min=2, max=2**31 - 1, help="Calibration window length in tokens.")]
+SeedOption = Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Seed for the choice of calibration windows.")]
+
+# `sweep` takes them as replacements of the experiment file's own: left out, the file decides (cpu and auto when it says nothing).
+SweepDeviceOption = Annotated[Optional[str], typer.Option(
+    "--device", help=f"Replace the experiment's device: {DEVICE_FORMS} (default: the file's `device`, else cpu); entries that name their own keep it.")]
+SweepDtypeOption = Annotated[Optional[ModelDtype], typer.Option(
+    "--dtype", help="Replace the experiment's dtype (default: the file's `dtype`, else auto); entries that name their own keep it.")]
 
 # The largest count an option takes: beyond it a C integer inside torch or the OS would overflow.
 MAX_INT = 2**31 - 1
@@ -33,6 +50,16 @@ err_console = Console(stderr=True, soft_wrap=True, markup=False)
 def note(line: str) -> None:
     """A remark about the run on standard error: 'note:' in yellow, then the text as it is."""
     err_console.print(Text.assemble(("note:", "yellow"), " ", line), highlight=False)
+
+
+def show_sparse_kernels(record, spec: str | None = None) -> None:
+    """What `--sparse-kernels` converted: one line when every block linear was, else a note naming those left dense."""
+    if record is None:
+        return
+    if record.complete:
+        console.print(Text(record.summary(spec)))
+    else:
+        note(record.summary(spec))
 
 
 class RegistryChoices(typer.core.TyperCommand):

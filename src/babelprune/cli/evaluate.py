@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from babelprune.choices import Split
-from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, console, note
+from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, SparseKernelsOption, console, note, show_sparse_kernels
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_file
 
@@ -34,6 +34,7 @@ def eval_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out that `babelprune eval` wrote.")] = False,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
+    sparse_kernels: SparseKernelsOption = "none",
 ) -> None:
     """Evaluate a model per language: perplexity and bits per byte (or retrieval accuracy for encoders)."""
     from babelprune.api import evaluate_model
@@ -43,8 +44,9 @@ def eval_command(
     if out is not None:
         check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file, writer="`babelprune eval`")
     result = evaluate_model(model, corpus, language_option(langs, "--langs"), split, seq_len, max_tokens, batch_size,
-                            device=device, dtype=dtype)
+                            device=device, dtype=dtype, sparse_kernels=sparse_kernels)
     console.print(rich_table(result))
+    show_sparse_kernels(result.model.sparse_kernels, result.model.spec)
     if out is not None:
         result.save(out)
         console.print(Text(f"Result written to {out}"))
@@ -88,6 +90,7 @@ def bench_speed_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json that `babelprune bench-speed` wrote.")] = False,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
+    sparse_kernels: SparseKernelsOption = "none",
 ) -> None:
     """Latency (batch 1), throughput, generation per token, parameters, bytes on disk, peak memory and FLOPs per token, side by side."""
     import os
@@ -101,7 +104,10 @@ def bench_speed_command(
     if json_out is not None:
         check_output_file(json_out, "--json", (".json",), overwrite=overwrite, recognise=is_speed_reports_file, writer="`babelprune bench-speed`")
     reports = measure_model_speeds(models, seq_len=seq_len, batch_size=batch, runs=runs, warmup=warmup, threads=threads,
-                                   new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory, device=device, dtype=dtype)
+                                   new_tokens=new_tokens, prompt_tokens=prompt_tokens, memory=memory, device=device, dtype=dtype,
+                                   sparse_kernels=sparse_kernels)
+    for report in reports:
+        show_sparse_kernels(report.sparse_kernels, report.spec)
     console.print(speed_table(reports))
     if reports[0].has_lm_head:
         console.print(speed_table(reports, body=True))

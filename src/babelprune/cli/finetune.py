@@ -121,6 +121,8 @@ def finetune_sweep_command(
     max_length: MaxLengthOption = 128,
     # A sweep of the results store keeps the scores only; the flag stays so that older commands still run.
     scores_only: Annotated[bool, typer.Option("--scores-only", hidden=True, help="Kept for older commands: a sweep keeps the scores only.")] = False,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Fine-tune at several sparsities and seeds in one command (a sweep of the results store); then write the HTML report."""
     from babelprune.api import FinetuneConfig
@@ -138,7 +140,7 @@ def finetune_sweep_command(
     base = config_from_flags(FinetuneConfig, flags, {**values, "gmp_final": 0.5, "seed": seed_list[0]})
     # Every check (schedules, task, languages, model) is made before the sweep writes anything.
     swept = run_finetune_sweep(model, task, out, task_options=task_options(task_option), base=base, sparsities=levels,
-                               seeds=seed_list, console=console, on_notice=note)
+                               seeds=seed_list, console=console, on_notice=note, device=device, dtype=dtype)
     summary = swept.summary
     report = write_report(swept.store, out / REPORT_FOLDER, overwrite=True)  # the runs that failed are listed in it
     console.print(f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before"
@@ -184,9 +186,12 @@ def slice_command(
     model: Annotated[Path, typer.Argument(help="A folder written by `babelprune train-dynamic`.")],
     out: Annotated[Path, typer.Option(help="Folder for the smaller model (must not exist).")],
     sparsity: Annotated[float, typer.Option(help="Share of the block parameters to remove.")] = 0.5,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
-    """Cut a dynamically trained model to any size, without retraining."""
+    """Cut a dynamically trained model to any size, without retraining (the sliced model is saved in --dtype)."""
     from babelprune.api import slice_to_folder
 
     check_output_folder(out, "--out")
-    console.print(Text.assemble("Sliced model saved to ", (str(slice_to_folder(model, sparsity, out)), "bold")))
+    sliced = slice_to_folder(model, sparsity, out, device=device, dtype=dtype)
+    console.print(Text.assemble("Sliced model saved to ", (str(sliced), "bold")))

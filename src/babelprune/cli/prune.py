@@ -14,9 +14,11 @@ from babelprune.choices import (
     Balance,
     ExportFormat,
     GgufDtype,
+    GgufQuant,
     GqaMode,
     LanguageBudget,
     Offload,
+    Onload,
     Order,
     Ranking,
     RefitDefaults,
@@ -27,7 +29,18 @@ from babelprune.choices import (
     StructuredImportance,
     ValuesDtype,
 )
-from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, RegistryChoices, console
+from babelprune.cli.common import (
+    MAX_INT,
+    CalibLangsOption,
+    CalibOption,
+    DeviceOption,
+    DtypeOption,
+    RegistryChoices,
+    SamplesOption,
+    SeedOption,
+    SeqLenOption,
+    console,
+)
 from babelprune.errors import BabelpruneError
 from babelprune.flags import language_option
 from babelprune.outputs import check_output_file, check_output_folder
@@ -43,10 +56,10 @@ def prune_command(
     setting: Annotated[Setting, typer.Option(help="shared (one mask) or per-language (a mask per calibration language, plus a pooled one).")] = "shared",
     order: Annotated[Order, typer.Option(help="one-pass (each block runs once) or two-pass (the reference order).")] = "one-pass",
     calib_batch: Annotated[int, typer.Option(max=MAX_INT, help="Calibration windows per forward: fewer hold fewer activations (one-pass: same result).")] = CALIB_BATCH,
-    calib: Annotated[str, typer.Option(help="Calibration corpus: bible, udhr, a folder/JSONL, or hf:<dataset>.")] = "bible",
-    calib_langs: Annotated[Optional[str], typer.Option(help="Comma-separated calibration languages (default: en,es,fr,zh,ru,ar,hi,sw).")] = None,
-    samples: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Calibration windows per language.")] = 8,
-    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Calibration window length in tokens.")] = 256,
+    calib: CalibOption = "bible",
+    calib_langs: CalibLangsOption = None,
+    samples: SamplesOption = 8,
+    seq_len: SeqLenOption = 256,
     alpha: Annotated[float, typer.Option(help="M-Wanda: weight of the cross-language spread of input norms.")] = 0.5,
     beta: Annotated[float, typer.Option(help="M-Wanda: strength of the activation-probability protection.")] = 1.0,
     language_aware: Annotated[bool, typer.Option(help="M-Wanda: language-aware statistics.")] = True,
@@ -54,7 +67,7 @@ def prune_command(
     score: Annotated[Score, typer.Option(help="M-Wanda: the score its feature term enters (wanda: |W| * f; ria: RIA's relative importance * f^0.5).")] = "wanda",
     save_format: Annotated[Optional[StorageFormat], typer.Option("--format", help="Saved form (default: both when shared, hf when per-language).")] = None,
     values: Annotated[ValuesDtype, typer.Option(help="Type of the values in the sparse copy: fp16 and bf16 halve its bytes (reloaded as fp32).")] = "fp32",
-    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed for the choice of calibration windows.")] = 0,
+    seed: SeedOption = 0,
     structured: Annotated[Optional[str], typer.Option(help="Structured pruning of these units instead: heads, ffn, blocks (comma-separated).")] = None,
     importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
     gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
@@ -73,6 +86,8 @@ def prune_command(
     offload: Annotated[Offload, typer.Option(help="disk: read one block at a time from the model's safetensors folder and write it out once pruned (memory flat in depth).")] = "none",
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
+    onload: Annotated[Onload, typer.Option(help="sequential: the weights stay on the CPU (or disk) and each block moves to --device while it is pruned; none: the whole model on --device; auto: sequential on an accelerator.")] = "auto",
+    activation_memory: Annotated[Optional[str], typer.Option(help="Calibration hidden states allowed on the device, e.g. 2GB or 512MiB; beyond it they stay in CPU memory and stream in by micro-batch (same masks).")] = None,
 ) -> None:
     """Prune a model calibrated on several languages: one-shot unstructured/N:M, or structured (--structured)."""
     from babelprune.api import CalibrationSpec, PruneConfig, StructuredConfig, prune_to_folder
@@ -96,7 +111,7 @@ def prune_command(
                                   seq_len=seq_len, seed=seed)
     result = prune_to_folder(model, config, out, calibration, language_budget=language_budget, budget_rounds=budget_rounds,
                              holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, onload=onload, activation_memory=activation_memory)
     if isinstance(config, StructuredConfig):
         console.print(
             f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
@@ -108,6 +123,11 @@ def prune_command(
     means = result.mean_refit_errors()
     refit_note = f"; refit lowered the mean layer error on calibration from {means[0]:.4f} to {means[1]:.4f}" if means else ""
     where = ", one block at a time from disk" if offload == "disk" else ""
+    if result.onload == "sequential" and result.device != "cpu":  # on the CPU nothing moves
+        where += f", each block moved to {result.device} while it was pruned"
+    if result.activation_windows is not None:
+        windows = result.activation_windows
+        where += f", activations streamed {windows} window{'s' if windows > 1 else ''} at a time"
     console.print(
         f"{config.method}: block sparsity {result.starting_sparsity:.1%} -> {result.achieved_sparsity:.1%} "
         f"in {result.seconds:.1f} s{where}{refit_note}; saved to {out}"
@@ -142,9 +162,13 @@ def trim_vocab_command(
     extra: Annotated[Optional[list[Path]], typer.Option(help="More UTF-8 text whose tokens are kept too (repeatable).")] = None,
     min_count: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Keep a token only if the text uses it at least this often.")] = 1,
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved).")] = None,
+    keep_script_rank: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Also keep every piece of the kept languages' scripts (and digits, punctuation) among the tokenizer's N best-ranked pieces, and every letter of those scripts: coverage of text the trimming never read.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved, keep_script_rank).")] = None,
 ) -> None:
-    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match."""
+    """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match.
+
+    It takes no --device or --dtype: the model never runs; the text is tokenized and rows of the embedding and LM head are kept, on the CPU in float32.
+    """
     from babelprune.api import TrimConfig, trim_to_folder
     from babelprune.flags import TRIM_FLAGS, verb_config
 
@@ -153,7 +177,10 @@ def trim_vocab_command(
     trim, before, after = trim_to_folder(model, config, out, extra or [])
     console.print(
         f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
-        f"{trim.required_ids:,} the tokenizer needs); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
+        f"{trim.required_ids:,} the tokenizer needs"
+        + (f", {trim.rule_ids:,} more by --keep-script-rank {trim.keep_script_rank:,} ({', '.join(trim.scripts)})"
+           if trim.keep_script_rank is not None else "")
+        + f"); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
     )
     console.print(Text(f"Trimmed model written to {out}"))
 
@@ -162,11 +189,41 @@ def export_command(
     model: Annotated[str, typer.Argument(help="Alias, HF folder or hub id of a causal LM (pruned, trimmed or structured folders too).")],
     out: Annotated[Path, typer.Option(help="The file to write (must not exist).")],
     export_format: Annotated[ExportFormat, typer.Option("--format", help="File format: gguf (llama.cpp; llama and gemma3 models).")] = "gguf",
-    dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size).")] = "f32",
+    dtype: Annotated[GgufDtype, typer.Option(help="Weights in float32 (exact) or float16 (half the size); with --quant, the file llama.cpp quantizes from.")] = "f32",
+    quant: Annotated[Optional[GgufQuant], typer.Option(help="Quantize with llama.cpp's own quantizer to this mix (needs llama-cpp-python: babelprune's llama extra).")] = None,
+    imatrix: Annotated[Optional[str], typer.Option(help="--quant: importance matrix from the calibration text: balanced (languages weighted equally), one language's code, or none (default: balanced; none for Q8_0, which reads none).")] = None,
+    calib: CalibOption = "bible",
+    calib_langs: CalibLangsOption = None,
+    samples: SamplesOption = 8,
+    seq_len: SeqLenOption = 256,
+    seed: SeedOption = 0,
 ) -> None:
-    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load."""
-    from babelprune.api import export_model
+    """Write a model and its tokenizer as one GGUF file that llama.cpp and transformers load, quantized with --quant.
 
+    It takes no --device: the weights are read on the CPU and written out; an importance matrix runs the model over the calibration text on the CPU in float32. --dtype here is the type of the file's weights (f32 or f16), not the type a model runs in.
+    """
+    from babelprune.api import CalibrationSpec, export_model
+    from babelprune.flags import given_parameters
+
+    given = given_parameters(dict(locals())) & {"calib", "calib_langs", "samples", "seq_len", "seed"}
     check_output_file(out, "--out", (".gguf",))  # before loading: a taken name costs nothing
-    written = export_model(model, out, dtype)
-    console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
+    calibration = None
+    if given:  # typed: the library refuses them where no importance matrix is made
+        calibration = CalibrationSpec(corpus=calib, languages=language_option(calib_langs, "--calib-langs"),
+                                      samples=samples, seq_len=seq_len, seed=seed)
+    written = export_model(model, out, dtype, quant=quant, imatrix=imatrix, calibration=calibration)
+    if written.quant is None:
+        console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.dtype}).", highlight=False)
+        return
+    matrix = "no importance matrix" if written.imatrix == "none" else (
+        "importance matrix balanced over " + ", ".join(written.imatrix_languages) if written.imatrix == "balanced"
+        else f"importance matrix from {written.imatrix} alone")
+    fallback = ""
+    if written.fallbacks:
+        counts: dict[str, int] = {}
+        for kind in written.fallbacks.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        fallback = (f"; {len(written.fallbacks)} tensors with rows not a multiple of 256 wide took another type "
+                    f"({', '.join(f'{n} {kind}' for kind, n in counts.items())})")
+    console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.quant} by llama.cpp from "
+                  f"{written.dtype}, {matrix}{fallback}).", highlight=False)

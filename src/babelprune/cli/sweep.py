@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from babelprune.choices import SweepBackend
-from babelprune.cli.common import MAX_INT, console, err_console, note
+from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, SweepDeviceOption, SweepDtypeOption, console, err_console, note
 from babelprune.errors import BabelpruneError
 from babelprune.outputs import STORE_SUFFIXES, check_output_file, check_output_folder
 
@@ -23,6 +23,8 @@ def sweep_command(
     backend: Annotated[SweepBackend, typer.Option(help="local: one run after the other in this process; ray: Ray tasks.")] = "local",
     address: Annotated[Optional[str], typer.Option(help="--backend ray: an existing cluster (auto, or ray://host:port); default: start a local Ray.")] = None,
     cpus: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPUs to use: the local Ray's size (--backend ray), or torch's threads (local).")] = None,
+    device: SweepDeviceOption = None,
+    dtype: SweepDtypeOption = None,
 ) -> None:
     """Run every run of an experiment file, skipping those the store has done; each finished run is one transaction."""
     from babelprune.sweep.experiment import recipe_path
@@ -34,7 +36,7 @@ def sweep_command(
         experiment = recipe_path(recipe)
     if address is not None and backend != "ray":
         raise BabelpruneError("--address names a Ray cluster; add --backend ray, or drop --address to run here.")
-    plan = plan_experiment(experiment)
+    plan = plan_experiment(experiment, device=device, dtype=dtype)
     for line in plan.notes:  # e.g. a grid field without effect on some runs, left out of their keys
         note(line)
     path = store or Path(f"{plan.experiment.name}.sqlite")
@@ -54,8 +56,9 @@ def sweep_command(
         with ray_cluster(address, cpus) as ray, ResultsStore(path) as results:
             summary = run_ray(ray, plan, results, console=console)
     else:
-        from babelprune.sweep.local import run_local
+        from babelprune.sweep.local import check_plan_placements, run_local
 
+        check_plan_placements(plan, path)  # a device this machine lacks: one sentence, and no store created
         if cpus is not None:
             import torch
 
@@ -144,17 +147,18 @@ def demo_command(
     store: Annotated[Optional[Path], typer.Option(help="The results store (default: <out>.sqlite); an interrupted demo resumes from it.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias, folder or hub id (default: the recipe's gemma3-270m).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
     from babelprune.api import check_sources
     from babelprune.demo import default_store, run_demo
     from babelprune.report.html import is_report_folder
 
-    if model is not None:
-        check_sources(model=model)
+    check_sources(model=model, device=device, dtype=dtype)  # a device this machine lacks: refused before any work
     check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
     store = store if store is not None else default_store(out)
     check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
-    outcome = run_demo(out, store, model, max_tokens, console)
+    outcome = run_demo(out, store, model, max_tokens, console, device=device, dtype=dtype)
     if not outcome.ok:
         raise typer.Exit(1)

@@ -143,6 +143,27 @@ _UNICODE_SCRIPTS = {
 }
 
 
+# ISO 15924 code (the table's script column) -> the Unicode Script property values its text is written in.
+# Vocabulary trimming's --keep-script-rank keeps pieces written in these scripts; a writing system that
+# mixes scripts (Japanese, Korean) lists each of them.
+UNICODE_SCRIPT_VALUES: dict[str, tuple[str, ...]] = {
+    "Latn": ("Latin",), "Cyrl": ("Cyrillic",), "Grek": ("Greek",), "Arab": ("Arabic",), "Hebr": ("Hebrew",),
+    "Deva": ("Devanagari",), "Beng": ("Bengali",), "Taml": ("Tamil",), "Telu": ("Telugu",), "Knda": ("Kannada",),
+    "Mlym": ("Malayalam",), "Gujr": ("Gujarati",), "Guru": ("Gurmukhi",), "Orya": ("Oriya",), "Sinh": ("Sinhala",),
+    "Thai": ("Thai",), "Laoo": ("Lao",), "Tibt": ("Tibetan",), "Mymr": ("Myanmar",), "Geor": ("Georgian",),
+    "Armn": ("Armenian",), "Ethi": ("Ethiopic",), "Khmr": ("Khmer",), "Thaa": ("Thaana",), "Cher": ("Cherokee",),
+    "Mong": ("Mongolian",), "Cans": ("Canadian_Aboriginal",), "Tfng": ("Tifinagh",), "Syrc": ("Syriac",),
+    "Nkoo": ("Nko",), "Vaii": ("Vai",), "Yiii": ("Yi",),
+    "Hans": ("Han",), "Hant": ("Han",), "Hani": ("Han",),
+    "Jpan": ("Han", "Hiragana", "Katakana"), "Kore": ("Hangul", "Han"),
+}
+
+
+def unicode_scripts(code: str) -> tuple[str, ...] | None:
+    """The Unicode scripts language `code` is written in (None when babelprune does not know its script)."""
+    return UNICODE_SCRIPT_VALUES.get(language_info(code).script)
+
+
 def guess_script(text: str) -> str | None:
     """The ISO 15924 code of the most common script among the letters of `text` (None if none is known)."""
     import unicodedata

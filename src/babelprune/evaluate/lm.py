@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from babelprune.devices import has_float64
 from babelprune.evaluate.windows import Window
 
 # Rows of hidden states sent through the LM head at once: (HEAD_CHUNK, V) logits.
@@ -44,8 +45,12 @@ def _pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tupl
 
 
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head on hidden rows (N, H) -> logits (N, V), with the model's final soft-capping if it has one."""
+    """LM head on hidden rows (N, H) -> logits (N, V), with the model's logit scale or soft-capping if it has one."""
     logits = model.get_output_embeddings()(hidden)
+    # Cohere (Aya) multiplies its logits by a constant; the model object holds the value its forward uses.
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -60,11 +65,12 @@ def batch_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> 
     source = hidden[:, :-1][valid]  # (N, H)
     targets = ids[:, 1:][valid]  # (N,)
     row_of_target = valid.nonzero()[:, 0]  # (N,): the window each target belongs to
-    per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=hidden.device)
+    # Sums of many token losses: float64 where the device has it (MPS does not).
+    per_row = torch.zeros(ids.shape[0], dtype=torch.float64 if has_float64(hidden.device) else torch.float32, device=hidden.device)
     for start in range(0, source.shape[0], HEAD_CHUNK):
         logits = head_logits(model, source[start : start + HEAD_CHUNK]).float()
         nll = token_nll(logits, targets[start : start + HEAD_CHUNK])  # (chunk,)
-        per_row.index_add_(0, row_of_target[start : start + HEAD_CHUNK], nll.double())
+        per_row.index_add_(0, row_of_target[start : start + HEAD_CHUNK], nll.to(per_row.dtype))
     return per_row
 
 

@@ -58,14 +58,17 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from babelprune.choices import SparseKernels
 from babelprune.devices import dtype_name
 from babelprune.errors import BabelpruneError
 from babelprune.evaluate.memory import measure_peak_memory, memory_source
 from babelprune.evaluate.probes import all_probes, time_call
+from babelprune.evaluate.semi_structured import converted_models
 from babelprune.evaluate.sizes import folder_bytes, model_bytes, stored_weights
 from babelprune.models.adapters import adapter_for, weight_matrix
 from babelprune.models.base import LoadedModel
 from babelprune.models.layouts import layer_layouts, total_block_params
+from babelprune.records.kernels import SparseKernelRecord
 from babelprune.records.speed import PeakMemory, SpeedReport, is_speed_reports_file  # noqa: F401 - re-exported: the records live below
 
 __all__ = ["SpeedReport", "flops_per_token", "measure_speed", "measure_speeds", "model_bytes", "speed_markdown",
@@ -121,10 +124,11 @@ def _new_tokens(counts: list[int], spec: str) -> int:
 
 def speed_report(loaded: LoadedModel, samples: dict[str, list[float]], seq_len: int, batch_size: int,
                  warmup: int, generated: list[int] | None = None, prompt_tokens: int | None = None,
-                 memory: PeakMemory | None = None) -> SpeedReport:
+                 memory: PeakMemory | None = None, sparse_kernels: SparseKernelRecord | None = None) -> SpeedReport:
     """The report of one model from its timings in seconds per probe (see evaluate/probes.py).
 
     generated: the new tokens of each timed generate call (a "generate" probe was timed).
+    sparse_kernels: which block linears were timed as semi-structured weights (the model is dense again here).
     """
     model, adapter = loaded.model, adapter_for(loaded.model)
     flops = flops_per_token(model, seq_len)
@@ -151,7 +155,7 @@ def speed_report(loaded: LoadedModel, samples: dict[str, list[float]], seq_len: 
         runs=len(samples["latency"]), warmup=warmup, threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         samples_ms={name: [round(1000 * s, 4) for s in values] for name, values in samples.items()},
-        memory=memory, device=str(loaded.device), dtype=dtype_name(loaded.dtype), **generation,
+        memory=memory, device=str(loaded.device), dtype=dtype_name(loaded.dtype), sparse_kernels=sparse_kernels, **generation,
     )
 
 
@@ -170,7 +174,7 @@ def _memory_sources(models: Sequence[LoadedModel]) -> list[str]:
 
 def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size: int = 8, runs: int = 5,
                    warmup: int = 2, threads: int | None = None, seed: int = 0, *, new_tokens: int = 0,
-                   prompt_tokens: int = 16, memory: bool = False) -> list[SpeedReport]:
+                   prompt_tokens: int = 16, memory: bool = False, sparse_kernels: SparseKernels = "none") -> list[SpeedReport]:
     """Time several models round-robin so that background load hits them alike; one report each.
 
     Each round times every probe of every model once; the starting model
@@ -178,6 +182,9 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
     the measurement (restored afterwards). `new_tokens` > 0 also times greedy
     generation at batch 1 (causal LMs); `memory` then measures each model's
     peak resident memory in a fresh process, one model after the other.
+    `sparse_kernels="2:4"` times every model with its 2:4 block linears as semi-structured weights
+    (a CUDA device in float16 or bfloat16; see evaluate/semi_structured.py); sizes, FLOPs and
+    non-zero counts are read from the dense weights, restored after the timing.
     """
     _check_settings(seq_len, batch_size, runs, warmup, new_tokens, prompt_tokens)
     sources = _memory_sources(models) if memory else None
@@ -185,7 +192,7 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        with converted_models(list(models), sparse_kernels) as kernel_records, torch.inference_mode():
             generated: list[list[int]] = [[] for _ in models]
             probes = [all_probes(loaded, seq_len, batch_size, new_tokens, prompt_tokens, counts, seed)
                       for loaded, counts in zip(models, generated)]
@@ -203,8 +210,8 @@ def measure_speeds(models: Sequence[LoadedModel], seq_len: int = 128, batch_size
                         samples[index][name].append(time_call(call, models[index].device))
         memories = [measure_peak_memory(source, seq_len, batch_size, new_tokens, prompt_tokens, threads, seed, dtype_name(loaded.dtype))
                     for source, loaded in zip(sources, models)] if sources else [None] * len(models)
-        return [speed_report(loaded, s, seq_len, batch_size, warmup, counts, prompt_tokens, peak)
-                for loaded, s, counts, peak in zip(models, samples, generated, memories)]
+        return [speed_report(loaded, s, seq_len, batch_size, warmup, counts, prompt_tokens, peak, record)
+                for loaded, s, counts, peak, record in zip(models, samples, generated, memories, kernel_records)]
     finally:
         torch.set_num_threads(previous)
 

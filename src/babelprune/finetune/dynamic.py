@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from babelprune.data.tasks import Example, Task
-from babelprune.devices import dtype_name
+from babelprune.devices import CPU_FLOAT32, Placement, dtype_name
 from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.evaluate.windows import SEPARATOR, start_token_id
 from babelprune.models.layouts import (
@@ -79,6 +79,7 @@ from babelprune.formats.dynamic import (
     write_sliced_folder,
 )
 from babelprune.formats.hf import load_hf_model
+from babelprune.formats.loading import place_model
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
 from babelprune.prune.calibration import Calibration
@@ -140,26 +141,30 @@ def load_task_head(folder: Path | str, encoder: nn.Module) -> TaskHead | None:
     return head.eval()
 
 
-def load_dynamic(folder: Path | str) -> DynamicModel:
-    """Reload a folder written by `save_dynamic` (model in eval mode, metadata in `loaded.pruning`)."""
+def load_dynamic(folder: Path | str, place: Placement = CPU_FLOAT32) -> DynamicModel:
+    """Reload a folder written by `save_dynamic` in `place` (model in eval mode, metadata in `loaded.pruning`)."""
     metadata = read_dynamic_metadata(folder)
-    loaded = load_hf_model(Path(folder), str(folder), REDO)
+    loaded = place_model(load_hf_model(Path(folder), str(folder), REDO, place.dtype), place.device, place.dtype)
     loaded.pruning = metadata
     return DynamicModel(loaded, load_task_head(folder, loaded.model), metadata)
 
 
-def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | str) -> Path:
+def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | str, place: Placement | None = None) -> Path:
     """Cut a dynamic model to `sparsity` without training; save it as a normal smaller model in `out`.
 
     Keeps the first units of every block (`level_selection`), removes the rest
     physically and saves with `save_structured` (plus the task head, whose
     input width does not change), so `load_structured` / `load_model` reload
-    it. A `DynamicModel` given in memory is left untouched.
+    it. A folder is loaded in `place` (default: float32 on the CPU), so the cut
+    model is saved in its dtype; a `DynamicModel` given in memory is cut where
+    and in the type it is, and left untouched. The sliced model's record names both.
     """
     out = Path(out)
     refuse_existing_output(out)
     from_folder = not isinstance(source, DynamicModel)
-    dynamic = load_dynamic(source) if from_folder else source  # type: ignore[arg-type]
+    if not from_folder and place is not None:
+        raise BabelpruneError("A dynamic model in memory is sliced where it is; move it first, or slice its folder.")
+    dynamic = load_dynamic(source, place or CPU_FLOAT32) if from_folder else source  # type: ignore[arg-type]
     sparsity = check_sparsity(sparsity)
     deepest = max(dynamic.levels)
     if sparsity > deepest + 1e-9:
@@ -173,6 +178,7 @@ def slice_width(source: DynamicModel | Path | str, sparsity: float, out: Path | 
         "method": "dynamic", "sparsity": sparsity, "setting": "shared", "achieved_sparsity": round(selection.sparsity, 6),
         "parent": str(source) if from_folder else meta.get("parent"),
         "dynamic": {"units": meta["units"], "importance": meta.get("importance"), "levels": meta["levels"]},
+        "device": str(dynamic.loaded.device), "dtype": dtype_name(dynamic.loaded.dtype),
     }
     head = _head_parts(dynamic.head, meta["task"]) if dynamic.head is not None else None
     return write_sliced_folder(model, dynamic.loaded.tokenizer, metadata, head, out)

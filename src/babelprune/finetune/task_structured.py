@@ -52,6 +52,7 @@ from babelprune.finetune.heads import TaskHead, predict
 from babelprune.finetune.prune_config import TaskDynamicRun, TaskPruneConfig, TaskStructuredRun
 from babelprune.finetune.saved import head_info
 from babelprune.finetune.task_importance import allocation_selection, fold_gates, task_gradient_importance, train_joint_l0
+from babelprune.devices import CPU_FLOAT32, Placement
 from babelprune.finetune.trainer import build_head, current_settings, plan_runs, train_run
 from babelprune.formats.finetuned import write_task_head
 from babelprune.formats.structured import save_structured
@@ -104,25 +105,28 @@ def score_model(head: TaskHead, tokenizer, task: Task, langs, config: FinetuneCo
 # --------------------------------------------------------------------------- the dense fine-tuned model
 
 
-def _dense_folder(cache: Path, model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun]) -> Path:
-    digest = hashlib.sha256(current_settings(model_spec, task, config, runs).key().encode()).hexdigest()[:16]
+def _dense_folder(cache: Path, model_spec: str, task: Task, config: FinetuneConfig, runs: list[TrainingRun],
+                  place: Placement = CPU_FLOAT32) -> Path:
+    # The placement is part of the settings unless it is the CPU in float32: a bfloat16 baseline is its own.
+    digest = hashlib.sha256(current_settings(model_spec, task, config, runs, place).key().encode()).hexdigest()[:16]
     return Path(cache) / f"dense-{digest}"
 
 
-def dense_finetuned(model_spec: str, task: Task, config: FinetuneConfig, cache: Path, bar) -> tuple[TaskHead, object, ModelScores, dict]:
-    """The fine-tuned dense head, its tokenizer, its scores on every language and {steps, seconds}; trained once per cache."""
+def dense_finetuned(model_spec: str, task: Task, config: FinetuneConfig, cache: Path, bar,
+                    place: Placement = CPU_FLOAT32) -> tuple[TaskHead, object, ModelScores, dict]:
+    """The fine-tuned dense head in `place`, its tokenizer, its scores on every language and {steps, seconds}; trained once per cache."""
     runs = plan_runs(task, config)  # one multilingual run: every input check happens here
-    folder = _dense_folder(cache, model_spec, task, config, runs)
+    folder = _dense_folder(cache, model_spec, task, config, runs, place)
     if (folder / _DENSE).is_file():
-        loaded = load_model(str(folder / "encoder"))
+        loaded = load_model(str(folder / "encoder"), place.dtype, place.device)
         head = TaskHead(loaded.model, task.kind, len(task.labels), config.pooling, config.dropout)
-        head.classifier.load_state_dict(load_file(folder / _CLASSIFIER))
+        head.classifier.load_state_dict(load_file(folder / _CLASSIFIER))  # copied into the head's device and dtype
         if not config.trains_embeddings():
             adapter_for(head.encoder).get_embeddings(head.encoder).weight.requires_grad_(False)
         record = json.loads((folder / _DENSE).read_text(encoding="utf-8"))
         return head.eval(), loaded.tokenizer, ModelScores.model_validate(record["scores"]), record["info"]
     clock = time.perf_counter()
-    head, tokenizer = build_head(model_spec, task, config)
+    head, tokenizer = build_head(model_spec, task, config, place)
     _, steps = train_run(head, tokenizer, runs[0], config, folder.with_name(folder.name + "-checkpoints"), "dense", bar)
     blocks = total_block_params(head.encoder, adapter_for(head.encoder))
     scores = score_model(head, tokenizer, task, runs[0].eval_languages, config, "dense", blocks)
@@ -182,8 +186,9 @@ def save_pruned_head(head: TaskHead, tokenizer, task: Task, config: FinetuneConf
 
 def run_task_structured(
     model_spec: str, run: TaskStructuredRun, cache: Path, progress: bool = False, models_out: Path | None = None,
+    place: Placement = CPU_FLOAT32,
 ) -> TaskPruneResult:
-    """Fine-tune, prune by units (shared or per language), fine-tune again and score; see the module docstring."""
+    """Fine-tune, prune by units (shared or per language), fine-tune again and score, in `place`; see the module docstring."""
     task, config, prune = _task(run.task, run.task_options), run.finetune, run.prune
     if models_out is not None:
         refuse_existing_output(models_out)  # before hours of training, not after
@@ -191,7 +196,7 @@ def run_task_structured(
     bar = progress_bar(progress)
     with bar:
         clock = time.perf_counter()
-        dense_head, tokenizer, dense, info = dense_finetuned(model_spec, task, config, cache, bar)
+        dense_head, tokenizer, dense, info = dense_finetuned(model_spec, task, config, cache, bar, place)
         seconds["dense"] = round(time.perf_counter() - clock, 3)
         train = plan_runs(task, config)[0].train
         langs = [item.language for item in dense.languages]
@@ -237,8 +242,9 @@ def run_task_structured(
 
 def run_task_dynamic(
     model_spec: str, run: TaskDynamicRun, cache: Path, progress: bool = False, models_out: Path | None = None,
+    place: Placement = CPU_FLOAT32,
 ) -> TaskPruneResult:
-    """Train once with Dynamic Sparsification on the task, cut at every level, score each cut on every language."""
+    """Train once with Dynamic Sparsification on the task in `place`, cut at every level, score each cut on every language."""
     from babelprune.finetune.dynamic import train_dynamic
 
     task, config, dynamic = _task(run.task, run.task_options), run.finetune, run.dynamic
@@ -247,11 +253,11 @@ def run_task_dynamic(
     seconds: dict[str, float] = {}
     bar = progress_bar(progress)
     with bar:
-        _, _, dense, info = dense_finetuned(model_spec, task, config, cache, bar)
+        _, _, dense, info = dense_finetuned(model_spec, task, config, cache, bar, place)
     train = plan_runs(task, config)[0].train
     langs = [item.language for item in dense.languages]
     clock = time.perf_counter()
-    loaded = load_model(model_spec)
+    loaded = load_model(model_spec, place.dtype, place.device)
     trained = train_dynamic(loaded, dynamic, task, train_examples=train, progress=progress)
     seconds["dynamic"] = round(time.perf_counter() - clock, 3)
     if models_out is not None:  # the full-width model: every level is a cut of it (`babelprune slice`)

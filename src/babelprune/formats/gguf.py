@@ -10,6 +10,8 @@ reverses when it reads a file back:
 * Llama's query and key rows are reordered for llama.cpp's rotary layout
   (pairs of adjacent dimensions instead of the two halves of each head);
 * Gemma's RMSNorm scales by (1 + w), and llama.cpp stores that 1 + w;
+* Phi-3's fused projections stay fused (llama.cpp's phi3 splits them as
+  transformers does), and Cohere's logit scale is a metadata key;
 * the tokenizer is a SentencePiece-style vocabulary: pieces with "▁" for
   spaces, a score per piece (llama.cpp merges the best-scoring pair first)
   and a type per piece (normal, control, user-defined, byte). The merge list
@@ -18,10 +20,12 @@ reverses when it reads a file back:
 Only what the file can state is exported. llama.cpp and transformers derive
 some settings from the architecture instead of reading them (Gemma 3: every
 6th block global, local rope base 10000, attention scaled by 1/sqrt(head
-dim)); a model whose config departs from them, an encoder, another family,
-or a per-language mask bank is refused with one sentence. f32 keeps the
-weights bit for bit, so pruned zeros stay zeros; f16 halves the file, and
-norm weights stay f32 as llama.cpp keeps them.
+dim); Cohere, Phi-3, OLMo 2: attention exactly as wide as the hidden state;
+Cohere: per-head q/k norms exactly from 64 blocks on); a model whose config
+departs from them, an encoder, another family, or a per-language mask bank
+is refused with one sentence. f32 keeps the weights bit for bit, so pruned
+zeros stay zeros; f16 halves the file, and norm weights stay f32 as
+llama.cpp keeps them.
 """
 
 from __future__ import annotations
@@ -54,19 +58,29 @@ class GgufExport:
     """What `export_gguf` wrote."""
 
     path: Path
-    architecture: str  # the GGUF architecture: "llama", "gemma3" or "qwen3"
+    architecture: str  # the GGUF architecture: "llama", "gemma3", "qwen3", "command-r", "phi3" or "olmo2"
     tensor_count: int
     size_bytes: int
     dtype: GgufDtype
     vocab_size: int
+    # Set when llama.cpp's quantizer wrote the file (babelprune.formats.gguf_quant).
+    quant: str | None = None  # the mix: "Q4_K_M"...
+    imatrix: str = "none"  # "none", "balanced" or the one language the importance matrix comes from
+    imatrix_languages: tuple[str, ...] = ()
+    # Tensors whose rows the mix's k-quant cannot take (width not a multiple of 256), -> the type llama.cpp gave them.
+    fallbacks: dict[str, str] | None = None
 
     @property
     def megabytes(self) -> float:
         return self.size_bytes / 1e6
 
 
-def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32") -> GgufExport:
-    """Write `loaded` (a Llama, Gemma 3 or Qwen3 causal LM) and its tokenizer to the new GGUF file `path`."""
+def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32",
+                metadata: dict[str, object] | None = None) -> GgufExport:
+    """Write `loaded` (a causal LM of a family in FAMILIES) and its tokenizer to the new GGUF file `path`.
+
+    `metadata`: more keys to state (strings, integers or lists of strings), e.g. babelprune.quantize.*.
+    """
     path = Path(path)
     if dtype not in ("f32", "f16"):
         raise BabelpruneError(f"GGUF dtype '{dtype}' is not supported; choose f32 or f16.")
@@ -78,7 +92,7 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32")
     vocab = describe_tokenizer(loaded.tokenizer, rows, loaded.spec, config)
     tensors = list(gguf_tensors(loaded.model, family, dtype, loaded.spec))
     name = Path(str(loaded.spec).rstrip("/")).name or family.arch
-    write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name))
+    write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name, metadata))
     return GgufExport(path, family.arch, len(tensors), path.stat().st_size, dtype, len(vocab.tokens))
 
 
@@ -93,6 +107,8 @@ class Family:
     settings: Callable[[object], list[tuple[str, object, object]]]  # (setting, model's value, value GGUF readers assume)
     add_hparams: Callable[[object, object], None]  # (writer, config): the architecture's metadata
     transform: Callable[[str, torch.Tensor, object], torch.Tensor]  # (GGUF name, tensor, config) -> stored tensor
+    # (config) -> block tensor shapes that differ from _expected_shapes' (fused projections, wide q/k norms)
+    shapes: Callable[[object], dict[str, tuple[int, ...]]] | None = None
 
     def check(self, config, spec: str) -> None:
         """Refuse a config that sets something the file cannot state (GGUF readers would assume otherwise)."""
@@ -115,13 +131,17 @@ def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _common_hparams(writer, config) -> None:
+def _size_hparams(writer, config) -> None:
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
+
+
+def _common_hparams(writer, config) -> None:
+    _size_hparams(writer, config)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
 
 
@@ -233,13 +253,115 @@ def _unchanged(name: str, tensor: torch.Tensor, config) -> torch.Tensor:
     return tensor
 
 
+def _full_width_attention(config) -> tuple[str, object, object]:
+    """llama.cpp's command-r, phi3 and olmo2 size the query and output projections (and OLMo 2's query norm)
+    hidden x hidden, so heads x head width must equal the hidden width; key_length cannot say otherwise."""
+    return ("num_attention_heads x head_dim", config.num_attention_heads * _head_dim(config), config.hidden_size)
+
+
+# llama.cpp's command-r loads per-head q/k norms exactly when a model has this many blocks or more
+# (Command R+ has 64, Aya 23 and Aya Expanse fewer and no qk-norm): the file cannot say otherwise.
+COMMAND_R_QK_NORM_BLOCKS = 64
+
+
+def _cohere_settings(config) -> list[tuple[str, object, object]]:
+    blocks = config.num_hidden_layers
+    return [
+        ("hidden_act", config.hidden_act, "silu"),
+        ("attention_bias", config.attention_bias, False),
+        ("rope_type", _rope(config).get("rope_type", "default"), "default"),
+        # llama.cpp's command-r has no output matrix: its LM head is always the token embedding.
+        ("tie_word_embeddings", bool(config.tie_word_embeddings), True),
+        (f"use_qk_norm at {blocks} blocks", bool(config.use_qk_norm), blocks >= COMMAND_R_QK_NORM_BLOCKS),
+        _full_width_attention(config),
+    ]
+
+
+def _cohere_hparams(writer, config) -> None:
+    import gguf
+
+    _size_hparams(writer, config)
+    # Cohere's norms are LayerNorms without bias (mean subtracted): layer_norm_epsilon, not the RMS key.
+    writer.add_layer_norm_eps(config.layer_norm_eps)
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+    writer.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+    writer.add_logit_scale(float(config.logit_scale))  # command-r.logit_scale: logits = (embedding @ h) * scale
+
+
+def _cohere_shapes(config) -> dict[str, tuple[int, ...]]:
+    # Cohere's optional qk-norm is a LayerNorm per head: (heads, head width), as llama.cpp's command-r reads it.
+    head = _head_dim(config)
+    return {"attn_q_norm": (config.num_attention_heads, head), "attn_k_norm": (config.num_key_value_heads, head)}
+
+
+def _phi3_settings(config) -> list[tuple[str, object, object]]:
+    # Long-context Phi-3 (rope_type "longrope") needs per-frequency factor tensors that transformers' reader
+    # does not read and that llama.cpp switches by context size, not by sequence length: it is refused here.
+    return [
+        ("hidden_act", config.hidden_act, "silu"),
+        ("rope_type", _rope(config).get("rope_type", "default"), "default"),
+        # llama.cpp reads a partial rotary width (rope.dimension_count); transformers' reader does not.
+        ("partial_rotary_factor", float(_rope(config).get("partial_rotary_factor", 1.0)), 1.0),
+        _full_width_attention(config),
+    ]
+
+
+def _phi3_hparams(writer, config) -> None:
+    _common_hparams(writer, config)
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+    if getattr(config, "original_max_position_embeddings", None):
+        writer.add_rope_scaling_orig_ctx_len(config.original_max_position_embeddings)
+    if getattr(config, "sliding_window", None):
+        # Stated as llama.cpp's own converter states it; llama.cpp's phi3 currently attends past it (and warns).
+        writer.add_sliding_window(config.sliding_window)
+
+
+def _phi3_shapes(config) -> dict[str, tuple[int, ...]]:
+    # qkv_proj: (q + k + v rows, hidden), in that order, which llama.cpp's phi3 views at the same offsets;
+    # gate_up_proj: (2 * ffn, hidden), gate rows first: llama.cpp's SwiGLU applies SiLU to the first half too.
+    head = _head_dim(config)
+    q, kv = config.num_attention_heads * head, config.num_key_value_heads * head
+    return {"attn_qkv": (q + 2 * kv, config.hidden_size), "ffn_up": (2 * config.intermediate_size, config.hidden_size)}
+
+
+def _olmo2_settings(config) -> list[tuple[str, object, object]]:
+    return [
+        ("hidden_act", config.hidden_act, "silu"),
+        ("attention_bias", config.attention_bias, False),
+        ("rope_type", _rope(config).get("rope_type", "default"), "default"),
+        # llama.cpp's olmo2 requires an output matrix of its own; a tied head has none to write.
+        ("tie_word_embeddings", bool(config.tie_word_embeddings), False),
+        _full_width_attention(config),
+    ]
+
+
+def _olmo2_hparams(writer, config) -> None:
+    _common_hparams(writer, config)
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+
+
+def _olmo2_shapes(config) -> dict[str, tuple[int, ...]]:
+    # OLMo 2 normalises the whole query / key projection before splitting it into heads: (q,) and (kv,).
+    head = _head_dim(config)
+    return {"attn_q_norm": (config.num_attention_heads * head,), "attn_k_norm": (config.num_key_value_heads * head,)}
+
+
 # transformers model_type -> family
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", _llama_settings, _llama_hparams, _llama_transform),
     "gemma3_text": Family("gemma3", _gemma3_settings, _gemma3_hparams, _gemma3_transform),
     "qwen3": Family("qwen3", _qwen3_settings, _qwen3_hparams, _unchanged),
+    # Cohere rotates adjacent pairs, as llama.cpp's command-r does (rope type NORM); OLMo 2 and Phi-3 rotate
+    # the two halves of each head, as llama.cpp's olmo2 and phi3 do (NEOX): no row reordering for any of them.
+    "cohere": Family("command-r", _cohere_settings, _cohere_hparams, _unchanged, _cohere_shapes),
+    "phi3": Family("phi3", _phi3_settings, _phi3_hparams, _unchanged, _phi3_shapes),
+    "olmo2": Family("olmo2", _olmo2_settings, _olmo2_hparams, _unchanged, _olmo2_shapes),
 }
-_SUPPORTED = "llama (LlamaForCausalLM), gemma3 (Gemma3ForCausalLM) and qwen3 (Qwen3ForCausalLM)"
+_SUPPORTED = (
+    "llama (LlamaForCausalLM), gemma3 (Gemma3ForCausalLM), qwen3 (Qwen3ForCausalLM), "
+    "command-r (CohereForCausalLM), phi3 (Phi3ForCausalLM) and olmo2 (Olmo2ForCausalLM)"
+)
 
 
 def family_of(loaded: LoadedModel) -> Family:
@@ -267,15 +389,18 @@ def family_of(loaded: LoadedModel) -> Family:
 # ------------------------------------------------------------------ tensors
 
 
-def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config, family: Family | None = None) -> dict[str, tuple[int, ...]]:
     """GGUF tensor kind -> the (out, in) shape the config states, the same for every block."""
     hidden, ffn, head = config.hidden_size, config.intermediate_size, _head_dim(config)
     q, kv = config.num_attention_heads * head, config.num_key_value_heads * head
-    return {
+    shapes = {
         "attn_q": (q, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden), "attn_output": (hidden, q),
         "attn_q_norm": (head,), "attn_k_norm": (head,),
         "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn),
     }
+    if family is not None and family.shapes is not None:
+        shapes.update(family.shapes(config))
+    return shapes
 
 
 def _check_block_shape(name: str, tensor: torch.Tensor, expected: dict, spec: str) -> None:
@@ -290,9 +415,13 @@ def _check_block_shape(name: str, tensor: torch.Tensor, expected: dict, spec: st
 
 
 def _stored(tensor: torch.Tensor, dtype: GgufDtype, name: str, spec: str) -> np.ndarray:
-    """The array written for one tensor: float32, or float16 for matrices in f16 (1-D tensors stay float32)."""
+    """The array written for one tensor: float32, or float16 for matrices in f16.
+
+    1-D tensors and norm weights stay float32, as llama.cpp's converter keeps
+    them (Cohere's per-head q/k norms are (heads, head width) matrices).
+    """
     tensor = tensor.detach().to(torch.float32).cpu()
-    if dtype == "f16" and tensor.dim() > 1:
+    if dtype == "f16" and tensor.dim() > 1 and not name.endswith("_norm.weight"):
         if tensor.abs().max() > F16_MAX:
             raise BabelpruneError(f"{spec}'s {name} has values beyond float16's range; export it with --dtype f32.")
         tensor = tensor.to(torch.float16)
@@ -306,7 +435,7 @@ def gguf_tensors(model, family: Family, dtype: GgufDtype, spec: str) -> Iterator
     config = model.config
     arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == family.arch)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    expected = _expected_shapes(config)
+    expected = _expected_shapes(config, family)
     head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     tied = head.data_ptr() == embedding.data_ptr()
     for key, tensor in model.state_dict().items():
@@ -317,6 +446,28 @@ def gguf_tensors(model, family: Family, dtype: GgufDtype, spec: str) -> Iterator
             raise BabelpruneError(f"{spec} has a weight GGUF has no name for ({key}); GGUF export supports {_SUPPORTED}.")
         _check_block_shape(name, tensor, expected, spec)
         yield name, _stored(family.transform(name, tensor.to(torch.float32), config), dtype, name, spec)
+
+
+def linear_gguf_names(loaded: LoadedModel) -> dict[str, str]:
+    """Module name of each weight matrix the file holds -> its GGUF tensor name ("model.layers.0.self_attn.q_proj"
+    -> "blk.0.attn_q.weight"); a tied LM head, which the file leaves out, is left out here too."""
+    import gguf
+
+    model = loaded.model
+    family = family_of(loaded)
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == family.arch)
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    out = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if module.weight.data_ptr() == embedding.data_ptr() and head.data_ptr() == embedding.data_ptr():
+            continue  # tied: GGUF ties by omission
+        name = names.get_name(f"{module_name}.weight", try_suffixes=(".weight", ".bias"))
+        if name is not None:
+            out[module_name] = name
+    return out
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -474,7 +625,8 @@ def _add_vocabulary(writer, vocab: GgufVocabulary) -> None:
 # ------------------------------------------------------------------ writing
 
 
-def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensors, dtype: GgufDtype, name: str) -> None:
+def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensors, dtype: GgufDtype, name: str,
+               metadata: dict[str, object] | None = None) -> None:
     """Metadata, tokenizer and tensors into `file`, in GGUF's order (header, key/values, tensor data)."""
     import gguf
 
@@ -487,6 +639,13 @@ def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensor
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_vocabulary(writer, vocab)
+        for key, value in (metadata or {}).items():
+            if isinstance(value, str):
+                writer.add_string(key, value)
+            elif isinstance(value, int):
+                writer.add_uint32(key, value)
+            else:
+                writer.add_array(key, list(value))
         for tensor_name, array in tensors:
             writer.add_tensor(tensor_name, array)
         writer.write_header_to_file()

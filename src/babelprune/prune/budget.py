@@ -95,8 +95,14 @@ def prune_with_language_budget(
     step: float = DEFAULT_STEP,
     progress: bool = True,
     on_round: Callable[[int, BudgetRound], None] | None = None,
+    onload: torch.device | None = None,
+    activation_memory: int | None = None,
 ) -> PruneResult:
-    """Prune `loaded` in place with the best of `rounds` language weightings; the result records every round."""
+    """Prune `loaded` in place with the best of `rounds` language weightings; the result records every round.
+
+    `onload` and `activation_memory` go to every round's pruning (babelprune.prune.engine); the
+    held-out windows are scored where the model's weights are.
+    """
     check_budget_inputs(calibration, holdout, rounds)
     if config.setting != "shared":
         raise BabelpruneError("--language-budget weighs languages in one shared model; use --setting shared.")
@@ -114,7 +120,8 @@ def prune_with_language_budget(
     best: tuple[int, dict[str, torch.Tensor], PruneResult] | None = None
     for index in range(rounds):
         restore_linears(loaded.model, dense)
-        result = prune(loaded, config.model_copy(update={"language_weights": weights}), calibration, progress)
+        weighted = config.model_copy(update={"language_weights": weights})
+        result = prune(loaded, weighted, calibration, progress, onload=onload, activation_memory=activation_memory)
         pruned_bits = bits_per_unit(loaded, windows)
         entry = BudgetRound(
             weights={lang: round(w, 6) for lang, w in weights.items()},

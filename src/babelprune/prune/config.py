@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from babelprune.choices import (
     CALIB_BATCH,
@@ -389,6 +389,24 @@ class TrimConfig(BaseModel):
     split: Split = "calib"
     min_count: int = 1  # keep a token only if the text uses it this often
     keep_reserved: bool = True  # keep the reserved placeholder tokens (<unusedN>) the text does not use
+    # Also keep the pieces of the kept languages' scripts among the tokenizer's N best-ranked pieces
+    # (babelprune.prune.vocab.script_rank_ids); None keeps only what the text uses.
+    keep_script_rank: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rank(self, handler):
+        # Left out when None, so that the sweep keys of trims made before the option existed stay what they were.
+        data = handler(self)
+        if data.get("keep_script_rank", ...) is None:
+            del data["keep_script_rank"]
+        return data
+
+    @field_validator("keep_script_rank")
+    @classmethod
+    def _positive_rank(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise BabelpruneError(f"--keep-script-rank must be at least 1 (got {value}); it is how many of the tokenizer's best-ranked pieces are considered.")
+        return value
 
     @field_validator("min_count")
     @classmethod

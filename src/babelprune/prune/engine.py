@@ -6,11 +6,16 @@ so later sublayers and later blocks already see pruned inputs. The classic
 order (`two-pass`, as in the Wanda and SparseGPT reference code) runs each
 block dense to gather statistics, prunes, then runs it again to feed the
 next block.
+
+Where the weights live is the store's business (in memory, or on disk with
+babelprune.prune.offload); `onload` names a device each block is moved to
+while it is pruned, the weights staying where the store keeps them, and
+`activation_memory` bounds the calibration hidden states kept on that
+device (babelprune.prune.onload).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,9 +35,11 @@ from babelprune.prune.balance import check_weighted_languages, language_shares, 
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.config import PruneConfig
 from babelprune.prune.kernels import count_true, wanda_scores, zero_pruned_
-from babelprune.prune.lockstep import run_block_in_lockstep
+from babelprune.prune.lockstep import run_block_in_lockstep, run_block_in_stages
 from babelprune.prune.methods import METHODS, LayerTask, Method
 from babelprune.prune.mwanda import allocate_cwl, block_cross_lingual_correlation
+# BlockStore and IN_MEMORY live with the onloading store; they stay importable from here.
+from babelprune.prune.onload import IN_MEMORY, Activations, BlockStore, OnloadedBlocks
 from babelprune.prune.reconstruct import RefitSystem, reconstruct
 from babelprune.prune.sequential import (
     StatsCollector,
@@ -41,6 +48,7 @@ from babelprune.prune.sequential import (
     rows_in_span,
     run_block,
     run_block_with_hooks,
+    run_in_spans,
     slice_inputs,
     write_weight,
 )
@@ -71,6 +79,12 @@ class PruneResult:
     language_budget: dict | None = None  # --language-budget: every round's weights and held-out losses
     device: str = "cpu"  # where the model was pruned, e.g. "cuda:0"
     dtype: str = "float32"  # the model's weights' type while pruning; statistics are float32 or float64 whatever it is
+    # "sequential": the weights stayed on the CPU (or disk) and each block was moved to `device` while it was
+    # pruned; "none": the blocks were pruned where the model's weights were.
+    onload: str = "none"
+    activation_memory: int | None = None  # bytes of calibration hidden states allowed on the device; None: no limit
+    # Windows per micro-batch when the hidden states exceeded activation_memory and stayed in CPU memory; None: they fit.
+    activation_windows: int | None = None
 
     def mean_refit_errors(self) -> tuple[float, float] | None:
         """The refit's mean relative layer error on calibration, (masked, refitted); None without a refit."""
@@ -100,6 +114,9 @@ class PruneResult:
             "language_budget": self.language_budget,
             "device": self.device,
             "dtype": self.dtype,
+            "onload": self.onload,
+            "activation_memory": self.activation_memory,
+            "activation_windows": self.activation_windows,
             "seconds": self.seconds,
         }
 
@@ -113,23 +130,6 @@ def restore_linears(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None
     """Put back the weights `snapshot_linears` copied."""
     for name, module in named_linears(model, adapter_for(model)).items():
         write_weight(module, snapshot[name])
-
-
-class BlockStore:
-    """Where the blocks' weights live while pruning: here in memory, where nothing needs doing.
-
-    babelprune.prune.offload reads each block from disk when it is opened,
-    writes it out once pruned and frees it when it is closed.
-    """
-
-    def open(self, index: int, block: nn.Module) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def pruned(self, index: int, block: nn.Module) -> None:
-        """Block `index` is pruned (it is still open)."""
-
-
-IN_MEMORY = BlockStore()
 
 
 def zeros_in(weight: torch.Tensor) -> int:
@@ -205,6 +205,7 @@ def _check_model(config: PruneConfig, linears: dict[str, nn.Module], method: Met
 @torch.no_grad()
 def allocate_blocks(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, calibration: Calibration | None, store: BlockStore = IN_MEMORY,
+    activations: Activations | None = None,
 ) -> tuple[list[float], dict]:
     """Per-block sparsity targets. OWL and CWL read statistics from a dense pre-pass on a few samples per language."""
     n_blocks = len(adapter.get_blocks(model))
@@ -212,15 +213,25 @@ def allocate_blocks(
     if allocation == "uniform":
         return allocate_uniform(n_blocks, config.effective_sparsity), {}
     subset = calibration.subset(per_language=config.allocation_samples)
-    inputs = capture_block_inputs(model, adapter, subset.ids)
+    activations = activations or Activations()
+    inputs = activations.place(capture_block_inputs(model, adapter, subset.ids))
+    rows = subset.rows()
     measures = []
     for index, block in enumerate(adapter.get_blocks(model)):
         seen: dict[str, tuple[nn.Module, LanguageStats]] = {}
-        collector = StatsCollector(subset.language_set, False, config.mwanda.tau, track_activity=False).begin(subset.rows())
+        collector = StatsCollector(subset.language_set, False, config.mwanda.tau, track_activity=False).begin(rows)
+        record = lambda name, linear, stats: seen.__setitem__(name, (linear, stats))  # noqa: E731
         with store.open(index, block):
-            inputs.hidden = run_block_with_hooks(
-                block, adapter, inputs, index, collector, lambda name, linear, stats: seen.__setitem__(name, (linear, stats))
-            )
+            if inputs.runs_on is None:
+                inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector, record)
+            else:  # hidden states in CPU memory: a dense pass needs no lockstep, micro-batches run one after the other
+                spans = batch_spans(len(subset.languages), activations.fitting_windows(inputs.hidden))
+
+                def run(batch, start, end):
+                    collector.begin(rows_in_span(rows, start, end))
+                    return run_block_with_hooks(block, adapter, batch, index, collector, record)
+
+                inputs.hidden = run_in_spans(inputs, spans, run)
             if allocation == "owl":
                 scores = [wanda_scores(weight_matrix(linear), stats.pooled_norm()) for linear, stats in seen.values()]
                 measures.append(owl_outlier_ratio(scores, config.owl_m))
@@ -275,12 +286,14 @@ def _prune_blocks(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
     calibration: Calibration | None, targets: list[float], progress: Progress, label: str,
     refit_errors: dict[str, list[float]], store: BlockStore = IN_MEMORY, zeros: ZeroCount | None = None,
+    activations: Activations | None = None,
 ) -> None:
     """Prune every block in place, in order. The masks are the weights' zeros afterwards; none are kept here."""
     blocks = adapter.get_blocks(model)
     task = progress.add_task(label, total=len(blocks))
     zeroed = zeros.zeroed if zeros is not None else None
-    prune_block = _block_pruner(model, adapter, config, method, calibration, targets, refit_errors, zeroed)
+    activations = activations or Activations()
+    prune_block = _block_pruner(model, adapter, config, method, calibration, targets, refit_errors, activations, zeroed)
     for index, block in enumerate(blocks):
         with store.open(index, block):
             linears = adapter.block_linears(block)
@@ -295,7 +308,7 @@ def _prune_blocks(
 
 def _block_pruner(
     model: nn.Module, adapter: ArchAdapter, config: PruneConfig, method: Method,
-    calibration: Calibration | None, targets: list[float], refit_errors: dict[str, list[float]],
+    calibration: Calibration | None, targets: list[float], refit_errors: dict[str, list[float]], activations: Activations,
     zeroed: dict[str, int] | None = None,
 ) -> Callable[[int, nn.Module], None]:
     """The function that prunes block `index`; blocks must be given in order (each feeds the next)."""
@@ -306,9 +319,14 @@ def _block_pruner(
                 _prune_linear(method, config, linear, None, targets[index], refit_errors, f"{index}.{name}", zeroed)
 
         return prune_weights
-    inputs = capture_block_inputs(model, adapter, calibration.ids)
+    inputs = activations.place(capture_block_inputs(model, adapter, calibration.ids), record=True)
     rows = calibration.rows()
-    spans = batch_spans(len(calibration.languages), config.calib_batch)
+    n = len(calibration.languages)
+    if inputs.runs_on is None:
+        spans = batch_spans(n, config.calib_batch)
+    else:  # streamed: micro-batches small enough for the budget (and no larger than --calib-batch)
+        activations.windows = min(config.calib_batch or n, activations.windows)
+        spans = batch_spans(n, activations.windows)
     scale = _token_scale(config, calibration)
     needs_hessian = method.needs_hessian or config.reconstruct is not None
 
@@ -324,7 +342,9 @@ def _block_pruner(
             def prune_now(name, linear, stats):
                 _prune_linear(method, config, linear, stats, targets[index], refit_errors, f"{index}.{name}", zeroed)
 
-            if len(spans) > 1:  # micro-batches of calib_batch windows, in lockstep: the same pass, fewer activations
+            if inputs.runs_on is not None:  # one micro-batch inside the block at a time, moved in and out
+                inputs.hidden = run_block_in_stages(block, adapter, inputs, index, collector, rows, spans, prune_now)
+            elif len(spans) > 1:  # micro-batches of calib_batch windows, in lockstep: the same pass, fewer activations
                 inputs.hidden = run_block_in_lockstep(block, adapter, inputs, index, collector, rows, spans, prune_now)
             else:
                 inputs.hidden = run_block_with_hooks(block, adapter, inputs, index, collector.begin(rows), prune_now)
@@ -338,18 +358,22 @@ def _block_pruner(
             for name, linear in seen.items():
                 _prune_linear(method, config, linear, collector.by_name[name], targets[index], refit_errors, f"{index}.{name}",
                               zeroed)
-            inputs.hidden = torch.cat([run_block(block, adapter, slice_inputs(inputs, s, e), index) for s, e in spans])
+            inputs.hidden = run_in_spans(inputs, spans, lambda batch, start, end: run_block(block, adapter, batch, index))
 
     return prune_on_inputs
 
 
 def prune(
     loaded: LoadedModel, config: PruneConfig, calibration: Calibration | None = None, progress: bool = True,
-    store: BlockStore = IN_MEMORY,
+    store: BlockStore = IN_MEMORY, onload: torch.device | str | None = None, activation_memory: int | None = None,
 ) -> PruneResult:
     """Prune `loaded.model` with `config`, calibrating on `calibration` (per-language windows).
 
     `store` says where the blocks' weights are (babelprune.prune.offload keeps them on disk).
+    `onload`: a device each block is moved to while it is pruned, its weights staying where
+    `store` keeps them (the CPU); None prunes the blocks where they are. `activation_memory`:
+    bytes of calibration hidden states allowed where the blocks run; beyond it they stay in
+    CPU memory and stream in by micro-batch (None: no limit). Neither changes the masks.
     """
     started = time.perf_counter()
     model = loaded.model
@@ -357,22 +381,28 @@ def prune(
     method = METHODS[config.method]
     linears = named_linears(model, adapter)
     _check_model(config, linears, method, calibration)
+    if config.setting != "shared" and store is not IN_MEMORY:
+        raise BabelpruneError("The per-language setting keeps every block's dense weights under each mask; use --setting shared.")
     if not _needs_calibration(config, method) and config.allocation == "uniform":
         calibration = None  # magnitude needs no data
+    onload = torch.device(onload) if onload is not None else None
+    if onload is not None:
+        store = OnloadedBlocks(onload, store)
+    activations = Activations(onload, activation_memory)
     bar = progress_bar(progress)
     refit_errors: dict[str, list[float]] = {}
     with bar, torch.no_grad():
-        targets, allocation_stats = allocate_blocks(model, adapter, config, calibration, store)
+        targets, allocation_stats = allocate_blocks(model, adapter, config, calibration, store, activations)
         if config.setting == "shared":
             label = f"{config.method}{' + refit' if config.reconstruct else ''}: pruning blocks"
             zeros = ZeroCount()
-            _prune_blocks(model, adapter, config, method, calibration, targets, bar, label, refit_errors, store, zeros)
+            _prune_blocks(model, adapter, config, method, calibration, targets, bar, label, refit_errors, store, zeros, activations)
             starting, achieved, layer_sparsity, bank = zeros.before / zeros.total, zeros.after / zeros.total, zeros.layers, None
         else:
-            if store is not IN_MEMORY:
-                raise BabelpruneError("The per-language setting keeps every block's dense weights under each mask; use --setting shared.")
             starting = zero_share(linears)
-            bank, layer_sparsity, achieved = _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar)
+            bank, layer_sparsity, achieved = _prune_per_language(
+                model, adapter, config, method, calibration, targets, linears, bar, store, activations,
+            )
     return PruneResult(
         config=config,
         block_sparsity_targets=[round(t, 6) for t in targets],
@@ -385,12 +415,15 @@ def prune(
         allocation_stats=allocation_stats,
         refit_errors=refit_errors,
         language_shares=language_shares(calibration, config.balance, config.language_weights) if calibration else {},
-        device=str(loaded.device),
+        device=str(onload if onload is not None else loaded.device),
         dtype=dtype_name(loaded.dtype),
+        onload="none" if onload is None else "sequential",
+        activation_memory=activation_memory,
+        activation_windows=activations.windows,
     )
 
 
-def _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar):
+def _prune_per_language(model, adapter, config, method, calibration, targets, linears, bar, store=IN_MEMORY, activations=None):
     """One mask per language from that language's data alone, plus the pooled mask, over one set of dense weights.
 
     Sparsity figures are those of the languages' own masks; the pooled mask is
@@ -406,7 +439,7 @@ def _prune_per_language(model, adapter, config, method, calibration, targets, li
     subsets = [(lang, calibration.subset([lang])) for lang in calibration.language_set] + [(POOLED_MASK, calibration)]
     for key, subset in subsets:
         try:
-            _prune_blocks(model, adapter, config, method, subset, targets, bar, f"{config.method} [{key}]", {})
+            _prune_blocks(model, adapter, config, method, subset, targets, bar, f"{config.method} [{key}]", {}, store, None, activations)
             bank[key] = {name: weight_matrix(linear) == 0 for name, linear in linears.items()}  # source zeros included
             if key != POOLED_MASK:
                 shares.append(zero_share(linears))

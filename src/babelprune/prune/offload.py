@@ -243,8 +243,13 @@ def check_offload_request(config: PruneConfig) -> None:
 def prune_offloaded(
     offloaded: Offloaded, config: PruneConfig, calibration: Calibration | None, out: Path,
     fmt: StorageFormat | None = None, values: ValuesDtype = "fp32", progress: bool = True,
+    onload: torch.device | str | None = None, activation_memory: int | None = None,
 ) -> PruneResult:
-    """Prune block by block from disk into the new folder `out` (the layout of `save_pruned`); returns the result."""
+    """Prune block by block from disk into the new folder `out` (the layout of `save_pruned`); returns the result.
+
+    `onload` and `activation_memory` are the engine's: each block read from disk runs on that
+    device while it is pruned and is written out from the CPU.
+    """
     check_offload_request(config)
     out = Path(out)
     if out.exists():
@@ -260,7 +265,7 @@ def prune_offloaded(
         output = _Output(tmp, loaded.model, fmt, values)
         try:
             output.add_outside_blocks(offloaded.prefixes)
-            result = prune(loaded, config, calibration, progress, DiskBlocks(offloaded, output))
+            result = prune(loaded, config, calibration, progress, DiskBlocks(offloaded, output), onload, activation_memory)
             output.close()
         except BaseException:
             output.abort()

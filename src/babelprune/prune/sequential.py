@@ -26,6 +26,10 @@ class BlockInputs:
     hidden: torch.Tensor  # (N, T, H): the input of the next block to run
     args: list[tuple]  # per block: positional arguments after the hidden states
     kwargs: list[dict[str, Any]]  # per block: keyword arguments
+    # Where the blocks run when that is not where `hidden` is (--activation-memory): the hidden states, and
+    # the arguments batched like them, stay in CPU memory; `slice_inputs` moves each micro-batch there and
+    # `run_in_spans` brings its output back. None: the blocks run where `hidden` is.
+    runs_on: torch.device | None = None
 
 
 class _Catcher(nn.Module):
@@ -167,25 +171,63 @@ def batch_spans(n: int, batch: int | None) -> list[tuple[int, int]]:
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
+def is_batched(value: object, n: int) -> bool:
+    """Whether an argument is batched like N windows' hidden states: a tensor whose first dimension is k * N.
+
+    It is taken as batch-major with k rows per window (BLOOM's ALiBi bias is (N * heads, 1, T)).
+    """
+    return isinstance(value, torch.Tensor) and bool(value.dim()) and value.shape[0] % n == 0
+
+
 def slice_inputs(inputs: BlockInputs, start: int, end: int) -> BlockInputs:
     """The rows start:end of the hidden states and of every argument batched like them.
 
-    An argument whose first dimension is k * N is taken as batch-major with k
-    rows per window (BLOOM's ALiBi bias is (N * heads, 1, T)).
+    With `inputs.runs_on` set, the rows are copies on that device (the micro-batch moved in to run).
     """
     n = inputs.hidden.shape[0]
+    device = inputs.runs_on
 
     def cut(value):
-        if not isinstance(value, torch.Tensor) or not value.dim() or value.shape[0] % n:
+        if not is_batched(value, n):
             return value
         per_window = value.shape[0] // n
-        return value[start * per_window : end * per_window]
+        return _onto(value[start * per_window : end * per_window], device)
 
     return BlockInputs(
-        hidden=inputs.hidden[start:end],
+        hidden=_onto(inputs.hidden[start:end], device),
         args=[tuple(cut(a) for a in args) for args in inputs.args],
         kwargs=[{key: cut(value) for key, value in kwargs.items()} for kwargs in inputs.kwargs],
     )
+
+
+def _onto(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    if device is None:
+        return tensor
+    # From pinned CPU memory the copy need not wait: the source stays untouched until the device has read it.
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+
+
+def new_hidden(inputs: BlockInputs) -> torch.Tensor:
+    """An empty (N, T, H) tensor beside `inputs.hidden` (pinned like it) for the outputs of a block."""
+    hidden = inputs.hidden
+    pinned = hidden.device.type == "cpu" and hidden.is_pinned()
+    return torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device, pin_memory=pinned)
+
+
+def run_in_spans(
+    inputs: BlockInputs, spans: list[tuple[int, int]], run: Callable[[BlockInputs, int, int], torch.Tensor],
+) -> torch.Tensor:
+    """`run(micro-batch, start, end)` over the micro-batches `spans`: their outputs as the next hidden states (N, T, H).
+
+    Streamed (`inputs.runs_on`), each output is copied back beside the inputs as soon as it
+    is made, so the device holds one micro-batch at a time.
+    """
+    if inputs.runs_on is None:
+        return torch.cat([run(slice_inputs(inputs, start, end), start, end) for start, end in spans])
+    out = new_hidden(inputs)
+    for start, end in spans:
+        out[start:end].copy_(run(slice_inputs(inputs, start, end), start, end))
+    return out
 
 
 def rows_in_span(rows: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:

@@ -12,6 +12,11 @@ Trimming
    tokens, added tokens, byte-fallback tokens, and for tokenizers with no
    byte fallback every single-character piece, so that text in any script
    still segments into kept pieces;
+   with `keep_script_rank` N (`script_rank_ids`), also every piece among
+   the tokenizer's N best-ranked pieces written only in the kept languages'
+   scripts (or in none: digits, punctuation, the space marker), and every
+   single character of those scripts, so that words the text never used
+   still find their pieces;
 3. for BPE, adds the pieces each kept piece is built from on its way
    (`bpe_build_pieces`): BPE reaches "▁the" through "▁t" or "he", which
    need not appear in the output, and without them the merge could not run;
@@ -36,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import regex
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -64,12 +70,18 @@ class VocabularyTrim:
     required_ids: int  # ids kept because the tokenizer needs them (special, added, fallback, BPE build pieces)
     min_count: int = 1
     sources: dict = field(default_factory=dict)  # corpus, split, extra files: where the text came from
+    # --keep-script-rank: the rank cut, the Unicode scripts it kept, and the ids it alone kept (None: rule off)
+    keep_script_rank: int | None = None
+    scripts: list[str] = field(default_factory=list)
+    rule_ids: int = 0
 
     def record(self) -> dict:
+        rule = {} if self.keep_script_rank is None else {
+            "keep_script_rank": self.keep_script_rank, "scripts": self.scripts, "rule_tokens": self.rule_ids}
         return {
             "languages": self.languages, "kept_tokens": len(self.kept_ids), "original_vocab_size": self.original_size,
             "seen_tokens": self.seen_ids, "required_tokens": self.required_ids, "min_count": self.min_count,
-            **self.sources, "kept_ids": self.kept_ids,
+            **rule, **self.sources, "kept_ids": self.kept_ids,
         }
 
 
@@ -170,6 +182,76 @@ def bpe_build_pieces(pieces: Iterable[str], vocab: dict[str, int], merges: Seque
     return built & vocab.keys()
 
 
+# Characters every script shares: digits, punctuation, symbols, the space marker (Common) and
+# combining marks used across scripts, such as Arabic vowel signs (Inherited).
+SHARED_SCRIPTS = ("Common", "Inherited")
+_SHARED_ONLY = regex.compile(r"[\p{Script=Common}\p{Script=Inherited}]+")
+
+
+def _script_pattern(scripts: Iterable[str]):
+    """A regex matching a whole piece written only in `scripts` and the shared characters."""
+    classes = "".join(rf"\p{{Script={name}}}" for name in (*scripts, *SHARED_SCRIPTS))
+    try:
+        return regex.compile(f"[{classes}]+")
+    except regex.error as error:  # an unknown script name: say which, not the regex's own words
+        raise BabelpruneError(f"Unknown Unicode script among {', '.join(scripts)}: {error}; name scripts as Unicode does (Latin, Han...).") from None
+
+
+def piece_script(piece: str, candidates: Iterable[str]) -> str | None:
+    """The one script among `candidates` that `piece`'s letters are written in.
+
+    "Common" when the piece has no letters of any script (digits, punctuation, "▁");
+    None when its letters mix scripts or belong to none of the candidates.
+    """
+    letters = _SHARED_ONLY.sub("", piece)
+    if not letters:
+        return "Common"
+    for name in candidates:
+        if regex.fullmatch(rf"\p{{Script={name}}}+", letters):
+            return name
+    return None
+
+
+def ranked_piece_ids(spec: dict) -> list[int]:
+    """The tokenizer model's ordinary pieces, best first in its own order (added tokens and bytes left out).
+
+    Unigram pieces carry scores: best score first. BPE and WordLevel files carry
+    no scores; SentencePiece-made ones (Gemma's) number pieces in score order,
+    and merge-trained BPE numbers them in the order the merges were learnt, so
+    the id order is the tokenizer's ranking.
+    """
+    added = {token["id"] for token in spec["added_tokens"]}
+    pieces = model_pieces(spec)
+    ordinary = [i for i in sorted(pieces) if i not in added and not BYTE_PIECE.match(pieces[i])]
+    if spec["model"]["type"] == "Unigram":
+        scores = spec["model"]["vocab"]
+        ordinary.sort(key=lambda i: -scores[i][1])  # stable: equal scores stay in id order
+    return ordinary
+
+
+def script_rank_ids(spec: dict, scripts: Sequence[str], max_rank: int) -> set[int]:
+    """Ids `--keep-script-rank max_rank` keeps for text in `scripts` (Unicode Script values).
+
+    Every piece among the `max_rank` best-ranked ones (`ranked_piece_ids`)
+    written only in `scripts` and the shared characters, plus every
+    single-character piece of `scripts` whatever its rank: SentencePiece
+    ranks the single characters after all merged pieces, so a rank cut would
+    drop the characters the text never used, and an unseen letter would cost
+    its two to four UTF-8 bytes as separate tokens.
+    """
+    if max_rank < 1:
+        raise BabelpruneError(f"--keep-script-rank must be at least 1 (got {max_rank}); it is how many of the tokenizer's best-ranked pieces are considered.")
+    if not scripts:
+        raise BabelpruneError("--keep-script-rank needs at least one script to keep; name the languages to keep.")
+    written = _script_pattern(scripts)
+    letter = _script_pattern(())  # shared characters only, to tell a letter from punctuation
+    pieces = model_pieces(spec)
+    ranked = ranked_piece_ids(spec)
+    keep = {i for i in ranked[:max_rank] if written.fullmatch(pieces[i])}
+    keep |= {i for i in ranked if len(pieces[i]) == 1 and written.fullmatch(pieces[i]) and not letter.fullmatch(pieces[i])}
+    return keep
+
+
 def choose_kept_ids(
     tokenizer: PreTrainedTokenizerBase,
     config,
@@ -177,8 +259,13 @@ def choose_kept_ids(
     embedding_rows: int,
     min_count: int = 1,
     keep_reserved: bool = True,
+    also_keep: Iterable[int] = (),
 ) -> tuple[list[int], int, int]:
-    """(kept ids ascending, ids seen often enough, ids kept because the tokenizer needs them)."""
+    """(kept ids ascending, ids seen often enough, ids kept because the tokenizer needs them).
+
+    `also_keep`: ids a keep rule adds (`script_rank_ids`); those neither the text nor the
+    tokenizer needed are counted in neither number (they are the rest of the kept ids).
+    """
     if min_count < 1:
         raise BabelpruneError(f"--min-count must be at least 1 (got {min_count}); 1 keeps every token the text uses.")
     spec = tokenizer_json(tokenizer)
@@ -197,13 +284,14 @@ def choose_kept_ids(
             f"--min-count {min_count} keeps none of the tokens the text uses (the most frequent one appears {most:,} "
             f"times); give --min-count {max(1, most)} or less."
         )
-    kept = seen | required
+    also_keep = set(also_keep)
+    kept = seen | required | also_keep
     if spec["model"]["type"] == "BPE":
         pieces = model_pieces(spec)
         vocab = spec["model"]["vocab"]
         kept |= {vocab[p] for p in bpe_build_pieces((pieces[i] for i in kept if i in pieces), vocab, _merge_pairs(spec))}
     kept = {i for i in kept if i < embedding_rows}
-    return sorted(kept), len(seen), len(kept - seen)
+    return sorted(kept), len(seen), len(kept - seen - (also_keep - required))
 
 
 # ----- rebuilding the tokenizer --------------------------------------------------------

@@ -35,6 +35,7 @@ _EXPORTS = {
     "FinetuneResult": "babelprune.records.finetune",
     "TaskScore": "babelprune.records.finetune",
     "GMPConfig": "babelprune.records.gmp",
+    "SparseKernelRecord": "babelprune.records.kernels",
     "RelativeGMPConfig": "babelprune.records.gmp",
     "RunRecord": "babelprune.records.run",
     "PeakMemory": "babelprune.records.speed",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
     from babelprune.records.eval import EvalResult, LMScore, LanguageMeta, LanguageScore, MetricRecord, ModelInfo, PRIMARY_METRIC, PruningInfo, RetrievalScore, SCHEMA_VERSION, SavedRecord, is_eval_result_file, now
     from babelprune.records.finetune import FINETUNE_SCHEMA_VERSION, FinetuneResult, TaskScore
     from babelprune.records.gmp import GMPConfig, RelativeGMPConfig
+    from babelprune.records.kernels import SparseKernelRecord
     from babelprune.records.run import RunRecord, RunState
     from babelprune.records.speed import PeakMemory, SpeedReport, is_speed_reports_file
     from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult

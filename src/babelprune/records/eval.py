@@ -20,6 +20,7 @@ from babelprune.cache import atomic_write_text
 from babelprune.choices import ResourceLevel
 from babelprune.errors import BabelpruneError
 from babelprune.records.intervals import MIN_ITEMS, bits_per_byte_interval, ratio_interval
+from babelprune.records.kernels import SparseKernelRecord
 
 SCHEMA_VERSION = 1
 
@@ -118,6 +119,8 @@ class ModelInfo(_Record):
     # Where it ran and in which floating-point type ("cuda:0", "bfloat16"); None in results saved before they were recorded.
     device: str | None = None
     dtype: str | None = None
+    # With --sparse-kernels 2:4: which block linears ran as semi-structured weights, which stayed dense and why.
+    sparse_kernels: SparseKernelRecord | None = None
 
 
 class PruningInfo(_Record):

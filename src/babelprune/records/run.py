@@ -37,6 +37,10 @@ class RunRecord(BaseModel):
     measurements: dict[str, Any] = Field(default_factory=dict)  # speed, size, seconds of each stage...
     error: str | None = None  # the failed run's error, one line
     environment: dict[str, Any] = Field(default_factory=dict)  # commit, versions, threads, host
+    # Where the run computed and in which type ("cuda", "bfloat16"): the placement it was given, resolved where it
+    # ran (a failed run names the one it asked for). None in records made before runs could say where: CPU, float32.
+    device: str | None = None
+    dtype: str | None = None
     started: str = ""
     finished: str = Field(default_factory=now)
     seconds: float = 0.0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from babelprune.records.kernels import SparseKernelRecord
+
 
 class PeakMemory(BaseModel):
     """Resident bytes of a fresh process that loaded one model and ran its probes once."""
@@ -55,6 +57,8 @@ class SpeedReport(BaseModel):
     memory: PeakMemory | None = None  # a fresh process that loaded the model and ran each probe once
     device: str | None = None  # where the model ran ("cpu", "cuda:0", "mps"); None in reports made before the choice existed
     dtype: str | None = None  # the type of its weights ("float32", "bfloat16"); None likewise
+    # With --sparse-kernels 2:4: which block linears were timed as semi-structured weights, which stayed dense and why.
+    sparse_kernels: SparseKernelRecord | None = None
 
 
 def is_speed_reports_file(path: Path) -> bool:

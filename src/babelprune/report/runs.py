@@ -100,12 +100,13 @@ class Compared:
 
 @dataclass
 class BaselineGroup:
-    """One dense run on one evaluation set and the runs compared with it."""
+    """One dense run on one evaluation set and the runs compared with it (those computed in its placement)."""
 
     dense: RunRecord
     result: EvalResult
     model: str
     runs: list[Compared] = field(default_factory=list)
+    placement: tuple[str, str] = ("cpu", "float32")
 
     def amounts(self) -> list[tuple[str, list[Compared]]]:
         """The compared runs grouped by sparsity or pattern, in increasing order."""
@@ -126,11 +127,24 @@ def dense_model(record: RunRecord, result: EvalResult) -> str:
     return describe(record).model or result.model.spec
 
 
-def _baseline_for(info: RunInfo, result: EvalResult, groups: list[BaselineGroup]) -> BaselineGroup | str:
-    """The group whose dense run is this run's baseline, or why there is none."""
+def placement_of(record: RunRecord) -> tuple[str, str]:
+    """The device type and dtype a run computed in, as its key names them; records made before they were kept: the CPU in float32."""
+    return (record.device or "cpu").split(":")[0], record.dtype or "float32"
+
+
+def _baseline_for(info: RunInfo, result: EvalResult, groups: list[BaselineGroup],
+                  placement: tuple[str, str] = ("cpu", "float32")) -> BaselineGroup | str:
+    """The group whose dense run is this run's baseline, or why there is none.
+
+    A bfloat16 run is compared with the bfloat16 dense model, a CUDA run with the CUDA one: the
+    change pruning made, not the change of the type or device too.
+    """
     alike = [g for g in groups if g.result.kind == result.kind and not measurement_differences(g.result, result)]
     if not alike:
         return "no dense run on this set was measured the same way (corpus, split, window length, token budget)"
+    alike = [g for g in alike if g.placement == placement]
+    if not alike:
+        return f"no dense run on this set was computed on {placement[0]} in {placement[1]}, as this run was"
     if info.model is not None:
         alike = [g for g in alike if g.model == info.model]
         if not alike:
@@ -147,16 +161,16 @@ def eval_set_view(name: str, records: list[RunRecord]) -> EvalSetView:
         if record.kind == "dense" and name in record.evaluations:
             result = record.evaluations[name]
             model = dense_model(record, result)
-            signature = (model, result.kind, result.corpus, result.split,
+            signature = (model, result.kind, result.corpus, result.split, placement_of(record),
                          *(json.dumps(result.settings.get(k), default=str) for k in ("seq_len", "max_tokens", "max_queries")))
-            latest[signature] = BaselineGroup(record, result, model)
+            latest[signature] = BaselineGroup(record, result, model, placement=placement_of(record))
     groups = sorted(latest.values(), key=lambda g: g.dense.finished)
     unmatched = []
     for record in records:
         if record.kind == "dense" or name not in record.evaluations:
             continue
         info, result = describe(record), record.evaluations[name]
-        group = _baseline_for(info, result, groups)
+        group = _baseline_for(info, result, groups, placement_of(record))
         if isinstance(group, str):
             unmatched.append((info, group))
             continue

@@ -34,14 +34,14 @@ from babelprune.sweep.runs import RunSpec
 
 
 class ModelSession:
-    """A model loaded once, and what its runs share: its dense weights, corpora and calibration windows."""
+    """A model loaded once in one placement, and what its runs share: its dense weights, corpora and calibration windows."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, device: str = "cpu", dtype: str = "float32") -> None:
         from babelprune.api import load_model
         from babelprune.prune.engine import snapshot_linears
 
         self.spec = spec
-        self.loaded = load_model(spec)
+        self.loaded = load_model(spec, dtype, device)  # a device this machine lacks: one sentence, every run of it fails
         self.dense = snapshot_linears(self.loaded.model)
         self._original = (self.loaded.tokenizer, self.loaded.pruning, self.loaded.mask_bank)
         self._calibrations: dict[str, Any] = {}
@@ -117,7 +117,9 @@ def _git_commit() -> str | None:
 def execute(session: ModelSession | None, spec: RunSpec, workdir: Path) -> RunRecord:
     """Run one spec and return its record, done or failed (a full disk raises instead)."""
     started, clock = now(), time.perf_counter()
+    where = {"device": spec.device, "dtype": spec.dtype}  # what it asked for, until it is resolved here
     try:
+        where = placement(spec.device, spec.dtype).record()  # a device this machine lacks fails the run in one sentence
         outcome = _run(session, spec, workdir)
         state, error = "done", None
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
@@ -129,15 +131,23 @@ def execute(session: ModelSession | None, spec: RunSpec, workdir: Path) -> RunRe
         evaluations=outcome.get("evaluations", {}), finetune=outcome.get("finetune"), pruning=outcome.get("pruning"),
         task_pruning=outcome.get("task_pruning"),
         measurements=outcome.get("measurements", {}), error=error, environment=environment(), started=started,
-        seconds=round(time.perf_counter() - clock, 3),
+        seconds=round(time.perf_counter() - clock, 3), **where,
     )
 
 
 def failed_record(spec: RunSpec, error: BaseException | str) -> RunRecord:
-    """The record of a run that never got to run (its model did not load, its worker died)."""
+    """The record of a run that never got to run (its model did not load, its worker died), with the placement it asked for."""
     text = error if isinstance(error, str) else describe_error(error)
     return RunRecord(key=spec.key, sweep=spec.sweep, kind=spec.kind, label=spec.label, config=spec.config,
-                     state="failed", error=text, environment=environment(), started=now())
+                     state="failed", error=text, environment=environment(), started=now(), device=spec.device,
+                     dtype=spec.dtype)
+
+
+def placement(device: str, dtype: str):
+    """The run's device and dtype resolved on the machine that runs it (torch is imported only here, on use)."""
+    from babelprune.devices import placement as resolve
+
+    return resolve(device, dtype)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -10,6 +10,8 @@
       - kind: oneshot
         prune: {method: [wanda, mwanda], sparsity: [0.5, 0.6]}
     resources: {cpus: 1, memory_gb: 4}
+    device: cpu          # where every run runs (default cpu); an entry may say its own
+    dtype: auto          # the type its model runs in (default auto: float32 on the CPU)
 
 Each entry of `runs` names its kind and holds that verb's config under the
 verb's key: `prune` (a PruneConfig), `structured` (a StructuredConfig),
@@ -18,7 +20,8 @@ key and config of any kind registered in babelprune.sweep.kinds. A field
 given as a list expands into a grid over its values (a field that itself
 takes a list, such as `languages`, expands over a list of lists); the
 experiment's `calibration` expands the same way, and an entry may replace
-it with its own. The grid is expanded and every config validated in
+it with its own. `device` and `dtype`, at the top or in an entry, expand
+the same way (`dtype: [float32, bfloat16]` is two runs of every config). The grid is expanded and every config validated in
 `babelprune.sweep.runs`; this module holds the shapes.
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from babelprune.choices import Split
+from babelprune.choices import ModelDtype, Split
 from babelprune.errors import BabelpruneError
 from babelprune.prune.calibration import CalibrationSpec  # noqa: F401 - the experiment's `calibration` shape, defined with the windows it asks for
 from babelprune.sweep.kinds import RUN_KINDS, TASK_KINDS, FinetuneRun, unknown_kind, verb_keys
@@ -40,7 +43,7 @@ from babelprune.sweep.kinds import RUN_KINDS, TASK_KINDS, FinetuneRun, unknown_k
 # their own model on a task (no evaluation sets, no shared model session); FinetuneRun: the finetune
 # kind's config. Both are re-exported from there.
 RunKind = str
-__all__ = ["TASK_KINDS", "CalibrationSpec", "EvaluationSet", "Experiment", "FinetuneRun", "Resources", "RunEntry", "RunKind",
+__all__ = ["TASK_KINDS", "CalibrationSpec", "Devices", "Dtypes", "EvaluationSet", "Experiment", "FinetuneRun", "Resources", "RunEntry", "RunKind",
            "default_store_name", "recipe_names", "recipe_path"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -62,10 +65,44 @@ class EvaluationSet(_Strict):
 
 
 class Resources(_Strict):
-    """What one Ray task asks for (the local backend runs one run at a time and ignores them)."""
+    """What one Ray task asks for (the local backend runs one run at a time and ignores them).
+
+    `gpus` is what an actor whose runs are on a CUDA device asks for (Ray's `num_gpus`); an actor
+    whose runs are on the CPU or MPS asks for none, whatever it says, so that CPU runs never wait
+    for a GPU. A fraction lets several actors share one card.
+    """
 
     cpus: float = Field(1.0, gt=0)
     memory_gb: float | None = Field(None, gt=0)
+    gpus: float = Field(1.0, gt=0)
+
+
+# A device or dtype as written: one name, or a list of them (a grid, like any field given as a list).
+Devices = str | list[str]
+Dtypes = ModelDtype | list[ModelDtype]
+
+
+def _device_forms(value: Devices | None) -> Devices | None:
+    """Each device name checked for its form only: the machines of a Ray cluster may have devices this one lacks."""
+    from babelprune.devices import device_form
+
+    if value is None:
+        return None
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        raise ValueError("an empty list gives no runs; give at least one device")
+    try:
+        checked = [device_form(name) for name in names]
+    except BabelpruneError as exc:
+        # The sentence without "this machine has: ...": the file is checked for forms, not against this machine.
+        raise ValueError(str(exc).split(";")[0]) from None
+    return checked if isinstance(value, list) else checked[0]
+
+
+def _some_dtypes(value: Dtypes | None) -> Dtypes | None:
+    if isinstance(value, list) and not value:
+        raise ValueError("an empty list gives no runs; give at least one dtype")
+    return value
 
 
 _VERB_CONFIG = TypeAdapter(dict[str, Any] | None)  # a verb's config as written: a mapping whose list fields are grids
@@ -83,6 +120,18 @@ class RunEntry(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     kind: RunKind
     calibration: dict[str, Any] | None = None  # replaces the experiment's calibration for this entry
+    device: Devices | None = None  # replaces the experiment's device for this entry
+    dtype: Dtypes | None = None  # replaces the experiment's dtype for this entry
+
+    @field_validator("device")
+    @classmethod
+    def _device_forms(cls, value: Devices | None) -> Devices | None:
+        return _device_forms(value)
+
+    @field_validator("dtype")
+    @classmethod
+    def _some_dtypes(cls, value: Dtypes | None) -> Dtypes | None:
+        return _some_dtypes(value)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -142,6 +191,20 @@ class Experiment(_Strict):
     evaluation: list[EvaluationSet] = Field(default_factory=list)
     runs: list[RunEntry] = Field(min_length=1)
     resources: Resources = Field(default_factory=Resources)
+    # Where every run runs and in which type, unless its entry says otherwise. The CPU in float32 is
+    # the default, as for every command: the runs of files written before these fields keep their keys.
+    device: Devices = "cpu"
+    dtype: Dtypes = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_forms(cls, value: Devices | None) -> Devices | None:
+        return _device_forms(value)
+
+    @field_validator("dtype")
+    @classmethod
+    def _some_dtypes(cls, value: Dtypes | None) -> Dtypes | None:
+        return _some_dtypes(value)
 
     @field_validator("name")
     @classmethod

@@ -109,11 +109,14 @@ def sweep_configs(base: FinetuneConfig, sparsities: Sequence[float], seeds: Sequ
 
 
 def experiment_data(model: str, task: str, task_options: Mapping[str, str | int], base: FinetuneConfig,
-                    sparsities: Sequence[float], seeds: Sequence[int]) -> dict[str, Any]:
+                    sparsities: Sequence[float], seeds: Sequence[int], device: str = "cpu",
+                    dtype: str = "auto") -> dict[str, Any]:
     """The experiment file of a sweep, as data: one fine-tuning entry whose config is a grid over seeds and schedules.
 
     The grid crosses the seeds with the schedules, the schedule varying fastest, so the planner
     gives the runs seed by seed. Each schedule is written whole, so it reads back as its own type.
+    The device and dtype are written only when they are not the defaults (cpu, auto), so the file
+    of a sweep on the CPU reads as it always has.
     """
     configs = sweep_configs(base, sparsities, seeds)
     schedules: list[dict | None] = []
@@ -124,12 +127,14 @@ def experiment_data(model: str, task: str, task_options: Mapping[str, str | int]
     fixed = {key: value for key, value in base.model_dump(mode="json").items() if key not in ("seed", "gmp", "save_model")}
     grid = {**fixed, "seed": list(dict.fromkeys(config.seed for config in configs)), "gmp": schedules}
     described = ", ".join("dense" if s == 0 else f"{s:.0%}" for s in dict.fromkeys(float(s) for s in sparsities))
-    return {
+    data = {
         "name": SWEEP_NAME,
         "description": f"{task} fine-tuned at {described}, seeds {', '.join(map(str, grid['seed']))}",
         "models": [local_path(model)],  # a folder by its absolute path: the file runs from anywhere
         "runs": [{"kind": "finetune", "finetune": {"task": task, "task_options": dict(task_options), "config": grid}}],
     }
+    placement = {key: value for key, value, default in (("device", device, "cpu"), ("dtype", dtype, "auto")) if value != default}
+    return data | placement
 
 
 def plan_data(data: dict[str, Any]) -> tuple[Plan, str]:
@@ -155,6 +160,8 @@ def shared_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings = {"model": config["model"], "task": verb["task"], "babelprune": config.get("babelprune")}
     settings |= {f"task option {name}": value for name, value in verb["task_options"].items()}
     settings |= fields
+    # Runs of another device or dtype are other settings too (absent from the config: the CPU in float32).
+    settings |= {name: value for name, value in (config.get("placement") or {"device": "cpu", "dtype": "float32"}).items()}
     return settings | {f"gmp.{name}": value for name, value in schedule.items() if name != "final_sparsity"}
 
 
@@ -198,9 +205,10 @@ def import_old_runs(out: Path, plan: Plan, store: ResultsStore, model: str, on_n
     """Put the finished runs of an earlier folder-per-run sweep in `out` into the store as done runs; return how many.
 
     A run is taken only when its settings are this plan's (model as given, task and its examples,
-    configuration); its folder is left as it was.
+    configuration, device and dtype: the earlier sweep ran on the CPU in float32); its folder is left as it was.
     """
     from babelprune.data.tasks import get_task
+    from babelprune.devices import placement
     from babelprune.finetune.settings import RESULT_FILE, recorded_changes
     from babelprune.finetune.trainer import current_settings, plan_runs
     from babelprune.names import child_path
@@ -217,7 +225,8 @@ def import_old_runs(out: Path, plan: Plan, store: ResultsStore, model: str, on_n
         if task_key not in tasks:  # building a task reads its corpus: once
             tasks[task_key] = get_task(run.verb.task, **run.verb.task_options)
         task = tasks[task_key]
-        changes = recorded_changes(folder, current_settings(model, task, config, plan_runs(task, config)))
+        place = placement(run.device, run.dtype)
+        changes = recorded_changes(folder, current_settings(model, task, config, plan_runs(task, config), place))
         if changes:
             on_notice(f"run {name}: settings changed ({', '.join(changes)}), rerunning")
             continue
@@ -275,19 +284,25 @@ def run_finetune_sweep(
     progress: bool = True,
     console: Console | None = None,
     on_notice: Notice | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
 ) -> FinetuneSweep:
     """Fine-tune `model` on `task` at every sparsity and seed into the store <out>/results.sqlite; return what ran.
 
-    Every check (schedules, task, languages, model, a store of other settings) happens before
-    anything is written. `on_notice(line)` hears of old run folders that are trained again.
+    Every run trains in `dtype` on `device`, which the experiment file says too. Every check
+    (device, schedules, task, languages, model, a store of other settings) happens before anything
+    is written. `on_notice(line)` hears of old run folders that are trained again.
     """
     from babelprune.api import check_sources
+    from babelprune.devices import resolve
     from babelprune.sweep.local import run_local
     from babelprune.sweep.store import check_store
 
+    resolve(device, dtype)  # a device this machine lacks: one sentence, before anything is read or written
     check_sources(model=model)  # the name's form, as every command checks it, before the plan reads anything
     out = Path(out)
-    plan, text = plan_data(experiment_data(model, task, task_options or {}, base or FinetuneConfig(), sparsities, seeds))
+    plan, text = plan_data(experiment_data(model, task, task_options or {}, base or FinetuneConfig(), sparsities, seeds,
+                                           device, dtype))
     store_path = out / STORE_FILE
     if store_path.exists():
         check_store(store_path)  # a file that is not a store is refused, read-only

@@ -235,7 +235,7 @@ def _finetune(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     clock = time.perf_counter()
     config = spec.verb.config.model_copy(update={"save_model": False})  # the folder is dropped below: keep no model in it
     result = finetune(spec.model, get_task(spec.verb.task, **spec.verb.task_options), config, folder,
-                      progress=False, rerun_changed=True, on_notice=lambda line: None)
+                      progress=False, rerun_changed=True, on_notice=lambda line: None, device=spec.device, dtype=spec.dtype)
     shutil.rmtree(folder, ignore_errors=True)
     return finetune_outcome(result, time.perf_counter() - clock)
 
@@ -283,7 +283,7 @@ def _task_structured(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     from babelprune.finetune.task_structured import run_task_structured
 
     started = time.perf_counter(), time.process_time()
-    result = run_task_structured(spec.model, spec.verb, _dense_cache(workdir))
+    result = run_task_structured(spec.model, spec.verb, _dense_cache(workdir), place=_placement(spec))
     models = result.models
     # per-language: the mean over the languages' models (each scored on its own language)
     measured = {"parameters": round(sum(m.parameters for m in models) / len(models)),
@@ -296,7 +296,14 @@ def _task_dynamic(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     from babelprune.finetune.task_structured import run_task_dynamic
 
     started = time.perf_counter(), time.process_time()
-    return _task_outcome(spec, run_task_dynamic(spec.model, spec.verb, _dense_cache(workdir)), started, {})
+    return _task_outcome(spec, run_task_dynamic(spec.model, spec.verb, _dense_cache(workdir), place=_placement(spec)), started, {})
+
+
+def _placement(spec: RunSpec):
+    """The run's device and dtype, resolved on the machine that runs it."""
+    from babelprune.devices import placement
+
+    return placement(spec.device, spec.dtype)
 
 
 def _task_structured_label(verb: TaskStructuredRun) -> tuple[list[Any], set[str]]:

@@ -33,12 +33,37 @@ def pending_runs(plan: Plan, store: ResultsStore) -> list[RunSpec]:
     return [run for run in plan.runs if run.key not in done]
 
 
-def by_model(runs: list[RunSpec]) -> dict[str, list[RunSpec]]:
-    """Runs grouped by model, in the plan's order, so that each model is loaded once."""
-    groups: dict[str, list[RunSpec]] = {}
+def by_model(runs: list[RunSpec]) -> dict[tuple[str, str, str], list[RunSpec]]:
+    """Runs grouped by model and placement ((model, device, dtype)), in the plan's order, so that each is loaded once."""
+    groups: dict[tuple[str, str, str], list[RunSpec]] = {}
     for run in runs:
-        groups.setdefault(run.model, []).append(run)
+        groups.setdefault(run.session, []).append(run)
     return groups
+
+
+def check_placements(runs: list[RunSpec]) -> None:
+    """Every device and dtype `runs` ask for runs on this machine: else one sentence, before any of them starts.
+
+    For the backends that run here (the local one, and the commands built on it); a Ray cluster's
+    machines are not this one, so there a run on a device its worker lacks fails alone.
+    """
+    from babelprune.devices import resolve
+
+    for device, dtype in dict.fromkeys((run.device, run.dtype) for run in runs):
+        resolve(device, dtype)
+
+
+def check_plan_placements(plan: Plan, store: Path) -> None:
+    """`check_placements` of the plan's runs the store at `store` has not done, read before the store is created.
+
+    So that a sweep asking for a device this machine lacks leaves no store behind; runs already done
+    elsewhere (on another machine's GPU) do not count.
+    """
+    done: set[str] = set()
+    if Path(store).exists():
+        with ResultsStore(Path(store), create=False) as results:
+            done = set(results.keys("done"))
+    check_placements([run for run in plan.runs if run.key not in done])
 
 
 def workdir_for(store: Path) -> Path:
@@ -95,6 +120,7 @@ def run_local(plan: Plan, store: ResultsStore, progress: bool = True, console: C
     """Run every pending run, writing each record to the store as it finishes; return when every run has a record."""
     environment()  # the commit now: this process runs the code it imported at its start, whatever changes later
     todo = pending_runs(plan, store)
+    check_placements(todo)
     workdir = workdir_for(store.path)
     with SweepDisplay(len(plan.runs), len(todo), progress, console) as display:
         claims = SweepClaims(store, display)
@@ -110,7 +136,7 @@ def run_local(plan: Plan, store: ResultsStore, progress: bool = True, console: C
 
 def _run_claimed(runs: list[RunSpec], store: ResultsStore, claims: SweepClaims, workdir: Path, display: SweepDisplay) -> None:
     """Run those of `runs` this sweep can claim, model by model; a model is loaded for its first claimed run only."""
-    for model, group in by_model(runs).items():
+    for where, group in by_model(runs).items():
         session, load_error = None, None
         for run in group:
             if not claims.take(run):
@@ -119,7 +145,7 @@ def _run_claimed(runs: list[RunSpec], store: ResultsStore, claims: SweepClaims, 
                 needs_model = run.kind not in TASK_KINDS  # task runs load their own model
                 if needs_model and session is None and load_error is None:
                     try:
-                        session = ModelSession(model)
+                        session = ModelSession(*where)
                     except Exception as exc:  # noqa: BLE001 - the model's runs fail, the other models' go on
                         if is_disk_full(exc):
                             raise

@@ -9,7 +9,8 @@ returns the `RunSpec`s. Any problem is one sentence with its line
 A run's key is a short sha256 of the canonical JSON of everything that
 decides its result: the model, the kind, the verb's whole config with its
 defaults filled in, the calibration (when the run uses it), the evaluation
-sets and the babelprune version. The same file gives the same keys,
+sets, the babelprune version and, unless it is the CPU in float32, the
+device type and dtype the run computes in. The same file gives the same keys,
 reordering entries or evaluation sets changes none, and changing any field
 that matters changes the key of the runs it touches.
 
@@ -19,6 +20,13 @@ is left out of that run's config before it is keyed, so the grid points that
 differ only there are one run; the plan says so once per field in its
 `notes` ("mwanda.alpha has no effect on wanda runs ..."). A grid crossing
 methods with one method's options is natural, so it is not refused.
+
+A run's device and dtype are planned here (`babelprune.devices.planned_names`):
+"auto" becomes what this machine has, so that the key says what the run
+computes in. The key holds the device's type ("cuda", not "cuda:1"): the
+same run on another card of the machine is the same run. The CPU in float32,
+what every run computed in before runs could say where, is left out of the
+key, so the stores of those runs keep their keys.
 """
 
 from __future__ import annotations
@@ -32,12 +40,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from babelprune.configfile import ConfigFile, Path_, read_config_file
-from babelprune.errors import BabelpruneError
+from babelprune.errors import BabelpruneError, describe_validation_error
 from babelprune.prune.config import KEEP_FIELDS_WITHOUT_EFFECT, same_value
-from babelprune.sweep.experiment import CalibrationSpec, EvaluationSet, Experiment, RunEntry
+from babelprune.sweep.experiment import CalibrationSpec, Devices, Dtypes, EvaluationSet, Experiment, RunEntry
 from babelprune.sweep.kinds import Kind, local_path, path_exists, run_kind, with_local_corpus
 
 KEY_LENGTH = 16  # hex digits of the sha256: collisions are out of reach for any sweep
@@ -57,6 +65,13 @@ class RunSpec:
     evaluation: tuple[EvaluationSet, ...]
     config: dict[str, Any]  # exactly what the key hashes; stored with the run
     entry: int = 0  # the index of the `runs` entry it comes from (for error lines; not in the key)
+    device: str = "cpu"  # where it runs: "cpu", "cuda", "cuda:1", "mps" ("auto" already resolved; its type is keyed)
+    dtype: str = "float32"  # the type its model runs in ("auto" already resolved; keyed)
+
+    @property
+    def session(self) -> tuple[str, str, str]:
+        """What runs share a loaded model by: the model, where it runs and in which type."""
+        return self.model, self.device, self.dtype
 
 
 @dataclass(frozen=True)
@@ -69,12 +84,23 @@ class Plan:
     notes: tuple[str, ...] = ()
 
 
-def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
-    """The runs of an experiment file, every config validated (and models and corpora checked when `check_data`)."""
+def plan_experiment(path: Path | str, check_data: bool = True, *, device: Devices | None = None,
+                    dtype: Dtypes | None = None) -> Plan:
+    """The runs of an experiment file, every config validated (and models and corpora checked when `check_data`).
+
+    `device` and `dtype`, when given, replace the experiment's own (`babelprune sweep --device`);
+    an entry that names its own keeps it.
+    """
     file = read_config_file(path)
     if not isinstance(file.data, dict):
         raise BabelpruneError(f"{file.name} line 1: an experiment file is a mapping (name:, models:, runs:...); fix it and run again.")
     experiment = file.validate(Experiment)
+    if device is not None or dtype is not None:
+        given = {"device": device, "dtype": dtype}
+        try:
+            experiment = Experiment.model_validate(experiment.model_dump() | {k: v for k, v in given.items() if v is not None})
+        except ValidationError as exc:
+            raise BabelpruneError(describe_validation_error(exc)) from None
     calibrations = _expand(file, CalibrationSpec, experiment.calibration, ("calibration",))
     evaluation = tuple(sorted((with_local_corpus(item) for item in experiment.evaluation), key=lambda item: item.name))
     several_models = len(experiment.models) > 1
@@ -88,22 +114,39 @@ def plan_experiment(path: Path | str, check_data: bool = True) -> Plan:
         if entry.calibration is not None:
             entry_calibrations = _expand(file, CalibrationSpec, entry.calibration, where + ("calibration",))
         verbs = _verbs(file, entry, where)
+        places = _placements(experiment, entry)
         for model in experiment.models:
-            for verb, verb_choices, dropped in verbs:
-                for calibration, calibration_choices in entry_calibrations:
-                    spec = _spec(experiment, model, entry.kind, verb, calibration, evaluation,
-                                 {**verb_choices, **_prefixed("calibration", calibration_choices)}, several_models, index)
-                    total += 1
-                    runs.setdefault(spec.key, spec)
-                    for field, what, differed in dropped:
-                        points, keys, changed = without_effect.get((field, what), (0, set(), False))
-                        without_effect[(field, what)] = (points + 1, keys | {spec.key}, changed or differed)
+            for (verb, verb_choices, dropped), (calibration, calibration_choices), place in itertools.product(
+                    verbs, entry_calibrations, places):
+                spec = _spec(experiment, model, entry.kind, verb, calibration, evaluation,
+                             {**verb_choices, **_prefixed("calibration", calibration_choices)}, several_models, index, place)
+                total += 1
+                runs.setdefault(spec.key, spec)
+                for field, what, differed in dropped:
+                    points, keys, changed = without_effect.get((field, what), (0, set(), False))
+                    without_effect[(field, what)] = (points + 1, keys | {spec.key}, changed or differed)
     # A field written at its default changes no key: only those that merged or renamed runs are said.
     notes = tuple(_note(field, what, points, len(keys)) for (field, what), (points, keys, changed) in without_effect.items() if changed)
     plan = Plan(experiment, distinct_labels(list(runs.values())), total - len(runs), notes)
     if check_data:
         check_sources(file, plan)
     return plan
+
+
+def _placements(experiment: Experiment, entry: RunEntry) -> list[tuple[str, str]]:
+    """The (device, dtype) names of an entry's runs, planned on this machine: the entry's own, else the experiment's."""
+    from babelprune.devices import planned_names
+
+    device = entry.device if entry.device is not None else experiment.device
+    dtype = entry.dtype if entry.dtype is not None else experiment.dtype
+    devices = device if isinstance(device, list) else [device]
+    dtypes = dtype if isinstance(dtype, list) else [dtype]
+    found: list[tuple[str, str]] = []
+    for device_name, dtype_name in itertools.product(devices, dtypes):  # both checked by the file's shapes
+        place = planned_names(device_name, dtype_name)
+        if place not in found:  # [auto, cuda] on a CUDA machine is one placement
+            found.append(place)
+    return found
 
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -292,12 +335,23 @@ def run_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
 
+DEFAULT_PLACEMENT = ("cpu", "float32")  # what every run computed in before runs could say where: never keyed
+
+
+def keyed_placement(device: str, dtype: str) -> dict[str, str] | None:
+    """The placement as a run's key holds it: the device's type and the dtype; None for the CPU in float32."""
+    import torch
+
+    kind = torch.device(device).type
+    return None if (kind, dtype) == DEFAULT_PLACEMENT else {"device": kind, "dtype": dtype}
+
+
 def run_config(model: str, kind: str, verb: BaseModel | None, calibration: CalibrationSpec | None,
-               evaluation: tuple[EvaluationSet, ...]) -> dict[str, Any]:
+               evaluation: tuple[EvaluationSet, ...], place: tuple[str, str] = DEFAULT_PLACEMENT) -> dict[str, Any]:
     """Everything that decides a run's result, as plain JSON (what its key hashes)."""
     from babelprune.version import __version__
 
-    return {
+    config = {
         "model": model_key(model),
         "kind": kind,
         "verb": verb.model_dump(mode="json") if verb is not None else None,
@@ -305,22 +359,35 @@ def run_config(model: str, kind: str, verb: BaseModel | None, calibration: Calib
         "evaluation": [item.model_dump(mode="json") for item in evaluation] if not run_kind(kind).task else None,
         "babelprune": __version__,
     }
+    placement = keyed_placement(*place)
+    if placement is not None:  # absent, not null, for the CPU in float32: older runs' configs and keys stay as they were
+        config["placement"] = placement
+    return config
 
 
 def _spec(experiment: Experiment, model: str, kind: str, verb, calibration: CalibrationSpec, evaluation, choices,
-          several_models: bool, entry: int) -> RunSpec:
+          several_models: bool, entry: int, place: tuple[str, str] = DEFAULT_PLACEMENT) -> RunSpec:
     calibration = with_local_corpus(calibration) if uses_calibration(kind, verb) else None
     localize = run_kind(kind).localize
     verb = localize(verb) if localize is not None else verb
-    config = run_config(model, kind, verb, calibration, evaluation)
-    label = run_label(kind, verb, choices)
+    config = run_config(model, kind, verb, calibration, evaluation, place)
+    label = " ".join([run_label(kind, verb, choices), *placement_words(*place)])
     written = model
     model = local_path(model)
     return RunSpec(
         key=run_key(config), sweep=experiment.name, model=model, kind=kind,
         label=f"{label} ({written})" if several_models else label, verb=verb, calibration=calibration,
         evaluation=evaluation if not run_kind(kind).task else (), config=config, entry=entry,
+        device=place[0], dtype=place[1],
     )
+
+
+def placement_words(device: str, dtype: str) -> list[str]:
+    """What a run's label adds for where it runs: nothing on the CPU in float32, else "cuda bfloat16", "mps", "float16"."""
+    placement = keyed_placement(device, dtype)
+    if placement is None:
+        return []
+    return [word for word, usual in ((placement["device"], "cpu"), (dtype, "float32")) if word != usual]
 
 
 def run_label(kind: str, verb, choices: dict[str, Any]) -> str:
