@@ -39,7 +39,8 @@ def test_every_existing_benchmark_script_carries_the_marker():
     found, _ = run_all.discover()
     names = {b.name for b in found}
     assert {"eval_throughput", "finetune_throughput", "prune_speed", "prune_quality", "mwanda_sweep",
-            "structured_speed", "dynamic_vs_separate", "finetune_experiment", "dense_quality", "bf16_cost"} <= names
+            "structured_speed", "dynamic_vs_separate", "finetune_experiment", "dense_quality", "bf16_cost",
+            "scale"} <= names
 
 
 def test_select_filters_by_name_and_budget(tmp_path):

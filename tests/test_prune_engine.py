@@ -162,3 +162,35 @@ def test_two_pass_in_small_batches_gives_the_same_masks(family):
         assert torch.equal(mask, masks_of(batched.model)[name]), name
 
 
+
+
+def test_zeros_are_counted_as_equality_with_zero_counts_them():
+    from babelprune.prune.engine import zeros_in
+
+    weight = torch.tensor([[0.0, -0.0, 1.0], [float("nan"), 2.0, 0.0]])
+    assert zeros_in(weight) == int((weight == 0).sum()) == 3  # -0.0 is a zero, NaN is not
+    assert zeros_in(weight.to(torch.bfloat16)) == 3
+
+
+@pytest.mark.parametrize("method,refit", [("wanda", False), ("magnitude", False), ("sparsegpt", False), ("wanda", True)])
+@pytest.mark.parametrize("zeros_first", [False, True])
+def test_recorded_sparsity_is_the_share_of_zeros_left_in_each_layer(method, refit, zeros_first):
+    # Mask-only methods on a weight without zeros take the count from the mask; every other case counts the weight.
+    from tests.method_matrix import calibration, loaded
+
+    model = loaded("llama")
+    linears = named_linears(model.model, adapter_for(model.model))
+    # At 25% a layer whose every third input is already zero keeps some of its zeros outside the mask.
+    if zeros_first:  # an already sparse model: a third of one layer's weights, and a single entry of another
+        first, second = list(linears.values())[:2]
+        weight_matrix(first)[:, ::3] = 0
+        weight_matrix(second)[0, 0] = 0
+    starting = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values()) / sum(
+        weight_matrix(m).numel() for m in linears.values())
+    config = PruneConfig(method=method, sparsity=0.25, allocation="uniform", reconstruct={} if refit else None)
+    result = prune(model, config, calibration(model.model), progress=False)
+    counted = {name: round(float((weight_matrix(m) == 0).sum()) / weight_matrix(m).numel(), 6) for name, m in linears.items()}
+    assert result.layer_sparsity == counted
+    assert result.starting_sparsity == pytest.approx(starting)
+    total = sum(weight_matrix(m).numel() for m in linears.values())
+    assert result.achieved_sparsity == pytest.approx(sum(int((weight_matrix(m) == 0).sum()) for m in linears.values()) / total)

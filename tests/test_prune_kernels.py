@@ -236,3 +236,79 @@ def test_check_sparsity_refuses_what_is_not_a_fraction_below_one(bad):
     with pytest.raises(BabelpruneError, match="Sparsity"):
         check_sparsity(bad)
     assert check_sparsity(0) == 0.0 and isinstance(check_sparsity(0), float) and check_sparsity(0.5) == 0.5
+
+
+def _stable_sort_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[..., :k], True)
+    return expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_smallest_equals_torch_kthvalue_split_across_threads_or_not(monkeypatch, dtype):
+    from babelprune.prune import kernels
+
+    scores = torch.randn(40, 300, generator=torch.Generator().manual_seed(0), dtype=dtype).abs()
+    expected = torch.kthvalue(scores, 120, dim=-1, keepdim=True).values
+    assert torch.equal(kernels.kth_smallest(scores, 120), expected)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    monkeypatch.setattr(kernels, "_SPLIT_SELECTION_AT", 1000)  # 12000 entries: 3 threads of 13 or 14 rows
+    try:
+        assert torch.equal(kernels.kth_smallest(scores, 120), expected)
+        # A transposed (non-contiguous) view and a batch of matrices, as SparseGPT and N:M groups pass them.
+        assert torch.equal(kernels.kth_smallest(scores.T, 7), torch.kthvalue(scores.T, 7, dim=-1, keepdim=True).values)
+        batched = scores.reshape(4, 10, 300)
+        assert torch.equal(kernels.kth_smallest(batched, 5), torch.kthvalue(batched, 5, dim=-1, keepdim=True).values)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_tie_at_the_cut_in_one_row_still_gives_the_stable_sort_mask():
+    # Distinct scores take the count shortcut; one row with a tie across its cut must not.
+    scores = torch.rand(5, 100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(lowest_scores_mask(scores, 40), _stable_sort_mask(scores, 40))
+    # Row 2: ten scores of 0.1 (ranks 1-10), ten tied at 0.25 (ranks 11-20), the rest above: k = 15 cuts the ties.
+    scores[2, :10] = 0.25
+    scores[2, 10:] = torch.linspace(0.3, 1.0, 90)
+    scores[2, 50:60] = 0.1
+    got = lowest_scores_mask(scores, 15)
+    assert torch.equal(got, _stable_sort_mask(scores, 15))
+    assert got[2, :5].all() and not got[2, 5:10].any()  # the lower-indexed tied entries go first
+    assert torch.all(got.sum(dim=1) == 15)
+
+
+def test_rows_whose_cut_is_not_a_number_keep_the_threshold_rule():
+    # A row whose k-th score is NaN prunes what lies below NaN: nothing; the other rows are unaffected.
+    scores = torch.rand(4, 100, generator=torch.Generator().manual_seed(2))
+    scores[1, 10:] = float("nan")  # 10 numbers, so the 15th lowest of row 1 is NaN
+    got = lowest_scores_mask(scores, 15)
+    assert not got[1].any()
+    others = torch.tensor([0, 2, 3])
+    assert torch.equal(got[others], _stable_sort_mask(scores[others], 15))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_zeroing_pruned_weights_is_masked_fill_bit_for_bit(dtype):
+    from babelprune.prune.kernels import zero_pruned_
+
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(6, 80, generator=generator).to(dtype)
+    weight[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, -1.0], dtype=dtype)  # pruned: all become +0.0
+    weight[1, :2] = torch.tensor([float("nan"), -0.0], dtype=dtype)  # kept: unchanged, sign of zero included
+    pruned = torch.rand(6, 80, generator=generator) < 0.5
+    pruned[0, :4], pruned[1, :2] = True, False
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[weight.element_size()]
+    for view in (lambda t: t, lambda t: t.T):  # contiguous, and a transposed view (a Conv1D weight's (out, in))
+        expected = view(weight.clone()).masked_fill_(view(pruned), 0)
+        got = view(weight.clone())
+        assert zero_pruned_(got, view(pruned)) is got
+        assert torch.equal(got.view(bits), expected.view(bits))
+
+
+def test_counting_true_entries_matches_torch():
+    from babelprune.prune.kernels import count_true
+
+    mask = torch.rand(7, 90, generator=torch.Generator().manual_seed(5)) < 0.3
+    assert count_true(mask) == int(mask.sum())
+    assert count_true(mask.T) == int(mask.sum())

@@ -20,7 +20,9 @@ All functions are pure: tensors in, tensors out; inputs are never modified.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,7 +64,9 @@ def pruned_count(width: int, sparsity: float) -> int:
 
 def magnitude_scores(weight: Tensor) -> Tensor:
     """|W| as float32, shape (out, in)."""
-    return weight.detach().float().abs()
+    values = weight.detach().float()
+    # A weight of another dtype was just copied into float32: its copy can take the absolute value in place.
+    return values.abs_() if values.dtype != weight.dtype else values.abs()
 
 
 def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
@@ -73,7 +77,8 @@ def wanda_scores(weight: Tensor, feature_weight: Tensor) -> Tensor:
     `mwanda.mwanda_feature_weight`). Computed in float32.
     """
     _check_feature_weight(weight, feature_weight)
-    return magnitude_scores(weight) * feature_weight.detach().float().unsqueeze(0)
+    # |W| is a fresh tensor: scaling it in place saves allocating and filling a second (out, in) one.
+    return magnitude_scores(weight).mul_(feature_weight.detach().float().unsqueeze(0))
 
 
 def _check_feature_weight(weight: Tensor, feature_weight: Tensor) -> None:
@@ -120,6 +125,40 @@ def ria_scores(weight: Tensor, feature_weight: Tensor, exponent: float = RIA_EXP
 # --------------------------------------------------------------------------
 
 
+# Below this many entries a selection is too quick to be worth splitting across threads.
+_SPLIT_SELECTION_AT = 1 << 18
+
+
+def kth_smallest(scores: Tensor, k: int) -> Tensor:
+    """The k-th smallest value (1-based) along the last dim, shape (..., 1).
+
+    On the CPU, float32 and float64 scores go through NumPy's introselect
+    (np.partition), which finds the same value two to three times faster
+    than torch.kthvalue, with the rows split across torch's thread count
+    (NumPy releases the GIL while it selects). Pruning calls this once per
+    linear layer, so at a few thousand calibration tokens it weighs as much
+    as a good part of the forward pass (benchmarks/scale.py).
+    """
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64):
+        return torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    width = scores.shape[-1]
+    rows = scores.detach().reshape(-1, width).numpy()  # (R, width), read only: np.partition sorts a copy
+    kth = np.empty((rows.shape[0], 1), dtype=rows.dtype)  # (R, 1)
+
+    def select(start: int, end: int) -> None:
+        # After partitioning, entry k-1 of each row is the value a full sort would put there.
+        kth[start:end] = np.partition(rows[start:end], k - 1, axis=-1)[:, k - 1 : k]
+
+    threads = min(torch.get_num_threads(), rows.shape[0], max(1, rows.size // _SPLIT_SELECTION_AT))
+    if threads <= 1:
+        select(0, rows.shape[0])
+    else:
+        edges = [round(i * rows.shape[0] / threads) for i in range(threads + 1)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(select, edges[:-1], edges[1:]))  # list(): a thread's error raises here
+    return torch.from_numpy(kth).reshape(*scores.shape[:-1], 1)
+
+
 def lowest_scores_mask(scores: Tensor, k: int) -> Tensor:
     """Boolean mask of the k lowest scores along the last dim (stable: lower index first on ties).
 
@@ -136,11 +175,25 @@ def lowest_scores_mask(scores: Tensor, k: int) -> Tensor:
         pruned = torch.zeros_like(scores, dtype=torch.bool)
         pruned.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[..., :k], True)
         return pruned
-    threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values  # (..., 1)
-    pruned = scores < threshold
-    ties = scores == threshold
+    threshold = kth_smallest(scores, k)  # (..., 1)
+    at_most = scores <= threshold
+    # Every row holds at least k entries <= its k-th smallest value, so k per row on average means exactly k in
+    # each: no row has a tie across its cut, and this is the stable sort's mask (a NaN threshold breaks the count).
+    rows = scores.numel() // width
+    if count_true(at_most) == k * rows and not bool(threshold.isnan().any()):
+        return at_most
+    # Only the rows with more (a tie across the cut) or fewer (a NaN threshold) than k are redone: the entries
+    # below the cut, then as many tied ones as are missing, in index order. In wide float32 rows a tie at the
+    # cut is rare but not negligible (a few rows per large layer), so the other rows keep their mask.
+    at_most = at_most.contiguous()
+    flat = at_most.view(rows, width)  # (R, width) view: rows written here are at_most's
+    redo = (flat.sum(dim=-1) != k).nonzero().squeeze(1)  # (r,)
+    part, cut = scores.reshape(rows, width)[redo], threshold.reshape(rows, 1)[redo]  # (r, width), (r, 1)
+    pruned = part < cut
+    ties = part == cut
     missing = k - pruned.sum(dim=-1, keepdim=True)  # how many tied entries must go, per row
-    return pruned | (ties & (ties.cumsum(dim=-1) <= missing))
+    flat[redo] = pruned | (ties & (ties.cumsum(dim=-1) <= missing))
+    return at_most
 
 
 def unstructured_mask(scores: Tensor, sparsity: float, per_row: bool = True) -> Tensor:
@@ -169,3 +222,31 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
 def apply_mask(weight: Tensor, pruned: Tensor) -> Tensor:
     """A copy of `weight` with the pruned entries set to zero."""
     return weight.masked_fill(pruned, 0)
+
+
+def count_true(mask: Tensor) -> int:
+    """How many entries of a boolean mask are True (NumPy on the CPU: about ten times faster than torch here)."""
+    if mask.device.type == "cpu":
+        return int(np.count_nonzero(mask.numpy()))
+    return int(torch.count_nonzero(mask))
+
+
+# Integer types as wide as each float type: the bits of a weight, to be masked without touching its value.
+_SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def zero_pruned_(weight: Tensor, pruned: Tensor) -> Tensor:
+    """`weight.masked_fill_(pruned, 0)`: the pruned entries become +0.0 whatever they held, the others keep their bits.
+
+    On the CPU this is a bitwise AND of the weight's bits with 0 (pruned) or
+    all ones (kept), in NumPy: torch's boolean-mask fill there is about five
+    times slower, and one-shot pruning runs it over every weight of the model.
+    """
+    bits = _SAME_WIDTH_INT.get(weight.dtype)
+    plain = pruned.dtype == torch.bool and pruned.shape == weight.shape
+    if weight.device.type != "cpu" or pruned.device.type != "cpu" or bits is None or not plain:
+        return weight.masked_fill_(pruned, 0)
+    words = weight.detach().view(bits).numpy()  # the weight's own storage, read as integers of its width
+    keep_bits = pruned.numpy().view(np.int8) - np.int8(1)  # (out, in): 0 where pruned, -1 (every bit set) where kept
+    np.bitwise_and(words, keep_bits, out=words)
+    return weight
