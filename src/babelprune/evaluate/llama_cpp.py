@@ -19,6 +19,7 @@ round-robin, on seeded random token ids.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,9 @@ class LlamaCppRuntime:
         f32 = llama_cpp.GGML_TYPE_F32
         self.path = Path(path)
         self.threads = threads
+        log = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log below this level
+        level = log.level
+        log.setLevel(logging.ERROR)  # llama.cpp warns when a context is wider than the model's positions; windows never are
         try:
             self.engine = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
                                           n_threads=threads, n_threads_batch=threads, type_k=f32, type_v=f32,
@@ -70,6 +74,8 @@ class LlamaCppRuntime:
         except (ValueError, RuntimeError, OSError) as exc:
             raise BabelpruneError(f"llama.cpp could not load {self.path.name} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                   "check that this llama-cpp-python reads its architecture.") from None
+        finally:
+            log.setLevel(level)
         self.n_vocab = int(self.engine.n_vocab())
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -140,6 +146,10 @@ def measure_llama_cpp_speeds(files: Sequence[GgufFacts], *, seq_len: int = 128, 
         raise BabelpruneError(f"Sequence length, runs and prompt tokens must be at least 1, warm-up and new tokens at least 0 "
                               f"(got {seq_len}, {runs}, {prompt_tokens}, {warmup}, {new_tokens}); fix the options.")
     n_ctx = max(seq_len, prompt_tokens + new_tokens)
+    for facts in files:
+        if facts.context_length is not None and n_ctx > facts.context_length:
+            raise BabelpruneError(f"{facts.path.name} was built for {facts.context_length} positions, fewer than the {n_ctx} "
+                                  "that --seq-len (or --prompt-tokens plus --new-tokens) asks for; lower them.")
     runtimes = [LlamaCppRuntime(facts.path, n_ctx, logits_all=False, threads=threads) for facts in files]
     try:
         rng = np.random.default_rng(seed)

@@ -687,6 +687,7 @@ class GgufFacts:
     context_length: int | None  # <arch>.context_length: the positions the model was built for
     block_count: int | None
     tokens: list[str]  # tokenizer.ggml.tokens, one per embedding row
+    tokenizer_fields: dict[str, object]  # token types, space prefix and special ids, as `spelling_fields` names them
     source: str | None  # babelprune.source: the model it was exported from (None when another tool wrote it)
     n_parameters: int  # elements of every tensor (a tied output projection is stored once)
     tensor_types: dict[str, str]  # tensor name -> its stored type ("F32", "Q4_K"...)
@@ -740,6 +741,7 @@ def read_gguf(path: Path | str) -> GgufFacts:
         path=path, architecture=str(arch), file_type=file_type_name(_field(fields, "general.file_type")),
         context_length=int(context) if context is not None else None, block_count=int(blocks) if blocks is not None else None,
         tokens=list(_field(fields, "tokenizer.ggml.tokens") or []), source=_field(fields, SOURCE_KEY),
+        tokenizer_fields={name: _field(fields, key) for name, key in SPELLING_KEYS.items()},
         n_parameters=int(sum(int(tensor.n_elements) for tensor in reader.tensors)),
         tensor_types={tensor.name: tensor.tensor_type.name for tensor in reader.tensors},
     )
@@ -760,21 +762,29 @@ def block_zero_share(path: Path | str) -> float:
     return zeros / total if total else 0.0
 
 
+# How the file says text is spelled in its pieces, beyond the pieces themselves: what a tokenizer must agree with.
+SPELLING_KEYS = {"token types": "tokenizer.ggml.token_type", "space prefix": "tokenizer.ggml.add_space_prefix",
+                 "BOS id": "tokenizer.ggml.bos_token_id", "BOS setting": "tokenizer.ggml.add_bos_token"}
+
+
 def check_tokenizer_matches(tokenizer, facts: GgufFacts, tokenizer_spec: str) -> None:
-    """Refuse a tokenizer whose pieces are not the file's vocabulary, id for id (the ids fed to llama.cpp would mean other text)."""
-    state = _backend_state(tokenizer, tokenizer_spec)
-    if state["model"]["type"] != "BPE":
-        raise BabelpruneError(f"{tokenizer_spec}'s tokenizer is a {state['model']['type']} tokenizer, and {facts.path.name} "
-                              "holds a SentencePiece-style BPE vocabulary; give the tokenizer of the model it was exported from.")
+    """Refuse a tokenizer that is not the one the file was exported with: its pieces must be the file's, id for id,
+    and it must spell text as the file says (space prefix, BOS), or the ids fed to llama.cpp would mean other text."""
+    mismatch = f"{tokenizer_spec}'s tokenizer is not the one {facts.path.name} was exported with"
+    fix = "give the tokenizer of the model it was exported from"
     rows = len(facts.tokens)
     try:
-        tokens, _ = _token_table(state, rows, tokenizer_spec)
-    except BabelpruneError:
-        raise BabelpruneError(f"{tokenizer_spec}'s tokenizer has more tokens than the {rows} of {facts.path.name}; "
-                              "give the tokenizer of the model it was exported from.") from None
-    differing = next((i for i, (ours, theirs) in enumerate(zip(tokens, facts.tokens)) if ours != theirs), None)
+        vocab = describe_tokenizer(tokenizer, rows, tokenizer_spec, None)
+    except BabelpruneError as exc:
+        raise BabelpruneError(f"{mismatch} ({str(exc).rstrip('.')}); {fix}.") from None
+    differing = next((i for i, (ours, theirs) in enumerate(zip(vocab.tokens, facts.tokens)) if ours != theirs), None)
     if differing is not None:
-        raise BabelpruneError(
-            f"{tokenizer_spec}'s tokenizer is not the one {facts.path.name} was exported with (token {differing} is "
-            f"{tokens[differing]!r} there and {facts.tokens[differing]!r} in the file); give the tokenizer of the model it was exported from."
-        )
+        raise BabelpruneError(f"{mismatch} (token {differing} is {vocab.tokens[differing]!r} there and "
+                              f"{facts.tokens[differing]!r} in the file); {fix}.")
+    ours = {"token types": list(vocab.token_types), "space prefix": vocab.add_space_prefix,
+            "BOS id": vocab.special_ids.get("bos"), "BOS setting": vocab.add_bos}
+    for name, value in facts.tokenizer_fields.items():
+        theirs = list(value) if isinstance(value, (list, tuple)) else value
+        if value is not None and ours[name] != theirs:
+            shown = "differ" if name == "token types" else f"is {ours[name]!r} there and {theirs!r} in the file"
+            raise BabelpruneError(f"{mismatch} (its {name} {shown}); {fix}.")
