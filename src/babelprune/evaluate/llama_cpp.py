@@ -19,7 +19,6 @@ round-robin, on seeded random token ids.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -64,9 +63,6 @@ class LlamaCppRuntime:
         f32 = llama_cpp.GGML_TYPE_F32
         self.path = Path(path)
         self.threads = threads
-        log = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log below this level
-        level = log.level
-        log.setLevel(logging.ERROR)  # llama.cpp warns when a context is wider than the model's positions; windows never are
         try:
             self.engine = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
                                           n_threads=threads, n_threads_batch=threads, type_k=f32, type_v=f32,
@@ -74,8 +70,6 @@ class LlamaCppRuntime:
         except (ValueError, RuntimeError, OSError) as exc:
             raise BabelpruneError(f"llama.cpp could not load {self.path.name} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                   "check that this llama-cpp-python reads its architecture.") from None
-        finally:
-            log.setLevel(level)
         self.n_vocab = int(self.engine.n_vocab())
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
