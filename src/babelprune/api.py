@@ -440,8 +440,8 @@ def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] |
                                   f"{'it' if len(unused) == 1 else 'them'}.")
         return evaluate_gguf(model, corpus, languages, split, seq_len, max_tokens, tokenizer=tokenizer)
     if tokenizer is not None:
-        raise BabelpruneError("--tokenizer tells llama.cpp's token ids apart, and the torch runtime uses the model's own "
-                              "tokenizer; drop it or add --runtime llama.cpp.")
+        raise BabelpruneError("--tokenizer names the model a GGUF file was exported from, for --runtime llama.cpp, and the "
+                              "torch runtime uses the model's own tokenizer; drop it or add --runtime llama.cpp.")
     _refuse_gguf_for_torch(model)
     place, dtype = resolve(device, dtype)
     check_sparse_kernels(sparse_kernels, place, dtype)
