@@ -73,10 +73,11 @@ class LlamaCppRuntime:
         self.n_vocab = int(self.engine.n_vocab())
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits (len(ids), V) of `ids` fed from an empty context."""
+        """Logits (len(ids), V) of `ids` fed from an empty context: a view of llama-cpp-python's buffer, valid until
+        the next call (no copy: with a 262k-token vocabulary a window's logits are hundreds of megabytes)."""
         self.engine.reset()
         self.engine.eval(list(ids))
-        return np.array(self.engine.scores[: len(ids)], dtype=np.float32, copy=True)
+        return self.engine.scores[: len(ids)]
 
     def decode(self, ids: Sequence[int]) -> None:
         """Feed `ids` after what the context holds (no logits copied)."""
