@@ -142,8 +142,9 @@ def test_the_result_round_trips_and_compares_with_the_torch_result(exported, fak
     assert "llama.cpp F32" in printed
     back = EvalResult.load(out)
     assert back.model.runtime == "llama.cpp" and back.model.gguf.file_type == "F32"
-    code, _, err = run_cli(monkeypatch, capsys, "compare", str(dense), str(out))
+    code, printed, err = run_cli(monkeypatch, capsys, "compare", str(dense), str(out))
     assert code == 0, err  # the same windows: compare accepts the pair
+    assert "dense, llama.cpp F32" in printed  # the column names the runtime and the file's type
 
 
 def test_a_tokenizer_named_on_the_command_line_is_used_and_checked(exported, fake_llama_cpp):
