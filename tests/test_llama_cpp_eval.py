@@ -195,6 +195,17 @@ def test_options_and_models_the_runtime_cannot_take_are_refused(exported, monkey
     assert says in err
 
 
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"device": "cuda"}, "--device has no effect with --runtime llama.cpp"),
+    ({"dtype": "bfloat16", "sparse_kernels": "2:4"}, "--dtype, --sparse-kernels have no effect with --runtime llama.cpp"),
+    ({"runtime": "onnx"}, "Unknown runtime 'onnx'; choose one of torch, llama.cpp."),
+])
+def test_the_library_refuses_the_same_settings(exported, settings, says):
+    with pytest.raises(BabelpruneError) as error:
+        api.evaluate_model(str(exported["gguf"]), str(exported["corpus"]), **{"runtime": "llama.cpp", **settings})
+    assert says in one_sentence(error)
+
+
 def test_a_tokenizer_with_the_torch_runtime_is_refused(exported, monkeypatch, capsys, tmp_path):
     out = tmp_path / "r.json"
     err = _refused(monkeypatch, capsys, out, "eval", "--model", str(exported["folder"]), "--tokenizer",
