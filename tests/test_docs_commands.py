@@ -13,6 +13,7 @@ commands are only checked to exist (scripts must answer --help).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -46,6 +47,7 @@ from tests.tiny_models import tiny_config
 from tests.tiny_tokenizer import char_tokenizer
 
 FIXTURES = REPO / "tests" / "fixtures"
+LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None  # llama-cpp-python, the babelprune[llama] extra
 BIBLE_LANGUAGES = 22
 
 # --------------------------------------------------------------------------- running a command
@@ -189,6 +191,33 @@ def eval_record(path: str, languages: str | None = None, kind: str = "bits_per_b
         assert all(getattr(score, kind, None) is not None for score in result.scores), kind
 
     return check
+
+
+def json_model(path: str, **expected) -> Check:
+    """An evaluation result whose `model` header has these values."""
+
+    def check(outcome: Outcome) -> None:
+        model = json.loads((outcome.folder / path).read_text(encoding="utf-8"))["model"]
+        for key, value in expected.items():
+            assert model.get(key) == value, f"{path}: model.{key} = {model.get(key)!r}, expected {value!r}"
+
+    return check
+
+
+def llama_cpp_speed_json(path: str) -> Check:
+    """bench-speed's JSON for GGUF files: llama.cpp's reports, with both speeds."""
+
+    def check(outcome: Outcome) -> None:
+        reports = json.loads((outcome.folder / path).read_text(encoding="utf-8"))
+        assert all(r["runtime"] == "llama.cpp" and r["prompt_tokens_per_s"] > 0 and r["generate_tokens_per_s"] > 0
+                   for r in reports), reports
+
+    return check
+
+
+def names_the_llama_extra(outcome: Outcome) -> None:
+    """Without llama-cpp-python: one line naming the extra that installs it, and nothing written."""
+    assert len(outcome.err.strip().splitlines()) == 1 and "pip install 'babelprune[llama]'" in outcome.err, outcome.err
 
 
 def json_file(path: str, **expected) -> Check:
@@ -592,6 +621,7 @@ SMALL_W50_FP16 = ("babelprune prune --model gemma-8langs --method wanda --sparsi
 E5_TRIM = "babelprune trim-vocab --model e5-small --drop-reserved --out e5-8langs"
 E5_DENSE_EVAL = f"babelprune eval --model e5-small --corpus bible --langs {KEPT} --out e5-dense.json"
 E5_TRIMMED_EVAL = f"babelprune eval --model e5-8langs --corpus bible --langs {KEPT} --out e5-trimmed.json"
+GGUF_EXPORT = "babelprune export gemma-8langs --format gguf --dtype f16 --out gemma-8langs-f16.gguf"
 
 RUNS: dict[str, Run] = {
     # README.md, "A tour"
@@ -779,9 +809,21 @@ RUNS: dict[str, Run] = {
     "babelprune compare e5-dense.json e5-trimmed.json": Run(
         "vocab-doc", (prints_languages("es,fr,zh,ru,ar,hi,sw"), prints("worst")), needs=(E5_DENSE_EVAL, E5_TRIMMED_EVAL),
     ),
-    "babelprune export gemma-8langs --format gguf --dtype f16 --out gemma-8langs-f16.gguf": Run(
+    GGUF_EXPORT: Run(
         "gguf-doc", (gguf_file("gemma-8langs-f16.gguf", "f16", source="gemma-8langs"),),
         setup=trimmed_gguf_ready_gemma3,
+    ),
+    # llama.cpp runs them when llama-cpp-python is installed; without it each says, in one sentence, how to install it.
+    "babelprune eval --runtime llama.cpp --model gemma-8langs-f16.gguf --corpus bible --langs en,fr,sw --out gemma-8langs-f16.json": Run(
+        "gguf-doc", (eval_record("gemma-8langs-f16.json", "en,fr,sw"), json_model("gemma-8langs-f16.json", runtime="llama.cpp"))
+        if LLAMA_CPP else (names_the_llama_extra,),
+        extra=("--seq-len", "32", "--max-tokens", "96"), needs=(GGUF_EXPORT,), exit_code=0 if LLAMA_CPP else 2,
+    ),
+    "babelprune bench-speed gemma-8langs-f16.gguf --json gemma-8langs-f16-speed.json": Run(
+        "gguf-doc", (prints("prompt tok/s"), llama_cpp_speed_json("gemma-8langs-f16-speed.json")) if LLAMA_CPP
+        else (names_the_llama_extra,),
+        extra=("--seq-len", "32", "--new-tokens", "8", "--runs", "1", "--warmup", "0"), needs=(GGUF_EXPORT,),
+        exit_code=0 if LLAMA_CPP else 2,
     ),
     # docs/li2022.md
     LI_SWEEP: Run("li2022-doc", (stored_runs("li-small.sqlite", 5),), setup=li2022_yaml("li-small.yaml", "An experiment file entry of each kind")),

@@ -6,12 +6,13 @@ import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 
 from babelprune.choices import (
-    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, SparseKernels, StorageFormat, ValuesDtype,
+    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, Runtime, SparseKernels, StorageFormat, ValuesDtype,
 )
 from babelprune.data.corpus import Corpus, Split
 from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, require_float64, resolve
@@ -40,7 +41,7 @@ from babelprune.records.eval import EvalResult, LMScore, ModelInfo, PruningInfo
 __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
     "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary",
-    "evaluate_model", "export_model", "fetch_corpus", "finetune_to_folder", "measure_model_speeds", "model_aliases",
+    "evaluate_gguf", "evaluate_model", "export_model", "is_gguf_model", "measure_gguf_speeds", "fetch_corpus", "finetune_to_folder", "measure_model_speeds", "model_aliases",
     "prune_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
     "CalibrationSpec", "DynamicConfig", "FinetuneConfig", "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
@@ -345,6 +346,17 @@ def evaluate(
 def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, cache=None) -> list[LMScore]:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def score(lang, windows, advance):
+        with language_view(loaded, lang):
+            return score_windows(loaded.model, windows, pad_id, batch_size, on_batch=advance)
+
+    return language_scores(tokenizer, corpus, languages, split, seq_len, max_tokens, progress, score, cache)
+
+
+def language_scores(tokenizer, corpus, languages, split, seq_len, max_tokens, progress, score, cache=None) -> list[LMScore]:
+    """One LMScore per language over the windows `tokenizer` cuts from `corpus`; `score(lang, windows, advance)`
+    returns their NLLTotals (torch, or llama.cpp), calling `advance(n)` as it finishes n windows."""
     cache = {} if cache is None else cache
 
     def windows_of(lang: str):
@@ -360,8 +372,7 @@ def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))
         for lang in languages:
             bar.update(task, description=f"evaluating {lang}")
-            with language_view(loaded, lang):
-                totals = score_windows(loaded.model, windows[lang], pad_id, batch_size, on_batch=lambda n: bar.advance(task, n))
+            totals = score(lang, windows[lang], lambda n: bar.advance(task, n))
             meta = corpus.language(lang)
             scores.append(
                 LMScore(
@@ -410,11 +421,28 @@ def fetch_corpus(name: str) -> Path:
 
 def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
                    seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8, *,
-                   device: DeviceName = "cpu", dtype: ModelDtype = "auto", sparse_kernels: SparseKernels = "none") -> EvalResult:
+                   device: DeviceName = "cpu", dtype: ModelDtype = "auto", sparse_kernels: SparseKernels = "none",
+                   runtime: Runtime = "torch", tokenizer: str | None = None) -> EvalResult:
     """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading).
 
     `sparse_kernels="2:4"` runs its 2:4 block linears with PyTorch's semi-structured kernels (see `evaluate`).
+    `runtime="llama.cpp"`: `model` is a GGUF file and llama.cpp computes the logits, on the windows and token
+    ids the torch evaluation of its source model makes (see `evaluate_gguf`; `tokenizer` names that model).
     """
+    if runtime not in get_args(Runtime):
+        raise BabelpruneError(f"Unknown runtime '{runtime}'; choose one of {', '.join(get_args(Runtime))}.")
+    if runtime == "llama.cpp":
+        unused = [name for name, value, default in (("--device", device, "cpu"), ("--dtype", dtype, "auto"),
+                                                    ("--sparse-kernels", sparse_kernels, "none")) if value != default]
+        if unused:
+            raise BabelpruneError(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with --runtime llama.cpp, "
+                                  "which runs the GGUF file's own weights on the CPU; drop "
+                                  f"{'it' if len(unused) == 1 else 'them'}.")
+        return evaluate_gguf(model, corpus, languages, split, seq_len, max_tokens, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise BabelpruneError("--tokenizer names the model a GGUF file was exported from, for --runtime llama.cpp, and the "
+                              "torch runtime uses the model's own tokenizer; drop it or add --runtime llama.cpp.")
+    _refuse_gguf_for_torch(model)
     place, dtype = resolve(device, dtype)
     check_sparse_kernels(sparse_kernels, place, dtype)
     check_sources(model=model)
@@ -423,6 +451,90 @@ def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] |
     with out_of_memory(f"evaluating {model}", lambda where: "lower --batch-size or --seq-len"):
         return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size,
                         sparse_kernels=sparse_kernels)
+
+
+def _refuse_gguf_for_torch(model: str) -> None:
+    """A GGUF file given to the torch runtime is one sentence naming the runtime that reads it."""
+    if is_gguf_model(model):
+        raise BabelpruneError(f"{model} is a GGUF file, which the torch runtime does not load; "
+                              "add --runtime llama.cpp to score it in llama.cpp.")
+
+
+def _gguf_facts(model: str, purpose: str):
+    """The facts of the GGUF file `model`; a missing file, or one that is not GGUF, is one sentence."""
+    from babelprune.formats.gguf import read_gguf
+
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise BabelpruneError(f"No GGUF file at {model}; {purpose} takes a .gguf file (`babelprune export --format gguf` writes one).")
+    return read_gguf(path)
+
+
+def gguf_tokenizer(facts, tokenizer: str | None):
+    """(the tokenizer of the model the GGUF file was exported from, the name it was loaded by).
+
+    `tokenizer` names that model (alias, folder or hub id); left out, the file's babelprune.source (written by
+    `babelprune export`) does, when it is an alias or a folder that still exists. Its pieces must be the
+    file's vocabulary, id for id.
+    """
+    from babelprune.formats.gguf import check_tokenizer_matches
+    from babelprune.formats.loading import ALIASES, load_model_tokenizer
+
+    spec = tokenizer
+    if spec is None:
+        source = facts.source
+        if source is None:
+            raise BabelpruneError(f"{facts.path.name} does not say which model it was exported from; give --tokenizer "
+                                  "with that model's folder, alias or hub id, whose tokenizer makes the token ids.")
+        if source not in ALIASES and not Path(source).is_dir():
+            raise BabelpruneError(f"{facts.path.name} was exported from {source}, which is not here any more; give --tokenizer "
+                                  "with a copy of that model's folder (or its alias or hub id).")
+        spec = source
+    loaded = load_model_tokenizer(spec)
+    check_tokenizer_matches(loaded, facts, spec)
+    return loaded, spec
+
+
+def evaluate_gguf(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
+                  seq_len: int = 256, max_tokens: int = 2048, *, tokenizer: str | None = None,
+                  progress: bool = True) -> EvalResult:
+    """Score the GGUF file `model` per language with llama.cpp computing the logits (babelprune.evaluate.llama_cpp).
+
+    The windows and token ids are those `evaluate` makes with the source model's tokenizer (see
+    `gguf_tokenizer`), so the result compares with the torch evaluation of that model window for window.
+    Every input (llama-cpp-python installed, the file, the corpus, the languages, the tokenizer) is checked
+    before llama.cpp loads the file.
+    """
+    from babelprune.evaluate.llama_cpp import LlamaCppRuntime, bindings, score_windows_with, versions
+    from babelprune.formats.gguf import block_zero_share
+    from babelprune.records.eval import GgufRunInfo
+
+    facts = _gguf_facts(model, "--runtime llama.cpp")
+    bindings("Scoring a GGUF file with --runtime llama.cpp runs llama.cpp")
+    text = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    languages = text.check_languages(list(languages) if languages else text.languages())
+    if max_tokens < 1:
+        raise BabelpruneError("--max-tokens must be a positive integer.")
+    if seq_len < 2:
+        raise BabelpruneError(f"A window of {seq_len} tokens is too short; use --seq-len 2 or more (256 is usual).")
+    if facts.context_length is not None and seq_len > facts.context_length:
+        raise BabelpruneError(f"--seq-len {seq_len} is longer than the {facts.context_length} positions {facts.path.name} "
+                              f"was built for ({facts.architecture}.context_length); give --seq-len {facts.context_length} or less.")
+    words, spec = gguf_tokenizer(facts, tokenizer)
+    python_version, build = versions()
+    info = ModelInfo(spec=model, architecture=facts.architecture, n_parameters=facts.n_parameters,
+                     block_sparsity=round(block_zero_share(facts.path), 6), device="cpu", dtype=None, runtime="llama.cpp",
+                     gguf=GgufRunInfo(file=model, file_type=facts.file_type, llama_cpp_python=python_version, llama_cpp=build,
+                                      tokenizer=spec))
+    started = time.perf_counter()
+    runtime = LlamaCppRuntime(facts.path, seq_len)
+    try:
+        scores = language_scores(words, text, languages, split, seq_len, max_tokens, progress,
+                                 lambda lang, windows, advance: score_windows_with(runtime, windows, advance))
+    finally:
+        runtime.close()
+    return EvalResult(model=info, corpus=text.name, split=split, settings={"seq_len": seq_len, "max_tokens": max_tokens},
+                      seconds=round(time.perf_counter() - started, 3), scores=scores)
 
 
 def _calibrate_spec(loaded: LoadedModel, spec: CalibrationSpec, extra_samples: int = 0) -> Calibration:
@@ -659,6 +771,19 @@ def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", d
     """
     from babelprune.evaluate.speed import measure_speeds
 
+    ggufs = [spec for spec in models if is_gguf_model(spec)]
+    if ggufs:
+        if len(ggufs) < len(models):
+            raise BabelpruneError(f"{ggufs[0]} is a GGUF file, which llama.cpp times, and the other models run in torch; "
+                                  "time the GGUF files and the torch models in separate bench-speed commands.")
+        unused = [name for name, value, default in (("--device", device, "cpu"), ("--dtype", dtype, "auto"),
+                                                    ("--sparse-kernels", sparse_kernels, "none")) if value != default]
+        unused += [flag_name for flag_name, key in (("--batch", "batch_size"), ("--memory", "memory")) if settings.get(key)]
+        if unused:
+            raise BabelpruneError(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect on GGUF files, which "
+                                  "llama.cpp times at batch 1 on the CPU with their own weights; drop "
+                                  f"{'it' if len(unused) == 1 else 'them'}{' (--no-memory)' if '--memory' in unused else ''}.")
+        return measure_gguf_speeds(models, **{key: value for key, value in settings.items() if key not in ("batch_size", "memory")})
     place, dtype = resolve(device, dtype)
     check_sparse_kernels(sparse_kernels, place, dtype)
     if settings.get("memory") and place.type != "cpu":
@@ -666,6 +791,34 @@ def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", d
     for spec in models:
         check_sources(model=spec)
     return measure_speeds([load_model(spec, dtype, place) for spec in models], sparse_kernels=sparse_kernels, **settings)
+
+
+def is_gguf_model(spec: str) -> bool:
+    """Whether `spec` names a GGUF file (by its .gguf name, or a file's first bytes), which llama.cpp runs."""
+    from babelprune.formats.gguf import is_gguf_file
+
+    path = Path(spec).expanduser()
+    return spec.lower().endswith(".gguf") or (path.is_file() and is_gguf_file(path))
+
+
+def measure_gguf_speeds(files: Sequence[str], *, seq_len: int = 128, runs: int = 5, warmup: int = 2,
+                        threads: int | None = None, new_tokens: int = 64, prompt_tokens: int = 16):
+    """Time GGUF files in llama.cpp at batch 1 (babelprune.evaluate.llama_cpp): prompt processing of `seq_len`
+    tokens and greedy generation of `new_tokens` after `prompt_tokens`, in tokens per second; one
+    `LlamaCppSpeedReport` each. Every file and llama-cpp-python are checked before any is loaded."""
+    from babelprune.evaluate.llama_cpp import bindings, measure_llama_cpp_speeds, versions
+    from babelprune.records.speed import LlamaCppSpeedReport
+
+    facts = [_gguf_facts(spec, "bench-speed of a GGUF file") for spec in files]
+    bindings("Timing a GGUF file runs llama.cpp")
+    figures = measure_llama_cpp_speeds(facts, seq_len=seq_len, runs=runs, warmup=warmup, threads=threads,
+                                       new_tokens=new_tokens, prompt_tokens=prompt_tokens)
+    python_version, build = versions()
+    return [LlamaCppSpeedReport(spec=spec, architecture=fact.architecture, file_type=fact.file_type,
+                                n_parameters=fact.n_parameters, bytes_on_disk=fact.path.stat().st_size,
+                                llama_cpp_python=python_version, llama_cpp=build, threads=threads, seq_len=seq_len,
+                                prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup, **figure)
+            for spec, fact, figure in zip(files, facts, figures)]
 
 
 def write_speed_reports(reports, path: Path | str) -> None:

@@ -50,6 +50,8 @@ ExportFormat = Literal["gguf"]
 GgufDtype = Literal["f32", "f16"]
 # llama.cpp's quantization mixes `export --quant` offers (its LLAMA_FTYPE_MOSTLY_* names), finest first.
 GgufQuant = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
+# What computes a model's logits in `eval`: torch (an HF model) or llama.cpp (a GGUF file, babelprune.evaluate.llama_cpp).
+Runtime = Literal["torch", "llama.cpp"]
 
 
 class RefitDefaults:

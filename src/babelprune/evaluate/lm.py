@@ -106,6 +106,11 @@ def score_windows(
                 per_window[row] = nll
             if on_batch is not None:
                 on_batch(len(rows))
+    return window_totals(windows, per_window)
+
+
+def window_totals(windows: list[Window], per_window: list[float]) -> NLLTotals:
+    """The totals of `windows` whose NLLs (nats) are `per_window`, in the windows' order (whatever computed them)."""
     return NLLTotals(
         nll_nats=sum(per_window),
         n_tokens=sum(w.n_targets for w in windows),

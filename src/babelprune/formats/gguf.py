@@ -49,6 +49,10 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp's converters give added and padding pieces this score; byte pieces score 0.
 ADDED_SCORE = -1000.0
 SPACE = "▁"  # SentencePiece's visible space
+# The model the file was exported from (a folder's absolute path, an alias or a hub id): whose tokenizer
+# spells the token ids of the file's vocabulary (babelprune eval --runtime llama.cpp reads it).
+SOURCE_KEY = "babelprune.source"
+GGUF_MAGIC = b"GGUF"
 F16_MAX = 65504.0
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
@@ -92,8 +96,19 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32",
     vocab = describe_tokenizer(loaded.tokenizer, rows, loaded.spec, config)
     tensors = list(gguf_tensors(loaded.model, family, dtype, loaded.spec))
     name = Path(str(loaded.spec).rstrip("/")).name or family.arch
+    metadata = {SOURCE_KEY: source_spec(loaded.spec), **(metadata or {})}
     write_atomically(path, lambda file: write_file(file, family, config, vocab, tensors, dtype, name, metadata))
     return GgufExport(path, family.arch, len(tensors), path.stat().st_size, dtype, len(vocab.tokens))
+
+
+def source_spec(spec: str) -> str:
+    """The model a file is exported from, as a later command can name it again: a local folder as its absolute
+    path (the command may run elsewhere), an alias or a hub id as given."""
+    folder = Path(str(spec)).expanduser()
+    try:
+        return str(folder.resolve()) if folder.is_dir() else str(spec)
+    except OSError:
+        return str(spec)
 
 
 # ------------------------------------------------------------------ families
@@ -658,3 +673,118 @@ def write_file(file: Path, family: Family, config, vocab: GgufVocabulary, tensor
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Run `write` on a temporary file next to `path` and rename it into place only when complete (`cache.atomic_file`)."""
     atomic_file(path, write, before_replace=lambda: refuse_existing_output(path))  # written meanwhile by someone else: keep theirs
+
+# ------------------------------------------------------------------ reading a file back
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """What a GGUF file states about the model it holds (read with the `gguf` package, no weights loaded into a model)."""
+
+    path: Path
+    architecture: str  # general.architecture: "llama", "gemma3"...
+    file_type: str  # general.file_type as llama.cpp names it, less its prefix: "F32", "F16", "Q4_K_M"...
+    context_length: int | None  # <arch>.context_length: the positions the model was built for
+    block_count: int | None
+    tokens: list[str]  # tokenizer.ggml.tokens, one per embedding row
+    tokenizer_fields: dict[str, object]  # token types, space prefix and special ids, as `spelling_fields` names them
+    source: str | None  # babelprune.source: the model it was exported from (None when another tool wrote it)
+    n_parameters: int  # elements of every tensor (a tied output projection is stored once)
+    tensor_types: dict[str, str]  # tensor name -> its stored type ("F32", "Q4_K"...)
+
+
+def is_gguf_file(path: Path | str) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic bytes."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def _field(fields: dict, key: str):
+    field = fields.get(key)
+    return None if field is None else field.contents()
+
+
+def file_type_name(value: int | None) -> str:
+    """general.file_type as a short name ("F32", "Q4_K_M"); "unknown" when absent or not one llama.cpp names."""
+    import gguf
+
+    if value is None:
+        return "unknown"
+    try:
+        name = gguf.LlamaFileType(int(value)).name
+    except ValueError:
+        return f"type {value}"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def read_gguf(path: Path | str) -> GgufFacts:
+    """The facts of the GGUF file `path`; a file that is not GGUF, or that the `gguf` package cannot read, is one sentence."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not is_gguf_file(path):
+        raise BabelpruneError(f"{path} is not a GGUF file (it does not start with GGUF's magic bytes); "
+                              "give a .gguf file that `babelprune export --format gguf` or llama.cpp wrote.")
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError) as exc:
+        raise BabelpruneError(f"{path} could not be read as GGUF ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                              "the file may be truncated.") from None
+    fields = reader.fields
+    arch = _field(fields, "general.architecture") or "unknown"
+    context = _field(fields, f"{arch}.context_length")
+    blocks = _field(fields, f"{arch}.block_count")
+    return GgufFacts(
+        path=path, architecture=str(arch), file_type=file_type_name(_field(fields, "general.file_type")),
+        context_length=int(context) if context is not None else None, block_count=int(blocks) if blocks is not None else None,
+        tokens=list(_field(fields, "tokenizer.ggml.tokens") or []), source=_field(fields, SOURCE_KEY),
+        tokenizer_fields={name: _field(fields, key) for name, key in SPELLING_KEYS.items()},
+        n_parameters=int(sum(int(tensor.n_elements) for tensor in reader.tensors)),
+        tensor_types={tensor.name: tensor.tensor_type.name for tensor in reader.tensors},
+    )
+
+
+def block_zero_share(path: Path | str) -> float:
+    """Share of exact zeros in the blocks' matrices (blk.*, two dimensions) as the file stores them, dequantized."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    zeros = total = 0
+    for tensor in GGUFReader(str(path)).tensors:
+        if not tensor.name.startswith("blk.") or len([size for size in tensor.shape if size > 1]) < 2:
+            continue
+        values = dequantize(tensor.data, tensor.tensor_type)
+        zeros += int(np.count_nonzero(values == 0))
+        total += int(values.size)
+    return zeros / total if total else 0.0
+
+
+# How the file says text is spelled in its pieces, beyond the pieces themselves: what a tokenizer must agree with.
+SPELLING_KEYS = {"token types": "tokenizer.ggml.token_type", "space prefix": "tokenizer.ggml.add_space_prefix",
+                 "BOS id": "tokenizer.ggml.bos_token_id", "BOS setting": "tokenizer.ggml.add_bos_token"}
+
+
+def check_tokenizer_matches(tokenizer, facts: GgufFacts, tokenizer_spec: str) -> None:
+    """Refuse a tokenizer that is not the one the file was exported with: its pieces must be the file's, id for id,
+    and it must spell text as the file says (space prefix, BOS), or the ids fed to llama.cpp would mean other text."""
+    mismatch = f"{tokenizer_spec}'s tokenizer is not the one {facts.path.name} was exported with"
+    fix = "give the tokenizer of the model it was exported from"
+    rows = len(facts.tokens)
+    try:
+        vocab = describe_tokenizer(tokenizer, rows, tokenizer_spec, None)
+    except BabelpruneError as exc:
+        raise BabelpruneError(f"{mismatch} ({str(exc).rstrip('.')}); {fix}.") from None
+    differing = next((i for i, (ours, theirs) in enumerate(zip(vocab.tokens, facts.tokens)) if ours != theirs), None)
+    if differing is not None:
+        raise BabelpruneError(f"{mismatch} (token {differing} is {vocab.tokens[differing]!r} there and "
+                              f"{facts.tokens[differing]!r} in the file); {fix}.")
+    ours = {"token types": list(vocab.token_types), "space prefix": vocab.add_space_prefix,
+            "BOS id": vocab.special_ids.get("bos"), "BOS setting": vocab.add_bos}
+    for name, value in facts.tokenizer_fields.items():
+        theirs = list(value) if isinstance(value, (list, tuple)) else value
+        if value is not None and ours[name] != theirs:
+            shown = "differ" if name == "token types" else f"is {ours[name]!r} there and {theirs!r} in the file"
+            raise BabelpruneError(f"{mismatch} (its {name} {shown}); {fix}.")

@@ -53,14 +53,12 @@ def check_quant(quant: str) -> None:
         raise BabelpruneError(f"Unknown GGUF quantization '{quant}'; choose one of {', '.join(QUANTS)}.")
 
 
-def llama_cpp_bindings():
-    """llama-cpp-python's C bindings, or one sentence saying how to install them."""
+def llama_cpp_bindings(purpose: str = "Quantized GGUF export runs llama.cpp's own quantizer"):
+    """llama-cpp-python's C bindings, or one sentence (starting with `purpose`) saying how to install them."""
     try:
         import llama_cpp
     except ImportError:
-        raise BabelpruneError(
-            f"Quantized GGUF export runs llama.cpp's own quantizer, which needs llama-cpp-python: {INSTALL}."
-        ) from None
+        raise BabelpruneError(f"{purpose}, which needs llama-cpp-python: {INSTALL}.") from None
     return llama_cpp
 
 

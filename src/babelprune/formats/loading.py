@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from babelprune.choices import DeviceName, ModelDtype
 from babelprune.devices import resolve
 from babelprune.errors import BabelpruneError
-from babelprune.formats.hf import check_model_folder, load_hf_model, refuse_remote_code
+from babelprune.formats.hf import check_model_folder, first_line, load_hf_model, refuse_remote_code
 from babelprune.formats.registry import saved_format_loader
 from babelprune.models.base import LoadedModel
 
@@ -123,6 +124,22 @@ def load_model(spec: str, dtype: ModelDtype | torch.dtype = torch.float32, devic
         return place_model(loaded, place, dtype)
     source = resolve_spec(spec)
     return place_model(load_hf_model(source, spec, _how_to_redo(spec, source), dtype), place, dtype)
+
+
+def load_model_tokenizer(spec: str):
+    """The tokenizer `load_model(spec)` would load with the model, without loading the model's weights."""
+    folder = Path(spec).expanduser()
+    if _exists(folder) and saved_format_loader(folder) is not None:
+        check_model_folder(folder)
+        source: Path | str = folder
+    else:
+        source = resolve_spec(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BabelpruneError(f"The tokenizer of '{spec}' could not be loaded ({first_line(exc)}); "
+                              "give the folder, alias or hub id of the model the GGUF file was exported from.") from None
+    return tokenizer
 
 
 def place_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype) -> LoadedModel:

@@ -21,6 +21,7 @@ _EXPORTS = {
     "PRIMARY_METRIC": "babelprune.records.eval",
     "SCHEMA_VERSION": "babelprune.records.eval",
     "EvalResult": "babelprune.records.eval",
+    "GgufRunInfo": "babelprune.records.eval",
     "LanguageMeta": "babelprune.records.eval",
     "LanguageScore": "babelprune.records.eval",
     "LMScore": "babelprune.records.eval",
@@ -40,6 +41,7 @@ _EXPORTS = {
     "RunRecord": "babelprune.records.run",
     "PeakMemory": "babelprune.records.speed",
     "SpeedReport": "babelprune.records.speed",
+    "LlamaCppSpeedReport": "babelprune.records.speed",
     "is_speed_reports_file": "babelprune.records.speed",
     "RunState": "babelprune.records.run",
     "LanguageOutcomes": "babelprune.records.task_prune",
@@ -50,12 +52,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports on demand
-    from babelprune.records.eval import EvalResult, LMScore, LanguageMeta, LanguageScore, MetricRecord, ModelInfo, PRIMARY_METRIC, PruningInfo, RetrievalScore, SCHEMA_VERSION, SavedRecord, is_eval_result_file, now
+    from babelprune.records.eval import EvalResult, GgufRunInfo, LMScore, LanguageMeta, LanguageScore, MetricRecord, ModelInfo, PRIMARY_METRIC, PruningInfo, RetrievalScore, SCHEMA_VERSION, SavedRecord, is_eval_result_file, now
     from babelprune.records.finetune import FINETUNE_SCHEMA_VERSION, FinetuneResult, TaskScore
     from babelprune.records.gmp import GMPConfig, RelativeGMPConfig
     from babelprune.records.kernels import SparseKernelRecord
     from babelprune.records.run import RunRecord, RunState
-    from babelprune.records.speed import PeakMemory, SpeedReport, is_speed_reports_file
+    from babelprune.records.speed import LlamaCppSpeedReport, PeakMemory, SpeedReport, is_speed_reports_file
     from babelprune.records.task_prune import LanguageOutcomes, ModelScores, TaskPruneResult
 
 

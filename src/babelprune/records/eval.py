@@ -111,6 +111,17 @@ LanguageScore = Annotated[Union[LMScore, RetrievalScore], Field(discriminator="k
 PRIMARY_METRIC = {"lm": ("bits_per_byte", False), "retrieval": ("top1", True)}
 
 
+class GgufRunInfo(_Record):
+    """What llama.cpp scored: the GGUF file, its quantization, the llama.cpp that ran it and the tokenizer that made the ids."""
+
+    file: str  # the .gguf path as given
+    file_type: str  # general.file_type: "F32", "F16", "Q4_K_M"...
+    llama_cpp_python: str  # llama-cpp-python's version
+    llama_cpp: str | None = None  # the llama.cpp build it wraps, when it says
+    tokenizer: str  # the model whose tokenizer made the windows' token ids (alias, folder or hub id)
+    kv_cache: str = "f32"  # the key/value cache's type
+
+
 class ModelInfo(_Record):
     spec: str  # what was loaded: alias, folder or hub id
     architecture: str  # e.g. Gemma3ForCausalLM
@@ -121,6 +132,9 @@ class ModelInfo(_Record):
     dtype: str | None = None
     # With --sparse-kernels 2:4: which block linears ran as semi-structured weights, which stayed dense and why.
     sparse_kernels: SparseKernelRecord | None = None
+    # What computed the logits: "torch" (the HF model), or "llama.cpp" (a GGUF file, described in `gguf`).
+    runtime: Literal["torch", "llama.cpp"] = "torch"
+    gguf: GgufRunInfo | None = None
 
 
 class PruningInfo(_Record):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -59,6 +60,31 @@ class SpeedReport(BaseModel):
     dtype: str | None = None  # the type of its weights ("float32", "bfloat16"); None likewise
     # With --sparse-kernels 2:4: which block linears were timed as semi-structured weights, which stayed dense and why.
     sparse_kernels: SparseKernelRecord | None = None
+    runtime: Literal["torch"] = "torch"  # what ran the model (llama.cpp's reports are LlamaCppSpeedReport)
+
+
+class LlamaCppSpeedReport(BaseModel):
+    """Speed of one GGUF file in llama.cpp on the CPU at batch 1; medians over `runs` timed runs after `warmup` runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime: Literal["llama.cpp"] = "llama.cpp"
+    spec: str  # the .gguf path as given
+    architecture: str  # general.architecture
+    file_type: str  # general.file_type: "F32", "Q4_K_M"...
+    n_parameters: int  # elements of every tensor in the file
+    bytes_on_disk: int  # the file's size
+    llama_cpp_python: str
+    llama_cpp: str | None = None  # the llama.cpp build, when llama-cpp-python says
+    threads: int | None  # llama.cpp's threads (None: its default)
+    seq_len: int  # tokens of the prompt whose processing is timed
+    prompt_tokens_per_s: float  # seq_len tokens decoded at once, from an empty context
+    prompt_tokens: int  # the prompt before generation (not timed)
+    new_tokens: int  # tokens generated one at a time, greedily, per timed run
+    generate_tokens_per_s: float | None  # None when new_tokens is 0
+    runs: int
+    warmup: int
+    samples_ms: dict[str, list[float]]  # every timed run, per probe ("prompt", "generate"), in run order
 
 
 def is_speed_reports_file(path: Path) -> bool:
@@ -68,5 +94,7 @@ def is_speed_reports_file(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     # The required fields only: a report written before an optional field existed is still one.
-    fields = {name for name, field in SpeedReport.model_fields.items() if field.is_required()}
-    return isinstance(payload, list) and bool(payload) and all(isinstance(item, dict) and fields <= item.keys() for item in payload)
+    shapes = [{name for name, field in record.model_fields.items() if field.is_required()}
+              for record in (SpeedReport, LlamaCppSpeedReport)]
+    return isinstance(payload, list) and bool(payload) and all(
+        isinstance(item, dict) and any(fields <= item.keys() for fields in shapes) for item in payload)

@@ -123,13 +123,16 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def result_label(result: EvalResult) -> str:
+    """How a result is named in a comparison: its pruning ("wanda @ 50%"), and the GGUF type llama.cpp ran, if it did."""
+    gguf = result.model.gguf
+    runtime = f", llama.cpp {gguf.file_type}" if result.model.runtime == "llama.cpp" and gguf is not None else ""
     pruning = result.pruning
     if pruning.method == "dense":
-        return "dense"
+        return "dense" + runtime
     pattern = pruning.config.get("pattern", "unstructured")
     amount = pattern if pattern != "unstructured" else f"{pruning.sparsity:.0%}"
     setting = f", {pruning.setting}" if pruning.setting and pruning.setting != "shared" else ""
-    return f"{pruning.method} @ {amount}{setting}"
+    return f"{pruning.method} @ {amount}{setting}{runtime}"
 
 
 # Evaluation settings that change what a score means (the batch size does not).

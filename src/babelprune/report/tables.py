@@ -45,7 +45,9 @@ def score_cells(score, with_mask: bool) -> list[str]:
 
 def _title(result: EvalResult) -> str:
     pruning = "dense" if result.pruning.method == "dense" else f"{result.pruning.method} @ {result.pruning.sparsity:.0%}"
-    return f"{result.model.spec} ({pruning}) on {result.corpus}/{result.split}"
+    gguf = result.model.gguf
+    runtime = f", llama.cpp {gguf.file_type}" if result.model.runtime == "llama.cpp" and gguf is not None else ""
+    return f"{result.model.spec} ({pruning}{runtime}) on {result.corpus}/{result.split}"
 
 
 def rich_table(result: EvalResult) -> Table:
@@ -146,3 +148,19 @@ def comparison_markdown(comparisons: list) -> str:
         if any(v is not None for v in values):
             lines.append(f"| mean {level} | | | " + " | ".join(f"{100 * v:+.1f}%" if v is not None else "-" for v in values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def llama_cpp_speed_table(reports: list) -> Table:
+    """GGUF files timed in llama.cpp (LlamaCppSpeedReport): prompt processing and generation at batch 1."""
+    first = reports[0]
+    threads = "llama.cpp's default threads" if first.threads is None else f"{first.threads} threads"
+    table = Table(title=f"llama.cpp {first.llama_cpp_python} on the CPU, batch 1, {threads}; median of {first.runs} runs")
+    columns = ["GGUF file", "type", "parameters", "MB", f"prompt tok/s ({first.seq_len})",
+               f"generation tok/s ({first.new_tokens} after {first.prompt_tokens})"]
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="left" if index < 2 else "right", no_wrap=True)
+    for report in reports:
+        generation = "n/a" if report.generate_tokens_per_s is None else f"{report.generate_tokens_per_s:.1f}"
+        table.add_row(report.spec, report.file_type, f"{report.n_parameters:,}", f"{report.bytes_on_disk / 1e6:.1f}",
+                      f"{report.prompt_tokens_per_s:.1f}", generation)
+    return table
