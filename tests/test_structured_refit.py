@@ -204,3 +204,30 @@ def test_the_refit_field_is_left_out_of_the_config_when_off():
     assert StructuredConfig(units=["ffn"], refit=True).to_dict()["refit"] is True
     assert StructuredConfig(units=["ffn"], importance="magnitude", refit=True).needs_calibration
     assert not StructuredConfig(units=["ffn"], importance="magnitude").needs_calibration
+
+
+def _error_before(model, calibration: Calibration, block: int, weight: torch.Tensor, keep: list[int]) -> float:
+    """||X_R W_R^T||^2 / ||X W^T||^2 on the down inputs X of `block` in `model`."""
+    x = _down_inputs(model, calibration, block)
+    removed = weight.clone()
+    removed[:, keep] = 0.0
+    return float((x @ removed.T).square().sum() / (x @ weight.T).square().sum())
+
+
+def test_later_blocks_are_fitted_on_the_outputs_of_the_pruned_and_refitted_blocks_before_them():
+    calibration = _calibration(4)
+    dense = _loaded("gemma3")
+    refitted = copy.deepcopy(dense)
+    result = structured_prune(refitted, {"ffn"}, "activation", 0.3, calibration, progress=False, refit=True)
+    recorded = {layer["block"]: layer["error_before"] for layer in result.refit["layers"]}
+    adapter = adapter_for(dense.model)
+    dense_block = adapter.get_blocks(dense.model)[1]
+    weight = _weight(adapter.ffn_linears(dense_block)["down"])
+    keep = result.selection.layers[1].neurons
+    # Block 1 as it was when refitted: dense, behind the pruned and refitted block 0.
+    hybrid = copy.deepcopy(refitted.model)
+    adapter.get_blocks(hybrid)[1] = copy.deepcopy(dense_block)
+    sequential = _error_before(hybrid, calibration, 1, weight, keep)
+    behind_dense = _error_before(dense.model, calibration, 1, weight, keep)
+    assert recorded[1] == pytest.approx(sequential, rel=1e-4)
+    assert abs(sequential - behind_dense) > 1e-4 * behind_dense  # the dense prefix would have given other inputs
