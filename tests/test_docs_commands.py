@@ -298,6 +298,18 @@ def structured_folder(path: str, target: float) -> Check:
     return check
 
 
+def structured_refit_record(path: str) -> Check:
+    """The structured record keeps the refit: every refitted layer's calibration error is lower after it than before."""
+
+    def check(outcome: Outcome) -> None:
+        record = json.loads((outcome.folder / path / "babelprune_structured.json").read_text(encoding="utf-8"))
+        layers = record["refit"]["layers"]
+        assert layers and all(layer["error_after"] < layer["error_before"] for layer in layers), layers
+        assert {layer["linear"] for layer in layers} == {"o", "down"}, layers
+
+    return check
+
+
 def per_language_structured(path: str, languages: str) -> Check:
     def check(outcome: Outcome) -> None:
         folder = outcome.folder / path
@@ -756,6 +768,9 @@ RUNS: dict[str, Run] = {
     ),
     "babelprune prune --model e5-small --structured ffn --importance gradient --setting per-language --out e5-perlang": Run(
         "structured-doc", (per_language_structured("e5-perlang", "ar,en,es,fr,hi,ru,sw,zh"),), extra=CALIB_BUDGET,
+    ),
+    "babelprune prune --model gemma3-270m --structured heads,ffn --importance balanced --refit --sparsity 0.2 --out g-bal20": Run(
+        "structured-doc", (structured_folder("g-bal20", 0.2), structured_refit_record("g-bal20")), extra=CALIB_BUDGET,
     ),
     "babelprune eval --model e5-s30 --corpus bible --langs fr,sw,zh": Run(
         "structured-doc", (prints_languages("fr,sw,zh"),), extra=("--max-tokens", "8"),

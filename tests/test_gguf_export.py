@@ -631,6 +631,22 @@ def test_blocks_of_different_widths_are_refused(tmp_path):
     assert not (tmp_path / "uneven.gguf").exists()
 
 
+def test_biases_added_by_a_structured_refit_are_refused(tmp_path):
+    from babelprune.models.layouts import add_output_bias
+
+    model, tokenizer = tiny_for_gguf("llama")
+    adapter = adapter_for(model)
+    for index in range(model.config.num_hidden_layers):  # shared widths, so only the bias stands in the way
+        remove_neurons(model, adapter, index, list(range(0, model.config.intermediate_size, 2)))
+        down = adapter.ffn_linears(adapter.get_blocks(model)[index])["down"]
+        add_output_bias(down, torch.full((down.weight.shape[0],), 0.1))
+    save_structured(model, tokenizer, tmp_path / "refit")
+    with pytest.raises(BabelpruneError) as error:
+        export_gguf(load_model(str(tmp_path / "refit")), tmp_path / "refit.gguf")
+    assert "output biases its architecture is built without" in one_sentence(error)
+    assert not (tmp_path / "refit.gguf").exists()
+
+
 def _random_calibration(model, languages=("en", "fr")) -> Calibration:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(4, model.config.vocab_size, (2 * len(languages), 8), generator=generator)

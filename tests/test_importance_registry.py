@@ -55,7 +55,7 @@ def toy_importance():
 
 
 def test_the_cli_choices_are_the_registered_importances_in_order():
-    assert typing.get_args(choices.StructuredImportance) == ("magnitude", "gradient", "activation", "l0")
+    assert typing.get_args(choices.StructuredImportance) == ("magnitude", "gradient", "activation", "l0", "balanced")
     assert tuple(IMPORTANCES) == typing.get_args(choices.StructuredImportance)
 
 
@@ -72,6 +72,7 @@ def test_each_entry_states_its_properties():
         "gradient": (True, True, False),
         "activation": (True, True, False),
         "l0": (True, True, True),
+        "balanced": (True, False, False),  # reads data, but one ranking weighing the languages equally
     }
 
 
@@ -114,5 +115,5 @@ def test_the_toy_is_refused_by_its_properties(toy_importance):
 
 
 def test_an_unknown_importance_lists_the_registered_ones(toy_importance):
-    with pytest.raises(BabelpruneError, match=r"Unknown importance 'toys'; choose one of: magnitude, gradient, activation, l0, toy\."):
+    with pytest.raises(BabelpruneError, match=r"Unknown importance 'toys'; choose one of: magnitude, gradient, activation, l0, balanced, toy\."):
         structured_prune(_loaded(), {"ffn"}, "toys", 0.5, progress=False)

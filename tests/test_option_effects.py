@@ -78,6 +78,9 @@ REFUSED = [
     (["--structured", "ffn", "--values", "fp16"], "--values has no effect on structured pruning"),
     (["--structured", "ffn", "--gqa", "groups"], "--gqa chooses how attention heads are removed, and --structured ffn removes none"),
     (["--structured", "heads", "--importance", "magnitude", "--calib-langs", "en,fr"], "--calib-langs chooses calibration text, which --importance magnitude does not read"),
+    (["--refit"], "--refit is an option of structured pruning and has no effect without --structured"),
+    (["--structured", "blocks", "--refit"], "--refit refits the linears that read removed heads or FFN neurons, and removed blocks leave none"),
+    (["--structured", "ffn", "--importance", "activation", "--setting", "per-language", "--refit"], "--refit changes the weights, but the per-language setting keeps one dense model"),
     (["--method", "magnitude", "--calib-langs", "en,fr"], "--calib-langs chooses calibration text, which --method magnitude with a uniform allocation"),
     (["--method", "magnitude", "--order", "two-pass"], "--order shapes the calibration statistics, which --method magnitude without --reconstruct does not read"),
     (["--method", "magnitude", "--seed", "3"], "--seed chooses the calibration windows, which --method magnitude"),
@@ -109,6 +112,8 @@ ACCEPTED = [
     ["--method", "magnitude", "--allocation", "owl", "--calib-langs", "en,fr"],
     ["--method", "magnitude", "--reconstruct", "--order", "two-pass"],
     ["--setting", "per-language", "--format", "sparse", "--values", "fp16"],
+    ["--structured", "heads,ffn", "--importance", "balanced", "--refit", "--sparsity", "0.2"],
+    ["--structured", "ffn", "--importance", "magnitude", "--refit", "--calib-langs", "en,fr"],  # the refit reads the text
 ]
 
 

@@ -74,6 +74,23 @@ def test_labels_are_short_names(tmp_path, corpus, model_folder):
     assert [run.label for run in plan.runs] == ["dense", "sparsegpt 2:4", "wanda 60% per-language", "structured ffn,heads magnitude 30%"]
 
 
+def test_a_structured_refit_is_its_own_run_and_reads_calibration_even_with_magnitude(tmp_path, corpus, model_folder):
+    runs = [{"kind": "structured", "structured": {"units": "ffn", "importance": "magnitude", "sparsity": 0.3, "refit": [False, True]}}]
+    data = experiment(model_folder, corpus, runs)
+    plan = _plan(tmp_path, data)
+    labels = {run.label: run for run in plan.runs}
+    assert sorted(labels) == ["structured ffn magnitude 30%", "structured ffn magnitude 30% + refit"]
+    # Without the refit the key is what it was before the option existed (no refit field in the config).
+    plain = _plan(tmp_path, experiment(model_folder, corpus, [{"kind": "structured", "structured": {
+        "units": "ffn", "importance": "magnitude", "sparsity": 0.3}}]), "plain.yaml").runs[0]
+    assert labels["structured ffn magnitude 30%"].key == plain.key
+    assert "refit" not in labels["structured ffn magnitude 30%"].verb.to_dict()
+    more_samples = data | {"calibration": data["calibration"] | {"samples": 3}}
+    changed = {run.label: run.key for run in _plan(tmp_path, more_samples, "more.yaml").runs}
+    assert changed["structured ffn magnitude 30% + refit"] != labels["structured ffn magnitude 30% + refit"].key
+    assert changed["structured ffn magnitude 30%"] == plain.key
+
+
 def test_keys_are_stable_ignore_entry_order_and_follow_every_field(tmp_path, corpus, model_folder):
     data = experiment(model_folder, corpus, GRID)
     keys = [run.key for run in _plan(tmp_path, data).runs]

@@ -162,6 +162,21 @@ def test_prune_then_trim_keeps_the_zeros_and_the_pruning_record(corpus_file, tmp
     assert again.pruning["method"] == "magnitude" and again.pruning["vocabulary"]["languages"] == KEPT_LANGUAGES
 
 
+def test_a_structured_refit_model_with_added_biases_is_not_saved_trimmed(corpus_file, tmp_path):
+    from babelprune.models.adapters import adapter_for
+    from babelprune.models.layouts import add_output_bias, record_structure
+
+    loaded = loaded_tiny("gemma3", tiny_bpe())
+    adapter = adapter_for(loaded.model)
+    down = adapter.ffn_linears(adapter.get_blocks(loaded.model)[0])["down"]
+    add_output_bias(down, torch.ones(down.weight.shape[0]))  # what --refit leaves on a linear built without bias
+    record_structure(loaded.model, adapter)
+    babelprune.trim_vocabulary(loaded, FilesCorpus(corpus_file), KEPT_LANGUAGES, split="all")
+    with pytest.raises(BabelpruneError, match="would drop; trim the vocabulary first, then prune with --refit"):
+        babelprune.save_trimmed(loaded, tmp_path / "trimmed")
+    assert not (tmp_path / "trimmed").exists()
+
+
 def test_trim_then_prune_saves_a_loadable_pruned_folder(corpus_file, tmp_path):
     loaded = loaded_tiny("gemma3", tiny_bpe())
     trim = babelprune.trim_vocabulary(loaded, FilesCorpus(corpus_file), KEPT_LANGUAGES, split="all")

@@ -135,11 +135,13 @@ def prune_structured(
     from babelprune.prune.structured import structured_prune
 
     if config.needs_calibration and calibration is None:
+        if config.refit:
+            raise BabelpruneError("--refit fits the kept weights on calibration text; give --calib.")
         raise BabelpruneError(f"Importance '{config.importance}' needs calibration text; give --calib.")
     result = structured_prune(
         loaded, set(config.units), config.importance, config.sparsity,
         calibration if config.needs_calibration else None,
-        setting=config.setting, gqa=config.gqa, ranking=config.ranking, progress=progress,
+        setting=config.setting, gqa=config.gqa, ranking=config.ranking, progress=progress, refit=config.refit,
     )
     if result.per_language is None:
         loaded.pruning = result.metadata() | {"parent": loaded.spec, "config": config.to_dict()}

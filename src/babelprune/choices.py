@@ -66,8 +66,8 @@ class RefitDefaults:
 
 # Structured pruning (babelprune.prune.structured).
 StructuredUnit = Literal["heads", "ffn", "blocks"]
-StructuredImportance = Literal["magnitude", "gradient", "activation", "l0"]
-DynamicImportance = Literal["magnitude", "gradient", "activation"]
+StructuredImportance = Literal["magnitude", "gradient", "activation", "l0", "balanced"]
+DynamicImportance = Literal["magnitude", "gradient", "activation", "balanced"]
 GqaMode = Literal["groups", "query"]
 Ranking = Literal["global", "per-layer"]
 

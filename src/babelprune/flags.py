@@ -44,7 +44,7 @@ PRUNE_FLAGS: dict[str, str] = {
 }
 STRUCTURED_FLAGS: dict[str, str] = {
     "structured": "units", "importance": "importance", "sparsity": "sparsity", "setting": "setting",
-    "gqa": "gqa", "ranking": "ranking",
+    "gqa": "gqa", "ranking": "ranking", "refit": "refit",
 }
 TRIM_FLAGS: dict[str, str] = {
     "langs": "languages", "corpus": "corpus", "min_count": "min_count", "keep_reserved": "keep_reserved",
@@ -253,7 +253,7 @@ def prune_config_from_flags(values: Mapping[str, Any], given: set[str]):
 
 
 # Parameters of `prune` that only structured pruning reads, and those only one-shot pruning reads besides its config.
-STRUCTURED_ONLY = ("importance", "gqa", "ranking")
+STRUCTURED_ONLY = ("importance", "gqa", "ranking", "refit")
 ONESHOT_ONLY = ("language_budget", "budget_rounds", "holdout_samples", "save_format", "values", "activation_memory")
 CALIBRATION_PARAMETERS = ("calib", "calib_langs", "samples", "seq_len", "seed")
 SPELLED = {"save_format": "--format"}  # parameters whose flag is not --<name>
@@ -287,7 +287,7 @@ def refuse_prune_options_without_effect(config, given: set[str], values: Mapping
                        f"drop it, or prune one-shot without {how}")
             if parameter in CALIBRATION_PARAMETERS and not config.needs_calibration:
                 refuse(parameter, f"chooses calibration text, which --importance {config.importance} does not read",
-                       "drop it or use another --importance")
+                       "drop it, use another --importance, or add --refit")
             if parameter == "onload" and values.get("onload") == "sequential":
                 refuse(parameter, f"moves one block at a time to the device for one-shot pruning, but {how} loads the "
                        "whole model there", f"drop it, or prune one-shot without {how}")

@@ -72,6 +72,7 @@ def prune_command(
     importance: Annotated[StructuredImportance, typer.Option(help="Structured: how units are ranked.")] = "gradient",
     gqa: Annotated[GqaMode, typer.Option(help="Structured, grouped-query attention: query (heads evenly within groups) or groups.")] = "query",
     ranking: Annotated[Ranking, typer.Option(help="Structured: global or per-layer ranking of units.")] = "global",
+    refit: Annotated[bool, typer.Option(help="Structured (heads, ffn; shared setting): refit the output and down projections that read removed heads / neurons on the calibration text, block by block, with a bias restoring their mean output.")] = False,
     reconstruct: Annotated[bool, typer.Option(help="Refit each layer's kept weights to its dense outputs on the calibration inputs (shared setting).")] = False,
     refit_solver: Annotated[RefitSolver, typer.Option(help="--reconstruct: batched conjugate gradient, or an exact solve per row (slow; small layers).")] = "pcg",
     refit_damp: Annotated[float, typer.Option(help="--reconstruct: damping, as a share of the Hessian's mean diagonal; larger stays closer to the dense kept weights.")] = RefitDefaults.damp,
@@ -113,9 +114,15 @@ def prune_command(
                              holdout_samples=holdout_samples, offload=offload, save_format=save_format, values=values,
                              device=device, dtype=dtype, onload=onload, activation_memory=activation_memory)
     if isinstance(config, StructuredConfig):
+        refit_note = ""
+        if result.refit and result.refit["layers"]:
+            layers = result.refit["layers"]
+            before = sum(layer["error_before"] for layer in layers) / len(layers)
+            after = sum(layer["error_after"] for layer in layers) / len(layers)
+            refit_note = f"; refit lowered the mean layer error on calibration from {before:.4f} to {after:.4f}"
         console.print(
             f"{config.importance} structured ({', '.join(config.units)}): block parameters {result.params_before:,} -> "
-            f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s; saved to {out}"
+            f"{result.params_after:,} ({result.achieved_sparsity:.1%} removed) in {result.seconds:.1f} s{refit_note}; saved to {out}"
         )
         return
     if result.language_budget:

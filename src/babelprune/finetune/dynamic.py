@@ -1,7 +1,7 @@
 """Dynamic Sparsification (Li et al., ACL 2022): train once, cut to any size at inference.
 
 1. Rank: the heads and FFN neurons of every block are scored once with a
-   structured importance (magnitude, gradient or activation) and each block's
+   structured importance (magnitude, gradient, activation or balanced) and each block's
    units are physically reordered, most important first. Reordering only
    permutes rows and columns (q/k/v rows and o columns of a head, gate/up rows
    and the down column of a neuron), so the model computes the same function,
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
+from babelprune.choices import DynamicImportance
 from babelprune.data.tasks import Example, Task
 from babelprune.devices import CPU_FLOAT32, Placement, dtype_name
 from babelprune.errors import BabelpruneError, refuse_existing_output
@@ -206,7 +207,7 @@ class DynamicConfig(BaseModel):
     teacher: Literal["auto", "dense", "full-width"] = "auto"
     seed: int = 0
     units: tuple[str, ...] = DYNAMIC_UNITS
-    importance: Literal["magnitude", "gradient", "activation"] = "magnitude"
+    importance: DynamicImportance = "magnitude"
     tolerance: float = DEFAULT_TOLERANCE
     max_length: int = 64
     ranking_windows: int = 32  # encoders ranked without calibration: windows of max_length tokens per language

@@ -43,6 +43,7 @@ from babelprune.cache import atomic_file
 from babelprune.choices import GgufDtype
 from babelprune.errors import BabelpruneError, refuse_existing_output
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import ADDED_BIAS_KEY, STRUCTURE_KEY
 
 # GGUF token types (the numbers of SentencePiece's piece types).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -92,6 +93,12 @@ def export_gguf(loaded: LoadedModel, path: Path | str, dtype: GgufDtype = "f32",
     family = family_of(loaded)
     config = loaded.model.config
     family.check(config, loaded.spec)
+    added = (getattr(config, STRUCTURE_KEY, None) or {}).get(ADDED_BIAS_KEY)
+    if added:
+        raise BabelpruneError(
+            f"{loaded.spec} carries output biases its architecture is built without (added by a structured --refit), "
+            "which GGUF readers of this family do not load; export a model pruned without --refit."
+        )
     rows = loaded.model.get_input_embeddings().weight.shape[0]
     vocab = describe_tokenizer(loaded.tokenizer, rows, loaded.spec, config)
     tensors = list(gguf_tensors(loaded.model, family, dtype, loaded.spec))

@@ -11,7 +11,11 @@ block to its recorded widths (the first heads / neurons: which ones were kept
 no longer matters once the weights are smaller), then loads the weights.
 When all blocks have the same widths and the config can state them (see
 `units.record_structure`), plain `from_pretrained` loads the folder as well;
-the metadata says so under "hf_loadable".
+the metadata says so under "hf_loadable". A structured refit may give an
+output projection or FFN down projection a bias its architecture is built
+without; the structure lists those (`added_bias`), `load_structured` adds the
+bias parameters back before loading the weights, and such a folder is not
+"hf_loadable".
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from babelprune.formats.hf import check_model_folder, load_tokenizer, new_model,
 from babelprune.models.adapters import ArchAdapter, adapter_for
 from babelprune.models.base import LoadedModel, model_kind
 from babelprune.models.layouts import (
+    ADDED_BIAS_KEY,
     STRUCTURE_KEY,
     layer_layouts,
     record_structure,
     remove_heads,
     remove_neurons,
+    restore_added_biases,
 )
 
 STRUCTURE_FILE = "babelprune_structured.json"
@@ -48,8 +54,13 @@ def _corrupt(path: Path) -> BabelpruneError:
 
 
 def hf_loadable(model: nn.Module, adapter: ArchAdapter) -> bool:
-    """Whether the HF config fields alone describe every block (so `from_pretrained` works)."""
+    """Whether the HF config fields alone describe every block (so `from_pretrained` works).
+
+    Not when a refit added biases the architecture does not build: `from_pretrained` would drop them.
+    """
     config = model.config
+    if ADDED_BIAS_KEY in (getattr(config, STRUCTURE_KEY, None) or {}):
+        return False
     return adapter.num_layers(config) == len(adapter.get_blocks(model)) and all(
         (lay.n_heads, lay.n_kv_heads, lay.ffn, lay.head_dim)
         == (adapter.num_heads(config), adapter.num_kv_heads(config), adapter.intermediate_size(config), adapter.head_dim(config))
@@ -92,6 +103,7 @@ def narrow_to_structure(model: nn.Module, structure: dict) -> None:
             remove_heads(model, adapter, i, keep_q, list(range(kv_heads)))
         if ffn != layout.ffn:
             remove_neurons(model, adapter, i, list(range(ffn)))
+    restore_added_biases(model, adapter, structure)
 
 
 def _no_init():

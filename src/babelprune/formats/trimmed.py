@@ -22,6 +22,7 @@ from babelprune.formats.hf import load_hf_model
 from babelprune.formats.pruned import MASKS_FILE, load_mask_bank, save_mask_bank
 from babelprune.models.adapters import adapter_for
 from babelprune.models.base import LoadedModel
+from babelprune.models.layouts import ADDED_BIAS_KEY, STRUCTURE_KEY
 
 VOCABULARY_FILE = "babelprune_vocabulary.json"
 FORMAT_VERSION = 1
@@ -36,6 +37,12 @@ def save_trimmed(loaded: LoadedModel, out: Path) -> Path:
         raise BabelpruneError(f"{loaded.spec} has not been trimmed; call trim_vocabulary on it before save_trimmed.")
     if out.exists():
         raise BabelpruneError(f"Output folder {out} exists; choose another --out or remove it.")
+    if ADDED_BIAS_KEY in (getattr(loaded.model.config, STRUCTURE_KEY, None) or {}):
+        raise BabelpruneError(
+            f"{loaded.spec} carries output biases its architecture is built without (added by a structured --refit), "
+            "which a trimmed folder, loaded as plain Hugging Face weights, would drop; trim the vocabulary first, "
+            "then prune with --refit."
+        )
     parent_pruning = {k: v for k, v in loaded.pruning.items() if k != "vocabulary"} or None
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)  # a tied embedding and LM head are written once

@@ -40,6 +40,10 @@ from babelprune.models.adapters import (
 HeadUnit = Literal["head", "group", "query"]
 GqaMode = Literal["groups", "query"]
 STRUCTURE_KEY = "babelprune_structure"  # config attribute holding per-block widths
+# Set on a linear that was built without a bias and received one after pruning (a structured refit);
+# `record_structure` lists such linears so that a reloaded model gets the bias parameter back.
+ADDED_BIAS_ATTR = "babelprune_added_bias"
+ADDED_BIAS_KEY = "added_bias"  # in the structure: {linear role ("o", "down"): [block indices]}
 # unit map of one linear: (axis, unit index of each row (axis 0) or column (axis 1), -1 = in no unit)
 UnitMap = dict[str, tuple[int, torch.Tensor]]
 
@@ -217,7 +221,41 @@ def shrink_linear(linear: nn.Module, rows: torch.Tensor | None = None, cols: tor
             new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=grad)
     if bias is not None:
         new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=grad)
+    if getattr(linear, ADDED_BIAS_ATTR, False):
+        setattr(new, ADDED_BIAS_ATTR, True)
     return new.train(linear.training)
+
+
+def add_output_bias(linear: nn.Module, bias: torch.Tensor) -> None:
+    """Add `bias` (out,) to the linear's output: to its bias, or as a new bias marked as added (`ADDED_BIAS_ATTR`)."""
+    weight = weight_matrix(linear)
+    bias = bias.detach().to(dtype=weight.dtype, device=weight.device)
+    if getattr(linear, "bias", None) is not None:
+        with torch.no_grad():
+            linear.bias.add_(bias)
+        return
+    linear.bias = nn.Parameter(bias.clone(), requires_grad=linear.weight.requires_grad)
+    setattr(linear, ADDED_BIAS_ATTR, True)
+
+
+def added_biases(model: nn.Module, adapter: ArchAdapter) -> dict[str, list[int]]:
+    """{"o": [...], "down": [...]}: the blocks whose output projection or FFN down projection received an added bias."""
+    found: dict[str, list[int]] = {}
+    for i, block in enumerate(adapter.get_blocks(model)):
+        for role, linear in (("o", adapter.attention_linears(block)["o"]), ("down", adapter.ffn_linears(block)["down"])):
+            if getattr(linear, ADDED_BIAS_ATTR, False):
+                found.setdefault(role, []).append(i)
+    return found
+
+
+def restore_added_biases(model: nn.Module, adapter: ArchAdapter, structure: dict) -> None:
+    """Give the linears a structure lists under `ADDED_BIAS_KEY` a zero bias, to be overwritten by the saved one."""
+    blocks = adapter.get_blocks(model)
+    for role, indices in (structure.get(ADDED_BIAS_KEY) or {}).items():
+        for i in indices:
+            block = blocks[i]
+            linear = adapter.attention_linears(block)["o"] if role == "o" else adapter.ffn_linears(block)["down"]
+            add_output_bias(linear, torch.zeros(weight_matrix(linear).shape[0]))
 
 
 def _rows_of_heads(heads: Sequence[int], head_dim: int) -> torch.Tensor:
@@ -373,6 +411,9 @@ def record_structure(model: nn.Module, adapter: ArchAdapter) -> dict:
     widths = set(structure["ffn_per_layer"])
     if len(widths) == 1 and adapter.intermediate_attr:
         setattr(text, adapter.intermediate_attr, widths.pop())
+    biases = added_biases(model, adapter)
+    if biases:  # only then: the structure of a model without added biases stays what it was
+        structure[ADDED_BIAS_KEY] = biases
     setattr(model.config, STRUCTURE_KEY, structure)
     return structure
 

@@ -340,6 +340,16 @@ class StructuredConfig(BaseModel):
     setting: Setting = "shared"  # per-language: one selection per calibration language over a dense model
     gqa: GqaMode = "query"  # grouped-query attention: remove query heads evenly within groups, or whole groups
     ranking: Ranking = "global"  # rank units over the whole model or within each layer
+    # Refit the output / down projections that read removed heads / neurons on the calibration text, block by block.
+    refit: bool = False
+
+    @model_serializer(mode="wrap")
+    def _without_default_refit(self, handler):
+        # Left out when off, so that the sweep keys of structured runs made before the option existed stay what they were.
+        data = handler(self)
+        if data.get("refit", ...) is False:
+            del data["refit"]
+        return data
 
     @field_validator("units", mode="before")
     @classmethod
@@ -370,11 +380,20 @@ class StructuredConfig(BaseModel):
         check_importance_setting(self.importance, self.setting, "--setting")
         return self
 
+    @model_validator(mode="after")
+    def _refit_where_it_applies(self) -> StructuredConfig:
+        if self.refit:
+            from babelprune.prune.structured import check_refit
+
+            check_refit(self.units, self.setting)
+        return self
+
     @property
     def needs_calibration(self) -> bool:
+        """Whether the run reads calibration text: the importance's statistics, or the refit."""
         from babelprune.prune.structured.methods import importance_method
 
-        return importance_method(self.importance).uses_data
+        return importance_method(self.importance).uses_data or self.refit
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

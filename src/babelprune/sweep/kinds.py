@@ -188,7 +188,9 @@ def _prune_structured(loaded, verb: StructuredConfig, calibration) -> dict[str, 
 
 
 def _structured_label(verb: StructuredConfig) -> tuple[list[Any], set[str]]:
-    return ["structured", ",".join(verb.units), verb.importance, f"{verb.sparsity:.0%}"], {"units", "importance", "sparsity"}
+    words = ["structured", ",".join(verb.units), verb.importance, f"{verb.sparsity:.0%}"]
+    words += ["+ refit"] if verb.refit else []
+    return words, {"units", "importance", "sparsity", "refit"}
 
 
 def _shared_setting_only(file: ConfigFile, verb: StructuredConfig, where: Path_) -> None:

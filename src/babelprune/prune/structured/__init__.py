@@ -14,6 +14,10 @@ in `methods.py` (`IMPORTANCES`), through which the functions below
 dispatch. Sparsity is the share of the blocks' attention and FFN parameters
 removed; see `selection.py` for how units are chosen.
 
+Refit (`refit=True`, shared setting, heads and FFN neurons): the linears
+that read the removed channels (attention output and FFN down projections)
+are fitted again, block by block, on the calibration inputs; see `refit.py`.
+
 Settings: "shared" pools every calibration language into one ranking and
 prunes the model in place; "per-language" ranks units once per language and
 returns each language's selection, leaving the model dense (`prune_copy`
@@ -47,6 +51,7 @@ from babelprune.prune.kernels import check_sparsity
 from babelprune.prune.structured.importance import LossFn, check_units
 from babelprune.prune.structured.l0 import L0Settings, L0Trace
 from babelprune.prune.structured.methods import IMPORTANCES, ImportanceTask, check_importance_setting, importance_method
+from babelprune.prune.structured.refit import apply_selection_with_refit
 from babelprune.prune.structured.selection import (
     DEFAULT_TOLERANCE,
     Importance,
@@ -91,6 +96,7 @@ class StructuredResult:
     l0_traces: dict[str, L0Trace] = field(default_factory=dict)
     device: str = "cpu"  # where the model was scored and pruned
     dtype: str = "float32"  # the type of its weights meanwhile
+    refit: dict | None = None  # the refit's record (per refitted linear: errors before and after), None when off
 
     def metadata(self) -> dict:
         """A JSON-able summary (kept heads per block; neuron counts rather than indices)."""
@@ -104,7 +110,8 @@ class StructuredResult:
                 "sparsity": round(selection.sparsity, 6),
             }
 
-        return {
+        refit = {"refit": self.refit} if self.refit is not None else {}  # left out when off: older records stay the same
+        return refit | {
             "method": f"structured-{self.importance}",
             "units": self.units, "importance": self.importance, "setting": self.setting, "gqa": self.gqa,
             "ranking": self.ranking, "sparsity": self.target_sparsity, "achieved_sparsity": round(self.achieved_sparsity, 6),
@@ -122,7 +129,20 @@ def _widths(loaded: LoadedModel) -> list[dict[str, int]]:
     return [{"heads": lay.n_heads, "kv_heads": lay.n_kv_heads, "ffn": lay.ffn} for lay in layouts]
 
 
-def _check(loaded: LoadedModel, units: set[str], importance: str, sparsity: float, calibration: Calibration | None, setting: str) -> None:
+def check_refit(units: set[str] | list[str], setting: str, has_calibration: bool = True) -> None:
+    """The refit needs calibration text, the shared setting, and heads or FFN neurons to remove."""
+    if "blocks" in units:
+        raise BabelpruneError("--refit refits the linears that read removed heads or FFN neurons, and removed blocks leave "
+                              "none; drop --refit or remove heads or ffn instead.")
+    if setting == "per-language":
+        raise BabelpruneError("--refit changes the weights, but the per-language setting keeps one dense model under every "
+                              "language's selection; use --setting shared with --refit, or drop --refit.")
+    if not has_calibration:
+        raise BabelpruneError("--refit fits the kept weights on calibration text; give --calib.")
+
+
+def _check(loaded: LoadedModel, units: set[str], importance: str, sparsity: float, calibration: Calibration | None, setting: str,
+           refit: bool = False) -> None:
     """Every check that can fail, before any work."""
     check_sparsity(sparsity)
     adapter = adapter_for(loaded.model)
@@ -135,6 +155,8 @@ def _check(loaded: LoadedModel, units: set[str], importance: str, sparsity: floa
     if method.uses_data and calibration is None:
         raise BabelpruneError(f"Importance '{importance}' needs calibration text; give --calib.")
     check_importance_setting(importance, setting, "--setting")
+    if refit:
+        check_refit(units, setting, calibration is not None)
 
 
 def compute_importance(
@@ -169,19 +191,22 @@ def structured_prune(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 1,
     l0: L0Settings | None = None,
+    refit: bool = False,
 ) -> StructuredResult:
     """Remove the least important heads / FFN neurons / blocks of `loaded.model` physically, in place (shared setting).
 
     gqa: for grouped-query attention, "query" removes query heads evenly within
     groups, "groups" removes whole key/value groups. L0 in the shared setting
-    trains one set of gates on all languages together.
+    trains one set of gates on all languages together. refit: fit the output
+    and down projections again on the calibration text after removal (`refit.py`).
     """
     started = time.perf_counter()
     units = check_units(units)
-    _check(loaded, units, importance, sparsity, calibration, setting)
+    _check(loaded, units, importance, sparsity, calibration, setting, refit)
     model, adapter = loaded.model, adapter_for(loaded.model)
     before, model_before = total_block_params(model, adapter), model_params(model)
     bar = progress_bar(progress, counted=False)
+    refit_record = None
     with bar:
         task = bar.add_task(f"structured {importance}: scoring {', '.join(sorted(units))}")
         # Shared: an importance may score the languages together (L0 trains one set of gates on all of them).
@@ -190,8 +215,12 @@ def structured_prune(
         bar.update(task, description=f"structured {importance}: removing units")
         if setting == "shared":
             selection = select_units(model, _pooled(per_lang), sparsity, ranking, tolerance)
-            with torch.no_grad():
-                apply_selection(model, selection)
+            if refit:
+                bar.update(task, description=f"structured {importance}: removing units and refitting, block by block")
+                refit_record = apply_selection_with_refit(model, selection, calibration)
+            else:
+                with torch.no_grad():
+                    apply_selection(model, selection)
             chosen, achieved = None, selection.sparsity
         else:
             chosen = {lang: select_units(model, imp, sparsity, ranking, tolerance) for lang, imp in per_lang.items()}
@@ -206,7 +235,7 @@ def structured_prune(
         widths=_widths(loaded), selection=selection, per_language=chosen,
         calibration=calibration.describe() if calibration is not None else None,
         seconds=round(time.perf_counter() - started, 3), l0_traces=traces,
-        device=str(loaded.device), dtype=dtype_name(loaded.dtype),
+        device=str(loaded.device), dtype=dtype_name(loaded.dtype), refit=refit_record,
     )
 
 

@@ -24,6 +24,7 @@ from babelprune.models.layouts import (
 from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
     activation_importance,
+    balanced_importance,
     gradient_importance,
     head_gates,
     magnitude_importance,
@@ -113,6 +114,8 @@ def rank_units(loaded: LoadedModel, units: Sequence[str], importance: str, calib
         return magnitude_importance(model, units, "query")
     if calibration is None:
         raise BabelpruneError(f"Importance '{importance}' needs calibration text; give calibration windows or use 'magnitude'.")
+    if importance == "balanced":  # already one importance for all languages
+        return balanced_importance(model, calibration, units, "query")
     if importance == "activation":
         per_language = activation_importance(model, calibration, units, "query")
     else:

@@ -1,4 +1,4 @@
-"""Importance of heads, FFN neurons and blocks: magnitude, gradient and activation.
+"""Importance of heads, FFN neurons and blocks: magnitude, gradient, activation and balanced.
 
 Every method reduces an elementwise score over the weights a unit owns (see
 `units.head_unit_map` / `neuron_unit_map`):
@@ -6,6 +6,24 @@ Every method reduces an elementwise score over the weights a unit owns (see
 * magnitude: sqrt(sum w^2), the L2 norm of all of a unit's weights.
 * activation (Wanda): sum |w_ij| * ||X_j||_2, the input norm taken per
   language (`LanguageStats.per_language_norm`).
+* balanced: activation's per-language scores with every language weighing
+  the same. For language l, unit u and unit type t (heads, FFN neurons or
+  blocks), a_l(u) = sum over u's weights of |w_ij| * n_j^l, where
+  n_j^l = ||X_j^l||_2 / sqrt(T_l) is the root mean square of input j over
+  language l's T_l calibration tokens (so a language with more tokens does
+  not weigh more). Each language's scores are divided by their sum over all
+  units of that type in the whole model, A_l = sum_u a_l(u), so that every
+  language's scores add up to 1, whatever the scale of its activations; the
+  importance is the mean over the L calibration languages:
+
+      balanced(u) = (1 / L) * sum_l a_l(u) / A_l
+
+  Dividing by the whole model's sum (not each block's) keeps the comparison
+  across blocks that a global ranking makes. One ranking for all languages:
+  per language it would rank exactly as activation does (a positive factor
+  per language changes no order), so it serves the shared setting only.
+  `activation` in the shared setting sums a_l(u) unnormalised, so there a
+  language whose activations are larger counts more.
 * gradient (Michel et al. 2019; Li et al. 2022): every head's output (its
   slice of the attention output projection's input) and every FFN neuron's
   activation (its column of the down projection's input) is multiplied by a
@@ -156,6 +174,36 @@ def activation_importance(model: nn.Module, calibration: Calibration, units: Uni
 
         result[lang] = _reduce(model, adapter, units, gqa, wanda, lambda x: x)
     return result
+
+
+def balance_languages(per_language: dict[str, Importance]) -> Importance:
+    """The mean over languages of each language's scores divided by their sum over the model (per unit type).
+
+    A language whose scores of a type sum to 0 (no input reached those units) adds 0 for that type.
+    """
+    if not per_language:
+        raise BabelpruneError("Balanced importance needs at least one calibration language.")
+    n = len(per_language)
+
+    def scaled(scores: list[torch.Tensor] | torch.Tensor | None):
+        if scores is None:
+            return None
+        total = float(sum(s.double().sum() for s in scores)) if isinstance(scores, list) else float(scores.double().sum())
+        factor = 1.0 / (n * total) if total > 0 else 0.0
+        return [s.double() * factor for s in scores] if isinstance(scores, list) else scores.double() * factor
+
+    values = [Importance(scaled(imp.heads), scaled(imp.neurons), scaled(imp.blocks), imp.gqa) for imp in per_language.values()]
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
+@torch.no_grad()
+def balanced_importance(model: nn.Module, calibration: Calibration, units: Units, gqa: GqaMode = "groups",
+                        batch_size: int = 4) -> Importance:
+    """Activation scores of each language, normalised per language and averaged (see the module docstring)."""
+    return balance_languages(activation_importance(model, calibration, units, gqa, batch_size))
 
 
 # ----- unit gates (gradient importance, L0 gates, dynamic width masks) ---------------

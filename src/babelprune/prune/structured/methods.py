@@ -22,6 +22,7 @@ from babelprune.prune.calibration import Calibration
 from babelprune.prune.structured.importance import (
     LossFn,
     activation_importance,
+    balanced_importance,
     gradient_importance,
     magnitude_importance,
 )
@@ -60,19 +61,21 @@ class ImportanceMethod:
     fn: ImportanceFn
     uses_data: bool = True  # reads calibration text
     trains: bool = False  # learns gates toward the target sparsity, so the target changes the scores
+    shared_only: bool = False  # one ranking that weighs the languages against each other: no per-language setting
 
     @property
     def per_language(self) -> bool:
         """Whether its ranking can differ per language: only data tells the languages apart."""
-        return self.uses_data
+        return self.uses_data and not self.shared_only
 
 
 IMPORTANCES: dict[str, ImportanceMethod] = {}
 
 
-def register(name: str, uses_data: bool = True, trains: bool = False) -> Callable[[ImportanceFn], ImportanceFn]:
+def register(name: str, uses_data: bool = True, trains: bool = False, shared_only: bool = False,
+             ) -> Callable[[ImportanceFn], ImportanceFn]:
     def decorator(fn: ImportanceFn) -> ImportanceFn:
-        IMPORTANCES[name] = ImportanceMethod(name, fn, uses_data, trains)
+        IMPORTANCES[name] = ImportanceMethod(name, fn, uses_data, trains, shared_only)
         return fn
 
     return decorator
@@ -91,7 +94,13 @@ def check_importance_setting(importance: str, setting: str, option: str) -> None
     `option` is how the caller's users spell the setting: "--setting" on the
     command line, "setting" in a config file.
     """
-    if setting == "per-language" and not importance_method(importance).per_language:
+    method = importance_method(importance)
+    if setting == "per-language" and method.shared_only:
+        raise BabelpruneError(
+            f"{importance.capitalize()} importance weighs the calibration languages equally in one shared ranking, and "
+            f"alone per language it ranks as activation does; use {option} shared, or activation importance per language."
+        )
+    if setting == "per-language" and not method.per_language:
         raise BabelpruneError(
             f"{importance.capitalize()} importance uses no data, so it cannot differ per language; "
             f"use {option} shared or another importance."
@@ -132,3 +141,9 @@ def l0(task: ImportanceTask) -> tuple[dict[str, Importance], dict[str, L0Trace]]
     for lang in task.calibration.language_set:
         per_language[lang], traces[lang] = train(task.calibration.subset([lang]))
     return per_language, traces
+
+
+@register("balanced", shared_only=True)
+def balanced(task: ImportanceTask) -> tuple[dict[str, Importance], dict[str, L0Trace]]:
+    """Activation scores normalised per language (each sums to 1 over the model) and averaged: one ranking."""
+    return {"all": balanced_importance(task.loaded.model, task.calibration, task.units, task.gqa, task.batch_size)}, {}
