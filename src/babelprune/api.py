@@ -744,3 +744,294 @@ def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str, *,
     check_sparsity(sparsity)
     read_dynamic_metadata(Path(folder))  # a folder train-dynamic wrote: checked before any weights are read
     return slice_width(Path(folder), sparsity, Path(out), place)
+
+
+# ----- shrink: the smallest model that keeps every language within a budget ---------------------
+
+
+def parse_budget(text: str | float) -> float:
+    """A budget of relative bits-per-byte increase: "2%" or 0.02 -> 0.02; refused outside (0, 100%)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise BabelpruneError(f"--budget {raw!r} is not a percentage such as 2% (or a fraction such as 0.02).") from None
+    if not 0 < value < 1:
+        raise BabelpruneError(f"--budget {raw} is outside (0, 100%); give the relative bits-per-byte increase each language may take, such as 2%.")
+    return value
+
+
+def _folder_identity(loaded: LoadedModel) -> str:
+    """What the model is: its spec and, for a folder, a hash of every file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256(loaded.spec.encode("utf-8"))
+    if loaded.path is not None and Path(loaded.path).is_dir():
+        for file in sorted(path for path in Path(loaded.path).rglob("*") if path.is_file()):
+            digest.update(str(file.relative_to(loaded.path)).encode("utf-8"))
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _corpus_identity(corpus: Corpus, languages: Sequence[str]) -> str:
+    """The corpus's name and a hash of every segment of the languages (both splits): what trimming, calibration and scoring read."""
+    import hashlib
+
+    digest = hashlib.sha256(corpus.name.encode("utf-8"))
+    for lang in languages:
+        for segment in corpus.segments(lang, "all"):
+            digest.update(f"\0{lang}\0{segment.group}\0{segment.text}".encode("utf-8"))
+    return f"{corpus.name}:{digest.hexdigest()}"
+
+
+def segment_scores(loaded: LoadedModel, corpus: Corpus, languages: Sequence[str], segments: int, seq_len: int,
+                   batch_size: int = 8, progress: bool = False) -> list[LMScore]:
+    """Bits per byte of the first `segments` segments of each language, one window per segment.
+
+    Every model reads the same bytes item by item whatever its tokenizer, so intervals of a difference
+    are paired (a segment longer than a window is split by the tokenizer's count and may pair no more).
+    """
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    scores = []
+    for lang in languages:
+        texts = corpus.texts(lang, "all")[:segments]
+        windows = [window for text in texts for window in make_windows(loaded.tokenizer, [text], seq_len)]
+        totals = score_windows(loaded.model, windows, pad_id, batch_size)
+        meta = corpus.language(lang)
+        scores.append(LMScore(language=lang, name=meta.name, script=meta.script, resource=meta.resource,
+                              n_windows=totals.n_windows, n_tokens=totals.n_tokens, n_bytes=totals.n_bytes,
+                              nll_nats=totals.nll_nats, window_nll=list(totals.window_nll),
+                              window_bytes=list(totals.window_bytes)))
+    return scores
+
+
+def _gguf_scorer():
+    """How a quantized candidate's GGUF is scored: `evaluate_model(..., runtime="llama.cpp")`, or one sentence."""
+    import inspect
+
+    if "runtime" not in inspect.signature(evaluate_model).parameters:
+        raise BabelpruneError("Searching --quants needs each GGUF scored in llama.cpp (evaluate_model's llama.cpp runtime), "
+                              "which this babelprune lacks; leave out --quants.")
+    return evaluate_model
+
+
+def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,
+                     corpus: str = "bible", goal: str = "size", space=None, trials: int | None = None, seed: int = 0,
+                     segments: int = 40, seq_len: int = 256, batch_size: int = 8, importance: str = "gradient",
+                     calibration: CalibrationSpec | None = None, store: Path | str | None = None,
+                     write_page=None, progress: bool = True):
+    """Search trims, structured widths and GGUF quantizations for the smallest model within `budget`; save it to `out`.
+
+    Every language must keep the upper end of the 95% paired interval of its relative bits-per-byte increase
+    over the dense model at or below `budget` ("2%" or 0.02) on the dev half of the corpus's evaluation
+    split (`babelprune.shrink`). The chosen candidate is confirmed on the test half. `out` receives the
+    chosen model's folder (its GGUF as `model.gguf` when quantized), `shrink.json` (every candidate) and,
+    with `write_page(record, folder)`, the page it writes; all inside a temporary folder renamed at the
+    end. Scores go to `store` (default `<out>.shrink.sqlite`), so a search started again with the same
+    settings scores nothing twice. Every refusal comes before any model is loaded; when no candidate
+    passes, nothing is written to `out` and the sentence names the closest candidate and what it missed by.
+    """
+    import shutil
+    import tempfile
+
+    from babelprune.cache import atomic_dir
+    from babelprune.data.corpus import HeldOutHalf
+    from babelprune.evaluate.sizes import weight_files
+    from babelprune.formats.structured import save_structured
+    from babelprune.outputs import STORE_SUFFIXES, check_output_file, check_output_folder
+    from babelprune.prune.structured.methods import IMPORTANCES
+    from babelprune.records.intervals import MIN_ITEMS
+    from babelprune.shrink import (
+        Candidate, CandidateScores, ScoreStore, SearchSpace, ShrinkRecord, ShrinkSettings, check_languages, choose,
+        closest, excess, pareto_front, search,
+    )
+    from babelprune.records.eval import now
+    from babelprune.version import __version__
+
+    # ----- every check before any model is loaded
+    budget = parse_budget(budget)
+    if goal not in ("size", "speed"):
+        raise BabelpruneError(f"--goal {goal!r} is not one of: size, speed.")
+    out = check_output_folder(out, "--out")
+    store = Path(store) if store is not None else out.parent / f"{out.name}.shrink.sqlite"
+    check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
+    if segments < MIN_ITEMS:
+        raise BabelpruneError(f"--segments {segments} gives no interval; score at least {MIN_ITEMS} segments per language.")
+    if trials is not None and trials < 1:
+        raise BabelpruneError("--trials must be at least 1.")
+    if importance not in IMPORTANCES:
+        raise BabelpruneError(f"--importance {importance!r} is not one of: {', '.join(IMPORTANCES)}.")
+    space = space or SearchSpace()
+    from babelprune.choices import StructuredUnit
+    from typing import get_args
+
+    candidates = space.candidates(get_args(StructuredUnit))
+    quants = sorted({c.quant for c in candidates if c.quant})
+    if quants:
+        from babelprune.formats.gguf_quant import check_quant, llama_cpp_bindings
+
+        for quant in quants:
+            check_quant(quant)
+        llama_cpp_bindings()  # one sentence naming the llama extra when llama-cpp-python is missing
+        if goal == "speed":
+            raise BabelpruneError("--goal speed times the model in PyTorch, not a GGUF in llama.cpp; leave out --quants or use --goal size.")
+        gguf_scorer = _gguf_scorer()
+    check_sources(model=model)
+    text = get_corpus(corpus)
+    languages = text.check_languages(list(languages))
+    if len(set(languages)) != len(languages):
+        raise BabelpruneError("--langs names a language twice; give each once.")
+    halves = {half: HeldOutHalf(text, half) for half in ("dev", "test")}
+    for half, held in halves.items():
+        for lang in languages:
+            found = len(held.segments(lang, "all"))
+            if found < MIN_ITEMS:
+                raise BabelpruneError(f"Corpus '{text.name}' has {found} segments of {lang!r} in the {half} half of its "
+                                      f"evaluation split; an interval needs {MIN_ITEMS}: choose another corpus or language.")
+    calibration = (calibration or CalibrationSpec()).model_copy(update={"corpus": corpus, "languages": list(languages)})
+    if any(c.structured for c in candidates):
+        StructuredConfig(units=["ffn"], importance=importance, sparsity=0.5)  # the importance's own checks
+
+    # ----- the dense model and what keys its scores
+    dense = load_model(model)
+    identity = _folder_identity(dense)
+    corpus_identity = _corpus_identity(text, languages)
+    counts = {half: min(segments, min(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
+
+    def fields(candidate: Candidate, half: str) -> dict:
+        decided = {"model": identity, "candidate": candidate.model_dump(mode="json"), "languages": list(languages),
+                   "corpus": corpus_identity, "half": half, "segments": counts[half], "seq_len": seq_len,
+                   "goal": goal, "babelprune": __version__}
+        if candidate.structured:
+            decided |= {"importance": importance, "calibration": calibration.model_dump(mode="json")}
+        return decided
+
+    def measure(loaded: LoadedModel) -> float | None:
+        if goal != "speed":
+            return None
+        from babelprune.evaluate.speed import measure_speeds
+
+        return measure_speeds([loaded], seq_len=min(seq_len, 128), batch_size=1, runs=5, warmup=1)[0].latency_batch1_ms
+
+    def build(candidate: Candidate, folder: Path) -> Path:
+        """Write the candidate's HF folder into the new `folder`; returns the GGUF path when quantized, else the folder."""
+        loaded = load_model(model)
+        if candidate.trimmed:
+            trim_vocabulary(loaded, text, languages, min_count=candidate.min_count, keep_script_rank=candidate.keep_script_rank)
+        if candidate.structured:
+            config = StructuredConfig(units=list(candidate.units), importance=importance, sparsity=candidate.sparsity)
+            vocabulary = (loaded.pruning or {}).get("vocabulary")
+            windows = _calibrate_spec(loaded, calibration) if config.needs_calibration else None
+            result = prune_structured(loaded, config, windows, progress=False)
+            metadata = result.metadata() | {"parent": model, "config": config.to_dict()}
+            save_structured(loaded.model, loaded.tokenizer, folder, metadata | ({"vocabulary": vocabulary} if vocabulary else {}))
+        elif candidate.trimmed:
+            save_trimmed(loaded, folder)
+        else:
+            folder.mkdir(parents=True)
+            loaded.model.save_pretrained(folder)
+            loaded.tokenizer.save_pretrained(folder)
+        if candidate.quant:
+            from babelprune.formats.gguf_quant import export_quantized
+
+            gguf = folder / "model.gguf"
+            export_quantized(load_model(str(folder)), gguf, candidate.quant)
+            return gguf
+        return folder
+
+    def served_bytes(path: Path) -> int:
+        return path.stat().st_size if path.is_file() else sum(file.stat().st_size for file in weight_files(path))
+
+    def score_built(path: Path, half: str) -> tuple[list[LMScore], float | None]:
+        if path.is_file():  # a GGUF: scored in llama.cpp on the half's segments, written as a JSONL corpus
+            import json
+
+            corpus_file = path.parent / f"{half}.jsonl"
+            with corpus_file.open("w", encoding="utf-8") as handle:
+                for lang in languages:
+                    for index, segment in enumerate(halves[half].segments(lang, "all")[:counts[half]]):
+                        handle.write(json.dumps({"lang": lang, "id": str(index), "group": f"g{index}", "text": segment.text},
+                                                ensure_ascii=False) + "\n")
+            result = gguf_scorer(str(path), str(corpus_file), languages, "all", seq_len, 10**9, runtime="llama.cpp")
+            return list(result.scores), None
+        loaded = load_model(str(path))
+        return segment_scores(loaded, halves[half], languages, counts[half], seq_len, batch_size), measure(loaded)
+
+    def served_bytes_of_dense() -> int:
+        from babelprune.evaluate.sizes import model_bytes
+
+        return model_bytes(dense)[0]
+
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    work_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.shrink-work-", dir=out.absolute().parent))
+    try:
+        with ScoreStore(store) as results:
+            def scored(candidate: Candidate, half: str) -> CandidateScores:
+                decided = fields(candidate, half)
+                found = results.get(decided)
+                if found is not None:
+                    return found
+                if candidate.is_dense:
+                    scores = CandidateScores(bytes=served_bytes_of_dense(),
+                                             scores=segment_scores(dense, halves[half], languages, counts[half], seq_len, batch_size),
+                                             latency_ms=measure(dense))
+                else:
+                    folder = Path(tempfile.mkdtemp(dir=work_root)) / "model"
+                    try:
+                        with out_of_memory(f"shrinking {model}", lambda where: "lower --batch-size or --seq-len"):
+                            path = build(candidate, folder)
+                            found_scores, latency = score_built(path, half)
+                        scores = CandidateScores(bytes=served_bytes(path), scores=found_scores, latency_ms=latency)
+                    except BabelpruneError as error:  # a setting this model cannot take: recorded, not fatal
+                        scores = CandidateScores(bytes=0, scores=[], error=str(error))
+                    finally:
+                        shutil.rmtree(folder.parent, ignore_errors=True)
+                results.put(decided, scores)
+                return scores
+
+            dense_dev = scored(Candidate(), "dev")
+            judged, sampler = search(candidates, scored, dense_dev.scores, budget, goal, trials, seed, progress)
+            settings = ShrinkSettings(model=model, model_identity=identity, corpus=corpus, languages=list(languages),
+                                      budget=budget, goal=goal, segments=counts["dev"], seq_len=seq_len, trials=trials,
+                                      seed=seed, importance=importance, calibration=calibration.model_dump(mode="json"))
+            worst = [max((check.interval[1] if check.interval else float("inf")) for check in c.languages) if c.languages else float("inf")
+                     for c in judged]
+            points = [(float(c.bytes), w) for c, w in zip(judged, worst) if c.error is None]
+            numbered = [c for c in judged if c.error is None]
+            front = [numbered[i].number for i in pareto_front(points)]
+            chosen = choose(judged, goal)
+            if chosen is None:
+                near = closest(judged, budget)
+                if near is None:
+                    raise BabelpruneError(f"No candidate could be built and scored (the first said: {judged[0].error}); "
+                                          "change --trims or --widths.")
+                misses = ", ".join(f"{check.language} by {excess(check, budget):+.2%}" for check in near.languages if not check.passed)
+                raise BabelpruneError(
+                    f"No candidate keeps every language within {budget:.2%}: the closest, {near.label} "
+                    f"({near.bytes:,} bytes), misses in {misses} (upper interval end beyond the budget); "
+                    f"raise --budget or try milder --trims and --widths. No model was written; the scores are in {store}."
+                )
+            dense_test = scored(Candidate(), "test")
+            with atomic_dir(out) as folder:
+                model_folder = folder / "model"
+                path = build(chosen.candidate, model_folder)
+                test_scores, _ = score_built(path, "test")
+                for leftover in model_folder.glob("*.jsonl"):
+                    leftover.unlink()
+                if path.is_file():  # the GGUF is served beside the HF folder it was made from
+                    path.rename(folder / "model.gguf")
+                test = check_languages(dense_test.scores, test_scores, budget)
+                record = ShrinkRecord(
+                    settings=settings, space=space, sampler=sampler, dense_bytes=dense_dev.bytes,
+                    dense_latency_ms=dense_dev.latency_ms, dense_dev=dense_dev.scores, candidates=judged, front=front,
+                    chosen=chosen.number, test=test, test_passed=all(check.passed for check in test),
+                    finished=now(),
+                )
+                (folder / "shrink.json").write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+                if write_page is not None:
+                    write_page(record, folder)
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)
+    return record
