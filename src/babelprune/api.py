@@ -818,12 +818,17 @@ def _gguf_scorer():
 
 
 def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,
-                     corpus: str = "bible", goal: str = "size", space=None, trials: int | None = None, seed: int = 0,
+                     corpus: str = "bible", goal: str = "size", trims: Sequence[str] | None = None,
+                     widths: Sequence[str] | None = None, quants: Sequence[str] | None = None,
+                     trials: int | None = None, seed: int = 0,
                      segments: int = 40, seq_len: int = 256, batch_size: int = 8, importance: str = "gradient",
                      calibration: CalibrationSpec | None = None, store: Path | str | None = None,
                      write_page=None, progress: bool = True):
     """Search trims, structured widths and GGUF quantizations for the smallest model within `budget`; save it to `out`.
 
+    `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R), `widths` ("none", "ffn=0.1",
+    "heads+ffn=0.2") and `quants` ("none", "Q8_0"...) are the lists combined (`shrink.SearchSpace`'s
+    defaults when None); `trials` below the number of combinations samples them with TPE.
     Every language must keep the upper end of the 95% paired interval of its relative bits-per-byte increase
     over the dense model at or below `budget` ("2%" or 0.02) on the dev half of the corpus's evaluation
     split (`babelprune.shrink`). The chosen candidate is confirmed on the test half. `out` receives the
@@ -849,6 +854,8 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
     )
     from babelprune.records.eval import now
     from babelprune.version import __version__
+    from babelprune.choices import StructuredUnit
+    from typing import get_args
 
     # ----- every check before any model is loaded
     budget = parse_budget(budget)
@@ -863,10 +870,9 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
         raise BabelpruneError("--trials must be at least 1.")
     if importance not in IMPORTANCES:
         raise BabelpruneError(f"--importance {importance!r} is not one of: {', '.join(IMPORTANCES)}.")
-    space = space or SearchSpace()
-    from babelprune.choices import StructuredUnit
-    from typing import get_args
-
+    defaults = SearchSpace()
+    space = SearchSpace(trims=tuple(trims or defaults.trims), widths=tuple(widths or defaults.widths),
+                        quants=tuple(quants or defaults.quants))
     candidates = space.candidates(get_args(StructuredUnit))
     quants = sorted({c.quant for c in candidates if c.quant})
     if quants:
@@ -1013,16 +1019,12 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                     f"({near.bytes:,} bytes), misses in {misses} (upper interval end beyond the budget); "
                     f"raise --budget or try milder --trims and --widths. No model was written; the scores are in {store}."
                 )
-            dense_test = scored(Candidate(), "test")
+            # The test half is read once, for the chosen candidate only (and stored like the dev scores).
+            test = check_languages(scored(Candidate(), "test").scores, scored(chosen.candidate, "test").scores, budget)
             with atomic_dir(out) as folder:
-                model_folder = folder / "model"
-                path = build(chosen.candidate, model_folder)
-                test_scores, _ = score_built(path, "test")
-                for leftover in model_folder.glob("*.jsonl"):
-                    leftover.unlink()
+                path = build(chosen.candidate, folder / "model")  # the same settings build the same model
                 if path.is_file():  # the GGUF is served beside the HF folder it was made from
                     path.rename(folder / "model.gguf")
-                test = check_languages(dense_test.scores, test_scores, budget)
                 record = ShrinkRecord(
                     settings=settings, space=space, sampler=sampler, dense_bytes=dense_dev.bytes,
                     dense_latency_ms=dense_dev.latency_ms, dense_dev=dense_dev.scores, candidates=judged, front=front,

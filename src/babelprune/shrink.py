@@ -116,7 +116,7 @@ def parse_trim(text: str) -> dict:
 
 
 def parse_width(text: str, units_known: Sequence[str]) -> dict:
-    """'none' or 'UNITS=S' (units such as ffn or heads,ffn at sparsity S in (0, 1)) as Candidate fields."""
+    """'none' or 'UNITS=S' (units such as ffn or heads+ffn at sparsity S in (0, 1)) as Candidate fields."""
     text = text.strip()
     if text == "none":
         return {}
@@ -124,7 +124,7 @@ def parse_width(text: str, units_known: Sequence[str]) -> dict:
     try:
         sparsity = float(value)
     except ValueError:
-        raise BabelpruneError(f"--widths entry {text!r} is not none or UNITS=SPARSITY, such as ffn=0.1 or heads,ffn=0.2.") from None
+        raise BabelpruneError(f"--widths entry {text!r} is not none or UNITS=SPARSITY, such as ffn=0.1 or heads+ffn=0.2.") from None
     names = tuple(sorted({unit.strip() for unit in units.replace("+", ",").split(",") if unit.strip()}))
     unknown = [unit for unit in names if unit not in units_known]
     if not names or unknown:

@@ -1,0 +1,298 @@
+"""`babelprune shrink`: the budget rule on paired intervals, the Pareto front, resume, refusals, the chosen folder, the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from babelprune import api
+from babelprune.data.corpus import HeldOutHalf
+from babelprune.data.registry import get_corpus
+from babelprune.errors import BabelpruneError
+from babelprune.formats.loading import load_model
+from babelprune.records.eval import LMScore
+from babelprune.shrink import Candidate, CandidateScores, ScoreStore, check_language, choose, closest, judge, pareto_front
+from tests.cli_runner import run_cli
+from tests.sweep_fixtures import write_tiny_corpus, write_tiny_model
+
+LANGS = ["en", "fr", "sw"]
+# A small space: two trims, one width; every combination but the dense model (3 candidates).
+SPACE = {"trims": ["none", "1"], "widths": ["none", "ffn=0.25"]}
+SMALL = {"segments": 6, "seq_len": 128, "importance": "magnitude", "progress": False,
+         "calibration": api.CalibrationSpec(samples=2, seq_len=32)}
+
+
+def score(lang: str, nll: list[float], size: int = 10) -> LMScore:
+    return LMScore(language=lang, name=lang, script="Latn", resource="high", n_windows=len(nll), n_tokens=len(nll) * size,
+                   n_bytes=len(nll) * size, nll_nats=sum(nll), window_nll=nll, window_bytes=[size] * len(nll))
+
+
+# ----- the budget rule, by hand
+
+
+def test_a_language_whose_upper_end_exceeds_the_budget_fails_and_is_named():
+    dense = [score("en", [10.0] * 6), score("fr", [10.0] * 6)]
+    # Every window 1% (en) and 3% (fr) worse: every resample gives exactly that change, so the interval is a point.
+    scored = CandidateScores(bytes=100, scores=[score("en", [10.1] * 6), score("fr", [10.3] * 6)])
+    judged = judge(1, Candidate(min_count=1), scored, dense, budget=0.02)
+    en, fr = judged.languages
+    assert en.interval == pytest.approx((0.01, 0.01)) and en.passed
+    assert fr.interval == pytest.approx((0.03, 0.03)) and not fr.passed
+    assert not judged.passed and judged.failed_languages == ["fr"]
+    assert judge(1, Candidate(min_count=1), scored, dense, budget=0.031).passed  # both within 3.1%
+
+
+def test_the_upper_end_decides_not_the_point_estimate():
+    dense = score("en", [10.0] * 6)
+    # One window of six 10% worse: the point estimate is 10% / 6 = 1.67%, within 2%; a resample that draws that
+    # window twice or more (probability 0.26) is at least 3.3% worse, so the 97.5th percentile is beyond 2%.
+    check = check_language(dense, score("en", [10.0] * 5 + [11.0]), budget=0.02)
+    assert check.relative == pytest.approx(1 / 60)
+    assert check.relative < 0.02 < check.interval[1]
+    assert not check.passed
+
+
+def test_too_few_windows_give_no_interval_and_never_pass():
+    check = check_language(score("en", [10.0] * 3), score("en", [10.0] * 3), budget=0.5)
+    assert check.interval is None and not check.passed
+
+
+def test_pareto_front_of_hand_made_points():
+    points = [(1, 5), (2, 3), (3, 4), (4, 1), (5, 1)]
+    # (3, 4) is beaten by (2, 3) in both; (5, 1) by (4, 1) in size at the same loss.
+    assert pareto_front(points) == [0, 1, 3]
+    assert pareto_front([(2, 2), (2, 2)]) == [0, 1]  # equal points do not dominate each other
+
+
+def test_the_smallest_passing_candidate_is_chosen_and_the_closest_failing_one_named():
+    dense = [score("en", [10.0] * 6)]
+    big = judge(1, Candidate(min_count=1), CandidateScores(bytes=300, scores=[score("en", [10.0] * 6)]), dense, 0.02)
+    small = judge(2, Candidate(min_count=2), CandidateScores(bytes=200, scores=[score("en", [10.1] * 6)]), dense, 0.02)
+    tiny_bad = judge(3, Candidate(units=("ffn",), sparsity=0.5), CandidateScores(bytes=50, scores=[score("en", [10.5] * 6)]), dense, 0.02)
+    worse = judge(4, Candidate(units=("ffn",), sparsity=0.9), CandidateScores(bytes=10, scores=[score("en", [12.0] * 6)]), dense, 0.02)
+    assert choose([big, small, tiny_bad, worse], "size").number == 2
+    assert choose([tiny_bad, worse], "size") is None
+    assert closest([worse, tiny_bad], 0.02).number == 3
+
+
+# ----- the dev and test halves
+
+
+def test_dev_and_test_halves_split_the_evaluation_split(tmp_path):
+    corpus = get_corpus(str(write_tiny_corpus(tmp_path / "c.jsonl", segments=60)))
+    dev = {s.group for s in HeldOutHalf(corpus, "dev").segments("en", "all")}
+    test = {s.group for s in HeldOutHalf(corpus, "test").segments("en", "all")}
+    held_out = {s.group for s in corpus.segments("en", "eval")}
+    assert dev and test and not dev & test and dev | test == held_out
+    assert not held_out & {s.group for s in corpus.segments("en", "calib")}
+
+
+# ----- the store
+
+
+def test_the_store_refuses_a_file_that_is_not_its_own(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE runs (key TEXT)")
+    with pytest.raises(BabelpruneError, match="not a babelprune shrink store"):
+        ScoreStore(other)
+    text = tmp_path / "text.sqlite"
+    text.write_text("hello")
+    with pytest.raises(BabelpruneError, match="not a babelprune shrink store"):
+        ScoreStore(text)
+
+
+def test_the_store_checks_every_field_of_the_key(tmp_path):
+    with ScoreStore(tmp_path / "s.sqlite") as store:
+        fields = {"model": "m", "half": "dev"}
+        store.put(fields, CandidateScores(bytes=5, scores=[]))
+        assert store.get(fields).bytes == 5
+        assert store.get({"model": "m", "half": "test"}) is None
+
+
+# ----- a whole search on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shrink")
+    return write_tiny_model(root / "model"), write_tiny_corpus(root / "corpus.jsonl", segments=60), root
+
+
+def counting(monkeypatch) -> list[str]:
+    """Count the models scored (by spec) through api.segment_scores."""
+    calls: list[str] = []
+    original = api.segment_scores
+
+    def counted(loaded, *args, **kwargs):
+        calls.append(loaded.spec)
+        return original(loaded, *args, **kwargs)
+
+    monkeypatch.setattr(api, "segment_scores", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def searched(tiny):
+    model, corpus, root = tiny
+    calls: list[str] = []
+    original = api.segment_scores
+
+    def counted(loaded, *args, **kwargs):
+        calls.append(loaded.spec)
+        return original(loaded, *args, **kwargs)
+
+    api.segment_scores = counted
+    try:
+        record = api.shrink_to_folder(str(model), LANGS, "5%", root / "out", corpus=str(corpus), store=root / "s.sqlite", **SPACE, **SMALL)
+    finally:
+        api.segment_scores = original
+    return record, root / "out", calls
+
+
+def test_every_candidate_is_recorded_and_the_smallest_passing_one_chosen(searched):
+    record, out, calls = searched
+    data = json.loads((out / "shrink.json").read_text(encoding="utf-8"))
+    assert len(data["candidates"]) == 3
+    assert {c["label"] for c in data["candidates"]} == {"trim min_count 1", "ffn 25%", "trim min_count 1, ffn 25%"}
+    for candidate in data["candidates"]:
+        assert [check["language"] for check in candidate["languages"]] == LANGS
+        assert candidate["passed"] == (not candidate["failed_languages"])
+        assert all(len(check["interval"]) == 2 for check in candidate["languages"])
+    passing = [c for c in record.candidates if c.passed]
+    assert passing, "the test needs a candidate within 5% on the tiny model"
+    assert record.chosen == min(passing, key=lambda c: c.bytes).number
+    assert [check.language for check in record.test] == LANGS and record.test_passed is not None
+    # dense (dev), three candidates (dev), dense (test), the chosen one (test)
+    assert len(calls) == 6
+
+
+def test_the_chosen_model_folder_reloads_and_is_the_chosen_size(searched):
+    record, out, _ = searched
+    chosen = next(c for c in record.candidates if c.number == record.chosen)
+    loaded = load_model(str(out / "model"))
+    assert sum(f.stat().st_size for f in (out / "model").glob("*.safetensors")) == chosen.bytes
+    scores = api.segment_scores(loaded, HeldOutHalf(get_corpus(record.settings.corpus), "dev"), ["en"], 6, 128)
+    assert scores[0].bits_per_byte == pytest.approx(next(c for c in chosen.languages if c.language == "en").bits_per_byte, rel=1e-5)
+
+
+def test_a_second_search_with_the_same_settings_scores_nothing_again(tiny, searched, monkeypatch):
+    model, corpus, root = tiny
+    calls = counting(monkeypatch)
+    again = api.shrink_to_folder(str(model), LANGS, "5%", root / "out-again", corpus=str(corpus), store=root / "s.sqlite", **SPACE, **SMALL)
+    assert calls == []
+    assert again.chosen == searched[0].chosen and (root / "out-again" / "model" / "config.json").is_file()
+
+
+def test_a_changed_setting_is_scored_anew(tiny, searched, monkeypatch):
+    model, corpus, root = tiny
+    calls = counting(monkeypatch)
+    settings = SMALL | {"segments": 7}
+    api.shrink_to_folder(str(model), LANGS, "5%", root / "out-seven", corpus=str(corpus), store=root / "s.sqlite", **SPACE, **settings)
+    assert len(calls) == 6
+
+
+def test_no_candidate_within_the_budget_names_the_closest_and_writes_nothing(tiny, monkeypatch, tmp_path):
+    model, corpus, _ = tiny
+    original = api.segment_scores
+
+    dense: dict[str, list[LMScore]] = {}
+
+    def worse(loaded, corpus, *args, **kwargs):  # every candidate 3% worse than the dense model in every window
+        if loaded.spec == str(model):
+            dense[corpus.name] = original(loaded, corpus, *args, **kwargs)
+            return dense[corpus.name]
+        return [s.model_copy(update={"window_nll": [v * 1.03 for v in s.window_nll], "nll_nats": s.nll_nats * 1.03})
+                for s in dense[corpus.name]]
+
+    monkeypatch.setattr(api, "segment_scores", worse)
+    with pytest.raises(BabelpruneError, match=r"No candidate keeps every language within 1.00%: the closest, .* misses in en by \+"):
+        api.shrink_to_folder(str(model), LANGS, "1%", tmp_path / "out", corpus=str(corpus), trims=["none", "1"], widths=["none"], **SMALL)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.shrink.sqlite"]  # the scores stay for the next try
+
+
+# ----- refusals, before any model is loaded
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr(api, "load_model", refuse)
+
+
+@pytest.mark.parametrize("budget", ["0%", "100%", "150%", "-1%", "two"])
+def test_a_budget_outside_zero_to_a_hundred_percent_is_refused(tiny, tmp_path, no_loading, budget):
+    model, corpus, _ = tiny
+    with pytest.raises(BabelpruneError, match="--budget"):
+        api.shrink_to_folder(str(model), LANGS, budget, tmp_path / "out", corpus=str(corpus), **SMALL)
+
+
+@pytest.mark.parametrize("language", ["de", "<b>x</b>", "../x"])
+def test_a_language_the_corpus_lacks_is_refused(tiny, tmp_path, no_loading, language):
+    model, corpus, _ = tiny
+    with pytest.raises(BabelpruneError):
+        api.shrink_to_folder(str(model), ["en", language], "2%", tmp_path / "out", corpus=str(corpus), **SMALL)
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_existing_out_is_refused(tiny, tmp_path, no_loading):
+    model, corpus, _ = tiny
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BabelpruneError, match="exists"):
+        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), **SMALL)
+
+
+def test_an_out_under_a_file_is_refused(tiny, tmp_path, no_loading):
+    model, corpus, _ = tiny
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BabelpruneError, match="which is a file"):
+        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "file" / "out", corpus=str(corpus), **SMALL)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None, reason="llama-cpp-python is installed here")
+def test_quantization_without_llama_cpp_names_the_extra(tiny, tmp_path, no_loading):
+    model, corpus, _ = tiny
+    with pytest.raises(BabelpruneError, match=r"llama-cpp-python.*llama"):
+        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), quants=["none", "Q8_0"], **SMALL)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_search_space_entry_is_refused(tiny, tmp_path, no_loading):
+    model, corpus, _ = tiny
+    with pytest.raises(BabelpruneError, match="--widths"):
+        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), widths=["wings=0.2"], **SMALL)
+    with pytest.raises(BabelpruneError, match="--trims"):
+        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), trims=["often"], **SMALL)
+
+
+# ----- the command line
+
+
+def test_the_command_line_end_to_end(tiny, tmp_path, monkeypatch, capsys):
+    model, corpus, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "shrink", "--model", str(model), "--langs", "en,sw", "--budget", "5%",
+                             "--corpus", str(corpus), "--out", "small", "--trims", "none,1", "--widths", "none,ffn=0.25",
+                             "--importance", "magnitude", "--segments", "6", "--seq-len", "128", "--samples", "2")
+    assert code == 0, err
+    assert "Chosen:" in out and "test half, sw" in out
+    page = (tmp_path / "small" / "index.html").read_text(encoding="utf-8")
+    assert "Every candidate" in page and "figures/" in page
+    assert len(list((tmp_path / "small" / "figures").glob("*.png"))) == 2
+    assert json.loads((tmp_path / "small" / "shrink.json").read_text())["settings"]["languages"] == ["en", "sw"]
+    load_model(str(tmp_path / "small" / "model"))
+
+
+def test_the_command_line_refuses_a_bad_budget_in_one_sentence(tiny, tmp_path, monkeypatch, capsys):
+    model, corpus, _ = tiny
+    code, out, err = run_cli(monkeypatch, capsys, "shrink", "--model", str(model), "--langs", "en", "--budget", "120%",
+                             "--corpus", str(corpus), "--out", str(tmp_path / "x"))
+    assert code != 0 and "--budget" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
