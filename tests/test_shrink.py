@@ -18,6 +18,7 @@ from babelprune.records.eval import LMScore
 from babelprune.shrink import Candidate, CandidateScores, ScoreStore, check_language, choose, closest, judge, pareto_front
 from tests.cli_runner import run_cli
 from tests.sweep_fixtures import write_tiny_corpus, write_tiny_model
+from tests.test_outputs import read_only_folder
 
 LANGS = ["en", "fr", "sw"]
 # A small space: two trims, one width; every combination but the dense model (3 candidates).
@@ -216,6 +217,26 @@ def test_no_candidate_within_the_budget_names_the_closest_and_writes_nothing(tin
     assert [p.name for p in tmp_path.iterdir()] == ["out.shrink.sqlite"]  # the scores stay for the next try
 
 
+def test_fewer_trials_than_candidates_sample_with_tpe_and_resume(tiny, tmp_path, monkeypatch):
+    model, corpus, root = tiny
+    space = {"trims": ["none", "1", "2"], "widths": ["none", "ffn=0.25"]}  # 5 candidates, 3 trials
+    first = api.shrink_to_folder(str(model), LANGS, "5%", tmp_path / "a", corpus=str(corpus), store=tmp_path / "s.sqlite",
+                                 trials=3, **space, **SMALL)
+    assert first.sampler == "tpe" and 1 <= len(first.candidates) <= 3
+    calls = counting(monkeypatch)
+    again = api.shrink_to_folder(str(model), LANGS, "5%", tmp_path / "b", corpus=str(corpus), store=tmp_path / "s.sqlite",
+                                 trials=3, **space, **SMALL)
+    assert calls == [] and [c.label for c in again.candidates] == [c.label for c in first.candidates]
+
+
+def test_goal_speed_chooses_the_fastest_passing_candidate(tiny, tmp_path):
+    model, corpus, _ = tiny
+    record = api.shrink_to_folder(str(model), LANGS, "5%", tmp_path / "out", corpus=str(corpus), goal="speed", **SPACE, **SMALL)
+    assert record.dense_latency_ms is not None and all(c.latency_ms is not None for c in record.candidates)
+    passing = [c for c in record.candidates if c.passed]
+    assert record.chosen == min(passing, key=lambda c: c.latency_ms).number
+
+
 # ----- refusals, before any model is loaded
 
 
@@ -254,6 +275,13 @@ def test_an_out_under_a_file_is_refused(tiny, tmp_path, no_loading):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BabelpruneError, match="which is a file"):
         api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "file" / "out", corpus=str(corpus), **SMALL)
+
+
+def test_an_out_that_cannot_be_written_is_refused(tiny, tmp_path, no_loading):
+    model, corpus, _ = tiny
+    locked = read_only_folder(tmp_path)
+    with pytest.raises(BabelpruneError, match="cannot be written"):
+        api.shrink_to_folder(str(model), LANGS, "2%", locked / "out", corpus=str(corpus), store=tmp_path / "s.sqlite", **SMALL)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None, reason="llama-cpp-python is installed here")

@@ -11,7 +11,7 @@ import torch
 
 
 from babelprune.choices import (
-    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, SparseKernels, StorageFormat, ValuesDtype,
+    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, ShrinkGoal, SparseKernels, StorageFormat, ValuesDtype,
 )
 from babelprune.data.corpus import Corpus, Split
 from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, require_float64, resolve
@@ -818,7 +818,7 @@ def _gguf_scorer():
 
 
 def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,
-                     corpus: str = "bible", goal: str = "size", trims: Sequence[str] | None = None,
+                     corpus: str = "bible", goal: ShrinkGoal = "size", trims: Sequence[str] | None = None,
                      widths: Sequence[str] | None = None, quants: Sequence[str] | None = None,
                      trials: int | None = None, seed: int = 0,
                      segments: int = 40, seq_len: int = 256, batch_size: int = 8, importance: str = "gradient",
