@@ -41,7 +41,7 @@ __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
     "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary",
     "evaluate_model", "export_model", "fetch_corpus", "finetune_to_folder", "measure_model_speeds", "model_aliases",
-    "prune_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
+    "prune_to_folder", "shrink_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
     "CalibrationSpec", "DynamicConfig", "FinetuneConfig", "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
@@ -871,8 +871,9 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
     if importance not in IMPORTANCES:
         raise BabelpruneError(f"--importance {importance!r} is not one of: {', '.join(IMPORTANCES)}.")
     defaults = SearchSpace()
-    space = SearchSpace(trims=tuple(trims or defaults.trims), widths=tuple(widths or defaults.widths),
-                        quants=tuple(quants or defaults.quants))
+    space = SearchSpace(trims=tuple(trims if trims is not None else defaults.trims),
+                        widths=tuple(widths if widths is not None else defaults.widths),
+                        quants=tuple(quants if quants is not None else defaults.quants))
     candidates = space.candidates(get_args(StructuredUnit))
     quants = sorted({c.quant for c in candidates if c.quant})
     if quants:
