@@ -832,30 +832,28 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
     Every language must keep the upper end of the 95% paired interval of its relative bits-per-byte increase
     over the dense model at or below `budget` ("2%" or 0.02) on the dev half of the corpus's evaluation
     split (`babelprune.shrink`). The chosen candidate is confirmed on the test half. `out` receives the
-    chosen model's folder (its GGUF as `model.gguf` when quantized), `shrink.json` (every candidate) and,
-    with `write_page(record, folder)`, the page it writes; all inside a temporary folder renamed at the
-    end. Scores go to `store` (default `<out>.shrink.sqlite`), so a search started again with the same
-    settings scores nothing twice. Every refusal comes before any model is loaded; when no candidate
+    chosen model's folder (`out/model`; its GGUF as `out/model.gguf` when quantized), `shrink.json` (every
+    candidate) and, with `write_page(record, folder)`, the page it writes; all inside a temporary folder
+    renamed at the end. Scores go to `store` (default `<out>.shrink.sqlite`), so a search started again with
+    the same settings scores nothing twice. Every refusal comes before any model is loaded; when no candidate
     passes, nothing is written to `out` and the sentence names the closest candidate and what it missed by.
+    Returns the `shrink.ShrinkRecord` written as shrink.json.
     """
     import shutil
     import tempfile
+    from typing import get_args
 
     from babelprune.cache import atomic_dir
+    from babelprune.choices import StructuredUnit
     from babelprune.data.corpus import HeldOutHalf
-    from babelprune.evaluate.sizes import weight_files
-    from babelprune.formats.structured import save_structured
     from babelprune.outputs import STORE_SUFFIXES, check_output_file, check_output_folder
     from babelprune.prune.structured.methods import IMPORTANCES
+    from babelprune.records.eval import now
     from babelprune.records.intervals import MIN_ITEMS
     from babelprune.shrink import (
-        Candidate, CandidateScores, ScoreStore, SearchSpace, ShrinkRecord, ShrinkSettings, check_languages, choose,
-        closest, excess, pareto_front, search,
+        Candidate, ScoreStore, SearchSpace, ShrinkRecord, ShrinkSettings, check_languages, choose, front_numbers,
+        no_candidate_passed, search,
     )
-    from babelprune.records.eval import now
-    from babelprune.version import __version__
-    from babelprune.choices import StructuredUnit
-    from typing import get_args
 
     # ----- every check before any model is loaded
     budget = parse_budget(budget)
@@ -875,12 +873,13 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                         widths=tuple(widths if widths is not None else defaults.widths),
                         quants=tuple(quants if quants is not None else defaults.quants))
     candidates = space.candidates(get_args(StructuredUnit))
-    quants = sorted({c.quant for c in candidates if c.quant})
-    if quants:
+    gguf_scorer = None
+    if any(candidate.quant for candidate in candidates):
         from babelprune.formats.gguf_quant import check_quant, llama_cpp_bindings
 
-        for quant in quants:
-            check_quant(quant)
+        for candidate in candidates:
+            if candidate.quant:
+                check_quant(candidate.quant)
         llama_cpp_bindings()  # one sentence naming the llama extra when llama-cpp-python is missing
         if goal == "speed":
             raise BabelpruneError("--goal speed times the model in PyTorch, not a GGUF in llama.cpp; leave out --quants or use --goal size.")
@@ -898,41 +897,110 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                 raise BabelpruneError(f"Corpus '{text.name}' has {found} segments of {lang!r} in the {half} half of its "
                                       f"evaluation split; an interval needs {MIN_ITEMS}: choose another corpus or language.")
     calibration = (calibration or CalibrationSpec()).model_copy(update={"corpus": corpus, "languages": list(languages)})
-    if any(c.structured for c in candidates):
+    if any(candidate.structured for candidate in candidates):
         StructuredConfig(units=["ffn"], importance=importance, sparsity=0.5)  # the importance's own checks
 
-    # ----- the dense model and what keys its scores
-    dense = load_model(model)
-    identity = _folder_identity(dense)
-    corpus_identity = _corpus_identity(text, languages)
-    counts = {half: min(segments, min(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
+    # ----- the search
+    bench = _ShrinkBench(model, load_model(model), text, halves, languages, segments, seq_len, batch_size, goal, importance,
+                         calibration, gguf_scorer)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.shrink-work-", dir=out.absolute().parent))
+    try:
+        with ScoreStore(store) as results:
+            def scored(candidate: Candidate, half: str):
+                return bench.scored(candidate, half, results, work)
 
-    def fields(candidate: Candidate, half: str) -> dict:
-        decided = {"model": identity, "candidate": candidate.model_dump(mode="json"), "languages": list(languages),
-                   "corpus": corpus_identity, "half": half, "segments": counts[half], "seq_len": seq_len,
-                   "goal": goal, "babelprune": __version__}
+            dense_dev = scored(Candidate(), "dev")
+            judged, sampler = search(candidates, scored, dense_dev.scores, budget, goal, trials, seed, progress)
+            chosen = choose(judged, goal)
+            if chosen is None:
+                raise no_candidate_passed(judged, budget, store)
+            # The test half is read once, for the chosen candidate only (and stored like the dev scores).
+            test = check_languages(scored(Candidate(), "test").scores, scored(chosen.candidate, "test").scores, budget)
+        settings = ShrinkSettings(model=model, model_identity=bench.identity, corpus=corpus, languages=list(languages),
+                                  budget=budget, goal=goal, segments=bench.counts["dev"], seq_len=seq_len, trials=trials,
+                                  seed=seed, importance=importance, calibration=calibration.model_dump(mode="json"))
+        record = ShrinkRecord(settings=settings, space=space, sampler=sampler, dense_bytes=dense_dev.bytes,
+                              dense_latency_ms=dense_dev.latency_ms, dense_dev=dense_dev.scores, candidates=judged,
+                              front=front_numbers(judged), chosen=chosen.number, test=test,
+                              test_passed=all(check.passed for check in test), finished=now())
+        with atomic_dir(out) as folder:
+            path = bench.build(chosen.candidate, folder / "model")  # the same settings build the same model
+            if path.is_file():  # the GGUF is served beside the HF folder it was made from
+                path.rename(folder / "model.gguf")
+            (folder / "shrink.json").write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            if write_page is not None:
+                write_page(record, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+class _ShrinkBench:
+    """How `shrink_to_folder` builds, measures and scores one candidate, and what keys its scores in the store."""
+
+    def __init__(self, model: str, dense: LoadedModel, corpus: Corpus, halves: dict, languages: list[str], segments: int,
+                 seq_len: int, batch_size: int, goal: str, importance: str, calibration: CalibrationSpec, gguf_scorer) -> None:
+        self.model, self.dense, self.corpus, self.halves, self.languages = model, dense, corpus, halves, languages
+        self.seq_len, self.batch_size, self.goal, self.importance = seq_len, batch_size, goal, importance
+        self.calibration, self.gguf_scorer = calibration, gguf_scorer
+        self.identity = _folder_identity(dense)
+        self.corpus_identity = _corpus_identity(corpus, languages)
+        self.counts = {half: min(segments, *(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
+
+    def fields(self, candidate, half: str) -> dict:
+        """Everything that decides a candidate's scores on a half: the store's key."""
+        from babelprune.version import __version__
+
+        decided = {"model": self.identity, "candidate": candidate.model_dump(mode="json"), "languages": list(self.languages),
+                   "corpus": self.corpus_identity, "half": half, "segments": self.counts[half], "seq_len": self.seq_len,
+                   "goal": self.goal, "babelprune": __version__}
         if candidate.structured:
-            decided |= {"importance": importance, "calibration": calibration.model_dump(mode="json")}
+            decided |= {"importance": self.importance, "calibration": self.calibration.model_dump(mode="json")}
         return decided
 
-    def measure(loaded: LoadedModel) -> float | None:
-        if goal != "speed":
-            return None
-        from babelprune.evaluate.speed import measure_speeds
+    def scored(self, candidate, half: str, store, work: Path):
+        """The candidate's scores on `half`: from the store, else built, measured and scored now (then stored)."""
+        import shutil
+        import tempfile
 
-        return measure_speeds([loaded], seq_len=min(seq_len, 128), batch_size=1, runs=5, warmup=1)[0].latency_batch1_ms
+        from babelprune.evaluate.sizes import model_bytes
+        from babelprune.shrink import CandidateScores
 
-    def build(candidate: Candidate, folder: Path) -> Path:
-        """Write the candidate's HF folder into the new `folder`; returns the GGUF path when quantized, else the folder."""
-        loaded = load_model(model)
-        if candidate.trimmed:
-            trim_vocabulary(loaded, text, languages, min_count=candidate.min_count, keep_script_rank=candidate.keep_script_rank)
+        decided = self.fields(candidate, half)
+        found = store.get(decided)
+        if found is not None:
+            return found
+        if candidate.is_dense:
+            scores = CandidateScores(bytes=model_bytes(self.dense)[0], latency_ms=self.latency(self.dense),
+                                     scores=self.score_loaded(self.dense, half))
+        else:
+            folder = Path(tempfile.mkdtemp(dir=work)) / "model"
+            try:
+                with out_of_memory(f"shrinking {self.model}", lambda where: "lower --seq-len or --samples"):
+                    path = self.build(candidate, folder)
+                    scores = self.score_built(path, half)
+            except BabelpruneError as error:  # a setting this model cannot take: recorded with the candidate, not fatal
+                scores = CandidateScores(bytes=0, scores=[], error=str(error))
+            finally:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+        store.put(decided, scores)
+        return scores
+
+    def build(self, candidate, folder: Path) -> Path:
+        """Write the candidate's HF folder into the new `folder`; returns its GGUF file when quantized, else the folder."""
+        from babelprune.formats.structured import save_structured
+
+        loaded = load_model(self.model)
+        if candidate.trimmed:  # before structured pruning, which trimming refuses to follow
+            trim_vocabulary(loaded, self.corpus, self.languages, min_count=candidate.min_count,
+                            keep_script_rank=candidate.keep_script_rank)
         if candidate.structured:
-            config = StructuredConfig(units=list(candidate.units), importance=importance, sparsity=candidate.sparsity)
+            config = StructuredConfig(units=list(candidate.units), importance=self.importance, sparsity=candidate.sparsity)
             vocabulary = (loaded.pruning or {}).get("vocabulary")
-            windows = _calibrate_spec(loaded, calibration) if config.needs_calibration else None
+            windows = _calibrate_spec(loaded, self.calibration) if config.needs_calibration else None
             result = prune_structured(loaded, config, windows, progress=False)
-            metadata = result.metadata() | {"parent": model, "config": config.to_dict()}
+            metadata = result.metadata() | {"parent": self.model, "config": config.to_dict()}
             save_structured(loaded.model, loaded.tokenizer, folder, metadata | ({"vocabulary": vocabulary} if vocabulary else {}))
         elif candidate.trimmed:
             save_trimmed(loaded, folder)
@@ -948,93 +1016,37 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
             return gguf
         return folder
 
-    def served_bytes(path: Path) -> int:
-        return path.stat().st_size if path.is_file() else sum(file.stat().st_size for file in weight_files(path))
+    def score_loaded(self, loaded: LoadedModel, half: str) -> list[LMScore]:
+        return segment_scores(loaded, self.halves[half], self.languages, self.counts[half], self.seq_len, self.batch_size)
 
-    def score_built(path: Path, half: str) -> tuple[list[LMScore], float | None]:
-        if path.is_file():  # a GGUF: scored in llama.cpp on the half's segments, written as a JSONL corpus
-            import json
+    def latency(self, loaded: LoadedModel) -> float | None:
+        """Milliseconds for one sequence (goal speed); None for goal size, which never times anything."""
+        if self.goal != "speed":
+            return None
+        from babelprune.evaluate.speed import measure_speeds
 
-            corpus_file = path.parent / f"{half}.jsonl"
-            with corpus_file.open("w", encoding="utf-8") as handle:
-                for lang in languages:
-                    for index, segment in enumerate(halves[half].segments(lang, "all")[:counts[half]]):
-                        handle.write(json.dumps({"lang": lang, "id": str(index), "group": f"g{index}", "text": segment.text},
-                                                ensure_ascii=False) + "\n")
-            result = gguf_scorer(str(path), str(corpus_file), languages, "all", seq_len, 10**9, runtime="llama.cpp")
-            return list(result.scores), None
+        return measure_speeds([loaded], seq_len=min(self.seq_len, 128), batch_size=1, runs=5, warmup=1)[0].latency_batch1_ms
+
+    def score_built(self, path: Path, half: str):
+        """Bytes as served and scores of a built candidate: its HF folder in PyTorch, or its GGUF in llama.cpp."""
+        from babelprune.evaluate.sizes import weight_files
+        from babelprune.shrink import CandidateScores
+
+        if path.is_file():
+            return CandidateScores(bytes=path.stat().st_size, scores=self.score_gguf(path, half))
         loaded = load_model(str(path))
-        return segment_scores(loaded, halves[half], languages, counts[half], seq_len, batch_size), measure(loaded)
+        return CandidateScores(bytes=sum(file.stat().st_size for file in weight_files(path)),
+                               scores=self.score_loaded(loaded, half), latency_ms=self.latency(loaded))
 
-    def served_bytes_of_dense() -> int:
-        from babelprune.evaluate.sizes import model_bytes
+    def score_gguf(self, path: Path, half: str) -> list[LMScore]:
+        """The half's segments written as a JSONL corpus beside the GGUF and scored in llama.cpp (windows packed there)."""
+        import json
 
-        return model_bytes(dense)[0]
-
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    work_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.shrink-work-", dir=out.absolute().parent))
-    try:
-        with ScoreStore(store) as results:
-            def scored(candidate: Candidate, half: str) -> CandidateScores:
-                decided = fields(candidate, half)
-                found = results.get(decided)
-                if found is not None:
-                    return found
-                if candidate.is_dense:
-                    scores = CandidateScores(bytes=served_bytes_of_dense(),
-                                             scores=segment_scores(dense, halves[half], languages, counts[half], seq_len, batch_size),
-                                             latency_ms=measure(dense))
-                else:
-                    folder = Path(tempfile.mkdtemp(dir=work_root)) / "model"
-                    try:
-                        with out_of_memory(f"shrinking {model}", lambda where: "lower --batch-size or --seq-len"):
-                            path = build(candidate, folder)
-                            found_scores, latency = score_built(path, half)
-                        scores = CandidateScores(bytes=served_bytes(path), scores=found_scores, latency_ms=latency)
-                    except BabelpruneError as error:  # a setting this model cannot take: recorded, not fatal
-                        scores = CandidateScores(bytes=0, scores=[], error=str(error))
-                    finally:
-                        shutil.rmtree(folder.parent, ignore_errors=True)
-                results.put(decided, scores)
-                return scores
-
-            dense_dev = scored(Candidate(), "dev")
-            judged, sampler = search(candidates, scored, dense_dev.scores, budget, goal, trials, seed, progress)
-            settings = ShrinkSettings(model=model, model_identity=identity, corpus=corpus, languages=list(languages),
-                                      budget=budget, goal=goal, segments=counts["dev"], seq_len=seq_len, trials=trials,
-                                      seed=seed, importance=importance, calibration=calibration.model_dump(mode="json"))
-            worst = [max((check.interval[1] if check.interval else float("inf")) for check in c.languages) if c.languages else float("inf")
-                     for c in judged]
-            points = [(float(c.bytes), w) for c, w in zip(judged, worst) if c.error is None]
-            numbered = [c for c in judged if c.error is None]
-            front = [numbered[i].number for i in pareto_front(points)]
-            chosen = choose(judged, goal)
-            if chosen is None:
-                near = closest(judged, budget)
-                if near is None:
-                    raise BabelpruneError(f"No candidate could be built and scored (the first said: {judged[0].error}); "
-                                          "change --trims or --widths.")
-                misses = ", ".join(f"{check.language} by {excess(check, budget):+.2%}" for check in near.languages if not check.passed)
-                raise BabelpruneError(
-                    f"No candidate keeps every language within {budget:.2%}: the closest, {near.label} "
-                    f"({near.bytes:,} bytes), misses in {misses} (upper interval end beyond the budget); "
-                    f"raise --budget or try milder --trims and --widths. No model was written; the scores are in {store}."
-                )
-            # The test half is read once, for the chosen candidate only (and stored like the dev scores).
-            test = check_languages(scored(Candidate(), "test").scores, scored(chosen.candidate, "test").scores, budget)
-            with atomic_dir(out) as folder:
-                path = build(chosen.candidate, folder / "model")  # the same settings build the same model
-                if path.is_file():  # the GGUF is served beside the HF folder it was made from
-                    path.rename(folder / "model.gguf")
-                record = ShrinkRecord(
-                    settings=settings, space=space, sampler=sampler, dense_bytes=dense_dev.bytes,
-                    dense_latency_ms=dense_dev.latency_ms, dense_dev=dense_dev.scores, candidates=judged, front=front,
-                    chosen=chosen.number, test=test, test_passed=all(check.passed for check in test),
-                    finished=now(),
-                )
-                (folder / "shrink.json").write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
-                if write_page is not None:
-                    write_page(record, folder)
-    finally:
-        shutil.rmtree(work_root, ignore_errors=True)
-    return record
+        corpus_file = path.parent / f"{half}.jsonl"
+        with corpus_file.open("w", encoding="utf-8") as handle:
+            for lang in self.languages:
+                for index, segment in enumerate(self.halves[half].segments(lang, "all")[:self.counts[half]]):
+                    handle.write(json.dumps({"lang": lang, "id": str(index), "group": f"g{index}", "text": segment.text},
+                                            ensure_ascii=False) + "\n")
+        result = self.gguf_scorer(str(path), str(corpus_file), self.languages, "all", self.seq_len, 10**9, runtime="llama.cpp")
+        return list(result.scores)

@@ -272,6 +272,27 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], points[i][1], i))
 
 
+def front_numbers(candidates: Sequence[ScoredCandidate]) -> list[int]:
+    """Numbers of the scored candidates on the Pareto front of bytes and the worst language's upper interval end."""
+    scored = [c for c in candidates if c.error is None and c.languages]
+    points = [(float(c.bytes), max(check.interval[1] if check.interval else math.inf for check in c.languages)) for c in scored]
+    return [scored[i].number for i in pareto_front(points)]
+
+
+def no_candidate_passed(candidates: Sequence[ScoredCandidate], budget: float, store: Path) -> BabelpruneError:
+    """The sentence for a search that found nothing within the budget: the closest candidate and what it missed by."""
+    near = closest(candidates, budget)
+    if near is None:
+        first = next((c.error for c in candidates if c.error), "no scores")
+        return BabelpruneError(f"No candidate could be built and scored (the first said: {first}); change --trims or --widths.")
+    misses = ", ".join(f"{check.language} by {excess(check, budget):+.2%}" for check in near.languages if not check.passed)
+    return BabelpruneError(
+        f"No candidate keeps every language within {budget:.2%}: the closest, {near.label} ({near.bytes:,} bytes), "
+        f"misses in {misses} (upper interval end beyond the budget); raise --budget or try milder --trims and --widths. "
+        f"No model was written; the scores are in {store}."
+    )
+
+
 # ----- the store -------------------------------------------------------------------------------------
 
 
