@@ -324,3 +324,44 @@ def test_the_command_line_refuses_a_bad_budget_in_one_sentence(tiny, tmp_path, m
                              "--corpus", str(corpus), "--out", str(tmp_path / "x"))
     assert code != 0 and "--budget" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+# ----- pairing and the page
+
+
+def test_a_trimmed_candidate_reads_the_same_bytes_item_by_item_so_the_interval_is_paired(searched, tiny, tmp_path):
+    model, corpus, _ = tiny
+    dense = load_model(str(model))
+    trimmed = load_model(str(model))
+    api.trim_vocabulary(trimmed, get_corpus(str(corpus)), LANGS)
+    held = HeldOutHalf(get_corpus(str(corpus)), "dev")
+    before, after = (api.segment_scores(loaded, held, ["fr"], 6, 128)[0] for loaded in (dense, trimmed))
+    assert before.window_bytes == after.window_bytes and len(before.window_bytes) == 6
+
+
+HOSTILE = '<img src=x onerror=alert(1)>/../../x'
+
+
+def test_language_strings_never_become_markup_or_paths_on_the_page(searched, tmp_path):
+    from babelprune.report.html import write_shrink_page
+
+    record, _, _ = searched
+
+    def renamed(item):
+        return item.model_copy(update={"language": HOSTILE}) if item.language == "en" else item
+
+    hostile = record.model_copy(update={
+        "settings": record.settings.model_copy(update={"languages": [HOSTILE if lang == "en" else lang for lang in record.settings.languages]}),
+        "dense_dev": [renamed(score) for score in record.dense_dev],
+        "test": [renamed(check) for check in record.test],
+        "candidates": [c.model_copy(update={"languages": [renamed(check) for check in c.languages],
+                                            "failed_languages": [HOSTILE if lang == "en" else lang for lang in c.failed_languages]})
+                       for c in record.candidates],
+    })
+    page = write_shrink_page(hostile, tmp_path / "page")
+    html = page.read_text(encoding="utf-8")
+    assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    written = [path.relative_to(tmp_path / "page") for path in (tmp_path / "page").rglob("*")]
+    assert all(".." not in path.parts for path in written)
+    assert sorted(str(path.parent) for path in written if path.suffix == ".png") == ["figures"] * 3
+    assert not (tmp_path / "x").exists()

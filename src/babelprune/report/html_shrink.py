@@ -110,6 +110,7 @@ def render_shrink(record: ShrinkRecord, folder: Path) -> str:
 def write_shrink_page(record: ShrinkRecord, folder: Path) -> Path:
     """Write `index.html` (and its figures) for a shrink record into `folder`; returns the page."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / PAGE
     atomic_write_text(path, render_shrink(record, folder))
     return path
