@@ -248,7 +248,7 @@ def shrink_command(
     trials: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Candidates to try (default: every combination, a grid; fewer: optuna's TPE sampler).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of the sampler and of the calibration windows.")] = 0,
     segments: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Held-out segments scored per language and half (one window each).")] = 40,
-    seq_len: SeqLenOption = 256,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Tokens per window: of each scored segment (a longer one is split) and of the calibration windows.")] = 256,
     samples: SamplesOption = 8,
     store: Annotated[Optional[Path], typer.Option(help="Store of every candidate's scores (default: <out>.shrink.sqlite); a search run again resumes from it.")] = None,
 ) -> None:
