@@ -189,6 +189,32 @@ def test_a_second_search_with_the_same_settings_scores_nothing_again(tiny, searc
     assert again.chosen == searched[0].chosen and (root / "out-again" / "model" / "config.json").is_file()
 
 
+class Interrupted(BaseException):
+    """Stands for Ctrl-C or a killed process: nothing catches it on the way out."""
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
+    model, corpus, _ = tiny
+    original = api.segment_scores
+    calls: list[str] = []
+
+    def interrupted(loaded, *args, **kwargs):  # the dense model and one candidate are scored, then the process stops
+        if len(calls) == 2:
+            raise Interrupted
+        calls.append(loaded.spec)
+        return original(loaded, *args, **kwargs)
+
+    monkeypatch.setattr(api, "segment_scores", interrupted)
+    with pytest.raises(Interrupted):
+        api.shrink_to_folder(str(model), LANGS, "5%", tmp_path / "out", corpus=str(corpus), **SPACE, **SMALL)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if "work" in p.name]
+    monkeypatch.setattr(api, "segment_scores", original)
+    resumed = counting(monkeypatch)
+    api.shrink_to_folder(str(model), LANGS, "5%", tmp_path / "out", corpus=str(corpus), **SPACE, **SMALL)
+    # two candidates left on dev, then the dense model and the chosen one on test
+    assert len(resumed) == 4 and str(model) not in resumed[:2]
+
+
 def test_a_changed_setting_is_scored_anew(tiny, searched, monkeypatch):
     model, corpus, root = tiny
     calls = counting(monkeypatch)
