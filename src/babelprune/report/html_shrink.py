@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from babelprune.cache import atomic_write_text  # noqa: E402
 from babelprune.report.figures import _save, plain  # noqa: E402
-from babelprune.report.html_parts import Cell, Page, document, esc, integer, num, paragraph, source, table  # noqa: E402
+from babelprune.report.html_parts import Cell, Page, document, integer, num, paragraph, source, table  # noqa: E402
 from babelprune.shrink import ShrinkRecord, pareto_front  # noqa: E402
 
 PAGE = "index.html"
