@@ -188,6 +188,26 @@ def test_a_second_search_with_the_same_settings_scores_nothing_again(tiny, searc
     assert again.chosen == searched[0].chosen and (root / "out-again" / "model" / "config.json").is_file()
 
 
+def test_structured_options_are_part_of_the_key(tiny, searched, monkeypatch):
+    model, corpus, root = tiny
+    halves: list[str] = []
+    original = api.segment_scores
+
+    def counted(loaded, held, *args, **kwargs):
+        halves.append(held.name.rsplit("-", 1)[-1])
+        return original(loaded, held, *args, **kwargs)
+
+    monkeypatch.setattr(api, "segment_scores", counted)
+    record = api.shrink_to_folder(str(model), LANGS, "5%", root / "out-per-layer", corpus=str(corpus), store=root / "s.sqlite",
+                                  structured_options={"ranking": "per-layer"}, **SPACE, **SMALL)
+    # the two structured candidates are scored again on dev; the trim alone is found in the store
+    assert halves.count("dev") == 2
+    assert all(c.candidate.structured for c in record.candidates if c.label != "trim min_count 1")
+    with pytest.raises(BabelpruneError, match="ranking"):
+        api.shrink_to_folder(str(model), LANGS, "5%", root / "out-bad", corpus=str(corpus), structured_options={"ranking": "sideways"},
+                             **SPACE, **SMALL)
+
+
 class Interrupted(BaseException):
     """Stands for Ctrl-C or a killed process: nothing catches it on the way out."""
 

@@ -823,7 +823,7 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                      trials: int | None = None, seed: int = 0,
                      segments: int = 40, seq_len: int = 256, batch_size: int = 8, importance: str = "gradient",
                      calibration: CalibrationSpec | None = None, store: Path | str | None = None,
-                     write_page=None, progress: bool = True):
+                     structured_options: dict | None = None, write_page=None, progress: bool = True):
     """Search trims, structured widths and GGUF quantizations for the smallest model within `budget`; save it to `out`.
 
     `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R), `widths` ("none", "ffn=0.1",
@@ -837,6 +837,8 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
     renamed at the end. Scores go to `store` (default `<out>.shrink.sqlite`), so a search started again with
     the same settings scores nothing twice. Every refusal comes before any model is loaded; when no candidate
     passes, nothing is written to `out` and the sentence names the closest candidate and what it missed by.
+    `structured_options`: more `StructuredConfig` fields every structured candidate is pruned with (such as
+    gqa or ranking); they are part of the store's key.
     Returns the `shrink.ShrinkRecord` written as shrink.json.
     """
     import shutil
@@ -897,12 +899,21 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                 raise BabelpruneError(f"Corpus '{text.name}' has {found} segments of {lang!r} in the {half} half of its "
                                       f"evaluation split; an interval needs {MIN_ITEMS}: choose another corpus or language.")
     calibration = (calibration or CalibrationSpec()).model_copy(update={"corpus": corpus, "languages": list(languages)})
+    structured_options = dict(structured_options or {})
     if any(candidate.structured for candidate in candidates):
-        StructuredConfig(units=["ffn"], importance=importance, sparsity=0.5)  # the importance's own checks
+        # The importance's and the options' own checks, before any work (units and sparsity come from each candidate).
+        from pydantic import ValidationError
+
+        from babelprune.errors import describe_validation_error
+
+        try:
+            StructuredConfig(**{**structured_options, "units": ["ffn"], "importance": importance, "sparsity": 0.5})
+        except ValidationError as error:
+            raise BabelpruneError(describe_validation_error(error)) from None
 
     # ----- the search
     bench = _ShrinkBench(model, load_model(model), text, halves, languages, segments, seq_len, batch_size, goal, importance,
-                         calibration, gguf_scorer)
+                         calibration, gguf_scorer, structured_options)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.shrink-work-", dir=out.absolute().parent))
     try:
@@ -940,10 +951,11 @@ class _ShrinkBench:
     """How `shrink_to_folder` builds, measures and scores one candidate, and what keys its scores in the store."""
 
     def __init__(self, model: str, dense: LoadedModel, corpus: Corpus, halves: dict, languages: list[str], segments: int,
-                 seq_len: int, batch_size: int, goal: str, importance: str, calibration: CalibrationSpec, gguf_scorer) -> None:
+                 seq_len: int, batch_size: int, goal: str, importance: str, calibration: CalibrationSpec, gguf_scorer,
+                 structured_options: dict) -> None:
         self.model, self.dense, self.corpus, self.halves, self.languages = model, dense, corpus, halves, languages
         self.seq_len, self.batch_size, self.goal, self.importance = seq_len, batch_size, goal, importance
-        self.calibration, self.gguf_scorer = calibration, gguf_scorer
+        self.calibration, self.gguf_scorer, self.structured_options = calibration, gguf_scorer, structured_options
         self.identity = _folder_identity(dense)
         self.corpus_identity = _corpus_identity(corpus, languages)
         self.counts = {half: min(segments, *(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
@@ -956,7 +968,8 @@ class _ShrinkBench:
                    "corpus": self.corpus_identity, "half": half, "segments": self.counts[half], "seq_len": self.seq_len,
                    "goal": self.goal, "babelprune": __version__}
         if candidate.structured:
-            decided |= {"importance": self.importance, "calibration": self.calibration.model_dump(mode="json")}
+            decided |= {"importance": self.importance, "calibration": self.calibration.model_dump(mode="json"),
+                        "structured": self.structured_config(candidate).to_dict()}
         return decided
 
     def scored(self, candidate, half: str, store, work: Path):
@@ -996,7 +1009,7 @@ class _ShrinkBench:
             trim_vocabulary(loaded, self.corpus, self.languages, min_count=candidate.min_count,
                             keep_script_rank=candidate.keep_script_rank)
         if candidate.structured:
-            config = StructuredConfig(units=list(candidate.units), importance=self.importance, sparsity=candidate.sparsity)
+            config = self.structured_config(candidate)
             vocabulary = (loaded.pruning or {}).get("vocabulary")
             windows = _calibrate_spec(loaded, self.calibration) if config.needs_calibration else None
             result = prune_structured(loaded, config, windows, progress=False)
@@ -1015,6 +1028,10 @@ class _ShrinkBench:
             export_quantized(load_model(str(folder)), gguf, candidate.quant)
             return gguf
         return folder
+
+    def structured_config(self, candidate) -> StructuredConfig:
+        return StructuredConfig(**{**self.structured_options, "units": list(candidate.units), "importance": self.importance,
+                                   "sparsity": candidate.sparsity})
 
     def score_loaded(self, loaded: LoadedModel, half: str) -> list[LMScore]:
         return segment_scores(loaded, self.halves[half], self.languages, self.counts[half], self.seq_len, self.batch_size)
