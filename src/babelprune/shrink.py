@@ -87,7 +87,7 @@ class Candidate(BaseModel):
         return f"{self.min_count}" + (f":{self.keep_script_rank}" if self.keep_script_rank is not None else "")
 
     def width_label(self) -> str:
-        return f"{','.join(self.units)}={self.sparsity:g}" if self.structured else "none"
+        return f"{'+'.join(self.units)}={self.sparsity:g}" if self.structured else "none"
 
     def label(self) -> str:
         parts = []
