@@ -112,6 +112,11 @@ def test_the_store_checks_every_field_of_the_key(tmp_path):
         store.put(fields, CandidateScores(bytes=5, scores=[]))
         assert store.get(fields).bytes == 5
         assert store.get({"model": "m", "half": "test"}) is None
+    # A row under the right key whose recorded fields differ (another candidate, a hash collision) is not taken.
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        db.execute("UPDATE scores SET fields = ?", (json.dumps({"model": "other", "half": "dev"}),))
+    with ScoreStore(tmp_path / "s.sqlite") as store:
+        assert store.get(fields) is None
 
 
 # ----- a whole search on a tiny model
