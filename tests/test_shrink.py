@@ -427,3 +427,18 @@ def test_language_strings_never_become_markup_or_paths_on_the_page(searched, tmp
     assert all(".." not in path.parts for path in written)
     assert sorted(str(path.parent) for path in written if path.suffix == ".png") == ["figures"] * 3
     assert not (tmp_path / "x").exists()
+
+
+def test_quantizations_join_the_default_space_only_where_llama_cpp_can_write_and_score_them(monkeypatch):
+    from babelprune.formats import gguf_quant
+
+    monkeypatch.setattr(gguf_quant, "llama_cpp_bindings", lambda: object())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else None)
+    if "runtime" not in __import__("inspect").signature(api.evaluate_model).parameters:
+        assert api._default_quants(("none",)) == ("none",)  # it writes a GGUF but cannot score one
+
+    def evaluate_model(model, corpus="bible", languages=None, split="eval", seq_len=256, max_tokens=2048, *, runtime="torch"):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(api, "evaluate_model", evaluate_model)
+    assert api._default_quants(("none",)) == ("none", "Q8_0", "Q4_K_M")

@@ -817,6 +817,22 @@ def _gguf_scorer():
     return evaluate_model
 
 
+def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
+    """The quantizations searched when none are named: Q8_0 and Q4_K_M too where llama.cpp can both write and score a GGUF."""
+    import importlib.util
+    import inspect
+
+    if importlib.util.find_spec("llama_cpp") is None or "runtime" not in inspect.signature(evaluate_model).parameters:
+        return tuple(without)
+    try:
+        from babelprune.formats.gguf_quant import llama_cpp_bindings
+
+        llama_cpp_bindings()
+    except BabelpruneError:
+        return tuple(without)
+    return (*without, "Q8_0", "Q4_K_M")
+
+
 def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,
                      corpus: str = "bible", goal: ShrinkGoal = "size", trims: Sequence[str] | None = None,
                      widths: Sequence[str] | None = None, quants: Sequence[str] | None = None,
@@ -828,7 +844,8 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
 
     `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R), `widths` ("none", "ffn=0.1",
     "heads+ffn=0.2") and `quants` ("none", "Q8_0"...) are the lists combined (`shrink.SearchSpace`'s
-    defaults when None); `trials` below the number of combinations samples them with TPE.
+    defaults when None; the quantizations default to none, plus Q8_0 and Q4_K_M where llama.cpp can write
+    and score a GGUF); `trials` below the number of combinations samples them with TPE.
     Every language must keep the upper end of the 95% paired interval of its relative bits-per-byte increase
     over the dense model at or below `budget` ("2%" or 0.02) on the dev half of the corpus's evaluation
     split (`babelprune.shrink`). The chosen candidate is confirmed on the test half. `out` receives the
@@ -873,7 +890,7 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
     defaults = SearchSpace()
     space = SearchSpace(trims=tuple(trims if trims is not None else defaults.trims),
                         widths=tuple(widths if widths is not None else defaults.widths),
-                        quants=tuple(quants if quants is not None else defaults.quants))
+                        quants=tuple(quants if quants is not None else _default_quants(defaults.quants)))
     candidates = space.candidates(get_args(StructuredUnit))
     gguf_scorer = None
     if any(candidate.quant for candidate in candidates):

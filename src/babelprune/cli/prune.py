@@ -243,7 +243,7 @@ def shrink_command(
     goal: Annotated[ShrinkGoal, typer.Option(help="What the chosen model minimises: size (bytes as served) or speed (latency in PyTorch on the CPU).")] = "size",
     trims: Annotated[Optional[str], typer.Option(help="Vocabulary trims to try: none, N (min_count N), N:R (and keep_script_rank R); default none,1,2.")] = None,
     widths: Annotated[Optional[str], typer.Option(help="Structured widths to try: none, UNITS=SPARSITY with units joined by + (ffn=0.1, heads+ffn=0.2); default none,ffn=0.1,ffn=0.2,heads=0.25.")] = None,
-    quants: Annotated[Optional[str], typer.Option(help="GGUF quantizations to try: none, Q8_0, Q4_K_M... (needs llama-cpp-python: babelprune's llama extra); default none.")] = None,
+    quants: Annotated[Optional[str], typer.Option(help="GGUF quantizations to try: none, Q8_0, Q4_K_M... (needs llama-cpp-python: babelprune's llama extra); default none, plus Q8_0 and Q4_K_M where llama.cpp can write and score a GGUF.")] = None,
     importance: Annotated[StructuredImportance, typer.Option(help="How structured units are ranked.")] = "gradient",
     trials: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Candidates to try (default: every combination, a grid; fewer: optuna's TPE sampler).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of the sampler and of the calibration windows.")] = 0,
