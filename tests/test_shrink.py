@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -442,3 +443,31 @@ def test_quantizations_join_the_default_space_only_where_llama_cpp_can_write_and
 
     monkeypatch.setattr(api, "evaluate_model", evaluate_model)
     assert api._default_quants(("none",)) == ("none", "Q8_0", "Q4_K_M")
+
+
+def test_a_quantized_candidate_is_written_and_scored_through_the_gguf_scorer(tiny, tmp_path, monkeypatch):
+    """llama.cpp stood in for: the export writes a file of 1,000 bytes, the scorer scores the GGUF's source folder in torch."""
+    from types import SimpleNamespace
+
+    from babelprune.formats import gguf_quant
+
+    model, corpus, _ = tiny
+    asked = []
+
+    def export_quantized(loaded, path, quant, dtype="f32", matrix=None):
+        Path(path).write_bytes(b"G" * 1000)
+
+    def scorer(gguf, held, languages, split, seq_len, max_tokens, *, runtime="torch", tokenizer=None):
+        asked.append((Path(gguf).name, runtime, held.limit, split, Path(tokenizer) == Path(gguf).parent))
+        return SimpleNamespace(scores=api.segment_scores(load_model(tokenizer), held, languages, held.limit, seq_len))
+
+    monkeypatch.setattr(gguf_quant, "llama_cpp_bindings", lambda: object())
+    monkeypatch.setattr(gguf_quant, "export_quantized", export_quantized)
+    monkeypatch.setattr(api, "_gguf_scorer", lambda: scorer)
+    record = api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), trims=["none"], widths=["none"],
+                                  quants=["none", "Q8_0"], **SMALL)
+    (candidate,) = record.candidates
+    assert candidate.label == "Q8_0" and candidate.bytes == 1000 and candidate.passed and record.chosen == candidate.number
+    assert asked == [("model.gguf", "llama.cpp", 6, "all", True)] * 2  # the dev half, then the test half
+    assert (tmp_path / "out" / "model.gguf").stat().st_size == 1000
+    load_model(str(tmp_path / "out" / "model"))

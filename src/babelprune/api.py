@@ -1073,14 +1073,13 @@ class _ShrinkBench:
                                scores=self.score_loaded(loaded, half), latency_ms=self.latency(loaded))
 
     def score_gguf(self, path: Path, half: str) -> list[LMScore]:
-        """The half's segments written as a JSONL corpus beside the GGUF and scored in llama.cpp (windows packed there)."""
-        import json
+        """The half's segments scored in llama.cpp, which packs them into its own windows (so its intervals are unpaired)."""
+        import inspect
 
-        corpus_file = path.parent / f"{half}.jsonl"
-        with corpus_file.open("w", encoding="utf-8") as handle:
-            for lang in self.languages:
-                for index, segment in enumerate(self.halves[half].segments(lang, "all")[:self.counts[half]]):
-                    handle.write(json.dumps({"lang": lang, "id": str(index), "group": f"g{index}", "text": segment.text},
-                                            ensure_ascii=False) + "\n")
-        result = self.gguf_scorer(str(path), str(corpus_file), self.languages, "all", self.seq_len, 10**9, runtime="llama.cpp")
+        from babelprune.data.corpus import HeldOutHalf
+
+        held = HeldOutHalf(self.corpus, half, limit=self.counts[half])
+        # The tokenizer is the HF folder the GGUF was written from, where the scorer asks for one.
+        source = {"tokenizer": str(path.parent)} if "tokenizer" in inspect.signature(self.gguf_scorer).parameters else {}
+        result = self.gguf_scorer(str(path), held, self.languages, "all", self.seq_len, 10**9, runtime="llama.cpp", **source)
         return list(result.scores)

@@ -114,13 +114,14 @@ class HeldOutHalf(Corpus):
     """One half ("dev" or "test") of another corpus's evaluation split, as a corpus whose every segment is in it.
 
     A group (a chapter, an article) goes whole to one half, so the halves share no segment; both
-    stay apart from the calibration split. Read it with split "all".
+    stay apart from the calibration split. Read it with split "all". `limit` keeps the first segments
+    of each language only.
     """
 
-    def __init__(self, corpus: Corpus, half: str) -> None:
+    def __init__(self, corpus: Corpus, half: str, limit: int | None = None) -> None:
         if half not in HELD_OUT_HALVES:
             raise BabelpruneError(f"Unknown held-out half '{half}'; use one of {', '.join(HELD_OUT_HALVES)}.")
-        self.corpus, self.half = corpus, half
+        self.corpus, self.half, self.limit = corpus, half, limit  # limit: only the first segments of each language
         self.name = f"{corpus.name}:eval-{half}"
         self.eval_share = corpus.eval_share
 
@@ -131,4 +132,4 @@ class HeldOutHalf(Corpus):
         return self.corpus.language(lang)
 
     def _segments(self, lang: str) -> list[Segment]:
-        return [segment for segment in self.corpus.segments(lang, "eval") if half_of(segment.group) == self.half]
+        return [segment for segment in self.corpus.segments(lang, "eval") if half_of(segment.group) == self.half][:self.limit]
