@@ -370,6 +370,21 @@ def png(path: str) -> Check:
     return check
 
 
+def shrink_folder(path: str, languages: str) -> Check:
+    """What `shrink` writes: the chosen model's folder, every candidate in shrink.json, the page and its figures."""
+
+    def check(outcome: Outcome) -> None:
+        folder = outcome.folder / path
+        record = json.loads((folder / "shrink.json").read_text(encoding="utf-8"))
+        assert record["settings"]["languages"] == languages.split(",")
+        assert record["chosen"] in [candidate["number"] for candidate in record["candidates"]]
+        assert [check["language"] for check in record["test"]] == languages.split(",")
+        AutoModelForCausalLM.from_pretrained(folder / "model")
+        assert "Every candidate" in (folder / "index.html").read_text(encoding="utf-8")
+
+    return check
+
+
 def trimmed_folder(path: str, languages: str, auto=AutoModelForCausalLM) -> Check:
     """A trimmed-vocabulary folder: weights, tokenizer, and a record of the languages and kept ids as long as the embedding."""
 
@@ -692,6 +707,11 @@ RUNS: dict[str, Run] = {
     ),
     "babelprune trim-vocab --model gemma3-270m --langs en,fr,sw --corpus bible --out trimmed-en-fr-sw": Run(
         "readme-tour", (trimmed_folder("trimmed-en-fr-sw", "en,fr,sw"), prints("Kept")),
+    ),
+    # docs/shrink.md: two candidates on a tiny model, scored on few segments
+    "babelprune shrink --model gemma3-270m --langs en,fr,sw --budget 2% --out gemma-en-fr-sw": Run(
+        "shrink-doc", (shrink_folder("gemma-en-fr-sw", "en,fr,sw"), prints("Chosen:", "test half, sw")),
+        extra=("--trims", "none,1", "--widths", "none", "--segments", "6", "--samples", "1"),
     ),
     "babelprune prune --model e5-small --structured heads,ffn --importance gradient --sparsity 0.3 --out e5-pruned": Run(
         "readme-structured", (structured_folder("e5-pruned", 0.3),), extra=CALIB_BUDGET,

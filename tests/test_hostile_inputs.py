@@ -62,6 +62,7 @@ BASE = {
     "slice": ["{tmp}/dynamic-model", "--out", "{tmp}/sliced"],
     "trim-vocab": ["--out", "{tmp}/trimmed"],
     "export": ["gemma3-270m", "--out", "{tmp}/m.gguf"],
+    "shrink": ["--out", "{tmp}/shrunk", "--langs", "en,fr", "--budget", "2%"],
     "demo": ["--out", "{tmp}/demo"],
     "sweep": ["{tmp}/experiment.yaml", "--store", "{tmp}/s.sqlite"],
     "runs": ["{tmp}/store.sqlite"],

@@ -213,6 +213,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("evaluate",),
     ("prune",),
     ("finetune",),
+    ("shrink",),  # the search behind `babelprune shrink`; the verb passes in how candidates are built and scored
     ("flags", "api"),
     ("sweep",),
     ("report",),

@@ -43,6 +43,7 @@ _EXPORTS = {
     "measure_model_speeds": "babelprune.api",
     "model_aliases": "babelprune.api",
     "prune_to_folder": "babelprune.api",
+    "shrink_to_folder": "babelprune.api",
     "slice_to_folder": "babelprune.api",
     "task_catalog": "babelprune.api",
     "train_dynamic_to_folder": "babelprune.api",

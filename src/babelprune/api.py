@@ -12,7 +12,8 @@ import torch
 
 
 from babelprune.choices import (
-    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, Runtime, SparseKernels, StorageFormat, ValuesDtype,
+    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, Runtime, ShrinkGoal, SparseKernels, StorageFormat,
+    ValuesDtype,
 )
 from babelprune.data.corpus import Corpus, Split
 from babelprune.devices import dtype_name, format_size, out_of_memory, parse_size, require_float64, resolve
@@ -42,7 +43,7 @@ __all__ = [
     "calibrate", "evaluate", "export_gguf", "get_corpus", "load_model", "open_offloaded", "prune", "prune_offloaded",
     "prune_structured", "save_pruned", "save_trimmed", "trim_vocabulary",
     "evaluate_gguf", "evaluate_model", "export_model", "is_gguf_model", "measure_gguf_speeds", "fetch_corpus", "finetune_to_folder", "measure_model_speeds", "model_aliases",
-    "prune_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
+    "prune_to_folder", "shrink_to_folder", "slice_to_folder", "task_catalog", "train_dynamic_to_folder", "trim_to_folder", "write_speed_reports",
     "CalibrationSpec", "DynamicConfig", "FinetuneConfig", "PruneConfig", "StructuredConfig", "TrimConfig",
 ]
 
@@ -899,3 +900,342 @@ def slice_to_folder(folder: Path | str, sparsity: float, out: Path | str, *,
     check_sparsity(sparsity)
     read_dynamic_metadata(Path(folder))  # a folder train-dynamic wrote: checked before any weights are read
     return slice_width(Path(folder), sparsity, Path(out), place)
+
+
+# ----- shrink: the smallest model that keeps every language within a budget ---------------------
+
+
+def parse_budget(text: str | float) -> float:
+    """A budget of relative bits-per-byte increase: "2%" or 0.02 -> 0.02; refused outside (0, 100%)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise BabelpruneError(f"--budget {raw!r} is not a percentage such as 2% (or a fraction such as 0.02).") from None
+    if not 0 < value < 1:
+        raise BabelpruneError(f"--budget {raw} is outside (0, 100%); give the relative bits-per-byte increase each language may take, such as 2%.")
+    return value
+
+
+def _folder_identity(loaded: LoadedModel) -> str:
+    """What the model is: its spec and, for a folder, a hash of every file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256(loaded.spec.encode("utf-8"))
+    if loaded.path is not None and Path(loaded.path).is_dir():
+        for file in sorted(path for path in Path(loaded.path).rglob("*") if path.is_file()):
+            digest.update(str(file.relative_to(loaded.path)).encode("utf-8"))
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _corpus_identity(corpus: Corpus, languages: Sequence[str]) -> str:
+    """The corpus's name and a hash of every segment of the languages (both splits): what trimming, calibration and scoring read."""
+    import hashlib
+
+    digest = hashlib.sha256(corpus.name.encode("utf-8"))
+    for lang in languages:
+        for segment in corpus.segments(lang, "all"):
+            digest.update(f"\0{lang}\0{segment.group}\0{segment.text}".encode("utf-8"))
+    return f"{corpus.name}:{digest.hexdigest()}"
+
+
+def segment_scores(loaded: LoadedModel, corpus: Corpus, languages: Sequence[str], segments: int, seq_len: int,
+                   batch_size: int = 8, progress: bool = False) -> list[LMScore]:
+    """Bits per byte of the first `segments` segments of each language, one window per segment.
+
+    Every model reads the same bytes item by item whatever its tokenizer, so intervals of a difference
+    are paired (a segment longer than a window is split by the tokenizer's count and may pair no more).
+    """
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    scores = []
+    for lang in languages:
+        texts = corpus.texts(lang, "all")[:segments]
+        windows = [window for text in texts for window in make_windows(loaded.tokenizer, [text], seq_len)]
+        totals = score_windows(loaded.model, windows, pad_id, batch_size)
+        meta = corpus.language(lang)
+        scores.append(LMScore(language=lang, name=meta.name, script=meta.script, resource=meta.resource,
+                              n_windows=totals.n_windows, n_tokens=totals.n_tokens, n_bytes=totals.n_bytes,
+                              nll_nats=totals.nll_nats, window_nll=list(totals.window_nll),
+                              window_bytes=list(totals.window_bytes)))
+    return scores
+
+
+def _gguf_scorer():
+    """How a quantized candidate's GGUF is scored: `evaluate_model(..., runtime="llama.cpp")`, or one sentence."""
+    import inspect
+
+    if "runtime" not in inspect.signature(evaluate_model).parameters:
+        raise BabelpruneError("Searching --quants needs each GGUF scored in llama.cpp (evaluate_model's llama.cpp runtime), "
+                              "which this babelprune lacks; leave out --quants.")
+    return evaluate_model
+
+
+def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
+    """The quantizations searched when none are named: Q8_0 and Q4_K_M too where llama.cpp can both write and score a GGUF."""
+    import importlib.util
+    import inspect
+
+    if importlib.util.find_spec("llama_cpp") is None or "runtime" not in inspect.signature(evaluate_model).parameters:
+        return tuple(without)
+    try:
+        from babelprune.formats.gguf_quant import llama_cpp_bindings
+
+        llama_cpp_bindings()
+    except BabelpruneError:
+        return tuple(without)
+    return (*without, "Q8_0", "Q4_K_M")
+
+
+def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,
+                     corpus: str = "bible", goal: ShrinkGoal = "size", trims: Sequence[str] | None = None,
+                     widths: Sequence[str] | None = None, quants: Sequence[str] | None = None,
+                     trials: int | None = None, seed: int = 0,
+                     segments: int = 40, seq_len: int = 256, batch_size: int = 8, importance: str = "gradient",
+                     calibration: CalibrationSpec | None = None, store: Path | str | None = None,
+                     structured_options: dict | None = None, write_page=None, progress: bool = True):
+    """Search trims, structured widths and GGUF quantizations for the smallest model within `budget`; save it to `out`.
+
+    `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R), `widths` ("none", "ffn=0.1",
+    "heads+ffn=0.2") and `quants` ("none", "Q8_0"...) are the lists combined (`shrink.SearchSpace`'s
+    defaults when None; the quantizations default to none, plus Q8_0 and Q4_K_M where llama.cpp can write
+    and score a GGUF); `trials` below the number of combinations samples them with TPE.
+    Every language must keep the upper end of the 95% paired interval of its relative bits-per-byte increase
+    over the dense model at or below `budget` ("2%" or 0.02) on the dev half of the corpus's evaluation
+    split (`babelprune.shrink`). The chosen candidate is confirmed on the test half. `out` receives the
+    chosen model's folder (`out/model`; its GGUF as `out/model.gguf` when quantized), `shrink.json` (every
+    candidate) and, with `write_page(record, folder)`, the page it writes; all inside a temporary folder
+    renamed at the end. Scores go to `store` (default `<out>.shrink.sqlite`), so a search started again with
+    the same settings scores nothing twice. Every refusal comes before any model is loaded; when no candidate
+    passes, nothing is written to `out` and the sentence names the closest candidate and what it missed by.
+    `structured_options`: more `StructuredConfig` fields every structured candidate is pruned with (such as
+    gqa or ranking); they are part of the store's key.
+    Returns the `shrink.ShrinkRecord` written as shrink.json.
+    """
+    import shutil
+    import tempfile
+    from typing import get_args
+
+    from babelprune.cache import atomic_dir
+    from babelprune.choices import StructuredUnit
+    from babelprune.data.corpus import HeldOutHalf
+    from babelprune.outputs import STORE_SUFFIXES, check_output_file, check_output_folder
+    from babelprune.prune.structured.methods import IMPORTANCES
+    from babelprune.records.eval import now
+    from babelprune.records.intervals import MIN_ITEMS
+    from babelprune.shrink import (
+        Candidate, ScoreStore, SearchSpace, ShrinkRecord, ShrinkSettings, check_languages, choose, front_numbers,
+        no_candidate_passed, search,
+    )
+
+    # ----- every check before any model is loaded
+    budget = parse_budget(budget)
+    if goal not in ("size", "speed"):
+        raise BabelpruneError(f"--goal {goal!r} is not one of: size, speed.")
+    out = check_output_folder(out, "--out")
+    store = Path(store) if store is not None else out.parent / f"{out.name}.shrink.sqlite"
+    check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
+    if segments < MIN_ITEMS:
+        raise BabelpruneError(f"--segments {segments} gives no interval; score at least {MIN_ITEMS} segments per language.")
+    if trials is not None and trials < 1:
+        raise BabelpruneError("--trials must be at least 1.")
+    if importance not in IMPORTANCES:
+        raise BabelpruneError(f"--importance {importance!r} is not one of: {', '.join(IMPORTANCES)}.")
+    defaults = SearchSpace()
+    space = SearchSpace(trims=tuple(trims if trims is not None else defaults.trims),
+                        widths=tuple(widths if widths is not None else defaults.widths),
+                        quants=tuple(quants if quants is not None else _default_quants(defaults.quants)))
+    candidates = space.candidates(get_args(StructuredUnit))
+    gguf_scorer = None
+    if any(candidate.quant for candidate in candidates):
+        from babelprune.formats.gguf_quant import check_quant, llama_cpp_bindings
+
+        for candidate in candidates:
+            if candidate.quant:
+                check_quant(candidate.quant)
+        llama_cpp_bindings()  # one sentence naming the llama extra when llama-cpp-python is missing
+        if goal == "speed":
+            raise BabelpruneError("--goal speed times the model in PyTorch, not a GGUF in llama.cpp; leave out --quants or use --goal size.")
+        gguf_scorer = _gguf_scorer()
+    check_sources(model=model)
+    text = get_corpus(corpus)
+    languages = text.check_languages(list(languages))
+    if len(set(languages)) != len(languages):
+        raise BabelpruneError("--langs names a language twice; give each once.")
+    halves = {half: HeldOutHalf(text, half) for half in ("dev", "test")}
+    for half, held in halves.items():
+        for lang in languages:
+            found = len(held.segments(lang, "all"))
+            if found < MIN_ITEMS:
+                raise BabelpruneError(f"Corpus '{text.name}' has {found} segments of {lang!r} in the {half} half of its "
+                                      f"evaluation split; an interval needs {MIN_ITEMS}: choose another corpus or language.")
+    calibration = (calibration or CalibrationSpec()).model_copy(update={"corpus": corpus, "languages": list(languages)})
+    structured_options = dict(structured_options or {})
+    if any(candidate.structured for candidate in candidates):
+        # The importance's and the options' own checks, before any work (units and sparsity come from each candidate).
+        from pydantic import ValidationError
+
+        from babelprune.errors import describe_validation_error
+
+        try:
+            StructuredConfig(**{**structured_options, "units": ["ffn"], "importance": importance, "sparsity": 0.5})
+        except ValidationError as error:
+            raise BabelpruneError(describe_validation_error(error)) from None
+
+    # ----- the search
+    bench = _ShrinkBench(model, load_model(model), text, halves, languages, segments, seq_len, batch_size, goal, importance,
+                         calibration, gguf_scorer, structured_options)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.shrink-work-", dir=out.absolute().parent))
+    try:
+        with ScoreStore(store) as results:
+            def scored(candidate: Candidate, half: str):
+                return bench.scored(candidate, half, results, work)
+
+            dense_dev = scored(Candidate(), "dev")
+            judged, sampler = search(candidates, scored, dense_dev.scores, budget, goal, trials, seed, progress)
+            chosen = choose(judged, goal)
+            if chosen is None:
+                raise no_candidate_passed(judged, budget, store)
+            # The test half is read once, for the chosen candidate only (and stored like the dev scores).
+            test = check_languages(scored(Candidate(), "test").scores, scored(chosen.candidate, "test").scores, budget)
+        settings = ShrinkSettings(model=model, model_identity=bench.identity, corpus=corpus, languages=list(languages),
+                                  budget=budget, goal=goal, segments=bench.counts["dev"], seq_len=seq_len, trials=trials,
+                                  seed=seed, importance=importance, calibration=calibration.model_dump(mode="json"))
+        record = ShrinkRecord(settings=settings, space=space, sampler=sampler, dense_bytes=dense_dev.bytes,
+                              dense_latency_ms=dense_dev.latency_ms, dense_dev=dense_dev.scores, candidates=judged,
+                              front=front_numbers(judged), chosen=chosen.number, test=test,
+                              test_passed=all(check.passed for check in test), finished=now())
+        with atomic_dir(out) as folder:
+            path = bench.build(chosen.candidate, folder / "model")  # the same settings build the same model
+            if path.is_file():  # the GGUF is served beside the HF folder it was made from
+                path.rename(folder / "model.gguf")
+            (folder / "shrink.json").write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            if write_page is not None:
+                write_page(record, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+class _ShrinkBench:
+    """How `shrink_to_folder` builds, measures and scores one candidate, and what keys its scores in the store."""
+
+    def __init__(self, model: str, dense: LoadedModel, corpus: Corpus, halves: dict, languages: list[str], segments: int,
+                 seq_len: int, batch_size: int, goal: str, importance: str, calibration: CalibrationSpec, gguf_scorer,
+                 structured_options: dict) -> None:
+        self.model, self.dense, self.corpus, self.halves, self.languages = model, dense, corpus, halves, languages
+        self.seq_len, self.batch_size, self.goal, self.importance = seq_len, batch_size, goal, importance
+        self.calibration, self.gguf_scorer, self.structured_options = calibration, gguf_scorer, structured_options
+        self.identity = _folder_identity(dense)
+        self.corpus_identity = _corpus_identity(corpus, languages)
+        self.counts = {half: min(segments, *(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
+
+    def fields(self, candidate, half: str) -> dict:
+        """Everything that decides a candidate's scores on a half: the store's key."""
+        from babelprune.version import __version__
+
+        decided = {"model": self.identity, "candidate": candidate.model_dump(mode="json"), "languages": list(self.languages),
+                   "corpus": self.corpus_identity, "half": half, "segments": self.counts[half], "seq_len": self.seq_len,
+                   "goal": self.goal, "babelprune": __version__}
+        if candidate.structured:
+            decided |= {"importance": self.importance, "calibration": self.calibration.model_dump(mode="json"),
+                        "structured": self.structured_config(candidate).to_dict()}
+        return decided
+
+    def scored(self, candidate, half: str, store, work: Path):
+        """The candidate's scores on `half`: from the store, else built, measured and scored now (then stored)."""
+        import shutil
+        import tempfile
+
+        from babelprune.evaluate.sizes import model_bytes
+        from babelprune.shrink import CandidateScores
+
+        decided = self.fields(candidate, half)
+        found = store.get(decided)
+        if found is not None:
+            return found
+        if candidate.is_dense:
+            scores = CandidateScores(bytes=model_bytes(self.dense)[0], latency_ms=self.latency(self.dense),
+                                     scores=self.score_loaded(self.dense, half))
+        else:
+            folder = Path(tempfile.mkdtemp(dir=work)) / "model"
+            try:
+                with out_of_memory(f"shrinking {self.model}", lambda where: "lower --seq-len or --samples"):
+                    path = self.build(candidate, folder)
+                    scores = self.score_built(path, half)
+            except BabelpruneError as error:  # a setting this model cannot take: recorded with the candidate, not fatal
+                scores = CandidateScores(bytes=0, scores=[], error=str(error))
+            finally:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+        store.put(decided, scores)
+        return scores
+
+    def build(self, candidate, folder: Path) -> Path:
+        """Write the candidate's HF folder into the new `folder`; returns its GGUF file when quantized, else the folder."""
+        from babelprune.formats.structured import save_structured
+
+        loaded = load_model(self.model)
+        if candidate.trimmed:  # before structured pruning, which trimming refuses to follow
+            trim_vocabulary(loaded, self.corpus, self.languages, min_count=candidate.min_count,
+                            keep_script_rank=candidate.keep_script_rank)
+        if candidate.structured:
+            config = self.structured_config(candidate)
+            vocabulary = (loaded.pruning or {}).get("vocabulary")
+            windows = _calibrate_spec(loaded, self.calibration) if config.needs_calibration else None
+            result = prune_structured(loaded, config, windows, progress=False)
+            metadata = result.metadata() | {"parent": self.model, "config": config.to_dict()}
+            save_structured(loaded.model, loaded.tokenizer, folder, metadata | ({"vocabulary": vocabulary} if vocabulary else {}))
+        elif candidate.trimmed:
+            save_trimmed(loaded, folder)
+        else:
+            folder.mkdir(parents=True)
+            loaded.model.save_pretrained(folder)
+            loaded.tokenizer.save_pretrained(folder)
+        if candidate.quant:
+            from babelprune.formats.gguf_quant import export_quantized
+
+            gguf = folder / "model.gguf"
+            export_quantized(load_model(str(folder)), gguf, candidate.quant)
+            return gguf
+        return folder
+
+    def structured_config(self, candidate) -> StructuredConfig:
+        return StructuredConfig(**{**self.structured_options, "units": list(candidate.units), "importance": self.importance,
+                                   "sparsity": candidate.sparsity})
+
+    def score_loaded(self, loaded: LoadedModel, half: str) -> list[LMScore]:
+        return segment_scores(loaded, self.halves[half], self.languages, self.counts[half], self.seq_len, self.batch_size)
+
+    def latency(self, loaded: LoadedModel) -> float | None:
+        """Milliseconds for one sequence (goal speed); None for goal size, which never times anything."""
+        if self.goal != "speed":
+            return None
+        from babelprune.evaluate.speed import measure_speeds
+
+        return measure_speeds([loaded], seq_len=min(self.seq_len, 128), batch_size=1, runs=5, warmup=1)[0].latency_batch1_ms
+
+    def score_built(self, path: Path, half: str):
+        """Bytes as served and scores of a built candidate: its HF folder in PyTorch, or its GGUF in llama.cpp."""
+        from babelprune.evaluate.sizes import weight_files
+        from babelprune.shrink import CandidateScores
+
+        if path.is_file():
+            return CandidateScores(bytes=path.stat().st_size, scores=self.score_gguf(path, half))
+        loaded = load_model(str(path))
+        return CandidateScores(bytes=sum(file.stat().st_size for file in weight_files(path)),
+                               scores=self.score_loaded(loaded, half), latency_ms=self.latency(loaded))
+
+    def score_gguf(self, path: Path, half: str) -> list[LMScore]:
+        """The half's segments scored in llama.cpp, which packs them into its own windows (so its intervals are unpaired)."""
+        import inspect
+
+        from babelprune.data.corpus import HeldOutHalf
+
+        held = HeldOutHalf(self.corpus, half, limit=self.counts[half])
+        # The tokenizer is the HF folder the GGUF was written from, where the scorer asks for one.
+        source = {"tokenizer": str(path.parent)} if "tokenizer" in inspect.signature(self.gguf_scorer).parameters else {}
+        result = self.gguf_scorer(str(path), held, self.languages, "all", self.seq_len, 10**9, runtime="llama.cpp", **source)
+        return list(result.scores)

@@ -66,6 +66,7 @@ class RefitDefaults:
 
 # Structured pruning (babelprune.prune.structured).
 StructuredUnit = Literal["heads", "ffn", "blocks"]
+ShrinkGoal = Literal["size", "speed"]  # what `babelprune shrink` minimises: bytes as served, or latency
 StructuredImportance = Literal["magnitude", "gradient", "activation", "l0", "balanced"]
 DynamicImportance = Literal["magnitude", "gradient", "activation", "balanced"]
 GqaMode = Literal["groups", "query"]

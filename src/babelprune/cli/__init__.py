@@ -1,7 +1,7 @@
 """The command line: one module per group of commands, each parsing its options, calling the library and printing.
 
 The commands live in `babelprune.cli.evaluate` (models, eval, compare, bench-speed),
-`babelprune.cli.prune` (prune, trim-vocab, export), `babelprune.cli.finetune` (tasks,
+`babelprune.cli.prune` (prune, trim-vocab, export, shrink), `babelprune.cli.finetune` (tasks,
 finetune, finetune-sweep, train-dynamic, slice), `babelprune.cli.sweep` (sweep, recipes,
 runs, report, demo) and `babelprune.cli.data` (data list, data fetch). They import only
 the library's entry points (tests/test_cli_imports.py checks it); `main` turns a user's
@@ -38,6 +38,7 @@ app.command("train-dynamic")(finetune.train_dynamic_command)
 app.command("slice")(finetune.slice_command)
 app.command("trim-vocab")(prune.trim_vocab_command)
 app.command("export")(prune.export_command)
+app.command("shrink")(prune.shrink_command)
 app.command("demo")(sweep.demo_command)
 app.command("sweep")(sweep.sweep_command)
 app.command("recipes")(sweep.recipes_command)

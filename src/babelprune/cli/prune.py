@@ -1,4 +1,4 @@
-"""Pruning and shrinking a model into a folder or file: `prune`, `trim-vocab`, `export`."""
+"""Pruning and shrinking a model into a folder or file: `prune`, `trim-vocab`, `export`, `shrink`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from babelprune.choices import (
     RefitSolver,
     Score,
     Setting,
+    ShrinkGoal,
     StorageFormat,
     StructuredImportance,
     ValuesDtype,
@@ -234,3 +235,52 @@ def export_command(
                     f"({', '.join(f'{n} {kind}' for kind, n in counts.items())})")
     console.print(f"GGUF written to {written.path} ({written.megabytes:.1f} MB, {written.quant} by llama.cpp from "
                   f"{written.dtype}, {matrix}{fallback}).", highlight=False)
+
+
+def _list_option(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text is not None else None
+
+
+def shrink_command(
+    out: Annotated[Path, typer.Option(help="Folder for the chosen model, shrink.json and index.html (must not exist).")],
+    langs: Annotated[str, typer.Option(help="Comma-separated languages that must each stay within the budget.")],
+    budget: Annotated[str, typer.Option(help="Relative bits-per-byte increase each language may take, judged by the upper end of its paired 95% interval: 2% or 0.02.")],
+    model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of a causal LM.")] = "gemma3-270m",
+    corpus: Annotated[str, typer.Option(help="Corpus: its calibration split trims and calibrates, the dev half of its evaluation split scores, the test half confirms.")] = "bible",
+    goal: Annotated[ShrinkGoal, typer.Option(help="What the chosen model minimises: size (bytes as served) or speed (latency in PyTorch on the CPU).")] = "size",
+    trims: Annotated[Optional[str], typer.Option(help="Vocabulary trims to try: none, N (min_count N), N:R (and keep_script_rank R); default none,1,2.")] = None,
+    widths: Annotated[Optional[str], typer.Option(help="Structured widths to try: none, UNITS=SPARSITY with units joined by + (ffn=0.1, heads+ffn=0.2); default none,ffn=0.1,ffn=0.2,heads=0.25.")] = None,
+    quants: Annotated[Optional[str], typer.Option(help="GGUF quantizations to try: none, Q8_0, Q4_K_M... (needs llama-cpp-python: babelprune's llama extra); default none, plus Q8_0 and Q4_K_M where llama.cpp can write and score a GGUF.")] = None,
+    importance: Annotated[StructuredImportance, typer.Option(help="How structured units are ranked.")] = "gradient",
+    trials: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Candidates to try (default: every combination, a grid; fewer: optuna's TPE sampler).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_INT, help="Seed of the sampler and of the calibration windows.")] = 0,
+    segments: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Held-out segments scored per language and half (one window each).")] = 40,
+    seq_len: Annotated[int, typer.Option(min=2, max=MAX_INT, help="Tokens per window: of each scored segment (a longer one is split) and of the calibration windows.")] = 256,
+    samples: SamplesOption = 8,
+    store: Annotated[Optional[Path], typer.Option(help="Store of every candidate's scores (default: <out>.shrink.sqlite); a search run again resumes from it.")] = None,
+) -> None:
+    """Search vocabulary trims, structured widths (and GGUF quantizations) for the smallest model whose every language stays within --budget.
+
+    Candidates are scored on the dev half of the corpus's evaluation split and the chosen one is confirmed on the test half, text the search never read.
+    """
+    from babelprune.api import CalibrationSpec, parse_budget, shrink_to_folder
+    from babelprune.report.html import write_shrink_page
+
+    fraction = parse_budget(budget)
+    languages = language_option(langs) or []
+    record = shrink_to_folder(
+        model, languages, fraction, out, corpus=corpus, goal=goal, trims=_list_option(trims), widths=_list_option(widths),
+        quants=_list_option(quants), trials=trials, seed=seed, segments=segments, seq_len=seq_len, importance=importance,
+        calibration=CalibrationSpec(samples=samples, seq_len=seq_len, seed=seed), store=store, write_page=write_shrink_page,
+    )
+    chosen = next(c for c in record.candidates if c.number == record.chosen)
+    passed = sum(c.passed for c in record.candidates)
+    console.print(Text(f"{len(record.candidates)} candidates scored, {passed} within {fraction:.2%} in every language."))
+    console.print(Text(f"Chosen: {chosen.label}, {chosen.bytes:,} bytes ({chosen.bytes / record.dense_bytes:.1%} of the dense model)."))
+    for check in record.test:
+        low, high = check.interval if check.interval is not None else (float("nan"), float("nan"))
+        console.print(Text(f"  test half, {check.language}: {check.relative:+.2%} [{low:+.2%}, {high:+.2%}]"
+                           + ("" if check.passed else "  beyond the budget")))
+    if not record.test_passed:
+        console.print(Text("The chosen model does NOT hold the budget on the test half in every language; see shrink.json."))
+    console.print(Text(f"Shrunk model written to {out} (model/, shrink.json, index.html)"))

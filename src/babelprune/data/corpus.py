@@ -45,6 +45,17 @@ def split_of(group: str, eval_share: float = EVAL_SHARE) -> str:
     return "eval" if bucket < eval_share else "calib"
 
 
+# The evaluation split cut in two halves by a second stable hash of the group: a search scores its
+# candidates on "dev" and confirms its choice on "test", text it never saw (babelprune.shrink).
+HELD_OUT_HALVES: tuple[str, ...] = ("dev", "test")
+
+
+def half_of(group: str) -> str:
+    """'dev' or 'test' for an evaluation-split group name, by a stable hash independent of `split_of`'s."""
+    digest = hashlib.sha256(f"held-out half:{group}".encode("utf-8")).digest()
+    return "dev" if int.from_bytes(digest[:8], "big") / 2**64 < 0.5 else "test"
+
+
 class Corpus(ABC):
     """Text per language. Subclasses implement `languages()` and `_segments(lang)`."""
 
@@ -97,3 +108,28 @@ class Corpus(ABC):
     def texts(self, lang: str, split: Split = "all") -> list[str]:
         """The texts of `segments(lang, split)`."""
         return [s.text for s in self.segments(lang, split)]
+
+
+class HeldOutHalf(Corpus):
+    """One half ("dev" or "test") of another corpus's evaluation split, as a corpus whose every segment is in it.
+
+    A group (a chapter, an article) goes whole to one half, so the halves share no segment; both
+    stay apart from the calibration split. Read it with split "all". `limit` keeps the first segments
+    of each language only.
+    """
+
+    def __init__(self, corpus: Corpus, half: str, limit: int | None = None) -> None:
+        if half not in HELD_OUT_HALVES:
+            raise BabelpruneError(f"Unknown held-out half '{half}'; use one of {', '.join(HELD_OUT_HALVES)}.")
+        self.corpus, self.half, self.limit = corpus, half, limit  # limit: only the first segments of each language
+        self.name = f"{corpus.name}:eval-{half}"
+        self.eval_share = corpus.eval_share
+
+    def languages(self) -> list[str]:
+        return self.corpus.languages()
+
+    def language(self, lang: str) -> Language:
+        return self.corpus.language(lang)
+
+    def _segments(self, lang: str) -> list[Segment]:
+        return [segment for segment in self.corpus.segments(lang, "eval") if half_of(segment.group) == self.half][:self.limit]

@@ -38,6 +38,7 @@ from babelprune.report.html_finetune import (
 from babelprune.report.html_li2022 import task_pruning_section
 from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
+from babelprune.report.html_shrink import write_shrink_page  # noqa: F401  (the page `babelprune shrink` writes)
 from babelprune.report.runs import (
     SIZE_FIELDS, SPEED_FIELDS, describe, eval_set_view, evaluation_sets, has_language_masks, mask_overlap, measured,
     numeric_measurements,

@@ -1,0 +1,119 @@
+"""The page `babelprune shrink` writes beside the chosen model: every candidate, per language, and the choice.
+
+Per language, one chart of bytes (as served) against bits per byte on the dev half, every candidate a
+point, the dense model and the chosen one marked and that language's Pareto front drawn; then the table
+of every candidate with its worst upper interval end and which languages failed, and the chosen model's
+check on the test half. Every string (language codes and names included) reaches the page through
+`html_parts.esc`, and figure files are named by `Page.figure` (a slug and a number), never by a language.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from babelprune.cache import atomic_write_text  # noqa: E402
+from babelprune.report.figures import _save, plain  # noqa: E402
+from babelprune.report.html_parts import Cell, Page, document, integer, num, paragraph, source, table  # noqa: E402
+from babelprune.shrink import ShrinkRecord, pareto_front  # noqa: E402
+
+PAGE = "index.html"
+
+
+def _language_chart(record: ShrinkRecord, language: str, path: Path) -> Path:
+    """Bytes against bits per byte of one language: candidates, the front, dense and chosen."""
+    dense = next(score for score in record.dense_dev if score.language == language)
+    points = []  # (bytes, bits per byte, candidate)
+    for candidate in record.candidates:
+        for check in candidate.languages:
+            if check.language == language:
+                points.append((candidate.bytes, check.bits_per_byte, candidate))
+    figure, axes = plt.subplots(figsize=(7.0, 4.2))
+    passed = [p for p in points if p[2].passed]
+    failed = [p for p in points if not p[2].passed]
+    axes.scatter([p[0] for p in passed], [p[1] for p in passed], s=26, color="#1b6ca8", label="passed")
+    axes.scatter([p[0] for p in failed], [p[1] for p in failed], s=26, color="#c0392b", marker="x", label="failed")
+    front = [points[i] for i in pareto_front([(p[0], p[1]) for p in points] + [(record.dense_bytes, dense.bits_per_byte)])
+             if i < len(points)]
+    if front:
+        axes.plot([p[0] for p in front], [p[1] for p in front], color="#555555", linewidth=1, label="Pareto front")
+    axes.scatter([record.dense_bytes], [dense.bits_per_byte], s=60, color="#000000", marker="s", label="dense")
+    axes.axhline(dense.bits_per_byte * (1 + record.settings.budget), color="#888888", linestyle="--", linewidth=1,
+                 label=f"dense + {record.settings.budget:.1%}")
+    chosen = [p for p in points if p[2].number == record.chosen]
+    if chosen:
+        axes.scatter([chosen[0][0]], [chosen[0][1]], s=140, facecolors="none", edgecolors="#27ae60", linewidths=2, label="chosen")
+    for x, y, candidate in points:
+        axes.annotate(str(candidate.number), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes.set_xlabel("bytes as served")
+    axes.set_ylabel(f"bits per byte, {plain(language)} (dev half)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _interval_text(interval) -> str:
+    return f"[{interval[0]:+.2%}, {interval[1]:+.2%}]" if interval is not None else "-"
+
+
+def render_shrink(record: ShrinkRecord, folder: Path) -> str:
+    page = Page(folder)
+    settings = record.settings
+    chosen = next((c for c in record.candidates if c.number == record.chosen), None)
+    parts = [page.heading(2, "The chosen model")]
+    if chosen is not None:
+        parts.append(paragraph(
+            f"Candidate {chosen.number}: {chosen.label}, {chosen.bytes:,} bytes as served "
+            f"({chosen.bytes / record.dense_bytes:.1%} of the dense model's {record.dense_bytes:,})."
+        ))
+        verdict = "holds" if record.test_passed else "does NOT hold"
+        parts.append(paragraph(f"On the test half, text the search never read, the budget of {settings.budget:.2%} {verdict}."))
+        parts.append(table(
+            ["language", "dense bits/byte", "bits/byte", "relative increase", "95% interval", "within budget"],
+            [[check.language, num(check.dense_bits_per_byte), num(check.bits_per_byte), num(100 * check.relative, 2, signed=True),
+              Cell(_interval_text(check.interval), check.interval[1] if check.interval else float("nan"), css="num"),
+              "yes" if check.passed else "no"] for check in record.test],
+            caption="The chosen model on the test half (relative increase in %)", name="test",
+        ))
+    parts.append(page.heading(2, "Every candidate"))
+    rows = []
+    for candidate in record.candidates:
+        worst = max((check.interval[1] for check in candidate.languages if check.interval is not None), default=None)
+        rows.append([
+            integer(candidate.number), candidate.label, integer(candidate.bytes),
+            num(100 * worst, 2, signed=True) if worst is not None else num(None),
+            "yes" if candidate.passed else "no",
+            ", ".join(candidate.failed_languages) or (candidate.error or ""),
+            "yes" if candidate.number in record.front else "",
+        ])
+    parts.append(table(["#", "candidate", "bytes", "worst upper end (%)", "passed", "failed languages", "on the front"], rows,
+                       caption="Dev half: upper end of the paired 95% interval of the relative bits-per-byte increase", name="candidates"))
+    parts.append(page.heading(2, "Per language"))
+    for language in settings.languages:
+        parts.append(page.heading(3, language))
+        parts.append(page.figure(lambda path, lang=language: _language_chart(record, lang, path), f"language-{language}",
+                                 f"bytes against bits per byte for {language}",
+                                 f"{language}: every candidate's bytes and dev-half bits per byte, the Pareto front, "
+                                 "the dense model (square) and the chosen one (circle)."))
+    parts.append(source(f"shrink.json: {len(record.candidates)} candidates of {settings.model}, {record.sampler} sampler, seed {settings.seed}; "
+                        f"corpus {settings.corpus}, {settings.segments} segments per language and half."))
+    title = f"shrink: {settings.model}"
+    subtitle = (f"languages {', '.join(settings.languages)}; budget {settings.budget:.2%} on the upper end of each "
+                f"language's paired 95% interval; goal {settings.goal}")
+    return document(title, subtitle, page, "\n".join(parts), f"babelprune {record.babelprune_version}, {record.finished}")
+
+
+def write_shrink_page(record: ShrinkRecord, folder: Path) -> Path:
+    """Write `index.html` (and its figures) for a shrink record into `folder`; returns the page."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PAGE
+    atomic_write_text(path, render_shrink(record, folder))
+    return path
+
+
+
