@@ -800,8 +800,12 @@ def is_gguf_model(spec: str) -> bool:
     """Whether `spec` names a GGUF file (by its .gguf name, or a file's first bytes), which llama.cpp runs."""
     from babelprune.formats.gguf import is_gguf_file
 
-    path = Path(spec).expanduser()
-    return spec.lower().endswith(".gguf") or (path.is_file() and is_gguf_file(path))
+    if spec.lower().endswith(".gguf"):
+        return True
+    try:
+        return Path(spec).expanduser().is_file() and is_gguf_file(Path(spec).expanduser())
+    except OSError:  # a name the file system cannot hold (too long) names no file
+        return False
 
 
 def measure_gguf_speeds(files: Sequence[str], *, seq_len: int = 128, runs: int = 5, warmup: int = 2,
