@@ -471,3 +471,14 @@ def test_a_quantized_candidate_is_written_and_scored_through_the_gguf_scorer(tin
     assert asked == [("model.gguf", "llama.cpp", 6, "all", True)] * 2  # the dev half, then the test half
     assert (tmp_path / "out" / "model.gguf").stat().st_size == 1000
     load_model(str(tmp_path / "out" / "model"))
+
+
+def test_a_chosen_model_that_misses_on_the_test_half_is_written_but_the_command_fails(searched, tmp_path, monkeypatch, capsys):
+    record, _, _ = searched
+    missed = record.model_copy(update={"test_passed": False})
+    monkeypatch.setattr(api, "shrink_to_folder", lambda *args, **kwargs: missed)
+    model, corpus = tmp_path / "model", tmp_path / "corpus.jsonl"
+    code, out, err = run_cli(monkeypatch, capsys, "shrink", "--model", str(model), "--langs", "en,sw", "--budget", "5%",
+                             "--corpus", str(corpus), "--out", str(tmp_path / "small"))
+    assert code == 1
+    assert "Shrunk model written to" in out and "does NOT hold the budget on the test half" in err

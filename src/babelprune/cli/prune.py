@@ -41,6 +41,7 @@ from babelprune.cli.common import (
     SeedOption,
     SeqLenOption,
     console,
+    err_console,
 )
 from babelprune.errors import BabelpruneError
 from babelprune.flags import language_option
@@ -281,6 +282,8 @@ def shrink_command(
         low, high = check.interval if check.interval is not None else (float("nan"), float("nan"))
         console.print(Text(f"  test half, {check.language}: {check.relative:+.2%} [{low:+.2%}, {high:+.2%}]"
                            + ("" if check.passed else "  beyond the budget")))
-    if not record.test_passed:
-        console.print(Text("The chosen model does NOT hold the budget on the test half in every language; see shrink.json."))
     console.print(Text(f"Shrunk model written to {out} (model/, shrink.json, index.html)"))
+    if not record.test_passed:  # written, so it can be inspected, but the search did not deliver what was asked
+        err_console.print(Text("The chosen model does NOT hold the budget on the test half in every language; see "
+                               "shrink.json, and search again with a larger --budget or --segments."))
+        raise typer.Exit(1)
