@@ -4,6 +4,7 @@ micro-batch, and in every case the masks of pruning in place."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import weakref
 from pathlib import Path
@@ -447,3 +448,17 @@ def test_dynamic_training_out_of_memory_is_one_sentence_and_writes_nothing(tmp_p
     assert str(caught.value) == (f"Out of memory on cuda while training {source} across widths; "
                                  "lower batch_size or max_length in a --config file (a language model: --seq-len).")
     assert not (tmp_path / "dynamic").exists()
+
+
+def test_timing_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
+    source = source_folder(tmp_path, "llama")
+    speed = importlib.import_module("babelprune.evaluate.speed")
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(speed, "measure_speeds", no_memory)
+    with pytest.raises(BabelpruneError) as caught:
+        api.measure_model_speeds([str(source)], memory=False)
+    assert str(caught.value) == (f"Out of memory on cuda while timing {source}; "
+                                 "lower --batch or --seq-len, or time fewer models at once.")

@@ -793,7 +793,8 @@ def measure_model_speeds(models: Sequence[str], *, device: DeviceName = "cpu", d
         raise BabelpruneError(f"Peak memory is measured as the resident memory of a CPU process, not on {place}; add --no-memory.")
     for spec in models:
         check_sources(model=spec)
-    return measure_speeds([load_model(spec, dtype, place) for spec in models], sparse_kernels=sparse_kernels, **settings)
+    with out_of_memory("timing " + ", ".join(models), lambda where: "lower --batch or --seq-len, or time fewer models at once"):
+        return measure_speeds([load_model(spec, dtype, place) for spec in models], sparse_kernels=sparse_kernels, **settings)
 
 
 def is_gguf_model(spec: str) -> bool:
