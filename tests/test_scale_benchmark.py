@@ -39,6 +39,17 @@ def table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
 
+def measured(cell: str) -> float:
+    """The number a cell starts with, checked finite and not negative.
+
+    A tiny model's memory over its bytes, or its seconds printed to two places, may round to 0.00:
+    its tensors fit in what the process had already allocated, and a forward pass takes milliseconds.
+    """
+    value = float(cell.split()[0])
+    assert math.isfinite(value) and value >= 0, cell
+    return value
+
+
 def positive(cell: str) -> float:
     """The number a cell starts with (a cell may add "(...)" or a reuse mark), checked positive and finite."""
     value = float(cell.split()[0])
@@ -81,9 +92,10 @@ def test_wanda_time_and_memory_ratios_are_positive(tiny_table):
     rows = table(section(tiny_table, "## wanda: time and memory"))
     assert [row["model"] for row in rows] == [spec.name for spec in scale.TINY_MODELS]
     for row in rows:
-        for column in ("forward s", "wanda s", "wanda / forward", "memory, in memory (x model)",
-                       "memory, --offload disk (x model)", "offloaded peak MB", "offloaded peak / that"):
-            positive(row[column])
+        positive(row["wanda / forward"])  # a ratio of unrounded times
+        for column in ("forward s", "wanda s", "memory, in memory (x model)", "memory, --offload disk (x model)",
+                       "offloaded peak MB", "offloaded peak / that"):
+            measured(row[column])
         assert row["rounds (warm-up + timed)"] == f"1 + {scale.MIN_REPEATS}"
 
 
@@ -98,8 +110,8 @@ def test_the_recommended_configuration_is_timed_whole_or_on_the_first_blocks(tin
             assert row["memory, in memory (x model)"] == "not measured (first blocks)"
         else:
             assert row["blocks pruned"] == f"{blocks} of {blocks}"
-            positive(row["memory, in memory (x model)"])
-            positive(row["memory, --offload disk (x model)"])
+            measured(row["memory, in memory (x model)"])
+            measured(row["memory, --offload disk (x model)"])
 
 
 def test_the_depth_series_holds_the_same_width_at_each_depth(tiny_table):
@@ -107,8 +119,8 @@ def test_the_depth_series_holds_the_same_width_at_each_depth(tiny_table):
     base = next(spec for spec in scale.TINY_MODELS if spec.depths)
     assert [int(row["blocks"]) for row in rows] == [*base.depths, base.shape["num_hidden_layers"]]
     for row in rows:
-        positive(row["in memory: peak MB (x model)"].split("(")[1].rstrip(")"))
-        positive(row["--offload disk: peak MB (x model)"].split("(")[1].rstrip(")"))
+        measured(row["in memory: peak MB (x model)"].split("(")[1].rstrip(")"))
+        measured(row["--offload disk: peak MB (x model)"].split("(")[1].rstrip(")"))
 
 
 def test_the_fits_give_finite_exponents_for_whole_models_and_per_block(tiny_table):
@@ -125,7 +137,7 @@ def test_the_targets_are_checked_on_the_target_model(tiny_table):
     assert len(rows) == 2
     for row in rows:
         assert row["target"].startswith(target.name)
-        positive(row["measured"].rstrip("x"))
+        measured(row["measured"].rstrip("x"))
         assert row["met / not met"] in ("met", "not met")
     assert str(scale.TARGET_WANDA_TIME) in rows[0]["target"] and str(scale.TARGET_OFFLOAD_MEMORY) in rows[1]["target"]
 
