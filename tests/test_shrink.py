@@ -343,18 +343,6 @@ def test_quantization_without_llama_cpp_names_the_extra(tiny, tmp_path, no_loadi
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif("runtime" in __import__("inspect").signature(api.evaluate_model).parameters,
-                    reason="this babelprune scores a GGUF in llama.cpp")
-def test_quantization_without_a_gguf_scorer_is_refused_before_any_work(tiny, tmp_path, no_loading, monkeypatch):
-    from babelprune.formats import gguf_quant
-
-    model, corpus, _ = tiny
-    monkeypatch.setattr(gguf_quant, "llama_cpp_bindings", lambda: object())  # as if llama-cpp-python were installed
-    with pytest.raises(BabelpruneError, match="scored in llama.cpp"):
-        api.shrink_to_folder(str(model), LANGS, "2%", tmp_path / "out", corpus=str(corpus), quants=["none", "Q8_0"], **SMALL)
-    assert not any(tmp_path.iterdir())
-
-
 def test_a_bad_search_space_entry_is_refused(tiny, tmp_path, no_loading):
     model, corpus, _ = tiny
     with pytest.raises(BabelpruneError, match="--widths"):

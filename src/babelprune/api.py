@@ -969,21 +969,15 @@ def segment_scores(loaded: LoadedModel, corpus: Corpus, languages: Sequence[str]
 
 
 def _gguf_scorer():
-    """How a quantized candidate's GGUF is scored: `evaluate_model(..., runtime="llama.cpp")`, or one sentence."""
-    import inspect
-
-    if "runtime" not in inspect.signature(evaluate_model).parameters:
-        raise BabelpruneError("Searching --quants needs each GGUF scored in llama.cpp (evaluate_model's llama.cpp runtime), "
-                              "which this babelprune lacks; leave out --quants.")
+    """How a quantized candidate's GGUF is scored: `evaluate_model(..., runtime="llama.cpp")`."""
     return evaluate_model
 
 
 def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
     """The quantizations searched when none are named: Q8_0 and Q4_K_M too where llama.cpp can both write and score a GGUF."""
     import importlib.util
-    import inspect
 
-    if importlib.util.find_spec("llama_cpp") is None or "runtime" not in inspect.signature(evaluate_model).parameters:
+    if importlib.util.find_spec("llama_cpp") is None:
         return tuple(without)
     try:
         from babelprune.formats.gguf_quant import llama_cpp_bindings
