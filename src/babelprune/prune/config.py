@@ -330,6 +330,18 @@ class PruneConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def without_unset(data: dict, defaults: dict[str, Any]) -> dict:
+    """`data` without the fields that hold the default they had before they existed.
+
+    A field added to a config after runs were keyed on it is left out of the dumped
+    config while it keeps that default, so the sweep keys of earlier runs stay what they were.
+    """
+    for name, default in defaults.items():
+        if name in data and data[name] is default:  # None, False: identity, so 0 is not taken for False
+            del data[name]
+    return data
+
+
 class StructuredConfig(BaseModel):
     """Everything that decides a structured pruning run (babelprune.prune.structured; the calibration is separate)."""
 
@@ -345,11 +357,7 @@ class StructuredConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_default_refit(self, handler):
-        # Left out when off, so that the sweep keys of structured runs made before the option existed stay what they were.
-        data = handler(self)
-        if data.get("refit", ...) is False:
-            del data["refit"]
-        return data
+        return without_unset(handler(self), {"refit": False})
 
     @field_validator("units", mode="before")
     @classmethod
@@ -414,11 +422,7 @@ class TrimConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_unset_rank(self, handler):
-        # Left out when None, so that the sweep keys of trims made before the option existed stay what they were.
-        data = handler(self)
-        if data.get("keep_script_rank", ...) is None:
-            del data["keep_script_rank"]
-        return data
+        return without_unset(handler(self), {"keep_script_rank": None})
 
     @field_validator("keep_script_rank")
     @classmethod
