@@ -338,6 +338,11 @@ def out_of_memory_on_call(number: int):
     return prune_linear
 
 
+def no_memory(*args, **kwargs):
+    """A stand-in for any step that runs a CUDA device out of memory."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 @pytest.mark.parametrize(
     ("options", "advice"),
     [
@@ -373,9 +378,6 @@ def test_evaluation_running_out_of_memory_is_one_sentence(tmp_path, monkeypatch)
 
 
     source = source_folder(tmp_path, "llama")
-
-    def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(api, "score_windows", no_memory)
     corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
@@ -419,9 +421,6 @@ def test_the_command_refuses_memory_options_in_one_sentence(tmp_path, monkeypatc
 def test_fine_tuning_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
     import babelprune.finetune.trainer as trainer
 
-    def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
     monkeypatch.setattr(trainer, "finetune", no_memory)
     monkeypatch.setattr(trainer, "plan_runs", lambda task, config: None)  # no task data is read
     monkeypatch.setattr(api, "check_sources", lambda **kwargs: None)
@@ -437,9 +436,6 @@ def test_dynamic_training_out_of_memory_is_one_sentence_and_writes_nothing(tmp_p
     source = source_folder(tmp_path, "llama")
     import babelprune.finetune.dynamic as dynamic
 
-    def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory.")
-
     monkeypatch.setattr(dynamic, "train_dynamic", no_memory)
     corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
     spec = CalibrationSpec(corpus=str(corpus), languages=["en", "fr"], samples=1, seq_len=8)
@@ -453,9 +449,6 @@ def test_dynamic_training_out_of_memory_is_one_sentence_and_writes_nothing(tmp_p
 def test_timing_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
     source = source_folder(tmp_path, "llama")
     speed = importlib.import_module("babelprune.evaluate.speed")
-
-    def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(speed, "measure_speeds", no_memory)
     with pytest.raises(BabelpruneError) as caught:
