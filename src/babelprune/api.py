@@ -375,23 +375,16 @@ def language_scores(tokenizer, corpus, languages, split, seq_len, max_tokens, pr
         task = bar.add_task("evaluating", total=sum(len(w) for w in windows.values()))
         for lang in languages:
             bar.update(task, description=f"evaluating {lang}")
-            totals = score(lang, windows[lang], lambda n: bar.advance(task, n))
-            meta = corpus.language(lang)
-            scores.append(
-                LMScore(
-                    language=lang,
-                    name=meta.name,
-                    script=meta.script,
-                    resource=meta.resource,
-                    n_windows=totals.n_windows,
-                    n_tokens=totals.n_tokens,
-                    n_bytes=totals.n_bytes,
-                    nll_nats=totals.nll_nats,
-                    window_nll=list(totals.window_nll),
-                    window_bytes=list(totals.window_bytes),
-                )
-            )
+            scores.append(_lm_score(corpus, lang, score(lang, windows[lang], lambda n: bar.advance(task, n))))
     return scores
+
+
+def _lm_score(corpus, lang: str, totals) -> LMScore:
+    """The LMScore of `lang` from the NLLTotals of its windows, with the corpus's facts about the language."""
+    meta = corpus.language(lang)
+    return LMScore(language=lang, name=meta.name, script=meta.script, resource=meta.resource,
+                   n_windows=totals.n_windows, n_tokens=totals.n_tokens, n_bytes=totals.n_bytes,
+                   nll_nats=totals.nll_nats, window_nll=list(totals.window_nll), window_bytes=list(totals.window_bytes))
 
 
 # ----- whole jobs: from a model's name to a written folder ---------------------------------------
@@ -959,12 +952,7 @@ def segment_scores(loaded: LoadedModel, corpus: Corpus, languages: Sequence[str]
     for lang in languages:
         texts = corpus.texts(lang, "all")[:segments]
         windows = [window for text in texts for window in make_windows(loaded.tokenizer, [text], seq_len)]
-        totals = score_windows(loaded.model, windows, pad_id, batch_size)
-        meta = corpus.language(lang)
-        scores.append(LMScore(language=lang, name=meta.name, script=meta.script, resource=meta.resource,
-                              n_windows=totals.n_windows, n_tokens=totals.n_tokens, n_bytes=totals.n_bytes,
-                              nll_nats=totals.nll_nats, window_nll=list(totals.window_nll),
-                              window_bytes=list(totals.window_bytes)))
+        scores.append(_lm_score(corpus, lang, score_windows(loaded.model, windows, pad_id, batch_size)))
     return scores
 
 
