@@ -6,6 +6,7 @@ import pytest
 
 from babelprune import demo
 from babelprune.errors import BabelpruneError
+from babelprune.shrink import ScoreStore as ShrinkScores
 from babelprune.sweep.experiment import recipe_path
 from babelprune.sweep.runs import plan_experiment
 from babelprune.sweep.store import ResultsStore
@@ -91,8 +92,48 @@ def test_the_demo_runs_on_real_text_resumes_and_writes_the_report(tmp_path):
         assert record.label in html
     finished = {r.key: r.finished for r in records}
 
+    # The last step: shrink for the calibration languages, beside the report and summarised on it.
+    shrunk = demo.shrink_folder(out)
+    summary = first.shrink
+    assert summary is not None and "The smallest model for the calibration languages" in html
+    if summary.record is not None:
+        chosen = next(c for c in summary.record.candidates if c.number == summary.record.chosen)
+        assert (shrunk / "shrink.json").is_file() and (shrunk / "index.html").is_file() and (shrunk / "model").is_dir()
+        assert summary.record.settings.languages == ["en", "es", "fr", "zh", "ru", "ar", "hi", "sw"]
+        assert [report.spec for report in summary.speeds] == [str(model), str(shrunk / "model")]
+        assert chosen.label in html and f"../{shrunk.name}/index.html" in html
+    else:  # nothing within the budget: the page says which candidate came closest, and no folder is written
+        assert "No model was chosen" in html and "the closest" in summary.refusal and not shrunk.exists()
+    with ShrinkScores(demo.shrink_store(out)) as scores:
+        scored = len(scores)
+
     second = demo.run_demo(out, model=str(model), max_tokens=24)
     with ResultsStore(second.store, create=False) as store:
         again = store.records()
     assert {r.key: r.finished for r in again} == finished  # nothing was run twice
     assert second.report.is_file()
+    with ShrinkScores(demo.shrink_store(out)) as scores:
+        assert len(scores) == scored  # no candidate was scored twice
+    assert (second.shrink.record is None) == (summary.record is None)
+
+
+def test_a_shrink_folder_the_demo_did_not_write_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "report"
+    mine = demo.shrink_folder(out)
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(BabelpruneError, match="was not written by `babelprune shrink`"):
+        demo.run_demo(out, model=str(tmp_path / "absent"))
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert not out.exists() and not (tmp_path / "report.sqlite").exists()
+
+
+@pytest.mark.real
+def test_the_demo_without_its_shrink_step_leaves_no_shrink_outputs(tmp_path, monkeypatch):
+    monkeypatch.setattr("babelprune.data.udhr.udhr_available", lambda root=None: False)
+    model = write_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "report"
+    outcome = demo.run_demo(out, model=str(model), max_tokens=12, shrink=None)
+    assert outcome.ok and outcome.shrink is None
+    assert "The smallest model for the calibration languages" not in outcome.report.read_text(encoding="utf-8")
+    assert not demo.shrink_folder(out).exists() and not demo.shrink_store(out).exists()

@@ -470,3 +470,17 @@ def test_a_chosen_model_that_misses_on_the_test_half_is_written_but_the_command_
                              "--corpus", str(corpus), "--out", str(tmp_path / "small"))
     assert code == 1
     assert "Shrunk model written to" in out and "does NOT hold the budget on the test half" in err
+
+
+def test_the_sweep_report_summary_names_the_chosen_model_links_its_page_and_escapes_every_string(searched, tmp_path):
+    from babelprune.report.html_parts import Page
+    from babelprune.report.html_shrink import ShrinkSummary, shrink_summary_section
+
+    record, _, _ = searched
+    chosen = next(c for c in record.candidates if c.number == record.chosen)
+    html = shrink_summary_section(Page(tmp_path), ShrinkSummary(record=record, page=f"../{HOSTILE}/index.html"), "Shrunk")
+    assert chosen.label in html and f"{len(record.candidates)} candidates" in html
+    assert all(f"<td>{check.language}</td>" in html for check in record.test)  # the test half, one row per language
+    assert HOSTILE not in html and 'href="../%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/../../x/index.html"' in html
+    refused = shrink_summary_section(Page(tmp_path), ShrinkSummary(record=None, refusal=f"closest {HOSTILE} misses"), "Shrunk")
+    assert "No model was chosen" in refused and HOSTILE not in refused and "&lt;img" in refused

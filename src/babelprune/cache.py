@@ -275,7 +275,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         if final.exists() and not overwrite:
             raise FileExistsError(final)
         grant_umask_modes(tmp)
-        _move_into_place(tmp, final)
+        move_into_place(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc):
@@ -283,7 +283,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
+def move_into_place(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`; an existing `final` is set aside first and put back if the rename fails."""
     if not final.exists():
         os.replace(tmp, final)

@@ -6,7 +6,15 @@ CWL layer-wise sparsity included) and the recommended configuration (mwanda + CW
 + refit) at 50%, and the recommended configuration at 2:4 (mwanda + refit), each scored on the Bible's
 22 languages and on 16 UDHR languages that calibration never saw. Every
 finished run goes into a results store, so an interrupted demo picks up where
-it stopped; the report is written from the store at the end.
+it stopped.
+
+It ends with `shrink` (`DemoShrink`): the smallest model, among vocabulary trims (and, when
+llama-cpp-python is installed, llama.cpp quantizations), whose every calibration language stays within
+the budget on held-out Bible text; it is written beside the report (`<out>-shrink/`: the model and its
+own page), timed against the dense model, and summarised as the report's last section. Its scores go
+to `<out>.shrink.sqlite`, so a second demo scores nothing twice. The search runs on the CPU in float32
+whatever --device and --dtype say (the report says so when they differ). The report is written from
+the store at the end.
 """
 
 from __future__ import annotations
@@ -28,11 +36,29 @@ DEMO_UDHR_LANGUAGES = ("nl", "el-monoton", "he", "th", "ta", "ka", "hy", "am", "
 
 
 @dataclass(frozen=True)
+class DemoShrink:
+    """The demo's last step: what `shrink` searches for the calibration languages, and on how much text.
+
+    The trims are the text-only rule (every piece the calibration text used) and the same plus every piece
+    of the kept scripts among the tokenizer's 20,000 best-ranked (`--keep-script-rank`), which holds on text
+    the trimming never read (docs/results/vocab_generalise.md). Structured widths are left to `babelprune
+    shrink` itself: each costs a calibration pass and a gradient, minutes on 2 cores.
+    """
+
+    budget: float = 0.02
+    trims: tuple[str, ...] = ("1", "1:20000")
+    widths: tuple[str, ...] = ("none",)
+    segments: int = 40  # held-out verses per language and half: one window each
+    seq_len: int = 128
+
+
+@dataclass(frozen=True)
 class DemoOutcome:
     report: Path  # the report's index.html
     store: Path
     dropped_sets: tuple[str, ...]  # evaluation sets left out because their corpus is not installed
     ok: bool  # every run finished
+    shrink: object = None  # the report's ShrinkSummary (None when the demo ran without its shrink step)
 
 
 def demo_experiment(model: str | None = None, max_tokens: int | None = None, device: str = "cpu",
@@ -68,11 +94,25 @@ def default_store(out: Path) -> Path:
     return out.with_name(out.name + ".sqlite")
 
 
+def shrink_folder(out: Path) -> Path:
+    """Where the demo writes the model `shrink` chose, and its page: `<out>-shrink` beside the report folder."""
+    out = Path(out)
+    return out.with_name(out.name + "-shrink")
+
+
+def shrink_store(out: Path) -> Path:
+    """The demo's store of shrink scores: `<out>.shrink.sqlite` beside the report folder."""
+    out = Path(out)
+    return out.with_name(out.name + ".shrink.sqlite")
+
+
 def run_demo(out: Path, store: Path | None = None, model: str | None = None, max_tokens: int | None = None,
-             console: Console | None = None, *, device: str = "cpu", dtype: str = "auto") -> DemoOutcome:
+             console: Console | None = None, *, device: str = "cpu", dtype: str = "auto",
+             shrink: DemoShrink | None = DemoShrink()) -> DemoOutcome:
     """Run (or resume) the demo sweep into `store` (default: `<out>.sqlite` beside the report) and write the report to `out`.
 
     Every run's model runs in `dtype` on `device`; a device this machine lacks is refused before any work.
+    `shrink` (None: skipped) is the last step, written to `shrink_folder(out)` (replaced when a demo wrote it).
     """
     from babelprune.devices import resolve
     from babelprune.report.html import check_out, write_report
@@ -85,6 +125,8 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
     store = Path(store) if store is not None else default_store(out)
     resolve(device, dtype)
     check_out(out, overwrite=True)  # a folder that is not a babelprune report is refused before any work
+    if shrink is not None:
+        check_shrink_outputs(out)
     experiment, dropped = demo_experiment(model, max_tokens, device, dtype)
     if dropped:
         console.print(Text.assemble(("note:", "yellow"), f" the UDHR is not fetched, so the evaluation set(s) {', '.join(dropped)} are left "
@@ -95,9 +137,73 @@ def run_demo(out: Path, store: Path | None = None, model: str | None = None, max
         plan = plan_experiment(path)
     with ResultsStore(store) as results:
         summary = run_local(plan, results, console=console)
-    page = write_report(store, out, overwrite=True)
+    shrunk = None
+    if shrink is not None:
+        shrunk = run_shrink(shrink, experiment["models"][0], experiment["calibration"]["languages"], out, console,
+                            on_another_device=(device, dtype) != ("cpu", "auto"))
+    page = write_report(store, out, overwrite=True, shrink=shrunk)
     console.print(
         f"{summary.planned} runs: {len(summary.done)} done now, {summary.skipped} done before, {len(summary.failed)} failed; "
         f"store {store}; report {page}", highlight=False, markup=False,
     )
-    return DemoOutcome(report=page, store=store, dropped_sets=dropped, ok=summary.ok)
+    return DemoOutcome(report=page, store=store, dropped_sets=dropped, ok=summary.ok, shrink=shrunk)
+
+
+def check_shrink_outputs(out: Path) -> None:
+    """Refuse, before any work, a `<out>-shrink` folder that an earlier demo (or `babelprune shrink`) did not write,
+    and a shrink store that cannot be written or is not one."""
+    from babelprune.outputs import STORE_SUFFIXES, check_output_file
+
+    folder = shrink_folder(out)
+    check_output_file(shrink_store(out), "the shrink store", STORE_SUFFIXES, reuse=True)
+    if folder.exists() and not _is_shrink_folder(folder):
+        raise BabelpruneError(f"{folder} exists and was not written by `babelprune shrink`, so the demo leaves it alone; "
+                              "move it, or choose another --out.")
+
+
+def _is_shrink_folder(folder: Path) -> bool:
+    import json
+
+    try:
+        record = json.loads((folder / "shrink.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == "babelprune-shrink-result"
+
+
+def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, console: Console, on_another_device: bool):
+    """The demo's last step: shrink `model` for `languages`, time the chosen model, and say what the report shows.
+
+    The new folder is written beside the old one and takes its place only when complete, so an
+    interrupted or refused search leaves an earlier demo's shrunk model as it was.
+    """
+    import shutil
+
+    from babelprune.api import measure_gguf_speeds, measure_model_speeds, shrink_to_folder
+    from babelprune.cache import move_into_place
+    from babelprune.report.html import ShrinkSummary, write_shrink_page
+
+    folder = shrink_folder(out)
+    fresh = folder.with_name(f".{folder.name}.new")
+    shutil.rmtree(fresh, ignore_errors=True)  # a step interrupted before its swap
+    notes = []
+    if on_another_device:
+        notes.append("The shrink search ran on the CPU in float32; the runs above used the device and type of --device and --dtype.")
+    console.print(Text(f"shrink: the smallest {model} within {plan.budget:.0%} for {', '.join(languages)}"), highlight=False)
+    try:
+        record = shrink_to_folder(model, languages, plan.budget, fresh, trims=plan.trims, widths=plan.widths,
+                                  segments=plan.segments, seq_len=plan.seq_len, store=shrink_store(out),
+                                  write_page=write_shrink_page)
+    except BabelpruneError as error:  # no candidate within the budget: a finding for the page, not a failed demo
+        console.print(Text.assemble(("shrink:", "yellow"), f" {error}"), highlight=False)
+        return ShrinkSummary(record=None, refusal=str(error), notes=notes)
+    if record.space.quants == ("none",):
+        notes.append("llama.cpp quantizations (Q8_0, Q4_K_M) were not searched: llama-cpp-python is not installed. "
+                     "`pip install 'babelprune[llama]'` adds them, and the chosen GGUF's llama.cpp speed, to the next demo.")
+    move_into_place(fresh, folder)  # an earlier demo's folder stays whole until the new one is in place
+    chosen = folder / "model"
+    speeds = measure_model_speeds([model, str(chosen)], seq_len=128, batch_size=8, runs=3, warmup=1, new_tokens=16)
+    gguf = folder / "model.gguf"
+    gguf_speed = measure_gguf_speeds([str(gguf)], runs=3, warmup=1)[0] if gguf.is_file() else None
+    relative = f"../{folder.name}/index.html"
+    return ShrinkSummary(record=record, page=relative, speeds=speeds, gguf_speed=gguf_speed, notes=notes)

@@ -149,16 +149,20 @@ def demo_command(
     max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
+    shrink: Annotated[bool, typer.Option(help="End with `shrink`: the smallest model within 2% for the calibration languages, written to <out>-shrink.")] = True,
 ) -> None:
-    """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then the HTML report."""
+    """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then `shrink` for the calibration languages, then the HTML report."""
     from babelprune.api import check_sources
-    from babelprune.demo import default_store, run_demo
+    from babelprune.demo import DemoShrink, check_shrink_outputs, default_store, run_demo
     from babelprune.report.html import is_report_folder
 
     check_sources(model=model, device=device, dtype=dtype)  # a device this machine lacks: refused before any work
     check_output_folder(out, "--out", overwrite=True, recognise=is_report_folder, writer="`babelprune report`")
     store = store if store is not None else default_store(out)
     check_output_file(store, "--store", STORE_SUFFIXES, reuse=True)
-    outcome = run_demo(out, store, model, max_tokens, console, device=device, dtype=dtype)
+    if shrink:
+        check_shrink_outputs(out)
+    outcome = run_demo(out, store, model, max_tokens, console, device=device, dtype=dtype,
+                       shrink=DemoShrink() if shrink else None)
     if not outcome.ok:
         raise typer.Exit(1)

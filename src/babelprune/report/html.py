@@ -38,6 +38,7 @@ from babelprune.report.html_finetune import (
 from babelprune.report.html_li2022 import task_pruning_section
 from babelprune.report.html_parts import GENERATOR, Cell, Page, document, integer, num, paragraph, plural, source, table
 from babelprune.report.html_sets import evaluation_set_section
+from babelprune.report.html_shrink import ShrinkSummary, shrink_summary_section
 from babelprune.report.html_shrink import write_shrink_page  # noqa: F401  (the page `babelprune shrink` writes)
 from babelprune.report.runs import (
     SIZE_FIELDS, SPEED_FIELDS, describe, eval_set_view, evaluation_sets, has_language_masks, mask_overlap, measured,
@@ -48,8 +49,11 @@ from babelprune.sweep.store import ResultsStore
 INDEX = "index.html"
 
 
-def write_report(store_path: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write DIR/index.html and DIR/figures/*.png from the store at `store_path`; returns the page's path."""
+def write_report(store_path: Path, out: Path, overwrite: bool = False, shrink: ShrinkSummary | None = None) -> Path:
+    """Write DIR/index.html and DIR/figures/*.png from the store at `store_path`; returns the page's path.
+
+    `shrink`: a shrink search run after the sweep (the demo's last step), shown as the page's last section.
+    """
     store_path, out = Path(store_path), Path(out)
     check_out(out, overwrite)
     with ResultsStore(store_path, create=False) as store:
@@ -57,7 +61,7 @@ def write_report(store_path: Path, out: Path, overwrite: bool = False) -> Path:
     if not records:
         raise BabelpruneError(f"The store {store_path} holds no finished runs yet; report on it once a sweep has finished some.")
     with atomic_dir(out, overwrite=overwrite) as folder:
-        (folder / INDEX).write_text(render(records, folder, str(store_path)), encoding="utf-8")
+        (folder / INDEX).write_text(render(records, folder, str(store_path), shrink), encoding="utf-8")
     return out / INDEX
 
 
@@ -77,7 +81,7 @@ def is_report_folder(out: Path) -> bool:
     return Path(out).is_dir() and index.is_file() and f'content="{GENERATOR}"' in index.read_text(encoding="utf-8", errors="replace")
 
 
-def render(records: list[RunRecord], folder: Path, store_name: str) -> str:
+def render(records: list[RunRecord], folder: Path, store_name: str, shrink: ShrinkSummary | None = None) -> str:
     """The page's HTML; figures are drawn into `folder/figures` on the way."""
     page = Page(Path(folder))
     done = [r for r in records if r.state == "done"]
@@ -87,6 +91,8 @@ def render(records: list[RunRecord], folder: Path, store_name: str) -> str:
     sections += [mask_section(page, done), speed_section(page, done), finetune_section(page, done)]
     if any(record.task_pruning is not None for record in done):
         sections.append(task_pruning_section(page, done))
+    if shrink is not None:
+        sections.append(shrink_summary_section(page, shrink, "The smallest model for the calibration languages"))
     sections.append(failed_section(page, failed))
     subtitle = f"{store_name} · {len(done)} done and {len(failed)} failed runs · written {now()}"
     footer = (f"Written by babelprune {__version__} ({GENERATOR}) from {store_name}. Every number on this page is read or "

@@ -87,6 +87,13 @@ def paragraph(text: str, css: str = "") -> str:
     return f"<p{attributes}>{esc(text)}</p>"
 
 
+def link(href: str, text: str) -> str:
+    """A paragraph holding one link; the address is percent-encoded (a relative path, never a script)."""
+    from urllib.parse import quote
+
+    return f'<p><a href="{esc(quote(href))}">{esc(text)}</a></p>'
+
+
 def source(text: str) -> str:
     """The sentence that says where a section's numbers come from."""
     return f'<p class="source"><span>Source</span> {esc(text)}</p>'

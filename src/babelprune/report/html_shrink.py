@@ -9,7 +9,9 @@ check on the test half. Every string (language codes and names included) reaches
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from babelprune.cache import atomic_write_text  # noqa: E402
 from babelprune.report.figures import _save, plain  # noqa: E402
-from babelprune.report.html_parts import Cell, Page, document, integer, num, paragraph, source, table  # noqa: E402
+from babelprune.report.html_parts import Cell, Page, document, integer, link, num, paragraph, source, table  # noqa: E402
 from babelprune.shrink import ShrinkRecord, pareto_front  # noqa: E402
 
 PAGE = "index.html"
@@ -60,25 +62,30 @@ def _interval_text(interval) -> str:
     return f"[{interval[0]:+.2%}, {interval[1]:+.2%}]" if interval is not None else "-"
 
 
+def _chosen_parts(record: ShrinkRecord, chosen) -> list[str]:
+    """The chosen candidate, its bytes against the dense model's, and its check on the test half."""
+    verdict = "holds" if record.test_passed else "does NOT hold"
+    return [
+        paragraph(f"Candidate {chosen.number}: {chosen.label}, {chosen.bytes:,} bytes as served "
+                  f"({chosen.bytes / record.dense_bytes:.1%} of the dense model's {record.dense_bytes:,})."),
+        paragraph(f"On the test half, text the search never read, the budget of {record.settings.budget:.2%} {verdict}."),
+        table(
+            ["language", "dense bits/byte", "bits/byte", "relative increase", "95% interval", "within budget"],
+            [[check.language, num(check.dense_bits_per_byte), num(check.bits_per_byte), num(100 * check.relative, 2, signed=True),
+              Cell(_interval_text(check.interval), check.interval[1] if check.interval else float("nan"), css="num"),
+              "yes" if check.passed else "no"] for check in record.test],
+            caption="The chosen model on the test half (relative increase in %)", name="test",
+        ),
+    ]
+
+
 def render_shrink(record: ShrinkRecord, folder: Path) -> str:
     page = Page(folder)
     settings = record.settings
     chosen = next((c for c in record.candidates if c.number == record.chosen), None)
     parts = [page.heading(2, "The chosen model")]
     if chosen is not None:
-        parts.append(paragraph(
-            f"Candidate {chosen.number}: {chosen.label}, {chosen.bytes:,} bytes as served "
-            f"({chosen.bytes / record.dense_bytes:.1%} of the dense model's {record.dense_bytes:,})."
-        ))
-        verdict = "holds" if record.test_passed else "does NOT hold"
-        parts.append(paragraph(f"On the test half, text the search never read, the budget of {settings.budget:.2%} {verdict}."))
-        parts.append(table(
-            ["language", "dense bits/byte", "bits/byte", "relative increase", "95% interval", "within budget"],
-            [[check.language, num(check.dense_bits_per_byte), num(check.bits_per_byte), num(100 * check.relative, 2, signed=True),
-              Cell(_interval_text(check.interval), check.interval[1] if check.interval else float("nan"), css="num"),
-              "yes" if check.passed else "no"] for check in record.test],
-            caption="The chosen model on the test half (relative increase in %)", name="test",
-        ))
+        parts += _chosen_parts(record, chosen)
     parts.append(page.heading(2, "Every candidate"))
     rows = []
     for candidate in record.candidates:
@@ -117,3 +124,57 @@ def write_shrink_page(record: ShrinkRecord, folder: Path) -> Path:
 
 
 
+
+
+# ----- a shrink search shown inside a sweep's report (the demo's last step) ---------------------------
+
+
+@dataclass(frozen=True)
+class ShrinkSummary:
+    """What a sweep's report shows of a shrink search run after it: the record, or the sentence of why none was chosen."""
+
+    record: ShrinkRecord | None  # None when the search chose nothing
+    page: str | None = None  # the shrink page's address relative to the report folder
+    refusal: str | None = None  # the one sentence when no candidate was chosen
+    speeds: list[Any] = field(default_factory=list)  # SpeedReports: the dense model, then the chosen one (PyTorch)
+    gguf_speed: Any = None  # the chosen GGUF file's LlamaCppSpeedReport, when it is one
+    notes: list[str] = field(default_factory=list)  # what was left out or substituted, and how to get it
+
+
+def shrink_summary_section(page: Page, summary: ShrinkSummary, title: str) -> str:
+    """A section of the sweep report: the chosen model, its per-language cost on the test half and its speed."""
+    parts = [page.heading(2, title)]
+    record = summary.record
+    if record is None:
+        parts.append(paragraph(f"No model was chosen: {summary.refusal}", "empty"))
+        return "\n".join(parts + [paragraph(note) for note in summary.notes])
+    settings = record.settings
+    passed = sum(candidate.passed for candidate in record.candidates)
+    parts.append(paragraph(
+        f"`babelprune shrink` searched {len(record.candidates)} candidates of {settings.model} (trims: "
+        f"{', '.join(record.space.trims)}; widths: {', '.join(record.space.widths)}; quantizations: "
+        f"{', '.join(record.space.quants)}) for the smallest whose every language of {', '.join(settings.languages)} keeps "
+        f"the upper end of its paired 95% interval of relative bits-per-byte increase within {settings.budget:.2%} on the dev "
+        f"half of the {settings.corpus} evaluation split ({settings.segments} segments of at most {settings.seq_len} tokens "
+        f"per language); {passed} passed."
+    ))
+    chosen = next(c for c in record.candidates if c.number == record.chosen)
+    parts += _chosen_parts(record, chosen)
+    if summary.speeds:
+        dense = summary.speeds[0]
+        rows = []
+        for name, report in zip(("dense", "chosen"), summary.speeds):
+            rows.append([name, integer(report.bytes_on_disk), integer(report.n_parameters),
+                         num(report.throughput_tokens_per_s, 0), num(report.throughput_tokens_per_s / dense.throughput_tokens_per_s, 2),
+                         num(1000 / report.generate_ms_per_token, 1) if report.generate_ms_per_token else num(None)])
+        parts.append(table(["model", "bytes", "parameters", "evaluation tokens/s", "x dense", "generation tokens/s (batch 1)"], rows,
+                           caption=f"Speed in PyTorch on the {dense.threads}-thread CPU (median of {dense.runs} runs after "
+                                   f"{dense.warmup} warm-up)", name="shrink speed"))
+    if summary.gguf_speed is not None:
+        gguf = summary.gguf_speed
+        parts.append(paragraph(f"The chosen GGUF file ({gguf.file_type}, {gguf.bytes_on_disk:,} bytes) in llama.cpp at batch 1: "
+                               f"{gguf.prompt_tokens_per_s:,.0f} prompt and {gguf.generate_tokens_per_s or 0:,.1f} generation tokens per second."))
+    parts += [paragraph(note) for note in summary.notes]
+    if summary.page:
+        parts.append(link(summary.page, "Every candidate, per language: the shrink page"))
+    return "\n".join(parts)
