@@ -40,9 +40,10 @@ class DemoShrink:
     """The demo's last step: what `shrink` searches for the calibration languages, and on how much text.
 
     The trims are the text-only rule (every piece the calibration text used) and the same plus every piece
-    of the kept scripts among the tokenizer's 20,000 best-ranked (`--keep-script-rank`), which holds on text
-    the trimming never read (docs/results/vocab_generalise.md). Structured widths are left to `babelprune
-    shrink` itself: each costs a calibration pass and a gradient, minutes on 2 cores.
+    of the kept scripts among the tokenizer's 20,000 best-ranked (`--keep-script-rank`), so that words the
+    calibration verses never used keep more of their pieces. Candidates are judged on held-out verses of the
+    same Bible (a trim costs far more on another source: docs/results/vocab_generalise.md). Structured widths
+    are left to `babelprune shrink` itself: each costs a calibration pass and a gradient, minutes on 2 cores.
     """
 
     budget: float = 0.02
