@@ -149,7 +149,7 @@ def demo_command(
     max_tokens: Annotated[Optional[int], typer.Option(max=MAX_INT, min=1, help="Predicted tokens per language and evaluation set (default: the recipe's 195).")] = None,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
-    shrink: Annotated[bool, typer.Option(help="End with `shrink`: the smallest model within 2% for the calibration languages, written to <out>-shrink.")] = True,
+    shrink: Annotated[bool, typer.Option(help="End with `shrink`: the smallest model within 5% for the calibration languages, written to <out>-shrink.")] = True,
 ) -> None:
     """The main job: the built-in `demo` sweep (dense, four methods and the recommended mwanda + CWL + refit at 50%, mwanda + refit at 2:4, per language), then `shrink` for the calibration languages, then the HTML report."""
     from babelprune.api import check_sources
