@@ -484,3 +484,17 @@ def test_the_sweep_report_summary_names_the_chosen_model_links_its_page_and_esca
     assert HOSTILE not in html and 'href="../%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/../../x/index.html"' in html
     refused = shrink_summary_section(Page(tmp_path), ShrinkSummary(record=None, refusal=f"closest {HOSTILE} misses"), "Shrunk")
     assert "No model was chosen" in refused and HOSTILE not in refused and "&lt;img" in refused
+
+
+def test_a_quantized_structured_candidate_keeps_one_width_per_block_unless_the_options_say_otherwise():
+    """A GGUF file holds one width per tensor kind: the global ranking's uneven widths would be refused by its export."""
+    from types import SimpleNamespace
+
+    def config(candidate, options=None):
+        bench = SimpleNamespace(structured_options=options or {}, importance="activation")
+        return api._ShrinkBench.structured_config(bench, candidate)
+
+    quantized = Candidate(units=("ffn",), sparsity=0.1, quant="Q8_0")
+    assert config(quantized).ranking == "per-layer"
+    assert config(Candidate(units=("ffn",), sparsity=0.1)).ranking == "global"
+    assert config(quantized, {"ranking": "global"}).ranking == "global"

@@ -1190,8 +1190,12 @@ class _ShrinkBench:
         return folder
 
     def structured_config(self, candidate) -> StructuredConfig:
-        return StructuredConfig(**{**self.structured_options, "units": list(candidate.units), "importance": self.importance,
-                                   "sparsity": candidate.sparsity})
+        # A GGUF file holds one width per tensor kind, so a quantized candidate ranks units within each layer
+        # (every block keeps the same width) unless the options say otherwise; the global ranking's uneven
+        # widths would be refused by the export.
+        per_gguf = {"ranking": "per-layer"} if candidate.quant else {}
+        return StructuredConfig(**{**per_gguf, **self.structured_options, "units": list(candidate.units),
+                                   "importance": self.importance, "sparsity": candidate.sparsity})
 
     def score_loaded(self, loaded: LoadedModel, half: str) -> list[LMScore]:
         return segment_scores(loaded, self.halves[half], self.languages, self.counts[half], self.seq_len, self.batch_size)
