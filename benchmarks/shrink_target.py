@@ -33,7 +33,6 @@ Writes docs/results/shrink_target.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
@@ -48,6 +47,7 @@ from babelprune.api import DEFAULT_CALIBRATION_LANGUAGES, export_model, measure_
 from babelprune.errors import BabelpruneError  # noqa: E402
 from babelprune.formats.gguf_quant import llama_cpp_bindings  # noqa: E402
 from babelprune.report.html import write_shrink_page  # noqa: E402
+from babelprune.shrink import NoCandidatePassed  # noqa: E402
 from gguf_languages import table, tiny_model  # noqa: E402
 
 BENCHMARK = {"minutes": 30}
@@ -102,24 +102,6 @@ def candidate_rows(candidates: Sequence, chosen: int | None) -> list[list[str]]:
 # ----- measuring ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def judged_on_refusal(seen: list):
-    """Keep the judged candidates `shrink_to_folder` hands to its refusal, so that a refused search still has its table."""
-    import babelprune.shrink as shrink
-
-    original = shrink.no_candidate_passed
-
-    def keep(candidates, budget, store):
-        seen.extend(candidates)
-        return original(candidates, budget, store)
-
-    shrink.no_candidate_passed = keep
-    try:
-        yield
-    finally:
-        shrink.no_candidate_passed = original
-
-
 def exported(model: str, path: Path, quant: str | None, fields: dict) -> Path:
     """`model` exported to the GGUF `path` (f32, quantized by llama.cpp when `quant`), reused when made with `fields`."""
     def run() -> dict:
@@ -143,14 +125,11 @@ def measure(args, model: str, languages: list[str], cache: Path) -> str:
     judged: list = []
     record, refusal = None, None
     try:
-        with judged_on_refusal(judged):
-            record = shrink_to_folder(model, languages, args.budget, out, trims=args.trims, widths=args.widths,
-                                      quants=args.quants, segments=args.segments, seq_len=args.seq_len,
-                                      store=cache / "scores.shrink.sqlite", write_page=write_shrink_page)
-    except BabelpruneError as error:
-        if not judged:
-            raise
-        refusal = str(error)
+        record = shrink_to_folder(model, languages, args.budget, out, trims=args.trims, widths=args.widths,
+                                  quants=args.quants, segments=args.segments, seq_len=args.seq_len,
+                                  store=cache / "scores.shrink.sqlite", write_page=write_shrink_page)
+    except NoCandidatePassed as error:  # still a table: every candidate, and the sentence saying why none was chosen
+        judged, refusal = error.candidates, str(error)
     candidates = record.candidates if record else judged
     chosen = next((c for c in candidates if record and c.number == record.chosen), None)
     plain = best_plain(candidates)

@@ -262,8 +262,10 @@ def test_no_candidate_within_the_budget_names_the_closest_and_writes_nothing(tin
                 for s in dense[corpus.name]]
 
     monkeypatch.setattr(api, "segment_scores", worse)
-    with pytest.raises(BabelpruneError, match=r"No candidate keeps every language within 1.00%: the closest, .* misses in en by \+"):
+    with pytest.raises(BabelpruneError, match=r"No candidate keeps every language within 1.00%: the closest, .* misses in en by \+") as refused:
         api.shrink_to_folder(str(model), LANGS, "1%", tmp_path / "out", corpus=str(corpus), trims=["none", "1"], widths=["none"], **SMALL)
+    # The refusal carries every judged candidate (one trim here), each failed, for a caller's table.
+    assert [(c.label, c.passed) for c in refused.value.candidates] == [("trim min_count 1", False)]
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out.shrink.sqlite"]  # the scores stay for the next try
 

@@ -279,17 +279,26 @@ def front_numbers(candidates: Sequence[ScoredCandidate]) -> list[int]:
     return [scored[i].number for i in pareto_front(points)]
 
 
-def no_candidate_passed(candidates: Sequence[ScoredCandidate], budget: float, store: Path) -> BabelpruneError:
+class NoCandidatePassed(BabelpruneError):
+    """A search that found nothing within the budget; `candidates` holds every judged candidate, for a table."""
+
+    def __init__(self, message: str, candidates: Sequence[ScoredCandidate]) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
+
+
+def no_candidate_passed(candidates: Sequence[ScoredCandidate], budget: float, store: Path) -> NoCandidatePassed:
     """The sentence for a search that found nothing within the budget: the closest candidate and what it missed by."""
     near = closest(candidates, budget)
     if near is None:
         first = next((c.error for c in candidates if c.error), "no scores")
-        return BabelpruneError(f"No candidate could be built and scored (the first said: {first}); change --trims or --widths.")
+        return NoCandidatePassed(f"No candidate could be built and scored (the first said: {first}); change --trims or --widths.",
+                                 candidates)
     misses = ", ".join(f"{check.language} by {excess(check, budget):+.2%}" for check in near.languages if not check.passed)
-    return BabelpruneError(
+    return NoCandidatePassed(
         f"No candidate keeps every language within {budget:.2%}: the closest, {near.label} ({near.bytes:,} bytes), "
         f"misses in {misses} (upper interval end beyond the budget); raise --budget or try milder --trims and --widths. "
-        f"No model was written; the scores are in {store}."
+        f"No model was written; the scores are in {store}.", candidates,
     )
 
 
