@@ -500,3 +500,20 @@ def test_a_quantized_structured_candidate_keeps_one_width_per_block_unless_the_o
     assert config(quantized).ranking == "per-layer"
     assert config(Candidate(units=("ffn",), sparsity=0.1)).ranking == "global"
     assert config(quantized, {"ranking": "global"}).ranking == "global"
+
+
+def test_the_chosen_candidate_is_built_once_for_its_dev_and_test_scores_and_its_folder(tiny, tmp_path, monkeypatch):
+    model, corpus, _ = tiny
+    builds = []
+    original = api._ShrinkBench.build
+
+    def counted(self, candidate, folder):
+        builds.append(candidate.label())
+        return original(self, candidate, folder)
+
+    monkeypatch.setattr(api._ShrinkBench, "build", counted)
+    record = api.shrink_to_folder(str(model), LANGS, "50%", tmp_path / "out", corpus=str(corpus), trims=["1"], widths=["none"],
+                                  store=tmp_path / "s.sqlite", **SMALL)
+    assert record.chosen == 1 and builds == ["trim min_count 1"]
+    load_model(str(tmp_path / "out" / "model"))  # the folder moved into place is the whole model
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder is left behind

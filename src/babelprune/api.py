@@ -1096,7 +1096,7 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                               front=front_numbers(judged), chosen=chosen.number, test=test,
                               test_passed=all(check.passed for check in test), finished=now())
         with atomic_dir(out) as folder:
-            path = bench.build(chosen.candidate, folder / "model")  # the same settings build the same model
+            path = bench.place(chosen.candidate, work, folder / "model")  # the same settings build the same model
             if path.is_file():  # the GGUF is served beside the HF folder it was made from
                 path.rename(folder / "model.gguf")
             (folder / "shrink.json").write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -1119,6 +1119,7 @@ class _ShrinkBench:
         self.identity = _folder_identity(dense)
         self.corpus_identity = _corpus_identity(corpus, languages)
         self.counts = {half: min(segments, *(len(held.segments(lang, "all")) for lang in languages)) for half, held in halves.items()}
+        self.kept = None  # (candidate, its built path, its folder): the last candidate built (`built`)
 
     def fields(self, candidate, half: str) -> dict:
         """Everything that decides a candidate's scores on a half: the store's key."""
@@ -1134,9 +1135,6 @@ class _ShrinkBench:
 
     def scored(self, candidate, half: str, store, work: Path):
         """The candidate's scores on `half`: from the store, else built, measured and scored now (then stored)."""
-        import shutil
-        import tempfile
-
         from babelprune.evaluate.sizes import model_bytes
         from babelprune.shrink import CandidateScores
 
@@ -1148,17 +1146,53 @@ class _ShrinkBench:
             scores = CandidateScores(bytes=model_bytes(self.dense)[0], latency_ms=self.latency(self.dense),
                                      scores=self.score_loaded(self.dense, half))
         else:
-            folder = Path(tempfile.mkdtemp(dir=work)) / "model"
             try:
                 with out_of_memory(f"shrinking {self.model}", lambda where: "lower --seq-len or --samples"):
-                    path = self.build(candidate, folder)
-                    scores = self.score_built(path, half)
+                    scores = self.score_built(self.built(candidate, work), half)
             except BabelpruneError as error:  # a setting this model cannot take: recorded with the candidate, not fatal
+                self.discard()
                 scores = CandidateScores(bytes=0, scores=[], error=str(error))
-            finally:
-                shutil.rmtree(folder.parent, ignore_errors=True)
         store.put(decided, scores)
         return scores
+
+    def built(self, candidate, work: Path) -> Path:
+        """The candidate's model built in `work` (its folder, or its GGUF file inside it).
+
+        The last candidate built stays until another is built, so the chosen one, scored on the dev half,
+        then on the test half, then written out, is usually built once (the same settings build the same model).
+        """
+        import shutil
+        import tempfile
+
+        if self.kept is not None and self.kept[0] == candidate:
+            return self.kept[1]
+        self.discard()
+        folder = Path(tempfile.mkdtemp(dir=work)) / "model"
+        try:
+            path = self.build(candidate, folder)
+        except BaseException:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            raise
+        self.kept = (candidate, path, folder)
+        return path
+
+    def discard(self) -> None:
+        """Delete the kept build."""
+        import shutil
+
+        if self.kept is not None:
+            shutil.rmtree(self.kept[2].parent, ignore_errors=True)
+            self.kept = None
+
+    def place(self, candidate, work: Path, folder: Path) -> Path:
+        """Move the candidate's model (built now unless it is the kept one) to the new `folder`; returns its path there."""
+        import shutil
+
+        path = self.built(candidate, work)
+        source = self.kept[2]
+        shutil.move(str(source), str(folder))  # beside `out`, like `work`: a rename
+        self.discard()
+        return folder / path.relative_to(source) if path != source else folder
 
     def build(self, candidate, folder: Path) -> Path:
         """Write the candidate's HF folder into the new `folder`; returns its GGUF file when quantized, else the folder."""

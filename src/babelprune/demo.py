@@ -8,10 +8,11 @@ CWL layer-wise sparsity included) and the recommended configuration (mwanda + CW
 finished run goes into a results store, so an interrupted demo picks up where
 it stopped.
 
-It ends with `shrink` (`DemoShrink`): the smallest model, among vocabulary trims (and, when
-llama-cpp-python is installed, llama.cpp quantizations), whose every calibration language stays within
-the budget on held-out Bible text; it is written beside the report (`<out>-shrink/`: the model and its
-own page), timed against the dense model, and summarised as the report's last section. Its scores go
+It ends with `shrink` (`DemoShrink`): the smallest model, among vocabulary trims, whose every
+calibration language stays within the budget on held-out Bible text; it is written beside the report
+(`<out>-shrink/`: the model and its own page), timed in PyTorch against the dense model (and, when
+llama-cpp-python is installed, exported as a Q8_0 GGUF file and timed in llama.cpp), and summarised
+as the report's last section. Its scores go
 to `<out>.shrink.sqlite`, so a second demo scores nothing twice. The search runs on the CPU in float32
 whatever --device and --dtype say (the report says so when they differ). The report is written from
 the store at the end.
@@ -39,20 +40,19 @@ DEMO_UDHR_LANGUAGES = ("nl", "el-monoton", "he", "th", "ta", "ka", "hy", "am", "
 class DemoShrink:
     """The demo's last step: what `shrink` searches for the calibration languages, and on how much text.
 
-    The trims keep every piece the calibration text used once (min_count 1) or twice (min_count 2).
-    Candidates are judged on held-out verses of the same Bible (a trim costs far more on another source:
-    docs/results/vocab_generalise.md). The budget is 5%: on 32 verses of at most 128 tokens, English's
-    interval is about 3 points wide (the other languages' well under 1), so 2% cannot be confirmed at this
-    size; `babelprune shrink --segments` buys narrower intervals with time. Structured widths,
-    `--keep-script-rank` and more trims are left to `babelprune shrink` itself: each candidate costs a
-    trim (or a calibration pass and a gradient) and a scoring, a minute or more on 2 cores.
+    One candidate, the trim that keeps every piece the calibration text used (min_count 1), judged on
+    held-out verses of the same Bible (a trim costs far more on another source:
+    docs/results/vocab_generalise.md) and confirmed on others: the demo's 15 minutes leave about two for
+    this step, four scorings of 16 verses per language. On so little text English's interval is several
+    points wide, so the budget is 5%; `babelprune shrink` with its defaults (more trims, structured
+    widths, quantizations, 40 segments of 256 tokens) is the search itself.
     """
 
     budget: float = 0.05
-    trims: tuple[str, ...] = ("1", "2")
+    trims: tuple[str, ...] = ("1",)
     widths: tuple[str, ...] = ("none",)
-    segments: int = 32  # held-out verses per language and half: one window each
-    seq_len: int = 128
+    segments: int = 16  # held-out verses per language and half: one window each
+    seq_len: int = 48
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,21 @@ def _is_shrink_folder(folder: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == "babelprune-shrink-result"
 
 
+def _llama_cpp_ready() -> bool:
+    """Whether llama-cpp-python is installed and can quantize and run a GGUF file."""
+    import importlib.util
+
+    from babelprune.formats.gguf_quant import llama_cpp_bindings
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        llama_cpp_bindings()
+    except BabelpruneError:
+        return False
+    return True
+
+
 def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, console: Console, on_another_device: bool):
     """The demo's last step: shrink `model` for `languages`, time the chosen model, and say what the report shows.
 
@@ -182,7 +197,7 @@ def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, co
     """
     import shutil
 
-    from babelprune.api import measure_gguf_speeds, measure_model_speeds, shrink_to_folder
+    from babelprune.api import export_model, measure_gguf_speeds, measure_model_speeds, shrink_to_folder
     from babelprune.cache import move_into_place
     from babelprune.report.html import ShrinkSummary, write_shrink_page
 
@@ -194,19 +209,22 @@ def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, co
         notes.append("The shrink search ran on the CPU in float32; the runs above used the device and type of --device and --dtype.")
     console.print(Text(f"shrink: the smallest {model} within {plan.budget:.0%} for {', '.join(languages)}"), highlight=False)
     try:
-        record = shrink_to_folder(model, languages, plan.budget, fresh, trims=plan.trims, widths=plan.widths,
+        record = shrink_to_folder(model, languages, plan.budget, fresh, trims=plan.trims, widths=plan.widths, quants=("none",),
                                   segments=plan.segments, seq_len=plan.seq_len, store=shrink_store(out),
                                   write_page=write_shrink_page)
     except BabelpruneError as error:  # no candidate within the budget: a finding for the page, not a failed demo
         console.print(Text.assemble(("shrink:", "yellow"), f" {error}"), highlight=False)
         return ShrinkSummary(record=None, refusal=str(error), notes=notes)
-    if record.space.quants == ("none",):
-        notes.append("llama.cpp quantizations (Q8_0, Q4_K_M) were not searched: llama-cpp-python is not installed. "
-                     "`pip install 'babelprune[llama]'` adds them, and the chosen GGUF's llama.cpp speed, to the next demo.")
     move_into_place(fresh, folder)  # an earlier demo's folder stays whole until the new one is in place
     chosen = folder / "model"
-    speeds = measure_model_speeds([model, str(chosen)], seq_len=128, batch_size=8, runs=3, warmup=1, new_tokens=16)
-    gguf = folder / "model.gguf"
-    gguf_speed = measure_gguf_speeds([str(gguf)], runs=3, warmup=1)[0] if gguf.is_file() else None
+    speeds = measure_model_speeds([model, str(chosen)], seq_len=32, batch_size=4, runs=3, warmup=1, new_tokens=8)
+    gguf_speed = None
+    if _llama_cpp_ready():  # the chosen model as llama.cpp serves it: Q8_0 (no importance matrix to compute), timed at batch 1
+        gguf = folder / "model-Q8_0.gguf"
+        export_model(str(chosen), gguf, quant="Q8_0")
+        gguf_speed = measure_gguf_speeds([str(gguf)], runs=3, warmup=1)[0]
+    else:
+        notes.append("The shrunk model's speed in llama.cpp is not measured: llama-cpp-python is not installed. "
+                     "`pip install -e '.[llama]'` (babelprune's llama extra) adds it to the next demo, as a Q8_0 GGUF file.")
     relative = f"../{folder.name}/index.html"
     return ShrinkSummary(record=record, page=relative, speeds=speeds, gguf_speed=gguf_speed, notes=notes)

@@ -172,7 +172,7 @@ def shrink_summary_section(page: Page, summary: ShrinkSummary, title: str) -> st
                                    f"{dense.warmup} warm-up)", name="shrink speed"))
     if summary.gguf_speed is not None:
         gguf = summary.gguf_speed
-        parts.append(paragraph(f"The chosen GGUF file ({gguf.file_type}, {gguf.bytes_on_disk:,} bytes) in llama.cpp at batch 1: "
+        parts.append(paragraph(f"The chosen model as a {gguf.file_type} GGUF file ({gguf.bytes_on_disk:,} bytes) in llama.cpp at batch 1: "
                                f"{gguf.prompt_tokens_per_s:,.0f} prompt and {gguf.generate_tokens_per_s or 0:,.1f} generation tokens per second."))
     parts += [paragraph(note) for note in summary.notes]
     if summary.page:
