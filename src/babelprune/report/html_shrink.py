@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from babelprune.cache import atomic_write_text  # noqa: E402
 from babelprune.report.figures import _save, plain  # noqa: E402
-from babelprune.report.html_parts import Cell, Page, document, integer, link, num, paragraph, source, table  # noqa: E402
+from babelprune.report.html_parts import Cell, Page, document, integer, link, num, paragraph, plural, source, table  # noqa: E402
 from babelprune.shrink import ShrinkRecord, pareto_front  # noqa: E402
 
 PAGE = "index.html"
@@ -151,7 +151,7 @@ def shrink_summary_section(page: Page, summary: ShrinkSummary, title: str) -> st
     settings = record.settings
     passed = sum(candidate.passed for candidate in record.candidates)
     parts.append(paragraph(
-        f"`babelprune shrink` searched {len(record.candidates)} candidates of {settings.model} (trims: "
+        f"`babelprune shrink` searched {plural(len(record.candidates), 'candidate')} of {settings.model} (trims: "
         f"{', '.join(record.space.trims)}; widths: {', '.join(record.space.widths)}; quantizations: "
         f"{', '.join(record.space.quants)}) for the smallest whose every language of {', '.join(settings.languages)} keeps "
         f"the upper end of its paired 95% interval of relative bits-per-byte increase within {settings.budget:.2%} on the dev "
