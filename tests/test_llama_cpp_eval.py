@@ -278,3 +278,28 @@ def test_bench_speed_times_a_gguf_file_in_llama_cpp(exported, monkeypatch, capsy
     assert len(report["samples_ms"]["prompt"]) == 3 and len(report["samples_ms"]["generate"]) == 3
     assert report["prompt_tokens_per_s"] > 0 and report["generate_tokens_per_s"] > 0
 
+
+
+def test_gguf_segment_scores_feed_llama_cpp_the_windows_torch_scores(exported, fake_llama_cpp):
+    """shrink's GGUF scores: one window per segment, the same token ids as `segment_scores` of the source folder."""
+    from babelprune.evaluate.windows import make_windows
+
+    corpus = api.get_corpus(str(exported["corpus"]))
+    loaded = load_model(str(exported["folder"]))
+    scores = api.gguf_segment_scores(exported["gguf"], exported["folder"], corpus, LANGS, 3, SEQ_LEN)
+    expected = [w.ids for lang in LANGS for text in corpus.texts(lang, "all")[:3]
+                for w in make_windows(loaded.tokenizer, [text], SEQ_LEN)]
+    assert FakeRuntime.fed == expected
+    torch_scores = api.segment_scores(loaded, corpus, LANGS, 3, SEQ_LEN)
+    for ours, theirs in zip(scores, torch_scores):  # the same windows, item by item: the intervals pair
+        assert (ours.language, ours.n_windows, ours.n_tokens, ours.window_bytes) == \
+               (theirs.language, theirs.n_windows, theirs.n_tokens, theirs.window_bytes)
+
+
+@needs_llama_cpp
+def test_gguf_segment_scores_of_the_f32_export_match_torchs_segment_scores(exported):
+    corpus = api.get_corpus(str(exported["corpus"]))
+    ours = api.gguf_segment_scores(exported["gguf"], exported["folder"], corpus, LANGS, 3, SEQ_LEN)
+    theirs = api.segment_scores(load_model(str(exported["folder"])), corpus, LANGS, 3, SEQ_LEN)
+    for mine, reference in zip(ours, theirs):
+        np.testing.assert_allclose(mine.window_nll, reference.window_nll, rtol=F32_AGREEMENT)

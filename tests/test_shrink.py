@@ -436,7 +436,8 @@ def test_quantizations_join_the_default_space_only_where_llama_cpp_can_write_and
 
 
 def test_a_quantized_candidate_is_written_and_scored_through_the_gguf_scorer(tiny, tmp_path, monkeypatch):
-    """llama.cpp stood in for: the export writes a file of 1,000 bytes, the scorer scores the GGUF's source folder in torch."""
+    """llama.cpp stood in for: the export writes a file of 1,000 bytes, the scorer scores the GGUF's source folder in torch
+    on the segments and window length the torch candidates read (so the intervals pair)."""
     from types import SimpleNamespace
 
     from babelprune.formats import gguf_quant
@@ -447,9 +448,9 @@ def test_a_quantized_candidate_is_written_and_scored_through_the_gguf_scorer(tin
     def export_quantized(loaded, path, quant, dtype="f32", matrix=None):
         Path(path).write_bytes(b"G" * 1000)
 
-    def scorer(gguf, held, languages, split, seq_len, max_tokens, *, runtime="torch", tokenizer=None):
-        asked.append((Path(gguf).name, runtime, held.limit, split, Path(tokenizer) == Path(gguf).parent))
-        return SimpleNamespace(scores=api.segment_scores(load_model(tokenizer), held, languages, held.limit, seq_len))
+    def scorer(gguf, tokenizer_folder, held, languages, segments, seq_len):
+        asked.append((Path(gguf).name, held.half, segments, seq_len, Path(tokenizer_folder) == Path(gguf).parent))
+        return api.segment_scores(load_model(str(tokenizer_folder)), held, languages, segments, seq_len)
 
     monkeypatch.setattr(gguf_quant, "llama_cpp_bindings", lambda: object())
     monkeypatch.setattr(gguf_quant, "export_quantized", export_quantized)
@@ -458,7 +459,7 @@ def test_a_quantized_candidate_is_written_and_scored_through_the_gguf_scorer(tin
                                   quants=["none", "Q8_0"], **SMALL)
     (candidate,) = record.candidates
     assert candidate.label == "Q8_0" and candidate.bytes == 1000 and candidate.passed and record.chosen == candidate.number
-    assert asked == [("model.gguf", "llama.cpp", 6, "all", True)] * 2  # the dev half, then the test half
+    assert asked == [("model.gguf", "dev", 6, SMALL["seq_len"], True), ("model.gguf", "test", 6, SMALL["seq_len"], True)]
     assert (tmp_path / "out" / "model.gguf").stat().st_size == 1000
     load_model(str(tmp_path / "out" / "model"))
 

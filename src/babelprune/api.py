@@ -948,17 +948,37 @@ def segment_scores(loaded: LoadedModel, corpus: Corpus, languages: Sequence[str]
     are paired (a segment longer than a window is split by the tokenizer's count and may pair no more).
     """
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    scores = []
+    return [_lm_score(corpus, lang, score_windows(loaded.model, windows, pad_id, batch_size))
+            for lang, windows in _segment_windows(loaded.tokenizer, corpus, languages, segments, seq_len)]
+
+
+def _segment_windows(tokenizer, corpus: Corpus, languages: Sequence[str], segments: int, seq_len: int):
+    """(language, its windows): the first `segments` segments of each language, one window per segment."""
     for lang in languages:
         texts = corpus.texts(lang, "all")[:segments]
-        windows = [window for text in texts for window in make_windows(loaded.tokenizer, [text], seq_len)]
-        scores.append(_lm_score(corpus, lang, score_windows(loaded.model, windows, pad_id, batch_size)))
-    return scores
+        yield lang, [window for text in texts for window in make_windows(tokenizer, [text], seq_len)]
+
+
+def gguf_segment_scores(gguf: Path | str, tokenizer_folder: Path | str, corpus: Corpus, languages: Sequence[str],
+                        segments: int, seq_len: int) -> list[LMScore]:
+    """`segment_scores` of a GGUF file in llama.cpp: the same windows and token ids (from the HF folder the file
+    was written from), each read from an empty context, so a GGUF's scores pair with a torch model's item by item."""
+    from transformers import AutoTokenizer
+
+    from babelprune.evaluate.llama_cpp import LlamaCppRuntime, score_windows_with
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    runtime = LlamaCppRuntime(gguf, n_ctx=seq_len)
+    try:
+        return [_lm_score(corpus, lang, score_windows_with(runtime, windows))
+                for lang, windows in _segment_windows(tokenizer, corpus, languages, segments, seq_len)]
+    finally:
+        runtime.close()
 
 
 def _gguf_scorer():
-    """How a quantized candidate's GGUF is scored: `evaluate_model(..., runtime="llama.cpp")`."""
-    return evaluate_model
+    """How a quantized candidate's GGUF is scored: `gguf_segment_scores`, on the windows torch scores."""
+    return gguf_segment_scores
 
 
 def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
@@ -1131,6 +1151,8 @@ class _ShrinkBench:
         if candidate.structured:
             decided |= {"importance": self.importance, "calibration": self.calibration.model_dump(mode="json"),
                         "structured": self.structured_config(candidate).to_dict()}
+        if candidate.quant:  # scores stored before GGUF files were read on the torch windows are not these
+            decided["gguf_scoring"] = "llama.cpp, one window per segment, the source folder's token ids"
         return decided
 
     def scored(self, candidate, half: str, store, work: Path):
@@ -1254,13 +1276,6 @@ class _ShrinkBench:
                                scores=self.score_loaded(loaded, half), latency_ms=self.latency(loaded))
 
     def score_gguf(self, path: Path, half: str) -> list[LMScore]:
-        """The half's segments scored in llama.cpp, which packs them into its own windows (so its intervals are unpaired)."""
-        import inspect
-
-        from babelprune.data.corpus import HeldOutHalf
-
-        held = HeldOutHalf(self.corpus, half, limit=self.counts[half])
-        # The tokenizer is the HF folder the GGUF was written from, where the scorer asks for one.
-        source = {"tokenizer": str(path.parent)} if "tokenizer" in inspect.signature(self.gguf_scorer).parameters else {}
-        result = self.gguf_scorer(str(path), held, self.languages, "all", self.seq_len, 10**9, runtime="llama.cpp", **source)
-        return list(result.scores)
+        """The half's segments scored in llama.cpp on the windows the torch models read (so intervals stay paired);
+        the tokenizer is the HF folder the GGUF was written from."""
+        return self.gguf_scorer(path, path.parent, self.halves[half], self.languages, self.counts[half], self.seq_len)
