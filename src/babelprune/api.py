@@ -967,7 +967,7 @@ def gguf_segment_scores(gguf: Path | str, tokenizer_folder: Path | str, corpus: 
 
     from babelprune.evaluate.llama_cpp import LlamaCppRuntime, score_windows_with
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), trust_remote_code=False)
     runtime = LlamaCppRuntime(gguf, n_ctx=seq_len)
     try:
         return [_lm_score(corpus, lang, score_windows_with(runtime, windows))
