@@ -286,3 +286,14 @@ def keyed_folder(folder: Path, fields: dict, label: str, key_file: str = "benchm
     if not key_path.is_file():
         record = {"key": stage_key(fields), "fields": fields}
         atomic_write_text(key_path, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def require_llama_cpp(purpose: str) -> None:
+    """Stop the benchmark in one sentence naming babelprune's llama extra when llama-cpp-python cannot run here."""
+    from babelprune.errors import BabelpruneError
+    from babelprune.formats.gguf_quant import llama_cpp_bindings
+
+    try:
+        llama_cpp_bindings(purpose)
+    except BabelpruneError as error:
+        sys.exit(str(error))

@@ -78,7 +78,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import cached_stage, source_fingerprint, write_result_table  # noqa: E402
+from _common import require_llama_cpp, cached_stage, source_fingerprint, write_result_table  # noqa: E402
 from _small_and_fast_parts import held_out_blocks  # noqa: E402
 from babelprune.api import (  # noqa: E402
     DEFAULT_CALIBRATION_LANGUAGES,
@@ -92,7 +92,7 @@ from babelprune.api import (  # noqa: E402
     trim_to_folder,
 )
 from babelprune.errors import BabelpruneError  # noqa: E402
-from babelprune.formats.gguf_quant import READS_NO_IMATRIX, export_quantized, llama_cpp_bindings  # noqa: E402
+from babelprune.formats.gguf_quant import READS_NO_IMATRIX, export_quantized  # noqa: E402
 from babelprune.formats.pruned import SPARSE_MIN_ZEROS, block_linear_keys, sparse_weights_file  # noqa: E402
 from babelprune.prune.config import PruneConfig, ReconstructConfig, StructuredConfig, TrimConfig  # noqa: E402
 from babelprune.records import EvalResult  # noqa: E402
@@ -516,10 +516,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--out", type=Path, help="folder for equal_bytes.md (default: docs/results)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model, three languages, in a minute or two")
     args = parser.parse_args(argv)
-    try:  # before any model is built: every file here is quantized, scored and timed by llama.cpp
-        llama_cpp_bindings("This benchmark quantizes GGUF files and scores them in llama.cpp")
-    except BabelpruneError as error:
-        sys.exit(str(error))
+    require_llama_cpp("This benchmark quantizes GGUF files and scores them in llama.cpp")  # before any model is built
     args.quants, args.ffn = parse_list(args.quants), parse_list(args.ffn, float)
     args.targets = [round(mb * 1e6) for mb in parse_list(args.targets, float)]
     kept, unseen = parse_list(args.langs), parse_list(args.unseen)

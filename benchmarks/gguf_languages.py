@@ -47,7 +47,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import cached_stage, source_fingerprint, write_result_table  # noqa: E402
+from _common import require_llama_cpp, cached_stage, source_fingerprint, write_result_table  # noqa: E402
 from babelprune.api import (  # noqa: E402
     DEFAULT_CALIBRATION_LANGUAGES,
     CalibrationSpec,
@@ -56,7 +56,6 @@ from babelprune.api import (  # noqa: E402
     measure_gguf_speeds,
 )
 from babelprune.errors import BabelpruneError  # noqa: E402
-from babelprune.formats.gguf_quant import llama_cpp_bindings  # noqa: E402
 from babelprune.records import EvalResult  # noqa: E402
 from babelprune.report.compare import compare  # noqa: E402
 
@@ -222,10 +221,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--out", type=Path, help="folder for gguf_languages.md (default: docs/results)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model, two languages, in seconds")
     args = parser.parse_args(argv)
-    try:  # before any model is built: every file here is written or read by llama.cpp
-        llama_cpp_bindings("This benchmark quantizes and scores GGUF files in llama.cpp")
-    except BabelpruneError as error:
-        sys.exit(str(error))
+    require_llama_cpp("This benchmark quantizes and scores GGUF files in llama.cpp")  # before any model is built
     args.quants = [q for q in args.quants.split(",") if q]
     calibrated = [lang for lang in args.langs.split(",") if lang]
     unseen = [lang for lang in args.unseen.split(",") if lang]

@@ -42,10 +42,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import cached_stage, source_fingerprint, write_result_table  # noqa: E402
+from _common import require_llama_cpp, cached_stage, source_fingerprint, write_result_table  # noqa: E402
 from babelprune.api import DEFAULT_CALIBRATION_LANGUAGES, export_model, measure_gguf_speeds, shrink_to_folder  # noqa: E402
 from babelprune.errors import BabelpruneError  # noqa: E402
-from babelprune.formats.gguf_quant import llama_cpp_bindings  # noqa: E402
 from babelprune.report.html import write_shrink_page  # noqa: E402
 from babelprune.shrink import NoCandidatePassed  # noqa: E402
 from gguf_languages import table, tiny_model  # noqa: E402
@@ -198,10 +197,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--out", type=Path, help="folder for shrink_target.md (default: docs/results)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model, two languages, budget 50%%, in a few minutes")
     args = parser.parse_args(argv)
-    try:  # before any model is built: the quantized candidates are made, scored and timed by llama.cpp
-        llama_cpp_bindings("This benchmark quantizes GGUF files and times them in llama.cpp")
-    except BabelpruneError as error:
-        sys.exit(str(error))
+    require_llama_cpp("This benchmark quantizes GGUF files and times them in llama.cpp")  # before any model is built
     args.trims, args.widths, args.quants = ([v for v in text.split(",") if v] for text in (args.trims, args.widths, args.quants))
     languages = [lang for lang in args.langs.split(",") if lang]
     with tempfile.TemporaryDirectory() as scratch:

@@ -981,19 +981,24 @@ def _gguf_scorer():
     return gguf_segment_scores
 
 
-def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
-    """The quantizations searched when none are named: Q8_0 and Q4_K_M too where llama.cpp can both write and score a GGUF."""
+def llama_cpp_ready() -> bool:
+    """Whether llama-cpp-python is installed and can quantize and run a GGUF file here."""
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
-        return tuple(without)
+        return False
     try:
         from babelprune.formats.gguf_quant import llama_cpp_bindings
 
         llama_cpp_bindings()
     except BabelpruneError:
-        return tuple(without)
-    return (*without, "Q8_0", "Q4_K_M")
+        return False
+    return True
+
+
+def _default_quants(without: Sequence[str]) -> tuple[str, ...]:
+    """The quantizations searched when none are named: Q8_0 and Q4_K_M too where llama.cpp can both write and score a GGUF."""
+    return (*without, "Q8_0", "Q4_K_M") if llama_cpp_ready() else tuple(without)
 
 
 def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, out: Path | str, *,

@@ -174,21 +174,6 @@ def _is_shrink_folder(folder: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == "babelprune-shrink-result"
 
 
-def _llama_cpp_ready() -> bool:
-    """Whether llama-cpp-python is installed and can quantize and run a GGUF file."""
-    import importlib.util
-
-    from babelprune.formats.gguf_quant import llama_cpp_bindings
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        return False
-    try:
-        llama_cpp_bindings()
-    except BabelpruneError:
-        return False
-    return True
-
-
 def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, console: Console, on_another_device: bool):
     """The demo's last step: shrink `model` for `languages`, time the chosen model, and say what the report shows.
 
@@ -197,7 +182,7 @@ def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, co
     """
     import shutil
 
-    from babelprune.api import export_model, measure_gguf_speeds, measure_model_speeds, shrink_to_folder
+    from babelprune.api import export_model, llama_cpp_ready, measure_gguf_speeds, measure_model_speeds, shrink_to_folder
     from babelprune.cache import move_into_place
     from babelprune.report.html import ShrinkSummary, write_shrink_page
 
@@ -219,7 +204,7 @@ def run_shrink(plan: DemoShrink, model: str, languages: list[str], out: Path, co
     chosen = folder / "model"
     speeds = measure_model_speeds([model, str(chosen)], seq_len=32, batch_size=4, runs=3, warmup=1, new_tokens=8)
     gguf_speed = None
-    if _llama_cpp_ready():  # the chosen model as llama.cpp serves it: Q8_0 (no importance matrix to compute), timed at batch 1
+    if llama_cpp_ready():  # the chosen model as llama.cpp serves it: Q8_0 (no importance matrix to compute), timed at batch 1
         gguf = folder / "model-Q8_0.gguf"
         export_model(str(chosen), gguf, quant="Q8_0")
         gguf_speed = measure_gguf_speeds([str(gguf)], runs=3, warmup=1)[0]
