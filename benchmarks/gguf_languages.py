@@ -33,7 +33,12 @@ Every exported file, result and timing is cached under --cache keyed on its
 settings and babelprune's source, so an interrupted run resumes. Needs
 llama-cpp-python (`pip install 'babelprune[llama]'`). --tiny runs every step
 on a tiny random Llama model with the Bible's text in two languages, in
-seconds. Writes docs/results/gguf_languages.md.
+seconds. Writes docs/results/gguf_languages.md for gemma3-270m, and
+docs/results/gguf_languages-<model>.md for another --model (gemma3-270m's
+weights were dequantized from a Q4_K_M file, so re-quantizing them to a
+4-bit k-quant may land back on nearly the same grid: another model's table,
+e.g. smollm2-135m's, shows what the types and matrices cost on weights that
+never were quantized).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -60,6 +66,7 @@ from babelprune.records import EvalResult  # noqa: E402
 from babelprune.report.compare import compare  # noqa: E402
 
 BENCHMARK = {"minutes": 40}
+DEFAULT_MODEL = "gemma3-270m"
 UNSEEN = ("ko", "tr")  # Bible languages outside the default calibration set: no matrix read their text
 MATRICES = ("none", "balanced", "en")
 TINY_LANGUAGES = ("en", "sw")
@@ -206,7 +213,7 @@ def tiny_model(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--langs", default=",".join(DEFAULT_CALIBRATION_LANGUAGES),
                         help="calibration languages: the balanced matrix reads them; all are scored")
     parser.add_argument("--unseen", default=",".join(UNSEEN), help="scored languages no matrix reads")
@@ -243,8 +250,17 @@ def main(argv: list[str] | None = None) -> Path | None:
                  f"({calibration.samples} Bible windows of {calibration.seq_len} tokens each); unseen: "
                  f"{', '.join(unseen) or 'none'}; scored on the Bible's evaluation split, {args.max_tokens} tokens per "
                  f"language in windows of {args.seq_len}. The `en` matrix reads the English calibration windows alone.")
-        return write_result_table("gguf_languages", "Quantized GGUF in llama.cpp, language by language",
+        return write_result_table(table_name(args.model, args.tiny), "Quantized GGUF in llama.cpp, language by language",
                                   intro + "\n\n" + body, directory=args.out)
+
+
+
+def table_name(model: str, tiny: bool = False) -> str:
+    """gguf_languages for the default model (and --tiny); gguf_languages-<model> for another, so neither replaces the other."""
+    if tiny or model == DEFAULT_MODEL:
+        return "gguf_languages"
+    slug = re.sub(r"[^a-z0-9]+", "-", Path(model).name.lower()).strip("-") or "model"
+    return f"gguf_languages-{slug}"
 
 
 if __name__ == "__main__":

@@ -65,3 +65,10 @@ def test_tiny_writes_every_table(tmp_path):
     for title in ("## The runtime", "## What each file costs", "## The importance matrices", "## Size and speed"):
         assert title in text
     assert "| sw (unseen) |" in text and "Q4_K_M none → Q4_K_M balanced" in text
+
+
+def test_another_model_gets_its_own_table_and_the_default_keeps_its_name():
+    assert gguf_languages.table_name("gemma3-270m") == "gguf_languages"
+    assert gguf_languages.table_name("smollm2-135m") == "gguf_languages-smollm2-135m"
+    assert gguf_languages.table_name("/models/My Model_v2/") == "gguf_languages-my-model-v2"
+    assert gguf_languages.table_name("smollm2-135m", tiny=True) == "gguf_languages"
