@@ -375,14 +375,18 @@ def test_the_command_says_it_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_evaluation_running_out_of_memory_is_one_sentence(tmp_path, monkeypatch):
-
+    from babelprune.evaluate import onloaded
 
     source = source_folder(tmp_path, "llama")
 
     monkeypatch.setattr(api, "score_windows", no_memory)
     corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
-    with pytest.raises(BabelpruneError, match=r"^Out of memory on cuda while evaluating .*; lower --batch-size or --seq-len\.$"):
+    with pytest.raises(BabelpruneError, match=r"^Out of memory on cuda while evaluating .*; lower --batch-size or --seq-len, or "
+                                              r"add --onload sequential\.$"):
         api.evaluate_model(str(source), str(corpus), max_tokens=8, seq_len=8)
+    monkeypatch.setattr(onloaded, "score_windows_onloaded", no_memory)
+    with pytest.raises(BabelpruneError, match=r"^Out of memory on cuda while evaluating .*; lower --batch-size or --seq-len\.$"):
+        api.evaluate_model(str(source), str(corpus), max_tokens=8, seq_len=8, onload="sequential")
 
 
 def test_the_command_streams_activations_and_says_so(tmp_path, monkeypatch, capsys):

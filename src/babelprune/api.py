@@ -12,7 +12,7 @@ import torch
 
 
 from babelprune.choices import (
-    DeviceName, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, Runtime, ShrinkGoal, SparseKernels, StorageFormat,
+    DeviceName, EvalOnload, GgufDtype, LanguageBudget, ModelDtype, Offload, Onload, Runtime, ShrinkGoal, SparseKernels, StorageFormat,
     ValuesDtype,
 )
 from babelprune.data.corpus import Corpus, Split
@@ -293,6 +293,7 @@ def evaluate(
     progress: bool = True,
     window_cache: dict | None = None,
     sparse_kernels: SparseKernels = "none",
+    onload: torch.device | str | None = None,
 ) -> EvalResult:
     """Evaluate a model on each language of a corpus.
 
@@ -308,6 +309,10 @@ def evaluate(
     `sparse_kernels="2:4"` scores the model with its 2:4 block linears as semi-structured weights
     (a CUDA device in float16 or bfloat16; babelprune.evaluate.semi_structured), dense again
     afterwards; the result's `model.sparse_kernels` says which were converted and why others were not.
+
+    `onload`: a device each block of a causal LM (whose weights stay where they are, on the CPU) is moved
+    to while it scores every window of a language (babelprune.evaluate.onloaded): a model larger than
+    the device's memory. The result's `model.device` is that device and its settings say `onload`.
     """
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     languages = corpus.check_languages(list(languages) if languages else corpus.languages())
@@ -319,6 +324,11 @@ def evaluate(
     if loaded.kind != "encoder":
         _check_positions(loaded, seq_len)
     info = model_info(loaded)  # read from the dense weights, before any is compressed
+    if onload is not None:
+        _check_onload(loaded, sparse_kernels)
+        onload = torch.device(onload)
+        settings["onload"] = "sequential"
+        info = info.model_copy(update={"device": str(onload)})
     started = time.perf_counter()
     with converted_models([loaded], sparse_kernels) as (kernels,):
         if loaded.kind == "encoder":
@@ -330,7 +340,8 @@ def evaluate(
             )
             settings = {"max_queries": max_tokens, "batch_size": batch_size}
         else:
-            scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache)
+            scores = _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, window_cache,
+                                onload)
     if kernels is not None:
         info = info.model_copy(update={"sparse_kernels": kernels})
     if loaded.mask_bank:  # every score says which mask of the bank served it
@@ -346,12 +357,30 @@ def evaluate(
     )
 
 
-def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, cache=None) -> list[LMScore]:
+def _check_onload(loaded: LoadedModel, sparse_kernels: SparseKernels) -> None:
+    """Sequential onloading scores a causal LM's blocks as they are: one sentence for what it cannot serve."""
+    from babelprune.evaluate.onloaded import check_onloadable
+
+    if loaded.kind == "encoder":
+        raise BabelpruneError("--onload sequential scores causal LMs, and an encoder is scored by retrieval with the whole "
+                              "model on --device; drop --onload.")
+    if sparse_kernels != "none":
+        raise BabelpruneError("--sparse-kernels converts the linears of a model that sits whole on the device, which "
+                              "--onload sequential does not do; drop one of them.")
+    check_onloadable(loaded.model)
+
+
+def _lm_scores(loaded, corpus, languages, split, seq_len, max_tokens, batch_size, progress, cache=None,
+               onload: torch.device | None = None) -> list[LMScore]:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def score(lang, windows, advance):
         with language_view(loaded, lang):
+            if onload is not None:
+                from babelprune.evaluate.onloaded import score_windows_onloaded
+
+                return score_windows_onloaded(loaded.model, windows, pad_id, onload, batch_size, on_batch=advance)
             return score_windows(loaded.model, windows, pad_id, batch_size, on_batch=advance)
 
     return language_scores(tokenizer, corpus, languages, split, seq_len, max_tokens, progress, score, cache)
@@ -418,8 +447,11 @@ def fetch_corpus(name: str) -> Path:
 def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] | None = None, split: Split = "eval",
                    seq_len: int = 256, max_tokens: int = 2048, batch_size: int = 8, *,
                    device: DeviceName = "cpu", dtype: ModelDtype = "auto", sparse_kernels: SparseKernels = "none",
-                   runtime: Runtime = "torch", tokenizer: str | None = None) -> EvalResult:
+                   runtime: Runtime = "torch", tokenizer: str | None = None, onload: EvalOnload = "none") -> EvalResult:
     """Load `model` in `dtype` on `device` and score it per language on `corpus` (everything checked before loading).
+
+    `onload="sequential"`: the weights are loaded into CPU memory and each block moves to `device` while it runs
+    (`evaluate`'s `onload`), for a model larger than the device's memory; `"none"` puts the whole model there.
 
     `sparse_kernels="2:4"` runs its 2:4 block linears with PyTorch's semi-structured kernels (see `evaluate`).
     `runtime="llama.cpp"`: `model` is a GGUF file and llama.cpp computes the logits, on the windows and token
@@ -429,7 +461,8 @@ def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] |
         raise BabelpruneError(f"Unknown runtime '{runtime}'; choose one of {', '.join(get_args(Runtime))}.")
     if runtime == "llama.cpp":
         unused = [name for name, value, default in (("--device", device, "cpu"), ("--dtype", dtype, "auto"),
-                                                    ("--sparse-kernels", sparse_kernels, "none")) if value != default]
+                                                    ("--sparse-kernels", sparse_kernels, "none"), ("--onload", onload, "none"))
+                  if value != default]
         if unused:
             raise BabelpruneError(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with --runtime llama.cpp, "
                                   "which runs the GGUF file's own weights on the CPU; drop "
@@ -439,14 +472,19 @@ def evaluate_model(model: str, corpus: str = "bible", languages: Sequence[str] |
         raise BabelpruneError("--tokenizer names the model a GGUF file was exported from, for --runtime llama.cpp, and the "
                               "torch runtime uses the model's own tokenizer; drop it or add --runtime llama.cpp.")
     _refuse_gguf_for_torch(model)
+    if onload not in get_args(EvalOnload):
+        raise BabelpruneError(f"--onload {onload!r} is not one of: {', '.join(get_args(EvalOnload))}.")
     place, dtype = resolve(device, dtype)
     check_sparse_kernels(sparse_kernels, place, dtype)
     check_sources(model=model)
     text = get_corpus(corpus)
     languages = text.check_languages(list(languages)) if languages is not None else None
-    with out_of_memory(f"evaluating {model}", lambda where: "lower --batch-size or --seq-len"):
-        return evaluate(load_model(model, dtype, place), text, languages, split, seq_len, max_tokens, batch_size,
-                        sparse_kernels=sparse_kernels)
+    sequential = onload == "sequential"
+    lower = "lower --batch-size or --seq-len" + ("" if sequential else ", or add --onload sequential")
+    with out_of_memory(f"evaluating {model}", lambda where: lower):
+        loaded = load_model(model, dtype, torch.device("cpu") if sequential else place)
+        return evaluate(loaded, text, languages, split, seq_len, max_tokens, batch_size, sparse_kernels=sparse_kernels,
+                        onload=place if sequential else None)
 
 
 def _refuse_gguf_for_torch(model: str) -> None:

@@ -32,6 +32,8 @@ Offload = Literal["none", "disk"]  # disk: one block's weights in memory at a ti
 # CPU (or disk), each block moved to the device while it is pruned; none: the whole model on the device;
 # auto: sequential on an accelerator, none on the CPU (where the two are the same).
 Onload = Literal["auto", "sequential", "none"]
+# `eval --onload`: the whole model on --device (none), or its weights in CPU memory and one block there at a time.
+EvalOnload = Literal["none", "sequential"]
 
 # Where a model runs and in which floating-point type (babelprune.devices resolves both).
 # A device is text rather than a Literal, since "cuda:N" names any of N cards: "auto" (CUDA if

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from babelprune.choices import Runtime, Split
+from babelprune.choices import EvalOnload, Runtime, Split
 from babelprune.cli.common import MAX_INT, DeviceOption, DtypeOption, SparseKernelsOption, console, note, show_sparse_kernels
 from babelprune.errors import BabelpruneError
 from babelprune.flags import language_option
@@ -36,6 +36,9 @@ def eval_command(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
     sparse_kernels: SparseKernelsOption = "none",
+    onload: Annotated[EvalOnload, typer.Option(help="sequential: the weights stay in CPU memory and each block moves to --device "
+                                               "while it runs (a model larger than the device's memory; causal LMs); none: the "
+                                               "whole model on --device.")] = "none",
     runtime: Annotated[Runtime, typer.Option(help="What computes the logits: torch (the model itself), or llama.cpp (--model is a "
                                              ".gguf file; needs pip install 'babelprune[llama]').")] = "torch",
     tokenizer: Annotated[Optional[str], typer.Option(help="With --runtime llama.cpp: the model the GGUF file was exported from "
@@ -49,7 +52,7 @@ def eval_command(
     from babelprune.report.tables import rich_table
 
     if runtime == "llama.cpp":  # typed, even at its default, an option llama.cpp cannot honour is one sentence
-        refuse_typed(given_parameters(dict(locals())) & {"device", "dtype", "sparse_kernels", "batch_size"},
+        refuse_typed(given_parameters(dict(locals())) & {"device", "dtype", "sparse_kernels", "batch_size", "onload"},
                      "--runtime llama.cpp, which scores one window at a time with the GGUF file's own weights on the CPU")
     if out is not None:
         check_output_file(out, "--out", (".json",), overwrite=overwrite, recognise=is_eval_result_file, writer="`babelprune eval`")
@@ -58,7 +61,7 @@ def eval_command(
                                 runtime=runtime, tokenizer=tokenizer)
     else:
         result = evaluate_model(model, corpus, language_option(langs, "--langs"), split, seq_len, max_tokens, batch_size,
-                                device=device, dtype=dtype, sparse_kernels=sparse_kernels, tokenizer=tokenizer)
+                                device=device, dtype=dtype, sparse_kernels=sparse_kernels, tokenizer=tokenizer, onload=onload)
     console.print(rich_table(result))
     show_sparse_kernels(result.model.sparse_kernels, result.model.spec)
     if out is not None:

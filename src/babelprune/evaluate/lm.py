@@ -33,7 +33,7 @@ class NLLTotals:
     window_bytes: tuple[int, ...] = ()
 
 
-def _pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad windows into ids (B, T) and attention mask (B, T), built on the CPU and sent to `device` at once."""
     longest = max(len(w.ids) for w in windows)
     ids = torch.full((len(windows), longest), pad_id, dtype=torch.long, device="cpu")
@@ -60,6 +60,11 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 def batch_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed negative log-likelihood (nats) of each row's non-first, non-padding tokens: shape (B,)."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    return hidden_nll(model, hidden, ids, mask)
+
+
+def hidden_nll(model: PreTrainedModel, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`batch_nll` from the body's output hidden states (B, T, H): the LM head a chunk of rows at a time; shape (B,)."""
     # Position t predicts token t+1; keep pairs where the target is a real token.
     valid = mask[:, 1:].bool()  # (B, T-1)
     source = hidden[:, :-1][valid]  # (N, H)
@@ -101,7 +106,7 @@ def score_windows(
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            ids, mask = _pad_batch([windows[i] for i in rows], pad_id, device)
+            ids, mask = pad_batch([windows[i] for i in rows], pad_id, device)
             for row, nll in zip(rows, batch_nll(model, ids, mask).tolist()):
                 per_window[row] = nll
             if on_batch is not None:

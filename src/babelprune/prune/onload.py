@@ -33,6 +33,7 @@ from torch import nn
 
 from babelprune.devices import format_size
 from babelprune.errors import BabelpruneError
+from babelprune.models.blockwise import DeviceCopies, moved
 from babelprune.prune.sequential import BlockInputs, is_batched
 
 
@@ -52,24 +53,23 @@ class BlockStore:
 
 IN_MEMORY = BlockStore()
 
-_Slot = tuple[nn.Module, str, str]  # (module, "_parameters" or "_buffers", name): where one tensor of a block sits
-
 
 class OnloadedBlocks(BlockStore):
     """Blocks kept by `inner` (in memory or on disk), each run on `device` while it is open.
 
     Opening a block reads it through `inner`, then puts a copy of each of its
     tensors on `device` in place of the original (the "home" copy, which is
-    kept). `pruned` copies the parameters back into their home tensors and
-    puts those back, so `inner` sees the pruned block where it keeps it (the
-    disk store writes it out from there). Closing always puts the home
-    tensors back: a block whose pruning failed keeps its dense weights.
+    kept; babelprune.models.blockwise.DeviceCopies). `pruned` copies the
+    parameters back into their home tensors and puts those back, so `inner`
+    sees the pruned block where it keeps it (the disk store writes it out
+    from there). Closing always puts the home tensors back: a block whose
+    pruning failed keeps its dense weights.
     """
 
     def __init__(self, device: torch.device, inner: BlockStore = IN_MEMORY) -> None:
         self.device = torch.device(device)
         self.inner = inner
-        self._homes: dict[_Slot, torch.Tensor] = {}
+        self._copies: DeviceCopies | None = None
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the execution device (itself when it is there already: nothing moves on the CPU)."""
@@ -78,45 +78,22 @@ class OnloadedBlocks(BlockStore):
     @contextlib.contextmanager
     def open(self, index: int, block: nn.Module) -> Iterator[None]:
         with self.inner.open(index, block):
-            self._homes = self._move_in(block)
+            self._copies = DeviceCopies(block, self.device, self.to_device)
             try:
                 yield
             finally:
                 self._put_back()
 
     def pruned(self, index: int, block: nn.Module) -> None:
-        for (module, kind, name), home in self._homes.items():
-            onloaded = getattr(module, kind)[name]
-            if kind == "_parameters" and onloaded is not home:
-                home.data.copy_(onloaded.data)  # the pruned (or refitted) values, into the tensor the block came with
+        if self._copies is not None:
+            self._copies.copy_parameters_home()  # the pruned (or refitted) values, into the tensors the block came with
         self._put_back()
         self.inner.pruned(index, block)
 
-    def _move_in(self, block: nn.Module) -> dict[_Slot, torch.Tensor]:
-        homes: dict[_Slot, torch.Tensor] = {}
-        moved: dict[int, torch.Tensor] = {}  # id(home) -> its copy: a tensor two modules share is moved once
-        for module in block.modules():
-            for kind in ("_parameters", "_buffers"):
-                for name, tensor in getattr(module, kind).items():
-                    if tensor is None:
-                        continue
-                    if id(tensor) not in moved:
-                        source = tensor.data if kind == "_parameters" else tensor
-                        copy = self.to_device(source)
-                        if copy is source:
-                            moved[id(tensor)] = tensor  # already on the device: nothing to move or put back
-                        else:
-                            moved[id(tensor)] = nn.Parameter(copy, requires_grad=False) if kind == "_parameters" else copy
-                    if moved[id(tensor)] is not tensor:
-                        homes[(module, kind, name)] = tensor
-                        getattr(module, kind)[name] = moved[id(tensor)]
-        return homes
-
     def _put_back(self) -> None:
-        """The home tensors in their places again; the device copies are dropped."""
-        for (module, kind, name), home in self._homes.items():
-            getattr(module, kind)[name] = home
-        self._homes = {}
+        if self._copies is not None:
+            self._copies.put_back()
+            self._copies = None
 
 
 def block_bytes(block: nn.Module) -> int:
@@ -165,7 +142,7 @@ class Activations:
             self.windows = windows
         n = inputs.hidden.shape[0]
         if windows is None:
-            move = lambda value: _moved(value, device)  # noqa: E731
+            move = lambda value: moved(value, device)  # noqa: E731
             return BlockInputs(move(inputs.hidden), [move(a) for a in inputs.args], [move(k) for k in inputs.kwargs])
         pin = device.type == "cuda"
 
@@ -175,21 +152,8 @@ class Activations:
             if isinstance(value, torch.Tensor) and is_batched(value, n):
                 on_cpu = value.cpu()
                 return on_cpu.pin_memory() if pin else on_cpu
-            return _moved(value, device)
+            return moved(value, device)
 
         args = [tuple(home(a) for a in args) for args in inputs.args]
         kwargs = [{key: home(value) for key, value in kwargs.items()} for kwargs in inputs.kwargs]
         return BlockInputs(home(inputs.hidden), args, kwargs, runs_on=device)
-
-
-def _moved(value, device: torch.device):
-    """`value` with every tensor in it (inside tuples, lists and dicts too) on `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_moved(item, device) for item in value)
-    if isinstance(value, list):
-        return [_moved(item, device) for item in value]
-    if isinstance(value, dict):
-        return {key: _moved(item, device) for key, item in value.items()}
-    return value

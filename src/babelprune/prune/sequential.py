@@ -1,81 +1,22 @@
 """Run a model block by block over calibration data, with hooks on every linear layer.
 
-Only one block and its activations are live at a time. The inputs of block 0
-and the keyword arguments each block receives (attention masks, rotary
-position embeddings, which differ between Gemma 3's local and global layers)
-are captured once by temporarily replacing every block with a pass-through
-catcher and running the model's body: this costs only the embeddings.
+Only one block and its activations are live at a time. Capturing the
+inputs of the blocks and running one (`capture_block_inputs`, `run_block`,
+`BlockInputs`) live in babelprune.models.blockwise, which evaluation with
+sequential onloading shares; they are importable from here too.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from babelprune.models.adapters import ArchAdapter, weight_matrix
+from babelprune.models.blockwise import BlockInputs, capture_block_inputs, run_block  # noqa: F401 (re-exported)
 from babelprune.prune.stats import LanguageStats
-
-
-@dataclass
-class BlockInputs:
-    hidden: torch.Tensor  # (N, T, H): the input of the next block to run
-    args: list[tuple]  # per block: positional arguments after the hidden states
-    kwargs: list[dict[str, Any]]  # per block: keyword arguments
-    # Where the blocks run when that is not where `hidden` is (--activation-memory): the hidden states, and
-    # the arguments batched like them, stay in CPU memory; `slice_inputs` moves each micro-batch there and
-    # `run_in_spans` brings its output back. None: the blocks run where `hidden` is.
-    runs_on: torch.device | None = None
-
-
-class _Catcher(nn.Module):
-    """Stands in for a block: records what the block would receive and passes the hidden states on."""
-
-    def __init__(self, block: nn.Module, returns_tuple: bool, store: list) -> None:
-        super().__init__()
-        self.block = block
-        self._returns_tuple = returns_tuple
-        self._store = store
-
-    def __getattr__(self, name: str):
-        # The model loop may read block attributes (e.g. attention_type): answer for the block.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["block"], name)
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        self._store.append((hidden, tuple(args[1:]), dict(kwargs)))
-        return (hidden,) if self._returns_tuple else hidden
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor) -> BlockInputs:
-    """Inputs of block 0 and the extra arguments of every block, for token ids (N, T)."""
-    blocks = adapter.get_blocks(model)
-    store: list = []
-    originals = list(blocks)
-    for index, block in enumerate(originals):
-        blocks[index] = _Catcher(block, adapter.block_returns_tuple, store)
-    try:
-        extra = {"use_cache": False} if adapter.decoder else {}
-        # The calibration ids live on the CPU; the embeddings read them where their weights are.
-        adapter.base_model(model)(input_ids=ids.to(adapter.get_embeddings(model).weight.device), **extra)
-    finally:
-        for index, block in enumerate(originals):
-            blocks[index] = block
-    return BlockInputs(hidden=store[0][0], args=[s[1] for s in store], kwargs=[s[2] for s in store])
-
-
-def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index: int) -> torch.Tensor:
-    """Block `index` on the current hidden states; returns its output hidden states (N, T, H)."""
-    out = block(inputs.hidden, *inputs.args[index], **inputs.kwargs[index])
-    return out[0] if isinstance(out, tuple) else out
 
 
 def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
