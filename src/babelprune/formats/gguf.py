@@ -508,6 +508,10 @@ class GgufVocabulary:
     add_eos: bool
     add_space_prefix: bool
     chat_template: str | None
+    # tokenizer.ggml.model and .pre: "llama" (SentencePiece-style BPE, merges by piece score) and "default", or
+    # "gpt2" (byte-level BPE, merges by rank) with the pre-tokenizer llama.cpp names for its splitting rule.
+    model: str = "llama"
+    pre: str = "default"
 
 
 def _backend_state(tokenizer, spec: str) -> dict:
@@ -607,28 +611,57 @@ def _added_around(tokenizer, ids: dict[str, int]) -> tuple[bool, bool]:
     return (extra and "bos" in ids and full[0] == ids["bos"]), (extra and "eos" in ids and full[-1] == ids["eos"])
 
 
+def byte_level_pre(state: dict) -> str | None:
+    """llama.cpp's name for a byte-level BPE tokenizer's splitting rule, or None when the tokenizer is not one.
+
+    GPT-2's ByteLevel pre-tokenizer with its own regex and no prefix space
+    (SmolLM2, GPT-2) splits text as llama.cpp's "gpt-2" rule does. Other
+    byte-level tokenizers split by their own regexes (Llama 3, Qwen), which
+    llama.cpp knows under other names: refused rather than mis-split.
+    """
+    pre = _components(state.get("pre_tokenizer"))
+    if not any(step["type"] == "ByteLevel" for step in pre):
+        return None
+    if (len(pre) == 1 and pre[0].get("use_regex", True) and not pre[0].get("add_prefix_space", False)
+            and not state.get("normalizer")):
+        return "gpt-2"
+    return "unknown"
+
+
 def describe_tokenizer(tokenizer, rows: int, spec: str, config) -> GgufVocabulary:
-    """The model's tokenizer as GGUF states it (`tokenizer.ggml.model` "llama": SentencePiece-style BPE)."""
+    """The model's tokenizer as GGUF states it: `tokenizer.ggml.model` "llama" (SentencePiece-style BPE, Gemma and
+    Llama 2) or "gpt2" (byte-level BPE with GPT-2's splitting, SmolLM2)."""
     state = _backend_state(tokenizer, spec)
     if state["model"]["type"] != "BPE":
         raise BabelpruneError(f"{spec}'s tokenizer is a {state['model']['type']} tokenizer; GGUF export describes "
-                              "SentencePiece-style BPE tokenizers (Gemma, Llama 2).")
-    prefix = space_prefix(state, spec)
+                              "BPE tokenizers (SentencePiece-style as Gemma's, or byte-level as SmolLM2's).")
+    pre = byte_level_pre(state)
+    if pre == "unknown":
+        raise BabelpruneError(f"{spec}'s byte-level tokenizer splits text by its own rule, not GPT-2's; GGUF export "
+                              "writes byte-level tokenizers that split as GPT-2 does (SmolLM2) and SentencePiece-style ones.")
+    prefix = False if pre else space_prefix(state, spec)
     tokens, types = _token_table(state, rows, spec)
     merges = _merge_pairs(state)
     written = None if any(" " in part for pair in merges for part in pair) else [" ".join(pair) for pair in merges]
     ids = _special_ids(tokenizer, config)
     add_bos, add_eos = _added_around(tokenizer, ids)
     template = getattr(tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) else None
+    if pre:  # byte-level: llama.cpp merges by rank, so the merges are the rule and scores are not written
+        if written is None:
+            raise BabelpruneError(f"{spec}'s byte-level tokenizer has a merge with a space in it, which GGUF cannot "
+                                  "write; GGUF export needs the merges.")
+        return GgufVocabulary(tokens, [], types, written, ids, add_bos, add_eos, prefix, template, model="gpt2", pre=pre)
     return GgufVocabulary(tokens, piece_scores(tokens, types, merges), types, written, ids, add_bos, add_eos,
-                          prefix, template if isinstance(template, str) else None)
+                          prefix, template)
 
 
 def _add_vocabulary(writer, vocab: GgufVocabulary) -> None:
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
+    if vocab.scores:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.token_types)
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
