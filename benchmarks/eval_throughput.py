@@ -21,17 +21,16 @@ import torch
 
 from _common import repeats_arg, write_result_table
 from babelprune.api import get_corpus, load_model
-from babelprune.evaluate.lm import pad_batch, score_windows
+from babelprune.evaluate.lm import length_batches, pad_batch, score_windows
 from babelprune.evaluate.windows import make_windows
 
 BENCHMARK = {"minutes": 3}
 
 
 def plain_forward(model, windows, pad_id, batch_size) -> None:
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            ids, mask = pad_batch([windows[i] for i in order[start : start + batch_size]], pad_id, model.device)
+        for rows in length_batches(windows, batch_size):  # the batches score_windows makes
+            ids, mask = pad_batch([windows[i] for i in rows], pad_id, model.device)
             model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 

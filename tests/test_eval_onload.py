@@ -144,3 +144,11 @@ def test_onloading_an_encoder_is_refused_in_one_sentence(tmp_path):
     corpus = write_tiny_corpus(tmp_path / "corpus.jsonl")
     with pytest.raises(BabelpruneError, match="--onload sequential scores causal LMs.*drop --onload"):
         evaluate(load_model(str(folder)), str(corpus), max_tokens=8, onload="cpu", progress=False)
+
+
+def test_windows_are_batched_shortest_first_as_both_scorers_batch_them():
+    from babelprune.evaluate.lm import length_batches
+
+    # lengths 9, 12, 5, 7, 12 -> order by length (ties in index order): 2 (5), 3 (7), 0 (9), 1 (12), 4 (12)
+    assert length_batches(windows((9, 12, 5, 7, 12)), 2) == [[2, 3], [0, 1], [4]]
+    assert length_batches(windows((4,)), 8) == [[0]] and length_batches([], 8) == []

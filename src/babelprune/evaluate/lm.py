@@ -100,18 +100,22 @@ def score_windows(
     on_batch: Callable[[int], None] | None = None,
 ) -> NLLTotals:
     """NLL of every window and in total, batched by similar length to limit padding."""
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
     per_window = [0.0] * len(windows)
     device = model.get_input_embeddings().weight.device  # where the ids are read
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_batches(windows, batch_size):
             ids, mask = pad_batch([windows[i] for i in rows], pad_id, device)
             for row, nll in zip(rows, batch_nll(model, ids, mask).tolist()):
                 per_window[row] = nll
             if on_batch is not None:
                 on_batch(len(rows))
     return window_totals(windows, per_window)
+
+
+def length_batches(windows: list[Window], batch_size: int) -> list[list[int]]:
+    """The windows' indices in batches of `batch_size`, shortest windows first, so a batch pads little."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def window_totals(windows: list[Window], per_window: list[float]) -> NLLTotals:

@@ -23,10 +23,10 @@ import torch
 from transformers import PreTrainedModel
 
 from babelprune.errors import BabelpruneError
-from babelprune.evaluate.lm import NLLTotals, hidden_nll, pad_batch, window_totals
+from babelprune.evaluate.lm import NLLTotals, hidden_nll, length_batches, pad_batch, window_totals
 from babelprune.evaluate.windows import Window
 from babelprune.models.adapters import ArchAdapter, adapter_for
-from babelprune.models.blockwise import BlockInputs, DeviceCopies, capture_block_inputs, moved
+from babelprune.models.blockwise import DeviceCopies, capture_block_inputs, run_block
 
 
 def check_onloadable(model: PreTrainedModel) -> ArchAdapter:
@@ -54,8 +54,7 @@ def score_windows_onloaded(
     """NLL of every window, as `lm.score_windows`, with only one block of the model on `device` at a time."""
     adapter = check_onloadable(model)
     device = torch.device(device)
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = length_batches(windows, batch_size)
     cpu = torch.device("cpu")
     padded = [pad_batch([windows[i] for i in rows], pad_id, cpu) for rows in batches]  # (ids, mask), each (B, T)
     # The inputs of block 0 for each batch, and the arguments every block receives, all in CPU memory.
@@ -63,8 +62,8 @@ def score_windows_onloaded(
     for index, block in enumerate(adapter.get_blocks(model)):
         copies = DeviceCopies(block, device)
         try:
-            for batch in inputs:
-                batch.hidden = _run_on(block, batch, index, device)
+            for batch in inputs:  # each batch moved in, its output moved back to CPU memory
+                batch.hidden = run_block(block, adapter, batch, index, device).to(batch.hidden.device)
         finally:
             copies.put_back()
     per_window = [0.0] * len(windows)
@@ -82,9 +81,3 @@ def score_windows_onloaded(
             copy.put_back()
     return window_totals(windows, per_window)
 
-
-def _run_on(block: torch.nn.Module, batch: BlockInputs, index: int, device: torch.device) -> torch.Tensor:
-    """Block `index` on one batch moved to `device`; its output (B, T, H) back where the batch's hidden states live."""
-    out = block(batch.hidden.to(device), *moved(batch.args[index], device), **moved(batch.kwargs[index], device))
-    out = out[0] if isinstance(out, tuple) else out
-    return out.to(batch.hidden.device)

@@ -80,9 +80,16 @@ def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, ids: torch.Tens
     return BlockInputs(hidden=store[0][0], args=[s[1] for s in store], kwargs=[s[2] for s in store])
 
 
-def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index: int) -> torch.Tensor:
-    """Block `index` on the current hidden states; returns its output hidden states (N, T, H)."""
-    out = block(inputs.hidden, *inputs.args[index], **inputs.kwargs[index])
+def run_block(block: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, index: int,
+              device: torch.device | None = None) -> torch.Tensor:
+    """Block `index` on the current hidden states; returns its output hidden states (N, T, H).
+
+    `device`: the hidden states and this block's arguments are moved there first (the output stays there).
+    """
+    hidden, args, kwargs = inputs.hidden, inputs.args[index], inputs.kwargs[index]
+    if device is not None:
+        hidden, args, kwargs = onto(hidden, device), moved(args, device), moved(kwargs, device)
+    out = block(hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -100,7 +107,7 @@ class DeviceCopies:
     def __init__(self, module: nn.Module, device: torch.device,
                  to_device: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.device = torch.device(device)
-        self.to_device = to_device or self._to_device
+        self.to_device = to_device or (lambda tensor: onto(tensor, self.device))
         self.homes: dict[_Slot, torch.Tensor] = {}
         moved: dict[int, torch.Tensor] = {}  # id(home) -> its copy
         for sub in module.modules():
@@ -119,10 +126,6 @@ class DeviceCopies:
                         self.homes[(sub, kind, name)] = tensor
                         getattr(sub, kind)[name] = moved[id(tensor)]
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` on the device (itself when it is there already); from pinned memory the copy need not wait."""
-        return tensor.to(self.device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
-
     def copy_parameters_home(self) -> None:
         """The device copies' current values (pruned, refitted) into the parameters the module came with."""
         for (module, kind, name), home in self.homes.items():
@@ -135,6 +138,12 @@ class DeviceCopies:
         for (module, kind, name), home in self.homes.items():
             getattr(module, kind)[name] = home
         self.homes = {}
+
+
+def onto(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` (itself when it is there already). From pinned CPU memory the copy need not wait:
+    the source stays untouched until the device has read it."""
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
 
 
 def moved(value, device: torch.device):

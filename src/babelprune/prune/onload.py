@@ -33,7 +33,7 @@ from torch import nn
 
 from babelprune.devices import format_size
 from babelprune.errors import BabelpruneError
-from babelprune.models.blockwise import DeviceCopies, moved
+from babelprune.models.blockwise import DeviceCopies, moved, onto
 from babelprune.prune.sequential import BlockInputs, is_batched
 
 
@@ -73,7 +73,7 @@ class OnloadedBlocks(BlockStore):
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the execution device (itself when it is there already: nothing moves on the CPU)."""
-        return tensor.to(self.device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+        return onto(tensor, self.device)
 
     @contextlib.contextmanager
     def open(self, index: int, block: nn.Module) -> Iterator[None]:

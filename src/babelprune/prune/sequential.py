@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from babelprune.models.adapters import ArchAdapter, weight_matrix
-from babelprune.models.blockwise import BlockInputs, capture_block_inputs, run_block  # noqa: F401 (re-exported)
+from babelprune.models.blockwise import BlockInputs, capture_block_inputs, onto, run_block  # noqa: F401 (re-exported)
 from babelprune.prune.stats import LanguageStats
 
 
@@ -142,10 +142,7 @@ def slice_inputs(inputs: BlockInputs, start: int, end: int) -> BlockInputs:
 
 
 def _onto(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    if device is None:
-        return tensor
-    # From pinned CPU memory the copy need not wait: the source stays untouched until the device has read it.
-    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+    return tensor if device is None else onto(tensor, device)
 
 
 def new_hidden(inputs: BlockInputs) -> torch.Tensor:
