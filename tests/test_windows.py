@@ -1,6 +1,6 @@
 import sys
 
-from babelprune.evaluate.windows import Window, make_windows
+from babelprune.evaluate.windows import Part, Window, make_windows, segment_sums
 from tests.tiny_tokenizer import char_tokenizer
 
 
@@ -14,11 +14,37 @@ def test_segments_are_packed_greedily_with_exact_bytes():
     tok = char_tokenizer("abcdef\n")  # a=4 b=5 c=6 d=7 e=8 f=9 \n=10, bos=1
     windows = make_windows(tok, ["ab", "cde", "f"], seq_len=8)
     # Room for 7 tokens after BOS: "ab" (2) + "\n" + "cde" (3) = 6 fits; adding "\n" + "f" makes 8: new window.
+    # Parts: "ab" is 2 targets; "cde" is 4 with the separator before it; "f" opens the next window alone.
     assert windows == [
-        Window(ids=[1, 4, 5, 10, 6, 7, 8], n_bytes=len("ab\ncde")),
-        Window(ids=[1, 9], n_bytes=1),
+        Window(ids=[1, 4, 5, 10, 6, 7, 8], n_bytes=len("ab\ncde"), parts=(Part(0, 2, 2), Part(1, 4, 3))),
+        Window(ids=[1, 9], n_bytes=1, parts=(Part(2, 1, 1),)),
     ]
     assert [w.n_targets for w in windows] == [6, 1]
+
+
+def test_segment_sums_add_each_segments_tokens_and_its_pieces():
+    tok = char_tokenizer("abcdefgh\n")
+    # "abcdefgh" (8 tokens) does not fit room 4: pieces "abcd" and "efgh" in two windows; "ab" joins the second.
+    windows = make_windows(tok, ["abcdefgh", "ab"], seq_len=5)
+    assert [w.parts for w in windows] == [(Part(0, 4, 4),), (Part(0, 4, 4),), (Part(1, 2, 2),)]
+    token_nll = [[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5], [7.0, 8.0]]
+    # Segment 0: 10 + 2 over 8 bytes; segment 1: 15 over 2 bytes.
+    assert segment_sums(windows, token_nll) == ([12.0, 15.0], [8, 2])
+
+
+def test_segment_sums_are_empty_without_parts():
+    assert segment_sums([Window([1, 4], 1)], [[0.3]]) == ([], [])
+
+
+def test_two_tokenizers_cut_other_windows_but_the_same_segments():
+    fine = char_tokenizer("abcdef\n")
+    texts = ["abc", "def", "ab", "cd", "ef", "fa"]
+    one_window = make_windows(fine, texts, seq_len=64)
+    small_windows = make_windows(fine, texts, seq_len=8)
+    assert [w.n_bytes for w in one_window] != [w.n_bytes for w in small_windows]
+    ones = lambda windows: [[1.0] * w.n_targets for w in windows]  # noqa: E731
+    # Every segment's bytes are the same whatever the windows; its tokens differ only by the separator before it.
+    assert segment_sums(one_window, ones(one_window))[1] == segment_sums(small_windows, ones(small_windows))[1] == [3, 3, 2, 2, 2, 2]
 
 
 def test_bytes_count_multibyte_characters():

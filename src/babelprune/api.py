@@ -413,7 +413,8 @@ def _lm_score(corpus, lang: str, totals) -> LMScore:
     meta = corpus.language(lang)
     return LMScore(language=lang, name=meta.name, script=meta.script, resource=meta.resource,
                    n_windows=totals.n_windows, n_tokens=totals.n_tokens, n_bytes=totals.n_bytes,
-                   nll_nats=totals.nll_nats, window_nll=list(totals.window_nll), window_bytes=list(totals.window_bytes))
+                   nll_nats=totals.nll_nats, window_nll=list(totals.window_nll), window_bytes=list(totals.window_bytes),
+                   segment_nll=list(totals.segment_nll), segment_bytes=list(totals.segment_bytes))
 
 
 # ----- whole jobs: from a model's name to a written folder ---------------------------------------

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict
 
 from babelprune.errors import BabelpruneError
 from babelprune.progress import progress_bar
-from babelprune.records.eval import LMScore, now
+from babelprune.records.eval import LMScore, now, paired_parts
 from babelprune.records.intervals import percentile_interval, relative_change_replicates
 from babelprune.version import __version__
 
@@ -179,7 +179,7 @@ def check_language(dense: LMScore, scored: LMScore, budget: float) -> LanguageCh
     """The relative increase of bits per byte with its paired interval; passed only when the upper end <= budget."""
     if dense.language != scored.language:
         raise BabelpruneError(f"A score of {scored.language!r} was compared with the dense score of {dense.language!r}.")
-    before, after = dense.resample_parts(), scored.resample_parts()
+    before, after = paired_parts(dense, scored)
     interval = None
     if before is not None and after is not None:
         interval = percentile_interval(relative_change_replicates(before, after, dense.language))

@@ -98,28 +98,33 @@ class LlamaCppRuntime:
 
 def window_nll(logits: np.ndarray, ids: Sequence[int]) -> float:
     """Summed negative log-likelihood (nats) of ids[1:], each given the logits of the position before it, in float64."""
+    return float(sum(target_nll(logits, ids)))
+
+
+def target_nll(logits: np.ndarray, ids: Sequence[int]) -> list[float]:
+    """Negative log-likelihood (nats) of each of ids[1:], given the logits (T, V) of the position before it, in float64."""
     targets = np.asarray(ids[1:], dtype=np.int64)
-    total = 0.0
+    values: list[float] = []
     for start in range(0, len(targets), LOGIT_ROWS):
         rows = np.asarray(logits[start : start + LOGIT_ROWS][: len(targets) - start], dtype=np.float64)  # (n, V)
         peak = rows.max(axis=1)
         log_norm = np.log(np.exp(rows - peak[:, None]).sum(axis=1)) + peak
         picked = rows[np.arange(rows.shape[0]), targets[start : start + rows.shape[0]]]
-        total += float((log_norm - picked).sum())
-    return total
+        values.extend((log_norm - picked).tolist())
+    return values
 
 
 def score_windows_with(runtime, windows: list[Window], on_window: Callable[[int], None] | None = None) -> NLLTotals:
     """NLL of every window, one at a time, from `runtime.logits(ids)` (a LlamaCppRuntime, or anything with that method)."""
-    per_window = []
+    per_target = []
     for window in windows:
         logits = runtime.logits(window.ids)
         if logits.shape[0] < len(window.ids):
             raise BabelpruneError(f"The runtime returned logits for {logits.shape[0]} of a window's {len(window.ids)} tokens.")
-        per_window.append(window_nll(logits, window.ids))
+        per_target.append(target_nll(logits, window.ids))
         if on_window is not None:
             on_window(1)
-    return window_totals(windows, per_window)
+    return window_totals(windows, per_target)
 
 
 # ----- speed ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from babelprune.devices import has_float64
-from babelprune.evaluate.windows import Window
+from babelprune.evaluate.windows import Window, segment_sums
 
 # Rows of hidden states sent through the LM head at once: (HEAD_CHUNK, V) logits.
 HEAD_CHUNK = 512
@@ -31,6 +31,9 @@ class NLLTotals:
     # Per window, in the order the windows were given: what confidence intervals resample.
     window_nll: tuple[float, ...] = ()
     window_bytes: tuple[int, ...] = ()
+    # Per segment of text (verse, paragraph), in order: what pairs models whose tokenizers cut different windows.
+    segment_nll: tuple[float, ...] = ()
+    segment_bytes: tuple[int, ...] = ()
 
 
 def pad_batch(windows: list[Window], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,24 +62,34 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 
 def batch_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed negative log-likelihood (nats) of each row's non-first, non-padding tokens: shape (B,)."""
+    return batch_token_nll(model, ids, mask).sum(dim=1)
+
+
+def batch_token_nll(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood (nats) of every target, 0 at padding: shape (B, T-1)."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-    return hidden_nll(model, hidden, ids, mask)
+    return hidden_token_nll(model, hidden, ids, mask)
 
 
 def hidden_nll(model: PreTrainedModel, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`batch_nll` from the body's output hidden states (B, T, H): the LM head a chunk of rows at a time; shape (B,)."""
+    """`batch_nll` from the body's output hidden states (B, T, H); shape (B,)."""
+    return hidden_token_nll(model, hidden, ids, mask).sum(dim=1)
+
+
+def hidden_token_nll(model: PreTrainedModel, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`batch_token_nll` from the body's output hidden states (B, T, H): the LM head a chunk of rows at a time."""
     # Position t predicts token t+1; keep pairs where the target is a real token.
     valid = mask[:, 1:].bool()  # (B, T-1)
     source = hidden[:, :-1][valid]  # (N, H)
     targets = ids[:, 1:][valid]  # (N,)
-    row_of_target = valid.nonzero()[:, 0]  # (N,): the window each target belongs to
     # Sums of many token losses: float64 where the device has it (MPS does not).
-    per_row = torch.zeros(ids.shape[0], dtype=torch.float64 if has_float64(hidden.device) else torch.float32, device=hidden.device)
+    per_target = torch.zeros(valid.shape, dtype=torch.float64 if has_float64(hidden.device) else torch.float32, device=hidden.device)
+    losses = torch.empty(targets.shape[0], dtype=per_target.dtype, device=hidden.device)  # (N,)
     for start in range(0, source.shape[0], HEAD_CHUNK):
         logits = head_logits(model, source[start : start + HEAD_CHUNK]).float()
-        nll = token_nll(logits, targets[start : start + HEAD_CHUNK])  # (chunk,)
-        per_row.index_add_(0, row_of_target[start : start + HEAD_CHUNK], nll.to(per_row.dtype))
-    return per_row
+        losses[start : start + HEAD_CHUNK] = token_nll(logits, targets[start : start + HEAD_CHUNK])
+    per_target[valid] = losses
+    return per_target
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,16 +113,16 @@ def score_windows(
     on_batch: Callable[[int], None] | None = None,
 ) -> NLLTotals:
     """NLL of every window and in total, batched by similar length to limit padding."""
-    per_window = [0.0] * len(windows)
+    per_target: list[list[float]] = [[] for _ in windows]
     device = model.get_input_embeddings().weight.device  # where the ids are read
     with torch.inference_mode():
         for rows in length_batches(windows, batch_size):
             ids, mask = pad_batch([windows[i] for i in rows], pad_id, device)
-            for row, nll in zip(rows, batch_nll(model, ids, mask).tolist()):
-                per_window[row] = nll
+            for row, nll in zip(rows, batch_token_nll(model, ids, mask).tolist()):
+                per_target[row] = nll[: windows[row].n_targets]
             if on_batch is not None:
                 on_batch(len(rows))
-    return window_totals(windows, per_window)
+    return window_totals(windows, per_target)
 
 
 def length_batches(windows: list[Window], batch_size: int) -> list[list[int]]:
@@ -118,8 +131,10 @@ def length_batches(windows: list[Window], batch_size: int) -> list[list[int]]:
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def window_totals(windows: list[Window], per_window: list[float]) -> NLLTotals:
-    """The totals of `windows` whose NLLs (nats) are `per_window`, in the windows' order (whatever computed them)."""
+def window_totals(windows: list[Window], per_target: list[list[float]]) -> NLLTotals:
+    """The totals of `windows` whose targets' NLLs (nats) are `per_target[w]`, in the windows' order (whatever computed them)."""
+    per_window = [float(sum(values)) for values in per_target]
+    segment_nll, segment_bytes = segment_sums(windows, per_target)
     return NLLTotals(
         nll_nats=sum(per_window),
         n_tokens=sum(w.n_targets for w in windows),
@@ -127,4 +142,6 @@ def window_totals(windows: list[Window], per_window: list[float]) -> NLLTotals:
         n_windows=len(windows),
         window_nll=tuple(per_window),
         window_bytes=tuple(w.n_bytes for w in windows),
+        segment_nll=tuple(segment_nll),
+        segment_bytes=tuple(segment_bytes),
     )

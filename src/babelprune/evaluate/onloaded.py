@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from babelprune.errors import BabelpruneError
-from babelprune.evaluate.lm import NLLTotals, hidden_nll, length_batches, pad_batch, window_totals
+from babelprune.evaluate.lm import NLLTotals, hidden_token_nll, length_batches, pad_batch, window_totals
 from babelprune.evaluate.windows import Window
 from babelprune.models.adapters import ArchAdapter, adapter_for
 from babelprune.models.blockwise import DeviceCopies, capture_block_inputs, run_block
@@ -66,18 +66,18 @@ def score_windows_onloaded(
                 batch.hidden = run_block(block, adapter, batch, index, device).to(batch.hidden.device)
         finally:
             copies.put_back()
-    per_window = [0.0] * len(windows)
+    per_target: list[list[float]] = [[] for _ in windows]
     tail = [adapter.get_final_norm(model), model.get_output_embeddings()]
     copies = [DeviceCopies(module, device) for module in tail]
     try:
         for rows, (ids, mask), batch in zip(batches, padded, inputs):
             hidden = tail[0](batch.hidden.to(device))  # (B, T, H): the final norm
-            for row, nll in zip(rows, hidden_nll(model, hidden, ids.to(device), mask.to(device)).tolist()):
-                per_window[row] = nll
+            for row, nll in zip(rows, hidden_token_nll(model, hidden, ids.to(device), mask.to(device)).tolist()):
+                per_target[row] = nll[: windows[row].n_targets]
             if on_batch is not None:
                 on_batch(len(rows))
     finally:
         for copy in copies:
             copy.put_back()
-    return window_totals(windows, per_window)
+    return window_totals(windows, per_target)
 

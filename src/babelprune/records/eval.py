@@ -51,6 +51,10 @@ class LMScore(LanguageMeta):
     # Per window, in a fixed order: what the bootstrap resamples (empty in results saved before them).
     window_nll: list[float] = Field(default_factory=list)
     window_bytes: list[int] = Field(default_factory=list)
+    # Per segment of text (verse, paragraph), in order: NLL of its tokens (the separator before it included) and
+    # its text's bytes. Models whose tokenizers cut the text into different windows pair on these (`paired_parts`).
+    segment_nll: list[float] = Field(default_factory=list)
+    segment_bytes: list[int] = Field(default_factory=list)
 
     @property
     def perplexity(self) -> float:
@@ -68,6 +72,10 @@ class LMScore(LanguageMeta):
     def resample_parts(self) -> tuple[list[float], list[float]] | None:
         """Per window (NLL, bytes): the primary metric is a ratio of their sums (None without window data)."""
         return (self.window_nll, [float(b) for b in self.window_bytes]) if len(self.window_nll) >= MIN_ITEMS else None
+
+    def segment_parts(self) -> tuple[list[float], list[float]] | None:
+        """Per segment of text (NLL, bytes), None without segment data."""
+        return (self.segment_nll, [float(b) for b in self.segment_bytes]) if len(self.segment_nll) >= MIN_ITEMS else None
 
     @property
     def primary_interval(self) -> tuple[float, float] | None:
@@ -292,3 +300,23 @@ def is_eval_result_file(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(payload, dict) and {"schema_version", "model", "corpus", "scores"} <= payload.keys()
+
+
+def paired_parts(before, after) -> tuple[tuple | None, tuple | None]:
+    """The items a change from score `before` to score `after` of one language resamples, paired where they can be.
+
+    Windows when both scored the same windows (equal bytes window by window).
+    Otherwise, for LM scores, the text's segments when both scored the same
+    segments: a trimmed vocabulary cuts the text into other windows, but the
+    verses are the same, so the change is still paired, segment by segment.
+    Otherwise each score's own windows, which `relative_change_replicates`
+    draws apart (a wider interval).
+    """
+    first, second = before.resample_parts(), after.resample_parts()
+    if first is None or second is None or list(first[1]) == list(second[1]):
+        return first, second
+    if isinstance(before, LMScore) and isinstance(after, LMScore):
+        by_segment = before.segment_parts(), after.segment_parts()
+        if by_segment[0] is not None and by_segment[1] is not None and list(by_segment[0][1]) == list(by_segment[1][1]):
+            return by_segment
+    return first, second

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from babelprune.data.languages import RESOURCE_LEVELS, ResourceLevel, language_info
 from babelprune.errors import BabelpruneError
-from babelprune.records.eval import EvalResult
+from babelprune.records.eval import EvalResult, paired_parts
 from babelprune.records.intervals import percentile_interval, relative_change_replicates
 
 
@@ -20,7 +20,7 @@ class LanguageChange(BaseModel):
     resource: ResourceLevel
     dense: float
     pruned: float
-    # 95% bootstrap interval of `relative`, paired over the windows both were scored on (None: no per-window data).
+    # 95% bootstrap interval of `relative`, paired over the windows, or the text segments, both were scored on (None: no per-window data).
     interval: tuple[float, float] | None = None
 
     @property
@@ -148,7 +148,7 @@ def measurement_differences(dense: EvalResult, pruned: EvalResult) -> list[str]:
 
 def _change_replicates(dense, pruned):
     """Bootstrap replicates of one language's relative change of the primary metric, None without item data."""
-    before, after = dense.resample_parts(), pruned.resample_parts()
+    before, after = paired_parts(dense, pruned)
     if before is None or after is None:
         return None
     return relative_change_replicates(before, after, dense.language)

@@ -22,7 +22,7 @@ import numpy as np
 
 from babelprune.data.languages import RESOURCE_LEVELS
 from babelprune.errors import BabelpruneError
-from babelprune.records.eval import EvalResult
+from babelprune.records.eval import EvalResult, paired_parts
 from babelprune.records.intervals import percentile_interval, relative_change_replicates
 from babelprune.records.run import RunRecord
 from babelprune.report.compare import Comparison, compare, measurement_differences
@@ -204,7 +204,7 @@ def resource_levels(dense: EvalResult, run: Compared) -> dict[str, tuple[float, 
     for level, mean in comparison.by_resource().items():
         replicates = []
         for change in (c for c in comparison.changes if c.resource == level):
-            parts = before[change.language].resample_parts(), after[change.language].resample_parts()
+            parts = paired_parts(before[change.language], after[change.language])
             if parts[0] is None or parts[1] is None:
                 replicates = None
                 break
