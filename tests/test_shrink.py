@@ -518,3 +518,24 @@ def test_the_chosen_candidate_is_built_once_for_its_dev_and_test_scores_and_its_
     assert record.chosen == 1 and builds == ["trim min_count 1"]
     load_model(str(tmp_path / "out" / "model"))  # the folder moved into place is the whole model
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder is left behind
+
+
+@pytest.mark.parametrize("text, fields", [
+    ("none", {}), ("1", {"min_count": 1}), ("2:30000", {"min_count": 2, "keep_script_rank": 30000}),
+    ("1:c20000", {"min_count": 1, "keep_common": 20000}),
+    ("1:500:c20", {"min_count": 1, "keep_script_rank": 500, "keep_common": 20}),
+])
+def test_trim_entries_read_as_candidate_fields(text, fields):
+    from babelprune.shrink import parse_trim
+
+    assert parse_trim(text) == fields
+    if fields:
+        assert Candidate(**fields).trim_label() == text
+
+
+@pytest.mark.parametrize("text", ["often", "1:c", "1:c5:c6", "0", "1:c0", "1:x3"])
+def test_a_malformed_trim_entry_is_one_sentence(text):
+    from babelprune.shrink import parse_trim
+
+    with pytest.raises(BabelpruneError, match="--trims entry"):
+        parse_trim(text)

@@ -175,6 +175,7 @@ def trim_vocabulary(
     split: Split = "calib",
     sources: dict | None = None,
     keep_script_rank: int | None = None,
+    keep_common: int | None = None,
 ):
     """Keep only the vocabulary the languages' text uses, in place; see `babelprune.prune.vocab`.
 
@@ -182,18 +183,22 @@ def trim_vocabulary(
     languages when None) plus `extra_texts`. Works before or after `prune`;
     `save_trimmed` writes the folder. Returns the `VocabularyTrim` record.
     A `TrimConfig` in place of `corpus` gives corpus, languages, split,
-    min_count, keep_reserved and keep_script_rank at once (the form the CLI and sweeps use).
+    min_count, keep_reserved, keep_script_rank and keep_common at once (the form the CLI and sweeps use).
     `keep_script_rank` N also keeps the pieces of the languages' scripts among the
-    tokenizer's N best-ranked pieces (`babelprune.prune.vocab.script_rank_ids`).
+    tokenizer's N best-ranked pieces (`babelprune.prune.vocab.script_rank_ids`);
+    `keep_common` N the N pieces the languages' common words use most
+    (`babelprune.prune.vocab.common_word_ids`; languages without a word list are recorded).
     """
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
-    from babelprune.prune.vocab import script_rank_ids, slice_vocabulary_rows, tokenizer_json, trim_tokenizer
+    from babelprune.prune.vocab import common_word_ids, common_word_lists, script_rank_ids, slice_vocabulary_rows
+    from babelprune.prune.vocab import tokenizer_json, trim_tokenizer
 
     if isinstance(corpus, TrimConfig):
         config = corpus
         corpus, languages, split = config.corpus, config.languages, config.split
         min_count, keep_reserved, keep_script_rank = config.min_count, config.keep_reserved, config.keep_script_rank
+        keep_common = config.keep_common
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     if languages is None:
         languages = [lang for lang in DEFAULT_CALIBRATION_LANGUAGES if lang in corpus.languages()] or corpus.languages()
@@ -205,6 +210,17 @@ def trim_vocabulary(
     rows = adapter_for(loaded.model).get_embeddings(loaded.model).weight.shape[0]
     counts = count_token_ids(loaded.tokenizer, texts)
     rule = script_rank_ids(tokenizer_json(loaded.tokenizer), scripts, keep_script_rank) if keep_script_rank is not None else set()
+    no_word_list: list[str] = []
+    if keep_common is not None:
+        word_lists = common_word_lists(languages)
+        no_word_list = [lang for lang in languages if lang not in word_lists]
+        if not word_lists:
+            raise BabelpruneError(f"--keep-common has no word frequency list for any of {', '.join(languages)}; leave it out for these languages.")
+        from babelprune.data.languages import unicode_scripts
+
+        already = {i for i, n in counts.items() if n >= min_count} | rule
+        rule |= common_word_ids(loaded.tokenizer, word_lists, {lang: unicode_scripts(lang) or () for lang in word_lists},
+                                keep_common, already)
     kept, seen, required = choose_kept_ids(loaded.tokenizer, loaded.model.config, counts, rows, min_count, keep_reserved, rule)
     tokenizer = trim_tokenizer(loaded.tokenizer, kept)  # before the model changes: it can still fail cleanly
     slice_vocabulary_rows(loaded.model, kept)
@@ -215,6 +231,7 @@ def trim_vocabulary(
         original_size=parent["original_vocab_size"] if parent else rows,
         languages=list(languages), seen_ids=seen, required_ids=required, min_count=min_count,
         keep_script_rank=keep_script_rank, scripts=scripts, rule_ids=len(kept) - seen - required,
+        keep_common=keep_common, no_word_list=no_word_list,
         sources={"parent": loaded.spec, "corpus": corpus.name, "split": split, "keep_reserved": keep_reserved,
                  "extra_texts": len(extra_texts), **(sources or {})},
     )
@@ -1049,7 +1066,7 @@ def shrink_to_folder(model: str, languages: Sequence[str], budget: float | str, 
                      structured_options: dict | None = None, write_page=None, progress: bool = True):
     """Search trims, structured widths and GGUF quantizations for the smallest model within `budget`; save it to `out`.
 
-    `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R), `widths` ("none", "ffn=0.1",
+    `trims` ("none", "N" for min_count N, "N:R" adding keep_script_rank R, "N:cK" adding keep_common K), `widths` ("none", "ffn=0.1",
     "heads+ffn=0.2") and `quants` ("none", "Q8_0"...) are the lists combined (`shrink.SearchSpace`'s
     defaults when None; the quantizations default to none, plus Q8_0 and Q4_K_M where llama.cpp can write
     and score a GGUF); `trials` below the number of combinations samples them with TPE.
@@ -1267,7 +1284,7 @@ class _ShrinkBench:
         loaded = load_model(self.model)
         if candidate.trimmed:  # before structured pruning, which trimming refuses to follow
             trim_vocabulary(loaded, self.corpus, self.languages, min_count=candidate.min_count,
-                            keep_script_rank=candidate.keep_script_rank)
+                            keep_script_rank=candidate.keep_script_rank, keep_common=candidate.keep_common)
         if candidate.structured:
             config = self.structured_config(candidate)
             vocabulary = (loaded.pruning or {}).get("vocabulary")

@@ -48,7 +48,7 @@ STRUCTURED_FLAGS: dict[str, str] = {
 }
 TRIM_FLAGS: dict[str, str] = {
     "langs": "languages", "corpus": "corpus", "min_count": "min_count", "keep_reserved": "keep_reserved",
-    "keep_script_rank": "keep_script_rank",
+    "keep_script_rank": "keep_script_rank", "keep_common": "keep_common",
 }
 FINETUNE_FLAGS: dict[str, str] = {
     "mode": "mode", "source_lang": "source_lang", "langs": "languages", "lr": "lr", "batch_size": "batch_size",

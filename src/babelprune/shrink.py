@@ -2,7 +2,7 @@
 
 A candidate is a combination of three settings, each with its own short list:
 
-- vocabulary trimming (`TrimConfig`: `min_count`, optionally `keep_script_rank`), or none;
+- vocabulary trimming (`TrimConfig`: `min_count`, optionally `keep_script_rank` and `keep_common`), or none;
 - structured widths (`StructuredConfig`: units such as ffn or heads at a sparsity), or none;
 - a GGUF quantization type (llama.cpp), or none.
 
@@ -65,6 +65,7 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     min_count: int | None = None  # None: the vocabulary is not trimmed
     keep_script_rank: int | None = None
+    keep_common: int | None = None
     units: tuple[str, ...] = ()  # () : no structured pruning
     sparsity: float = 0.0
     quant: str | None = None  # a GGUF quantization type; None: the HF folder is served
@@ -84,7 +85,8 @@ class Candidate(BaseModel):
     def trim_label(self) -> str:
         if not self.trimmed:
             return "none"
-        return f"{self.min_count}" + (f":{self.keep_script_rank}" if self.keep_script_rank is not None else "")
+        return (f"{self.min_count}" + (f":{self.keep_script_rank}" if self.keep_script_rank is not None else "")
+                + (f":c{self.keep_common}" if self.keep_common is not None else ""))
 
     def width_label(self) -> str:
         return f"{'+'.join(self.units)}={self.sparsity:g}" if self.structured else "none"
@@ -92,7 +94,8 @@ class Candidate(BaseModel):
     def label(self) -> str:
         parts = []
         if self.trimmed:
-            parts.append(f"trim min_count {self.min_count}" + (f" rank {self.keep_script_rank}" if self.keep_script_rank is not None else ""))
+            parts.append(f"trim min_count {self.min_count}" + (f" rank {self.keep_script_rank}" if self.keep_script_rank is not None else "")
+                         + (f" common {self.keep_common}" if self.keep_common is not None else ""))
         if self.structured:
             parts.append(f"{'+'.join(self.units)} {self.sparsity:.0%}")
         if self.quant:
@@ -101,17 +104,24 @@ class Candidate(BaseModel):
 
 
 def parse_trim(text: str) -> dict:
-    """'none', 'N' (min_count N) or 'N:R' (min_count N, keep_script_rank R) as Candidate fields."""
+    """'none', 'N' (min_count N), 'N:R' (and keep_script_rank R), 'N:cK' (and keep_common K) or 'N:R:cK' as Candidate fields."""
     text = text.strip()
     if text == "none":
         return {}
-    count, _, rank = text.partition(":")
+    count, *rules = text.split(":")
+    fields: dict = {}
     try:
-        fields = {"min_count": int(count)} | ({"keep_script_rank": int(rank)} if rank else {})
+        fields["min_count"] = int(count)
+        for rule in rules:
+            key = "keep_common" if rule.startswith("c") else "keep_script_rank"
+            if key in fields:
+                raise ValueError(rule)
+            fields[key] = int(rule.removeprefix("c"))
     except ValueError:
-        raise BabelpruneError(f"--trims entry {text!r} is not none, N (a min_count) or N:R (min_count N, keep_script_rank R).") from None
-    if fields["min_count"] < 1 or fields.get("keep_script_rank", 1) < 1:
-        raise BabelpruneError(f"--trims entry {text!r} needs a min_count and keep_script_rank of at least 1.")
+        raise BabelpruneError(f"--trims entry {text!r} is not none, N (a min_count), N:R (and keep_script_rank R), "
+                              "N:cK (and keep_common K) or N:R:cK.") from None
+    if min(fields.values()) < 1:
+        raise BabelpruneError(f"--trims entry {text!r} needs a min_count, keep_script_rank and keep_common of at least 1.")
     return fields
 
 

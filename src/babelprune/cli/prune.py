@@ -163,6 +163,16 @@ def _print_budget_rounds(budget: dict) -> None:
     console.print(table)
 
 
+def keep_rules(trim) -> str:
+    """The keep rules a trim used, as its options read."""
+    rules = []
+    if trim.keep_script_rank is not None:
+        rules.append(f"--keep-script-rank {trim.keep_script_rank:,} ({', '.join(trim.scripts)})")
+    if trim.keep_common is not None:
+        rules.append(f"--keep-common {trim.keep_common:,}")
+    return " and ".join(rules)
+
+
 def trim_vocab_command(
     out: Annotated[Path, typer.Option(help="Folder for the trimmed model (must not exist).")],
     model: Annotated[str, typer.Option(help="Alias, HF folder or hub id (a pruned folder works too).")] = "gemma3-270m",
@@ -172,7 +182,8 @@ def trim_vocab_command(
     min_count: Annotated[int, typer.Option(min=1, max=MAX_INT, help="Keep a token only if the text uses it at least this often.")] = 1,
     keep_reserved: Annotated[bool, typer.Option("--keep-reserved/--drop-reserved", help="Keep or drop the reserved placeholder tokens (<unusedN>) the text does not use.")] = True,
     keep_script_rank: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Also keep every piece of the kept languages' scripts (and digits, punctuation) among the tokenizer's N best-ranked pieces, and every letter of those scripts: coverage of text the trimming never read.")] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved, keep_script_rank).")] = None,
+    keep_common: Annotated[Optional[int], typer.Option(min=1, max=MAX_INT, help="Also keep the N pieces the kept languages' most common words use most (word lists of broad text, each language weighted equally; needs pip install 'babelprune[words]'): coverage of text the trimming never read.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A YAML/JSON file holding the whole trim config (languages, corpus, split, min_count, keep_reserved, keep_script_rank, keep_common).")] = None,
 ) -> None:
     """Keep only the vocabulary some languages use: smaller embedding and LM head, tokenizer rebuilt to match.
 
@@ -187,10 +198,11 @@ def trim_vocab_command(
     console.print(
         f"Kept {len(trim.kept_ids):,} of {trim.original_size:,} tokens ({trim.seen_ids:,} used by the text, "
         f"{trim.required_ids:,} the tokenizer needs"
-        + (f", {trim.rule_ids:,} more by --keep-script-rank {trim.keep_script_rank:,} ({', '.join(trim.scripts)})"
-           if trim.keep_script_rank is not None else "")
+        + (f", {trim.rule_ids:,} more by {keep_rules(trim)}" if trim.keep_script_rank is not None or trim.keep_common is not None else "")
         + f"); parameters {before:,} -> {after:,} ({after / before:.3f}x)."
     )
+    if trim.no_word_list:
+        console.print(Text(f"--keep-common has no word list for {', '.join(trim.no_word_list)}: their pieces come from the text alone."))
     console.print(Text(f"Trimmed model written to {out}"))
 
 
@@ -249,7 +261,7 @@ def shrink_command(
     model: Annotated[str, typer.Option(help="Alias, HF folder or hub id of a causal LM.")] = "gemma3-270m",
     corpus: Annotated[str, typer.Option(help="Corpus: its calibration split trims and calibrates, the dev half of its evaluation split scores, the test half confirms.")] = "bible",
     goal: Annotated[ShrinkGoal, typer.Option(help="What the chosen model minimises: size (bytes as served) or speed (latency in PyTorch on the CPU).")] = "size",
-    trims: Annotated[Optional[str], typer.Option(help="Vocabulary trims to try: none, N (min_count N), N:R (and keep_script_rank R); default none,1,2.")] = None,
+    trims: Annotated[Optional[str], typer.Option(help="Vocabulary trims to try: none, N (min_count N), N:R (and keep_script_rank R), N:cK (and keep_common K); default none,1,2.")] = None,
     widths: Annotated[Optional[str], typer.Option(help="Structured widths to try: none, UNITS=SPARSITY with units joined by + (ffn=0.1, heads+ffn=0.2); default none,ffn=0.1,ffn=0.2,heads=0.25.")] = None,
     quants: Annotated[Optional[str], typer.Option(help="GGUF quantizations to try: none, Q8_0, Q4_K_M... (needs llama-cpp-python: babelprune's llama extra); default none, plus Q8_0 and Q4_K_M where llama.cpp can write and score a GGUF.")] = None,
     importance: Annotated[StructuredImportance, typer.Option(help="How structured units are ranked.")] = "gradient",

@@ -419,10 +419,20 @@ class TrimConfig(BaseModel):
     # Also keep the pieces of the kept languages' scripts among the tokenizer's N best-ranked pieces
     # (babelprune.prune.vocab.script_rank_ids); None keeps only what the text uses.
     keep_script_rank: int | None = None
+    # Also keep the N pieces the kept languages' most common words use most (word lists of the wordfreq
+    # package, languages weighted equally; babelprune.prune.vocab.common_word_ids); None: off.
+    keep_common: int | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_rank(self, handler):
-        return without_unset(handler(self), {"keep_script_rank": None})
+        return without_unset(handler(self), {"keep_script_rank": None, "keep_common": None})
+
+    @field_validator("keep_common")
+    @classmethod
+    def _positive_common(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise BabelpruneError(f"--keep-common must be at least 1 (got {value}); it is how many pieces of common words to keep.")
+        return value
 
     @field_validator("keep_script_rank")
     @classmethod

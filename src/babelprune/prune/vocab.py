@@ -17,6 +17,10 @@ Trimming
    scripts (or in none: digits, punctuation, the space marker), and every
    single character of those scripts, so that words the text never used
    still find their pieces;
+   with `keep_common` N (`common_word_ids`), also the N pieces the kept
+   languages' most common words use most (word frequency lists of broad
+   text from the `wordfreq` package, each language weighted equally), the
+   words a user's text has that one corpus never used;
 3. for BPE, adds the pieces each kept piece is built from on its way
    (`bpe_build_pieces`): BPE reaches "▁the" through "▁t" or "he", which
    need not appear in the output, and without them the merge could not run;
@@ -73,11 +77,17 @@ class VocabularyTrim:
     # --keep-script-rank: the rank cut, the Unicode scripts it kept, and the ids it alone kept (None: rule off)
     keep_script_rank: int | None = None
     scripts: list[str] = field(default_factory=list)
-    rule_ids: int = 0
+    rule_ids: int = 0  # ids the keep rules (script rank, common words) alone kept
+    # --keep-common: how many pieces of common words, and the kept languages that have no word list (None: rule off)
+    keep_common: int | None = None
+    no_word_list: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
-        rule = {} if self.keep_script_rank is None else {
-            "keep_script_rank": self.keep_script_rank, "scripts": self.scripts, "rule_tokens": self.rule_ids}
+        rule = {} if self.keep_script_rank is None else {"keep_script_rank": self.keep_script_rank, "scripts": self.scripts}
+        if self.keep_common is not None:
+            rule |= {"keep_common": self.keep_common, "no_word_list": self.no_word_list}
+        if rule:
+            rule["rule_tokens"] = self.rule_ids
         return {
             "languages": self.languages, "kept_tokens": len(self.kept_ids), "original_vocab_size": self.original_size,
             "seen_tokens": self.seen_ids, "required_tokens": self.required_ids, "min_count": self.min_count,
@@ -250,6 +260,69 @@ def script_rank_ids(spec: dict, scripts: Sequence[str], max_rank: int) -> set[in
     keep = {i for i in ranked[:max_rank] if written.fullmatch(pieces[i])}
     keep |= {i for i in ranked if len(pieces[i]) == 1 and written.fullmatch(pieces[i]) and not letter.fullmatch(pieces[i])}
     return keep
+
+
+# How a word appears in running text, and how often in each form: mostly after a space, sometimes capitalised
+# (a sentence's start, a name), sometimes with no space before it (after a line break or a quote).
+WORD_FORMS = ((" {}", 0.6), (" {Cap}", 0.2), ("{}", 0.1), ("{Cap}", 0.1))
+# Scripts written without spaces between words: a word list's entries are only ever glued to their neighbours.
+UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar", "Tibetan")
+WORDS_PER_LANGUAGE = 30_000  # the most frequent words of each list that are tokenized
+
+
+def word_piece_shares(tokenizer: PreTrainedTokenizerBase, words: dict[str, float], unspaced: bool) -> Counter[int]:
+    """How much of a language's running text each token id makes up, estimated from its word frequencies.
+
+    `words` maps a word to its frequency in broad text; each word is tokenized
+    in the forms it takes in running text (`WORD_FORMS`; as written only, for
+    `unspaced` scripts), and each piece is credited with the word's frequency
+    times the form's share. The shares are normalised to sum to 1.
+    """
+    forms = (("{}", 1.0),) if unspaced else WORD_FORMS
+    listed = list(words)
+    shares: Counter[int] = Counter()
+    for form, weight in forms:
+        texts = [form.format(word, Cap=word[:1].upper() + word[1:]) for word in listed]
+        for word, ids in zip(listed, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            for token_id in ids:
+                shares[token_id] += words[word] * weight
+    total = sum(shares.values())
+    return Counter({token_id: value / total for token_id, value in shares.items()}) if total else shares
+
+
+def common_word_lists(languages: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The `WORDS_PER_LANGUAGE` most frequent words and their frequencies of each language `wordfreq` has a list for."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise BabelpruneError("--keep-common reads word frequency lists from the wordfreq package; install it with "
+                              "pip install 'babelprune[words]'.") from None
+    available = wordfreq.available_languages(wordlist="best")
+    lists = {}
+    for lang in languages:
+        if lang in available:
+            frequencies = wordfreq.get_frequency_dict(lang, wordlist="best")
+            top = sorted(frequencies, key=frequencies.get, reverse=True)[:WORDS_PER_LANGUAGE]
+            lists[lang] = {word: frequencies[word] for word in top}
+    return lists
+
+
+def common_word_ids(tokenizer: PreTrainedTokenizerBase, word_lists: dict[str, dict[str, float]],
+                    scripts: dict[str, tuple[str, ...]], count: int, already: set[int]) -> set[int]:
+    """The `count` ids, beyond `already`, that the languages' common words use most, each language weighted equally.
+
+    `word_lists`: language -> {word: frequency} (`common_word_lists`);
+    `scripts`: language -> the Unicode scripts it is written in.
+    """
+    if count < 1:
+        raise BabelpruneError(f"--keep-common must be at least 1 (got {count}); it is how many pieces of common words to keep.")
+    score: Counter[int] = Counter()
+    for lang, words in word_lists.items():
+        unspaced = any(name in UNSPACED_SCRIPTS for name in scripts.get(lang, ()))
+        for token_id, share in word_piece_shares(tokenizer, words, unspaced).items():
+            score[token_id] += share / len(word_lists)
+    ranked = sorted((i for i in score if i not in already), key=lambda i: (-score[i], i))  # ties: lower id first
+    return set(ranked[:count])
 
 
 def choose_kept_ids(
