@@ -819,6 +819,10 @@ RUNS: dict[str, Run] = {
     "babelprune trim-vocab --model gemma3-270m --drop-reserved --keep-script-rank 30000 --out gemma-8langs-scripts": Run(
         "vocab-doc", (trimmed_folder("gemma-8langs-scripts", "en,es,fr,zh,ru,ar,hi,sw"), prints("--keep-script-rank 30,000")),
     ),
+    "babelprune trim-vocab --model gemma3-270m --drop-reserved --keep-common 20000 --out gemma-8langs-common": Run(
+        "vocab-doc", (trimmed_folder("gemma-8langs-common", "en,es,fr,zh,ru,ar,hi,sw"), prints("--keep-common 20,000"),
+                      prints("no word list for sw")),
+    ),
     VOCAB_DENSE_EVAL: Run("vocab-doc", (eval_record("dense.json", VOCAB_LANGS),), extra=EVAL_BUDGET),
     VOCAB_TRIMMED_EVAL: Run("vocab-doc", (eval_record("trimmed.json", VOCAB_LANGS),), extra=EVAL_BUDGET, needs=(VOCAB_TRIM,)),
     "babelprune compare dense.json trimmed.json": Run(
