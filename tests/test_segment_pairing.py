@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -12,8 +10,8 @@ from babelprune.data.files import FilesCorpus
 from babelprune.records.eval import LMScore, paired_parts
 from babelprune.records.intervals import draws, percentile_interval, ratio_replicates
 from babelprune.report.compare import compare
-from tests.tiny_subword import TEXTS, tiny_bpe
-from tests.test_vocab_trim import loaded_tiny
+from tests.tiny_subword import tiny_bpe
+from tests.test_vocab_trim import corpus_file, loaded_tiny  # noqa: F401 (fixture)
 
 
 def lm_score(window_nll, window_bytes, segment_nll=(), segment_bytes=()) -> LMScore:
@@ -42,16 +40,7 @@ def test_other_segments_fall_back_to_each_ones_windows():
     assert paired_parts(before, after) == (([1, 2, 3, 4, 5], [10.0] * 5), ([2, 2, 3, 4, 5, 6], [8.0] * 6))
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "tiny.jsonl"
-    lines = [json.dumps({"lang": lang, "text": text, "group": f"{lang}-{i}-{copy}"})
-             for lang, texts in TEXTS.items() for i, text in enumerate(texts) for copy in range(5)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def test_a_trimmed_vocabulary_is_compared_segment_by_segment(corpus_file):
+def test_a_trimmed_vocabulary_is_compared_segment_by_segment(corpus_file):  # noqa: F811
     corpus = FilesCorpus(corpus_file)
     dense = loaded_tiny("gemma3", tiny_bpe())
     trimmed = loaded_tiny("gemma3", tiny_bpe())
