@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer
 
+from _common import resampled_paired
 from babelprune.api import evaluate, get_corpus, load_model, save_trimmed, trim_vocabulary
 from babelprune.evaluate.sizes import folder_bytes, model_bytes
 from babelprune.evaluate.speed import SpeedReport
@@ -174,9 +175,8 @@ def _cell(change) -> str:
 
 
 def _paired(before: EvalResult, after: EvalResult, lang: str) -> bool:
-    """Whether both results cut `lang` into windows of the same bytes (then `compare` resamples them paired)."""
-    first, second = ({s.language: s for s in result.scores}[lang] for result in (before, after))
-    return first.window_bytes == second.window_bytes
+    """Whether `compare` resamples `lang` paired: the same windows, or else the same segments of text."""
+    return resampled_paired(*({s.language: s for s in result.scores}[lang] for result in (before, after)))
 
 
 def quality_markdown(results: dict[str, EvalResult], kept: list[str]) -> str:

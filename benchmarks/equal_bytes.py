@@ -47,9 +47,10 @@ llama.cpp with the tokenizer of the folder they were made from, the sparse
 copy in torch (its values reloaded as float32); every model against the dense
 model in torch. Each cell is the change of bits per byte with its 95% paired
 bootstrap interval; "n.r." (not resolved) where the interval contains 0;
-"unpaired" where the two tokenizers cut a language's blocks into different
-windows (a trimmed vocabulary spells an unseen language in more, shorter
-pieces), so that each side is resampled on its own. Trimming keeps only the
+"unpaired" where neither the windows nor the blocks match, so that each side
+is resampled on its own. A trimmed vocabulary spells an unseen language in
+more, shorter pieces and cuts its long blocks into other windows; such a
+language is paired block by block (`compare` pairs on the text's segments). Trimming keeps only the
 pieces of the kept languages' text: unseen languages are expected to lose.
 The dense model's f32 GGUF in llama.cpp is scored as well: the part of every
 GGUF row's change that is the runtime's. Speed: llama.cpp's prompt and
@@ -78,7 +79,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import require_llama_cpp, cached_stage, source_fingerprint, write_result_table  # noqa: E402
+from _common import cached_stage, require_llama_cpp, resampled_paired, source_fingerprint, write_result_table  # noqa: E402
 from _small_and_fast_parts import held_out_blocks  # noqa: E402
 from babelprune.api import (  # noqa: E402
     DEFAULT_CALIBRATION_LANGUAGES,
@@ -195,9 +196,8 @@ def mean_cell(comparison) -> str:
 
 
 def paired(before: EvalResult, after: EvalResult, language: str) -> bool:
-    """Whether both results cut `language` into windows of the same bytes (then `compare` resamples them paired)."""
-    first, second = ({s.language: s for s in result.scores}[language] for result in (before, after))
-    return first.window_bytes == second.window_bytes
+    """Whether `compare` resamples `language` paired: the same windows, or else the same blocks of text (`paired_parts`)."""
+    return resampled_paired(*({s.language: s for s in result.scores}[language] for result in (before, after)))
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
