@@ -15,6 +15,7 @@ from babelprune.formats.pruned import sparse_size_report
 from babelprune.models.adapters import adapter_for
 from babelprune.models.layouts import layer_layouts
 from babelprune.prune.config import PruneConfig, StructuredConfig
+from babelprune.records.eval import LMScore
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import char_tokenizer
 
@@ -163,13 +164,22 @@ def test_the_mean_cell_marks_an_interval_holding_zero():
     assert equal_bytes.mean_cell(FakeComparison({}, (0.001, None))) == "+0.10%"
 
 
-def test_windows_pair_only_when_their_bytes_agree():
-    def result(**windows):
-        return SimpleNamespace(scores=[SimpleNamespace(language=lang, window_bytes=b) for lang, b in windows.items()])
+def test_languages_pair_on_windows_or_else_on_blocks():
+    def score(lang, window_bytes, segment_bytes):
+        return LMScore(language=lang, name=lang, script="Latn", resource="high", n_windows=len(window_bytes), n_tokens=100,
+                       n_bytes=sum(window_bytes), nll_nats=1.0, window_nll=[0.5] * len(window_bytes), window_bytes=window_bytes,
+                       segment_nll=[0.5] * len(segment_bytes), segment_bytes=segment_bytes)
 
-    before = result(en=[300, 280, 310], ko=[400, 420])
-    after = result(en=[300, 280, 310], ko=[200, 200, 420])
-    assert equal_bytes.paired(before, after, "en") and not equal_bytes.paired(before, after, "ko")
+    def result(*scores):
+        return SimpleNamespace(scores=list(scores))
+
+    blocks = [300, 280, 310, 290, 305]
+    before = result(score("en", blocks, blocks), score("ko", [400, 420, 410, 430, 440], blocks), score("vi", blocks, blocks))
+    after = result(score("en", blocks, blocks),  # the same windows
+                   score("ko", [200, 200, 420, 410, 430, 440], blocks),  # other windows over the same blocks
+                   score("vi", [200, 200, 280, 310, 290, 305], [200, 200, 280, 310, 290, 305]))  # other blocks too
+    assert equal_bytes.paired(before, after, "en") and equal_bytes.paired(before, after, "ko")
+    assert not equal_bytes.paired(before, after, "vi")
 
 
 # ----- the whole script
