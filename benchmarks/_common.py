@@ -297,12 +297,3 @@ def require_llama_cpp(purpose: str) -> None:
         llama_cpp_bindings(purpose)
     except BabelpruneError as error:
         sys.exit(str(error))
-
-
-def resampled_paired(before, after) -> bool:
-    """Whether `compare` resamples a change between two scores of one language paired: on the same windows, or
-    else on the same segments of text (`babelprune.records.eval.paired_parts`)."""
-    from babelprune.records.eval import paired_parts
-
-    first, second = paired_parts(before, after)
-    return first is not None and second is not None and list(first[1]) == list(second[1])

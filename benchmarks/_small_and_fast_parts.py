@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer
 
-from _common import resampled_paired
 from babelprune.api import evaluate, get_corpus, load_model, save_trimmed, trim_vocabulary
 from babelprune.evaluate.sizes import folder_bytes, model_bytes
 from babelprune.evaluate.speed import SpeedReport
 from babelprune.models.inspect import count_parameters
 from babelprune.formats.loading import resolve_spec
 from babelprune.prune.vocab import choose_kept_ids, count_token_ids
+from babelprune.records.eval import resampled_paired
 from babelprune.report.compare import Comparison, compare
 from babelprune.report.intervals import draws, percentile_interval
 from babelprune.report.records import EvalResult

@@ -79,7 +79,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import cached_stage, require_llama_cpp, resampled_paired, source_fingerprint, write_result_table  # noqa: E402
+from _common import cached_stage, require_llama_cpp, source_fingerprint, write_result_table  # noqa: E402
 from _small_and_fast_parts import held_out_blocks  # noqa: E402
 from babelprune.api import (  # noqa: E402
     DEFAULT_CALIBRATION_LANGUAGES,
@@ -97,6 +97,7 @@ from babelprune.formats.gguf_quant import READS_NO_IMATRIX, export_quantized  # 
 from babelprune.formats.pruned import SPARSE_MIN_ZEROS, block_linear_keys, sparse_weights_file  # noqa: E402
 from babelprune.prune.config import PruneConfig, ReconstructConfig, StructuredConfig, TrimConfig  # noqa: E402
 from babelprune.records import EvalResult  # noqa: E402
+from babelprune.records.eval import resampled_paired  # noqa: E402
 from babelprune.report.compare import compare  # noqa: E402
 
 BENCHMARK = {"minutes": 150}

@@ -189,6 +189,7 @@ def trim_vocabulary(
     `keep_common` N the N pieces the languages' common words use most
     (`babelprune.prune.vocab.common_word_ids`; languages without a word list are recorded).
     """
+    from babelprune.data.languages import unicode_scripts
     from babelprune.models.adapters import adapter_for
     from babelprune.prune.vocab import VocabularyTrim, choose_kept_ids, compose_ids, count_token_ids
     from babelprune.prune.vocab import common_word_ids, common_word_lists, script_rank_ids, slice_vocabulary_rows
@@ -216,8 +217,6 @@ def trim_vocabulary(
         no_word_list = [lang for lang in languages if lang not in word_lists]
         if not word_lists:
             raise BabelpruneError(f"--keep-common has no word frequency list for any of {', '.join(languages)}; leave it out for these languages.")
-        from babelprune.data.languages import unicode_scripts
-
         already = {i for i, n in counts.items() if n >= min_count} | rule
         rule |= common_word_ids(loaded.tokenizer, word_lists, {lang: unicode_scripts(lang) or () for lang in word_lists},
                                 keep_common, already)

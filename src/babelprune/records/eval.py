@@ -320,3 +320,9 @@ def paired_parts(before, after) -> tuple[tuple | None, tuple | None]:
         if by_segment[0] is not None and by_segment[1] is not None and list(by_segment[0][1]) == list(by_segment[1][1]):
             return by_segment
     return first, second
+
+
+def resampled_paired(before, after) -> bool:
+    """Whether a change from score `before` to score `after` of one language is resampled paired (`paired_parts`)."""
+    first, second = paired_parts(before, after)
+    return first is not None and second is not None and list(first[1]) == list(second[1])
